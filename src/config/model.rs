@@ -1,0 +1,250 @@
+//! The validated configuration: every reference resolved, every value parsed
+//! and within bounds. The rest of the program trusts this model and never
+//! sees raw YAML.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// A resolved secret. Its `Debug` output never shows the value, so a config
+/// dump or a panic message cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub public_url: Option<url::Url>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    pub admin: Option<Admin>,
+    pub providers: BTreeMap<String, Provider>,
+    pub messengers: BTreeMap<String, Messenger>,
+    pub deployments: Vec<Deployment>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+    pub sessions: Sessions,
+    pub logging: Logging,
+    pub compat: Compat,
+    pub forwarding: Forwarding,
+    /// Incoming headers starting with this prefix (case-insensitive, `_` read
+    /// as `-`) are removed before anything goes upstream.
+    pub identity_header_prefix: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// Required unless the admin address is loopback.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: url::Url,
+    pub discovery_url: url::Url,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub clock_skew: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Messenger {
+    pub name: String,
+    pub authentication: Authentication,
+    pub session: SessionLifetimes,
+    /// Upstream header name → claim name.
+    pub identity_headers: BTreeMap<String, String>,
+    pub assertion: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authentication {
+    pub enabled: bool,
+    pub provider: Option<String>,
+    pub allow_session_upgrade: bool,
+    pub require: Require,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Require {
+    pub claims: BTreeMap<String, serde_json::Value>,
+    pub groups_any: Vec<String>,
+    pub groups_all: Vec<String>,
+    pub email_domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLifetimes {
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub token_lifetime: Duration,
+}
+
+impl Default for SessionLifetimes {
+    fn default() -> Self {
+        SessionLifetimes {
+            max_lifetime: Duration::from_secs(24 * 3600),
+            idle_timeout: Duration::from_secs(30 * 60),
+            token_lifetime: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    Active,
+    Inactive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPolicy {
+    Any,
+    /// Serialized origins (`scheme://host[:port]`, lowercase, default port elided).
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub id: String,
+    pub name: Option<String>,
+    pub messenger: String,
+    pub status: DeploymentStatus,
+    pub origins: OriginPolicy,
+    /// Whether a WebSocket upgrade without an `Origin` header (native apps) may pass.
+    pub allow_missing_origin: bool,
+    pub upstream: String,
+    pub access_token_query: bool,
+    pub forward_token: bool,
+    pub redirect_uris: Vec<url::Url>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    /// `host:port` strings; literal IPs or names resolved when the upstream is built.
+    pub servers: Vec<String>,
+    pub tls: bool,
+    pub sni: String,
+    pub health_check: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentSource {
+    Query(String),
+    Fixed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteProfile {
+    /// Plain messaging traffic: the handshake is authenticated, frames pass.
+    Standard,
+    /// The hosted product's Guest API: the proxy also reads client frames.
+    GuestApi,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    pub deployment: DeploymentSource,
+    pub profile: RouteProfile,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    pub store: SessionStore,
+    pub cookie_name: String,
+    pub cookie_domain: Option<String>,
+    pub cookie_key: Option<Secret>,
+    pub signing_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SessionStore {
+    Memory,
+    Redis { url: Secret },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `portcullis=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Compat {
+    pub hosted_paths: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// Peers whose own `X-Forwarded-*` headers are believed and extended.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_path_bytes: usize,
+    pub max_query_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_path_bytes: 2048,
+            max_query_bytes: 4096,
+        }
+    }
+}

@@ -1,0 +1,1206 @@
+//! Raw YAML → validated model. Each section, map entry and list element is
+//! deserialized on its own so that one bad entry does not hide the problems
+//! of the others; then every value is checked and every reference resolved.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::{Mapping, Value};
+
+use super::model::*;
+use super::raw::*;
+use super::{ConfigError, ConfigErrors, Environment};
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "threads",
+    "admin",
+    "providers",
+    "messengers",
+    "deployments",
+    "upstreams",
+    "routes",
+    "sessions",
+    "logging",
+    "compat",
+    "forwarding",
+    "identity_header_prefix",
+    "limits",
+];
+
+/// Algorithms a provider may be configured to accept. HMAC and `none` are
+/// deliberately absent: a provider's keys are public.
+const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// Headers an identity mapping may never overwrite: they carry routing,
+/// framing or credentials.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "cookie",
+    "authorization",
+    "connection",
+    "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-authorization",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "origin",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+const MIN_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
+const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+struct Checker<'a> {
+    errors: Vec<ConfigError>,
+    base_dir: &'a Path,
+    env: &'a dyn Environment,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes `value` as `T`, recording a located error on failure.
+    fn decode<T: DeserializeOwned>(&mut self, path: &str, value: &Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let message = e.into_inner().to_string();
+                self.error(join_path(path, &inner), strip_location(&message));
+                None
+            }
+        }
+    }
+
+    /// Decodes each element of a sequence on its own, keeping its index.
+    fn decode_list<T: DeserializeOwned>(&mut self, path: &str, value: &Value) -> Vec<(usize, T)> {
+        match value {
+            Value::Null => Vec::new(),
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    self.decode(&format!("{path}[{i}]"), item)
+                        .map(|decoded| (i, decoded))
+                })
+                .collect(),
+            _ => {
+                self.error(path, "expected a list");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Decodes each entry of a mapping on its own, keeping its key.
+    fn decode_map<T: DeserializeOwned>(&mut self, path: &str, value: &Value) -> Vec<(String, T)> {
+        match value {
+            Value::Null => Vec::new(),
+            Value::Mapping(entries) => {
+                let mut out = Vec::new();
+                for (key, item) in entries {
+                    let Some(name) = key.as_str() else {
+                        self.error(path, "keys must be strings");
+                        continue;
+                    };
+                    let entry_path = format!("{path}.{name}");
+                    if !is_entity_name(name) {
+                        self.error(
+                            &entry_path,
+                            "names may use letters, digits, '-' and '_' only (1 to 64 characters)",
+                        );
+                        continue;
+                    }
+                    if let Some(decoded) = self.decode(&entry_path, item) {
+                        out.push((name.to_string(), decoded));
+                    }
+                }
+                out
+            }
+            _ => {
+                self.error(path, "expected a mapping of names to entries");
+                Vec::new()
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&Value>, default: Duration) -> Duration {
+        match value {
+            None | Some(Value::Null) => default,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(secs) => Duration::from_secs(secs),
+                None => {
+                    self.error(path, "a duration must be a whole, non-negative number of seconds or text such as 30s, 15m, 24h");
+                    default
+                }
+            },
+            Some(Value::String(text)) => match humantime::parse_duration(text.trim()) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.error(
+                        path,
+                        format!("`{text}` is not a duration (use e.g. 30s, 15m, 24h, 7d)"),
+                    );
+                    default
+                }
+            },
+            Some(_) => {
+                self.error(path, "a duration must be text such as 30s, 15m, 24h");
+                default
+            }
+        }
+    }
+
+    fn bounded_duration(
+        &mut self,
+        path: &str,
+        value: Option<&Value>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let d = self.duration(path, value, default);
+        if d < min || d > max {
+            self.error(
+                path,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+        d
+    }
+
+    /// Resolves `{env: NAME}` or `{file: PATH}`. Inline values are refused
+    /// unless `allow_plain`, for values that are only sometimes secret.
+    fn secret(&mut self, path: &str, value: &Value, allow_plain: bool) -> Option<Secret> {
+        if let (Value::String(plain), true) = (value, allow_plain) {
+            return Some(Secret::new(plain.clone()));
+        }
+        let Value::Mapping(map) = value else {
+            self.error(
+                path,
+                "secrets are not written inline: use {env: VARIABLE} or {file: /path/to/file}",
+            );
+            return None;
+        };
+        let source: RawSecretSource = self.decode(path, &Value::Mapping(map.clone()))?;
+        match (source.env, source.file) {
+            (Some(name), None) => match self.env.var(&name) {
+                Some(v) if !v.is_empty() => Some(Secret::new(v)),
+                Some(_) => {
+                    self.error(path, format!("environment variable {name} is empty"));
+                    None
+                }
+                None => {
+                    self.error(path, format!("environment variable {name} is not set"));
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let full = self.resolve_path(&file);
+                match std::fs::read_to_string(&full) {
+                    Ok(content) => {
+                        let trimmed = content.trim_end_matches(['\r', '\n']).to_string();
+                        if trimmed.is_empty() {
+                            self.error(path, format!("file {} is empty", full.display()));
+                            None
+                        } else {
+                            Some(Secret::new(trimmed))
+                        }
+                    }
+                    Err(e) => {
+                        self.error(path, format!("cannot read file {}: {e}", full.display()));
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(path, "give exactly one of `env` or `file`");
+                None
+            }
+        }
+    }
+
+    fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretSource {
+    env: Option<String>,
+    file: Option<String>,
+}
+
+fn join_path(prefix: &str, inner: &str) -> String {
+    match inner {
+        "" | "." => prefix.to_string(),
+        _ if inner.starts_with('[') => format!("{prefix}{inner}"),
+        _ if prefix.is_empty() => inner.to_string(),
+        _ => format!("{prefix}.{inner}"),
+    }
+}
+
+/// serde_yaml_ng appends "at line N column M" relative to the fragment being
+/// decoded, which is meaningless once sections are decoded separately.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn is_entity_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Deployment ids are what clients send (`deploymentId`); the hosted product
+/// uses UUIDs, and any short URL-safe token is accepted.
+pub fn is_deployment_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+/// Parses `scheme://host[:port]` into its serialized origin form
+/// (lowercase host, default port elided). Paths, queries, fragments and
+/// userinfo are refused: an origin is exactly what browsers send.
+pub fn parse_origin(text: &str) -> Result<String, &'static str> {
+    let url = url::Url::parse(text).map_err(|_| "not an origin (expected scheme://host[:port])")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("an origin's scheme must be http or https");
+    }
+    if url.host_str().is_none() {
+        return Err("not an origin (expected scheme://host[:port])");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("an origin has no user information");
+    }
+    let has_extra = url.query().is_some()
+        || url.fragment().is_some()
+        || (url.path() != "/" && !url.path().is_empty())
+        || text.trim_end().ends_with('/');
+    if has_extra {
+        return Err("an origin has no path, query or fragment (expected scheme://host[:port])");
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// An absolute http(s) URL; plain http only for loopback hosts.
+fn parse_web_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback_host(&url) => {}
+        "http" => return Err("must use https (plain http is accepted only for loopback hosts)".into()),
+        other => return Err(format!("unsupported scheme `{other}` (expected https)")),
+    }
+    if url.fragment().is_some() {
+        return Err("must not have a fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry user information".into());
+    }
+    Ok(url)
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("`{text}` is not an address (expected ip:port, e.g. 127.0.0.1:8080 or [::1]:8080)"))
+}
+
+/// `host:port` where host is an IP literal or a DNS name.
+fn check_server(text: &str) -> Result<(), String> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("`{text}` is not a server (expected host:port)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if valid_host {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+fn check_path_prefix(prefix: &str) -> Result<(), &'static str> {
+    if !prefix.starts_with('/') {
+        return Err("must start with '/'");
+    }
+    if prefix.contains(['?', '#', '%', '\\']) || prefix.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        return Err("must be a plain path (no query, fragment, percent-encoding, backslash or spaces)");
+    }
+    if prefix.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("must not contain '.' or '..' segments");
+    }
+    if prefix == "/.auth" || prefix.starts_with("/.auth/") {
+        return Err("/.auth/ is reserved for portcullis's own endpoints");
+    }
+    Ok(())
+}
+
+pub(super) fn validate(
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Environment,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        errors: Vec::new(),
+        base_dir,
+        env,
+    };
+    let doc: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            c.error("", format!("not valid YAML: {e}"));
+            return Err(ConfigErrors(c.errors));
+        }
+    };
+    let top = match doc {
+        Value::Mapping(m) => m,
+        Value::Null => Mapping::new(),
+        _ => {
+            c.error("", "the file must be a YAML mapping of sections (listen, deployments, ...)");
+            return Err(ConfigErrors(c.errors));
+        }
+    };
+    for key in top.keys() {
+        match key.as_str() {
+            Some(k) if TOP_LEVEL_KEYS.contains(&k) => {}
+            Some(k) => c.error(
+                k,
+                format!("unknown key; expected one of {}", TOP_LEVEL_KEYS.join(", ")),
+            ),
+            None => c.error("", "top-level keys must be strings"),
+        }
+    }
+    let get = |k: &str| top.get(k).cloned().unwrap_or(Value::Null);
+
+    let listeners = listeners(&mut c, &get("listen"));
+    let public_url = public_url(&mut c, &get("public_url"));
+    let threads = threads(&mut c, &get("threads"));
+    let admin = admin(&mut c, &get("admin"));
+    let providers = providers(&mut c, &get("providers"));
+    let identity_header_prefix = identity_prefix(&mut c, &get("identity_header_prefix"));
+    let messengers = messengers(&mut c, &get("messengers"), &providers, &identity_header_prefix);
+    let upstreams = upstreams(&mut c, &get("upstreams"));
+    let deployments = deployments(&mut c, &get("deployments"), &messengers, &upstreams);
+    let routes = routes(&mut c, &get("routes"), &deployments);
+    let sessions = sessions(&mut c, &get("sessions"));
+    let logging = logging(&mut c, &get("logging"));
+    let compat = c
+        .decode::<Option<RawCompat>>("compat", &get("compat"))
+        .flatten()
+        .map(|r| Compat {
+            hosted_paths: r.hosted_paths,
+        })
+        .unwrap_or_default();
+    let forwarding = forwarding(&mut c, &get("forwarding"));
+    let limits = limits(&mut c, &get("limits"));
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        listeners,
+        public_url,
+        threads,
+        admin,
+        providers,
+        messengers,
+        deployments,
+        upstreams,
+        routes,
+        sessions,
+        logging,
+        compat,
+        forwarding,
+        identity_header_prefix,
+        limits,
+    })
+}
+
+fn listeners(c: &mut Checker, value: &Value) -> Vec<Listener> {
+    let raw: Vec<(usize, RawListener)> = c.decode_list("listen", value);
+    if matches!(value, Value::Null) || matches!(value, Value::Sequence(s) if s.is_empty()) {
+        c.error("listen", "at least one listener is required");
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, l) in raw {
+        let path = format!("listen[{i}]");
+        let address = match parse_socket_addr(&l.address) {
+            Ok(a) => a,
+            Err(e) => {
+                c.error(format!("{path}.address"), e);
+                continue;
+            }
+        };
+        if !seen.insert(address) {
+            c.error(format!("{path}.address"), format!("{address} is listed twice"));
+        }
+        let tls = l.tls.map(|t| {
+            let files = TlsFiles {
+                cert: c.resolve_path(&t.cert),
+                key: c.resolve_path(&t.key),
+            };
+            for (field, file) in [("cert", &files.cert), ("key", &files.key)] {
+                if !file.is_file() {
+                    c.error(
+                        format!("{path}.tls.{field}"),
+                        format!("file {} does not exist", file.display()),
+                    );
+                }
+            }
+            files
+        });
+        out.push(Listener { address, tls });
+    }
+    out
+}
+
+fn public_url(c: &mut Checker, value: &Value) -> Option<url::Url> {
+    let text: String = c.decode::<Option<String>>("public_url", value).flatten()?;
+    match parse_web_url(&text) {
+        Ok(url) if url.query().is_some() => {
+            c.error("public_url", "must not have a query");
+            None
+        }
+        Ok(url) => Some(url),
+        Err(e) => {
+            c.error("public_url", e);
+            None
+        }
+    }
+}
+
+fn threads(c: &mut Checker, value: &Value) -> usize {
+    let default = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    match c.decode::<Option<usize>>("threads", value).flatten() {
+        None => default,
+        Some(n) if (1..=1024).contains(&n) => n,
+        Some(_) => {
+            c.error("threads", "must be between 1 and 1024");
+            default
+        }
+    }
+}
+
+fn admin(c: &mut Checker, value: &Value) -> Option<Admin> {
+    let raw: RawAdmin = c.decode::<Option<RawAdmin>>("admin", value).flatten()?;
+    let address = match parse_socket_addr(&raw.address) {
+        Ok(a) => a,
+        Err(e) => {
+            c.error("admin.address", e);
+            return None;
+        }
+    };
+    let token = raw
+        .token
+        .as_ref()
+        .and_then(|t| c.secret("admin.token", t, false));
+    if raw.token.is_none() && !address.ip().is_loopback() {
+        c.error(
+            "admin.token",
+            "required when the admin address is not loopback (metrics and admin actions would be open to the network)",
+        );
+    }
+    Some(Admin { address, token })
+}
+
+fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
+    let mut out = BTreeMap::new();
+    for (name, p) in c.decode_map::<RawProvider>("providers", value) {
+        let path = format!("providers.{name}");
+        let issuer = match parse_web_url(&p.issuer) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                c.error(format!("{path}.issuer"), e);
+                None
+            }
+        };
+        let discovery_url = match (&p.discovery_url, &issuer) {
+            (Some(d), _) => match parse_web_url(d) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    c.error(format!("{path}.discovery_url"), e);
+                    None
+                }
+            },
+            (None, Some(iss)) => {
+                let base = iss.as_str().trim_end_matches('/');
+                url::Url::parse(&format!("{base}/.well-known/openid-configuration")).ok()
+            }
+            (None, None) => None,
+        };
+        if p.client_id.trim().is_empty() {
+            c.error(format!("{path}.client_id"), "must not be empty");
+        }
+        let client_secret = p
+            .client_secret
+            .as_ref()
+            .and_then(|s| c.secret(&format!("{path}.client_secret"), s, false));
+        let scopes = p
+            .scopes
+            .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+        if !scopes.iter().any(|s| s == "openid") {
+            c.error(format!("{path}.scopes"), "must include `openid`");
+        }
+        for (i, s) in scopes.iter().enumerate() {
+            if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f) {
+                c.error(format!("{path}.scopes[{i}]"), "not a valid scope token");
+            }
+        }
+        let algorithms = p
+            .algorithms
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
+        if algorithms.is_empty() {
+            c.error(format!("{path}.algorithms"), "must list at least one algorithm");
+        }
+        for (i, a) in algorithms.iter().enumerate() {
+            if SUPPORTED_ALGORITHMS.contains(&a.as_str()) {
+                continue;
+            }
+            let why = if a.eq_ignore_ascii_case("none") {
+                "`none` is never accepted".to_string()
+            } else if a.to_ascii_uppercase().starts_with("HS") {
+                "HMAC algorithms are never accepted with a provider's public keys".to_string()
+            } else {
+                format!("unsupported algorithm `{a}` (supported: {})", SUPPORTED_ALGORITHMS.join(", "))
+            };
+            c.error(format!("{path}.algorithms[{i}]"), why);
+        }
+        let clock_skew = c.bounded_duration(
+            &format!("{path}.clock_skew"),
+            p.clock_skew.as_ref(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Duration::from_secs(300),
+        );
+        if let (Some(issuer), Some(discovery_url)) = (issuer, discovery_url) {
+            out.insert(
+                name.clone(),
+                Provider {
+                    name,
+                    issuer,
+                    discovery_url,
+                    client_id: p.client_id,
+                    client_secret,
+                    scopes,
+                    audiences: p.audiences,
+                    algorithms,
+                    clock_skew,
+                },
+            );
+        }
+    }
+    out
+}
+
+fn identity_prefix(c: &mut Checker, value: &Value) -> String {
+    let prefix = c
+        .decode::<Option<String>>("identity_header_prefix", value)
+        .flatten()
+        .unwrap_or_else(|| "X-Auth-".to_string());
+    if prefix.len() < 2 || !is_header_name(&prefix) {
+        c.error(
+            "identity_header_prefix",
+            "must be the start of a header name, at least 2 characters (default X-Auth-)",
+        );
+    }
+    prefix
+}
+
+fn messengers(
+    c: &mut Checker,
+    value: &Value,
+    providers: &BTreeMap<String, Provider>,
+    identity_prefix: &str,
+) -> BTreeMap<String, Messenger> {
+    let mut out = BTreeMap::new();
+    for (name, m) in c.decode_map::<RawMessenger>("messengers", value) {
+        let path = format!("messengers.{name}");
+        let auth = m.authentication;
+        if auth.enabled {
+            match &auth.provider {
+                None => c.error(
+                    format!("{path}.authentication.provider"),
+                    "required when authentication is enabled",
+                ),
+                Some(p) if !providers.contains_key(p) => c.error(
+                    format!("{path}.authentication.provider"),
+                    format!("unknown provider `{p}`{}", known_list(providers.keys())),
+                ),
+                Some(_) => {}
+            }
+        } else if let Some(p) = &auth.provider {
+            if !providers.contains_key(p) {
+                c.error(
+                    format!("{path}.authentication.provider"),
+                    format!("unknown provider `{p}`{}", known_list(providers.keys())),
+                );
+            }
+        }
+        let require = auth
+            .require
+            .map(|r| require(c, &format!("{path}.authentication.require"), r))
+            .unwrap_or_default();
+        let session = session_lifetimes(c, &format!("{path}.session"), m.session);
+        let prefix_lower = normalize_header_name(identity_prefix);
+        for header in m.identity_headers.keys() {
+            let hp = format!("{path}.identity_headers.{header}");
+            if !is_header_name(header) {
+                c.error(hp, "not a valid header name");
+            } else if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+                c.error(hp, "this header cannot carry identity");
+            } else if !normalize_header_name(header).starts_with(&prefix_lower) {
+                c.error(
+                    hp,
+                    format!("identity headers must start with the identity prefix `{identity_prefix}` so that spoofed copies are always stripped"),
+                );
+            }
+        }
+        for (header, claim) in &m.identity_headers {
+            if claim.is_empty() {
+                c.error(format!("{path}.identity_headers.{header}"), "claim name must not be empty");
+            }
+        }
+        out.insert(
+            name.clone(),
+            Messenger {
+                name,
+                authentication: Authentication {
+                    enabled: auth.enabled,
+                    provider: auth.provider,
+                    allow_session_upgrade: auth.allow_session_upgrade,
+                    require,
+                },
+                session,
+                identity_headers: m.identity_headers,
+                assertion: m.assertion,
+            },
+        );
+    }
+    out
+}
+
+/// Header names compared the way an upstream might read them: lowercase, `_` as `-`.
+pub fn normalize_header_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            _ => b.to_ascii_lowercase() as char,
+        })
+        .collect()
+}
+
+fn known_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        " (none are defined)".to_string()
+    } else {
+        format!(" (known: {})", names.join(", "))
+    }
+}
+
+fn require(c: &mut Checker, path: &str, r: RawRequire) -> Require {
+    for (i, d) in r.email_domains.iter().enumerate() {
+        let valid = !d.is_empty()
+            && !d.contains('@')
+            && d.split('.').count() >= 2
+            && d.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            c.error(format!("{path}.email_domains[{i}]"), "not a domain (expected e.g. example.com)");
+        }
+    }
+    for (field, groups) in [("groups_any", &r.groups_any), ("groups_all", &r.groups_all)] {
+        for (i, g) in groups.iter().enumerate() {
+            if g.is_empty() {
+                c.error(format!("{path}.{field}[{i}]"), "group names must not be empty");
+            }
+        }
+    }
+    for (claim, v) in &r.claims {
+        if matches!(v, serde_json::Value::Null) {
+            c.error(
+                format!("{path}.claims.{claim}"),
+                "a required claim needs a value to compare with",
+            );
+        }
+    }
+    Require {
+        claims: r.claims,
+        groups_any: r.groups_any,
+        groups_all: r.groups_all,
+        email_domains: r
+            .email_domains
+            .into_iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+    }
+}
+
+fn session_lifetimes(c: &mut Checker, path: &str, raw: Option<RawSessionLifetimes>) -> SessionLifetimes {
+    let defaults = SessionLifetimes::default();
+    let Some(raw) = raw else {
+        return defaults;
+    };
+    let max_lifetime = c.bounded_duration(
+        &format!("{path}.max_lifetime"),
+        raw.max_lifetime.as_ref(),
+        defaults.max_lifetime,
+        MIN_SESSION_LIFETIME,
+        MAX_SESSION_LIFETIME,
+    );
+    let idle_timeout = c.bounded_duration(
+        &format!("{path}.idle_timeout"),
+        raw.idle_timeout.as_ref(),
+        defaults.idle_timeout.min(max_lifetime),
+        Duration::from_secs(60),
+        MAX_SESSION_LIFETIME,
+    );
+    if idle_timeout > max_lifetime {
+        c.error(format!("{path}.idle_timeout"), "must not exceed max_lifetime");
+    }
+    let token_lifetime = c.bounded_duration(
+        &format!("{path}.token_lifetime"),
+        raw.token_lifetime.as_ref(),
+        defaults.token_lifetime.min(max_lifetime),
+        Duration::from_secs(60),
+        Duration::from_secs(24 * 3600),
+    );
+    if token_lifetime > max_lifetime {
+        c.error(format!("{path}.token_lifetime"), "must not exceed max_lifetime");
+    }
+    SessionLifetimes {
+        max_lifetime,
+        idle_timeout,
+        token_lifetime,
+    }
+}
+
+fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
+    let mut out = BTreeMap::new();
+    for (name, u) in c.decode_map::<RawUpstream>("upstreams", value) {
+        let path = format!("upstreams.{name}");
+        if u.servers.is_empty() {
+            c.error(format!("{path}.servers"), "at least one server is required");
+        }
+        let mut seen = HashSet::new();
+        for (i, s) in u.servers.iter().enumerate() {
+            if let Err(e) = check_server(s) {
+                c.error(format!("{path}.servers[{i}]"), e);
+            } else if !seen.insert(s.as_str()) {
+                c.error(format!("{path}.servers[{i}]"), format!("`{s}` is listed twice"));
+            }
+        }
+        let sni = u.sni.clone().unwrap_or_else(|| {
+            u.servers
+                .first()
+                .and_then(|s| s.rsplit_once(':'))
+                .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']').to_string())
+                .filter(|host| host.parse::<std::net::IpAddr>().is_err())
+                .unwrap_or_default()
+        });
+        let health_check = u.health_check.map(|h| {
+            let hp = format!("{path}.health_check");
+            let check_path = h.path.unwrap_or_else(|| "/".to_string());
+            if !check_path.starts_with('/') || check_path.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+                c.error(format!("{hp}.path"), "must be a path starting with '/'");
+            }
+            let interval = c.bounded_duration(
+                &format!("{hp}.interval"),
+                h.interval.as_ref(),
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            );
+            let timeout = c.bounded_duration(
+                &format!("{hp}.timeout"),
+                h.timeout.as_ref(),
+                Duration::from_secs(1).min(interval),
+                Duration::from_millis(50),
+                Duration::from_secs(60),
+            );
+            if timeout > interval {
+                c.error(format!("{hp}.timeout"), "must not exceed the interval");
+            }
+            HealthCheck {
+                path: check_path,
+                interval,
+                timeout,
+            }
+        });
+        let connect_timeout = c.bounded_duration(
+            &format!("{path}.connect_timeout"),
+            u.connect_timeout.as_ref(),
+            Duration::from_secs(3),
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        );
+        out.insert(
+            name.clone(),
+            Upstream {
+                name,
+                servers: u.servers,
+                tls: u.tls,
+                sni,
+                health_check,
+                connect_timeout,
+            },
+        );
+    }
+    out
+}
+
+fn deployments(
+    c: &mut Checker,
+    value: &Value,
+    messengers: &BTreeMap<String, Messenger>,
+    upstreams: &BTreeMap<String, Upstream>,
+) -> Vec<Deployment> {
+    let mut ids = HashSet::new();
+    let mut out = Vec::new();
+    for (i, d) in c.decode_list::<RawDeployment>("deployments", value) {
+        let path = format!("deployments[{i}]");
+        if !is_deployment_id(&d.id) {
+            c.error(
+                format!("{path}.id"),
+                "a deployment id uses letters, digits, '-', '_' and '.' only (1 to 64 characters)",
+            );
+        } else if !ids.insert(d.id.clone()) {
+            c.error(format!("{path}.id"), format!("duplicate deployment id `{}`", d.id));
+        }
+        if !messengers.contains_key(&d.messenger) {
+            c.error(
+                format!("{path}.messenger"),
+                format!("unknown messenger `{}`{}", d.messenger, known_list(messengers.keys())),
+            );
+        }
+        if !upstreams.contains_key(&d.upstream) {
+            c.error(
+                format!("{path}.upstream"),
+                format!("unknown upstream `{}`{}", d.upstream, known_list(upstreams.keys())),
+            );
+        }
+        let status = match d.status.as_deref() {
+            None | Some("active") => DeploymentStatus::Active,
+            Some("inactive") => DeploymentStatus::Inactive,
+            Some(other) => {
+                c.error(
+                    format!("{path}.status"),
+                    format!("`{other}` is not a status (expected active or inactive)"),
+                );
+                DeploymentStatus::Inactive
+            }
+        };
+        let origins = if d.allow_all_origins {
+            if !d.allowed_origins.is_empty() {
+                c.error(
+                    format!("{path}.allow_all_origins"),
+                    "set either allowed_origins or allow_all_origins: true, not both",
+                );
+            }
+            OriginPolicy::Any
+        } else {
+            let mut list = Vec::new();
+            for (j, o) in d.allowed_origins.iter().enumerate() {
+                match parse_origin(o) {
+                    Ok(origin) => list.push(origin),
+                    Err(e) => c.error(format!("{path}.allowed_origins[{j}]"), e),
+                }
+            }
+            OriginPolicy::List(list)
+        };
+        let mut redirect_uris = Vec::new();
+        for (j, r) in d.redirect_uris.iter().enumerate() {
+            match parse_web_url(r) {
+                Ok(u) => redirect_uris.push(u),
+                Err(e) => c.error(format!("{path}.redirect_uris[{j}]"), e),
+            }
+        }
+        out.push(Deployment {
+            id: d.id,
+            name: d.name,
+            messenger: d.messenger,
+            status,
+            origins,
+            allow_missing_origin: d.allow_missing_origin,
+            upstream: d.upstream,
+            access_token_query: d.access_token_query,
+            forward_token: d.forward_token,
+            redirect_uris,
+        });
+    }
+    out
+}
+
+fn routes(c: &mut Checker, value: &Value, deployments: &[Deployment]) -> Vec<Route> {
+    let known: HashSet<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+    let mut prefixes = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in c.decode_list::<RawRoute>("routes", value) {
+        let path = format!("routes[{i}]");
+        if let Err(e) = check_path_prefix(&r.path_prefix) {
+            c.error(format!("{path}.path_prefix"), e);
+        } else if !prefixes.insert(r.path_prefix.clone()) {
+            c.error(
+                format!("{path}.path_prefix"),
+                format!("`{}` is used by another route", r.path_prefix),
+            );
+        }
+        let deployment = match (r.deployment_from, r.deployment) {
+            (Some(_), Some(_)) => {
+                c.error(path.clone(), "give either `deployment` or `deployment_from`, not both");
+                continue;
+            }
+            (Some(from), None) => {
+                if from.query.is_empty() {
+                    c.error(format!("{path}.deployment_from.query"), "must name a query parameter");
+                }
+                DeploymentSource::Query(from.query)
+            }
+            (None, Some(id)) => {
+                if !known.contains(id.as_str()) {
+                    c.error(
+                        format!("{path}.deployment"),
+                        format!("unknown deployment `{id}`"),
+                    );
+                }
+                DeploymentSource::Fixed(id)
+            }
+            (None, None) => DeploymentSource::Query("deploymentId".to_string()),
+        };
+        let profile = match r.profile.as_deref() {
+            None | Some("standard") => RouteProfile::Standard,
+            Some("guest-api") => RouteProfile::GuestApi,
+            Some(other) => {
+                c.error(
+                    format!("{path}.profile"),
+                    format!("`{other}` is not a profile (expected standard or guest-api)"),
+                );
+                RouteProfile::Standard
+            }
+        };
+        out.push(Route {
+            name: r.name.unwrap_or_else(|| r.path_prefix.clone()),
+            path_prefix: r.path_prefix,
+            deployment,
+            profile,
+        });
+    }
+    out
+}
+
+fn sessions(c: &mut Checker, value: &Value) -> Sessions {
+    let raw = c.decode::<Option<RawSessions>>("sessions", value).flatten();
+    let (store, redis, cookie, keys) = match raw {
+        Some(r) => (r.store, r.redis, r.cookie, r.keys),
+        None => (None, None, None, None),
+    };
+    let store = match store.as_deref() {
+        None | Some("memory") => SessionStore::Memory,
+        Some("redis") => match redis {
+            Some(r) => match c.secret("sessions.redis.url", &r.url, true) {
+                Some(url) => {
+                    let scheme_ok = url::Url::parse(url.expose())
+                        .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+                        .unwrap_or(false);
+                    if !scheme_ok {
+                        c.error(
+                            "sessions.redis.url",
+                            "not a Redis URL (expected redis://host:port/db or rediss://...)",
+                        );
+                    }
+                    SessionStore::Redis { url }
+                }
+                None => SessionStore::Memory,
+            },
+            None => {
+                c.error("sessions.redis", "required when sessions.store is redis");
+                SessionStore::Memory
+            }
+        },
+        Some(other) => {
+            c.error(
+                "sessions.store",
+                format!("`{other}` is not a store (expected memory or redis)"),
+            );
+            SessionStore::Memory
+        }
+    };
+    let (cookie_name, cookie_domain) = match cookie {
+        Some(ck) => (ck.name.unwrap_or_else(|| "portcullis".into()), ck.domain),
+        None => ("portcullis".into(), None),
+    };
+    let cookie_name_ok = !cookie_name.is_empty()
+        && cookie_name.len() <= 64
+        && cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !cookie_name_ok {
+        c.error(
+            "sessions.cookie.name",
+            "a cookie name uses letters, digits, '-', '_' and '.' only (1 to 64 characters)",
+        );
+    }
+    let (cookie_key, signing_key) = match keys {
+        Some(k) => {
+            let cookie_key = k
+                .cookie_key
+                .as_ref()
+                .and_then(|v| c.secret("sessions.keys.cookie_key", v, false));
+            if let Some(key) = &cookie_key {
+                match base64::engine::general_purpose::STANDARD.decode(key.expose().trim()) {
+                    Ok(bytes) if bytes.len() >= 32 => {}
+                    Ok(bytes) => c.error(
+                        "sessions.keys.cookie_key",
+                        format!("must be at least 32 bytes once base64-decoded (got {})", bytes.len()),
+                    ),
+                    Err(_) => c.error("sessions.keys.cookie_key", "not valid base64"),
+                }
+            }
+            let signing_key = k
+                .signing_key
+                .as_ref()
+                .and_then(|v| c.secret("sessions.keys.signing_key", v, false));
+            if let Some(key) = &signing_key {
+                if !key.expose().contains("-----BEGIN") {
+                    c.error("sessions.keys.signing_key", "expected a PEM-encoded private key");
+                }
+            }
+            (cookie_key, signing_key)
+        }
+        None => (None, None),
+    };
+    Sessions {
+        store,
+        cookie_name,
+        cookie_domain,
+        cookie_key,
+        signing_key,
+    }
+}
+
+fn logging(c: &mut Checker, value: &Value) -> Logging {
+    let raw = c.decode::<Option<RawLogging>>("logging", value).flatten();
+    let (format, level) = match raw {
+        Some(r) => (r.format, r.level),
+        None => (None, None),
+    };
+    let format = match format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            c.error(
+                "logging.format",
+                format!("`{other}` is not a log format (expected json or text)"),
+            );
+            LogFormat::Text
+        }
+    };
+    let level = level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        c.error(
+            "logging.level",
+            format!("`{level}` is not a level or filter (expected e.g. info, debug, portcullis=debug)"),
+        );
+    }
+    Logging { format, level }
+}
+
+fn forwarding(c: &mut Checker, value: &Value) -> Forwarding {
+    let Some(raw) = c.decode::<Option<RawForwarding>>("forwarding", value).flatten() else {
+        return Forwarding::default();
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in raw.trusted_proxies.iter().enumerate() {
+        let parsed = p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => c.error(
+                format!("forwarding.trusted_proxies[{i}]"),
+                format!("`{p}` is not an IP address or CIDR range"),
+            ),
+        }
+    }
+    Forwarding { trusted_proxies }
+}
+
+fn limits(c: &mut Checker, value: &Value) -> Limits {
+    let defaults = Limits::default();
+    let Some(raw) = c.decode::<Option<RawLimits>>("limits", value).flatten() else {
+        return defaults;
+    };
+    let mut bounded = |field: &str, v: Option<usize>, default: usize| match v {
+        None => default,
+        Some(n) if (64..=65536).contains(&n) => n,
+        Some(_) => {
+            c.error(format!("limits.{field}"), "must be between 64 and 65536");
+            default
+        }
+    };
+    Limits {
+        max_path_bytes: bounded("max_path_bytes", raw.max_path_bytes, defaults.max_path_bytes),
+        max_query_bytes: bounded("max_query_bytes", raw.max_query_bytes, defaults.max_query_bytes),
+    }
+}

@@ -1,0 +1,418 @@
+//! The live-connection registry: every proxied WebSocket, from its 101 to its
+//! end, and the means to close any of them on demand.
+//!
+//! Pingora has no public hook to cancel an upgraded HTTP/1 stream from
+//! outside its task. What it does give us is the upstream socket's
+//! descriptor (in `connected_to_upstream`) and every upstream→client chunk of
+//! the upgraded body, with an end-of-stream call when the upstream side ends
+//! (`response_body_filter`). A forced close therefore works like this:
+//!
+//! 1. `LiveConnection::request_close` records the close code and reason once,
+//!    then `shutdown(2)`s the upstream socket through a *duplicated*
+//!    descriptor that this registry owns. Owning a duplicate (never a bare fd
+//!    number) means the descriptor cannot be closed and reused under us: the
+//!    socket stays valid until the registry entry is dropped.
+//! 2. Pingora's proxy task sees the upstream end, calls the response body
+//!    filter with end of stream, and the proxy appends a WebSocket close
+//!    frame with that code, provided the upstream→client byte stream is at a
+//!    frame boundary (`proxy::frames` tracks this). Pingora then finishes the
+//!    downstream side.
+//! 3. A client that stops reading could keep the proxy task blocked on a
+//!    write forever; the sweeper (`sweep_overdue`) hard-closes the client
+//!    socket of any connection still registered `HARD_CLOSE_AFTER` after its
+//!    close was requested, through a duplicated descriptor as well.
+//!
+//! The entry is removed when the request's `logging` phase drops its guard,
+//! which also drops both duplicates.
+
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// WebSocket close codes portcullis sends (SPEC §5).
+pub mod close_code {
+    /// The session reached its maximum lifetime or idle timeout.
+    pub const SESSION_EXPIRED: u16 = 4001;
+    /// The session was ended: logout, revocation, admin action, policy change.
+    pub const SESSION_REVOKED: u16 = 4002;
+    /// The proxy is shutting down (RFC 6455 "going away").
+    pub const GOING_AWAY: u16 = 1001;
+}
+
+/// How long a requested close may take before the client socket is cut.
+pub const HARD_CLOSE_AFTER: Duration = Duration::from_millis(750);
+
+const SHARDS: usize = 16;
+
+/// Why a connection was closed, for metrics and the close frame.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: String,
+    /// Metric label: `admin`, `expired`, `logout`, `shutdown`, ...
+    pub label: &'static str,
+    pub requested_at: Instant,
+}
+
+/// One proxied WebSocket.
+pub struct LiveConnection {
+    pub id: u64,
+    pub deployment: Arc<str>,
+    pub route: Arc<str>,
+    /// The portcullis session this connection belongs to, once sessions exist.
+    pub session: Option<Arc<str>>,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    upstream: OwnedFd,
+    downstream: Option<OwnedFd>,
+    close: OnceLock<CloseRequest>,
+    hard_closed: OnceLock<()>,
+}
+
+impl LiveConnection {
+    /// Asks for the connection to close with `code`. The first request wins;
+    /// later ones return false and change nothing.
+    pub fn request_close(&self, code: u16, reason: &str, label: &'static str) -> bool {
+        let request = CloseRequest {
+            code,
+            reason: reason.to_string(),
+            label,
+            requested_at: Instant::now(),
+        };
+        if self.close.set(request).is_err() {
+            return false;
+        }
+        // Ending the upstream side makes Pingora's proxy task finish the
+        // stream; the close frame is appended in the response body filter.
+        let _ = socket2::SockRef::from(&self.upstream).shutdown(Shutdown::Both);
+        true
+    }
+
+    /// The pending close, if one was requested.
+    pub fn close_request(&self) -> Option<&CloseRequest> {
+        self.close.get()
+    }
+
+    fn hard_close(&self) {
+        if self.hard_closed.set(()).is_ok() {
+            if let Some(fd) = &self.downstream {
+                let _ = socket2::SockRef::from(fd).shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// What the admin API shows of a connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub deployment: String,
+    pub route: String,
+    pub session: Option<String>,
+    pub started_unix: u64,
+    pub age_seconds: f64,
+    pub closing: bool,
+}
+
+/// Everything needed to register a connection.
+pub struct NewConnection {
+    pub deployment: Arc<str>,
+    pub route: Arc<str>,
+    pub session: Option<Arc<str>>,
+    /// A duplicate of the upstream socket, owned by the registry from now on.
+    pub upstream: OwnedFd,
+    /// A duplicate of the client socket, for the hard-close fallback.
+    pub downstream: Option<OwnedFd>,
+}
+
+pub struct Registry {
+    shards: Box<[Mutex<HashMap<u64, Arc<LiveConnection>>>]>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            metrics,
+        })
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<LiveConnection>>> {
+        &self.shards[(id as usize) % SHARDS]
+    }
+
+    /// Registers a connection; it stays registered while the guard lives.
+    pub fn register(self: &Arc<Self>, new: NewConnection) -> LiveGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(LiveConnection {
+            id,
+            deployment: new.deployment,
+            route: new.route,
+            session: new.session,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            upstream: new.upstream,
+            downstream: new.downstream,
+            close: OnceLock::new(),
+            hard_closed: OnceLock::new(),
+        });
+        self.metrics
+            .active_connections
+            .with_label_values(&[&conn.deployment])
+            .inc();
+        self.shard(id).lock().insert(id, conn.clone());
+        LiveGuard {
+            registry: self.clone(),
+            conn,
+        }
+    }
+
+    fn deregister(&self, conn: &LiveConnection) {
+        if self.shard(conn.id).lock().remove(&conn.id).is_some() {
+            self.metrics
+                .active_connections
+                .with_label_values(&[&conn.deployment])
+                .dec();
+            self.metrics
+                .connection_duration
+                .with_label_values(&[&conn.deployment])
+                .observe(conn.started_at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Closes one connection. False when it is unknown or already closing.
+    pub fn close(&self, id: u64, code: u16, reason: &str, label: &'static str) -> bool {
+        let conn = self.shard(id).lock().get(&id).cloned();
+        conn.is_some_and(|c| self.close_one(&c, code, reason, label))
+    }
+
+    /// Closes every connection the predicate selects; returns how many began closing.
+    pub fn close_where(
+        &self,
+        select: impl Fn(&LiveConnection) -> bool,
+        code: u16,
+        reason: &str,
+        label: &'static str,
+    ) -> usize {
+        let chosen: Vec<Arc<LiveConnection>> = self.collect(|c| select(c));
+        chosen
+            .iter()
+            .filter(|c| self.close_one(c, code, reason, label))
+            .count()
+    }
+
+    fn close_one(&self, conn: &LiveConnection, code: u16, reason: &str, label: &'static str) -> bool {
+        let started = conn.request_close(code, reason, label);
+        if started {
+            self.metrics
+                .forced_closes
+                .with_label_values(&[&conn.deployment, label])
+                .inc();
+            tracing::info!(
+                connection = conn.id,
+                deployment = %conn.deployment,
+                code,
+                reason = label,
+                "closing live connection"
+            );
+        }
+        started
+    }
+
+    fn collect(&self, select: impl Fn(&LiveConnection) -> bool) -> Vec<Arc<LiveConnection>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.lock().values().filter(|c| select(c)).cloned());
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Open connections per deployment.
+    pub fn counts_by_deployment(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for shard in self.shards.iter() {
+            for c in shard.lock().values() {
+                *counts.entry(c.deployment.to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    pub fn list(&self, deployment: Option<&str>) -> Vec<ConnectionInfo> {
+        let mut list: Vec<ConnectionInfo> = self
+            .collect(|c| deployment.is_none_or(|d| &*c.deployment == d))
+            .iter()
+            .map(|c| ConnectionInfo {
+                id: c.id,
+                deployment: c.deployment.to_string(),
+                route: c.route.to_string(),
+                session: c.session.as_deref().map(str::to_string),
+                started_unix: c
+                    .started
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                age_seconds: c.started_at.elapsed().as_secs_f64(),
+                closing: c.close_request().is_some(),
+            })
+            .collect();
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    /// Hard-closes the client side of connections whose close has been
+    /// pending longer than `HARD_CLOSE_AFTER`. Returns how many it cut.
+    pub fn sweep_overdue(&self) -> usize {
+        let overdue = self.collect(|c| {
+            c.close_request()
+                .is_some_and(|r| r.requested_at.elapsed() >= HARD_CLOSE_AFTER)
+                && c.hard_closed.get().is_none()
+        });
+        for c in &overdue {
+            tracing::warn!(connection = c.id, "close frame not delivered in time; cutting the client socket");
+            c.hard_close();
+        }
+        overdue.len()
+    }
+}
+
+/// Keeps a connection registered; dropping it deregisters the connection
+/// and releases the registry's duplicated descriptors.
+pub struct LiveGuard {
+    registry: Arc<Registry>,
+    conn: Arc<LiveConnection>,
+}
+
+impl LiveGuard {
+    pub fn connection(&self) -> &LiveConnection {
+        &self.conn
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.registry.deregister(&self.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn register(registry: &Arc<Registry>, deployment: &str, upstream: &TcpStream) -> LiveGuard {
+        registry.register(NewConnection {
+            deployment: deployment.into(),
+            route: "/v1".into(),
+            session: None,
+            upstream: OwnedFd::from(upstream.try_clone().unwrap()),
+            downstream: None,
+        })
+    }
+
+    #[test]
+    fn close_shuts_the_upstream_socket_and_records_the_reason_once() {
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let (ours, theirs) = socket_pair();
+        let guard = register(&registry, "d1", &ours);
+        let id = guard.connection().id;
+
+        assert!(registry.close(id, close_code::SESSION_REVOKED, "session revoked", "admin"));
+        assert!(!registry.close(id, close_code::SESSION_EXPIRED, "session expired", "expired"));
+        let pending = guard.connection().close_request().unwrap();
+        assert_eq!(pending.code, close_code::SESSION_REVOKED);
+
+        // The peer sees end of stream: the socket itself was shut down.
+        let mut buf = [0u8; 8];
+        let mut theirs = theirs;
+        assert_eq!(theirs.read(&mut buf).unwrap(), 0);
+        // And our side can no longer write.
+        let mut ours = ours;
+        assert!(ours.write_all(b"x").is_err());
+    }
+
+    #[test]
+    fn dropping_the_guard_deregisters_and_updates_the_gauge() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(metrics.clone());
+        let (a, _b) = socket_pair();
+        let (c, _d) = socket_pair();
+        let g1 = register(&registry, "d1", &a);
+        let g2 = register(&registry, "d2", &c);
+        assert_eq!(registry.len(), 2);
+        assert_eq!(metrics.active_connections.with_label_values(&["d1"]).get(), 1);
+        drop(g1);
+        assert_eq!(registry.len(), 1);
+        assert_eq!(metrics.active_connections.with_label_values(&["d1"]).get(), 0);
+        assert!(!registry.close(g2.connection().id + 100, 4002, "x", "admin"));
+        assert_eq!(registry.list(Some("d2")).len(), 1);
+        assert!(registry.list(Some("d1")).is_empty());
+    }
+
+    #[test]
+    fn close_where_selects_by_deployment_and_counts_forced_closes() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(metrics.clone());
+        let pairs: Vec<_> = (0..5).map(|_| socket_pair()).collect();
+        let guards: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (a, _))| register(&registry, if i < 3 { "a" } else { "b" }, a))
+            .collect();
+        let closed = registry.close_where(|c| &*c.deployment == "a", 4002, "session revoked", "admin");
+        assert_eq!(closed, 3);
+        assert_eq!(metrics.forced_closes.with_label_values(&["a", "admin"]).get(), 3);
+        assert_eq!(metrics.forced_closes.with_label_values(&["b", "admin"]).get(), 0);
+        let closing: Vec<bool> = guards.iter().map(|g| g.connection().close_request().is_some()).collect();
+        assert_eq!(closing, vec![true, true, true, false, false]);
+    }
+
+    #[test]
+    fn sweeper_cuts_the_client_socket_only_after_the_grace_period() {
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let (up, _up_peer) = socket_pair();
+        let (down, down_peer) = socket_pair();
+        let guard = registry.register(NewConnection {
+            deployment: "d".into(),
+            route: "/".into(),
+            session: None,
+            upstream: OwnedFd::from(up.try_clone().unwrap()),
+            downstream: Some(OwnedFd::from(down.try_clone().unwrap())),
+        });
+        assert!(registry.close(guard.connection().id, 4002, "session revoked", "admin"));
+        assert_eq!(registry.sweep_overdue(), 0, "nothing is overdue yet");
+        std::thread::sleep(HARD_CLOSE_AFTER + Duration::from_millis(50));
+        assert_eq!(registry.sweep_overdue(), 1);
+        assert_eq!(registry.sweep_overdue(), 0, "a connection is cut once");
+        let mut buf = [0u8; 4];
+        let mut down_peer = down_peer;
+        assert_eq!(down_peer.read(&mut buf).unwrap(), 0);
+    }
+}

@@ -1,0 +1,23 @@
+//! portcullis: an OpenID Connect edge proxy for web-messaging servers, built
+//! on Pingora. See README.md for the request's journey through the modules.
+//!
+//! | module        | owns                                                          |
+//! |---------------|---------------------------------------------------------------|
+//! | `config`      | the YAML file: raw structs, validation, the trusted model     |
+//! | `runtime`     | the config compiled for lookups; reloads swap it atomically   |
+//! | `proxy`       | the Pingora request phases and the decisions they call        |
+//! | `connections` | the live-connection registry and forced WebSocket closes      |
+//! | `admin`       | the admin listener: health, readiness, connections, reload    |
+//! | `metrics`     | every Prometheus metric portcullis exports                    |
+//! | `server`      | assembling listeners and services into one Pingora server     |
+//! | `demo`        | `portcullis demo`: an echo chat backend and its page          |
+
+pub mod admin;
+pub mod config;
+pub mod connections;
+pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,84 @@
+//! The `portcullis` command: run, check, demo, version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "OpenID Connect edge proxy for web-messaging servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print every problem with its path.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the proxy in front of a built-in echo chat backend, on localhost.
+    Demo {
+        /// A demo configuration other than the built-in conf/demo.yaml.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match portcullis::config::load(&config) {
+            Ok(_) => {
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: configuration is invalid:", config.display());
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config: path } => {
+            let config = match portcullis::config::load(&path) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{}: configuration is invalid; not starting:", path.display());
+                    for e in &errors.0 {
+                        eprintln!("  {e}");
+                    }
+                    return ExitCode::from(1);
+                }
+            };
+            portcullis::logging::init(&config.logging);
+            let started = portcullis::server::build_state(config, Some(path)).and_then(portcullis::server::run);
+            report(started)
+        }
+        Command::Demo { config } => report(portcullis::demo::run(config.as_deref())),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

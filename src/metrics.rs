@@ -1,0 +1,135 @@
+//! Every Prometheus metric portcullis exports, registered in one registry
+//! that the admin listener renders. Label values are always bounded sets
+//! (configured deployment ids, fixed outcome names), never client input,
+//! so a scanner cannot blow up the series count.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The label used when a request names no known deployment.
+pub const NO_DEPLOYMENT: &str = "-";
+
+pub struct Metrics {
+    registry: Registry,
+    /// Every request on the proxy listeners, by deployment, route, outcome and status.
+    pub requests: IntCounterVec,
+    /// WebSocket upgrade attempts, by deployment and outcome.
+    pub handshakes: IntCounterVec,
+    /// Live proxied WebSockets, by deployment.
+    pub active_connections: IntGaugeVec,
+    /// Connections closed by portcullis, by deployment and reason.
+    pub forced_closes: IntCounterVec,
+    /// Failures to reach or talk to an upstream, by upstream and kind.
+    pub upstream_errors: IntCounterVec,
+    /// Time from a request's arrival to its response header (the handshake, for WebSockets).
+    pub request_duration: HistogramVec,
+    /// How long proxied WebSockets lived.
+    pub connection_duration: HistogramVec,
+    /// Config reload attempts, by result.
+    pub config_reloads: IntCounterVec,
+    /// 1 when an upstream server passes its health check, 0 when not.
+    pub upstream_healthy: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("static metric definition");
+            registry.register(Box::new(h.clone())).expect("metric registered once");
+            h
+        };
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        let lifetime_buckets = vec![
+            1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0,
+        ];
+        let build_info = gauge(
+            "portcullis_build_info",
+            "Always 1; the version label says which portcullis is running.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            requests: counter(
+                "portcullis_requests_total",
+                "Requests on the proxy listeners by deployment, route, outcome and status.",
+                &["deployment", "route", "outcome", "status"],
+            ),
+            handshakes: counter(
+                "portcullis_handshakes_total",
+                "WebSocket upgrade requests by deployment and outcome.",
+                &["deployment", "outcome"],
+            ),
+            active_connections: gauge(
+                "portcullis_active_connections",
+                "Proxied WebSocket connections currently open, by deployment.",
+                &["deployment"],
+            ),
+            forced_closes: counter(
+                "portcullis_forced_closes_total",
+                "WebSocket connections closed by portcullis, by deployment and reason.",
+                &["deployment", "reason"],
+            ),
+            upstream_errors: counter(
+                "portcullis_upstream_errors_total",
+                "Failures to connect to or exchange with an upstream, by upstream and kind.",
+                &["upstream", "kind"],
+            ),
+            request_duration: histogram(
+                "portcullis_request_duration_seconds",
+                "Time from a request's arrival to its response header, by kind (http, websocket).",
+                &["kind"],
+                latency_buckets,
+            ),
+            connection_duration: histogram(
+                "portcullis_connection_duration_seconds",
+                "Lifetime of proxied WebSocket connections, by deployment.",
+                &["deployment"],
+                lifetime_buckets,
+            ),
+            config_reloads: counter(
+                "portcullis_config_reloads_total",
+                "Configuration reload attempts by result (ok, rejected).",
+                &["result"],
+            ),
+            upstream_healthy: gauge(
+                "portcullis_upstream_healthy",
+                "1 when an upstream server passes its health check, 0 when it does not.",
+                &["upstream", "server"],
+            ),
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,168 @@
+//! WebSocket framing on the upstream→client byte stream: just enough to know
+//! whether the stream sits between two frames, so that a close frame of our
+//! own can be appended without corrupting a frame the upstream was sending.
+//! Pingora hands the upgraded body over in arbitrary chunks, so headers may
+//! be split across calls.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEADER: usize = 14;
+/// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, of which
+/// 2 carry the close code.
+const MAX_CLOSE_REASON: usize = 123;
+
+#[derive(Debug, Default, Clone)]
+pub struct FrameTracker {
+    header: [u8; MAX_HEADER],
+    header_len: usize,
+    payload_remaining: u64,
+}
+
+impl FrameTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Follows the frame structure through the next chunk of bytes.
+    pub fn observe(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.payload_remaining > 0 {
+                let skip = usize::try_from(self.payload_remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.payload_remaining -= skip as u64;
+                data = &data[skip..];
+                continue;
+            }
+            self.header[self.header_len] = data[0];
+            self.header_len += 1;
+            data = &data[1..];
+            if let Some(payload) = self.complete_header_payload_len() {
+                self.payload_remaining = payload;
+                self.header_len = 0;
+            }
+        }
+    }
+
+    /// The payload length once the header buffered so far is complete.
+    fn complete_header_payload_len(&self) -> Option<u64> {
+        if self.header_len < 2 {
+            return None;
+        }
+        let masked = self.header[1] & 0x80 != 0;
+        let len7 = self.header[1] & 0x7f;
+        let extended = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let needed = 2 + extended + if masked { 4 } else { 0 };
+        if self.header_len < needed {
+            return None;
+        }
+        Some(match len7 {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0xff; 8])),
+            n => u64::from(n),
+        })
+    }
+
+    /// True when the bytes seen so far end exactly at a frame boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.payload_remaining == 0
+    }
+}
+
+/// An unmasked (server→client) close frame with `code` and `reason`; the
+/// reason is cut at a character boundary to fit a control frame.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut frame = BytesMut::with_capacity(4 + reason.len());
+    frame.put_u8(0x88); // FIN + opcode 8 (close)
+    frame.put_u8((2 + reason.len()) as u8);
+    frame.put_u16(code);
+    frame.put_slice(reason);
+    frame.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload_len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x81];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        if payload_len < 126 {
+            f.push(mask_bit | payload_len as u8);
+        } else if payload_len <= 0xffff {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+        } else {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(payload_len as u64).to_be_bytes());
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(b'a', payload_len));
+        f
+    }
+
+    #[test]
+    fn whole_frames_end_at_a_boundary() {
+        for len in [0, 1, 125, 126, 300, 65535, 65536, 70000] {
+            let mut t = FrameTracker::new();
+            t.observe(&frame(len, false));
+            assert!(t.at_boundary(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn every_split_point_inside_a_frame_is_not_a_boundary() {
+        for len in [0, 5, 200, 70000] {
+            for masked in [false, true] {
+                let bytes = frame(len, masked);
+                for cut in 1..bytes.len().min(40) {
+                    let mut t = FrameTracker::new();
+                    t.observe(&bytes[..cut]);
+                    assert!(!t.at_boundary(), "len {len} cut {cut}");
+                    t.observe(&bytes[cut..]);
+                    assert!(t.at_boundary(), "len {len} cut {cut} then rest");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_feeding_tracks_several_frames() {
+        let mut stream = frame(3, false);
+        stream.extend(frame(130, false));
+        stream.extend(frame(0, false));
+        let mut t = FrameTracker::new();
+        let mut boundaries = 0;
+        for b in &stream {
+            t.observe(std::slice::from_ref(b));
+            if t.at_boundary() {
+                boundaries += 1;
+            }
+        }
+        // The boundaries are the ends of the three frames.
+        assert_eq!(boundaries, 3);
+    }
+
+    #[test]
+    fn close_frame_layout_and_reason_cap() {
+        let f = close_frame(4002, "session revoked");
+        assert_eq!(&f[..4], &[0x88, 17, 0x0f, 0xa2]);
+        assert_eq!(&f[4..], b"session revoked");
+        let long = "é".repeat(100);
+        let f = close_frame(4001, &long);
+        assert!(f.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&f[4..]).is_ok());
+    }
+}

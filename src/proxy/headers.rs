@@ -1,0 +1,189 @@
+//! What goes upstream in the request header: spoofed identity headers
+//! removed, `X-Forwarded-*` set from what portcullis itself saw.
+
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+
+use crate::runtime::StripRules;
+
+/// Whether a header name is, or could be read by an upstream as, an identity
+/// header: compared case-insensitively with `_` read as `-`, since some
+/// servers (CGI, some frameworks) fold `X_Auth_Subject` into `X-Auth-Subject`.
+pub fn is_identity_header(name: &str, rules: &StripRules) -> bool {
+    let normalized = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+    let name = name.as_bytes();
+    let prefix = rules.prefix.as_bytes();
+    let has_prefix = name.len() >= prefix.len()
+        && name.iter().zip(prefix).all(|(a, b)| normalized(*a) == *b);
+    has_prefix
+        || (!rules.extra.is_empty() && {
+            let n: String = name.iter().map(|b| normalized(*b) as char).collect();
+            rules.extra.contains(&n)
+        })
+}
+
+/// Removes every identity header the client sent; returns how many.
+pub fn strip_identity_headers(req: &mut RequestHeader, rules: &StripRules) -> usize {
+    let doomed: Vec<String> = req
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| is_identity_header(k, rules))
+        .map(str::to_string)
+        .collect();
+    for name in &doomed {
+        while req.remove_header(name.as_str()).is_some() {}
+    }
+    doomed.len()
+}
+
+/// What portcullis knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: Option<IpAddr>,
+    pub tls: bool,
+}
+
+/// The `X-Forwarded-*` values to send upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Forwarded {
+    pub for_: Option<String>,
+    pub proto: &'static str,
+    pub proto_passthrough: Option<String>,
+    pub host: Option<String>,
+}
+
+/// Computes `X-Forwarded-For/Proto/Host`. A trusted peer (a configured proxy
+/// in front of portcullis) has its values extended; anyone else's are
+/// replaced by what portcullis observed.
+pub fn forwarded(req: &RequestHeader, client: ClientInfo, trusted: bool) -> Forwarded {
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let peer = client.peer.map(|ip| ip.to_string());
+    let for_ = match (trusted, header("x-forwarded-for"), peer) {
+        (true, Some(chain), Some(peer)) => Some(format!("{chain}, {peer}")),
+        (_, _, peer) => peer,
+    };
+    let proto = if client.tls { "https" } else { "http" };
+    let proto_passthrough = header("x-forwarded-proto")
+        .filter(|p| trusted && (p == "http" || p == "https"));
+    let host = match (trusted, header("x-forwarded-host")) {
+        (true, Some(h)) => Some(h),
+        _ => header("host").or_else(|| req.uri.authority().map(|a| a.to_string())),
+    };
+    Forwarded {
+        for_,
+        proto,
+        proto_passthrough,
+        host,
+    }
+}
+
+/// Writes the forwarded headers, removing the client's own untrusted variants.
+pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"] {
+        while req.remove_header(name).is_some() {}
+    }
+    if let Some(v) = &fwd.for_ {
+        let _ = req.insert_header("x-forwarded-for", v.as_str());
+    }
+    let proto = fwd.proto_passthrough.as_deref().unwrap_or(fwd.proto);
+    let _ = req.insert_header("x-forwarded-proto", proto);
+    if let Some(h) = &fwd.host {
+        let _ = req.insert_header("x-forwarded-host", h.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn rules(extra: &[&str]) -> StripRules {
+        StripRules {
+            prefix: "x-auth-".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect::<HashSet<_>>(),
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/v1", None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn every_spelling_of_an_identity_header_is_stripped() {
+        let mut req = request(&[
+            ("X-Auth-Subject", "admin"),
+            ("x_auth_subject", "admin"),
+            ("X_AUTH_EMAIL", "a@b"),
+            ("x-AUTH-groups", "root"),
+            ("X-Auth-Subject", "second copy"),
+            ("X-Authorization-Other", "keep: prefix is x-auth- with dash"),
+            ("X-Tenant", "mapped"),
+            ("Cookie", "a=b"),
+            ("X-Auth", "no dash: not the prefix"),
+        ]);
+        let removed = strip_identity_headers(&mut req, &rules(&["x-tenant"]));
+        assert_eq!(removed, 5);
+        let left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(req.headers.get("x-authorization-other").is_some());
+        assert!(req.headers.get("cookie").is_some());
+        assert!(req.headers.get("x-auth").is_some());
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_choose_their_forwarded_headers() {
+        let req = request(&[
+            ("Host", "chat.example.com"),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+        ]);
+        let client = ClientInfo {
+            peer: Some("192.0.2.7".parse().unwrap()),
+            tls: false,
+        };
+        let f = forwarded(&req, client, false);
+        assert_eq!(f.for_.as_deref(), Some("192.0.2.7"));
+        assert_eq!(f.proto, "http");
+        assert_eq!(f.proto_passthrough, None);
+        assert_eq!(f.host.as_deref(), Some("chat.example.com"));
+
+        let mut req = req;
+        apply_forwarded(&mut req, &f);
+        assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "192.0.2.7");
+        assert_eq!(req.headers.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(req.headers.get("x-forwarded-host").unwrap(), "chat.example.com");
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn trusted_proxies_have_their_chain_extended() {
+        let req = request(&[
+            ("Host", "internal:8080"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "chat.example.com"),
+        ]);
+        let client = ClientInfo {
+            peer: Some("10.0.0.2".parse().unwrap()),
+            tls: false,
+        };
+        let f = forwarded(&req, client, true);
+        assert_eq!(f.for_.as_deref(), Some("203.0.113.9, 10.0.0.2"));
+        assert_eq!(f.proto_passthrough.as_deref(), Some("https"));
+        assert_eq!(f.host.as_deref(), Some("chat.example.com"));
+    }
+}

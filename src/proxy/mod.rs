@@ -1,0 +1,460 @@
+//! The proxy pipeline: portcullis's implementation of Pingora's request
+//! phases. Each phase method is short and calls plain functions over plain
+//! data (`admit`, `route`, `origin`, `headers`, `frames`), which are tested
+//! without sockets.
+//!
+//! ```text
+//! request_filter ─┬─ check the target, route → deployment (400/404), inactive (403)
+//!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
+//!                 ├─ authentication required? (501 until it is built)
+//!                 └─ refusal → one renderer: JSON body, status, metric label
+//! upstream_peer .......... the deployment's upstream: round-robin over healthy
+//!                          servers, skipping ones that already failed to connect
+//! connected_to_upstream .. upgrade? keep a duplicate of the upstream socket
+//! upstream_request_filter  strip identity headers (any case, `_` as `-`),
+//!                          set X-Forwarded-For/Proto/Host
+//! response_filter ........ 101: register the live connection
+//! response_body_filter ... follow frame boundaries; after a forced close,
+//!                          append the close frame
+//! logging ................ one log line, metrics, deregistration
+//! ```
+
+pub mod frames;
+pub mod headers;
+pub mod origin;
+pub mod refusal;
+pub mod route;
+
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::Backend;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorSource;
+
+use crate::connections::{LiveGuard, NewConnection};
+use crate::metrics::NO_DEPLOYMENT;
+use crate::runtime::{Runtime, State};
+
+use frames::FrameTracker;
+use refusal::Refusal;
+use route::Target;
+
+/// Decides whether a request may go upstream, and where. Pure: everything
+/// it needs is in the runtime snapshot and the request header.
+pub fn admit(runtime: &Runtime, req: &RequestHeader, is_upgrade: bool) -> Result<Target, Refusal> {
+    let checked = route::check_target(req.raw_path(), &runtime.config.limits)?;
+    if checked.path == "/.auth" || checked.path.starts_with("/.auth/") {
+        // portcullis's own endpoints arrive with authentication.
+        return Err(Refusal::NoRoute);
+    }
+    let target = route::select(runtime, &checked)?;
+    if !target.deployment.is_active() {
+        return Err(Refusal::DeploymentInactive);
+    }
+    let mut origins = req.headers.get_all("origin").iter();
+    let origin = origins.next().map(|v| v.as_bytes());
+    if origins.next().is_some() {
+        return Err(Refusal::OriginNotAllowed);
+    }
+    origin::check(&target.deployment.config, origin, is_upgrade)?;
+    if target.deployment.requires_authentication() {
+        return Err(Refusal::AuthenticationUnavailable);
+    }
+    Ok(target)
+}
+
+/// Per-request state, created empty for every request.
+#[derive(Default)]
+pub struct RequestCtx {
+    runtime: Option<Arc<Runtime>>,
+    started: Option<Instant>,
+    is_upgrade: bool,
+    target: Option<Target>,
+    refusal: Option<Refusal>,
+    /// Servers that failed to connect for this request, skipped on retry.
+    tried: Vec<Backend>,
+    /// A duplicate of the upstream socket of an upgrade request, until the
+    /// live connection takes it over.
+    upstream_fd: Option<OwnedFd>,
+    live: Option<LiveGuard>,
+    frames: FrameTracker,
+    /// Time to the response header.
+    response_after: Option<Duration>,
+    /// The close code portcullis appended for the client, if any.
+    close_sent: Option<u16>,
+}
+
+pub struct Portcullis {
+    state: Arc<State>,
+}
+
+impl Portcullis {
+    pub fn new(state: Arc<State>) -> Self {
+        Portcullis { state }
+    }
+
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<()> {
+        ctx.refusal = Some(refusal);
+        let (header, body) = refusal.render();
+        session.as_downstream_mut().write_error_response(header, body).await
+    }
+}
+
+/// Duplicates a descriptor Pingora owns, so that the copy stays valid for as
+/// long as portcullis holds it, whatever Pingora does with the original.
+fn duplicate_fd(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: Pingora passes (or exposes) the descriptor of a socket it keeps
+    // open for the whole call; we only borrow it long enough to dup(2) it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned().ok()
+}
+
+fn client_uses_tls(digest: Option<&Digest>) -> bool {
+    digest.is_some_and(|d| d.ssl_digest.is_some())
+}
+
+#[async_trait]
+impl ProxyHttp for Portcullis {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    /// Decides the request's fate before anything reaches an upstream:
+    /// route, deployment, origin, authentication. A refusal is answered here.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        let runtime = self.state.runtime();
+        ctx.is_upgrade = session.is_upgrade_req();
+        let decision = admit(&runtime, session.req_header(), ctx.is_upgrade);
+        ctx.runtime = Some(runtime);
+        match decision {
+            Ok(target) => {
+                ctx.target = Some(target);
+                Ok(false)
+            }
+            Err(refusal) => {
+                self.refuse(session, ctx, refusal).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Picks a healthy server of the deployment's upstream, round-robin,
+    /// skipping servers that already failed to connect for this request.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        let Some(target) = &ctx.target else {
+            return Error::e_explain(InternalError, "upstream_peer without an admitted target");
+        };
+        let upstream = &target.deployment.upstream;
+        let tried = &ctx.tried;
+        let backend = upstream
+            .balancer
+            .select_with(b"", 256, |b, healthy| healthy && !tried.contains(b));
+        let Some(backend) = backend else {
+            ctx.refusal = Some(if ctx.tried.is_empty() {
+                Refusal::NoHealthyUpstream
+            } else {
+                Refusal::UpstreamFailed
+            });
+            return Error::e_explain(HTTPStatus(503), "no healthy upstream server");
+        };
+        ctx.tried.push(backend.clone());
+        let config = &upstream.config;
+        let mut peer = HttpPeer::new(&backend, config.tls, config.sni.clone());
+        peer.options.connection_timeout = Some(config.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// A server that refuses the connection is skipped and the next one
+    /// tried, while untried servers remain.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(target) = &ctx.target {
+            let upstream = &target.deployment.upstream;
+            self.state
+                .metrics
+                .upstream_errors
+                .with_label_values(&[&upstream.config.name, "connect"])
+                .inc();
+            let servers = upstream.balancer.backends().get_backend().len();
+            if ctx.tried.len() < servers {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// Keeps a duplicate of the upstream socket of an upgrade request: the
+    /// live-connection registry closes connections through it.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] fd: RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if ctx.is_upgrade {
+            ctx.upstream_fd = duplicate_fd(fd);
+        }
+        Ok(())
+    }
+
+    /// Removes every identity header the client sent and sets
+    /// `X-Forwarded-*` from what portcullis saw itself.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(runtime) = &ctx.runtime else {
+            return Error::e_explain(InternalError, "no runtime snapshot");
+        };
+        headers::strip_identity_headers(upstream_request, &runtime.strip);
+        let client = headers::ClientInfo {
+            peer: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: client_uses_tls(session.digest()),
+        };
+        let trusted = client.peer.is_some_and(|ip| {
+            runtime
+                .config
+                .forwarding
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
+        let fwd = headers::forwarded(upstream_request, client, trusted);
+        headers::apply_forwarded(upstream_request, &fwd);
+        Ok(())
+    }
+
+    /// On a 101, the request became a live WebSocket: register it so it can
+    /// be closed on demand. A connection portcullis could not close later is
+    /// not allowed to open.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.response_after = ctx.started.map(|s| s.elapsed());
+        if upstream_response.status.as_u16() != 101 || !ctx.is_upgrade {
+            return Ok(());
+        }
+        let (Some(target), Some(upstream)) = (&ctx.target, ctx.upstream_fd.take()) else {
+            return Error::e_explain(InternalError, "upgrade without a registrable upstream socket");
+        };
+        let downstream = session
+            .as_downstream()
+            .stream()
+            .and_then(|s| duplicate_fd(s.id()));
+        ctx.live = Some(self.state.connections.register(NewConnection {
+            deployment: target.deployment.label.clone(),
+            route: target.route.label.clone(),
+            session: None,
+            upstream,
+            downstream,
+        }));
+        Ok(())
+    }
+
+    /// Follows frame boundaries of the upgraded stream; when the upstream side
+    /// ended because portcullis closed the connection, appends the close frame.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        let Some(live) = &ctx.live else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.as_deref() {
+            ctx.frames.observe(chunk);
+        }
+        if !end_of_stream || ctx.close_sent.is_some() {
+            return Ok(None);
+        }
+        let Some(close) = live.connection().close_request() else {
+            return Ok(None);
+        };
+        if ctx.frames.at_boundary() {
+            let mut out = BytesMut::new();
+            if let Some(chunk) = body.take() {
+                out.extend_from_slice(&chunk);
+            }
+            out.extend_from_slice(&frames::close_frame(close.code, &close.reason));
+            *body = Some(out.freeze());
+            ctx.close_sent = Some(close.code);
+        } else {
+            tracing::warn!(
+                connection = live.connection().id,
+                "forced close arrived in the middle of an upstream frame; closing without a close frame"
+            );
+        }
+        Ok(None)
+    }
+
+    /// Answers proxy failures with the same JSON shape as every refusal.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
+        let refusal = match (ctx.refusal, e.esource()) {
+            (Some(r), _) => Some(r),
+            (None, ErrorSource::Upstream) => Some(Refusal::UpstreamFailed),
+            (None, ErrorSource::Downstream) => None,
+            (None, _) => Some(Refusal::UpstreamFailed),
+        };
+        if let (Some(target), Some(Refusal::UpstreamFailed | Refusal::NoHealthyUpstream)) = (&ctx.target, refusal) {
+            let kind = if refusal == Some(Refusal::NoHealthyUpstream) { "no_healthy_server" } else { "proxy" };
+            self.state
+                .metrics
+                .upstream_errors
+                .with_label_values(&[&target.deployment.upstream.config.name, kind])
+                .inc();
+        }
+        let mut code = 0;
+        if let Some(r) = refusal {
+            ctx.refusal = Some(r);
+            code = r.status();
+            let (header, body) = r.render();
+            if let Err(write_error) = session.as_downstream_mut().write_error_response(header, body).await {
+                tracing::debug!(error = %write_error, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// One log line and the metrics of the request; ends its live connection.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let live = ctx.live.take();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let outcome = match (ctx.refusal, e) {
+            (Some(r), _) => r.code(),
+            (None, Some(_)) if status == 0 => "client_aborted",
+            (None, _) => "allowed",
+        };
+        let deployment = ctx
+            .target
+            .as_ref()
+            .map(|t| t.deployment.label.as_ref())
+            .unwrap_or(NO_DEPLOYMENT);
+        let route = ctx.target.as_ref().map(|t| t.route.label.as_ref()).unwrap_or(NO_DEPLOYMENT);
+        let metrics = &self.state.metrics;
+        metrics
+            .requests
+            .with_label_values(&[deployment, route, outcome, status_label(status)])
+            .inc();
+        if ctx.is_upgrade {
+            let handshake = match (outcome, status) {
+                ("allowed", 101) => "upgraded",
+                ("allowed", _) => "upstream_declined",
+                (other, _) => other,
+            };
+            metrics.handshakes.with_label_values(&[deployment, handshake]).inc();
+        }
+        let latency = ctx
+            .response_after
+            .or_else(|| ctx.started.map(|s| s.elapsed()))
+            .unwrap_or_default();
+        let kind = if ctx.is_upgrade { "websocket" } else { "http" };
+        metrics
+            .request_duration
+            .with_label_values(&[kind])
+            .observe(latency.as_secs_f64());
+        let req = session.req_header();
+        let path = std::str::from_utf8(req.raw_path())
+            .ok()
+            .map(|p| p.split('?').next().unwrap_or(""))
+            .filter(|p| p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("<unprintable>");
+        let connection_seconds = live
+            .as_ref()
+            .map(|l| l.connection().started_at.elapsed().as_secs_f64());
+        let forced_close = live
+            .as_ref()
+            .and_then(|l| l.connection().close_request().map(|c| c.label));
+        tracing::info!(
+            target: "portcullis::access",
+            method = %req.method,
+            path,
+            deployment,
+            route,
+            outcome,
+            status,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            websocket = ctx.is_upgrade,
+            connection_seconds,
+            forced_close,
+            close_code = ctx.close_sent,
+            "request"
+        );
+        drop(live);
+    }
+
+    /// What Pingora's own error log lines show of a request: never the query,
+    /// which may carry a token.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        let path = std::str::from_utf8(req.raw_path())
+            .ok()
+            .and_then(|p| p.split('?').next())
+            .unwrap_or("<non-utf8 path>");
+        format!("{} {}", req.method, path.chars().take(256).collect::<String>())
+    }
+}
+
+/// Status codes as static label values (a bounded set).
+fn status_label(status: u16) -> &'static str {
+    const LABELS: [&str; 6] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"];
+    match status {
+        101 => "101",
+        200 => "200",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        429 => "429",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s => LABELS[(s / 100).min(5) as usize],
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! The validated config compiled into lookup-ready form (`Runtime`), and the
+//! long-lived shared state that holds it (`State`).
+//!
+//! A `Runtime` is immutable. Each request takes one snapshot, so a reload
+//! never changes a request halfway; a reload builds a new `Runtime` and swaps
+//! it in atomically. Upstream balancers whose config did not change are
+//! carried over, keeping their health-check state.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+
+use crate::config::{self, Config, Deployment, DeploymentStatus, Messenger, Route, Upstream};
+use crate::connections::Registry;
+use crate::metrics::Metrics;
+
+/// A deployment with everything a request needs resolved.
+pub struct DeploymentRt {
+    pub config: Deployment,
+    pub messenger: Messenger,
+    pub upstream: Arc<UpstreamRt>,
+    /// The id as a shared string, for metric labels and the registry.
+    pub label: Arc<str>,
+}
+
+impl DeploymentRt {
+    pub fn is_active(&self) -> bool {
+        self.config.status == DeploymentStatus::Active
+    }
+    pub fn requires_authentication(&self) -> bool {
+        self.messenger.authentication.enabled
+    }
+}
+
+pub struct RouteRt {
+    pub config: Route,
+    pub label: Arc<str>,
+}
+
+/// An upstream's servers behind a round-robin balancer with optional active
+/// health checks.
+pub struct UpstreamRt {
+    pub config: Upstream,
+    pub balancer: LoadBalancer<RoundRobin>,
+    next_health_check: Mutex<Instant>,
+}
+
+impl UpstreamRt {
+    fn build(config: &Upstream) -> Result<Self, String> {
+        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.servers.iter().map(String::as_str))
+            .map_err(|e| format!("upstreams.{}.servers: cannot resolve: {e}", config.name))?;
+        if let Some(hc) = &config.health_check {
+            let host = config
+                .servers
+                .first()
+                .map(String::as_str)
+                .unwrap_or("localhost");
+            let mut check = HttpHealthCheck::new(host, config.tls);
+            check.req.set_uri(
+                hc.path
+                    .parse()
+                    .map_err(|_| format!("upstreams.{}.health_check.path: not a path", config.name))?,
+            );
+            if config.tls && !config.sni.is_empty() {
+                check.peer_template.sni = config.sni.clone();
+            }
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.peer_template.options.read_timeout = Some(hc.timeout);
+            check.peer_template.options.total_connection_timeout = Some(hc.timeout);
+            balancer.set_health_check(Box::new(check));
+            balancer.health_check_frequency = Some(hc.interval);
+        }
+        Ok(UpstreamRt {
+            config: config.clone(),
+            balancer,
+            next_health_check: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Runs the active health check if it is due; returns whether it ran.
+    pub async fn health_check_if_due(&self, metrics: &Metrics) -> bool {
+        let Some(hc) = &self.config.health_check else {
+            return false;
+        };
+        {
+            let mut next = self.next_health_check.lock();
+            if Instant::now() < *next {
+                return false;
+            }
+            *next = Instant::now() + hc.interval;
+        }
+        let backends = self.balancer.backends();
+        backends.run_health_check(true).await;
+        for backend in backends.get_backend().iter() {
+            let healthy = backends.ready(backend);
+            metrics
+                .upstream_healthy
+                .with_label_values(&[&self.config.name, &backend.addr.to_string()])
+                .set(i64::from(healthy));
+        }
+        true
+    }
+}
+
+/// Identity-header stripping rules, shared by every request.
+pub struct StripRules {
+    /// Normalized (lowercase, `_` as `-`) prefix.
+    pub prefix: String,
+    /// Normalized names from `identity_headers` maps.
+    pub extra: HashSet<String>,
+}
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    deployments: HashMap<String, Arc<DeploymentRt>>,
+    /// Longest prefix first, so the most specific route wins.
+    routes: Vec<Arc<RouteRt>>,
+    pub upstreams: HashMap<String, Arc<UpstreamRt>>,
+    pub strip: StripRules,
+    /// When this runtime was built (config loads and reloads).
+    pub loaded_at: std::time::SystemTime,
+}
+
+impl Runtime {
+    /// Compiles a validated config, reusing unchanged upstreams of `previous`.
+    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Self, String> {
+        let mut upstreams = HashMap::new();
+        for (name, u) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|old| old.config == *u)
+                .cloned();
+            let rt = match reused {
+                Some(rt) => rt,
+                None => Arc::new(UpstreamRt::build(u)?),
+            };
+            upstreams.insert(name.clone(), rt);
+        }
+        let mut deployments = HashMap::new();
+        for d in &config.deployments {
+            // Validation guarantees both references resolve.
+            let (Some(messenger), Some(upstream)) = (config.messengers.get(&d.messenger), upstreams.get(&d.upstream)) else {
+                return Err(format!("deployment {}: unresolved reference", d.id));
+            };
+            deployments.insert(
+                d.id.clone(),
+                Arc::new(DeploymentRt {
+                    config: d.clone(),
+                    messenger: messenger.clone(),
+                    upstream: upstream.clone(),
+                    label: Arc::from(d.id.as_str()),
+                }),
+            );
+        }
+        let mut routes: Vec<Arc<RouteRt>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(RouteRt {
+                    config: r.clone(),
+                    label: Arc::from(r.name.as_str()),
+                })
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
+        let strip = StripRules {
+            prefix: config::normalize_header_name(&config.identity_header_prefix),
+            extra: config
+                .messengers
+                .values()
+                .flat_map(|m| m.identity_headers.keys())
+                .map(|h| config::normalize_header_name(h))
+                .collect(),
+        };
+        Ok(Runtime {
+            config: Arc::new(config),
+            deployments,
+            routes,
+            upstreams,
+            strip,
+            loaded_at: std::time::SystemTime::now(),
+        })
+    }
+
+    pub fn deployment(&self, id: &str) -> Option<&Arc<DeploymentRt>> {
+        self.deployments.get(id)
+    }
+
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<DeploymentRt>> {
+        self.deployments.values()
+    }
+
+    pub fn routes(&self) -> &[Arc<RouteRt>] {
+        &self.routes
+    }
+}
+
+/// What outlives a reload: the current runtime, the live connections and the metrics.
+pub struct State {
+    runtime: ArcSwap<Runtime>,
+    pub connections: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// The file reloads read again; `None` for configs built in memory.
+    pub config_path: Option<PathBuf>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, serde::Serialize)]
+pub struct ReloadSummary {
+    pub deployments: usize,
+    pub routes: usize,
+    /// Settings that only take effect after a restart.
+    pub restart_required_for: Vec<&'static str>,
+}
+
+impl State {
+    pub fn new(runtime: Runtime, config_path: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(State {
+            runtime: ArcSwap::from_pointee(runtime),
+            connections: Registry::new(metrics.clone()),
+            metrics,
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The current runtime; hold it for the whole request.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Reads the config file again and swaps it in. An invalid file changes
+    /// nothing: the old config keeps serving.
+    pub async fn reload(&self) -> Result<ReloadSummary, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.reload_inner().await;
+        let label = if result.is_ok() { "ok" } else { "rejected" };
+        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(s) => tracing::info!(deployments = s.deployments, routes = s.routes, "configuration reloaded"),
+            Err(e) => tracing::error!(error = %e, "configuration reload rejected; the previous configuration keeps serving"),
+        }
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<ReloadSummary, String> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or_else(|| "this instance was not started from a file".to_string())?;
+        let old = self.runtime();
+        let previous = old.clone();
+        // Loading reads files and building may resolve server names: both block.
+        let new = tokio::task::spawn_blocking(move || {
+            let config = config::load(&path).map_err(|e| e.to_string())?;
+            Runtime::build(config, Some(&previous))
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))??;
+        let mut restart_required_for = Vec::new();
+        if new.config.listeners != old.config.listeners {
+            restart_required_for.push("listen");
+        }
+        if new.config.threads != old.config.threads {
+            restart_required_for.push("threads");
+        }
+        if new.config.admin.as_ref().map(|a| a.address) != old.config.admin.as_ref().map(|a| a.address) {
+            restart_required_for.push("admin.address");
+        }
+        let summary = ReloadSummary {
+            deployments: new.deployments.len(),
+            routes: new.routes.len(),
+            restart_required_for,
+        };
+        self.runtime.store(Arc::new(new));
+        Ok(summary)
+    }
+
+    /// Runs due health checks of every upstream of the current runtime.
+    pub async fn run_due_health_checks(&self) {
+        let runtime = self.runtime();
+        for upstream in runtime.upstreams.values() {
+            upstream.health_check_if_due(&self.metrics).await;
+        }
+    }
+}
+
+/// How often the supervisor looks for due health checks and overdue closes.
+pub const SUPERVISOR_TICK: Duration = Duration::from_millis(250);
