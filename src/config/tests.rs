@@ -1,0 +1,410 @@
+//! Validation tests: good files parse into the expected model, and each bad
+//! input yields its own located, actionable message.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = r#"
+listen:
+  - address: 127.0.0.1:8080
+public_url: https://chat.example.com
+threads: 4
+admin:
+  address: 127.0.0.1:9090
+providers:
+  okta:
+    issuer: https://example.okta.com/oauth2/default
+    client_id: portcullis
+    client_secret: {env: OKTA_CLIENT_SECRET}
+    scopes: [openid, email, profile, offline_access]
+    audiences: [api://messaging]
+    algorithms: [RS256, ES256]
+    clock_skew: 60s
+messengers:
+  support:
+    authentication:
+      enabled: true
+      provider: okta
+      allow_session_upgrade: false
+      require:
+        claims: {email_verified: true}
+        groups_any: [customers]
+        email_domains: [Example.com]
+    session: {max_lifetime: 24h, idle_timeout: 30m, token_lifetime: 15m}
+    identity_headers: {X-Auth-Tenant: tenant_id}
+    assertion: true
+  public:
+    authentication: {enabled: false}
+deployments:
+  - id: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10
+    name: website
+    messenger: support
+    status: active
+    allowed_origins: [https://www.example.com, "HTTPS://Shop.Example.com:443"]
+    upstream: chat
+    access_token_query: false
+    forward_token: false
+    redirect_uris: [https://www.example.com/chat/callback]
+  - id: open-1
+    messenger: public
+    status: inactive
+    allow_all_origins: true
+    upstream: chat
+upstreams:
+  chat:
+    servers: [10.0.0.5:8080, "chat-backend.internal:8080"]
+    tls: false
+    health_check: {path: /healthz, interval: 5s}
+routes:
+  - path_prefix: /v1
+    deployment_from: {query: deploymentId}
+  - path_prefix: /support/
+    deployment: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10
+    profile: guest-api
+sessions:
+  store: memory
+  cookie: {name: portcullis}
+  keys:
+    cookie_key: {env: PORTCULLIS_COOKIE_KEY}
+logging: {format: json, level: info}
+compat: {hosted_paths: false}
+forwarding: {trusted_proxies: [10.0.0.0/8, 192.0.2.1]}
+"#;
+
+fn env() -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("OKTA_CLIENT_SECRET", "s3cret".to_string()),
+        // 32 zero bytes, base64.
+        ("PORTCULLIS_COOKIE_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string()),
+        ("PORTCULLIS_ADMIN_TOKEN", "admin-token".to_string()),
+    ])
+}
+
+fn parse_with(text: &str, vars: &HashMap<&'static str, String>) -> Result<Config, ConfigErrors> {
+    let lookup = |name: &str| vars.get(name).cloned();
+    parse(text, Path::new("/nonexistent"), &lookup)
+}
+
+fn parse_text(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with(text, &env())
+}
+
+/// The errors of `GOOD` with `from` replaced by `to`.
+fn errors_after(from: &str, to: &str) -> ConfigErrors {
+    assert!(GOOD.contains(from), "test bug: {from:?} not in GOOD");
+    parse_text(&GOOD.replacen(from, to, 1)).expect_err("the edited file should be invalid")
+}
+
+fn assert_error(errors: &ConfigErrors, path: &str, message: &str) {
+    assert!(
+        errors.contains(path, message),
+        "expected `{path}: ...{message}...` in:\n{errors}"
+    );
+}
+
+#[test]
+fn the_canonical_file_parses_into_the_model() {
+    let c = parse_text(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.threads, 4);
+    let okta = &c.providers["okta"];
+    assert_eq!(okta.client_secret.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(
+        okta.discovery_url.as_str(),
+        "https://example.okta.com/oauth2/default/.well-known/openid-configuration"
+    );
+    assert_eq!(okta.clock_skew, Duration::from_secs(60));
+    let support = &c.messengers["support"];
+    assert!(support.authentication.enabled);
+    assert_eq!(support.authentication.require.email_domains, vec!["example.com"]);
+    assert_eq!(support.session.idle_timeout, Duration::from_secs(1800));
+    let d = &c.deployments[0];
+    assert_eq!(
+        d.origins,
+        OriginPolicy::List(vec!["https://www.example.com".into(), "https://shop.example.com".into()])
+    );
+    assert_eq!(c.deployments[1].status, DeploymentStatus::Inactive);
+    assert_eq!(c.deployments[1].origins, OriginPolicy::Any);
+    assert_eq!(c.routes[0].deployment, DeploymentSource::Query("deploymentId".into()));
+    assert_eq!(c.routes[1].profile, RouteProfile::GuestApi);
+    assert_eq!(c.upstreams["chat"].health_check.as_ref().unwrap().interval, Duration::from_secs(5));
+    assert_eq!(c.logging.format, LogFormat::Json);
+    assert_eq!(c.forwarding.trusted_proxies.len(), 2);
+    assert_eq!(c.identity_header_prefix, "X-Auth-");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = parse_text(GOOD).unwrap();
+    let dump = format!("{c:?}");
+    assert!(!dump.contains("s3cret"));
+    assert!(dump.contains("<redacted>"));
+}
+
+#[test]
+fn defaults_fill_every_optional_key() {
+    let c = parse_text(
+        r#"
+listen: [{address: "127.0.0.1:8080"}]
+messengers: {m: {authentication: {enabled: false}}}
+upstreams: {u: {servers: ["127.0.0.1:9000"]}}
+deployments: [{id: d, messenger: m, upstream: u}]
+routes: [{path_prefix: /v1}]
+"#,
+    )
+    .unwrap();
+    assert!(c.threads >= 1);
+    assert!(c.admin.is_none());
+    assert_eq!(c.routes[0].deployment, DeploymentSource::Query("deploymentId".into()));
+    assert_eq!(c.routes[0].name, "/v1");
+    assert_eq!(c.deployments[0].status, DeploymentStatus::Active);
+    assert_eq!(c.deployments[0].origins, OriginPolicy::List(vec![]));
+    assert!(!c.deployments[0].allow_missing_origin);
+    assert_eq!(c.messengers["m"].session, SessionLifetimes::default());
+    assert!(matches!(c.sessions.store, SessionStore::Memory));
+    assert_eq!(c.sessions.cookie_name, "portcullis");
+    assert_eq!(c.logging.format, LogFormat::Text);
+    assert_eq!(c.upstreams["u"].connect_timeout, Duration::from_secs(3));
+    assert!(c.upstreams["u"].health_check.is_none());
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let text = GOOD
+        .replacen("address: 127.0.0.1:8080", "address: localhost", 1)
+        .replacen("messenger: support", "messenger: nope", 1)
+        .replacen("[https://www.example.com, ", "[https://www.example.com/path, ", 1)
+        .replacen("upstream: chat\n    access_token_query", "upstream: gone\n    access_token_query", 1);
+    let errors = parse_text(&text).unwrap_err();
+    assert_error(&errors, "listen[0].address", "not an address");
+    assert_error(&errors, "deployments[0].messenger", "unknown messenger `nope` (known: public, support)");
+    assert_error(&errors, "deployments[0].allowed_origins[0]", "no path");
+    assert_error(&errors, "deployments[0].upstream", "unknown upstream `gone`");
+    assert_eq!(errors.0.len(), 4, "{errors}");
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    assert_error(&errors_after("public_url:", "pubilc_url:"), "pubilc_url", "unknown key");
+    let errors = errors_after("    name: website\n", "    name: website\n    allowed_origin: [x]\n");
+    assert_error(&errors, "deployments[0].allowed_origin", "unknown field `allowed_origin`, expected one of `id`");
+    let errors = errors_after("health_check: {path: /healthz", "health_check: {pth: /healthz");
+    assert_error(&errors, "upstreams.chat.health_check.pth", "unknown field `pth`");
+}
+
+#[test]
+fn wrong_types_are_located() {
+    assert_error(&errors_after("threads: 4", "threads: many"), "threads", "invalid type");
+    assert_error(&errors_after("assertion: true", "assertion: maybe"), "messengers.support.assertion", "invalid type");
+    assert_error(&errors_after("enabled: true", "enabled: [1]"), "messengers.support.authentication.enabled", "invalid type");
+}
+
+#[test]
+fn references_must_resolve() {
+    assert_error(
+        &errors_after("provider: okta", "provider: auth0"),
+        "messengers.support.authentication.provider",
+        "unknown provider `auth0` (known: okta)",
+    );
+    assert_error(
+        &errors_after("deployment: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10\n    profile", "deployment: missing\n    profile"),
+        "routes[1].deployment",
+        "unknown deployment `missing`",
+    );
+    assert_error(
+        &errors_after("      provider: okta\n", ""),
+        "messengers.support.authentication.provider",
+        "required when authentication is enabled",
+    );
+}
+
+#[test]
+fn duplicate_ids_and_prefixes_are_refused() {
+    assert_error(&errors_after("id: open-1", "id: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10"), "deployments[1].id", "duplicate deployment id");
+    assert_error(&errors_after("path_prefix: /support/", "path_prefix: /v1"), "routes[1].path_prefix", "used by another route");
+    assert_error(
+        &errors_after("servers: [10.0.0.5:8080, \"chat-backend.internal:8080\"]", "servers: [10.0.0.5:8080, 10.0.0.5:8080]"),
+        "upstreams.chat.servers[1]",
+        "listed twice",
+    );
+}
+
+#[test]
+fn secrets_must_come_from_env_or_file() {
+    assert_error(
+        &errors_after("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: hunter2"),
+        "providers.okta.client_secret",
+        "not written inline",
+    );
+    let mut vars = env();
+    vars.remove("OKTA_CLIENT_SECRET");
+    let errors = parse_with(GOOD, &vars).unwrap_err();
+    assert_error(&errors, "providers.okta.client_secret", "environment variable OKTA_CLIENT_SECRET is not set");
+    assert_error(
+        &errors_after("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: {file: /no/such/secret}"),
+        "providers.okta.client_secret",
+        "cannot read file /no/such/secret",
+    );
+    assert_error(
+        &errors_after("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: {env: A, file: B}"),
+        "providers.okta.client_secret",
+        "exactly one of `env` or `file`",
+    );
+}
+
+#[test]
+fn secret_files_are_read_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client.secret"), "from-file\n").unwrap();
+    let text = GOOD.replacen("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: {file: client.secret}", 1);
+    let vars = env();
+    let lookup = |name: &str| vars.get(name).cloned();
+    let c = parse(&text, dir.path(), &lookup).unwrap();
+    assert_eq!(c.providers["okta"].client_secret.as_ref().unwrap().expose(), "from-file");
+}
+
+#[test]
+fn origins_must_be_origins() {
+    for (bad, why) in [
+        ("ftp://www.example.com", "scheme"),
+        ("www.example.com", "not an origin"),
+        ("https://www.example.com/", "no path"),
+        ("https://user@www.example.com", "no user information"),
+        ("https://www.example.com?x=1", "no path, query"),
+        ("*", "not an origin"),
+    ] {
+        let errors = errors_after("https://www.example.com, ", &format!("\"{bad}\", "));
+        assert_error(&errors, "deployments[0].allowed_origins[0]", why);
+    }
+    assert_error(
+        &errors_after("allow_all_origins: true", "allow_all_origins: true\n    allowed_origins: [https://a.example]"),
+        "deployments[1].allow_all_origins",
+        "not both",
+    );
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    let errors = errors_after("address: 127.0.0.1:9090", "address: 0.0.0.0:9090");
+    assert_error(&errors, "admin.token", "required when the admin address is not loopback");
+    let ok = parse_text(&GOOD.replacen(
+        "address: 127.0.0.1:9090",
+        "address: 0.0.0.0:9090\n  token: {env: PORTCULLIS_ADMIN_TOKEN}",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(ok.admin.unwrap().token.unwrap().expose(), "admin-token");
+}
+
+#[test]
+fn algorithms_are_an_allow_list_without_none_or_hmac() {
+    assert_error(&errors_after("algorithms: [RS256, ES256]", "algorithms: [RS256, none]"), "providers.okta.algorithms[1]", "`none` is never accepted");
+    assert_error(&errors_after("algorithms: [RS256, ES256]", "algorithms: [HS256]"), "providers.okta.algorithms[0]", "HMAC algorithms are never accepted");
+    assert_error(&errors_after("algorithms: [RS256, ES256]", "algorithms: [XX1]"), "providers.okta.algorithms[0]", "unsupported algorithm");
+    assert_error(&errors_after("scopes: [openid, email", "scopes: [email"), "providers.okta.scopes", "must include `openid`");
+}
+
+#[test]
+fn durations_are_parsed_and_bounded() {
+    assert_error(&errors_after("clock_skew: 60s", "clock_skew: soon"), "providers.okta.clock_skew", "not a duration");
+    assert_error(&errors_after("clock_skew: 60s", "clock_skew: 10m"), "providers.okta.clock_skew", "between 0s and 5m");
+    assert_error(&errors_after("max_lifetime: 24h", "max_lifetime: 5m"), "messengers.support.session.max_lifetime", "between 15m and 90d");
+    assert_error(&errors_after("max_lifetime: 24h", "max_lifetime: 100d"), "messengers.support.session.max_lifetime", "between");
+    assert_error(&errors_after("idle_timeout: 30m", "idle_timeout: 48h"), "messengers.support.session.idle_timeout", "must not exceed max_lifetime");
+    let c = parse_text(&GOOD.replacen("clock_skew: 60s", "clock_skew: 30", 1)).unwrap();
+    assert_eq!(c.providers["okta"].clock_skew, Duration::from_secs(30));
+}
+
+#[test]
+fn urls_are_https_except_on_loopback() {
+    assert_error(&errors_after("issuer: https://example.okta.com", "issuer: http://example.okta.com"), "providers.okta.issuer", "must use https");
+    let c = parse_text(&GOOD.replacen("issuer: https://example.okta.com", "issuer: http://127.0.0.1:3000", 1)).unwrap();
+    assert_eq!(c.providers["okta"].issuer.as_str(), "http://127.0.0.1:3000/oauth2/default");
+    assert_error(&errors_after("public_url: https://chat.example.com", "public_url: chat.example.com"), "public_url", "not a URL");
+}
+
+#[test]
+fn identity_headers_must_be_strippable() {
+    assert_error(
+        &errors_after("identity_headers: {X-Auth-Tenant: tenant_id}", "identity_headers: {X-Tenant: tenant_id}"),
+        "messengers.support.identity_headers.X-Tenant",
+        "must start with the identity prefix",
+    );
+    assert_error(
+        &errors_after("identity_headers: {X-Auth-Tenant: tenant_id}", "identity_headers: {Cookie: tenant_id}"),
+        "messengers.support.identity_headers.Cookie",
+        "cannot carry identity",
+    );
+    assert_error(
+        &errors_after("identity_headers: {X-Auth-Tenant: tenant_id}", "identity_headers: {\"Bad Header\": tenant_id}"),
+        "messengers.support.identity_headers.Bad Header",
+        "not a valid header name",
+    );
+}
+
+#[test]
+fn routes_are_plain_paths_outside_the_auth_namespace() {
+    for (prefix, why) in [
+        ("v1", "must start with '/'"),
+        ("/v1/../x", "'..'"),
+        ("/v1%2f", "plain path"),
+        ("/.auth/login", "reserved"),
+    ] {
+        let errors = errors_after("path_prefix: /v1", &format!("path_prefix: \"{prefix}\""));
+        assert_error(&errors, "routes[0].path_prefix", why);
+    }
+    assert_error(
+        &errors_after("deployment_from: {query: deploymentId}", "deployment_from: {query: deploymentId}\n    deployment: open-1"),
+        "routes[0]",
+        "not both",
+    );
+    assert_error(&errors_after("profile: guest-api", "profile: genesys"), "routes[1].profile", "not a profile");
+}
+
+#[test]
+fn session_keys_and_stores_are_checked() {
+    let mut vars = env();
+    vars.insert("PORTCULLIS_COOKIE_KEY", "c2hvcnQ=".into());
+    assert_error(&parse_with(GOOD, &vars).unwrap_err(), "sessions.keys.cookie_key", "at least 32 bytes");
+    vars.insert("PORTCULLIS_COOKIE_KEY", "!!not base64!!".into());
+    assert_error(&parse_with(GOOD, &vars).unwrap_err(), "sessions.keys.cookie_key", "not valid base64");
+    assert_error(&errors_after("store: memory", "store: redis"), "sessions.redis", "required when sessions.store is redis");
+    assert_error(&errors_after("store: memory", "store: disk"), "sessions.store", "not a store");
+    let c = parse_text(&GOOD.replacen("store: memory", "store: redis\n  redis: {url: \"redis://127.0.0.1:6379/0\"}", 1)).unwrap();
+    assert!(matches!(c.sessions.store, SessionStore::Redis { .. }));
+    assert_error(
+        &errors_after("store: memory", "store: redis\n  redis: {url: \"http://x\"}"),
+        "sessions.redis.url",
+        "not a Redis URL",
+    );
+}
+
+#[test]
+fn deployment_ids_and_statuses_are_checked() {
+    assert_error(&errors_after("id: open-1", "id: \"has space\""), "deployments[1].id", "letters, digits");
+    assert_error(&errors_after("status: inactive", "status: paused"), "deployments[1].status", "not a status");
+}
+
+#[test]
+fn broken_yaml_and_non_mappings_say_so() {
+    let errors = parse_text("listen: [unclosed").unwrap_err();
+    assert!(errors.0[0].message.starts_with("not valid YAML"), "{errors}");
+    let errors = parse_text("- a\n- b\n").unwrap_err();
+    assert!(errors.0[0].message.contains("must be a YAML mapping"), "{errors}");
+    let errors = parse_text("").unwrap_err();
+    assert_error(&errors, "listen", "at least one listener is required");
+}
+
+#[test]
+fn the_shipped_example_and_demo_configs_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let demo = std::fs::read_to_string(root.join("conf/demo.yaml")).unwrap();
+    parse_text(&demo).unwrap_or_else(|e| panic!("conf/demo.yaml: {e}"));
+    let example_path = root.join("conf/portcullis.example.yaml");
+    if let Ok(example) = std::fs::read_to_string(&example_path) {
+        parse_text(&example).unwrap_or_else(|e| panic!("conf/portcullis.example.yaml: {e}"));
+    }
+}

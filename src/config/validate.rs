@@ -67,6 +67,14 @@ const RESERVED_HEADERS: &[&str] = &[
 const MIN_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
+/// Every name the file declares, for reference checks.
+struct Declared {
+    providers: HashSet<String>,
+    messengers: HashSet<String>,
+    upstreams: HashSet<String>,
+    deployments: HashSet<String>,
+}
+
 struct Checker<'a> {
     errors: Vec<ConfigError>,
     base_dir: &'a Path,
@@ -184,11 +192,7 @@ impl Checker<'_> {
         if d < min || d > max {
             self.error(
                 path,
-                format!(
-                    "must be between {} and {}",
-                    humantime::format_duration(min),
-                    humantime::format_duration(max)
-                ),
+                format!("must be between {} and {}", short_duration(min), short_duration(max)),
             );
         }
         d
@@ -260,6 +264,40 @@ impl Checker<'_> {
 struct RawSecretSource {
     env: Option<String>,
     file: Option<String>,
+}
+
+/// Names declared under a mapping section, whether or not their entries
+/// decoded: a reference to a broken entry is not reported a second time as
+/// a reference to nothing.
+fn declared_names(value: &Value) -> HashSet<String> {
+    match value {
+        Value::Mapping(m) => m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+        _ => HashSet::new(),
+    }
+}
+
+/// Deployment ids declared in the list, including entries that failed to decode.
+fn declared_ids(value: &Value) -> HashSet<String> {
+    match value {
+        Value::Sequence(items) => items
+            .iter()
+            .filter_map(|i| i.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect(),
+        _ => HashSet::new(),
+    }
+}
+
+/// A duration the way operators write them in this file: `90d`, `15m`, `500ms`.
+fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs, d.subsec_millis()) {
+        (0, 0) => "0s".to_string(),
+        (s, 0) if s % 86400 == 0 => format!("{}d", s / 86400),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
 }
 
 fn join_path(prefix: &str, inner: &str) -> String {
@@ -433,12 +471,18 @@ pub(super) fn validate(
     let public_url = public_url(&mut c, &get("public_url"));
     let threads = threads(&mut c, &get("threads"));
     let admin = admin(&mut c, &get("admin"));
+    let declared = Declared {
+        providers: declared_names(&get("providers")),
+        messengers: declared_names(&get("messengers")),
+        upstreams: declared_names(&get("upstreams")),
+        deployments: declared_ids(&get("deployments")),
+    };
     let providers = providers(&mut c, &get("providers"));
     let identity_header_prefix = identity_prefix(&mut c, &get("identity_header_prefix"));
-    let messengers = messengers(&mut c, &get("messengers"), &providers, &identity_header_prefix);
+    let messengers = messengers(&mut c, &get("messengers"), &declared, &identity_header_prefix);
     let upstreams = upstreams(&mut c, &get("upstreams"));
-    let deployments = deployments(&mut c, &get("deployments"), &messengers, &upstreams);
-    let routes = routes(&mut c, &get("routes"), &deployments);
+    let deployments = deployments(&mut c, &get("deployments"), &declared);
+    let routes = routes(&mut c, &get("routes"), &declared);
     let sessions = sessions(&mut c, &get("sessions"));
     let logging = logging(&mut c, &get("logging"));
     let compat = c
@@ -669,9 +713,10 @@ fn identity_prefix(c: &mut Checker, value: &Value) -> String {
 fn messengers(
     c: &mut Checker,
     value: &Value,
-    providers: &BTreeMap<String, Provider>,
+    declared: &Declared,
     identity_prefix: &str,
 ) -> BTreeMap<String, Messenger> {
+    let providers = &declared.providers;
     let mut out = BTreeMap::new();
     for (name, m) in c.decode_map::<RawMessenger>("messengers", value) {
         let path = format!("messengers.{name}");
@@ -682,17 +727,17 @@ fn messengers(
                     format!("{path}.authentication.provider"),
                     "required when authentication is enabled",
                 ),
-                Some(p) if !providers.contains_key(p) => c.error(
+                Some(p) if !providers.contains(p) => c.error(
                     format!("{path}.authentication.provider"),
-                    format!("unknown provider `{p}`{}", known_list(providers.keys())),
+                    format!("unknown provider `{p}`{}", known_list(providers)),
                 ),
                 Some(_) => {}
             }
         } else if let Some(p) = &auth.provider {
-            if !providers.contains_key(p) {
+            if !providers.contains(p) {
                 c.error(
                     format!("{path}.authentication.provider"),
-                    format!("unknown provider `{p}`{}", known_list(providers.keys())),
+                    format!("unknown provider `{p}`{}", known_list(providers)),
                 );
             }
         }
@@ -749,8 +794,9 @@ pub fn normalize_header_name(name: &str) -> String {
         .collect()
 }
 
-fn known_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
+fn known_list(names: &HashSet<String>) -> String {
+    let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+    names.sort_unstable();
     if names.is_empty() {
         " (none are defined)".to_string()
     } else {
@@ -913,9 +959,9 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
 fn deployments(
     c: &mut Checker,
     value: &Value,
-    messengers: &BTreeMap<String, Messenger>,
-    upstreams: &BTreeMap<String, Upstream>,
+    declared: &Declared,
 ) -> Vec<Deployment> {
+    let (messengers, upstreams) = (&declared.messengers, &declared.upstreams);
     let mut ids = HashSet::new();
     let mut out = Vec::new();
     for (i, d) in c.decode_list::<RawDeployment>("deployments", value) {
@@ -928,16 +974,16 @@ fn deployments(
         } else if !ids.insert(d.id.clone()) {
             c.error(format!("{path}.id"), format!("duplicate deployment id `{}`", d.id));
         }
-        if !messengers.contains_key(&d.messenger) {
+        if !messengers.contains(&d.messenger) {
             c.error(
                 format!("{path}.messenger"),
-                format!("unknown messenger `{}`{}", d.messenger, known_list(messengers.keys())),
+                format!("unknown messenger `{}`{}", d.messenger, known_list(messengers)),
             );
         }
-        if !upstreams.contains_key(&d.upstream) {
+        if !upstreams.contains(&d.upstream) {
             c.error(
                 format!("{path}.upstream"),
-                format!("unknown upstream `{}`{}", d.upstream, known_list(upstreams.keys())),
+                format!("unknown upstream `{}`{}", d.upstream, known_list(upstreams)),
             );
         }
         let status = match d.status.as_deref() {
@@ -992,8 +1038,8 @@ fn deployments(
     out
 }
 
-fn routes(c: &mut Checker, value: &Value, deployments: &[Deployment]) -> Vec<Route> {
-    let known: HashSet<&str> = deployments.iter().map(|d| d.id.as_str()).collect();
+fn routes(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Route> {
+    let known = &declared.deployments;
     let mut prefixes = HashSet::new();
     let mut out = Vec::new();
     for (i, r) in c.decode_list::<RawRoute>("routes", value) {
@@ -1018,7 +1064,7 @@ fn routes(c: &mut Checker, value: &Value, deployments: &[Deployment]) -> Vec<Rou
                 DeploymentSource::Query(from.query)
             }
             (None, Some(id)) => {
-                if !known.contains(id.as_str()) {
+                if !known.contains(&id) {
                     c.error(
                         format!("{path}.deployment"),
                         format!("unknown deployment `{id}`"),

@@ -1,0 +1,91 @@
+//! `admit` decides every request's fate from the runtime and the header
+//! alone; these tests walk its decision table.
+
+use std::path::Path;
+
+use pingora::http::RequestHeader;
+
+use super::*;
+use crate::config;
+
+const CONFIG: &str = r#"
+listen: [{address: "127.0.0.1:8080"}]
+providers:
+  idp: {issuer: "https://idp.example.com", client_id: portcullis}
+messengers:
+  open: {authentication: {enabled: false}}
+  secured: {authentication: {enabled: true, provider: idp}}
+upstreams:
+  chat: {servers: ["127.0.0.1:9000"]}
+deployments:
+  - {id: open-web, messenger: open, upstream: chat, allowed_origins: ["https://www.example.com"]}
+  - {id: open-app, messenger: open, upstream: chat, allowed_origins: ["https://www.example.com"], allow_missing_origin: true}
+  - {id: paused, messenger: open, upstream: chat, status: inactive, allow_all_origins: true}
+  - {id: secure, messenger: secured, upstream: chat, allow_all_origins: true}
+routes:
+  - {path_prefix: /v1}
+"#;
+
+fn runtime() -> Runtime {
+    let cfg = config::parse(CONFIG, Path::new("."), &|_: &str| None).unwrap();
+    Runtime::build(cfg, None).unwrap()
+}
+
+fn request(target: &str, origin: Option<&str>) -> RequestHeader {
+    let mut req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+    if let Some(o) = origin {
+        req.append_header("Origin", o).unwrap();
+    }
+    req
+}
+
+fn decide(target: &str, origin: Option<&str>, upgrade: bool) -> Result<String, Refusal> {
+    admit(&runtime(), &request(target, origin), upgrade).map(|t| t.deployment.config.id.clone())
+}
+
+const WEB: Option<&str> = Some("https://www.example.com");
+
+#[test]
+fn an_allowed_origin_on_an_open_deployment_passes() {
+    assert_eq!(decide("/v1/chat?deploymentId=open-web", WEB, true), Ok("open-web".into()));
+    assert_eq!(decide("/v1/chat?deploymentId=open-web", WEB, false), Ok("open-web".into()));
+}
+
+#[test]
+fn refusals_come_in_order_unknown_inactive_origin_auth() {
+    assert_eq!(decide("/v1?deploymentId=ghost", Some("https://evil.example"), true), Err(Refusal::UnknownDeployment));
+    assert_eq!(decide("/v1?deploymentId=paused", Some("https://evil.example"), true), Err(Refusal::DeploymentInactive));
+    assert_eq!(decide("/v1?deploymentId=open-web", Some("https://evil.example"), true), Err(Refusal::OriginNotAllowed));
+    assert_eq!(decide("/v1?deploymentId=secure", WEB, true), Err(Refusal::AuthenticationUnavailable));
+    assert_eq!(decide("/v1?deploymentId=secure", WEB, false), Err(Refusal::AuthenticationUnavailable));
+}
+
+#[test]
+fn upgrades_need_an_origin_unless_the_deployment_allows_none() {
+    assert_eq!(decide("/v1?deploymentId=open-web", None, true), Err(Refusal::OriginMissing));
+    assert_eq!(decide("/v1?deploymentId=open-app", None, true), Ok("open-app".into()));
+    assert_eq!(decide("/v1?deploymentId=open-web", None, false), Ok("open-web".into()));
+}
+
+#[test]
+fn two_origin_headers_are_refused() {
+    let mut req = request("/v1?deploymentId=open-web", WEB);
+    req.append_header("Origin", "https://evil.example").unwrap();
+    assert_eq!(admit(&runtime(), &req, true).err(), Some(Refusal::OriginNotAllowed));
+}
+
+#[test]
+fn the_auth_namespace_and_unrouted_paths_are_not_proxied() {
+    assert_eq!(decide("/.auth/login?deploymentId=open-web", WEB, false), Err(Refusal::NoRoute));
+    assert_eq!(decide("/elsewhere", WEB, false), Err(Refusal::NoRoute));
+    assert!(matches!(decide("/v1/../v1?deploymentId=open-web", WEB, false), Err(Refusal::BadTarget(_))));
+}
+
+#[test]
+fn status_labels_are_a_bounded_set() {
+    assert_eq!(status_label(101), "101");
+    assert_eq!(status_label(418), "4xx");
+    assert_eq!(status_label(599), "5xx");
+    assert_eq!(status_label(0), "0");
+    assert_eq!(status_label(999), "5xx");
+}

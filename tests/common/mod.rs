@@ -1,0 +1,241 @@
+//! Helpers shared by the integration tests: a real `portcullis` process on
+//! loopback with a generated config, the echo backend in-process, and small
+//! HTTP and WebSocket clients. Every server binds 127.0.0.1 and stops when
+//! its handle is dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A port that was free a moment ago. Pingora binds its own listeners, so
+/// the test picks the port and hands it over in the config.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The echo backend on an ephemeral loopback port, for the test's lifetime.
+pub async fn start_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = portcullis::demo::backend::serve(listener).await;
+    });
+    addr
+}
+
+/// A running `portcullis run` process.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts portcullis with `config`, in which `{PROXY}` and `{ADMIN}` are
+    /// replaced by the chosen listener addresses. Waits until it answers.
+    pub async fn start(config: &str) -> Proxy {
+        Self::start_with_env(config, &[]).await
+    }
+
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("portcullis.yaml");
+        let text = config
+            .replace("{PROXY}", &addr.to_string())
+            .replace("{ADMIN}", &admin.to_string());
+        std::fs::write(&config_path, text).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        command
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("portcullis starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let proxy = Proxy {
+            child,
+            addr,
+            admin,
+            config_path,
+            _dir: dir,
+            log,
+        };
+        proxy.wait_until_serving().await;
+        proxy
+    }
+
+    async fn wait_until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let proxy_up = TcpStream::connect(self.addr).await.is_ok();
+            let admin_up = reqwest::get(self.admin_url("/healthz")).await.is_ok_and(|r| r.status() == 200);
+            if proxy_up && admin_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portcullis did not start; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one sample, matched by name and every given label.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        sample(&self.metrics().await, name, labels)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds a sample in Prometheus text output.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|line| {
+            let (series, _) = line.rsplit_once(' ').unwrap_or((line, ""));
+            let series_name = series.split('{').next().unwrap_or("");
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// Opens a WebSocket with the given extra headers.
+pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    let mut request = url.into_client_request()?;
+    for (k, v) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake finished in time")
+}
+
+/// The status of a refused handshake.
+pub fn refused_status(result: &Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, the handshake succeeded"),
+    }
+}
+
+/// The body of a refused handshake, as JSON.
+pub fn refused_json(result: &Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error>) -> serde_json::Value {
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("a JSON body")
+        }
+        _ => panic!("expected an HTTP refusal"),
+    }
+}
+
+/// The next text message, parsed as JSON.
+pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream is open")
+            .expect("a valid frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Sends a text message and returns the echo.
+pub async fn echo(ws: &mut Ws, text: &str) -> serde_json::Value {
+    ws.send(Message::Text(text.into())).await.unwrap();
+    next_json(ws).await
+}
