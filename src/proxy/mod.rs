@@ -50,12 +50,24 @@ use route::Target;
 /// Decides whether a request may go upstream, and where. Pure: everything
 /// it needs is in the runtime snapshot and the request header.
 pub fn admit(runtime: &Runtime, req: &RequestHeader, is_upgrade: bool) -> Result<Target, Refusal> {
+    let target = resolve(runtime, req)?;
+    check_admission(&target, req, is_upgrade)?;
+    Ok(target)
+}
+
+/// Which route and deployment the request is for.
+pub fn resolve(runtime: &Runtime, req: &RequestHeader) -> Result<Target, Refusal> {
     let checked = route::check_target(req.raw_path(), &runtime.config.limits)?;
     if checked.path == "/.auth" || checked.path.starts_with("/.auth/") {
         // portcullis's own endpoints arrive with authentication.
         return Err(Refusal::NoRoute);
     }
-    let target = route::select(runtime, &checked)?;
+    route::select(runtime, &checked)
+}
+
+/// Whether the resolved deployment accepts this request: active, origin
+/// allowed, and (until it is built) no authentication required.
+pub fn check_admission(target: &Target, req: &RequestHeader, is_upgrade: bool) -> Result<(), Refusal> {
     if !target.deployment.is_active() {
         return Err(Refusal::DeploymentInactive);
     }
@@ -68,7 +80,7 @@ pub fn admit(runtime: &Runtime, req: &RequestHeader, is_upgrade: bool) -> Result
     if target.deployment.requires_authentication() {
         return Err(Refusal::AuthenticationUnavailable);
     }
-    Ok(target)
+    Ok(())
 }
 
 /// Per-request state, created empty for every request.
@@ -90,6 +102,17 @@ pub struct RequestCtx {
     response_after: Option<Duration>,
     /// The close code portcullis appended for the client, if any.
     close_sent: Option<u16>,
+    /// Whether this upgrade request's outcome was counted already.
+    handshake_counted: bool,
+}
+
+impl RequestCtx {
+    fn deployment_label(&self) -> &str {
+        self.target
+            .as_ref()
+            .map(|t| t.deployment.label.as_ref())
+            .unwrap_or(NO_DEPLOYMENT)
+    }
 }
 
 pub struct Portcullis {
@@ -101,8 +124,22 @@ impl Portcullis {
         Portcullis { state }
     }
 
+    /// Counts a WebSocket handshake's outcome once, as soon as it is known:
+    /// an upgraded connection may live for hours before its request ends.
+    fn count_handshake(&self, ctx: &mut RequestCtx, outcome: &str) {
+        if ctx.is_upgrade && !ctx.handshake_counted {
+            ctx.handshake_counted = true;
+            self.state
+                .metrics
+                .handshakes
+                .with_label_values(&[ctx.deployment_label(), outcome])
+                .inc();
+        }
+    }
+
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<()> {
         ctx.refusal = Some(refusal);
+        self.count_handshake(ctx, refusal.code());
         let (header, body) = refusal.render();
         session.as_downstream_mut().write_error_response(header, body).await
     }
@@ -138,13 +175,15 @@ impl ProxyHttp for Portcullis {
         ctx.started = Some(Instant::now());
         let runtime = self.state.runtime();
         ctx.is_upgrade = session.is_upgrade_req();
-        let decision = admit(&runtime, session.req_header(), ctx.is_upgrade);
+        let decision = resolve(&runtime, session.req_header()).and_then(|target| {
+            let admitted = check_admission(&target, session.req_header(), ctx.is_upgrade);
+            // Kept even when refused, so metrics and logs name the deployment.
+            ctx.target = Some(target);
+            admitted
+        });
         ctx.runtime = Some(runtime);
         match decision {
-            Ok(target) => {
-                ctx.target = Some(target);
-                Ok(false)
-            }
+            Ok(()) => Ok(false),
             Err(refusal) => {
                 self.refuse(session, ctx, refusal).await?;
                 Ok(true)
@@ -261,9 +300,14 @@ impl ProxyHttp for Portcullis {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.response_after = ctx.started.map(|s| s.elapsed());
-        if upstream_response.status.as_u16() != 101 || !ctx.is_upgrade {
+        if !ctx.is_upgrade {
             return Ok(());
         }
+        if upstream_response.status.as_u16() != 101 {
+            self.count_handshake(ctx, "upstream_declined");
+            return Ok(());
+        }
+        self.count_handshake(ctx, "upgraded");
         let (Some(target), Some(upstream)) = (&ctx.target, ctx.upstream_fd.take()) else {
             return Error::e_explain(InternalError, "upgrade without a registrable upstream socket");
         };
@@ -338,6 +382,7 @@ impl ProxyHttp for Portcullis {
         let mut code = 0;
         if let Some(r) = refusal {
             ctx.refusal = Some(r);
+            self.count_handshake(ctx, r.code());
             code = r.status();
             let (header, body) = r.render();
             if let Err(write_error) = session.as_downstream_mut().write_error_response(header, body).await {
@@ -362,25 +407,14 @@ impl ProxyHttp for Portcullis {
             (None, Some(_)) if status == 0 => "client_aborted",
             (None, _) => "allowed",
         };
-        let deployment = ctx
-            .target
-            .as_ref()
-            .map(|t| t.deployment.label.as_ref())
-            .unwrap_or(NO_DEPLOYMENT);
+        self.count_handshake(ctx, outcome);
+        let deployment = ctx.deployment_label();
         let route = ctx.target.as_ref().map(|t| t.route.label.as_ref()).unwrap_or(NO_DEPLOYMENT);
         let metrics = &self.state.metrics;
         metrics
             .requests
             .with_label_values(&[deployment, route, outcome, status_label(status)])
             .inc();
-        if ctx.is_upgrade {
-            let handshake = match (outcome, status) {
-                ("allowed", 101) => "upgraded",
-                ("allowed", _) => "upstream_declined",
-                (other, _) => other,
-            };
-            metrics.handshakes.with_label_values(&[deployment, handshake]).inc();
-        }
         let latency = ctx
             .response_after
             .or_else(|| ctx.started.map(|s| s.elapsed()))
