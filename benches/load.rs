@@ -1,0 +1,777 @@
+//! `load`: the load tool behind `scripts/bench-load.sh`. Not a criterion
+//! benchmark, but a small CLI built as a bench target so that it is compiled
+//! with the release profile and may use dev-dependencies.
+//!
+//! Servers (run until interrupted):
+//!   backend     --listen ADDR [--threads N]                 the demo echo backend
+//!   bare-proxy  --listen ADDR --upstream ADDR [--threads N] Pingora forwarding, nothing else
+//!
+//! Clients (bounded in time and count; results on stdout as one line of
+//! `key=value` pairs, the first error on stderr):
+//!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
+//!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O]
+//!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O]
+//!
+//! Every address, listened on or connected to, must be loopback: this tool
+//! generates load, and load aimed at someone else's server is an attack.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use async_trait::async_trait;
+use clap::{CommandFactory, Parser, Subcommand};
+use futures_util::{stream, StreamExt};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::upstreams::peer::HttpPeer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use url::Url;
+
+/// How long one request, handshake or close may take before it counts as an
+/// error; keeps every run bounded even against a server that stalls.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed connection, so that a server that is down yields a
+/// readable error count rather than a busy loop.
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// How many WebSockets `hold` opens (and closes) at a time: enough to be
+/// quick, few enough not to overflow the server's accept backlog.
+const OPEN_PARALLELISM: usize = 200;
+/// Descriptors `hold` keeps free for everything that is not a held socket.
+const FD_MARGIN: u64 = 64;
+/// The largest response head and body the HTTP client accepts.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
+
+#[derive(Parser)]
+#[command(
+    name = "load",
+    about = "Load tool for comparing portcullis with a bare Pingora proxy (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the demo echo backend: JSON echo on any path, WebSocket echo on upgrade.
+    Backend {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Worker threads of the backend.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+    },
+    /// Serve a Pingora proxy that only forwards to one upstream: the baseline.
+    BareProxy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Worker threads of the proxy service.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+    },
+    /// Keep-alive HTTP/1.1 GET requests from C connections for SECS seconds.
+    Http {
+        #[arg(long)]
+        url: Url,
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        concurrency: u16,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        duration: u64,
+        /// An extra request header, `Name: value`; repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// Worker threads of this client.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+    },
+    /// Repeated WebSocket handshakes (connect, then close) from C tasks for SECS seconds.
+    Handshakes {
+        #[arg(long)]
+        url: Url,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        concurrency: u16,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        duration: u64,
+        /// The `Origin` header to send.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Worker threads of this client.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+    },
+    /// Open N WebSockets, hold them idle, report the server's memory per connection.
+    Hold {
+        #[arg(long)]
+        url: Url,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        count: u64,
+        /// Seconds to hold every connection open before measuring again.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+        hold: u64,
+        /// The server process whose resident memory (VmRSS) is measured.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// The `Origin` header to send.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Worker threads of this client.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` runs every bench target with `--bench` (and `cargo test
+    // --benches` with no arguments at all); as a tool, not a benchmark, this
+    // one then only explains itself instead of failing the whole run.
+    let launched_by_cargo = std::env::args().any(|a| a == "--bench");
+    let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
+    let has_subcommand = args.get(1).is_some_and(|first| {
+        Cli::command()
+            .get_subcommands()
+            .any(|s| s.get_name() == first)
+    });
+    if args.len() == 1 || (launched_by_cargo && !has_subcommand) {
+        println!("load: a load tool, not a benchmark; see scripts/bench-load.sh\n");
+        println!("{}", Cli::command().render_help());
+        return ExitCode::SUCCESS;
+    }
+    match run(Cli::parse_from(args).command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Backend { listen, threads } => backend(listen, threads),
+        Command::BareProxy {
+            listen,
+            upstream,
+            threads,
+        } => bare_proxy(listen, upstream, threads),
+        Command::Http {
+            url,
+            concurrency,
+            duration,
+            headers,
+            threads,
+        } => runtime(threads)?.block_on(http(
+            url,
+            concurrency,
+            Duration::from_secs(duration),
+            &headers,
+        )),
+        Command::Handshakes {
+            url,
+            concurrency,
+            duration,
+            origin,
+            threads,
+        } => runtime(threads)?.block_on(handshakes(
+            url,
+            origin,
+            concurrency,
+            Duration::from_secs(duration),
+        )),
+        Command::Hold {
+            url,
+            count,
+            hold: seconds,
+            pid,
+            origin,
+            threads,
+        } => {
+            runtime(threads)?.block_on(hold(url, origin, count, Duration::from_secs(seconds), pid))
+        }
+    }
+}
+
+fn runtime(threads: u16) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(threads))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn ensure_loopback(addr: SocketAddr) -> Result<()> {
+    ensure!(
+        addr.ip().is_loopback(),
+        "{addr} is not a loopback address; this tool only listens on and loads this machine"
+    );
+    Ok(())
+}
+
+/// The loopback address `url` points at. The host is resolved once, and
+/// every address it resolves to must be loopback, so that a name cannot
+/// smuggle load to another machine.
+async fn loopback_target(url: &Url, scheme: &str) -> Result<SocketAddr> {
+    ensure!(
+        url.scheme() == scheme,
+        "{url}: expected a {scheme}:// URL (TLS is not supported)"
+    );
+    let host = url.host_str().context("the URL has no host")?;
+    let port = url.port_or_known_default().context("the URL has no port")?;
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare_host, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .collect();
+    ensure!(!addrs.is_empty(), "{host} resolves to no address");
+    if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("{url}: refusing a non-loopback target ({host} resolves to {remote}); this tool only loads this machine");
+    }
+    // Servers here listen on 127.0.0.1; `localhost` may list ::1 first.
+    Ok(addrs
+        .iter()
+        .copied()
+        .find(SocketAddr::is_ipv4)
+        .unwrap_or(addrs[0]))
+}
+
+// ---------------------------------------------------------------- servers
+
+fn backend(listen: SocketAddr, threads: u16) -> Result<()> {
+    ensure_loopback(listen)?;
+    runtime(threads)?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        eprintln!("load: backend listening on {listen}");
+        // An explicit handler: a shell starts background jobs with SIGINT
+        // ignored, and scripts stop servers with it.
+        tokio::select! {
+            served = portcullis::demo::backend::serve(listener) => served.context("the backend stopped"),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+/// The baseline: a Pingora proxy with no logic of its own.
+struct Forward {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Forward {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn bare_proxy(listen: SocketAddr, upstream: SocketAddr, threads: u16) -> Result<()> {
+    ensure_loopback(listen)?;
+    ensure_loopback(upstream)?;
+    let conf = ServerConf {
+        threads: usize::from(threads),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Forward { upstream });
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+    eprintln!("load: bare Pingora proxy listening on {listen}, forwarding to {upstream}");
+    server.run_forever()
+}
+
+// ---------------------------------------------------------------- results
+
+/// What a group of client tasks observed.
+#[derive(Default)]
+struct Tally {
+    /// Latency of every successful operation, in microseconds.
+    latencies_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+    /// Closes we started that the server ended without its close frame.
+    unanswered_closes: u64,
+}
+
+impl Tally {
+    fn success(&mut self, started: Instant) {
+        let us = started.elapsed().as_micros();
+        self.latencies_us
+            .push(u32::try_from(us).unwrap_or(u32::MAX));
+    }
+
+    fn error(&mut self, e: impl Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(format!("{e:#}"));
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.unanswered_closes += other.unanswered_closes;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// Prints the one result line: `<kind> <noun>=N errors=E <noun>_per_s=R
+    /// p50_us=... p99_us=... max_us=...` followed by `extra`.
+    fn report(mut self, kind: &str, noun: &str, elapsed: Duration, extra: &str) {
+        self.latencies_us.sort_unstable();
+        let ok = self.latencies_us.len();
+        let rate = ok as f64 / elapsed.as_secs_f64();
+        let p50 = percentile(&self.latencies_us, 0.50);
+        let p99 = percentile(&self.latencies_us, 0.99);
+        let max = self.latencies_us.last().copied().unwrap_or(0);
+        println!(
+            "{kind} {noun}={ok} errors={} {noun}_per_s={rate:.0} p50_us={p50} p99_us={p99} max_us={max}{extra}",
+            self.errors
+        );
+        if let Some(e) = self.first_error {
+            eprintln!("load: {kind}: first error: {e}");
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `concurrency` copies of `worker`, each given the deadline `run_for`
+/// from now, and merges what they saw; returns the tally and the wall time
+/// until the last one finished.
+async fn drive<W, F>(concurrency: u16, run_for: Duration, worker: W) -> Result<(Tally, Duration)>
+where
+    W: Fn(Instant) -> F,
+    F: std::future::Future<Output = Tally> + Send + 'static,
+{
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(worker(deadline)))
+        .collect();
+    let mut tally = Tally::default();
+    for task in tasks {
+        tally.merge(task.await.context("a client task panicked")?);
+    }
+    Ok((tally, started.elapsed()))
+}
+
+// ---------------------------------------------------------------- http
+
+/// One keep-alive HTTP/1.1 connection. The client is deliberately minimal
+/// (a prebuilt request, httparse on the response, Content-Length bodies
+/// only) so that it costs far less CPU than the servers it measures.
+struct HttpConnection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConnection {
+    async fn connect(addr: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConnection {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Sends `request` and reads the whole response; returns its status and
+    /// whether the connection may carry another request.
+    async fn exchange(&mut self, request: &[u8]) -> Result<(u16, bool)> {
+        self.stream.write_all(request).await?;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut headers);
+            let head_len = match response.parse(&self.buf)? {
+                httparse::Status::Complete(n) => n,
+                httparse::Status::Partial => {
+                    ensure!(
+                        self.buf.len() <= MAX_RESPONSE_HEAD,
+                        "the response head is too large"
+                    );
+                    self.read_more().await?;
+                    continue;
+                }
+            };
+            let status = response.code.unwrap_or(0);
+            let mut keep_alive = response.version == Some(1);
+            let mut body_len = None;
+            for h in response.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    let text = std::str::from_utf8(h.value).ok();
+                    body_len = Some(
+                        text.and_then(|t| t.trim().parse::<usize>().ok())
+                            .context("a malformed Content-Length")?,
+                    );
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    bail!("status {status}: a Transfer-Encoding response; this client reads Content-Length bodies only");
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    keep_alive &= !String::from_utf8_lossy(h.value)
+                        .to_ascii_lowercase()
+                        .contains("close");
+                }
+            }
+            let body_len = match (status, body_len) {
+                (204 | 304, _) => 0,
+                (_, Some(n)) => n,
+                (_, None) => bail!("status {status}: a response without Content-Length"),
+            };
+            ensure!(
+                body_len <= MAX_RESPONSE_BODY,
+                "the response body is too large"
+            );
+            let total = head_len + body_len;
+            while self.buf.len() < total {
+                self.read_more().await?;
+            }
+            self.buf.drain(..total);
+            return Ok((status, keep_alive));
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<()> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            bail!("the server closed the connection mid-response");
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of the GET request for `url` with the extra `headers`.
+fn get_request(url: &Url, headers: &[String]) -> Result<Vec<u8>> {
+    let target = &url[url::Position::BeforePath..url::Position::AfterQuery];
+    let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
+    let mut request =
+        format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: portcullis-load\r\n");
+    for header in headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header {header:?}: expected 'Name: value'"))?;
+        let name = name.trim();
+        ensure!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)),
+            "--header {header:?}: not a header name"
+        );
+        ensure!(
+            !value.contains(['\r', '\n']),
+            "--header {header:?}: line breaks are not allowed"
+        );
+        request.push_str(&format!("{name}: {}\r\n", value.trim()));
+    }
+    request.push_str("\r\n");
+    Ok(request.into_bytes())
+}
+
+async fn http(url: Url, concurrency: u16, run_for: Duration, headers: &[String]) -> Result<()> {
+    let addr = loopback_target(&url, "http").await?;
+    let request: Arc<[u8]> = get_request(&url, headers)?.into();
+    let (tally, elapsed) = drive(concurrency, run_for, |deadline| {
+        http_worker(addr, request.clone(), deadline)
+    })
+    .await?;
+    tally.report("http", "requests", elapsed, "");
+    Ok(())
+}
+
+async fn http_worker(addr: SocketAddr, request: Arc<[u8]>, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let mut connection: Option<HttpConnection> = None;
+    while Instant::now() < deadline {
+        let conn = match connection.take() {
+            Some(c) => c,
+            None => match timeout(IO_TIMEOUT, HttpConnection::connect(addr)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tally.error(e);
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    continue;
+                }
+                Err(_) => {
+                    tally.error("connect timed out");
+                    continue;
+                }
+            },
+        };
+        let conn = connection.insert(conn);
+        let started = Instant::now();
+        match timeout(IO_TIMEOUT, conn.exchange(&request)).await {
+            Ok(Ok((status, keep_alive))) => {
+                if (200..300).contains(&status) {
+                    tally.success(started);
+                } else {
+                    tally.error(format!("status {status}"));
+                }
+                if !keep_alive {
+                    connection = None;
+                }
+            }
+            Ok(Err(e)) => {
+                tally.error(e);
+                connection = None;
+            }
+            Err(_) => {
+                tally.error("request timed out");
+                connection = None;
+            }
+        }
+    }
+    tally
+}
+
+// ---------------------------------------------------------------- websockets
+
+/// Where and how to open WebSockets.
+struct WsTarget {
+    url: Url,
+    addr: SocketAddr,
+    origin: Option<HeaderValue>,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+impl WsTarget {
+    async fn new(url: Url, origin: Option<String>) -> Result<Arc<Self>> {
+        let addr = loopback_target(&url, "ws").await?;
+        let origin = origin
+            .map(|o| {
+                HeaderValue::from_str(&o)
+                    .with_context(|| format!("--origin {o:?}: not a header value"))
+            })
+            .transpose()?;
+        Ok(Arc::new(WsTarget { url, addr, origin }))
+    }
+
+    /// Connects and completes the handshake (any answer but 101 is an error).
+    async fn open(&self) -> Result<Ws> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        // A fresh request each time: each handshake needs its own key.
+        let mut request = self.url.as_str().into_client_request()?;
+        if let Some(origin) = &self.origin {
+            request.headers_mut().insert("origin", origin.clone());
+        }
+        let (ws, _response) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .context("handshake failed")?;
+        Ok(ws)
+    }
+}
+
+/// Closes `ws` the orderly way: a close frame, then reading (and
+/// discarding anything the server sent, like the backend's greeting) until
+/// the stream ends. Returns whether the server answered with its own close
+/// frame, as RFC 6455 asks; a server that just hangs up instead is counted
+/// apart from errors, since the connection did end.
+async fn close(mut ws: Ws) -> Result<bool> {
+    let closing = async {
+        ws.close(None).await?;
+        let mut answered = false;
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(_)) => answered = true,
+                Ok(_) => {}
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return Ok(false)
+                }
+                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::Ok(answered)
+    };
+    timeout(IO_TIMEOUT, closing)
+        .await
+        .context("close timed out")?
+}
+
+async fn handshakes(
+    url: Url,
+    origin: Option<String>,
+    concurrency: u16,
+    run_for: Duration,
+) -> Result<()> {
+    let target = WsTarget::new(url, origin).await?;
+    let (tally, elapsed) = drive(concurrency, run_for, |deadline| {
+        handshake_worker(target.clone(), deadline)
+    })
+    .await?;
+    let unanswered = format!(" unanswered_closes={}", tally.unanswered_closes);
+    tally.report("handshakes", "handshakes", elapsed, &unanswered);
+    Ok(())
+}
+
+/// Handshakes in a loop; the latency is the handshake's alone, the close
+/// is part of the cycle but not of the measurement.
+async fn handshake_worker(target: Arc<WsTarget>, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        match timeout(IO_TIMEOUT, target.open()).await {
+            Ok(Ok(ws)) => {
+                tally.success(started);
+                match close(ws).await {
+                    Ok(true) => {}
+                    Ok(false) => tally.unanswered_closes += 1,
+                    Err(e) => tally.error(e),
+                }
+            }
+            Ok(Err(e)) => {
+                tally.error(e);
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
+            Err(_) => tally.error("handshake timed out"),
+        }
+    }
+    tally
+}
+
+// ---------------------------------------------------------------- hold
+
+async fn hold(
+    url: Url,
+    origin: Option<String>,
+    count: u64,
+    hold_for: Duration,
+    pid: Option<u32>,
+) -> Result<()> {
+    let fd_limit = raise_fd_limit()?;
+    ensure!(
+        count + FD_MARGIN <= fd_limit,
+        "--count {count} needs {} descriptors, but this process may open only {fd_limit} (RLIMIT_NOFILE hard limit)",
+        count + FD_MARGIN
+    );
+    let target = WsTarget::new(url, origin).await?;
+    let rss_before = pid.map(rss_kib).transpose()?;
+
+    let started = Instant::now();
+    let attempts: Vec<Result<Ws>> = stream::iter(0..count)
+        .map(|_| {
+            let target = target.clone();
+            async move {
+                timeout(IO_TIMEOUT, target.open())
+                    .await
+                    .context("handshake timed out")?
+            }
+        })
+        .buffer_unordered(OPEN_PARALLELISM)
+        .collect()
+        .await;
+    let open_time = started.elapsed();
+    let mut tally = Tally::default();
+    let mut held = Vec::with_capacity(attempts.len());
+    for attempt in attempts {
+        match attempt {
+            Ok(ws) => held.push(ws),
+            Err(e) => tally.error(e),
+        }
+    }
+
+    tokio::time::sleep(hold_for).await;
+    let rss_after = pid.map(rss_kib).transpose()?;
+    let memory = match (rss_before, rss_after) {
+        (Some(before), Some(after)) if !held.is_empty() => {
+            let per_connection = (after as f64 - before as f64) / held.len() as f64;
+            format!(
+                " rss_before_kib={before} rss_after_kib={after} kib_per_conn={per_connection:.1}"
+            )
+        }
+        _ => String::new(),
+    };
+    println!(
+        "hold opened={} errors={} open_s={:.2}{memory}",
+        held.len(),
+        tally.errors,
+        open_time.as_secs_f64()
+    );
+    if let Some(e) = &tally.first_error {
+        eprintln!("load: hold: first error: {e}");
+    }
+
+    let closes: Vec<Result<bool>> = stream::iter(held)
+        .map(close)
+        .buffer_unordered(OPEN_PARALLELISM)
+        .collect()
+        .await;
+    let answered = closes.iter().filter(|c| matches!(c, Ok(true))).count();
+    let unanswered = closes.iter().filter(|c| matches!(c, Ok(false))).count();
+    println!(
+        "hold closed={answered} unanswered_closes={unanswered} close_errors={}",
+        closes.len() - answered - unanswered
+    );
+    if let Some(Err(e)) = closes.iter().find(|c| c.is_err()) {
+        eprintln!("load: hold: first close error: {e:#}");
+    }
+    Ok(())
+}
+
+/// Raises this process's soft open-files limit to the hard limit, since every
+/// held WebSocket is a descriptor; returns the limit now in force.
+fn raise_fd_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// The resident set size of process `pid`, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{path} has no VmRSS line"))
+}

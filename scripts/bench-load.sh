@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Load comparison of the demo echo backend reached directly, through a bare
+# Pingora proxy (the baseline), and through portcullis; then the memory
+# portcullis spends per idle WebSocket. Prints markdown tables.
+#
+# "closes unanswered": the client sent a close frame and the server hung up
+# without its own close frame (an RFC 6455 lapse, not a failed handshake).
+#
+# Usage: scripts/bench-load.sh
+# Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
+# WS_CONCURRENCY (16), HOLD_COUNT (5000), SERVER_LIFETIME seconds (1800).
+#
+# Every server gets one worker thread: on a two-core machine that leaves the
+# other core to the load tool, and gives the bare proxy and portcullis the
+# same means. Everything listens on loopback, on fixed ports:
+#   18081 backend, 18082 bare Pingora -> backend, 18080 portcullis -> backend,
+#   19090 portcullis admin.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+HTTP_CONCURRENCY=${HTTP_CONCURRENCY:-32}
+WS_CONCURRENCY=${WS_CONCURRENCY:-16}
+HOLD_COUNT=${HOLD_COUNT:-5000}
+# Servers are stopped on exit; the lifetime bounds them even if this script
+# itself is killed outright and its trap never runs.
+SERVER_LIFETIME=${SERVER_LIFETIME:-1800}
+
+HOST=127.0.0.1
+BACKEND_PORT=18081
+BARE_PORT=18082
+PORTCULLIS_PORT=18080
+ADMIN_PORT=19090
+DEPLOYMENT=bench-deployment
+ORIGIN=http://bench.localhost
+# The same request for every target, so the backend does the same work.
+REQUEST_PATH="/v1/echo?deploymentId=$DEPLOYMENT"
+WS_PATH="/v1/chat?deploymentId=$DEPLOYMENT"
+
+work=$(mktemp -d)
+server_pids=()
+
+cleanup() {
+    local status=$? pid
+    if [ "$status" != 0 ] && [ -s "$work/client.log" ]; then
+        echo "load tool messages:" >&2
+        sed 's/^/    /' "$work/client.log" >&2
+    fi
+    # SIGINT: Pingora's fast shutdown, and the default end of the backend.
+    for pid in "${server_pids[@]}"; do
+        kill -INT "$pid" 2>/dev/null || true
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${server_pids[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done
+        if [ "$alive" = 0 ]; then break; fi
+        sleep 0.1
+    done
+    for pid in "${server_pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_open() {
+    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+}
+
+# start NAME PORT COMMAND...: runs a server in the background under a
+# lifetime bound and waits until its port accepts connections. Sets
+# STARTED_PID to the server's own pid (the child of `timeout`).
+start() {
+    local name=$1 port=$2
+    shift 2
+    if port_open "$port"; then
+        echo "port $port is already in use; stop whatever listens there first" >&2
+        exit 1
+    fi
+    # timeout passes SIGINT on to the server.
+    timeout -s INT "$SERVER_LIFETIME" "$@" >"$work/$name.log" 2>&1 &
+    local wrapper=$!
+    server_pids+=("$wrapper")
+    for _ in $(seq 100); do
+        if port_open "$port"; then
+            STARTED_PID=$(pgrep -P "$wrapper")
+            return 0
+        fi
+        if ! kill -0 "$wrapper" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    echo "$name did not start listening on port $port; its output:" >&2
+    cat "$work/$name.log" >&2
+    exit 1
+}
+
+# field LINE KEY: the value of KEY=value in a result line.
+field() {
+    sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
+}
+
+echo "building (release profile; the first build takes several minutes)..." >&2
+cargo build --release --bin portcullis
+load_bin=$(cargo bench --bench load --no-run --message-format=json |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
+if [ ! -x "${load_bin:-}" ]; then
+    echo "could not locate the built load tool" >&2
+    exit 1
+fi
+portcullis_bin=target/release/portcullis
+
+cat >"$work/portcullis.yaml" <<EOF
+listen: [{address: "$HOST:$PORTCULLIS_PORT"}]
+threads: 1
+admin: {address: "$HOST:$ADMIN_PORT"}
+messengers:
+  open: {authentication: {enabled: false}}
+upstreams:
+  backend: {servers: ["$HOST:$BACKEND_PORT"]}
+deployments:
+  - {id: $DEPLOYMENT, messenger: open, upstream: backend, allowed_origins: ["$ORIGIN"]}
+routes:
+  - {path_prefix: /v1, deployment_from: {query: deploymentId}}
+logging: {format: text, level: warn}
+EOF
+
+start backend "$BACKEND_PORT" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
+start bare-pingora "$BARE_PORT" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
+    --upstream "$HOST:$BACKEND_PORT" --threads 1
+start portcullis "$PORTCULLIS_PORT" "$portcullis_bin" run -c "$work/portcullis.yaml"
+portcullis_pid=$STARTED_PID
+
+declare -A http_result ws_result
+targets=(direct-backend bare-pingora portcullis)
+declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT [portcullis]=$PORTCULLIS_PORT)
+
+for target in "${targets[@]}"; do
+    port=${port_of[$target]}
+    echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
+    http_result[$target]=$("$load_bin" http --url "http://$HOST:$port$REQUEST_PATH" \
+        --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
+        2>>"$work/client.log")
+    sleep 1
+    echo "$target: handshakes, $WS_CONCURRENCY at a time, ${DURATION}s" >&2
+    ws_result[$target]=$("$load_bin" handshakes --url "ws://$HOST:$port$WS_PATH" \
+        --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" \
+        2>>"$work/client.log")
+    sleep 1
+done
+
+echo "portcullis: holding $HOLD_COUNT WebSockets" >&2
+hold_result=$("$load_bin" hold --url "ws://$HOST:$PORTCULLIS_PORT$WS_PATH" --count "$HOLD_COUNT" \
+    --hold 2 --pid "$portcullis_pid" --origin "$ORIGIN" 2>>"$work/client.log")
+hold_line=$(grep '^hold opened=' <<<"$hold_result")
+close_line=$(grep '^hold closed=' <<<"$hold_result")
+
+echo
+echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores;" \
+    "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x, ${DURATION}s each"
+echo
+echo "| target | HTTP req/s | HTTP p50 µs | HTTP p99 µs | HTTP max µs | HTTP errors | WS handshakes/s | WS p50 µs | WS p99 µs | WS errors | WS closes unanswered |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for target in "${targets[@]}"; do
+    h=${http_result[$target]}
+    w=${ws_result[$target]}
+    echo "| $target | $(field "$h" requests_per_s) | $(field "$h" p50_us) | $(field "$h" p99_us)" \
+        "| $(field "$h" max_us) | $(field "$h" errors) | $(field "$w" handshakes_per_s)" \
+        "| $(field "$w" p50_us) | $(field "$w" p99_us) | $(field "$w" errors) | $(field "$w" unanswered_closes) |"
+done
+
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
+}
+echo
+echo "portcullis / bare Pingora: HTTP req/s" \
+    "$(ratio "$(field "${http_result[portcullis]}" requests_per_s)" "$(field "${http_result[bare-pingora]}" requests_per_s)"), handshakes/s" \
+    "$(ratio "$(field "${ws_result[portcullis]}" handshakes_per_s)" "$(field "${ws_result[bare-pingora]}" handshakes_per_s)")"
+echo
+echo "| portcullis, idle WebSockets | opened | errors | open time s | RSS before KiB | RSS after KiB | KiB per connection | closes answered | closes unanswered | close errors |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| $HOLD_COUNT requested | $(field "$hold_line" opened) | $(field "$hold_line" errors) | $(field "$hold_line" open_s)" \
+    "| $(field "$hold_line" rss_before_kib) | $(field "$hold_line" rss_after_kib) | $(field "$hold_line" kib_per_conn)" \
+    "| $(field "$close_line" closed) | $(field "$close_line" unanswered_closes) | $(field "$close_line" close_errors) |"
+
+if [ -s "$work/client.log" ]; then
+    echo
+    echo "load tool messages:"
+    sed 's/^/    /' "$work/client.log"
+fi

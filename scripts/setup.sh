@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs what building, testing and demonstrating portcullis need on a
+# Debian machine where only the Rust toolchain is present. Idempotent: every
+# tool is probed first (`command -v`, `dpkg-query`), so a second run installs
+# nothing, touches no network and takes well under a second.
+#
+#   cmake, pkg-config, C compiler  build the vendored C code (zlib-ng, zstd)
+#   libssl-dev                     headers for crates that probe for OpenSSL
+#   redis-server                   the `redis` session store (tests, later)
+#   chromium                       browser end-to-end tests (tests/e2e)
+#   prometheus                     `promtool check metrics` on /metrics output
+#   nodejs, npm                    the end-to-end test runner (only if no `node`)
+#
+# Runs as root without a terminal. Not root: uses sudo when it exists.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# want PACKAGE [COMMAND...]: PACKAGE is missing unless one of the commands is
+# on PATH (tools installed another way count) or the package is installed.
+want() {
+    local package=$1
+    shift
+    local cmd
+    for cmd in "$@"; do
+        if command -v "$cmd" >/dev/null 2>&1; then
+            return 0
+        fi
+    done
+    installed "$package" || missing+=("$package")
+}
+
+want cmake cmake
+want pkg-config pkg-config pkgconf
+want libssl-dev
+if ! command -v cc >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+    want build-essential
+fi
+want redis-server redis-server
+want chromium chromium chromium-browser
+want prometheus promtool
+if ! command -v node >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+elif ! command -v npm >/dev/null 2>&1; then
+    # A node from outside Debian brings its own npm; Debian's npm package
+    # would pull Debian's nodejs over it, so leave that choice to the operator.
+    echo "setup: warning: node is installed but npm is not; end-to-end tests need npm" >&2
+fi
+
+if ((${#missing[@]} == 0)); then
+    echo "setup: all system packages present"
+else
+    sudo=()
+    if ((EUID != 0)); then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo --preserve-env=DEBIAN_FRONTEND)
+        else
+            echo "setup: missing ${missing[*]}, and installing them needs root" >&2
+            exit 1
+        fi
+    fi
+    echo "setup: installing ${missing[*]}"
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+    echo "setup: installed ${missing[*]}"
+fi
+
+# The Rust side: cargo must exist; rustfmt and clippy are needed by scripts/test.sh.
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found; install the Rust toolchain (1.85 or newer) first" >&2
+    exit 1
+fi
+add_component() {
+    if command -v rustup >/dev/null 2>&1; then
+        echo "setup: adding the Rust component $1"
+        rustup component add "$1"
+    else
+        echo "setup: warning: the Rust component $1 is missing and rustup is not available" >&2
+    fi
+}
+cargo fmt --version >/dev/null 2>&1 || add_component rustfmt
+cargo clippy --version >/dev/null 2>&1 || add_component clippy

@@ -1,0 +1,320 @@
+//! Operating portcullis: the `check` command, the admin token, reloads by
+//! API and by SIGHUP, shutdown, and cutting clients that stop reading.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(backend: std::net::SocketAddr, status: &str, admin_extra: &str) -> String {
+    format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+threads: 1
+admin: {{address: "{{ADMIN}}"{admin_extra}}}
+messengers:
+  open: {{authentication: {{enabled: false}}}}
+upstreams:
+  chat: {{servers: ["{backend}"]}}
+deployments:
+  - {{id: site, messenger: open, upstream: chat, status: {status}, allowed_origins: ["https://www.example.com"]}}
+routes:
+  - {{path_prefix: /v1}}
+logging: {{format: text, level: info}}
+"#
+    )
+}
+
+fn portcullis(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .expect("portcullis runs")
+}
+
+#[test]
+fn check_prints_every_error_with_its_path_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        r#"
+listen: [{address: "127.0.0.1:99999"}]
+messengers: {m: {authentication: {enabled: true, provider: nowhere}}}
+upstreams: {u: {servers: ["127.0.0.1:9000"]}}
+deployments:
+  - {id: d, messenger: m, upstream: u, allowed_origins: ["https://ok.example", "not an origin"]}
+routes: [{path_prefix: /v1}]
+colour: blue
+"#,
+    )
+    .unwrap();
+    let out = portcullis(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "listen[0].address: `127.0.0.1:99999` is not an address",
+        "messengers.m.authentication.provider: unknown provider `nowhere`",
+        "deployments[0].allowed_origins[1]: not an origin",
+        "colour: unknown key",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        config("127.0.0.1:9000".parse().unwrap(), "active", ""),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("{PROXY}", "127.0.0.1:8080")
+        .replace("{ADMIN}", "127.0.0.1:9090");
+    std::fs::write(&good, text).unwrap();
+    let out = portcullis(&["check", "-c", good.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let missing = portcullis(&["check", "-c", "/no/such/file.yaml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /no/such/file.yaml"));
+
+    // `run` refuses to start on an invalid file.
+    let run = portcullis(&["run", "-c", bad.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("not starting"));
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = portcullis(&["version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_everything_but_health() {
+    let backend = start_backend().await;
+    let proxy = Proxy::start_with_env(
+        &config(backend, "active", ", token: {env: TEST_ADMIN_TOKEN}"),
+        &[("TEST_ADMIN_TOKEN", "open-sesame")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for path in ["/metrics", "/admin/connections"] {
+        let resp = client.get(proxy.admin_url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        let wrong = client
+            .get(proxy.admin_url(path))
+            .bearer_auth("open-sesamE")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let right = client
+            .get(proxy.admin_url(path))
+            .bearer_auth("open-sesame")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    let reload = client
+        .post(proxy.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 401);
+    for path in ["/healthz", "/readyz"] {
+        let resp = client.get(proxy.admin_url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    assert!(!proxy.log_text().contains("open-sesame"));
+}
+
+#[tokio::test]
+async fn reload_applies_a_valid_file_and_rejects_an_invalid_one() {
+    let backend = start_backend().await;
+    let proxy = Proxy::start(&config(backend, "active", "")).await;
+    let url = proxy.url("/v1/x?deploymentId=site");
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    let original = std::fs::read_to_string(&proxy.config_path).unwrap();
+
+    // Deactivate the deployment through the admin API.
+    std::fs::write(
+        &proxy.config_path,
+        original.replace("status: active", "status: inactive"),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(proxy.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["reloaded"], true);
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 403);
+
+    // An invalid file is refused; the previous config keeps serving.
+    std::fs::write(
+        &proxy.config_path,
+        original.replace("status: active", "status: sometimes"),
+    )
+    .unwrap();
+    let resp = client
+        .post(proxy.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("deployments[0].status"),
+        "{body}"
+    );
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 403);
+
+    // SIGHUP reloads too.
+    std::fs::write(&proxy.config_path, &original).unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reqwest::get(&url).await.unwrap().status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            proxy.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        proxy
+            .metric("portcullis_config_reloads_total", &[("result", "ok")])
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        proxy
+            .metric("portcullis_config_reloads_total", &[("result", "rejected")])
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_sends_going_away_to_live_connections() {
+    let backend = start_backend().await;
+    let mut proxy = Proxy::start(&config(backend, "active", "")).await;
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=site"),
+        &[("Origin", "https://www.example.com")],
+    )
+    .await
+    .unwrap();
+    next_json(&mut ws).await;
+    proxy.signal("TERM");
+    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a frame after SIGTERM")
+        .expect("a frame")
+        .expect("a valid frame");
+    match frame {
+        Message::Close(Some(c)) => assert_eq!(u16::from(c.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let status = proxy
+        .wait_exit(Duration::from_secs(15))
+        .expect("portcullis exits after SIGTERM");
+    assert!(status.success() || status.code().is_none(), "{status:?}");
+}
+
+/// A client that never reads cannot keep a revoked connection alive: the
+/// close frame cannot be written, so the client socket is cut.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_a_forced_close() {
+    let backend = start_backend().await;
+    let proxy = Proxy::start(&config(backend, "active", "")).await;
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    write!(
+        stream,
+        "GET /v1/chat?deploymentId=site HTTP/1.1\r\nHost: x\r\nOrigin: https://www.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // Send large masked frames and never read the echoes, until the
+    // buffers between backend, proxy and client are full.
+    stream.set_nonblocking(true).unwrap();
+    let payload = vec![b'a'; 64 * 1024];
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
+    frame.extend_from_slice(&payload);
+    let started = Instant::now();
+    let mut stalled_since = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        match stream.write(&frame) {
+            Ok(n) if n == frame.len() => stalled_since = None,
+            Ok(_) | Err(_) => {
+                // A partial or refused write: the pipe is (nearly) full.
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let client = reqwest::Client::new();
+    let closed: serde_json::Value = client
+        .delete(proxy.admin_url("/admin/connections?deployment=site"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["closed"], 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: serde_json::Value = client
+            .get(proxy.admin_url("/admin/connections"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if counts["total"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stream);
+}
