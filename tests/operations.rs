@@ -251,7 +251,7 @@ async fn shutdown_sends_going_away_to_live_connections() {
 
 /// A client that never reads cannot keep a revoked connection alive: the
 /// close frame cannot be written, so the client socket is cut.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_after_a_forced_close() {
     let backend = start_backend().await;
     let proxy = Proxy::start(&config(backend, "active", "")).await;
@@ -273,12 +273,19 @@ async fn a_client_that_stops_reading_is_cut_after_a_forced_close() {
     frame.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
     frame.extend_from_slice(&payload);
     let started = Instant::now();
-    let mut stalled_since = None;
+    let mut stalled_since: Option<Instant> = None;
+    let mut offset = 0;
     while started.elapsed() < Duration::from_secs(20) {
-        match stream.write(&frame) {
-            Ok(n) if n == frame.len() => stalled_since = None,
-            Ok(_) | Err(_) => {
-                // A partial or refused write: the pipe is (nearly) full.
+        match stream.write(&frame[offset..]) {
+            Ok(n) if n > 0 => {
+                offset = (offset + n) % frame.len();
+                stalled_since = None;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                panic!("the connection broke while filling it: {e}\n{}", proxy.log_text());
+            }
+            _ => {
+                // The pipe is full: the proxy no longer reads from us.
                 let since = *stalled_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_millis(500) {
                     break;
@@ -287,6 +294,7 @@ async fn a_client_that_stops_reading_is_cut_after_a_forced_close() {
             }
         }
     }
+    eprintln!("pipe full after {:?}", started.elapsed());
     let client = reqwest::Client::new();
     let closed: serde_json::Value = client
         .delete(proxy.admin_url("/admin/connections?deployment=site"))
