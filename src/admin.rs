@@ -29,9 +29,16 @@ pub enum AdminRequest {
     Health,
     Ready,
     Metrics,
-    ListConnections { detail: bool, deployment: Option<String> },
-    CloseConnections { deployment: String },
-    CloseConnection { id: u64 },
+    ListConnections {
+        detail: bool,
+        deployment: Option<String>,
+    },
+    CloseConnections {
+        deployment: String,
+    },
+    CloseConnection {
+        id: u64,
+    },
     Reload,
     NotFound,
     MethodNotAllowed,
@@ -59,7 +66,9 @@ impl AdminRequest {
             },
             ("DELETE", "/admin/connections") => match param("deployment") {
                 Some(d) if !d.is_empty() => AdminRequest::CloseConnections { deployment: d },
-                _ => AdminRequest::BadRequest("give ?deployment=ID to choose the connections to close"),
+                _ => AdminRequest::BadRequest(
+                    "give ?deployment=ID to choose the connections to close",
+                ),
             },
             ("DELETE", p) if p.starts_with("/admin/connections/") => {
                 match p["/admin/connections/".len()..].parse::<u64>() {
@@ -85,13 +94,11 @@ pub fn token_matches(authorization: Option<&[u8]>, expected: &str) -> bool {
     let Some(value) = authorization else {
         return false;
     };
-    let Some(presented) = value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))
-    else {
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let Some((scheme, presented)) = value.split_at_checked(7) else {
         return false;
     };
-    presented.ct_eq(expected.as_bytes()).into()
+    scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(presented.ct_eq(expected.as_bytes()))
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
@@ -106,7 +113,10 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 fn error(status: StatusCode, code: &str, description: &str) -> Response<Vec<u8>> {
-    json(status, serde_json::json!({"error": code, "error_description": description}))
+    json(
+        status,
+        serde_json::json!({"error": code, "error_description": description}),
+    )
 }
 
 #[async_trait]
@@ -121,7 +131,11 @@ impl ServeHttp for AdminApp {
         if let (Some(token), false) = (token, request.is_public()) {
             let presented = req.headers.get("authorization").map(|v| v.as_bytes());
             if !token_matches(presented, token.expose()) {
-                let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", "an admin token is required");
+                let mut resp = error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "an admin token is required",
+                );
                 resp.headers_mut()
                     .insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
                 return resp;
@@ -158,8 +172,9 @@ impl ServeHttp for AdminApp {
                 let total: usize = by_deployment.values().sum();
                 let mut body = serde_json::json!({"total": total, "by_deployment": by_deployment});
                 if detail {
-                    body["connections"] = serde_json::to_value(connections.list(deployment.as_deref()))
-                        .unwrap_or_default();
+                    body["connections"] =
+                        serde_json::to_value(connections.list(deployment.as_deref()))
+                            .unwrap_or_default();
                 }
                 json(StatusCode::OK, body)
             }
@@ -176,20 +191,31 @@ impl ServeHttp for AdminApp {
                 if connections.close(id, close_code::SESSION_REVOKED, "session revoked", "admin") {
                     json(StatusCode::OK, serde_json::json!({"closed": 1}))
                 } else {
-                    error(StatusCode::NOT_FOUND, "not_found", "no open connection has this id")
+                    error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no open connection has this id",
+                    )
                 }
             }
             AdminRequest::Reload => match self.state.reload().await {
-                Ok(summary) => json(StatusCode::OK, serde_json::json!({"reloaded": true, "summary": summary})),
+                Ok(summary) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"reloaded": true, "summary": summary}),
+                ),
                 Err(e) => json(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     serde_json::json!({"reloaded": false, "error": "invalid_config", "error_description": e}),
                 ),
             },
-            AdminRequest::NotFound => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
-            AdminRequest::MethodNotAllowed => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this method is not supported here")
+            AdminRequest::NotFound => {
+                error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
             }
+            AdminRequest::MethodNotAllowed => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not supported here",
+            ),
             AdminRequest::BadRequest(why) => error(StatusCode::BAD_REQUEST, "bad_request", why),
         }
     }
@@ -203,32 +229,56 @@ mod tests {
     fn requests_are_parsed_by_method_path_and_query() {
         let get = Method::GET;
         let delete = Method::DELETE;
-        assert_eq!(AdminRequest::parse(&get, "/metrics", None), AdminRequest::Metrics);
+        assert_eq!(
+            AdminRequest::parse(&get, "/metrics", None),
+            AdminRequest::Metrics
+        );
         assert_eq!(
             AdminRequest::parse(&get, "/admin/connections", Some("detail&deployment=d1")),
-            AdminRequest::ListConnections { detail: true, deployment: Some("d1".into()) }
+            AdminRequest::ListConnections {
+                detail: true,
+                deployment: Some("d1".into())
+            }
         );
         assert_eq!(
             AdminRequest::parse(&get, "/admin/connections", Some("detail=0")),
-            AdminRequest::ListConnections { detail: false, deployment: None }
+            AdminRequest::ListConnections {
+                detail: false,
+                deployment: None
+            }
         );
         assert_eq!(
             AdminRequest::parse(&delete, "/admin/connections", Some("deployment=d1")),
-            AdminRequest::CloseConnections { deployment: "d1".into() }
+            AdminRequest::CloseConnections {
+                deployment: "d1".into()
+            }
         );
-        assert!(matches!(AdminRequest::parse(&delete, "/admin/connections", None), AdminRequest::BadRequest(_)));
+        assert!(matches!(
+            AdminRequest::parse(&delete, "/admin/connections", None),
+            AdminRequest::BadRequest(_)
+        ));
         assert_eq!(
             AdminRequest::parse(&delete, "/admin/connections/42", None),
             AdminRequest::CloseConnection { id: 42 }
         );
-        assert_eq!(AdminRequest::parse(&Method::POST, "/admin/reload", None), AdminRequest::Reload);
-        assert_eq!(AdminRequest::parse(&get, "/admin/reload", None), AdminRequest::MethodNotAllowed);
-        assert_eq!(AdminRequest::parse(&get, "/nope", None), AdminRequest::NotFound);
+        assert_eq!(
+            AdminRequest::parse(&Method::POST, "/admin/reload", None),
+            AdminRequest::Reload
+        );
+        assert_eq!(
+            AdminRequest::parse(&get, "/admin/reload", None),
+            AdminRequest::MethodNotAllowed
+        );
+        assert_eq!(
+            AdminRequest::parse(&get, "/nope", None),
+            AdminRequest::NotFound
+        );
     }
 
     #[test]
     fn tokens_must_match_exactly() {
         assert!(token_matches(Some(b"Bearer s3cret"), "s3cret"));
+        assert!(token_matches(Some(b"BEARER s3cret"), "s3cret"));
         assert!(!token_matches(Some(b"Bearer s3cre"), "s3cret"));
         assert!(!token_matches(Some(b"Bearer s3cretX"), "s3cret"));
         assert!(!token_matches(Some(b"Basic s3cret"), "s3cret"));

@@ -20,14 +20,25 @@
 //! 3. A client that stops reading could keep the proxy task blocked on a
 //!    write forever; the sweeper (`sweep_overdue`) hard-closes the client
 //!    socket of any connection still registered `HARD_CLOSE_AFTER` after its
-//!    close was requested, through a duplicated descriptor as well.
+//!    close was requested.
+//!
+//! The client socket is *not* duplicated: each live WebSocket already holds
+//! two descriptors, and a third per connection would cut the number of
+//! connections a process can hold under its descriptor limit by a third.
+//! Instead the registry keeps the client socket's number and its socket
+//! cookie (a kernel id never reused while the machine runs), and acts on it
+//! only while holding the entry's shard lock with the entry still present.
+//! Pingora drops the client socket only after the `logging` phase, where the
+//! guard deregisters under that same lock, so a present entry means an open
+//! socket; the cookie check guards the remaining paths (a task cancelled at
+//! shutdown drops its parts in no particular order).
 //!
 //! The entry is removed when the request's `logging` phase drops its guard,
-//! which also drops both duplicates.
+//! which also closes the upstream duplicate.
 
 use std::collections::HashMap;
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -52,6 +63,8 @@ pub const HARD_CLOSE_AFTER: Duration = Duration::from_millis(750);
 
 const SHARDS: usize = 16;
 
+type Shard = Mutex<HashMap<u64, Arc<LiveConnection>>>;
+
 /// Why a connection was closed, for metrics and the close frame.
 #[derive(Debug, Clone)]
 pub struct CloseRequest {
@@ -72,7 +85,7 @@ pub struct LiveConnection {
     pub started: SystemTime,
     pub started_at: Instant,
     upstream: OwnedFd,
-    downstream: Option<OwnedFd>,
+    client: Option<ClientSocket>,
     close: OnceLock<CloseRequest>,
     hard_closed: OnceLock<()>,
 }
@@ -101,12 +114,38 @@ impl LiveConnection {
         self.close.get()
     }
 
+    /// Cuts the client socket. Only called with the shard lock held and the
+    /// entry registered (see the module doc).
     fn hard_close(&self) {
-        if self.hard_closed.set(()).is_ok() {
-            if let Some(fd) = &self.downstream {
-                let _ = socket2::SockRef::from(fd).shutdown(Shutdown::Both);
-            }
+        if self.hard_closed.set(()).is_err() {
+            return;
         }
+        let Some(client) = &self.client else {
+            return;
+        };
+        if pingora::protocols::l4::ext::get_socket_cookie(client.fd).ok() != Some(client.cookie) {
+            return;
+        }
+        // SAFETY: the descriptor is open and still the client's socket: the
+        // entry is registered (so Pingora has not dropped the socket) and
+        // the cookie matches. It is only borrowed for the shutdown call.
+        let fd = unsafe { BorrowedFd::borrow_raw(client.fd) };
+        let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Both);
+    }
+}
+
+/// The client side of a connection: its descriptor number and socket cookie.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSocket {
+    pub fd: RawFd,
+    pub cookie: u64,
+}
+
+impl ClientSocket {
+    /// Identifies the socket behind `fd`; `None` when the kernel cannot say.
+    pub fn identify(fd: RawFd) -> Option<Self> {
+        let cookie = pingora::protocols::l4::ext::get_socket_cookie(fd).ok()?;
+        Some(ClientSocket { fd, cookie })
     }
 }
 
@@ -129,12 +168,12 @@ pub struct NewConnection {
     pub session: Option<Arc<str>>,
     /// A duplicate of the upstream socket, owned by the registry from now on.
     pub upstream: OwnedFd,
-    /// A duplicate of the client socket, for the hard-close fallback.
-    pub downstream: Option<OwnedFd>,
+    /// The client socket, for the hard-close fallback.
+    pub client: Option<ClientSocket>,
 }
 
 pub struct Registry {
-    shards: Box<[Mutex<HashMap<u64, Arc<LiveConnection>>>]>,
+    shards: Box<[Shard]>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -148,7 +187,7 @@ impl Registry {
         })
     }
 
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<LiveConnection>>> {
+    fn shard(&self, id: u64) -> &Shard {
         &self.shards[(id as usize) % SHARDS]
     }
 
@@ -163,7 +202,7 @@ impl Registry {
             started: SystemTime::now(),
             started_at: Instant::now(),
             upstream: new.upstream,
-            downstream: new.downstream,
+            client: new.client,
             close: OnceLock::new(),
             hard_closed: OnceLock::new(),
         });
@@ -212,7 +251,13 @@ impl Registry {
             .count()
     }
 
-    fn close_one(&self, conn: &LiveConnection, code: u16, reason: &str, label: &'static str) -> bool {
+    fn close_one(
+        &self,
+        conn: &LiveConnection,
+        code: u16,
+        reason: &str,
+        label: &'static str,
+    ) -> bool {
         let started = conn.request_close(code, reason, label);
         if started {
             self.metrics
@@ -282,16 +327,25 @@ impl Registry {
     /// Hard-closes the client side of connections whose close has been
     /// pending longer than `HARD_CLOSE_AFTER`. Returns how many it cut.
     pub fn sweep_overdue(&self) -> usize {
-        let overdue = self.collect(|c| {
-            c.close_request()
-                .is_some_and(|r| r.requested_at.elapsed() >= HARD_CLOSE_AFTER)
-                && c.hard_closed.get().is_none()
-        });
-        for c in &overdue {
-            tracing::warn!(connection = c.id, "close frame not delivered in time; cutting the client socket");
-            c.hard_close();
+        let mut cut = 0;
+        for shard in self.shards.iter() {
+            // The lock stays held across the cut: see the module doc.
+            let entries = shard.lock();
+            for c in entries.values() {
+                let overdue = c
+                    .close_request()
+                    .is_some_and(|r| r.requested_at.elapsed() >= HARD_CLOSE_AFTER);
+                if overdue && c.hard_closed.get().is_none() {
+                    tracing::warn!(
+                        connection = c.id,
+                        "close frame not delivered in time; cutting the client socket"
+                    );
+                    c.hard_close();
+                    cut += 1;
+                }
+            }
         }
-        overdue.len()
+        cut
     }
 }
 
@@ -333,7 +387,7 @@ mod tests {
             route: "/v1".into(),
             session: None,
             upstream: OwnedFd::from(upstream.try_clone().unwrap()),
-            downstream: None,
+            client: None,
         })
     }
 
@@ -345,7 +399,12 @@ mod tests {
         let id = guard.connection().id;
 
         assert!(registry.close(id, close_code::SESSION_REVOKED, "session revoked", "admin"));
-        assert!(!registry.close(id, close_code::SESSION_EXPIRED, "session expired", "expired"));
+        assert!(!registry.close(
+            id,
+            close_code::SESSION_EXPIRED,
+            "session expired",
+            "expired"
+        ));
         let pending = guard.connection().close_request().unwrap();
         assert_eq!(pending.code, close_code::SESSION_REVOKED);
 
@@ -367,10 +426,16 @@ mod tests {
         let g1 = register(&registry, "d1", &a);
         let g2 = register(&registry, "d2", &c);
         assert_eq!(registry.len(), 2);
-        assert_eq!(metrics.active_connections.with_label_values(&["d1"]).get(), 1);
+        assert_eq!(
+            metrics.active_connections.with_label_values(&["d1"]).get(),
+            1
+        );
         drop(g1);
         assert_eq!(registry.len(), 1);
-        assert_eq!(metrics.active_connections.with_label_values(&["d1"]).get(), 0);
+        assert_eq!(
+            metrics.active_connections.with_label_values(&["d1"]).get(),
+            0
+        );
         assert!(!registry.close(g2.connection().id + 100, 4002, "x", "admin"));
         assert_eq!(registry.list(Some("d2")).len(), 1);
         assert!(registry.list(Some("d1")).is_empty());
@@ -386,11 +451,27 @@ mod tests {
             .enumerate()
             .map(|(i, (a, _))| register(&registry, if i < 3 { "a" } else { "b" }, a))
             .collect();
-        let closed = registry.close_where(|c| &*c.deployment == "a", 4002, "session revoked", "admin");
+        let closed =
+            registry.close_where(|c| &*c.deployment == "a", 4002, "session revoked", "admin");
         assert_eq!(closed, 3);
-        assert_eq!(metrics.forced_closes.with_label_values(&["a", "admin"]).get(), 3);
-        assert_eq!(metrics.forced_closes.with_label_values(&["b", "admin"]).get(), 0);
-        let closing: Vec<bool> = guards.iter().map(|g| g.connection().close_request().is_some()).collect();
+        assert_eq!(
+            metrics
+                .forced_closes
+                .with_label_values(&["a", "admin"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            metrics
+                .forced_closes
+                .with_label_values(&["b", "admin"])
+                .get(),
+            0
+        );
+        let closing: Vec<bool> = guards
+            .iter()
+            .map(|g| g.connection().close_request().is_some())
+            .collect();
         assert_eq!(closing, vec![true, true, true, false, false]);
     }
 
@@ -404,7 +485,7 @@ mod tests {
             route: "/".into(),
             session: None,
             upstream: OwnedFd::from(up.try_clone().unwrap()),
-            downstream: Some(OwnedFd::from(down.try_clone().unwrap())),
+            client: ClientSocket::identify(std::os::fd::AsRawFd::as_raw_fd(&down)),
         });
         assert!(registry.close(guard.connection().id, 4002, "session revoked", "admin"));
         assert_eq!(registry.sweep_overdue(), 0, "nothing is overdue yet");

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "OpenID Connect edge proxy for web-messaging servers")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "OpenID Connect edge proxy for web-messaging servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,10 +46,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => match portcullis::config::load(&config) {
-            Ok(_) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
+            // Building the runtime also resolves upstream server names, as `run` will.
+            Ok(valid) => match portcullis::runtime::Runtime::build(valid, None) {
+                Ok(_) => {
+                    println!("{}: configuration is valid", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: configuration is invalid:\n  {e}", config.display());
+                    ExitCode::from(1)
+                }
+            },
             Err(errors) => {
                 eprintln!("{}: configuration is invalid:", config.display());
                 for e in &errors.0 {
@@ -58,7 +69,10 @@ fn main() -> ExitCode {
             let config = match portcullis::config::load(&path) {
                 Ok(c) => c,
                 Err(errors) => {
-                    eprintln!("{}: configuration is invalid; not starting:", path.display());
+                    eprintln!(
+                        "{}: configuration is invalid; not starting:",
+                        path.display()
+                    );
                     for e in &errors.0 {
                         eprintln!("  {e}");
                     }
@@ -66,7 +80,8 @@ fn main() -> ExitCode {
                 }
             };
             portcullis::logging::init(&config.logging);
-            let started = portcullis::server::build_state(config, Some(path)).and_then(portcullis::server::run);
+            let started = portcullis::server::build_state(config, Some(path))
+                .and_then(portcullis::server::run);
             report(started)
         }
         Command::Demo { config } => report(portcullis::demo::run(config.as_deref())),

@@ -36,19 +36,27 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(g.clone())).expect("metric registered once");
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
             g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
                 .expect("static metric definition");
-            registry.register(Box::new(h.clone())).expect("metric registered once");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
             h
         };
         let latency_buckets = vec![
@@ -56,7 +64,16 @@ impl Metrics {
             2.5, 5.0, 10.0,
         ];
         let lifetime_buckets = vec![
-            1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0,
+            1.0,
+            10.0,
+            60.0,
+            300.0,
+            900.0,
+            1800.0,
+            3600.0,
+            4.0 * 3600.0,
+            12.0 * 3600.0,
+            86400.0,
         ];
         let build_info = gauge(
             "portcullis_build_info",

@@ -6,7 +6,7 @@
 //! it in atomically. Upstream balancers whose config did not change are
 //! carried over, keeping their health-check state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 
 use crate::config::{self, Config, Deployment, DeploymentStatus, Messenger, Route, Upstream};
-use crate::connections::Registry;
+use crate::connections::{close_code, Registry};
 use crate::metrics::Metrics;
 
 /// A deployment with everything a request needs resolved.
@@ -54,8 +54,9 @@ pub struct UpstreamRt {
 
 impl UpstreamRt {
     fn build(config: &Upstream) -> Result<Self, String> {
-        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.servers.iter().map(String::as_str))
-            .map_err(|e| format!("upstreams.{}.servers: cannot resolve: {e}", config.name))?;
+        let mut balancer =
+            LoadBalancer::<RoundRobin>::try_from_iter(config.servers.iter().map(String::as_str))
+                .map_err(|e| format!("upstreams.{}.servers: cannot resolve: {e}", config.name))?;
         if let Some(hc) = &config.health_check {
             let host = config
                 .servers
@@ -64,9 +65,9 @@ impl UpstreamRt {
                 .unwrap_or("localhost");
             let mut check = HttpHealthCheck::new(host, config.tls);
             check.req.set_uri(
-                hc.path
-                    .parse()
-                    .map_err(|_| format!("upstreams.{}.health_check.path: not a path", config.name))?,
+                hc.path.parse().map_err(|_| {
+                    format!("upstreams.{}.health_check.path: not a path", config.name)
+                })?,
             );
             if config.tls && !config.sni.is_empty() {
                 check.peer_template.sni = config.sni.clone();
@@ -109,12 +110,12 @@ impl UpstreamRt {
     }
 }
 
-/// Identity-header stripping rules, shared by every request.
+/// Identity-header stripping rules, shared by every request. Validation
+/// makes every configured identity header start with the prefix, so the
+/// prefix alone covers them all.
 pub struct StripRules {
     /// Normalized (lowercase, `_` as `-`) prefix.
     pub prefix: String,
-    /// Normalized names from `identity_headers` maps.
-    pub extra: HashSet<String>,
 }
 
 pub struct Runtime {
@@ -146,7 +147,10 @@ impl Runtime {
         let mut deployments = HashMap::new();
         for d in &config.deployments {
             // Validation guarantees both references resolve.
-            let (Some(messenger), Some(upstream)) = (config.messengers.get(&d.messenger), upstreams.get(&d.upstream)) else {
+            let (Some(messenger), Some(upstream)) = (
+                config.messengers.get(&d.messenger),
+                upstreams.get(&d.upstream),
+            ) else {
                 return Err(format!("deployment {}: unresolved reference", d.id));
             };
             deployments.insert(
@@ -172,12 +176,6 @@ impl Runtime {
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
         let strip = StripRules {
             prefix: config::normalize_header_name(&config.identity_header_prefix),
-            extra: config
-                .messengers
-                .values()
-                .flat_map(|m| m.identity_headers.keys())
-                .map(|h| config::normalize_header_name(h))
-                .collect(),
         };
         Ok(Runtime {
             config: Arc::new(config),
@@ -217,6 +215,8 @@ pub struct State {
 pub struct ReloadSummary {
     pub deployments: usize,
     pub routes: usize,
+    /// Live connections closed because their deployment was removed or deactivated.
+    pub closed_connections: usize,
     /// Settings that only take effect after a restart.
     pub restart_required_for: Vec<&'static str>,
 }
@@ -243,10 +243,19 @@ impl State {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.reload_inner().await;
         let label = if result.is_ok() { "ok" } else { "rejected" };
-        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
         match &result {
-            Ok(s) => tracing::info!(deployments = s.deployments, routes = s.routes, "configuration reloaded"),
-            Err(e) => tracing::error!(error = %e, "configuration reload rejected; the previous configuration keeps serving"),
+            Ok(s) => tracing::info!(
+                deployments = s.deployments,
+                routes = s.routes,
+                "configuration reloaded"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload rejected; the previous configuration keeps serving")
+            }
         }
         result
     }
@@ -272,16 +281,32 @@ impl State {
         if new.config.threads != old.config.threads {
             restart_required_for.push("threads");
         }
-        if new.config.admin.as_ref().map(|a| a.address) != old.config.admin.as_ref().map(|a| a.address) {
+        if new.config.admin.as_ref().map(|a| a.address)
+            != old.config.admin.as_ref().map(|a| a.address)
+        {
             restart_required_for.push("admin.address");
         }
-        let summary = ReloadSummary {
+        let logging_changed = new.config.logging.format != old.config.logging.format
+            || new.config.logging.level != old.config.logging.level;
+        if logging_changed {
+            restart_required_for.push("logging");
+        }
+        let new = Arc::new(new);
+        self.runtime.store(new.clone());
+        // Connections of deployments that are gone or inactive end now, as
+        // a revocation would end them.
+        let closed = self.connections.close_where(
+            |c| new.deployment(&c.deployment).is_none_or(|d| !d.is_active()),
+            close_code::SESSION_REVOKED,
+            "deployment deactivated",
+            "reload",
+        );
+        Ok(ReloadSummary {
             deployments: new.deployments.len(),
             routes: new.routes.len(),
+            closed_connections: closed,
             restart_required_for,
-        };
-        self.runtime.store(Arc::new(new));
-        Ok(summary)
+        })
     }
 
     /// Runs due health checks of every upstream of the current runtime.

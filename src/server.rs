@@ -65,9 +65,9 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
             Some(tls) => {
                 let cert = tls.cert.to_string_lossy();
                 let key = tls.key.to_string_lossy();
-                proxy
-                    .add_tls(&address, &cert, &key)
-                    .with_context(|| format!("TLS listener {address}: cannot load {cert} / {key}"))?;
+                proxy.add_tls(&address, &cert, &key).with_context(|| {
+                    format!("TLS listener {address}: cannot load {cert} / {key}")
+                })?;
             }
         }
     }
@@ -83,7 +83,10 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
         service.threads = Some(1);
         server.add_service(service);
     }
-    server.add_service(background_service("portcullis supervisor", Supervisor { state }));
+    server.add_service(background_service(
+        "portcullis supervisor",
+        Supervisor { state },
+    ));
     Ok(server)
 }
 

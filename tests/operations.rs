@@ -157,6 +157,14 @@ async fn reload_applies_a_valid_file_and_rejects_an_invalid_one() {
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     let original = std::fs::read_to_string(&proxy.config_path).unwrap();
 
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=site"),
+        &[("Origin", "https://www.example.com")],
+    )
+    .await
+    .unwrap();
+    next_json(&mut ws).await;
+
     // Deactivate the deployment through the admin API.
     std::fs::write(
         &proxy.config_path,
@@ -172,7 +180,19 @@ async fn reload_applies_a_valid_file_and_rejects_an_invalid_one() {
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["reloaded"], true);
+    assert_eq!(body["summary"]["closed_connections"], 1);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 403);
+    // Its live connection was closed as revoked.
+    match tokio::time::timeout(Duration::from_secs(1), ws.next())
+        .await
+        .expect("a close frame")
+    {
+        Some(Ok(Message::Close(Some(c)))) => {
+            assert_eq!(u16::from(c.code), 4002);
+            assert_eq!(c.reason.as_str(), "deployment deactivated");
+        }
+        other => panic!("expected close 4002, got {other:?}"),
+    }
 
     // An invalid file is refused; the previous config keeps serving.
     std::fs::write(
@@ -282,7 +302,10 @@ async fn a_client_that_stops_reading_is_cut_after_a_forced_close() {
                 stalled_since = None;
             }
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                panic!("the connection broke while filling it: {e}\n{}", proxy.log_text());
+                panic!(
+                    "the connection broke while filling it: {e}\n{}",
+                    proxy.log_text()
+                );
             }
             _ => {
                 // The pipe is full: the proxy no longer reads from us.

@@ -49,7 +49,10 @@ async fn websocket_upgrade_passes_with_subprotocol_negotiation() {
     let proxy = start().await;
     let (mut ws, response) = ws_connect(
         &proxy.ws_url("/v1/chat?deploymentId=web"),
-        &[("Origin", WEB_ORIGIN), ("Sec-WebSocket-Protocol", "unknown.v9, chat.v2")],
+        &[
+            ("Origin", WEB_ORIGIN),
+            ("Sec-WebSocket-Protocol", "unknown.v9, chat.v2"),
+        ],
     )
     .await
     .expect("the upgrade passes");
@@ -63,7 +66,9 @@ async fn websocket_upgrade_passes_with_subprotocol_negotiation() {
     assert_eq!(reply["from"], "anonymous");
     // Binary frames pass untouched too.
     use futures_util::SinkExt;
-    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into())).await.unwrap();
+    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into()))
+        .await
+        .unwrap();
     let back = ws.next().await.unwrap().unwrap();
     assert_eq!(back, Message::Binary(vec![0u8, 1, 2, 255].into()));
 }
@@ -86,7 +91,10 @@ async fn spoofed_identity_headers_never_reach_the_backend() {
     let headers = welcome["headers"].as_object().unwrap();
     for name in headers.keys() {
         let normalized = name.replace('_', "-").to_ascii_lowercase();
-        assert!(!normalized.starts_with("x-auth-"), "{name} reached the backend");
+        assert!(
+            !normalized.starts_with("x-auth-"),
+            "{name} reached the backend"
+        );
     }
     assert_eq!(welcome["user"], "anonymous");
     assert_eq!(headers["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
@@ -100,7 +108,12 @@ async fn spoofed_identity_headers_never_reach_the_backend() {
     }
     let body: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
     let headers = body["headers"].as_object().unwrap();
-    assert!(headers.keys().all(|k| !k.replace('_', "-").starts_with("x-auth-")), "{headers:?}");
+    assert!(
+        headers
+            .keys()
+            .all(|k| !k.replace('_', "-").starts_with("x-auth-")),
+        "{headers:?}"
+    );
     assert_eq!(body["path"], "/v1/echo");
 }
 
@@ -112,9 +125,17 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
         ("/v1/chat?deploymentId=nope", 404, "unknown_deployment"),
         ("/elsewhere", 404, "not_found"),
         ("/v1/chat", 400, "invalid_deployment_id"),
-        ("/v1/chat?deploymentId=web&deploymentId=app", 400, "invalid_deployment_id"),
+        (
+            "/v1/chat?deploymentId=web&deploymentId=app",
+            400,
+            "invalid_deployment_id",
+        ),
         ("/v1/chat?deploymentId=paused", 403, "deployment_inactive"),
-        ("/v1/chat?deploymentId=secure", 501, "authentication_unavailable"),
+        (
+            "/v1/chat?deploymentId=secure",
+            501,
+            "authentication_unavailable",
+        ),
         ("/v1/a%2fb?deploymentId=web", 400, "bad_request"),
         ("/.auth/login?deployment=web", 404, "not_found"),
     ];
@@ -124,7 +145,9 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
         assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["error"], code, "{path}");
-        assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()));
+        assert!(body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()));
     }
     let resp = client
         .get(proxy.url("/v1/chat?deploymentId=web"))
@@ -135,20 +158,37 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
     assert_eq!(resp.status(), 403);
 
     // WebSocket upgrades: cross-site hijacking attempts and missing origins.
-    let evil = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[("Origin", "https://evil.example")]).await;
+    let evil = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=web"),
+        &[("Origin", "https://evil.example")],
+    )
+    .await;
     assert_eq!(refused_status(&evil), 403);
     assert_eq!(refused_json(&evil)["error"], "origin_not_allowed");
     let missing = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[]).await;
     assert_eq!(refused_status(&missing), 403);
     assert_eq!(refused_json(&missing)["error"], "origin_required");
     let native_app = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=app"), &[]).await;
-    assert!(native_app.is_ok(), "a deployment with allow_missing_origin accepts apps");
-    let secure = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=secure"), &[("Origin", WEB_ORIGIN)]).await;
+    assert!(
+        native_app.is_ok(),
+        "a deployment with allow_missing_origin accepts apps"
+    );
+    let secure = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=secure"),
+        &[("Origin", WEB_ORIGIN)],
+    )
+    .await;
     assert_eq!(refused_status(&secure), 501);
     let body = refused_json(&secure);
-    assert!(body["error_description"].as_str().unwrap().contains("authentication not built yet"));
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("authentication not built yet"));
     let fixed = ws_connect(&proxy.ws_url("/fixed/room"), &[("Origin", WEB_ORIGIN)]).await;
-    assert!(fixed.is_ok(), "a fixed-deployment route needs no deploymentId");
+    assert!(
+        fixed.is_ok(),
+        "a fixed-deployment route needs no deploymentId"
+    );
 }
 
 #[tokio::test]
@@ -156,13 +196,18 @@ async fn malformed_requests_get_4xx_never_5xx_or_a_crash() {
     let proxy = start().await;
     let raw = |request: Vec<u8>| {
         let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         stream.write_all(&request).unwrap();
         let mut response = Vec::new();
         let _ = stream.read_to_end(&mut response);
         String::from_utf8_lossy(&response).into_owned()
     };
-    let non_utf8 = raw(b"GET /v1/\xff\xfe?deploymentId=web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec());
+    let non_utf8 = raw(
+        b"GET /v1/\xff\xfe?deploymentId=web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+    );
     assert!(non_utf8.starts_with("HTTP/1.1 400"), "{non_utf8}");
     let huge_header = format!(
         "GET /v1/chat?deploymentId=web HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
@@ -170,29 +215,49 @@ async fn malformed_requests_get_4xx_never_5xx_or_a_crash() {
     );
     let huge = raw(huge_header.into_bytes());
     let status: u16 = huge.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    assert!(huge.is_empty() || (400..500).contains(&status), "huge header answered {huge:.80}");
+    assert!(
+        huge.is_empty() || (400..500).contains(&status),
+        "huge header answered {huge:.80}"
+    );
     let garbage = raw(b"\x16\x03\x01\x00\xa5garbage\r\n\r\n".to_vec());
     assert!(!garbage.contains(" 500 "), "{garbage}");
-    let encoded_dots = raw(b"GET /v1/%2e%2e/admin?deploymentId=web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec());
+    let encoded_dots = raw(
+        b"GET /v1/%2e%2e/admin?deploymentId=web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+    );
     assert!(encoded_dots.starts_with("HTTP/1.1 400"), "{encoded_dots}");
-    let dot_segments = raw(b"GET /v1/../admin?deploymentId=web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec());
+    let dot_segments = raw(
+        b"GET /v1/../admin?deploymentId=web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+    );
     assert!(dot_segments.starts_with("HTTP/1.1 400"), "{dot_segments}");
     let absolute = raw(b"GET http://evil.example/v1?deploymentId=web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec());
-    assert!(absolute.starts_with("HTTP/1.1 400") || absolute.starts_with("HTTP/1.1 404"), "{absolute}");
+    assert!(
+        absolute.starts_with("HTTP/1.1 400") || absolute.starts_with("HTTP/1.1 404"),
+        "{absolute}"
+    );
     // Still serving afterwards.
-    let ok = reqwest::get(proxy.url("/v1/x?deploymentId=web")).await.unwrap();
+    let ok = reqwest::get(proxy.url("/v1/x?deploymentId=web"))
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 }
 
 #[tokio::test]
 async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
     let proxy = start().await;
-    let (mut ws, _) = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[("Origin", WEB_ORIGIN)])
-        .await
-        .unwrap();
-    let (mut bystander, _) = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=app"), &[("Origin", WEB_ORIGIN)])
-        .await
-        .unwrap();
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=web"),
+        &[("Origin", WEB_ORIGIN)],
+    )
+    .await
+    .unwrap();
+    let (mut bystander, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=app"),
+        &[("Origin", WEB_ORIGIN)],
+    )
+    .await
+    .unwrap();
     next_json(&mut ws).await;
     next_json(&mut bystander).await;
 
@@ -240,41 +305,80 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
     }
     eprintln!("forced close delivered after {elapsed:?}");
     // Then the connection ends.
-    let after = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("the stream ends");
-    assert!(matches!(after, None | Some(Err(_)) | Some(Ok(Message::Close(_)))), "{after:?}");
+    let after = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("the stream ends");
+    assert!(
+        matches!(after, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{after:?}"
+    );
 
     // The other deployment's connection is untouched.
-    assert_eq!(echo(&mut bystander, "still here").await["text"], "still here");
-    let counts: serde_json::Value = reqwest::get(proxy.admin_url("/admin/connections")).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        echo(&mut bystander, "still here").await["text"],
+        "still here"
+    );
+    let counts: serde_json::Value = reqwest::get(proxy.admin_url("/admin/connections"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(counts["total"], 1);
     assert_eq!(
-        proxy.metric("portcullis_forced_closes_total", &[("deployment", "web"), ("reason", "admin")]).await,
+        proxy
+            .metric(
+                "portcullis_forced_closes_total",
+                &[("deployment", "web"), ("reason", "admin")]
+            )
+            .await,
         Some(1.0)
     );
     assert_eq!(
-        proxy.metric("portcullis_active_connections", &[("deployment", "web")]).await,
+        proxy
+            .metric("portcullis_active_connections", &[("deployment", "web")])
+            .await,
         Some(0.0)
     );
 
     // One connection can be closed by id as well.
-    let listing: serde_json::Value = reqwest::get(proxy.admin_url("/admin/connections?detail")).await.unwrap().json().await.unwrap();
+    let listing: serde_json::Value = reqwest::get(proxy.admin_url("/admin/connections?detail"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = listing["connections"][0]["id"].as_u64().unwrap();
-    let resp = client.delete(proxy.admin_url(&format!("/admin/connections/{id}"))).send().await.unwrap();
+    let resp = client
+        .delete(proxy.admin_url(&format!("/admin/connections/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    match tokio::time::timeout(Duration::from_secs(1), bystander.next()).await.unwrap() {
+    match tokio::time::timeout(Duration::from_secs(1), bystander.next())
+        .await
+        .unwrap()
+    {
         Some(Ok(Message::Close(Some(close)))) => assert_eq!(close.code, CloseCode::from(4002)),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    let resp = client.delete(proxy.admin_url(&format!("/admin/connections/{id}"))).send().await.unwrap();
+    let resp = client
+        .delete(proxy.admin_url(&format!("/admin/connections/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
 #[tokio::test]
 async fn a_forced_close_waits_for_a_frame_boundary_during_traffic() {
     let proxy = start().await;
-    let (mut ws, _) = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[("Origin", WEB_ORIGIN)])
-        .await
-        .unwrap();
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=web"),
+        &[("Origin", WEB_ORIGIN)],
+    )
+    .await
+    .unwrap();
     next_json(&mut ws).await;
     // Keep large frames flowing back from the backend while closing.
     use futures_util::SinkExt;
@@ -293,7 +397,8 @@ async fn a_forced_close_waits_for_a_frame_boundary_during_traffic() {
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
         match msg {
             Ok(Message::Text(t)) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("whole echo frames only");
+                let v: serde_json::Value =
+                    serde_json::from_str(t.as_str()).expect("whole echo frames only");
                 assert_eq!(v["text"].as_str().unwrap().len(), big.len());
             }
             Ok(Message::Close(c)) => {
@@ -315,24 +420,39 @@ async fn a_dead_server_is_skipped_and_health_checks_report_it() {
     // Round robin would send every other request to the dead server; each
     // must still succeed through a retry or the health check.
     for i in 0..10 {
-        let resp = reqwest::get(proxy.url(&format!("/v1/r{i}?deploymentId=web"))).await.unwrap();
+        let resp = reqwest::get(proxy.url(&format!("/v1/r{i}?deploymentId=web")))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "request {i}");
     }
     for _ in 0..10 {
-        let (ws, _) = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[("Origin", WEB_ORIGIN)])
-            .await
-            .expect("handshakes fail over too");
+        let (ws, _) = ws_connect(
+            &proxy.ws_url("/v1/chat?deploymentId=web"),
+            &[("Origin", WEB_ORIGIN)],
+        )
+        .await
+        .expect("handshakes fail over too");
         drop(ws);
     }
     // The health check marks the dead server within its interval.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let dead_health = proxy.metric("portcullis_upstream_healthy", &[("server", &dead)]).await;
-        let live_health = proxy.metric("portcullis_upstream_healthy", &[("server", &backend.to_string())]).await;
+        let dead_health = proxy
+            .metric("portcullis_upstream_healthy", &[("server", &dead)])
+            .await;
+        let live_health = proxy
+            .metric(
+                "portcullis_upstream_healthy",
+                &[("server", &backend.to_string())],
+            )
+            .await;
         if dead_health == Some(0.0) && live_health == Some(1.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "health metrics: dead {dead_health:?}, live {live_health:?}");
+        assert!(
+            Instant::now() < deadline,
+            "health metrics: dead {dead_health:?}, live {live_health:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -367,7 +487,9 @@ routes: [{{path_prefix: /v1}}]
     );
     let proxy = Proxy::start(&text).await;
     for (deployment, upstream) in [("r1", "resets"), ("r2", "refuses")] {
-        let resp = reqwest::get(proxy.url(&format!("/v1/x?deploymentId={deployment}"))).await.unwrap();
+        let resp = reqwest::get(proxy.url(&format!("/v1/x?deploymentId={deployment}")))
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         assert!(status == 502 || status == 503, "{deployment}: {status}");
         let body: serde_json::Value = resp.json().await.unwrap();
@@ -378,7 +500,10 @@ routes: [{{path_prefix: /v1}}]
         let errors = proxy.metrics().await;
         let counted: f64 = errors
             .lines()
-            .filter(|l| l.starts_with("portcullis_upstream_errors_total") && l.contains(&format!("upstream=\"{upstream}\"")))
+            .filter(|l| {
+                l.starts_with("portcullis_upstream_errors_total")
+                    && l.contains(&format!("upstream=\"{upstream}\""))
+            })
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum();
         assert!(counted >= 1.0, "{upstream} errors not counted:\n{errors}");
@@ -393,36 +518,82 @@ async fn metrics_count_decisions_and_pass_promtool() {
     let proxy = start().await;
     let client = reqwest::Client::new();
     for _ in 0..3 {
-        client.get(proxy.url("/v1/x?deploymentId=web")).send().await.unwrap();
+        client
+            .get(proxy.url("/v1/x?deploymentId=web"))
+            .send()
+            .await
+            .unwrap();
     }
-    client.get(proxy.url("/v1/x?deploymentId=ghost")).send().await.unwrap();
-    let (ws, _) = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[("Origin", WEB_ORIGIN)])
+    client
+        .get(proxy.url("/v1/x?deploymentId=ghost"))
+        .send()
         .await
         .unwrap();
-    let _ = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[("Origin", "https://evil.example")]).await;
+    let (ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=web"),
+        &[("Origin", WEB_ORIGIN)],
+    )
+    .await
+    .unwrap();
+    let _ = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=web"),
+        &[("Origin", "https://evil.example")],
+    )
+    .await;
     // Counters are written in the logging phase, just after the response.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let text = proxy.metrics().await;
     let allowed = sample(
         &text,
         "portcullis_requests_total",
-        &[("deployment", "web"), ("outcome", "allowed"), ("status", "200")],
+        &[
+            ("deployment", "web"),
+            ("outcome", "allowed"),
+            ("status", "200"),
+        ],
     );
     assert_eq!(allowed, Some(3.0), "{text}");
     assert_eq!(
-        sample(&text, "portcullis_requests_total", &[("deployment", "-"), ("outcome", "unknown_deployment")]),
+        sample(
+            &text,
+            "portcullis_requests_total",
+            &[("deployment", "-"), ("outcome", "unknown_deployment")]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&text, "portcullis_handshakes_total", &[("deployment", "web"), ("outcome", "origin_not_allowed")]),
+        sample(
+            &text,
+            "portcullis_handshakes_total",
+            &[("deployment", "web"), ("outcome", "origin_not_allowed")]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&text, "portcullis_handshakes_total", &[("deployment", "web"), ("outcome", "upgraded")]),
+        sample(
+            &text,
+            "portcullis_handshakes_total",
+            &[("deployment", "web"), ("outcome", "upgraded")]
+        ),
         Some(1.0)
     );
-    assert_eq!(sample(&text, "portcullis_active_connections", &[("deployment", "web")]), Some(1.0));
-    assert!(sample(&text, "portcullis_request_duration_seconds_count", &[("kind", "http")]).unwrap() >= 4.0);
+    assert_eq!(
+        sample(
+            &text,
+            "portcullis_active_connections",
+            &[("deployment", "web")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            "portcullis_request_duration_seconds_count",
+            &[("kind", "http")]
+        )
+        .unwrap()
+            >= 4.0
+    );
     assert_eq!(sample(&text, "portcullis_build_info", &[]), Some(1.0));
     drop(ws);
 
@@ -432,9 +603,16 @@ async fn metrics_count_decisions_and_pass_promtool() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool is installed (Debian package `prometheus`; scripts/setup.sh installs it)");
+        .expect(
+            "promtool is installed (Debian package `prometheus`; scripts/setup.sh installs it)",
+        );
     let mut promtool = promtool;
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -450,7 +628,9 @@ async fn every_request_decision_is_one_json_log_line_without_the_query() {
     reqwest::get(proxy.url("/v1/secretpath?deploymentId=web&access_token=SHOULD-NOT-BE-LOGGED"))
         .await
         .unwrap();
-    reqwest::get(proxy.url("/v1/x?deploymentId=ghost")).await.unwrap();
+    reqwest::get(proxy.url("/v1/x?deploymentId=ghost"))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let lines = loop {
         let lines: Vec<serde_json::Value> = proxy

@@ -205,4 +205,3 @@ pub struct RawLimits {
     pub max_path_bytes: Option<usize>,
     pub max_query_bytes: Option<usize>,
 }
-

@@ -78,7 +78,10 @@ fn env() -> HashMap<&'static str, String> {
     HashMap::from([
         ("OKTA_CLIENT_SECRET", "s3cret".to_string()),
         // 32 zero bytes, base64.
-        ("PORTCULLIS_COOKIE_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string()),
+        (
+            "PORTCULLIS_COOKIE_KEY",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+        ),
         ("PORTCULLIS_ADMIN_TOKEN", "admin-token".to_string()),
     ])
 }
@@ -119,18 +122,30 @@ fn the_canonical_file_parses_into_the_model() {
     assert_eq!(okta.clock_skew, Duration::from_secs(60));
     let support = &c.messengers["support"];
     assert!(support.authentication.enabled);
-    assert_eq!(support.authentication.require.email_domains, vec!["example.com"]);
+    assert_eq!(
+        support.authentication.require.email_domains,
+        vec!["example.com"]
+    );
     assert_eq!(support.session.idle_timeout, Duration::from_secs(1800));
     let d = &c.deployments[0];
     assert_eq!(
         d.origins,
-        OriginPolicy::List(vec!["https://www.example.com".into(), "https://shop.example.com".into()])
+        OriginPolicy::List(vec![
+            "https://www.example.com".into(),
+            "https://shop.example.com".into()
+        ])
     );
     assert_eq!(c.deployments[1].status, DeploymentStatus::Inactive);
     assert_eq!(c.deployments[1].origins, OriginPolicy::Any);
-    assert_eq!(c.routes[0].deployment, DeploymentSource::Query("deploymentId".into()));
+    assert_eq!(
+        c.routes[0].deployment,
+        DeploymentSource::Query("deploymentId".into())
+    );
     assert_eq!(c.routes[1].profile, RouteProfile::GuestApi);
-    assert_eq!(c.upstreams["chat"].health_check.as_ref().unwrap().interval, Duration::from_secs(5));
+    assert_eq!(
+        c.upstreams["chat"].health_check.as_ref().unwrap().interval,
+        Duration::from_secs(5)
+    );
     assert_eq!(c.logging.format, LogFormat::Json);
     assert_eq!(c.forwarding.trusted_proxies.len(), 2);
     assert_eq!(c.identity_header_prefix, "X-Auth-");
@@ -158,7 +173,10 @@ routes: [{path_prefix: /v1}]
     .unwrap();
     assert!(c.threads >= 1);
     assert!(c.admin.is_none());
-    assert_eq!(c.routes[0].deployment, DeploymentSource::Query("deploymentId".into()));
+    assert_eq!(
+        c.routes[0].deployment,
+        DeploymentSource::Query("deploymentId".into())
+    );
     assert_eq!(c.routes[0].name, "/v1");
     assert_eq!(c.deployments[0].status, DeploymentStatus::Active);
     assert_eq!(c.deployments[0].origins, OriginPolicy::List(vec![]));
@@ -176,30 +194,76 @@ fn every_error_is_reported_not_just_the_first() {
     let text = GOOD
         .replacen("address: 127.0.0.1:8080", "address: localhost", 1)
         .replacen("messenger: support", "messenger: nope", 1)
-        .replacen("[https://www.example.com, ", "[https://www.example.com/path, ", 1)
-        .replacen("upstream: chat\n    access_token_query", "upstream: gone\n    access_token_query", 1);
+        .replacen(
+            "[https://www.example.com, ",
+            "[https://www.example.com/path, ",
+            1,
+        )
+        .replacen(
+            "upstream: chat\n    access_token_query",
+            "upstream: gone\n    access_token_query",
+            1,
+        );
     let errors = parse_text(&text).unwrap_err();
     assert_error(&errors, "listen[0].address", "not an address");
-    assert_error(&errors, "deployments[0].messenger", "unknown messenger `nope` (known: public, support)");
+    assert_error(
+        &errors,
+        "deployments[0].messenger",
+        "unknown messenger `nope` (known: public, support)",
+    );
     assert_error(&errors, "deployments[0].allowed_origins[0]", "no path");
-    assert_error(&errors, "deployments[0].upstream", "unknown upstream `gone`");
+    assert_error(
+        &errors,
+        "deployments[0].upstream",
+        "unknown upstream `gone`",
+    );
     assert_eq!(errors.0.len(), 4, "{errors}");
 }
 
 #[test]
 fn unknown_keys_are_errors_with_their_path() {
-    assert_error(&errors_after("public_url:", "pubilc_url:"), "pubilc_url", "unknown key");
-    let errors = errors_after("    name: website\n", "    name: website\n    allowed_origin: [x]\n");
-    assert_error(&errors, "deployments[0].allowed_origin", "unknown field `allowed_origin`, expected one of `id`");
-    let errors = errors_after("health_check: {path: /healthz", "health_check: {pth: /healthz");
-    assert_error(&errors, "upstreams.chat.health_check.pth", "unknown field `pth`");
+    assert_error(
+        &errors_after("public_url:", "pubilc_url:"),
+        "pubilc_url",
+        "unknown key",
+    );
+    let errors = errors_after(
+        "    name: website\n",
+        "    name: website\n    allowed_origin: [x]\n",
+    );
+    assert_error(
+        &errors,
+        "deployments[0].allowed_origin",
+        "unknown field `allowed_origin`, expected one of `id`",
+    );
+    let errors = errors_after(
+        "health_check: {path: /healthz",
+        "health_check: {pth: /healthz",
+    );
+    assert_error(
+        &errors,
+        "upstreams.chat.health_check.pth",
+        "unknown field `pth`",
+    );
 }
 
 #[test]
 fn wrong_types_are_located() {
-    assert_error(&errors_after("threads: 4", "threads: many"), "threads", "invalid type");
-    assert_error(&errors_after("assertion: true", "assertion: maybe"), "messengers.support.assertion", "invalid type");
-    assert_error(&errors_after("enabled: true", "enabled: [1]"), "messengers.support.authentication.enabled", "invalid type");
+    assert_error(
+        &errors_after("threads: 4", "threads: many"),
+        "threads",
+        "invalid type",
+    );
+    assert_error(
+        &errors_after("assertion: true", "assertion: maybe"),
+        "messengers.support.assertion",
+        "invalid type",
+    );
+    assert_error(
+        &errors_after("enabled: true", "enabled: [1]"),
+        "messengers.support.authentication.enabled",
+        "invalid type",
+    );
 }
 
 #[test]
@@ -210,7 +274,10 @@ fn references_must_resolve() {
         "unknown provider `auth0` (known: okta)",
     );
     assert_error(
-        &errors_after("deployment: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10\n    profile", "deployment: missing\n    profile"),
+        &errors_after(
+            "deployment: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10\n    profile",
+            "deployment: missing\n    profile",
+        ),
         "routes[1].deployment",
         "unknown deployment `missing`",
     );
@@ -223,10 +290,21 @@ fn references_must_resolve() {
 
 #[test]
 fn duplicate_ids_and_prefixes_are_refused() {
-    assert_error(&errors_after("id: open-1", "id: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10"), "deployments[1].id", "duplicate deployment id");
-    assert_error(&errors_after("path_prefix: /support/", "path_prefix: /v1"), "routes[1].path_prefix", "used by another route");
     assert_error(
-        &errors_after("servers: [10.0.0.5:8080, \"chat-backend.internal:8080\"]", "servers: [10.0.0.5:8080, 10.0.0.5:8080]"),
+        &errors_after("id: open-1", "id: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10"),
+        "deployments[1].id",
+        "duplicate deployment id",
+    );
+    assert_error(
+        &errors_after("path_prefix: /support/", "path_prefix: /v1"),
+        "routes[1].path_prefix",
+        "used by another route",
+    );
+    assert_error(
+        &errors_after(
+            "servers: [10.0.0.5:8080, \"chat-backend.internal:8080\"]",
+            "servers: [10.0.0.5:8080, 10.0.0.5:8080]",
+        ),
         "upstreams.chat.servers[1]",
         "listed twice",
     );
@@ -235,21 +313,34 @@ fn duplicate_ids_and_prefixes_are_refused() {
 #[test]
 fn secrets_must_come_from_env_or_file() {
     assert_error(
-        &errors_after("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: hunter2"),
+        &errors_after(
+            "client_secret: {env: OKTA_CLIENT_SECRET}",
+            "client_secret: hunter2",
+        ),
         "providers.okta.client_secret",
         "not written inline",
     );
     let mut vars = env();
     vars.remove("OKTA_CLIENT_SECRET");
     let errors = parse_with(GOOD, &vars).unwrap_err();
-    assert_error(&errors, "providers.okta.client_secret", "environment variable OKTA_CLIENT_SECRET is not set");
     assert_error(
-        &errors_after("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: {file: /no/such/secret}"),
+        &errors,
+        "providers.okta.client_secret",
+        "environment variable OKTA_CLIENT_SECRET is not set",
+    );
+    assert_error(
+        &errors_after(
+            "client_secret: {env: OKTA_CLIENT_SECRET}",
+            "client_secret: {file: /no/such/secret}",
+        ),
         "providers.okta.client_secret",
         "cannot read file /no/such/secret",
     );
     assert_error(
-        &errors_after("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: {env: A, file: B}"),
+        &errors_after(
+            "client_secret: {env: OKTA_CLIENT_SECRET}",
+            "client_secret: {env: A, file: B}",
+        ),
         "providers.okta.client_secret",
         "exactly one of `env` or `file`",
     );
@@ -259,11 +350,18 @@ fn secrets_must_come_from_env_or_file() {
 fn secret_files_are_read_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("client.secret"), "from-file\n").unwrap();
-    let text = GOOD.replacen("client_secret: {env: OKTA_CLIENT_SECRET}", "client_secret: {file: client.secret}", 1);
+    let text = GOOD.replacen(
+        "client_secret: {env: OKTA_CLIENT_SECRET}",
+        "client_secret: {file: client.secret}",
+        1,
+    );
     let vars = env();
     let lookup = |name: &str| vars.get(name).cloned();
     let c = parse(&text, dir.path(), &lookup).unwrap();
-    assert_eq!(c.providers["okta"].client_secret.as_ref().unwrap().expose(), "from-file");
+    assert_eq!(
+        c.providers["okta"].client_secret.as_ref().unwrap().expose(),
+        "from-file"
+    );
 }
 
 #[test]
@@ -280,7 +378,10 @@ fn origins_must_be_origins() {
         assert_error(&errors, "deployments[0].allowed_origins[0]", why);
     }
     assert_error(
-        &errors_after("allow_all_origins: true", "allow_all_origins: true\n    allowed_origins: [https://a.example]"),
+        &errors_after(
+            "allow_all_origins: true",
+            "allow_all_origins: true\n    allowed_origins: [https://a.example]",
+        ),
         "deployments[1].allow_all_origins",
         "not both",
     );
@@ -289,7 +390,11 @@ fn origins_must_be_origins() {
 #[test]
 fn admin_off_loopback_needs_a_token() {
     let errors = errors_after("address: 127.0.0.1:9090", "address: 0.0.0.0:9090");
-    assert_error(&errors, "admin.token", "required when the admin address is not loopback");
+    assert_error(
+        &errors,
+        "admin.token",
+        "required when the admin address is not loopback",
+    );
     let ok = parse_text(&GOOD.replacen(
         "address: 127.0.0.1:9090",
         "address: 0.0.0.0:9090\n  token: {env: PORTCULLIS_ADMIN_TOKEN}",
@@ -301,45 +406,112 @@ fn admin_off_loopback_needs_a_token() {
 
 #[test]
 fn algorithms_are_an_allow_list_without_none_or_hmac() {
-    assert_error(&errors_after("algorithms: [RS256, ES256]", "algorithms: [RS256, none]"), "providers.okta.algorithms[1]", "`none` is never accepted");
-    assert_error(&errors_after("algorithms: [RS256, ES256]", "algorithms: [HS256]"), "providers.okta.algorithms[0]", "HMAC algorithms are never accepted");
-    assert_error(&errors_after("algorithms: [RS256, ES256]", "algorithms: [XX1]"), "providers.okta.algorithms[0]", "unsupported algorithm");
-    assert_error(&errors_after("scopes: [openid, email", "scopes: [email"), "providers.okta.scopes", "must include `openid`");
+    assert_error(
+        &errors_after("algorithms: [RS256, ES256]", "algorithms: [RS256, none]"),
+        "providers.okta.algorithms[1]",
+        "`none` is never accepted",
+    );
+    assert_error(
+        &errors_after("algorithms: [RS256, ES256]", "algorithms: [HS256]"),
+        "providers.okta.algorithms[0]",
+        "HMAC algorithms are never accepted",
+    );
+    assert_error(
+        &errors_after("algorithms: [RS256, ES256]", "algorithms: [XX1]"),
+        "providers.okta.algorithms[0]",
+        "unsupported algorithm",
+    );
+    assert_error(
+        &errors_after("scopes: [openid, email", "scopes: [email"),
+        "providers.okta.scopes",
+        "must include `openid`",
+    );
 }
 
 #[test]
 fn durations_are_parsed_and_bounded() {
-    assert_error(&errors_after("clock_skew: 60s", "clock_skew: soon"), "providers.okta.clock_skew", "not a duration");
-    assert_error(&errors_after("clock_skew: 60s", "clock_skew: 10m"), "providers.okta.clock_skew", "between 0s and 5m");
-    assert_error(&errors_after("max_lifetime: 24h", "max_lifetime: 5m"), "messengers.support.session.max_lifetime", "between 15m and 90d");
-    assert_error(&errors_after("max_lifetime: 24h", "max_lifetime: 100d"), "messengers.support.session.max_lifetime", "between");
-    assert_error(&errors_after("idle_timeout: 30m", "idle_timeout: 48h"), "messengers.support.session.idle_timeout", "must not exceed max_lifetime");
+    assert_error(
+        &errors_after("clock_skew: 60s", "clock_skew: soon"),
+        "providers.okta.clock_skew",
+        "not a duration",
+    );
+    assert_error(
+        &errors_after("clock_skew: 60s", "clock_skew: 10m"),
+        "providers.okta.clock_skew",
+        "between 0s and 5m",
+    );
+    assert_error(
+        &errors_after("max_lifetime: 24h", "max_lifetime: 5m"),
+        "messengers.support.session.max_lifetime",
+        "between 15m and 90d",
+    );
+    assert_error(
+        &errors_after("max_lifetime: 24h", "max_lifetime: 100d"),
+        "messengers.support.session.max_lifetime",
+        "between",
+    );
+    assert_error(
+        &errors_after("idle_timeout: 30m", "idle_timeout: 48h"),
+        "messengers.support.session.idle_timeout",
+        "must not exceed max_lifetime",
+    );
     let c = parse_text(&GOOD.replacen("clock_skew: 60s", "clock_skew: 30", 1)).unwrap();
     assert_eq!(c.providers["okta"].clock_skew, Duration::from_secs(30));
 }
 
 #[test]
 fn urls_are_https_except_on_loopback() {
-    assert_error(&errors_after("issuer: https://example.okta.com", "issuer: http://example.okta.com"), "providers.okta.issuer", "must use https");
-    let c = parse_text(&GOOD.replacen("issuer: https://example.okta.com", "issuer: http://127.0.0.1:3000", 1)).unwrap();
-    assert_eq!(c.providers["okta"].issuer.as_str(), "http://127.0.0.1:3000/oauth2/default");
-    assert_error(&errors_after("public_url: https://chat.example.com", "public_url: chat.example.com"), "public_url", "not a URL");
+    assert_error(
+        &errors_after(
+            "issuer: https://example.okta.com",
+            "issuer: http://example.okta.com",
+        ),
+        "providers.okta.issuer",
+        "must use https",
+    );
+    let c = parse_text(&GOOD.replacen(
+        "issuer: https://example.okta.com",
+        "issuer: http://127.0.0.1:3000",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.providers["okta"].issuer.as_str(),
+        "http://127.0.0.1:3000/oauth2/default"
+    );
+    assert_error(
+        &errors_after(
+            "public_url: https://chat.example.com",
+            "public_url: chat.example.com",
+        ),
+        "public_url",
+        "not a URL",
+    );
 }
 
 #[test]
 fn identity_headers_must_be_strippable() {
     assert_error(
-        &errors_after("identity_headers: {X-Auth-Tenant: tenant_id}", "identity_headers: {X-Tenant: tenant_id}"),
+        &errors_after(
+            "identity_headers: {X-Auth-Tenant: tenant_id}",
+            "identity_headers: {X-Tenant: tenant_id}",
+        ),
         "messengers.support.identity_headers.X-Tenant",
         "must start with the identity prefix",
     );
     assert_error(
-        &errors_after("identity_headers: {X-Auth-Tenant: tenant_id}", "identity_headers: {Cookie: tenant_id}"),
+        &errors_after(
+            "identity_headers: {X-Auth-Tenant: tenant_id}",
+            "identity_headers: {Cookie: tenant_id}",
+        ),
         "messengers.support.identity_headers.Cookie",
         "cannot carry identity",
     );
     assert_error(
-        &errors_after("identity_headers: {X-Auth-Tenant: tenant_id}", "identity_headers: {\"Bad Header\": tenant_id}"),
+        &errors_after(
+            "identity_headers: {X-Auth-Tenant: tenant_id}",
+            "identity_headers: {\"Bad Header\": tenant_id}",
+        ),
         "messengers.support.identity_headers.Bad Header",
         "not a valid header name",
     );
@@ -357,43 +529,117 @@ fn routes_are_plain_paths_outside_the_auth_namespace() {
         assert_error(&errors, "routes[0].path_prefix", why);
     }
     assert_error(
-        &errors_after("deployment_from: {query: deploymentId}", "deployment_from: {query: deploymentId}\n    deployment: open-1"),
+        &errors_after(
+            "deployment_from: {query: deploymentId}",
+            "deployment_from: {query: deploymentId}\n    deployment: open-1",
+        ),
         "routes[0]",
         "not both",
     );
-    assert_error(&errors_after("profile: guest-api", "profile: genesys"), "routes[1].profile", "not a profile");
+    assert_error(
+        &errors_after("profile: guest-api", "profile: genesys"),
+        "routes[1].profile",
+        "not a profile",
+    );
 }
 
 #[test]
 fn session_keys_and_stores_are_checked() {
     let mut vars = env();
     vars.insert("PORTCULLIS_COOKIE_KEY", "c2hvcnQ=".into());
-    assert_error(&parse_with(GOOD, &vars).unwrap_err(), "sessions.keys.cookie_key", "at least 32 bytes");
+    assert_error(
+        &parse_with(GOOD, &vars).unwrap_err(),
+        "sessions.keys.cookie_key",
+        "at least 32 bytes",
+    );
     vars.insert("PORTCULLIS_COOKIE_KEY", "!!not base64!!".into());
-    assert_error(&parse_with(GOOD, &vars).unwrap_err(), "sessions.keys.cookie_key", "not valid base64");
-    assert_error(&errors_after("store: memory", "store: redis"), "sessions.redis", "required when sessions.store is redis");
-    assert_error(&errors_after("store: memory", "store: disk"), "sessions.store", "not a store");
-    let c = parse_text(&GOOD.replacen("store: memory", "store: redis\n  redis: {url: \"redis://127.0.0.1:6379/0\"}", 1)).unwrap();
+    assert_error(
+        &parse_with(GOOD, &vars).unwrap_err(),
+        "sessions.keys.cookie_key",
+        "not valid base64",
+    );
+    assert_error(
+        &errors_after("store: memory", "store: redis"),
+        "sessions.redis",
+        "required when sessions.store is redis",
+    );
+    assert_error(
+        &errors_after("store: memory", "store: disk"),
+        "sessions.store",
+        "not a store",
+    );
+    let c = parse_text(&GOOD.replacen(
+        "store: memory",
+        "store: redis\n  redis: {url: \"redis://127.0.0.1:6379/0\"}",
+        1,
+    ))
+    .unwrap();
     assert!(matches!(c.sessions.store, SessionStore::Redis { .. }));
     assert_error(
-        &errors_after("store: memory", "store: redis\n  redis: {url: \"http://x\"}"),
+        &errors_after(
+            "store: memory",
+            "store: redis\n  redis: {url: \"http://x\"}",
+        ),
         "sessions.redis.url",
         "not a Redis URL",
     );
 }
 
 #[test]
+fn tls_upstreams_on_ip_addresses_need_a_server_name() {
+    let c = parse_text(&GOOD.replacen("    tls: false\n", "    tls: true\n", 1)).unwrap();
+    assert_eq!(
+        c.upstreams["chat"].sni, "chat-backend.internal",
+        "the first server given by name"
+    );
+    let errors = errors_after(
+        "servers: [10.0.0.5:8080, \"chat-backend.internal:8080\"]\n    tls: false",
+        "servers: [10.0.0.5:8080]\n    tls: true",
+    );
+    assert_error(&errors, "upstreams.chat.sni", "required when tls is true");
+    let c = parse_text(&GOOD.replacen(
+        "servers: [10.0.0.5:8080, \"chat-backend.internal:8080\"]\n    tls: false",
+        "servers: [10.0.0.5:8080]\n    tls: true\n    sni: chat.internal",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams["chat"].sni, "chat.internal");
+    assert_error(
+        &errors_after(
+            "cookie: {name: portcullis}",
+            "cookie: {name: portcullis, domain: \"exa mple.com\"}",
+        ),
+        "sessions.cookie.domain",
+        "not a domain name",
+    );
+}
+
+#[test]
 fn deployment_ids_and_statuses_are_checked() {
-    assert_error(&errors_after("id: open-1", "id: \"has space\""), "deployments[1].id", "letters, digits");
-    assert_error(&errors_after("status: inactive", "status: paused"), "deployments[1].status", "not a status");
+    assert_error(
+        &errors_after("id: open-1", "id: \"has space\""),
+        "deployments[1].id",
+        "letters, digits",
+    );
+    assert_error(
+        &errors_after("status: inactive", "status: paused"),
+        "deployments[1].status",
+        "not a status",
+    );
 }
 
 #[test]
 fn broken_yaml_and_non_mappings_say_so() {
     let errors = parse_text("listen: [unclosed").unwrap_err();
-    assert!(errors.0[0].message.starts_with("not valid YAML"), "{errors}");
+    assert!(
+        errors.0[0].message.starts_with("not valid YAML"),
+        "{errors}"
+    );
     let errors = parse_text("- a\n- b\n").unwrap_err();
-    assert!(errors.0[0].message.contains("must be a YAML mapping"), "{errors}");
+    assert!(
+        errors.0[0].message.contains("must be a YAML mapping"),
+        "{errors}"
+    );
     let errors = parse_text("").unwrap_err();
     assert_error(&errors, "listen", "at least one listener is required");
 }

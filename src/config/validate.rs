@@ -192,7 +192,11 @@ impl Checker<'_> {
         if d < min || d > max {
             self.error(
                 path,
-                format!("must be between {} and {}", short_duration(min), short_duration(max)),
+                format!(
+                    "must be between {} and {}",
+                    short_duration(min),
+                    short_duration(max)
+                ),
             );
         }
         d
@@ -271,7 +275,10 @@ struct RawSecretSource {
 /// a reference to nothing.
 fn declared_names(value: &Value) -> HashSet<String> {
     match value {
-        Value::Mapping(m) => m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+        Value::Mapping(m) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
         _ => HashSet::new(),
     }
 }
@@ -377,7 +384,9 @@ fn parse_web_url(text: &str) -> Result<url::Url, String> {
     match url.scheme() {
         "https" => {}
         "http" if is_loopback_host(&url) => {}
-        "http" => return Err("must use https (plain http is accepted only for loopback hosts)".into()),
+        "http" => {
+            return Err("must use https (plain http is accepted only for loopback hosts)".into())
+        }
         other => return Err(format!("unsupported scheme `{other}` (expected https)")),
     }
     if url.fragment().is_some() {
@@ -390,8 +399,9 @@ fn parse_web_url(text: &str) -> Result<url::Url, String> {
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse::<SocketAddr>()
-        .map_err(|_| format!("`{text}` is not an address (expected ip:port, e.g. 127.0.0.1:8080 or [::1]:8080)"))
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("`{text}` is not an address (expected ip:port, e.g. 127.0.0.1:8080 or [::1]:8080)")
+    })
 }
 
 /// `host:port` where host is an IP literal or a DNS name.
@@ -401,12 +411,19 @@ fn check_server(text: &str) -> Result<(), String> {
     }
     let bad = || format!("`{text}` is not a server (expected host:port)");
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(bad)?;
     let valid_host = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     if valid_host {
         Ok(())
     } else {
@@ -419,7 +436,9 @@ fn check_path_prefix(prefix: &str) -> Result<(), &'static str> {
         return Err("must start with '/'");
     }
     if prefix.contains(['?', '#', '%', '\\']) || prefix.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-        return Err("must be a plain path (no query, fragment, percent-encoding, backslash or spaces)");
+        return Err(
+            "must be a plain path (no query, fragment, percent-encoding, backslash or spaces)",
+        );
     }
     if prefix.split('/').any(|seg| seg == "." || seg == "..") {
         return Err("must not contain '.' or '..' segments");
@@ -451,7 +470,10 @@ pub(super) fn validate(
         Value::Mapping(m) => m,
         Value::Null => Mapping::new(),
         _ => {
-            c.error("", "the file must be a YAML mapping of sections (listen, deployments, ...)");
+            c.error(
+                "",
+                "the file must be a YAML mapping of sections (listen, deployments, ...)",
+            );
             return Err(ConfigErrors(c.errors));
         }
     };
@@ -479,7 +501,12 @@ pub(super) fn validate(
     };
     let providers = providers(&mut c, &get("providers"));
     let identity_header_prefix = identity_prefix(&mut c, &get("identity_header_prefix"));
-    let messengers = messengers(&mut c, &get("messengers"), &declared, &identity_header_prefix);
+    let messengers = messengers(
+        &mut c,
+        &get("messengers"),
+        &declared,
+        &identity_header_prefix,
+    );
     let upstreams = upstreams(&mut c, &get("upstreams"));
     let deployments = deployments(&mut c, &get("deployments"), &declared);
     let routes = routes(&mut c, &get("routes"), &declared);
@@ -534,7 +561,10 @@ fn listeners(c: &mut Checker, value: &Value) -> Vec<Listener> {
             }
         };
         if !seen.insert(address) {
-            c.error(format!("{path}.address"), format!("{address} is listed twice"));
+            c.error(
+                format!("{path}.address"),
+                format!("{address} is listed twice"),
+            );
         }
         let tls = l.tls.map(|t| {
             let files = TlsFiles {
@@ -646,7 +676,10 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
             c.error(format!("{path}.scopes"), "must include `openid`");
         }
         for (i, s) in scopes.iter().enumerate() {
-            if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f) {
+            if s.is_empty()
+                || s.bytes()
+                    .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
+            {
                 c.error(format!("{path}.scopes[{i}]"), "not a valid scope token");
             }
         }
@@ -654,7 +687,10 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
             .algorithms
             .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
         if algorithms.is_empty() {
-            c.error(format!("{path}.algorithms"), "must list at least one algorithm");
+            c.error(
+                format!("{path}.algorithms"),
+                "must list at least one algorithm",
+            );
         }
         for (i, a) in algorithms.iter().enumerate() {
             if SUPPORTED_ALGORITHMS.contains(&a.as_str()) {
@@ -665,7 +701,10 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
             } else if a.to_ascii_uppercase().starts_with("HS") {
                 "HMAC algorithms are never accepted with a provider's public keys".to_string()
             } else {
-                format!("unsupported algorithm `{a}` (supported: {})", SUPPORTED_ALGORITHMS.join(", "))
+                format!(
+                    "unsupported algorithm `{a}` (supported: {})",
+                    SUPPORTED_ALGORITHMS.join(", ")
+                )
             };
             c.error(format!("{path}.algorithms[{i}]"), why);
         }
@@ -762,7 +801,10 @@ fn messengers(
         }
         for (header, claim) in &m.identity_headers {
             if claim.is_empty() {
-                c.error(format!("{path}.identity_headers.{header}"), "claim name must not be empty");
+                c.error(
+                    format!("{path}.identity_headers.{header}"),
+                    "claim name must not be empty",
+                );
             }
         }
         out.insert(
@@ -813,13 +855,19 @@ fn require(c: &mut Checker, path: &str, r: RawRequire) -> Require {
                 !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if !valid {
-            c.error(format!("{path}.email_domains[{i}]"), "not a domain (expected e.g. example.com)");
+            c.error(
+                format!("{path}.email_domains[{i}]"),
+                "not a domain (expected e.g. example.com)",
+            );
         }
     }
     for (field, groups) in [("groups_any", &r.groups_any), ("groups_all", &r.groups_all)] {
         for (i, g) in groups.iter().enumerate() {
             if g.is_empty() {
-                c.error(format!("{path}.{field}[{i}]"), "group names must not be empty");
+                c.error(
+                    format!("{path}.{field}[{i}]"),
+                    "group names must not be empty",
+                );
             }
         }
     }
@@ -843,7 +891,11 @@ fn require(c: &mut Checker, path: &str, r: RawRequire) -> Require {
     }
 }
 
-fn session_lifetimes(c: &mut Checker, path: &str, raw: Option<RawSessionLifetimes>) -> SessionLifetimes {
+fn session_lifetimes(
+    c: &mut Checker,
+    path: &str,
+    raw: Option<RawSessionLifetimes>,
+) -> SessionLifetimes {
     let defaults = SessionLifetimes::default();
     let Some(raw) = raw else {
         return defaults;
@@ -863,7 +915,10 @@ fn session_lifetimes(c: &mut Checker, path: &str, raw: Option<RawSessionLifetime
         MAX_SESSION_LIFETIME,
     );
     if idle_timeout > max_lifetime {
-        c.error(format!("{path}.idle_timeout"), "must not exceed max_lifetime");
+        c.error(
+            format!("{path}.idle_timeout"),
+            "must not exceed max_lifetime",
+        );
     }
     let token_lifetime = c.bounded_duration(
         &format!("{path}.token_lifetime"),
@@ -873,7 +928,10 @@ fn session_lifetimes(c: &mut Checker, path: &str, raw: Option<RawSessionLifetime
         Duration::from_secs(24 * 3600),
     );
     if token_lifetime > max_lifetime {
-        c.error(format!("{path}.token_lifetime"), "must not exceed max_lifetime");
+        c.error(
+            format!("{path}.token_lifetime"),
+            "must not exceed max_lifetime",
+        );
     }
     SessionLifetimes {
         max_lifetime,
@@ -894,17 +952,27 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
             if let Err(e) = check_server(s) {
                 c.error(format!("{path}.servers[{i}]"), e);
             } else if !seen.insert(s.as_str()) {
-                c.error(format!("{path}.servers[{i}]"), format!("`{s}` is listed twice"));
+                c.error(
+                    format!("{path}.servers[{i}]"),
+                    format!("`{s}` is listed twice"),
+                );
             }
         }
+        // Default SNI: the first server given by name (IP literals have none).
         let sni = u.sni.clone().unwrap_or_else(|| {
             u.servers
-                .first()
-                .and_then(|s| s.rsplit_once(':'))
-                .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']').to_string())
-                .filter(|host| host.parse::<std::net::IpAddr>().is_err())
+                .iter()
+                .filter_map(|s| s.rsplit_once(':').map(|(host, _)| host))
+                .find(|host| !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err())
                 .unwrap_or_default()
+                .to_string()
         });
+        if u.tls && sni.is_empty() {
+            c.error(
+                format!("{path}.sni"),
+                "required when tls is true and the servers are IP addresses: the name their certificates are issued for",
+            );
+        }
         let health_check = u.health_check.map(|h| {
             let hp = format!("{path}.health_check");
             let check_path = h.path.unwrap_or_else(|| "/".to_string());
@@ -956,11 +1024,7 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
     out
 }
 
-fn deployments(
-    c: &mut Checker,
-    value: &Value,
-    declared: &Declared,
-) -> Vec<Deployment> {
+fn deployments(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Deployment> {
     let (messengers, upstreams) = (&declared.messengers, &declared.upstreams);
     let mut ids = HashSet::new();
     let mut out = Vec::new();
@@ -972,12 +1036,19 @@ fn deployments(
                 "a deployment id uses letters, digits, '-', '_' and '.' only (1 to 64 characters)",
             );
         } else if !ids.insert(d.id.clone()) {
-            c.error(format!("{path}.id"), format!("duplicate deployment id `{}`", d.id));
+            c.error(
+                format!("{path}.id"),
+                format!("duplicate deployment id `{}`", d.id),
+            );
         }
         if !messengers.contains(&d.messenger) {
             c.error(
                 format!("{path}.messenger"),
-                format!("unknown messenger `{}`{}", d.messenger, known_list(messengers)),
+                format!(
+                    "unknown messenger `{}`{}",
+                    d.messenger,
+                    known_list(messengers)
+                ),
             );
         }
         if !upstreams.contains(&d.upstream) {
@@ -1054,12 +1125,18 @@ fn routes(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Route> {
         }
         let deployment = match (r.deployment_from, r.deployment) {
             (Some(_), Some(_)) => {
-                c.error(path.clone(), "give either `deployment` or `deployment_from`, not both");
+                c.error(
+                    path.clone(),
+                    "give either `deployment` or `deployment_from`, not both",
+                );
                 continue;
             }
             (Some(from), None) => {
                 if from.query.is_empty() {
-                    c.error(format!("{path}.deployment_from.query"), "must name a query parameter");
+                    c.error(
+                        format!("{path}.deployment_from.query"),
+                        "must name a query parameter",
+                    );
                 }
                 DeploymentSource::Query(from.query)
             }
@@ -1136,6 +1213,20 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
         Some(ck) => (ck.name.unwrap_or_else(|| "portcullis".into()), ck.domain),
         None => ("portcullis".into(), None),
     };
+    if let Some(domain) = &cookie_domain {
+        let valid = domain.len() <= 253
+            && domain.trim_start_matches('.').split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            c.error(
+                "sessions.cookie.domain",
+                "not a domain name (expected e.g. example.com)",
+            );
+        }
+    }
     let cookie_name_ok = !cookie_name.is_empty()
         && cookie_name.len() <= 64
         && cookie_name
@@ -1158,7 +1249,10 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
                     Ok(bytes) if bytes.len() >= 32 => {}
                     Ok(bytes) => c.error(
                         "sessions.keys.cookie_key",
-                        format!("must be at least 32 bytes once base64-decoded (got {})", bytes.len()),
+                        format!(
+                            "must be at least 32 bytes once base64-decoded (got {})",
+                            bytes.len()
+                        ),
                     ),
                     Err(_) => c.error("sessions.keys.cookie_key", "not valid base64"),
                 }
@@ -1169,7 +1263,10 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
                 .and_then(|v| c.secret("sessions.keys.signing_key", v, false));
             if let Some(key) = &signing_key {
                 if !key.expose().contains("-----BEGIN") {
-                    c.error("sessions.keys.signing_key", "expected a PEM-encoded private key");
+                    c.error(
+                        "sessions.keys.signing_key",
+                        "expected a PEM-encoded private key",
+                    );
                 }
             }
             (cookie_key, signing_key)
@@ -1206,14 +1303,19 @@ fn logging(c: &mut Checker, value: &Value) -> Logging {
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
         c.error(
             "logging.level",
-            format!("`{level}` is not a level or filter (expected e.g. info, debug, portcullis=debug)"),
+            format!(
+                "`{level}` is not a level or filter (expected e.g. info, debug, portcullis=debug)"
+            ),
         );
     }
     Logging { format, level }
 }
 
 fn forwarding(c: &mut Checker, value: &Value) -> Forwarding {
-    let Some(raw) = c.decode::<Option<RawForwarding>>("forwarding", value).flatten() else {
+    let Some(raw) = c
+        .decode::<Option<RawForwarding>>("forwarding", value)
+        .flatten()
+    else {
         return Forwarding::default();
     };
     let mut trusted_proxies = Vec::new();
@@ -1246,7 +1348,15 @@ fn limits(c: &mut Checker, value: &Value) -> Limits {
         }
     };
     Limits {
-        max_path_bytes: bounded("max_path_bytes", raw.max_path_bytes, defaults.max_path_bytes),
-        max_query_bytes: bounded("max_query_bytes", raw.max_query_bytes, defaults.max_query_bytes),
+        max_path_bytes: bounded(
+            "max_path_bytes",
+            raw.max_path_bytes,
+            defaults.max_path_bytes,
+        ),
+        max_query_bytes: bounded(
+            "max_query_bytes",
+            raw.max_query_bytes,
+            defaults.max_query_bytes,
+        ),
     }
 }

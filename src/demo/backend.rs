@@ -86,7 +86,9 @@ async fn chat(mut socket: WebSocket, headers: HeaderMap, protocol: Option<String
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned().into(),
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into(),
             )
         })
         .collect();
@@ -97,7 +99,11 @@ async fn chat(mut socket: WebSocket, headers: HeaderMap, protocol: Option<String
         "identity": identity,
         "headers": header_map_json(&headers),
     });
-    if socket.send(Message::Text(welcome.to_string().into())).await.is_err() {
+    if socket
+        .send(Message::Text(welcome.to_string().into()))
+        .await
+        .is_err()
+    {
         return;
     }
     while let Some(Ok(message)) = socket.recv().await {
@@ -108,8 +114,9 @@ async fn chat(mut socket: WebSocket, headers: HeaderMap, protocol: Option<String
                     .into(),
             ),
             Message::Binary(data) => Message::Binary(data),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => continue,
+            // The reply to a close is queued by the library and flushed by
+            // the next receive, which then ends the loop.
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
         };
         if socket.send(reply).await.is_err() {
             break;

@@ -32,7 +32,10 @@ pub fn backend_address(config: &Config) -> anyhow::Result<SocketAddr> {
         .upstreams
         .get(DEMO_UPSTREAM)
         .with_context(|| format!("the demo config needs an upstream named {DEMO_UPSTREAM}"))?;
-    let server = upstream.servers.first().context("the demo upstream has no server")?;
+    let server = upstream
+        .servers
+        .first()
+        .context("the demo upstream has no server")?;
     server
         .parse()
         .with_context(|| format!("the demo upstream's server {server} must be an ip:port"))

@@ -39,7 +39,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
-use crate::connections::{LiveGuard, NewConnection};
+use crate::connections::{ClientSocket, LiveGuard, NewConnection};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::runtime::{Runtime, State};
 
@@ -67,7 +67,11 @@ pub fn resolve(runtime: &Runtime, req: &RequestHeader) -> Result<Target, Refusal
 
 /// Whether the resolved deployment accepts this request: active, origin
 /// allowed, and (until it is built) no authentication required.
-pub fn check_admission(target: &Target, req: &RequestHeader, is_upgrade: bool) -> Result<(), Refusal> {
+pub fn check_admission(
+    target: &Target,
+    req: &RequestHeader,
+    is_upgrade: bool,
+) -> Result<(), Refusal> {
     if !target.deployment.is_active() {
         return Err(Refusal::DeploymentInactive);
     }
@@ -137,22 +141,31 @@ impl Portcullis {
         }
     }
 
-    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<()> {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+    ) -> Result<()> {
         ctx.refusal = Some(refusal);
         self.count_handshake(ctx, refusal.code());
         let (header, body) = refusal.render();
-        session.as_downstream_mut().write_error_response(header, body).await
+        session
+            .as_downstream_mut()
+            .write_error_response(header, body)
+            .await
     }
 }
 
-/// Duplicates a descriptor Pingora owns, so that the copy stays valid for as
-/// long as portcullis holds it, whatever Pingora does with the original.
+/// Duplicates the upstream socket's descriptor, so that the copy stays valid
+/// for as long as portcullis holds it, whatever Pingora does with the
+/// original (it closes the upstream socket before the `logging` phase).
 fn duplicate_fd(fd: RawFd) -> Option<OwnedFd> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: Pingora passes (or exposes) the descriptor of a socket it keeps
-    // open for the whole call; we only borrow it long enough to dup(2) it.
+    // SAFETY: Pingora passes the descriptor of a socket it keeps open for
+    // the whole call; we only borrow it long enough to dup(2) it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     borrowed.try_clone_to_owned().ok()
 }
@@ -193,7 +206,11 @@ impl ProxyHttp for Portcullis {
 
     /// Picks a healthy server of the deployment's upstream, round-robin,
     /// skipping servers that already failed to connect for this request.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let Some(target) = &ctx.target else {
             return Error::e_explain(InternalError, "upstream_peer without an admitted target");
         };
@@ -309,18 +326,21 @@ impl ProxyHttp for Portcullis {
         }
         self.count_handshake(ctx, "upgraded");
         let (Some(target), Some(upstream)) = (&ctx.target, ctx.upstream_fd.take()) else {
-            return Error::e_explain(InternalError, "upgrade without a registrable upstream socket");
+            return Error::e_explain(
+                InternalError,
+                "upgrade without a registrable upstream socket",
+            );
         };
-        let downstream = session
+        let client = session
             .as_downstream()
             .stream()
-            .and_then(|s| duplicate_fd(s.id()));
+            .and_then(|s| ClientSocket::identify(s.id()));
         ctx.live = Some(self.state.connections.register(NewConnection {
             deployment: target.deployment.label.clone(),
             route: target.route.label.clone(),
             session: None,
             upstream,
-            downstream,
+            client,
         }));
         Ok(())
     }
@@ -364,15 +384,26 @@ impl ProxyHttp for Portcullis {
     }
 
     /// Answers proxy failures with the same JSON shape as every refusal.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         let refusal = match (ctx.refusal, e.esource()) {
             (Some(r), _) => Some(r),
             (None, ErrorSource::Upstream) => Some(Refusal::UpstreamFailed),
             (None, ErrorSource::Downstream) => None,
             (None, _) => Some(Refusal::UpstreamFailed),
         };
-        if let (Some(target), Some(Refusal::UpstreamFailed | Refusal::NoHealthyUpstream)) = (&ctx.target, refusal) {
-            let kind = if refusal == Some(Refusal::NoHealthyUpstream) { "no_healthy_server" } else { "proxy" };
+        if let (Some(target), Some(Refusal::UpstreamFailed | Refusal::NoHealthyUpstream)) =
+            (&ctx.target, refusal)
+        {
+            let kind = if refusal == Some(Refusal::NoHealthyUpstream) {
+                "no_healthy_server"
+            } else {
+                "proxy"
+            };
             self.state
                 .metrics
                 .upstream_errors
@@ -385,7 +416,11 @@ impl ProxyHttp for Portcullis {
             self.count_handshake(ctx, r.code());
             code = r.status();
             let (header, body) = r.render();
-            if let Err(write_error) = session.as_downstream_mut().write_error_response(header, body).await {
+            if let Err(write_error) = session
+                .as_downstream_mut()
+                .write_error_response(header, body)
+                .await
+            {
                 tracing::debug!(error = %write_error, "could not write the error response");
             }
         }
@@ -409,7 +444,11 @@ impl ProxyHttp for Portcullis {
         };
         self.count_handshake(ctx, outcome);
         let deployment = ctx.deployment_label();
-        let route = ctx.target.as_ref().map(|t| t.route.label.as_ref()).unwrap_or(NO_DEPLOYMENT);
+        let route = ctx
+            .target
+            .as_ref()
+            .map(|t| t.route.label.as_ref())
+            .unwrap_or(NO_DEPLOYMENT);
         let metrics = &self.state.metrics;
         metrics
             .requests
@@ -462,7 +501,11 @@ impl ProxyHttp for Portcullis {
             .ok()
             .and_then(|p| p.split('?').next())
             .unwrap_or("<non-utf8 path>");
-        format!("{} {}", req.method, path.chars().take(256).collect::<String>())
+        format!(
+            "{} {}",
+            req.method,
+            path.chars().take(256).collect::<String>()
+        )
     }
 }
 

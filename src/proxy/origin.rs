@@ -9,7 +9,11 @@ use super::refusal::Refusal;
 /// Decides whether a request with this `Origin` header may reach the
 /// deployment. Comparison is ASCII case-insensitive against the normalized
 /// configured origins; browsers send origins already serialized.
-pub fn check(deployment: &Deployment, origin: Option<&[u8]>, is_upgrade: bool) -> Result<(), Refusal> {
+pub fn check(
+    deployment: &Deployment,
+    origin: Option<&[u8]>,
+    is_upgrade: bool,
+) -> Result<(), Refusal> {
     match (&deployment.origins, origin) {
         (OriginPolicy::Any, _) => Ok(()),
         (OriginPolicy::List(_), None) if is_upgrade && !deployment.allow_missing_origin => {
@@ -18,7 +22,10 @@ pub fn check(deployment: &Deployment, origin: Option<&[u8]>, is_upgrade: bool) -
         // Non-browser clients and same-origin navigations send no Origin.
         (OriginPolicy::List(_), None) => Ok(()),
         (OriginPolicy::List(allowed), Some(origin)) => {
-            if allowed.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(origin)) {
+            if allowed
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin))
+            {
                 Ok(())
             } else {
                 Err(Refusal::OriginNotAllowed)
@@ -48,7 +55,10 @@ mod tests {
     }
 
     fn listed() -> OriginPolicy {
-        OriginPolicy::List(vec!["https://www.example.com".into(), "http://localhost:8080".into()])
+        OriginPolicy::List(vec![
+            "https://www.example.com".into(),
+            "http://localhost:8080".into(),
+        ])
     }
 
     #[test]
@@ -66,14 +76,22 @@ mod tests {
             b"null",
             b"",
         ] {
-            assert_eq!(check(&d, Some(bad), true), Err(Refusal::OriginNotAllowed), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                check(&d, Some(bad), true),
+                Err(Refusal::OriginNotAllowed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
             assert_eq!(check(&d, Some(bad), false), Err(Refusal::OriginNotAllowed));
         }
     }
 
     #[test]
     fn a_missing_origin_is_refused_on_upgrades_unless_allowed() {
-        assert_eq!(check(&deployment(listed(), false), None, true), Err(Refusal::OriginMissing));
+        assert_eq!(
+            check(&deployment(listed(), false), None, true),
+            Err(Refusal::OriginMissing)
+        );
         assert_eq!(check(&deployment(listed(), true), None, true), Ok(()));
         assert_eq!(check(&deployment(listed(), false), None, false), Ok(()));
     }

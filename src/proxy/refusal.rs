@@ -110,7 +110,12 @@ mod tests {
             assert_eq!(json["error"], r.code());
             assert_eq!(json["error_description"], r.description());
             assert_eq!(
-                header.headers.get("content-length").unwrap().to_str().unwrap(),
+                header
+                    .headers
+                    .get("content-length")
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
                 body.len().to_string()
             );
         }

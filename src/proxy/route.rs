@@ -26,13 +26,16 @@ pub struct CheckedTarget<'a> {
 
 /// Checks the raw request target (origin-form: path and optional query).
 pub fn check_target<'a>(raw: &'a [u8], limits: &Limits) -> Result<CheckedTarget<'a>, Refusal> {
-    let text = std::str::from_utf8(raw).map_err(|_| Refusal::BadTarget("the request path is not valid UTF-8"))?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| Refusal::BadTarget("the request path is not valid UTF-8"))?;
     let (path, query) = match text.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (text, None),
     };
     if !path.starts_with('/') {
-        return Err(Refusal::BadTarget("the request target must be a path starting with '/'"));
+        return Err(Refusal::BadTarget(
+            "the request target must be a path starting with '/'",
+        ));
     }
     if path.len() > limits.max_path_bytes {
         return Err(Refusal::BadTarget("the request path is too long"));
@@ -41,13 +44,22 @@ pub fn check_target<'a>(raw: &'a [u8], limits: &Limits) -> Result<CheckedTarget<
         return Err(Refusal::BadTarget("the query string is too long"));
     }
     if text.bytes().any(|b| b < 0x21 || b == 0x7f || b >= 0x80) {
-        return Err(Refusal::BadTarget("the request target contains raw control, space or non-ASCII bytes"));
+        return Err(Refusal::BadTarget(
+            "the request target contains raw control, space or non-ASCII bytes",
+        ));
     }
     if path.contains('\\') {
-        return Err(Refusal::BadTarget("backslashes are not allowed in the path"));
+        return Err(Refusal::BadTarget(
+            "backslashes are not allowed in the path",
+        ));
     }
-    if path.split('/').any(|segment| segment == "." || segment == "..") {
-        return Err(Refusal::BadTarget("dot segments are not allowed in the path"));
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(Refusal::BadTarget(
+            "dot segments are not allowed in the path",
+        ));
     }
     if has_ambiguous_escape(path) {
         return Err(Refusal::BadTarget(
@@ -108,17 +120,24 @@ pub fn select(runtime: &Runtime, target: &CheckedTarget<'_>) -> Result<Target, R
 
 /// The single value of query parameter `name`. A repeated parameter is
 /// refused: the upstream might read the other copy.
-fn deployment_id_from_query<'q>(query: Option<&'q str>, name: &str) -> Result<std::borrow::Cow<'q, str>, Refusal> {
+fn deployment_id_from_query<'q>(
+    query: Option<&'q str>,
+    name: &str,
+) -> Result<std::borrow::Cow<'q, str>, Refusal> {
     let mut found = None;
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if key == name {
             if found.is_some() {
-                return Err(Refusal::BadDeploymentId("the deployment id parameter is given more than once"));
+                return Err(Refusal::BadDeploymentId(
+                    "the deployment id parameter is given more than once",
+                ));
             }
             found = Some(value);
         }
     }
-    let id = found.ok_or(Refusal::BadDeploymentId("the deployment id query parameter is required"))?;
+    let id = found.ok_or(Refusal::BadDeploymentId(
+        "the deployment id query parameter is required",
+    ))?;
     if !crate::config::is_deployment_id(&id) {
         return Err(Refusal::BadDeploymentId("the deployment id is malformed"));
     }
@@ -158,31 +177,51 @@ routes:
     }
 
     fn deployment_of(raw: &str) -> String {
-        target(raw).map(|t| t.deployment.config.id.clone()).unwrap_or_else(|r| format!("refused:{}", r.code()))
+        target(raw)
+            .map(|t| t.deployment.config.id.clone())
+            .unwrap_or_else(|r| format!("refused:{}", r.code()))
     }
 
     #[test]
     fn query_deployment_and_longest_prefix() {
         assert_eq!(deployment_of("/v1?deploymentId=dep-a"), "dep-a");
         assert_eq!(deployment_of("/v1/chat?x=1&deploymentId=dep-b"), "dep-b");
-        assert_eq!(deployment_of("/v1/special/room?deploymentId=dep-a"), "fixed-1");
-        assert_eq!(target("/v1/special/x").unwrap().route.label.as_ref(), "special");
+        assert_eq!(
+            deployment_of("/v1/special/room?deploymentId=dep-a"),
+            "fixed-1"
+        );
+        assert_eq!(
+            target("/v1/special/x").unwrap().route.label.as_ref(),
+            "special"
+        );
         assert_eq!(deployment_of("/custom?dep=dep-b"), "dep-b");
         assert_eq!(deployment_of("/v1?deploymentId=dep%2Da"), "dep-a");
     }
 
     #[test]
     fn route_and_deployment_refusals() {
-        assert_eq!(deployment_of("/v10?deploymentId=dep-a"), "refused:not_found");
+        assert_eq!(
+            deployment_of("/v10?deploymentId=dep-a"),
+            "refused:not_found"
+        );
         assert_eq!(deployment_of("/other"), "refused:not_found");
         assert_eq!(deployment_of("/v1"), "refused:invalid_deployment_id");
-        assert_eq!(deployment_of("/v1?deploymentId=nope"), "refused:unknown_deployment");
+        assert_eq!(
+            deployment_of("/v1?deploymentId=nope"),
+            "refused:unknown_deployment"
+        );
         assert_eq!(
             deployment_of("/v1?deploymentId=dep-a&deploymentId=dep-b"),
             "refused:invalid_deployment_id"
         );
-        assert_eq!(deployment_of("/v1?deploymentId=%3Cscript%3E"), "refused:invalid_deployment_id");
-        assert_eq!(deployment_of("/custom?deploymentId=dep-a"), "refused:invalid_deployment_id");
+        assert_eq!(
+            deployment_of("/v1?deploymentId=%3Cscript%3E"),
+            "refused:invalid_deployment_id"
+        );
+        assert_eq!(
+            deployment_of("/custom?deploymentId=dep-a"),
+            "refused:invalid_deployment_id"
+        );
     }
 
     #[test]

@@ -47,38 +47,85 @@ const WEB: Option<&str> = Some("https://www.example.com");
 
 #[test]
 fn an_allowed_origin_on_an_open_deployment_passes() {
-    assert_eq!(decide("/v1/chat?deploymentId=open-web", WEB, true), Ok("open-web".into()));
-    assert_eq!(decide("/v1/chat?deploymentId=open-web", WEB, false), Ok("open-web".into()));
+    assert_eq!(
+        decide("/v1/chat?deploymentId=open-web", WEB, true),
+        Ok("open-web".into())
+    );
+    assert_eq!(
+        decide("/v1/chat?deploymentId=open-web", WEB, false),
+        Ok("open-web".into())
+    );
 }
 
 #[test]
 fn refusals_come_in_order_unknown_inactive_origin_auth() {
-    assert_eq!(decide("/v1?deploymentId=ghost", Some("https://evil.example"), true), Err(Refusal::UnknownDeployment));
-    assert_eq!(decide("/v1?deploymentId=paused", Some("https://evil.example"), true), Err(Refusal::DeploymentInactive));
-    assert_eq!(decide("/v1?deploymentId=open-web", Some("https://evil.example"), true), Err(Refusal::OriginNotAllowed));
-    assert_eq!(decide("/v1?deploymentId=secure", WEB, true), Err(Refusal::AuthenticationUnavailable));
-    assert_eq!(decide("/v1?deploymentId=secure", WEB, false), Err(Refusal::AuthenticationUnavailable));
+    assert_eq!(
+        decide("/v1?deploymentId=ghost", Some("https://evil.example"), true),
+        Err(Refusal::UnknownDeployment)
+    );
+    assert_eq!(
+        decide(
+            "/v1?deploymentId=paused",
+            Some("https://evil.example"),
+            true
+        ),
+        Err(Refusal::DeploymentInactive)
+    );
+    assert_eq!(
+        decide(
+            "/v1?deploymentId=open-web",
+            Some("https://evil.example"),
+            true
+        ),
+        Err(Refusal::OriginNotAllowed)
+    );
+    assert_eq!(
+        decide("/v1?deploymentId=secure", WEB, true),
+        Err(Refusal::AuthenticationUnavailable)
+    );
+    assert_eq!(
+        decide("/v1?deploymentId=secure", WEB, false),
+        Err(Refusal::AuthenticationUnavailable)
+    );
 }
 
 #[test]
 fn upgrades_need_an_origin_unless_the_deployment_allows_none() {
-    assert_eq!(decide("/v1?deploymentId=open-web", None, true), Err(Refusal::OriginMissing));
-    assert_eq!(decide("/v1?deploymentId=open-app", None, true), Ok("open-app".into()));
-    assert_eq!(decide("/v1?deploymentId=open-web", None, false), Ok("open-web".into()));
+    assert_eq!(
+        decide("/v1?deploymentId=open-web", None, true),
+        Err(Refusal::OriginMissing)
+    );
+    assert_eq!(
+        decide("/v1?deploymentId=open-app", None, true),
+        Ok("open-app".into())
+    );
+    assert_eq!(
+        decide("/v1?deploymentId=open-web", None, false),
+        Ok("open-web".into())
+    );
 }
 
 #[test]
 fn two_origin_headers_are_refused() {
     let mut req = request("/v1?deploymentId=open-web", WEB);
     req.append_header("Origin", "https://evil.example").unwrap();
-    assert_eq!(admit(&runtime(), &req, true).err(), Some(Refusal::OriginNotAllowed));
+    assert_eq!(
+        admit(&runtime(), &req, true).err(),
+        Some(Refusal::OriginNotAllowed)
+    );
 }
 
 #[test]
 fn the_auth_namespace_and_unrouted_paths_are_not_proxied() {
-    assert_eq!(decide("/.auth/login?deploymentId=open-web", WEB, false), Err(Refusal::NoRoute));
+    assert_eq!(
+        decide("/.auth/login?deploymentId=open-web", WEB, false),
+        Err(Refusal::NoRoute)
+    );
     assert_eq!(decide("/elsewhere", WEB, false), Err(Refusal::NoRoute));
-    assert!(matches!(decide("/v1/../v1?deploymentId=open-web", WEB, false), Err(Refusal::BadTarget(_))));
+    assert!(matches!(
+        decide("/v1/../v1?deploymentId=open-web", WEB, false),
+        Err(Refusal::BadTarget(_))
+    ));
 }
 
 #[test]

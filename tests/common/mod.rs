@@ -19,6 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// What a WebSocket handshake attempt returns.
+pub type Handshake =
+    Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error>;
 
 /// A port that was free a moment ago. Pingora binds its own listeners, so
 /// the test picks the port and hands it over in the config.
@@ -100,7 +103,9 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let proxy_up = TcpStream::connect(self.addr).await.is_ok();
-            let admin_up = reqwest::get(self.admin_url("/healthz")).await.is_ok_and(|r| r.status() == 200);
+            let admin_up = reqwest::get(self.admin_url("/healthz"))
+                .await
+                .is_ok_and(|r| r.status() == 200);
             if proxy_up && admin_up {
                 return;
             }
@@ -154,7 +159,12 @@ impl Proxy {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap()
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of one sample, matched by name and every given label.
@@ -186,7 +196,7 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Opens a WebSocket with the given extra headers.
-pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Handshake {
     let mut request = url.into_client_request()?;
     for (k, v) in headers {
         request.headers_mut().append(
@@ -194,13 +204,16 @@ pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, http
             http::HeaderValue::from_str(v).unwrap(),
         );
     }
-    tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake finished in time")
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .expect("handshake finished in time")
 }
 
 /// The status of a refused handshake.
-pub fn refused_status(result: &Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error>) -> u16 {
+pub fn refused_status(result: &Handshake) -> u16 {
     match result {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
@@ -209,7 +222,7 @@ pub fn refused_status(result: &Result<(Ws, http::Response<Option<Vec<u8>>>), tok
 }
 
 /// The body of a refused handshake, as JSON.
-pub fn refused_json(result: &Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error>) -> serde_json::Value {
+pub fn refused_json(result: &Handshake) -> serde_json::Value {
     match result {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("a JSON body")
