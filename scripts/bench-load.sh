@@ -35,7 +35,7 @@ ADMIN_PORT=19090
 DEPLOYMENT=bench-deployment
 ORIGIN=http://bench.localhost
 # The same request for every target, so the backend does the same work.
-REQUEST_PATH="/v1/echo?deploymentId=$DEPLOYMENT"
+REQUEST_PATH="/v1/ping?deploymentId=$DEPLOYMENT"
 WS_PATH="/v1/chat?deploymentId=$DEPLOYMENT"
 
 work=$(mktemp -d)

@@ -463,33 +463,35 @@ impl ProxyHttp for Portcullis {
             .request_duration
             .with_label_values(&[kind])
             .observe(latency.as_secs_f64());
-        let req = session.req_header();
-        let path = std::str::from_utf8(req.raw_path())
-            .ok()
-            .map(|p| p.split('?').next().unwrap_or(""))
-            .filter(|p| p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic()))
-            .unwrap_or("<unprintable>");
-        let connection_seconds = live
-            .as_ref()
-            .map(|l| l.connection().started_at.elapsed().as_secs_f64());
-        let forced_close = live
-            .as_ref()
-            .and_then(|l| l.connection().close_request().map(|c| c.label));
-        tracing::info!(
-            target: "portcullis::access",
-            method = %req.method,
-            path,
-            deployment,
-            route,
-            outcome,
-            status,
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            websocket = ctx.is_upgrade,
-            connection_seconds,
-            forced_close,
-            close_code = ctx.close_sent,
-            "request"
-        );
+        if tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
+            let req = session.req_header();
+            let path = std::str::from_utf8(req.raw_path())
+                .ok()
+                .map(|p| p.split('?').next().unwrap_or(""))
+                .filter(|p| p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic()))
+                .unwrap_or("<unprintable>");
+            let connection_seconds = live
+                .as_ref()
+                .map(|l| l.connection().started_at.elapsed().as_secs_f64());
+            let forced_close = live
+                .as_ref()
+                .and_then(|l| l.connection().close_request().map(|c| c.label));
+            tracing::info!(
+                target: "portcullis::access",
+                method = %req.method,
+                path,
+                deployment,
+                route,
+                outcome,
+                status,
+                latency_ms = latency.as_secs_f64() * 1000.0,
+                websocket = ctx.is_upgrade,
+                connection_seconds,
+                forced_close,
+                close_code = ctx.close_sent,
+                "request"
+            );
+        }
         drop(live);
     }
 
