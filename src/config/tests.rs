@@ -649,8 +649,7 @@ fn the_shipped_example_and_demo_configs_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let demo = std::fs::read_to_string(root.join("conf/demo.yaml")).unwrap();
     parse_text(&demo).unwrap_or_else(|e| panic!("conf/demo.yaml: {e}"));
-    let example_path = root.join("conf/portcullis.example.yaml");
-    if let Ok(example) = std::fs::read_to_string(&example_path) {
-        parse_text(&example).unwrap_or_else(|e| panic!("conf/portcullis.example.yaml: {e}"));
-    }
+    let example = std::fs::read_to_string(root.join("conf/portcullis.example.yaml")).unwrap();
+    let c = parse_text(&example).unwrap_or_else(|e| panic!("conf/portcullis.example.yaml: {e}"));
+    assert!(!c.deployments.is_empty() && !c.routes.is_empty());
 }
