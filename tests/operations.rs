@@ -157,13 +157,9 @@ async fn reload_applies_a_valid_file_and_rejects_an_invalid_one() {
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     let original = std::fs::read_to_string(&proxy.config_path).unwrap();
 
-    let (mut ws, _) = ws_connect(
-        &proxy.ws_url("/v1/chat?deploymentId=site"),
-        &[("Origin", "https://www.example.com")],
-    )
-    .await
-    .unwrap();
-    next_json(&mut ws).await;
+    let (mut ws, _) = proxy
+        .open_chat("/v1/chat?deploymentId=site", "https://www.example.com")
+        .await;
 
     // Deactivate the deployment through the admin API.
     std::fs::write(
@@ -246,13 +242,9 @@ async fn reload_applies_a_valid_file_and_rejects_an_invalid_one() {
 async fn shutdown_sends_going_away_to_live_connections() {
     let backend = start_backend().await;
     let mut proxy = Proxy::start(&config(backend, "active", "")).await;
-    let (mut ws, _) = ws_connect(
-        &proxy.ws_url("/v1/chat?deploymentId=site"),
-        &[("Origin", "https://www.example.com")],
-    )
-    .await
-    .unwrap();
-    next_json(&mut ws).await;
+    let (mut ws, _) = proxy
+        .open_chat("/v1/chat?deploymentId=site", "https://www.example.com")
+        .await;
     proxy.signal("TERM");
     let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -317,27 +309,18 @@ async fn a_client_that_stops_reading_is_cut_after_a_forced_close() {
             }
         }
     }
-    eprintln!("pipe full after {:?}", started.elapsed());
-    let client = reqwest::Client::new();
-    let closed: serde_json::Value = client
-        .delete(proxy.admin_url("/admin/connections?deployment=site"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let closed = proxy
+        .admin_json(
+            reqwest::Method::DELETE,
+            "/admin/connections?deployment=site",
+        )
+        .await;
     assert_eq!(closed["closed"], 1);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let counts: serde_json::Value = client
-            .get(proxy.admin_url("/admin/connections"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let counts = proxy
+            .admin_json(reqwest::Method::GET, "/admin/connections")
+            .await;
         if counts["total"] == 0 {
             break;
         }

@@ -261,12 +261,9 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
     next_json(&mut ws).await;
     next_json(&mut bystander).await;
 
-    let listing: serde_json::Value = reqwest::get(proxy.admin_url("/admin/connections?detail"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = proxy
+        .admin_json(reqwest::Method::GET, "/admin/connections?detail")
+        .await;
     assert_eq!(listing["total"], 2);
     assert_eq!(listing["by_deployment"]["web"], 1);
     let entry = listing["connections"]
@@ -279,14 +276,9 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
 
     let client = reqwest::Client::new();
     let requested = Instant::now();
-    let closed: serde_json::Value = client
-        .delete(proxy.admin_url("/admin/connections?deployment=web"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let closed = proxy
+        .admin_json(reqwest::Method::DELETE, "/admin/connections?deployment=web")
+        .await;
     assert_eq!(closed["closed"], 1);
 
     // The idle client gets a close frame with 4002 well within a second.
@@ -318,12 +310,9 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
         echo(&mut bystander, "still here").await["text"],
         "still here"
     );
-    let counts: serde_json::Value = reqwest::get(proxy.admin_url("/admin/connections"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counts = proxy
+        .admin_json(reqwest::Method::GET, "/admin/connections")
+        .await;
     assert_eq!(counts["total"], 1);
     assert_eq!(
         proxy
@@ -342,12 +331,9 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
     );
 
     // One connection can be closed by id as well.
-    let listing: serde_json::Value = reqwest::get(proxy.admin_url("/admin/connections?detail"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = proxy
+        .admin_json(reqwest::Method::GET, "/admin/connections?detail")
+        .await;
     let id = listing["connections"][0]["id"].as_u64().unwrap();
     let resp = client
         .delete(proxy.admin_url(&format!("/admin/connections/{id}")))
@@ -373,13 +359,9 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
 #[tokio::test]
 async fn a_forced_close_waits_for_a_frame_boundary_during_traffic() {
     let proxy = start().await;
-    let (mut ws, _) = ws_connect(
-        &proxy.ws_url("/v1/chat?deploymentId=web"),
-        &[("Origin", WEB_ORIGIN)],
-    )
-    .await
-    .unwrap();
-    next_json(&mut ws).await;
+    let (mut ws, _) = proxy
+        .open_chat("/v1/chat?deploymentId=web", WEB_ORIGIN)
+        .await;
     // Keep large frames flowing back from the backend while closing.
     use futures_util::SinkExt;
     let big = "x".repeat(200_000);

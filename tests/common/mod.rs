@@ -158,6 +158,27 @@ impl Proxy {
         None
     }
 
+    /// Opens a chat WebSocket from `origin` and reads the backend's welcome.
+    pub async fn open_chat(&self, path: &str, origin: &str) -> (Ws, serde_json::Value) {
+        let (mut ws, _) = ws_connect(&self.ws_url(path), &[("Origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{path}: the upgrade failed: {e}"));
+        let welcome = next_json(&mut ws).await;
+        (ws, welcome)
+    }
+
+    /// An admin call answered with JSON.
+    pub async fn admin_json(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .request(method, self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.admin_url("/metrics"))
             .await
