@@ -11,11 +11,13 @@
 //! | `metrics`     | every Prometheus metric portcullis exports                    |
 //! | `server`      | assembling listeners and services into one Pingora server     |
 //! | `demo`        | `portcullis demo`: an echo chat backend and its page          |
+//! | `devidp`      | a development OpenID provider (demo and tests; not production) |
 
 pub mod admin;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod devidp;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
