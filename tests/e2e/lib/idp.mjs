@@ -191,7 +191,8 @@ export async function startIdp({
       const closed = new Promise((resolve, reject) => {
         server.close((err) => (err ? reject(err) : resolve()));
       });
-      // Keep-alive connections would hold the server (and the test) open.
+      // Idle keep-alive connections end with close(); busy ones (a browser's
+      // page, say) would hold it, and the test process, open.
       server.closeAllConnections();
       await closed;
     },

@@ -4,7 +4,7 @@
 // the provider's own login and consent forms.
 import { createHash, randomBytes } from 'node:crypto';
 
-import { USERS } from './idp.mjs';
+import { MESSAGING_API, USERS } from './idp.mjs';
 
 const random = () => randomBytes(32).toString('base64url');
 
@@ -39,7 +39,7 @@ async function tokenRequest(idp, { clientId, clientSecret }, params) {
 // An access token (a JWT, see getResourceServerInfo in idp.mjs) for the given
 // resource, issued to the client itself.
 export async function clientCredentialsToken(idp, {
-  resource = 'api://messaging',
+  resource = MESSAGING_API,
   clientId = idp.clientId,
   clientSecret = idp.clientSecret,
 } = {}) {
