@@ -74,7 +74,8 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Provider {
     pub name: String,
-    pub issuer: url::Url,
+    /// Exactly as configured: discovery's `issuer` and tokens' `iss` must equal it.
+    pub issuer: String,
     pub discovery_url: url::Url,
     pub client_id: String,
     pub client_secret: Option<Secret>,
@@ -82,6 +83,36 @@ pub struct Provider {
     pub audiences: Vec<String>,
     pub algorithms: Vec<String>,
     pub clock_skew: Duration,
+    /// Tokens longer than this are refused before any parsing.
+    pub max_token_bytes: usize,
+    /// Timeout of each request to the provider (discovery, JWKS).
+    pub http_timeout: Duration,
+    pub jwks: JwksSettings,
+}
+
+/// How a provider's keys are cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksSettings {
+    /// Bounds for the lifetime taken from the JWKS response's
+    /// `Cache-Control: max-age` or `Expires` (used as-is within them).
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// A token with an unknown `kid` refetches the keys at most this often.
+    pub refetch_interval: Duration,
+    /// How long past their lifetime the last good keys keep verifying while
+    /// the provider cannot be reached.
+    pub max_stale: Duration,
+}
+
+impl Default for JwksSettings {
+    fn default() -> Self {
+        JwksSettings {
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(24 * 3600),
+            refetch_interval: Duration::from_secs(60),
+            max_stale: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +233,7 @@ pub struct Sessions {
     pub cookie_domain: Option<String>,
     pub cookie_key: Option<Secret>,
     pub signing_key: Option<Secret>,
+    pub previous_signing_keys: Vec<Secret>,
 }
 
 #[derive(Debug, Clone)]

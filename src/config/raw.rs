@@ -47,6 +47,12 @@ pub struct RawProvider {
     pub audiences: Vec<String>,
     pub algorithms: Option<Vec<String>>,
     pub clock_skew: Option<RawDuration>,
+    pub max_token_bytes: Option<usize>,
+    pub http_timeout: Option<RawDuration>,
+    pub jwks_min_ttl: Option<RawDuration>,
+    pub jwks_max_ttl: Option<RawDuration>,
+    pub jwks_refetch_interval: Option<RawDuration>,
+    pub jwks_max_stale: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +182,10 @@ pub struct RawCookie {
 pub struct RawKeys {
     pub cookie_key: Option<RawSecret>,
     pub signing_key: Option<RawSecret>,
+    /// Retired signing keys, still published in `/.auth/jwks.json` so that
+    /// tokens and assertions they signed verify until they expire.
+    #[serde(default)]
+    pub previous_signing_keys: Vec<RawSecret>,
 }
 
 #[derive(Debug, Deserialize)]

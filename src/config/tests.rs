@@ -476,7 +476,7 @@ fn urls_are_https_except_on_loopback() {
     ))
     .unwrap();
     assert_eq!(
-        c.providers["okta"].issuer.as_str(),
+        c.providers["okta"].issuer,
         "http://127.0.0.1:3000/oauth2/default"
     );
     assert_error(

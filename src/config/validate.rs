@@ -642,7 +642,7 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
     for (name, p) in c.decode_map::<RawProvider>("providers", value) {
         let path = format!("providers.{name}");
         let issuer = match parse_web_url(&p.issuer) {
-            Ok(u) => Some(u),
+            Ok(_) => Some(p.issuer.clone()),
             Err(e) => {
                 c.error(format!("{path}.issuer"), e);
                 None
@@ -657,7 +657,7 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
                 }
             },
             (None, Some(iss)) => {
-                let base = iss.as_str().trim_end_matches('/');
+                let base = iss.trim_end_matches('/');
                 url::Url::parse(&format!("{base}/.well-known/openid-configuration")).ok()
             }
             (None, None) => None,
@@ -669,6 +669,7 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
             .client_secret
             .as_ref()
             .and_then(|s| c.secret(&format!("{path}.client_secret"), s, false));
+        let jwks = jwks_settings(c, &path, &p);
         let scopes = p
             .scopes
             .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
@@ -685,6 +686,7 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
         }
         let algorithms = p
             .algorithms
+            .clone()
             .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
         if algorithms.is_empty() {
             c.error(
@@ -715,12 +717,27 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
             Duration::ZERO,
             Duration::from_secs(300),
         );
+        let max_token_bytes = match p.max_token_bytes {
+            None => 8 * 1024,
+            Some(n) if (1024..=65536).contains(&n) => n,
+            Some(_) => {
+                c.error(format!("{path}.max_token_bytes"), "must be between 1024 and 65536");
+                8 * 1024
+            }
+        };
+        let http_timeout = c.bounded_duration(
+            &format!("{path}.http_timeout"),
+            p.http_timeout.as_ref(),
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        );
         if let (Some(issuer), Some(discovery_url)) = (issuer, discovery_url) {
             out.insert(
                 name.clone(),
                 Provider {
                     name,
-                    issuer,
+                    issuer: issuer.to_string(),
                     discovery_url,
                     client_id: p.client_id,
                     client_secret,
@@ -728,11 +745,56 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
                     audiences: p.audiences,
                     algorithms,
                     clock_skew,
+                    max_token_bytes,
+                    http_timeout,
+                    jwks,
                 },
             );
         }
     }
     out
+}
+
+fn jwks_settings(c: &mut Checker, path: &str, p: &RawProvider) -> JwksSettings {
+    let defaults = JwksSettings::default();
+    let hour = Duration::from_secs(3600);
+    let min_ttl = c.bounded_duration(
+        &format!("{path}.jwks_min_ttl"),
+        p.jwks_min_ttl.as_ref(),
+        defaults.min_ttl,
+        Duration::from_secs(1),
+        24 * hour,
+    );
+    let max_ttl = c.bounded_duration(
+        &format!("{path}.jwks_max_ttl"),
+        p.jwks_max_ttl.as_ref(),
+        defaults.max_ttl,
+        Duration::from_secs(1),
+        7 * 24 * hour,
+    );
+    if min_ttl > max_ttl {
+        c.error(format!("{path}.jwks_min_ttl"), "must not exceed jwks_max_ttl");
+    }
+    let refetch_interval = c.bounded_duration(
+        &format!("{path}.jwks_refetch_interval"),
+        p.jwks_refetch_interval.as_ref(),
+        defaults.refetch_interval,
+        Duration::from_secs(1),
+        24 * hour,
+    );
+    let max_stale = c.bounded_duration(
+        &format!("{path}.jwks_max_stale"),
+        p.jwks_max_stale.as_ref(),
+        defaults.max_stale,
+        Duration::ZERO,
+        7 * 24 * hour,
+    );
+    JwksSettings {
+        min_ttl,
+        max_ttl,
+        refetch_interval,
+        max_stale,
+    }
 }
 
 fn identity_prefix(c: &mut Checker, value: &Value) -> String {
@@ -1238,7 +1300,7 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
             "a cookie name uses letters, digits, '-', '_' and '.' only (1 to 64 characters)",
         );
     }
-    let (cookie_key, signing_key) = match keys {
+    let (cookie_key, signing_key, previous_signing_keys) = match keys {
         Some(k) => {
             let cookie_key = k
                 .cookie_key
@@ -1269,9 +1331,19 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
                     );
                 }
             }
-            (cookie_key, signing_key)
+            let mut previous = Vec::new();
+            for (i, v) in k.previous_signing_keys.iter().enumerate() {
+                let key_path = format!("sessions.keys.previous_signing_keys[{i}]");
+                if let Some(key) = c.secret(&key_path, v, false) {
+                    if !key.expose().contains("-----BEGIN") {
+                        c.error(key_path, "expected a PEM-encoded key");
+                    }
+                    previous.push(key);
+                }
+            }
+            (cookie_key, signing_key, previous)
         }
-        None => (None, None),
+        None => (None, None, Vec::new()),
     };
     Sessions {
         store,
@@ -1279,6 +1351,7 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
         cookie_domain,
         cookie_key,
         signing_key,
+        previous_signing_keys,
     }
 }
 
