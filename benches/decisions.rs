@@ -56,7 +56,12 @@ deployments:
 fn runtime() -> Runtime {
     let config = portcullis::config::parse(&config_text(), Path::new("."), &|_: &str| None)
         .unwrap_or_else(|e| panic!("benchmark config is invalid:\n{e}"));
-    Runtime::build(config, None).unwrap_or_else(|e| panic!("benchmark runtime: {e}"))
+    Runtime::build(
+        config,
+        None,
+        &std::sync::Arc::new(portcullis::metrics::Metrics::new()),
+    )
+    .unwrap_or_else(|e| panic!("benchmark runtime: {e}"))
 }
 
 /// A browser's WebSocket handshake for `deployment`, sent from `origin`.

@@ -47,7 +47,11 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match portcullis::config::load(&config) {
             // Building the runtime also resolves upstream server names, as `run` will.
-            Ok(valid) => match portcullis::runtime::Runtime::build(valid, None) {
+            Ok(valid) => match portcullis::runtime::Runtime::build(
+                valid,
+                None,
+                &std::sync::Arc::new(portcullis::metrics::Metrics::new()),
+            ) {
                 Ok(_) => {
                     println!("{}: configuration is valid", config.display());
                     ExitCode::SUCCESS

@@ -30,6 +30,25 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// 1 when an upstream server passes its health check, 0 when not.
     pub upstream_healthy: IntGaugeVec,
+    /// Authentication decisions on messaging requests, by deployment, credential carrier and outcome.
+    pub auth_decisions: IntCounterVec,
+    /// Time spent authenticating a request (token verification, key lookups).
+    pub auth_duration: HistogramVec,
+    /// Verified-token cache lookups, by result (hit, miss).
+    pub token_cache: IntCounterVec,
+    /// Discovery document fetches, by provider and result.
+    pub discovery_fetches: IntCounterVec,
+    /// JWKS fetches, by provider, reason (initial, refresh, unknown_kid) and result.
+    pub jwks_fetches: IntCounterVec,
+    /// Seconds since a provider's keys were last fetched successfully.
+    pub jwks_age: IntGaugeVec,
+    /// Keys currently cached per provider.
+    pub jwks_keys: IntGaugeVec,
+    /// Tokens naming a `kid` the cached keys lack, by provider and what followed
+    /// (refetched, rate_limited, negative_cached).
+    pub jwks_kid_misses: IntCounterVec,
+    /// 1 when a provider's metadata and keys are usable, else 0.
+    pub provider_ready: IntGaugeVec,
 }
 
 impl Metrics {
@@ -84,6 +103,55 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Metrics {
+            auth_decisions: counter(
+                "portcullis_auth_decisions_total",
+                "Authentication decisions by deployment, credential carrier (method) and outcome.",
+                &["deployment", "method", "outcome"],
+            ),
+            auth_duration: histogram(
+                "portcullis_auth_duration_seconds",
+                "Time spent authenticating a request, by credential carrier (method).",
+                &["method"],
+                vec![
+                    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            token_cache: counter(
+                "portcullis_token_cache_total",
+                "Verified-token cache lookups by result (hit, miss).",
+                &["result"],
+            ),
+            discovery_fetches: counter(
+                "portcullis_discovery_fetches_total",
+                "OpenID discovery document fetches by provider and result.",
+                &["provider", "result"],
+            ),
+            jwks_fetches: counter(
+                "portcullis_jwks_fetches_total",
+                "JWKS fetches by provider, reason (initial, refresh, unknown_kid) and result.",
+                &["provider", "reason", "result"],
+            ),
+            jwks_age: gauge(
+                "portcullis_jwks_age_seconds",
+                "Seconds since the provider's keys were last fetched successfully.",
+                &["provider"],
+            ),
+            jwks_keys: gauge(
+                "portcullis_jwks_keys",
+                "Signing keys currently cached for the provider.",
+                &["provider"],
+            ),
+            jwks_kid_misses: counter(
+                "portcullis_jwks_kid_misses_total",
+                "Tokens naming an unknown key id, by provider and what followed (refetched, rate_limited, negative_cached).",
+                &["provider", "result"],
+            ),
+            provider_ready: gauge(
+                "portcullis_provider_ready",
+                "1 when the provider's metadata and keys are usable, else 0.",
+                &["provider"],
+            ),
             requests: counter(
                 "portcullis_requests_total",
                 "Requests on the proxy listeners by deployment, route, outcome and status.",

@@ -20,12 +20,20 @@ use pingora::lb::LoadBalancer;
 use crate::config::{self, Config, Deployment, DeploymentStatus, Messenger, Route, Upstream};
 use crate::connections::{close_code, Registry};
 use crate::metrics::Metrics;
+use crate::provider::ProviderService;
+use crate::token::signing::KeyRing;
+use crate::token::TokenCache;
+
+/// Verified tokens kept at most (about 1 KiB each).
+const TOKEN_CACHE_CAPACITY: u64 = 100_000;
 
 /// A deployment with everything a request needs resolved.
 pub struct DeploymentRt {
     pub config: Deployment,
     pub messenger: Messenger,
     pub upstream: Arc<UpstreamRt>,
+    /// The messenger's provider, when it has one.
+    pub provider: Option<Arc<ProviderService>>,
     /// The id as a shared string, for metric labels and the registry.
     pub label: Arc<str>,
 }
@@ -124,14 +132,50 @@ pub struct Runtime {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<Arc<RouteRt>>,
     pub upstreams: HashMap<String, Arc<UpstreamRt>>,
+    pub providers: HashMap<String, Arc<ProviderService>>,
     pub strip: StripRules,
+    /// portcullis's own signing keys (assertions, `/.auth/jwks.json`).
+    pub keys: Arc<KeyRing>,
+    /// Verified provider tokens. Rebuilt with the runtime, so a reload that
+    /// changes a provider's audiences or keys never serves an old verdict.
+    pub tokens: TokenCache,
     /// When this runtime was built (config loads and reloads).
     pub loaded_at: std::time::SystemTime,
 }
 
 impl Runtime {
-    /// Compiles a validated config, reusing unchanged upstreams of `previous`.
-    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Self, String> {
+    /// Compiles a validated config, reusing unchanged upstreams and
+    /// providers (with their health state and key caches) of `previous`.
+    pub fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let mut providers = HashMap::new();
+        for (name, p) in &config.providers {
+            let reused = previous
+                .and_then(|old| old.providers.get(name))
+                .filter(|old| old.config == *p)
+                .cloned();
+            providers.insert(
+                name.clone(),
+                reused.unwrap_or_else(|| ProviderService::new(p.clone(), metrics.clone())),
+            );
+        }
+        let keys = match previous {
+            Some(old)
+                if old.config.sessions.signing_key == config.sessions.signing_key
+                    && old.config.sessions.previous_signing_keys
+                        == config.sessions.previous_signing_keys =>
+            {
+                old.keys.clone()
+            }
+            _ => Arc::new(KeyRing::from_config(
+                config.sessions.signing_key.as_ref(),
+                &config.sessions.previous_signing_keys,
+                previous.map(|old| old.keys.as_ref()),
+            )?),
+        };
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
             let reused = previous
@@ -159,6 +203,12 @@ impl Runtime {
                     config: d.clone(),
                     messenger: messenger.clone(),
                     upstream: upstream.clone(),
+                    provider: messenger
+                        .authentication
+                        .provider
+                        .as_ref()
+                        .and_then(|p| providers.get(p))
+                        .cloned(),
                     label: Arc::from(d.id.as_str()),
                 }),
             );
@@ -182,7 +232,10 @@ impl Runtime {
             deployments,
             routes,
             upstreams,
+            providers,
             strip,
+            keys,
+            tokens: TokenCache::new(TOKEN_CACHE_CAPACITY, metrics.clone()),
             loaded_at: std::time::SystemTime::now(),
         })
     }
@@ -267,10 +320,11 @@ impl State {
             .ok_or_else(|| "this instance was not started from a file".to_string())?;
         let old = self.runtime();
         let previous = old.clone();
+        let metrics = self.metrics.clone();
         // Loading reads files and building may resolve server names: both block.
         let new = tokio::task::spawn_blocking(move || {
             let config = config::load(&path).map_err(|e| e.to_string())?;
-            Runtime::build(config, Some(&previous))
+            Runtime::build(config, Some(&previous), &metrics)
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))??;
@@ -314,6 +368,15 @@ impl State {
         let runtime = self.runtime();
         for upstream in runtime.upstreams.values() {
             upstream.health_check_if_due(&self.metrics).await;
+        }
+    }
+
+    /// Discovery and key refreshes for every provider, each on its own task
+    /// so one slow provider does not hold up the others.
+    pub fn maintain_providers(&self) {
+        for provider in self.runtime().providers.values() {
+            let provider = provider.clone();
+            tokio::spawn(async move { provider.maintain().await });
         }
     }
 }

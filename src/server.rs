@@ -27,8 +27,9 @@ const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Builds the shared state for `config`.
 pub fn build_state(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<State>> {
-    let runtime = Runtime::build(config, None).map_err(anyhow::Error::msg)?;
-    Ok(State::new(runtime, config_path, Arc::new(Metrics::new())))
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Runtime::build(config, None, &metrics).map_err(anyhow::Error::msg)?;
+    Ok(State::new(runtime, config_path, metrics))
 }
 
 /// Runs the server until SIGTERM/SIGINT. Never returns on success.
@@ -110,6 +111,7 @@ impl BackgroundService for Supervisor {
                     let state = self.state.clone();
                     // Health checks may wait on slow servers; sweeps must not.
                     tokio::spawn(async move { state.run_due_health_checks().await });
+                    self.state.maintain_providers();
                     self.state.connections.sweep_overdue();
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

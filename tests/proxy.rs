@@ -131,11 +131,7 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
             "invalid_deployment_id",
         ),
         ("/v1/chat?deploymentId=paused", 403, "deployment_inactive"),
-        (
-            "/v1/chat?deploymentId=secure",
-            501,
-            "authentication_unavailable",
-        ),
+        ("/v1/chat?deploymentId=secure", 401, "unauthorized"),
         ("/v1/a%2fb?deploymentId=web", 400, "bad_request"),
         ("/.auth/login?deployment=web", 404, "not_found"),
     ];
@@ -178,12 +174,9 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
         &[("Origin", WEB_ORIGIN)],
     )
     .await;
-    assert_eq!(refused_status(&secure), 501);
+    assert_eq!(refused_status(&secure), 401);
     let body = refused_json(&secure);
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .contains("authentication not built yet"));
+    assert_eq!(body["reason"], "no_credentials");
     let fixed = ws_connect(&proxy.ws_url("/fixed/room"), &[("Origin", WEB_ORIGIN)]).await;
     assert!(
         fixed.is_ok(),

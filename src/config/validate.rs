@@ -721,7 +721,10 @@ fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
             None => 8 * 1024,
             Some(n) if (1024..=65536).contains(&n) => n,
             Some(_) => {
-                c.error(format!("{path}.max_token_bytes"), "must be between 1024 and 65536");
+                c.error(
+                    format!("{path}.max_token_bytes"),
+                    "must be between 1024 and 65536",
+                );
                 8 * 1024
             }
         };
@@ -773,7 +776,10 @@ fn jwks_settings(c: &mut Checker, path: &str, p: &RawProvider) -> JwksSettings {
         7 * 24 * hour,
     );
     if min_ttl > max_ttl {
-        c.error(format!("{path}.jwks_min_ttl"), "must not exceed jwks_max_ttl");
+        c.error(
+            format!("{path}.jwks_min_ttl"),
+            "must not exceed jwks_max_ttl",
+        );
     }
     let refetch_interval = c.bounded_duration(
         &format!("{path}.jwks_refetch_interval"),

@@ -4,21 +4,27 @@
 //! without sockets.
 //!
 //! ```text
-//! request_filter ─┬─ check the target, route → deployment (400/404), inactive (403)
+//! request_filter ─┬─ /.auth/jwks.json ......................... answered here
+//!                 ├─ check the target, route → deployment (400/404), inactive (403)
 //!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
-//!                 ├─ authentication required? (501 until it is built)
+//!                 ├─ authentication required? credential (header, subprotocol,
+//!                 │   opt-in query) → verified token (cache, JWKS) → 401 / 503;
+//!                 │   messenger `require` rules → 403
 //!                 └─ refusal → one renderer: JSON body, status, metric label
 //! upstream_peer .......... the deployment's upstream: round-robin over healthy
 //!                          servers, skipping ones that already failed to connect
 //! connected_to_upstream .. upgrade? keep a duplicate of the upstream socket
 //! upstream_request_filter  strip identity headers (any case, `_` as `-`),
-//!                          set X-Forwarded-For/Proto/Host
-//! response_filter ........ 101: register the live connection
+//!                          add the verified identity and its signed assertion,
+//!                          remove the credential carriers, set X-Forwarded-*
+//! response_filter ........ 101: never echo a token subprotocol; register the
+//!                          live connection
 //! response_body_filter ... follow frame boundaries; after a forced close,
 //!                          append the close frame
 //! logging ................ one log line, metrics, deregistration
 //! ```
 
+pub mod credential;
 pub mod frames;
 pub mod headers;
 pub mod origin;
@@ -40,11 +46,16 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
 use crate::connections::{ClientSocket, LiveGuard, NewConnection};
+use crate::endpoints;
+use crate::identity::{self, Identity};
 use crate::metrics::NO_DEPLOYMENT;
+use crate::policy;
 use crate::runtime::{Runtime, State};
+use crate::token::TokenError;
 
+use credential::Credential;
 use frames::FrameTracker;
-use refusal::Refusal;
+use refusal::{AuthFailure, Refusal};
 use route::Target;
 
 /// Decides whether a request may go upstream, and where. Pure: everything
@@ -65,8 +76,8 @@ pub fn resolve(runtime: &Runtime, req: &RequestHeader) -> Result<Target, Refusal
     route::select(runtime, &checked)
 }
 
-/// Whether the resolved deployment accepts this request: active, origin
-/// allowed, and (until it is built) no authentication required.
+/// Whether the resolved deployment accepts this request before any
+/// credential is looked at: active, and the origin allowed.
 pub fn check_admission(
     target: &Target,
     req: &RequestHeader,
@@ -80,11 +91,67 @@ pub fn check_admission(
     if origins.next().is_some() {
         return Err(Refusal::OriginNotAllowed);
     }
-    origin::check(&target.deployment.config, origin, is_upgrade)?;
-    if target.deployment.requires_authentication() {
-        return Err(Refusal::AuthenticationUnavailable);
-    }
-    Ok(())
+    origin::check(&target.deployment.config, origin, is_upgrade)
+}
+
+/// Who passed authentication, and with which credential.
+pub struct Authenticated {
+    pub identity: Identity,
+    pub credential: Credential,
+}
+
+/// Authenticates a request to a deployment that requires it: finds the
+/// credential, verifies the token (cached), applies the messenger's rules.
+pub async fn authenticate(
+    runtime: &Runtime,
+    target: &Target,
+    req: &RequestHeader,
+) -> Result<Authenticated, Refusal> {
+    let deployment = &target.deployment;
+    let Some(provider) = &deployment.provider else {
+        // Validation makes an authenticating messenger name a provider.
+        return Err(Refusal::ProviderUnavailable);
+    };
+    let credential = match credential::extract(req, deployment.config.access_token_query) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(Refusal::Unauthenticated(AuthFailure::NoCredentials)),
+        Err(credential::Malformed) => {
+            return Err(Refusal::Unauthenticated(AuthFailure::MalformedCredential))
+        }
+    };
+    let verified = runtime
+        .tokens
+        .verify(provider, &credential.token)
+        .await
+        .map_err(|e| match e {
+            TokenError::ProviderUnavailable => Refusal::ProviderUnavailable,
+            other => Refusal::Unauthenticated(AuthFailure::Token(other)),
+        })?;
+    policy::authorize(
+        &deployment.messenger.authentication.require,
+        &verified.claims,
+    )
+    .map_err(Refusal::Forbidden)?;
+    let identity = Identity::from_claims(
+        &verified.claims,
+        deployment.label.clone(),
+        token_session_id(&credential.token),
+    );
+    Ok(Authenticated {
+        identity,
+        credential,
+    })
+}
+
+/// A bearer-authenticated request has no portcullis session; its session id
+/// is derived from the token, so it is stable per token and reveals nothing.
+fn token_session_id(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let hex: String = digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t-{hex}")
 }
 
 /// Per-request state, created empty for every request.
@@ -108,6 +175,8 @@ pub struct RequestCtx {
     close_sent: Option<u16>,
     /// Whether this upgrade request's outcome was counted already.
     handshake_counted: bool,
+    /// Set once the request is authenticated.
+    auth: Option<Authenticated>,
 }
 
 impl RequestCtx {
@@ -148,12 +217,85 @@ impl Portcullis {
         refusal: Refusal,
     ) -> Result<()> {
         ctx.refusal = Some(refusal);
-        self.count_handshake(ctx, refusal.code());
+        self.count_handshake(ctx, refusal.outcome());
         let (header, body) = refusal.render();
         session
             .as_downstream_mut()
             .write_error_response(header, body)
             .await
+    }
+}
+
+impl Portcullis {
+    /// Authenticates, records the decision (metrics, timing) and keeps the identity.
+    async fn authenticate_request(
+        &self,
+        runtime: &Runtime,
+        target: &Target,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), Refusal> {
+        let started = Instant::now();
+        let result = authenticate(runtime, target, req).await;
+        let method = match &result {
+            Ok(a) => a.credential.carrier.label(),
+            Err(Refusal::Unauthenticated(AuthFailure::NoCredentials)) => "none",
+            Err(_) => credential::extract(req, target.deployment.config.access_token_query)
+                .ok()
+                .flatten()
+                .map_or("none", |c| c.carrier.label()),
+        };
+        let outcome = result.as_ref().map_or_else(|r| r.outcome(), |_| "allowed");
+        let metrics = &self.state.metrics;
+        metrics
+            .auth_decisions
+            .with_label_values(&[&target.deployment.label, method, outcome])
+            .inc();
+        metrics
+            .auth_duration
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+        ctx.auth = Some(result?);
+        Ok(())
+    }
+
+    /// The verified identity as headers, plus the signed assertion when the
+    /// messenger asks for one.
+    fn add_identity(
+        &self,
+        runtime: &Runtime,
+        target: &Target,
+        auth: &Authenticated,
+        req: &mut RequestHeader,
+    ) -> Result<()> {
+        let prefix = &runtime.config.identity_header_prefix;
+        let messenger = &target.deployment.messenger;
+        for (name, value) in identity::upstream_headers(&auth.identity, messenger, prefix) {
+            req.insert_header(name, value)?;
+        }
+        if messenger.assertion {
+            let issuer = runtime.config.public_url.as_ref().map_or_else(
+                || "portcullis".to_string(),
+                |u| u.as_str().trim_end_matches('/').to_string(),
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let claims = identity::assertion_claims(
+                &auth.identity,
+                &issuer,
+                &target.deployment.upstream.config.name,
+                now,
+            );
+            let assertion = runtime
+                .keys
+                .current
+                .sign(&claims)
+                .or_else(|e| Error::e_explain(InternalError, e))?;
+            req.insert_header(format!("{prefix}Assertion"), assertion)?;
+        }
+        Ok(())
     }
 }
 
@@ -188,12 +330,28 @@ impl ProxyHttp for Portcullis {
         ctx.started = Some(Instant::now());
         let runtime = self.state.runtime();
         ctx.is_upgrade = session.is_upgrade_req();
-        let decision = resolve(&runtime, session.req_header()).and_then(|target| {
+        if let Some((header, body)) = endpoints::answer(&runtime, session.req_header()) {
+            ctx.runtime = Some(runtime);
+            session
+                .as_downstream_mut()
+                .write_error_response(header, body)
+                .await?;
+            return Ok(true);
+        }
+        let admitted = resolve(&runtime, session.req_header()).and_then(|target| {
             let admitted = check_admission(&target, session.req_header(), ctx.is_upgrade);
             // Kept even when refused, so metrics and logs name the deployment.
             ctx.target = Some(target);
             admitted
         });
+        let decision = match (admitted, &ctx.target) {
+            (Ok(()), Some(target)) if target.deployment.requires_authentication() => {
+                let target = target.clone();
+                self.authenticate_request(&runtime, &target, session.req_header(), ctx)
+                    .await
+            }
+            (result, _) => result,
+        };
         ctx.runtime = Some(runtime);
         match decision {
             Ok(()) => Ok(false),
@@ -287,6 +445,17 @@ impl ProxyHttp for Portcullis {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
+        if let (Some(auth), Some(target)) = (&ctx.auth, &ctx.target) {
+            self.add_identity(runtime, target, auth, upstream_request)?;
+            credential::strip_carriers(
+                upstream_request,
+                Some(&auth.credential),
+                target.deployment.config.forward_token,
+            )
+            .or_else(|credential::RewriteFailed| {
+                Error::e_explain(InternalError, "could not remove the credential carriers")
+            })?;
+        }
         let client = headers::ClientInfo {
             peer: session
                 .client_addr()
@@ -319,6 +488,14 @@ impl ProxyHttp for Portcullis {
         ctx.response_after = ctx.started.map(|s| s.elapsed());
         if !ctx.is_upgrade {
             return Ok(());
+        }
+        let echoes_token = upstream_response
+            .headers
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(credential::is_token_subprotocol);
+        if echoes_token {
+            upstream_response.remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL);
         }
         if upstream_response.status.as_u16() != 101 {
             self.count_handshake(ctx, "upstream_declined");
@@ -413,7 +590,7 @@ impl ProxyHttp for Portcullis {
         let mut code = 0;
         if let Some(r) = refusal {
             ctx.refusal = Some(r);
-            self.count_handshake(ctx, r.code());
+            self.count_handshake(ctx, r.outcome());
             code = r.status();
             let (header, body) = r.render();
             if let Err(write_error) = session
@@ -438,7 +615,7 @@ impl ProxyHttp for Portcullis {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let outcome = match (ctx.refusal, e) {
-            (Some(r), _) => r.code(),
+            (Some(r), _) => r.outcome(),
             (None, Some(_)) if status == 0 => "client_aborted",
             (None, _) => "allowed",
         };
@@ -486,6 +663,8 @@ impl ProxyHttp for Portcullis {
                 status,
                 latency_ms = latency.as_secs_f64() * 1000.0,
                 websocket = ctx.is_upgrade,
+                auth = ctx.auth.as_ref().map(|a| a.credential.carrier.label()),
+                subject = ctx.auth.as_ref().map(|a| a.identity.subject.as_str()),
                 connection_seconds,
                 forced_close,
                 close_code = ctx.close_sent,

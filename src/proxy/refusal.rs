@@ -5,6 +5,37 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+use crate::policy::PolicyFailure;
+use crate::token::TokenError;
+
+/// Why a request could not be authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No carrier holds a credential.
+    NoCredentials,
+    /// A carrier is empty or repeated.
+    MalformedCredential,
+    Token(TokenError),
+}
+
+impl AuthFailure {
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => "no_credentials",
+            AuthFailure::MalformedCredential => "malformed_credential",
+            AuthFailure::Token(e) => e.code(),
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => "authentication is required",
+            AuthFailure::MalformedCredential => "the credential is empty or given more than once",
+            AuthFailure::Token(e) => e.description(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// No route matches the path.
@@ -19,8 +50,12 @@ pub enum Refusal {
     OriginNotAllowed,
     /// A WebSocket upgrade without `Origin` on a deployment that requires one.
     OriginMissing,
-    /// The deployment needs authentication, which this build cannot do yet.
-    AuthenticationUnavailable,
+    /// No valid credential (401).
+    Unauthenticated(AuthFailure),
+    /// Authenticated, but the messenger's `require` rules say no (403).
+    Forbidden(PolicyFailure),
+    /// The identity provider's keys cannot be had right now (503).
+    ProviderUnavailable,
     /// No upstream server is healthy.
     NoHealthyUpstream,
     /// The upstream could not be reached or broke the exchange.
@@ -33,13 +68,25 @@ impl Refusal {
             Refusal::NoRoute | Refusal::UnknownDeployment => 404,
             Refusal::BadTarget(_) | Refusal::BadDeploymentId(_) => 400,
             Refusal::DeploymentInactive | Refusal::OriginNotAllowed | Refusal::OriginMissing => 403,
-            Refusal::AuthenticationUnavailable => 501,
+            Refusal::Unauthenticated(_) => 401,
+            Refusal::Forbidden(_) => 403,
+            Refusal::ProviderUnavailable => 503,
             Refusal::UpstreamFailed => 502,
             Refusal::NoHealthyUpstream => 503,
         }
     }
 
-    /// The `error` field of the JSON body, and the metric outcome label.
+    /// The metric outcome label: the `error` code, or for authentication and
+    /// policy refusals the precise reason (`token_expired`, `group_mismatch`…).
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated(why) => why.code(),
+            Refusal::Forbidden(why) => why.code(),
+            other => other.code(),
+        }
+    }
+
+    /// The `error` field of the JSON body (RFC 6750 names for token errors).
     pub fn code(self) -> &'static str {
         match self {
             Refusal::NoRoute => "not_found",
@@ -49,7 +96,11 @@ impl Refusal {
             Refusal::DeploymentInactive => "deployment_inactive",
             Refusal::OriginNotAllowed => "origin_not_allowed",
             Refusal::OriginMissing => "origin_required",
-            Refusal::AuthenticationUnavailable => "authentication_unavailable",
+            Refusal::Unauthenticated(AuthFailure::NoCredentials) => "unauthorized",
+            Refusal::Unauthenticated(AuthFailure::MalformedCredential) => "invalid_request",
+            Refusal::Unauthenticated(AuthFailure::Token(_)) => "invalid_token",
+            Refusal::Forbidden(_) => "access_denied",
+            Refusal::ProviderUnavailable => "provider_unavailable",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
         }
@@ -62,18 +113,42 @@ impl Refusal {
             Refusal::UnknownDeployment => "no deployment has this id",
             Refusal::DeploymentInactive => "this deployment is inactive",
             Refusal::OriginNotAllowed => "this Origin is not allowed for the deployment",
-            Refusal::OriginMissing => "a WebSocket upgrade must carry an Origin header for this deployment",
-            Refusal::AuthenticationUnavailable => "authentication not built yet: this deployment requires authentication, which this version of portcullis cannot perform",
+            Refusal::OriginMissing => {
+                "a WebSocket upgrade must carry an Origin header for this deployment"
+            }
+            Refusal::Unauthenticated(why) => why.description(),
+            Refusal::Forbidden(why) => why.description(),
+            Refusal::ProviderUnavailable => {
+                "the identity provider cannot be reached; try again shortly"
+            }
             Refusal::NoHealthyUpstream => "no healthy upstream server is available",
             Refusal::UpstreamFailed => "the upstream server could not be reached",
         }
     }
 
-    /// The response: status, JSON `{"error", "error_description"}`, no caching.
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750 §3): no error
+    /// attribute when no credential was sent, else the error and its reason.
+    pub fn challenge(self) -> Option<String> {
+        match self {
+            Refusal::Unauthenticated(AuthFailure::NoCredentials) => {
+                Some(r#"Bearer realm="portcullis""#.into())
+            }
+            Refusal::Unauthenticated(why) => Some(format!(
+                r#"Bearer realm="portcullis", error="{}", error_description="{}""#,
+                self.code(),
+                why.description()
+            )),
+            _ => None,
+        }
+    }
+
+    /// The response: status, JSON `{"error", "error_description", "reason"}`,
+    /// no caching; a challenge on 401 and `Retry-After` on 503.
     pub fn render(self) -> (ResponseHeader, Bytes) {
         let body = serde_json::json!({
             "error": self.code(),
             "error_description": self.description(),
+            "reason": self.outcome(),
         });
         let body = Bytes::from(body.to_string());
         let mut header = ResponseHeader::build(self.status(), Some(4)).expect("valid status");
@@ -82,6 +157,12 @@ impl Refusal {
         let _ = header.insert_header("content-length", body.len().to_string());
         let _ = header.insert_header("cache-control", "no-store");
         let _ = header.insert_header("x-content-type-options", "nosniff");
+        if let Some(challenge) = self.challenge() {
+            let _ = header.insert_header("www-authenticate", challenge);
+        }
+        if self.status() == 503 {
+            let _ = header.insert_header("retry-after", "5");
+        }
         (header, body)
     }
 }
@@ -100,7 +181,10 @@ mod tests {
             Refusal::DeploymentInactive,
             Refusal::OriginNotAllowed,
             Refusal::OriginMissing,
-            Refusal::AuthenticationUnavailable,
+            Refusal::Unauthenticated(AuthFailure::NoCredentials),
+            Refusal::Unauthenticated(AuthFailure::Token(TokenError::Expired)),
+            Refusal::Forbidden(PolicyFailure::Groups),
+            Refusal::ProviderUnavailable,
             Refusal::NoHealthyUpstream,
             Refusal::UpstreamFailed,
         ] {
@@ -109,6 +193,7 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["error"], r.code());
             assert_eq!(json["error_description"], r.description());
+            assert_eq!(json["reason"], r.outcome());
             assert_eq!(
                 header
                     .headers
@@ -122,9 +207,31 @@ mod tests {
     }
 
     #[test]
-    fn authentication_unavailable_is_501_and_says_so() {
-        let r = Refusal::AuthenticationUnavailable;
-        assert_eq!(r.status(), 501);
-        assert!(r.description().contains("authentication not built yet"));
+    fn unauthenticated_refusals_carry_a_bearer_challenge() {
+        let (none, _) = Refusal::Unauthenticated(AuthFailure::NoCredentials).render();
+        assert_eq!(none.status.as_u16(), 401);
+        assert_eq!(
+            none.headers.get("www-authenticate").unwrap(),
+            r#"Bearer realm="portcullis""#
+        );
+        let expired = Refusal::Unauthenticated(AuthFailure::Token(TokenError::Expired));
+        let (header, body) = expired.render();
+        let challenge = header
+            .headers
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(
+            challenge.contains(r#"error="invalid_token""#) && challenge.contains("expired"),
+            "{challenge}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["reason"], "token_expired");
+        let (header, _) = Refusal::ProviderUnavailable.render();
+        assert_eq!(header.headers.get("retry-after").unwrap(), "5");
+        assert!(Refusal::Forbidden(PolicyFailure::Groups)
+            .challenge()
+            .is_none());
     }
 }

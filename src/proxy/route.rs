@@ -167,7 +167,12 @@ routes:
 
     fn runtime() -> Runtime {
         let cfg = config::parse(CONFIG, std::path::Path::new("."), &|_: &str| None).unwrap();
-        Runtime::build(cfg, None).unwrap()
+        Runtime::build(
+            cfg,
+            None,
+            &std::sync::Arc::new(crate::metrics::Metrics::new()),
+        )
+        .unwrap()
     }
 
     fn target(raw: &str) -> Result<Target, Refusal> {

@@ -1,0 +1,29 @@
+//! portcullis's own endpoints under `/.auth/`. For now: the public keys of
+//! portcullis's signatures. Login, callback, logout and the token API
+//! arrive with sessions.
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::runtime::Runtime;
+
+/// Answers a request for one of portcullis's endpoints; `None` for anything else.
+pub fn answer(runtime: &Runtime, req: &RequestHeader) -> Option<(ResponseHeader, Bytes)> {
+    let path = req.uri.path();
+    match (req.method.as_str(), path) {
+        ("GET" | "HEAD", "/.auth/jwks.json") => {
+            Some(json(200, &runtime.keys.jwks(), "public, max-age=300"))
+        }
+        _ => None,
+    }
+}
+
+fn json(status: u16, value: &serde_json::Value, cache_control: &str) -> (ResponseHeader, Bytes) {
+    let body = Bytes::from(value.to_string());
+    let mut header = ResponseHeader::build(status, Some(4)).expect("valid status");
+    let _ = header.insert_header("content-type", "application/json");
+    let _ = header.insert_header("content-length", body.len().to_string());
+    let _ = header.insert_header("cache-control", cache_control);
+    let _ = header.insert_header("x-content-type-options", "nosniff");
+    (header, body)
+}

@@ -1,0 +1,578 @@
+//! One provider's signing keys. Fetched from its `jwks_uri`; cached for the
+//! lifetime the response allows (`Cache-Control: max-age` or `Expires`,
+//! clamped to configured bounds); refreshed ahead of expiry by the
+//! supervisor; fetched by one task at a time however many requests wait
+//! (single-flight); refetched for an unknown `kid` at most once per
+//! `refetch_interval`, with unknown kids remembered (negative cache); served
+//! past their lifetime, up to `max_stale`, while the provider is down.
+//! A bad signature on a known `kid` never causes a fetch: that is decided
+//! by the caller, which only asks for a `kid` it has not been given.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use parking_lot::Mutex;
+
+use crate::config::JwksSettings;
+use crate::metrics::Metrics;
+
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// Lifetime when the response says nothing about caching.
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Refresh this far into a key set's lifetime, so requests never wait.
+const REFRESH_AHEAD: f64 = 0.8;
+/// Backoff after failed fetches: doubles from 1 s up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A key ready to verify signatures.
+pub struct VerifyingKey {
+    pub kid: Option<String>,
+    pub jwk: Jwk,
+    pub key: DecodingKey,
+}
+
+struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyingKey>>,
+    all: Vec<Arc<VerifyingKey>>,
+    fetched_at: Instant,
+    fetched_wall: SystemTime,
+    ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// No usable keys: never fetched, or stale beyond `max_stale`.
+    Unavailable,
+    /// No key has this `kid`, even after a refetch (or one was not allowed yet).
+    UnknownKid,
+    /// The key named (or the only key) cannot verify this algorithm.
+    Mismatch,
+    /// The token names no `kid` and several keys could verify it.
+    Ambiguous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FetchReason {
+    Initial,
+    Refresh,
+    UnknownKid,
+}
+
+impl FetchReason {
+    fn label(self) -> &'static str {
+        match self {
+            FetchReason::Initial => "initial",
+            FetchReason::Refresh => "refresh",
+            FetchReason::UnknownKid => "unknown_kid",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+pub struct JwksCache {
+    provider: Arc<str>,
+    settings: JwksSettings,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    keys: ArcSwapOption<KeySet>,
+    /// Held by the one task fetching; others wait and reuse its result.
+    fetching: tokio::sync::Mutex<()>,
+    /// Counts completed fetch attempts, so a waiter can tell one happened.
+    attempts: AtomicU64,
+    backoff: Mutex<Backoff>,
+    last_unknown_kid_fetch: Mutex<Option<Instant>>,
+    unknown_kids: moka::sync::Cache<String, ()>,
+}
+
+impl JwksCache {
+    pub fn new(
+        provider: &str,
+        settings: JwksSettings,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        JwksCache {
+            provider: Arc::from(provider),
+            settings,
+            http,
+            metrics,
+            keys: ArcSwapOption::empty(),
+            fetching: tokio::sync::Mutex::new(()),
+            attempts: AtomicU64::new(0),
+            backoff: Mutex::new(Backoff::default()),
+            last_unknown_kid_fetch: Mutex::new(None),
+            unknown_kids: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(settings.refetch_interval.max(Duration::from_secs(1)))
+                .build(),
+        }
+    }
+
+    /// The key that should verify a token with this `kid` and `alg`.
+    pub async fn key_for(
+        &self,
+        jwks_uri: &str,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyingKey>, KeyError> {
+        if self.usable_set().is_none() {
+            // Nothing to verify with: fetch now (single-flight, honouring backoff).
+            self.fetch(jwks_uri, FetchReason::Initial).await;
+        }
+        let set = self.usable_set().ok_or(KeyError::Unavailable)?;
+        let Some(kid) = kid else {
+            return select_without_kid(&set, alg);
+        };
+        if let Some(key) = set.by_kid.get(kid) {
+            return check_compatible(key, alg).map(|()| key.clone());
+        }
+        if self.unknown_kids.contains_key(kid) {
+            self.count_kid_miss("negative_cached");
+            return Err(KeyError::UnknownKid);
+        }
+        if !self.claim_unknown_kid_fetch() {
+            self.count_kid_miss("rate_limited");
+            return Err(KeyError::UnknownKid);
+        }
+        self.count_kid_miss("refetched");
+        self.fetch(jwks_uri, FetchReason::UnknownKid).await;
+        let set = self.usable_set().ok_or(KeyError::Unavailable)?;
+        match set.by_kid.get(kid) {
+            Some(key) => check_compatible(key, alg).map(|()| key.clone()),
+            None => {
+                self.unknown_kids.insert(kid.to_string(), ());
+                Err(KeyError::UnknownKid)
+            }
+        }
+    }
+
+    /// Takes the one unknown-kid fetch allowed per `refetch_interval`.
+    fn claim_unknown_kid_fetch(&self) -> bool {
+        let mut last = self.last_unknown_kid_fetch.lock();
+        let allowed = last.is_none_or(|t| t.elapsed() >= self.settings.refetch_interval);
+        if allowed {
+            *last = Some(Instant::now());
+        }
+        allowed
+    }
+
+    fn count_kid_miss(&self, result: &str) {
+        self.metrics
+            .jwks_kid_misses
+            .with_label_values(&[&self.provider, result])
+            .inc();
+    }
+
+    fn usable_set(&self) -> Option<Arc<KeySet>> {
+        self.keys
+            .load_full()
+            .filter(|set| set.fetched_at.elapsed() <= set.ttl + self.settings.max_stale)
+    }
+
+    /// Whether keys exist that have not outlived their lifetime plus `max_stale`.
+    pub fn is_usable(&self) -> bool {
+        self.usable_set().is_some()
+    }
+
+    /// Whether the supervisor should fetch now: no keys yet, or the set is
+    /// far enough into its lifetime; never while backing off.
+    pub fn refresh_due(&self) -> bool {
+        if self
+            .backoff
+            .lock()
+            .retry_at
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return false;
+        }
+        match self.keys.load().as_ref() {
+            None => true,
+            Some(set) => {
+                set.fetched_at.elapsed().as_secs_f64() >= set.ttl.as_secs_f64() * REFRESH_AHEAD
+            }
+        }
+    }
+
+    /// Background refresh, ahead of expiry.
+    pub async fn refresh(&self, jwks_uri: &str) {
+        let reason = if self.keys.load().is_some() {
+            FetchReason::Refresh
+        } else {
+            FetchReason::Initial
+        };
+        self.fetch(jwks_uri, reason).await;
+    }
+
+    /// Publishes the age and size of the cached set.
+    pub fn report(&self) {
+        let (age, count) = match self.keys.load().as_ref() {
+            Some(set) => (
+                SystemTime::now()
+                    .duration_since(set.fetched_wall)
+                    .unwrap_or_default()
+                    .as_secs() as i64,
+                set.all.len() as i64,
+            ),
+            None => (-1, 0),
+        };
+        self.metrics
+            .jwks_age
+            .with_label_values(&[&self.provider])
+            .set(age);
+        self.metrics
+            .jwks_keys
+            .with_label_values(&[&self.provider])
+            .set(count);
+    }
+
+    /// Fetches unless another task is fetching (then waits for its result)
+    /// or a recent failure asks to back off.
+    async fn fetch(&self, jwks_uri: &str, reason: FetchReason) {
+        let seen = self.attempts.load(Ordering::Acquire);
+        let _only_fetcher = self.fetching.lock().await;
+        if self.attempts.load(Ordering::Acquire) != seen {
+            // Someone fetched while we waited; use their result.
+            return;
+        }
+        let backing_off = self
+            .backoff
+            .lock()
+            .retry_at
+            .is_some_and(|t| Instant::now() < t);
+        if backing_off && reason != FetchReason::UnknownKid {
+            return;
+        }
+        let result = self.fetch_once(jwks_uri).await;
+        self.attempts.fetch_add(1, Ordering::Release);
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .jwks_fetches
+            .with_label_values(&[&self.provider, reason.label(), label])
+            .inc();
+        let mut backoff = self.backoff.lock();
+        match result {
+            Ok(set) => {
+                tracing::info!(provider = %self.provider, keys = set.all.len(), ttl_s = set.ttl.as_secs(), "fetched provider keys");
+                self.keys.store(Some(Arc::new(set)));
+                *backoff = Backoff::default();
+            }
+            Err(e) => {
+                backoff.failures = backoff.failures.saturating_add(1);
+                let delay = Duration::from_secs(1u64 << backoff.failures.min(6)).min(MAX_BACKOFF);
+                backoff.retry_at = Some(Instant::now() + delay);
+                tracing::warn!(provider = %self.provider, error = %e, retry_in_s = delay.as_secs(), "fetching provider keys failed; the last good keys keep serving within max_stale");
+            }
+        }
+        drop(backoff);
+        self.report();
+    }
+
+    async fn fetch_once(&self, jwks_uri: &str) -> Result<KeySet, String> {
+        let response = self
+            .http
+            .get(jwks_uri)
+            .header("accept", "application/json, application/jwk-set+json")
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", e.without_url()))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let ttl = ttl_from_headers(response.headers(), SystemTime::now())
+            .unwrap_or(DEFAULT_TTL)
+            .clamp(self.settings.min_ttl, self.settings.max_ttl);
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
+            return Err("the key set is too large".into());
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("reading failed: {}", e.without_url()))?;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err("the key set is too large".into());
+        }
+        let set = parse_key_set(&body)?;
+        Ok(KeySet {
+            by_kid: set
+                .iter()
+                .filter_map(|k| k.kid.clone().map(|kid| (kid, k.clone())))
+                .collect(),
+            all: set,
+            fetched_at: Instant::now(),
+            fetched_wall: SystemTime::now(),
+            ttl,
+        })
+    }
+}
+
+/// Parses a JWK set, keeping every signing key that can verify and skipping
+/// (with a log line) the ones that cannot, so one odd key does not hide the rest.
+pub fn parse_key_set(body: &[u8]) -> Result<Vec<Arc<VerifyingKey>>, String> {
+    #[derive(serde::Deserialize)]
+    struct RawSet {
+        keys: Vec<serde_json::Value>,
+    }
+    let raw: RawSet = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+    let mut keys = Vec::new();
+    for value in raw.keys {
+        let jwk: Jwk = match serde_json::from_value(value) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::debug!(error = %e, "skipping a JWK that does not parse");
+                continue;
+            }
+        };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            continue;
+        }
+        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+            // A symmetric key has no place in a public key set.
+            continue;
+        }
+        match DecodingKey::from_jwk(&jwk) {
+            Ok(key) => keys.push(Arc::new(VerifyingKey {
+                kid: jwk.common.key_id.clone(),
+                jwk,
+                key,
+            })),
+            Err(e) => tracing::debug!(error = %e, "skipping a JWK that cannot verify"),
+        }
+    }
+    if keys.is_empty() {
+        return Err("the key set has no usable signing key".into());
+    }
+    Ok(keys)
+}
+
+/// Whether this key may verify a token signed with `alg`: its type (and
+/// curve) must fit the algorithm, and its own `alg`, when given, must equal it.
+pub fn check_compatible(key: &VerifyingKey, alg: Algorithm) -> Result<(), KeyError> {
+    if let Some(key_alg) = key.jwk.common.key_algorithm {
+        if key_algorithm_name(key_alg) != Some(alg) {
+            return Err(KeyError::Mismatch);
+        }
+    }
+    let fits = match (&key.jwk.algorithm, alg) {
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512,
+        ) => true,
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
+            ec.curve == EllipticCurve::P256
+        }
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
+            ec.curve == EllipticCurve::P384
+        }
+        (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA) => {
+            okp.curve == EllipticCurve::Ed25519
+        }
+        _ => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(KeyError::Mismatch)
+    }
+}
+
+fn key_algorithm_name(alg: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// A token without `kid` is accepted only when exactly one cached key fits
+/// its algorithm; guessing among several would let an attacker pick.
+fn select_without_kid(set: &KeySet, alg: Algorithm) -> Result<Arc<VerifyingKey>, KeyError> {
+    let mut fitting = set.all.iter().filter(|k| check_compatible(k, alg).is_ok());
+    match (fitting.next(), fitting.next()) {
+        (Some(key), None) => Ok(key.clone()),
+        (None, _) => Err(KeyError::Mismatch),
+        (Some(_), Some(_)) => Err(KeyError::Ambiguous),
+    }
+}
+
+/// The lifetime a JWKS response allows: `Cache-Control: max-age` (or
+/// `no-store`/`no-cache`: zero, which the caller raises to its minimum),
+/// else `Expires`.
+pub fn ttl_from_headers(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let cache_control = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_ascii_lowercase());
+    let mut max_age = None;
+    for directive in cache_control {
+        if directive == "no-store" || directive == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(v) = directive.strip_prefix("max-age=") {
+            max_age = v
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    if max_age.is_some() {
+        return max_age;
+    }
+    let expires = headers.get(http::header::EXPIRES)?.to_str().ok()?;
+    let at = httpdate::parse_http_date(expires).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn lifetimes_come_from_cache_control_then_expires() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            ttl_from_headers(&headers(&[("cache-control", "public, max-age=600")]), now),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            ttl_from_headers(&headers(&[("cache-control", "no-store")]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            ttl_from_headers(&headers(&[("cache-control", "max-age=junk")]), now),
+            None
+        );
+        let expires = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        assert_eq!(
+            ttl_from_headers(&headers(&[("expires", &expires)]), now),
+            Some(Duration::from_secs(120))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(120));
+        assert_eq!(
+            ttl_from_headers(&headers(&[("expires", &past)]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(ttl_from_headers(&headers(&[]), now), None);
+    }
+
+    const RSA_JWK: &str = r#"{"kty":"RSA","kid":"r1","use":"sig","alg":"RS256","e":"AQAB","n":"u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw"}"#;
+    const EC_JWK: &str = r#"{"kty":"EC","kid":"e1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+
+    fn set(keys: &[&str]) -> Vec<Arc<VerifyingKey>> {
+        parse_key_set(format!("{{\"keys\":[{}]}}", keys.join(",")).as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn key_sets_keep_usable_signing_keys_only() {
+        let keys = set(&[
+            RSA_JWK,
+            EC_JWK,
+            r#"{"kty":"oct","kid":"h","k":"c2VjcmV0"}"#,
+            r#"{"kty":"RSA","kid":"enc","use":"enc","e":"AQAB","n":"u1SU"}"#,
+            r#"{"kty":"XYZ","kid":"odd"}"#,
+        ]);
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.clone().unwrap()).collect();
+        assert_eq!(kids, vec!["r1", "e1"]);
+        assert!(parse_key_set(br#"{"keys":[]}"#).is_err());
+        assert!(parse_key_set(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_key_verifies_only_the_algorithms_it_fits() {
+        let keys = set(&[RSA_JWK, EC_JWK]);
+        let (rsa, ec) = (&keys[0], &keys[1]);
+        assert_eq!(check_compatible(rsa, Algorithm::RS256), Ok(()));
+        // The JWK says alg RS256: PS256 with the same RSA key is refused.
+        assert_eq!(
+            check_compatible(rsa, Algorithm::PS256),
+            Err(KeyError::Mismatch)
+        );
+        assert_eq!(
+            check_compatible(rsa, Algorithm::ES256),
+            Err(KeyError::Mismatch)
+        );
+        assert_eq!(
+            check_compatible(rsa, Algorithm::HS256),
+            Err(KeyError::Mismatch)
+        );
+        assert_eq!(check_compatible(ec, Algorithm::ES256), Ok(()));
+        assert_eq!(
+            check_compatible(ec, Algorithm::ES384),
+            Err(KeyError::Mismatch)
+        );
+        assert_eq!(
+            check_compatible(ec, Algorithm::RS256),
+            Err(KeyError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn without_a_kid_only_an_unambiguous_key_is_used() {
+        let keys = set(&[RSA_JWK, EC_JWK]);
+        let key_set = KeySet {
+            by_kid: HashMap::new(),
+            all: keys.clone(),
+            fetched_at: Instant::now(),
+            fetched_wall: SystemTime::now(),
+            ttl: Duration::from_secs(60),
+        };
+        assert_eq!(
+            select_without_kid(&key_set, Algorithm::ES256)
+                .unwrap()
+                .kid
+                .as_deref(),
+            Some("e1")
+        );
+        assert_eq!(
+            select_without_kid(&key_set, Algorithm::PS256).err(),
+            Some(KeyError::Mismatch)
+        );
+        let two_rsa = KeySet {
+            all: vec![keys[0].clone(), keys[0].clone()],
+            ..key_set
+        };
+        assert_eq!(
+            select_without_kid(&two_rsa, Algorithm::RS256).err(),
+            Some(KeyError::Ambiguous)
+        );
+    }
+}

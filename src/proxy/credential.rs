@@ -1,0 +1,332 @@
+//! Where a messaging request carries its credential, and removing it before
+//! the request goes upstream. SPEC §4 order: `Authorization: Bearer`, then
+//! (with sessions) the cookie, then a `Sec-WebSocket-Protocol` entry
+//! `authorization.bearer.<token>`, then — only where the deployment opts in —
+//! the `access_token` query parameter.
+
+use pingora::http::RequestHeader;
+
+/// The subprotocol entry prefix that carries a token (browsers cannot set
+/// headers on WebSocket handshakes).
+pub const SUBPROTOCOL_PREFIX: &str = "authorization.bearer.";
+/// The opt-in query parameter.
+pub const QUERY_PARAMETER: &str = "access_token";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    AuthorizationHeader,
+    Subprotocol,
+    Query,
+}
+
+impl Carrier {
+    /// The `method` label of auth metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Carrier::AuthorizationHeader => "bearer_header",
+            Carrier::Subprotocol => "subprotocol",
+            Carrier::Query => "query",
+        }
+    }
+}
+
+/// A carrier that is present but unusable: empty, repeated, or not text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// The upstream request could not be rewritten without the carriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewriteFailed;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub token: String,
+    pub carrier: Carrier,
+}
+
+/// The first credential the request carries, if any. An empty or repeated
+/// carrier is a malformed credential, not an absent one.
+pub fn extract(req: &RequestHeader, allow_query: bool) -> Result<Option<Credential>, Malformed> {
+    let mut authorizations = req.headers.get_all(http::header::AUTHORIZATION).iter();
+    if let Some(value) = authorizations.next() {
+        if authorizations.next().is_some() {
+            return Err(Malformed);
+        }
+        let value = value.to_str().map_err(|_| Malformed)?;
+        if let Some((scheme, token)) = value.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(Malformed);
+                }
+                return Ok(Some(Credential {
+                    token: token.to_string(),
+                    carrier: Carrier::AuthorizationHeader,
+                }));
+            }
+        }
+        // Another scheme (Basic for the backend, say) is not ours to judge.
+    }
+    let mut from_protocol =
+        offered_subprotocols(req).filter_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX));
+    if let Some(token) = from_protocol.next() {
+        if token.is_empty() || from_protocol.next().is_some() {
+            return Err(Malformed);
+        }
+        return Ok(Some(Credential {
+            token: token.to_string(),
+            carrier: Carrier::Subprotocol,
+        }));
+    }
+    if allow_query {
+        let query = query_of(req);
+        let mut tokens =
+            url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == QUERY_PARAMETER);
+        if let Some((_, token)) = tokens.next() {
+            if token.is_empty() || tokens.next().is_some() {
+                return Err(Malformed);
+            }
+            return Ok(Some(Credential {
+                token: token.into_owned(),
+                carrier: Carrier::Query,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn offered_subprotocols(req: &RequestHeader) -> impl Iterator<Item = &str> {
+    req.headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+fn query_of(req: &RequestHeader) -> &str {
+    std::str::from_utf8(req.raw_path())
+        .ok()
+        .and_then(|t| t.split_once('?'))
+        .map(|(_, q)| q)
+        .unwrap_or("")
+}
+
+/// Removes every token carrier from the upstream request: the token
+/// subprotocol entry (other offered protocols stay), the `access_token`
+/// parameter, and — unless the token is to be forwarded — the
+/// `Authorization` header. A token forwarded from another carrier travels
+/// as `Authorization: Bearer`.
+pub fn strip_carriers(
+    req: &mut RequestHeader,
+    used: Option<&Credential>,
+    forward_token: bool,
+) -> Result<(), RewriteFailed> {
+    let kept: Vec<String> = offered_subprotocols(req)
+        .filter(|p| !p.starts_with(SUBPROTOCOL_PREFIX))
+        .map(str::to_string)
+        .collect();
+    if req
+        .headers
+        .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL)
+    {
+        while req
+            .remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL)
+            .is_some()
+        {}
+        if !kept.is_empty() {
+            req.insert_header(http::header::SEC_WEBSOCKET_PROTOCOL, kept.join(", "))
+                .map_err(|_| RewriteFailed)?;
+        }
+    }
+    let query = query_of(req);
+    if url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == QUERY_PARAMETER) {
+        let raw = std::str::from_utf8(req.raw_path()).map_err(|_| RewriteFailed)?;
+        let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+        let rest: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or("");
+                url::form_urlencoded::parse(name.as_bytes())
+                    .next()
+                    .map(|(k, _)| k != QUERY_PARAMETER)
+                    .unwrap_or(true)
+            })
+            .filter(|pair| !pair.is_empty())
+            .collect();
+        let target = if rest.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", rest.join("&"))
+        };
+        req.set_uri(target.parse().map_err(|_| RewriteFailed)?);
+    }
+    match (used, forward_token) {
+        (Some(credential), true) => {
+            req.insert_header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", credential.token),
+            )
+            .map_err(|_| RewriteFailed)?;
+        }
+        (
+            Some(Credential {
+                carrier: Carrier::AuthorizationHeader,
+                ..
+            }),
+            false,
+        ) => while req.remove_header(&http::header::AUTHORIZATION).is_some() {},
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether a 101's chosen subprotocol is a token entry (it must never be
+/// echoed back to the client).
+pub fn is_token_subprotocol(value: &str) -> bool {
+    value.trim().starts_with(SUBPROTOCOL_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn found(r: &RequestHeader, query: bool) -> Option<(String, Carrier)> {
+        extract(r, query).unwrap().map(|c| (c.token, c.carrier))
+    }
+
+    #[test]
+    fn carriers_are_tried_in_order() {
+        let r = req(
+            "/v1?access_token=q",
+            &[
+                ("Authorization", "Bearer h"),
+                ("Sec-WebSocket-Protocol", "chat, authorization.bearer.p"),
+            ],
+        );
+        assert_eq!(
+            found(&r, true),
+            Some(("h".into(), Carrier::AuthorizationHeader))
+        );
+        let r = req(
+            "/v1?access_token=q",
+            &[("Sec-WebSocket-Protocol", "chat, authorization.bearer.p")],
+        );
+        assert_eq!(found(&r, true), Some(("p".into(), Carrier::Subprotocol)));
+        let r = req("/v1?x=1&access_token=q%2Bz", &[]);
+        assert_eq!(found(&r, true), Some(("q+z".into(), Carrier::Query)));
+        assert_eq!(found(&r, false), None, "the query carrier is opt-in");
+        let r = req("/v1", &[("Authorization", "bearer   lower ")]);
+        assert_eq!(
+            found(&r, false),
+            Some(("lower".into(), Carrier::AuthorizationHeader))
+        );
+        let r = req("/v1", &[("Authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(found(&r, false), None);
+    }
+
+    #[test]
+    fn empty_or_repeated_carriers_are_malformed() {
+        assert!(extract(&req("/v1", &[("Authorization", "Bearer ")]), false).is_err());
+        assert!(extract(
+            &req(
+                "/v1",
+                &[("Authorization", "Bearer a"), ("Authorization", "Bearer b")]
+            ),
+            false
+        )
+        .is_err());
+        assert!(extract(
+            &req(
+                "/v1",
+                &[(
+                    "Sec-WebSocket-Protocol",
+                    "authorization.bearer.a, authorization.bearer.b"
+                )]
+            ),
+            false
+        )
+        .is_err());
+        assert!(extract(
+            &req(
+                "/v1",
+                &[("Sec-WebSocket-Protocol", "authorization.bearer.")]
+            ),
+            false
+        )
+        .is_err());
+        assert!(extract(&req("/v1?access_token=a&access_token=b", &[]), true).is_err());
+    }
+
+    #[test]
+    fn carriers_are_removed_before_forwarding() {
+        let mut r = req(
+            "/v1/chat?deploymentId=d&access_token=secret&x=1",
+            &[
+                ("Authorization", "Bearer secret"),
+                (
+                    "Sec-WebSocket-Protocol",
+                    "chat.v1, authorization.bearer.secret, chat.v2",
+                ),
+            ],
+        );
+        let used = extract(&r, true).unwrap();
+        strip_carriers(&mut r, used.as_ref(), false).unwrap();
+        assert_eq!(
+            r.headers.get("sec-websocket-protocol").unwrap(),
+            "chat.v1, chat.v2"
+        );
+        assert!(r.headers.get("authorization").is_none());
+        assert_eq!(
+            std::str::from_utf8(r.raw_path()).unwrap(),
+            "/v1/chat?deploymentId=d&x=1"
+        );
+
+        let mut only_token = req(
+            "/v1?access_token=t",
+            &[("Sec-WebSocket-Protocol", "authorization.bearer.t")],
+        );
+        let used = extract(&only_token, true).unwrap();
+        strip_carriers(&mut only_token, used.as_ref(), false).unwrap();
+        assert!(only_token.headers.get("sec-websocket-protocol").is_none());
+        assert_eq!(std::str::from_utf8(only_token.raw_path()).unwrap(), "/v1");
+    }
+
+    #[test]
+    fn forward_token_sends_it_as_a_bearer_header() {
+        let mut r = req(
+            "/v1",
+            &[("Sec-WebSocket-Protocol", "chat, authorization.bearer.tok")],
+        );
+        let used = extract(&r, false).unwrap();
+        strip_carriers(&mut r, used.as_ref(), true).unwrap();
+        assert_eq!(r.headers.get("authorization").unwrap(), "Bearer tok");
+        assert_eq!(r.headers.get("sec-websocket-protocol").unwrap(), "chat");
+        // A Basic header meant for the backend is left alone.
+        let mut basic = req(
+            "/v1",
+            &[
+                ("Authorization", "Basic x"),
+                ("Sec-WebSocket-Protocol", "authorization.bearer.t"),
+            ],
+        );
+        let used = extract(&basic, false).unwrap();
+        strip_carriers(&mut basic, used.as_ref(), false).unwrap();
+        assert_eq!(basic.headers.get("authorization").unwrap(), "Basic x");
+    }
+
+    #[test]
+    fn token_subprotocols_are_recognised() {
+        assert!(is_token_subprotocol("authorization.bearer.abc"));
+        assert!(!is_token_subprotocol("chat.v1"));
+    }
+}

@@ -1,0 +1,371 @@
+//! Tokens: verifying a provider's access and ID tokens (and caching the
+//! result), and signing portcullis's own (`signing`).
+//!
+//! Verification order, cheapest and most hostile-input-proof first: size,
+//! shape and header, algorithm allow-list (`none` and HMAC never), key by
+//! `kid` from the JWKS cache, the key's own type and `alg` against the
+//! token's, signature, then claims (`iss` exact, `exp` required, `nbf`/`iat`
+//! within the clock skew, `aud` against the provider's audiences or client id).
+
+pub mod signing;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::metrics::Metrics;
+use crate::provider::jwks::KeyError;
+use crate::provider::ProviderService;
+
+/// A verified token's claims. Duplicate claim names are refused while
+/// parsing: two `sub` values would let different readers see different users.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claims(pub BTreeMap<String, Value>);
+
+impl Claims {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name)
+    }
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Value::as_str)
+    }
+    pub fn number(&self, name: &str) -> Option<u64> {
+        self.0.get(name).and_then(Value::as_u64)
+    }
+    /// `aud` as a list, whether the token has a string or an array.
+    pub fn audiences(&self) -> Vec<&str> {
+        match self.0.get("aud") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ClaimsVisitor;
+        impl<'de> Visitor<'de> for ClaimsVisitor {
+            type Value = Claims;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+                let mut claims = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if claims.insert(key, value).is_some() {
+                        return Err(serde::de::Error::custom(DUPLICATE_CLAIM));
+                    }
+                }
+                Ok(Claims(claims))
+            }
+        }
+        deserializer.deserialize_map(ClaimsVisitor)
+    }
+}
+
+const DUPLICATE_CLAIM: &str = "duplicate claim";
+
+/// What a bearer token turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `aud` names one of the provider's configured `audiences`.
+    Access,
+    /// `aud` names the provider's `client_id`.
+    Id,
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub claims: Claims,
+    pub kind: TokenKind,
+    pub expires_at: u64,
+    pub provider: Arc<str>,
+}
+
+/// Why a token was refused. The `code` goes into the 401 body, the log line
+/// and the metric label; nothing about the token itself does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    TooLarge,
+    Malformed,
+    /// `none`, HMAC, or an algorithm the provider is not configured to allow.
+    AlgorithmNotAllowed,
+    UnknownKey,
+    /// The key cannot verify this algorithm (type, curve or its own `alg`).
+    KeyMismatch,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaim,
+    DuplicateClaim,
+    /// The provider's keys cannot be had: not a verdict on the token.
+    ProviderUnavailable,
+}
+
+impl TokenError {
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "token_too_large",
+            TokenError::Malformed => "token_malformed",
+            TokenError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::KeyMismatch => "key_mismatch",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::IssuedInFuture => "token_issued_in_future",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::MissingClaim => "missing_claim",
+            TokenError::DuplicateClaim => "duplicate_claim",
+            TokenError::ProviderUnavailable => "provider_unavailable",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "the token is larger than allowed",
+            TokenError::Malformed => "the token is not a well-formed JWT",
+            TokenError::AlgorithmNotAllowed => "the token's signing algorithm is not allowed",
+            TokenError::UnknownKey => {
+                "the token was signed with a key the provider does not publish"
+            }
+            TokenError::KeyMismatch => "the provider's key does not fit the token's algorithm",
+            TokenError::BadSignature => "the token's signature is invalid",
+            TokenError::Expired => "the token has expired",
+            TokenError::NotYetValid => "the token is not valid yet",
+            TokenError::IssuedInFuture => "the token claims to be issued in the future",
+            TokenError::WrongIssuer => "the token was issued by another issuer",
+            TokenError::WrongAudience => "the token is meant for another audience",
+            TokenError::MissingClaim => "the token lacks a required claim",
+            TokenError::DuplicateClaim => "the token repeats a claim",
+            TokenError::ProviderUnavailable => "the identity provider's keys are unavailable",
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The `alg` of a token's header, read before anything else is trusted so
+/// that `none` and HMAC are refused by name, whatever else the header says.
+fn header_algorithm(token: &str) -> Result<String, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: Value = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    header
+        .get("alg")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or(TokenError::Malformed)
+}
+
+/// Verifies a provider-issued token.
+pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedToken, TokenError> {
+    let config = &provider.config;
+    if token.len() > config.max_token_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let alg_name = header_algorithm(token)?;
+    if alg_name.eq_ignore_ascii_case("none") || alg_name.to_ascii_uppercase().starts_with("HS") {
+        return Err(TokenError::AlgorithmNotAllowed);
+    }
+    if !config.algorithms.contains(&alg_name) {
+        return Err(TokenError::AlgorithmNotAllowed);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    let key = provider
+        .key_for(header.kid.as_deref(), header.alg)
+        .await
+        .map_err(|e| match e {
+            KeyError::Unavailable => TokenError::ProviderUnavailable,
+            KeyError::UnknownKid => TokenError::UnknownKey,
+            KeyError::Mismatch | KeyError::Ambiguous => TokenError::KeyMismatch,
+        })?;
+    let claims = check_signature_and_time(
+        token,
+        &key.key,
+        header.alg,
+        &config.issuer,
+        config.clock_skew,
+    )?;
+    let kind = audience_kind(&claims, &config.audiences, &config.client_id)?;
+    let expires_at = claims.number("exp").ok_or(TokenError::MissingClaim)?;
+    Ok(VerifiedToken {
+        claims,
+        kind,
+        expires_at,
+        provider: Arc::from(config.name.as_str()),
+    })
+}
+
+/// Signature, `iss`, `exp`, `nbf` and `iat`; shared with portcullis's own tokens.
+pub fn check_signature_and_time(
+    token: &str,
+    key: &jsonwebtoken::DecodingKey,
+    alg: Algorithm,
+    issuer: &str,
+    skew: Duration,
+) -> Result<Claims, TokenError> {
+    let mut validation = Validation::new(alg);
+    validation.leeway = skew.as_secs();
+    validation.validate_nbf = true;
+    // Audiences are checked by the caller, which knows what each one means.
+    validation.validate_aud = false;
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+    let data =
+        jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+            ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
+            ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAllowed,
+            ErrorKind::Json(inner) if inner.to_string().contains(DUPLICATE_CLAIM) => {
+                TokenError::DuplicateClaim
+            }
+            _ => TokenError::Malformed,
+        })?;
+    let claims = data.claims;
+    if claims.str("sub").is_none_or(str::is_empty) {
+        return Err(TokenError::MissingClaim);
+    }
+    if claims
+        .number("iat")
+        .is_some_and(|iat| iat > now_unix() + skew.as_secs())
+    {
+        return Err(TokenError::IssuedInFuture);
+    }
+    Ok(claims)
+}
+
+/// Access token when `aud` names a configured audience; ID token when it
+/// names the client id (and, with several audiences, `azp` is the client).
+pub fn audience_kind(
+    claims: &Claims,
+    audiences: &[String],
+    client_id: &str,
+) -> Result<TokenKind, TokenError> {
+    let aud = claims.audiences();
+    if aud.iter().any(|a| audiences.iter().any(|c| c == a)) {
+        return Ok(TokenKind::Access);
+    }
+    if aud.contains(&client_id) {
+        let azp_ok = match claims.str("azp") {
+            Some(azp) => azp == client_id,
+            None => aud.len() == 1,
+        };
+        if azp_ok {
+            return Ok(TokenKind::Id);
+        }
+    }
+    Err(TokenError::WrongAudience)
+}
+
+/// Verified tokens, keyed by a hash of provider and token, kept no longer
+/// than the token lives, so a repeated handshake costs a hash and a lookup.
+pub struct TokenCache {
+    cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+    metrics: Arc<Metrics>,
+}
+
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<VerifiedToken>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(
+            Duration::from_secs(value.expires_at.saturating_sub(now_unix()))
+                .min(MAX_CACHE_LIFETIME),
+        )
+    }
+}
+
+/// A cached verification is repeated at least this often, so a key removed
+/// from the provider's set stops working within this time.
+const MAX_CACHE_LIFETIME: Duration = Duration::from_secs(300);
+
+impl TokenCache {
+    pub fn new(capacity: u64, metrics: Arc<Metrics>) -> Self {
+        TokenCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpiry)
+                .build(),
+            metrics,
+        }
+    }
+
+    fn key(provider: &str, token: &str) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(provider.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(token.as_bytes());
+        let digest = ctx.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    /// A cached verification of `token`, or a fresh one (cached on success).
+    pub async fn verify(
+        &self,
+        provider: &ProviderService,
+        token: &str,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > provider.config.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        let key = Self::key(provider.name(), token);
+        if let Some(hit) = self.cache.get(&key) {
+            // An entry lives until its token's exp; the skew is not extended here.
+            if hit.expires_at > now_unix() {
+                self.metrics.token_cache.with_label_values(&["hit"]).inc();
+                return Ok(hit);
+            }
+        }
+        self.metrics.token_cache.with_label_values(&["miss"]).inc();
+        let verified = Arc::new(verify(provider, token).await?);
+        self.cache.insert(key, verified.clone());
+        Ok(verified)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests;
