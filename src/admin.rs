@@ -150,11 +150,30 @@ impl ServeHttp for AdminApp {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
+                // Ready when every provider an active deployment needs has
+                // usable keys: without them those requests can only get 503.
+                let mut providers = serde_json::Map::new();
+                let mut all_ready = true;
+                for deployment in runtime.deployments().filter(|d| d.is_active()) {
+                    if let Some(p) = &deployment.provider {
+                        let ready = p.is_ready();
+                        all_ready &= ready;
+                        providers.insert(p.name().to_string(), serde_json::json!({"ok": ready}));
+                    }
+                }
+                let status = if all_ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 json(
-                    StatusCode::OK,
+                    status,
                     serde_json::json!({
-                        "status": "ready",
-                        "checks": {"config": {"ok": true, "loaded_unix": loaded}},
+                        "status": if all_ready { "ready" } else { "not_ready" },
+                        "checks": {
+                            "config": {"ok": true, "loaded_unix": loaded},
+                            "providers": providers,
+                        },
                     }),
                 )
             }
