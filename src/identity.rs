@@ -23,11 +23,11 @@ pub struct Identity {
     /// An opaque id for the session (or, for bearer tokens, derived from the
     /// token's hash): stable per login, and it grants nothing.
     pub session: String,
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
 }
 
 impl Identity {
-    pub fn from_claims(claims: &Claims, deployment: Arc<str>, session: String) -> Self {
+    pub fn from_claims(claims: &Arc<Claims>, deployment: Arc<str>, session: String) -> Self {
         Identity {
             subject: claims.str("sub").unwrap_or_default().to_string(),
             email: claims.str("email").map(str::to_string),
@@ -42,7 +42,7 @@ impl Identity {
             issuer: claims.str("iss").unwrap_or_default().to_string(),
             deployment,
             session,
-            claims: claims.clone(),
+            claims: Arc::clone(claims),
         }
     }
 }
@@ -129,20 +129,28 @@ pub fn upstream_headers(
 /// The claims of `X-Auth-Assertion`: who, for which deployment and session,
 /// for which upstream, for at most a minute.
 pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: u64) -> Value {
-    serde_json::json!({
+    let mut claims = serde_json::json!({
         "iss": issuer,
         "aud": audience,
         "iat": now,
         "nbf": now,
         "exp": now + ASSERTION_LIFETIME_SECS,
         "sub": identity.subject,
-        "email": identity.email,
-        "name": identity.name,
-        "groups": identity.groups,
         "deployment": &*identity.deployment,
         "sid": identity.session,
         "idp": identity.issuer,
-    })
+    });
+    // Absent claims are left out, not sent as null or empty.
+    if let Some(email) = &identity.email {
+        claims["email"] = Value::from(email.as_str());
+    }
+    if let Some(name) = &identity.name {
+        claims["name"] = Value::from(name.as_str());
+    }
+    if !identity.groups.is_empty() {
+        claims["groups"] = Value::from(identity.groups.clone());
+    }
+    claims
 }
 
 pub const ASSERTION_LIFETIME_SECS: u64 = 60;
@@ -154,7 +162,7 @@ mod tests {
 
     fn identity(claims: Value) -> Identity {
         let claims: Claims = serde_json::from_value(claims).unwrap();
-        Identity::from_claims(&claims, Arc::from("dep-1"), "s-123".into())
+        Identity::from_claims(&Arc::new(claims), Arc::from("dep-1"), "s-123".into())
     }
 
     #[test]
@@ -206,5 +214,20 @@ mod tests {
         assert_eq!(get("X-Auth-Tenant"), Some("42"));
         assert_eq!(get("X-Auth-Roles"), Some("r1,r2"));
         assert_eq!(get("X-Auth-Absent"), None);
+    }
+
+    #[test]
+    fn assertions_leave_absent_claims_out() {
+        let service = identity(json!({"sub": "svc", "iss": "https://idp"}));
+        let claims = assertion_claims(&service, "portcullis", "chat", 1000);
+        assert_eq!(claims["exp"], 1060);
+        assert_eq!(claims["aud"], "chat");
+        for absent in ["email", "name", "groups"] {
+            assert!(claims.get(absent).is_none(), "{absent}");
+        }
+        let person = identity(json!({"sub": "u", "email": "a@b.c", "groups": ["g"]}));
+        let claims = assertion_claims(&person, "portcullis", "chat", 1000);
+        assert_eq!(claims["email"], "a@b.c");
+        assert_eq!(claims["groups"], json!(["g"]));
     }
 }

@@ -135,23 +135,12 @@ pub async fn authenticate(
     let identity = Identity::from_claims(
         &verified.claims,
         deployment.label.clone(),
-        token_session_id(&credential.token),
+        verified.session_id.clone(),
     );
     Ok(Authenticated {
         identity,
         credential,
     })
-}
-
-/// A bearer-authenticated request has no portcullis session; its session id
-/// is derived from the token, so it is stable per token and reveals nothing.
-fn token_session_id(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let hex: String = digest.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("t-{hex}")
 }
 
 /// Per-request state, created empty for every request.

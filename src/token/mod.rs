@@ -85,7 +85,10 @@ pub enum TokenKind {
 /// A token that passed every check.
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
+    /// An opaque id derived from the token's hash (`t-` + 24 hex digits):
+    /// the session id of a bearer-authenticated request, stable per token.
+    pub session_id: String,
     pub kind: TokenKind,
     pub expires_at: u64,
     pub provider: Arc<str>,
@@ -215,11 +218,21 @@ pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedT
     let kind = audience_kind(&claims, &config.audiences, &config.client_id)?;
     let expires_at = claims.number("exp").ok_or(TokenError::MissingClaim)?;
     Ok(VerifiedToken {
-        claims,
+        claims: Arc::new(claims),
+        session_id: token_session_id(token),
         kind,
         expires_at,
         provider: Arc::from(config.name.as_str()),
     })
+}
+
+fn token_session_id(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let hex: String = digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t-{hex}")
 }
 
 /// Signature, `iss`, `exp`, `nbf` and `iat`; shared with portcullis's own tokens.
