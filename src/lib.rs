@@ -27,4 +27,5 @@ pub mod provider;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod session;
 pub mod token;
