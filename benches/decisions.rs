@@ -3,17 +3,40 @@
 //! WebSocket frame tracking. These run before or alongside every proxied
 //! byte, so a regression here is a regression of the whole proxy.
 //!
-//! Run with `cargo bench --bench decisions`.
+//! The `token` group measures bearer authentication against a development
+//! provider started inside the bench (loopback, port chosen by the system):
+//! the per-request cost of a token seen before (`cached_check`,
+//! `authenticate_cached`), and the cost of a token seen for the first time,
+//! layer by layer, from the bare signature check that compares with
+//! `openssl speed` (`crypto_*`) up to `portcullis::token::verify`
+//! (`first_seen_*`). Every `token` bench counts one verification per
+//! iteration, so criterion's `thrpt` line reads as verifications per second.
+//!
+//! Run with `cargo bench --bench decisions` (`-- token` for that group only).
 
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use aws_lc_rs::signature::{
+    ParsedPublicKey, RsaPublicKeyComponents, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    RSA_PKCS1_2048_8192_SHA256,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use jsonwebtoken::jwk::AlgorithmParameters;
+use jsonwebtoken::Algorithm;
 use pingora::http::RequestHeader;
 use portcullis::config::Limits;
+use portcullis::devidp::{self, DevIdp, DevIdpOptions};
+use portcullis::provider::jwks::VerifyingKey;
+use portcullis::provider::ProviderService;
 use portcullis::proxy::frames::FrameTracker;
-use portcullis::proxy::{admit, headers, route};
+use portcullis::proxy::{admit, authenticate, headers, route};
 use portcullis::runtime::Runtime;
+use portcullis::token::{self, check_signature_and_time};
 
 /// The deployment the benchmarked requests are for.
 const DEPLOYMENT: &str = "3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10";
@@ -215,11 +238,365 @@ fn bench_frames(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------- tokens
+
+/// The deployment of the authenticating messenger in the token benches.
+const AUTH_DEPLOYMENT: &str = "7d2e4b10-3c5a-4f8e-b1d6-9a0c2e4f6b81";
+const AUTH_ORIGIN: &str = "https://www.example.com";
+/// Distinct tokens per algorithm for the first-seen benches, used in turn,
+/// so that no iteration sees the exact bytes of the one before.
+const FRESH_TOKENS: usize = 64;
+
+/// A development provider on loopback, and a runtime whose provider `dev`
+/// points at it. Fields drop in order: the runtime (and its HTTP client)
+/// before the provider, the async runtime last.
+struct AuthBench {
+    runtime: Runtime,
+    idp: DevIdp,
+    tokio: tokio::runtime::Runtime,
+}
+
+fn auth_config_text(issuer: &str) -> String {
+    format!(
+        r#"
+listen: [{{address: "127.0.0.1:8080"}}]
+public_url: "http://127.0.0.1:8080"
+providers:
+  dev:
+    issuer: "{issuer}"
+    client_id: portcullis-demo
+    audiences: ["api://messaging"]
+    algorithms: [RS256, ES256]
+messengers:
+  bearer:
+    authentication: {{enabled: true, provider: dev}}
+    assertion: false
+upstreams:
+  chat: {{servers: ["127.0.0.1:9000"]}}
+routes:
+  - {{path_prefix: /v1, deployment_from: {{query: deploymentId}}}}
+deployments:
+  - {{id: {AUTH_DEPLOYMENT}, messenger: bearer, upstream: chat, allowed_origins: ["{AUTH_ORIGIN}"]}}
+"#
+    )
+}
+
+fn auth_bench() -> AuthBench {
+    // One thread: the provider answers discovery and JWKS while the setup
+    // blocks on them, and sits idle while the benches run.
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let idp = tokio
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let options = DevIdpOptions {
+                // Outlives any bench run, so no token expires mid-measurement.
+                token_lifetime: Duration::from_secs(3600),
+                ..DevIdpOptions::default()
+            };
+            devidp::start(listener, options).await
+        })
+        .expect("development provider");
+    let config = portcullis::config::parse(
+        &auth_config_text(idp.issuer()),
+        Path::new("."),
+        &|_: &str| None,
+    )
+    .unwrap_or_else(|e| panic!("token benchmark config is invalid:\n{e}"));
+    let runtime = Runtime::build(config, None, &Arc::new(portcullis::metrics::Metrics::new()))
+        .unwrap_or_else(|e| panic!("token benchmark runtime: {e}"));
+    AuthBench {
+        runtime,
+        idp,
+        tokio,
+    }
+}
+
+/// The public key of `alg` in the form the signature check takes it.
+enum RawKey {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// An uncompressed P-256 point.
+    Ec(Vec<u8>),
+}
+
+impl RawKey {
+    fn from_jwk(key: &VerifyingKey) -> Self {
+        let decode = |b64: &str| URL_SAFE_NO_PAD.decode(b64).expect("JWK base64url");
+        match &key.jwk.algorithm {
+            AlgorithmParameters::RSA(rsa) => RawKey::Rsa {
+                n: decode(&rsa.n),
+                e: decode(&rsa.e),
+            },
+            AlgorithmParameters::EllipticCurve(ec) => {
+                let mut point = vec![0x04];
+                point.extend(decode(&ec.x));
+                point.extend(decode(&ec.y));
+                RawKey::Ec(point)
+            }
+            other => panic!("unexpected key type {other:?}"),
+        }
+    }
+
+    /// Parsed once, as `openssl speed` holds its key.
+    fn parsed(&self) -> ParsedPublicKey {
+        match self {
+            RawKey::Rsa { n, e } => RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+                .expect("RSA key"),
+            RawKey::Ec(point) => {
+                ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).expect("EC key")
+            }
+        }
+    }
+
+    /// What jsonwebtoken does per token: builds the key from the JWK's
+    /// components, hashes the signing input, verifies.
+    fn verify_unparsed(&self, message: &[u8], signature: &[u8]) -> bool {
+        match self {
+            RawKey::Rsa { n, e } => RsaPublicKeyComponents { n, e }
+                .verify(&RSA_PKCS1_2048_8192_SHA256, message, signature)
+                .is_ok(),
+            RawKey::Ec(point) => UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                .verify(message, signature)
+                .is_ok(),
+        }
+    }
+}
+
+/// A token's signing input (`header.payload`) and decoded signature.
+fn split_jws(token: &str) -> (&[u8], Vec<u8>) {
+    let (input, signature) = token.rsplit_once('.').expect("a JWS");
+    (
+        input.as_bytes(),
+        URL_SAFE_NO_PAD
+            .decode(signature)
+            .expect("signature base64url"),
+    )
+}
+
+/// Runs `op` `iters` times inside one `block_on`, timing only the loop.
+fn time_async<F, Fut>(tokio: &tokio::runtime::Runtime, iters: u64, mut op: F) -> Duration
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio.block_on(async {
+        let started = Instant::now();
+        for i in 0..iters {
+            black_box(op(i).await);
+        }
+        started.elapsed()
+    })
+}
+
+fn bench_tokens(c: &mut Criterion) {
+    let AuthBench {
+        runtime,
+        idp,
+        tokio,
+    } = &auth_bench();
+    let provider: &ProviderService = runtime.providers.get("dev").expect("provider dev");
+    let issuer = provider.config.issuer.as_str();
+    let skew = provider.config.clock_skew;
+
+    // Sanity first: every benched call must take its success path, or the
+    // numbers measure an error (an unreachable provider, a refused token).
+    let repeat = idp.mint_access_token("alice", Algorithm::RS256);
+    let first = tokio
+        .block_on(runtime.tokens.verify(provider, &repeat))
+        .expect("the repeated token verifies");
+    assert_eq!(first.claims.str("sub"), Some("alice"));
+    let again = tokio
+        .block_on(runtime.tokens.verify(provider, &repeat))
+        .expect("the repeated token verifies again");
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the second verification must come from the token cache"
+    );
+    let mut request = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
+    request
+        .append_header("Authorization", format!("Bearer {repeat}"))
+        .expect("header");
+    let target = admit(runtime, &request, true).expect("the bearer request is admitted");
+    let authenticated = tokio
+        .block_on(authenticate(runtime, &target, &request))
+        .expect("the bearer request authenticates");
+    assert_eq!(authenticated.identity.subject, "alice");
+    let anonymous = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
+    let target_anonymous = admit(runtime, &anonymous, true).expect("admitted before auth");
+    assert!(
+        tokio
+            .block_on(authenticate(runtime, &target_anonymous, &anonymous))
+            .is_err(),
+        "the deployment must require authentication"
+    );
+
+    let mut group = c.benchmark_group("token");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("cached_check", |b| {
+        b.iter_custom(|iters| {
+            time_async(tokio, iters, |_| async {
+                runtime
+                    .tokens
+                    .verify(black_box(provider), black_box(&repeat))
+                    .await
+                    .is_ok()
+            })
+        })
+    });
+    group.bench_function("authenticate_cached", |b| {
+        b.iter_custom(|iters| {
+            time_async(tokio, iters, |_| async {
+                authenticate(black_box(runtime), &target, black_box(&request))
+                    .await
+                    .is_ok()
+            })
+        })
+    });
+
+    group.finish();
+
+    // What an authenticated request adds after authentication: the identity
+    // headers for the upstream, rendered from the claims and inserted into
+    // the upstream request (as `upstream_request_filter` does).
+    let identity = &authenticated.identity;
+    let messenger = &target.deployment.messenger;
+    let prefix = runtime.config.identity_header_prefix.as_str();
+    let rendered = portcullis::identity::upstream_headers(identity, messenger, prefix);
+    assert!(
+        rendered
+            .iter()
+            .any(|(name, value)| name.ends_with("Subject") && value == "alice"),
+        "identity headers: {rendered:?}"
+    );
+    let mut group = c.benchmark_group("identity");
+    group.bench_function(format!("upstream_headers_{}", rendered.len()), |b| {
+        b.iter_batched_ref(
+            || request.clone(),
+            |req| {
+                for (name, value) in
+                    portcullis::identity::upstream_headers(black_box(identity), messenger, prefix)
+                {
+                    req.insert_header(name, value).expect("identity header");
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("token");
+    group.throughput(Throughput::Elements(1));
+    for alg in [Algorithm::RS256, Algorithm::ES256] {
+        let name = format!("{alg:?}").to_ascii_lowercase();
+        let fresh: Vec<String> = (0..FRESH_TOKENS)
+            .map(|_| idp.mint_access_token("alice", alg))
+            .collect();
+        let kid = jsonwebtoken::decode_header(&fresh[0])
+            .expect("token header")
+            .kid;
+        let key = tokio
+            .block_on(provider.key_for(kid.as_deref(), alg))
+            .unwrap_or_else(|e| panic!("{alg:?} key: {e:?}"));
+        let raw = RawKey::from_jwk(&key);
+        let parsed = raw.parsed();
+        let signed: Vec<(&[u8], Vec<u8>)> = fresh.iter().map(|t| split_jws(t)).collect();
+        let digests: Vec<aws_lc_rs::digest::Digest> = signed
+            .iter()
+            .map(|(input, _)| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input))
+            .collect();
+        for (i, token) in fresh.iter().enumerate() {
+            let (input, signature) = &signed[i];
+            let verified = tokio
+                .block_on(token::verify(provider, token))
+                .unwrap_or_else(|e| panic!("{alg:?} token::verify: {e:?}"));
+            assert_eq!(verified.kind, token::TokenKind::Access);
+            check_signature_and_time(token, &key.key, alg, issuer, skew)
+                .unwrap_or_else(|e| panic!("{alg:?} check_signature_and_time: {e:?}"));
+            assert!(raw.verify_unparsed(input, signature), "{alg:?} unparsed");
+            assert!(
+                parsed.verify_digest_sig(&digests[i], signature).is_ok(),
+                "{alg:?} parsed"
+            );
+        }
+        // And the checks do check: a flipped bit in the signature fails each.
+        let (input, signature) = &signed[0];
+        let mut bad = signature.clone();
+        bad[7] ^= 1;
+        assert!(!raw.verify_unparsed(input, &bad));
+        assert!(parsed.verify_digest_sig(&digests[0], &bad).is_err());
+        let bad_token = format!(
+            "{}.{}",
+            std::str::from_utf8(input).expect("ASCII"),
+            URL_SAFE_NO_PAD.encode(&bad)
+        );
+        assert_eq!(
+            check_signature_and_time(&bad_token, &key.key, alg, issuer, skew).err(),
+            Some(token::TokenError::BadSignature)
+        );
+
+        let nth = |i: u64| (i % FRESH_TOKENS as u64) as usize;
+        // The signature alone, key parsed once and the digest precomputed:
+        // the figure that compares with `openssl speed`'s verify/s.
+        group.bench_function(format!("crypto_{name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i += 1;
+                let n = nth(i);
+                parsed
+                    .verify_digest_sig(black_box(&digests[n]), black_box(&signed[n].1))
+                    .is_ok()
+            })
+        });
+        // As jsonwebtoken verifies: key from the JWK components and the
+        // SHA-256 of the signing input, every time.
+        group.bench_function(format!("crypto_as_jsonwebtoken_{name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i += 1;
+                let (input, signature) = &signed[nth(i)];
+                raw.verify_unparsed(black_box(input), black_box(signature))
+            })
+        });
+        // Plus base64, claims JSON, iss/exp/nbf/iat.
+        group.bench_function(format!("signature_and_time_{name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i += 1;
+                check_signature_and_time(black_box(&fresh[nth(i)]), &key.key, alg, issuer, skew)
+                    .is_ok()
+            })
+        });
+        // The whole verification of a token not in the token cache: header
+        // and algorithm checks, key lookup (the JWKS is cached), signature,
+        // claims, audience. `token::verify` keeps no cache of its own.
+        group.bench_function(format!("first_seen_{name}"), |b| {
+            b.iter_custom(|iters| {
+                time_async(tokio, iters, |i| {
+                    let token = &fresh[nth(i)];
+                    async move {
+                        token::verify(black_box(provider), black_box(token))
+                            .await
+                            .is_ok()
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_admit,
     bench_check_target,
     bench_strip,
-    bench_frames
+    bench_frames,
+    bench_tokens
 );
 criterion_main!(benches);

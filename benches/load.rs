@@ -5,18 +5,21 @@
 //! Servers (run until interrupted):
 //!   backend     --listen ADDR [--threads N]                 the demo echo backend
 //!   bare-proxy  --listen ADDR --upstream ADDR [--threads N] Pingora forwarding, nothing else
+//!   idp         --listen ADDR --token-file PATH [--alg RS256|ES256] [--user alice]
+//!                 the development OpenID provider; writes an access token to PATH
 //!
 //! Clients (bounded in time and count; results on stdout as one line of
 //! `key=value` pairs, the first error on stderr):
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
-//!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O]
-//!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O]
+//!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
+//!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
 //!
 //! Every address, listened on or connected to, must be loopback: this tool
 //! generates load, and load aimed at someone else's server is an attack.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,16 +28,18 @@ use anyhow::{bail, ensure, Context, Result};
 use async_trait::async_trait;
 use clap::{CommandFactory, Parser, Subcommand};
 use futures_util::{stream, StreamExt};
+use jsonwebtoken::Algorithm;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
+use portcullis::devidp::{self, DevIdpOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
@@ -53,6 +58,9 @@ const FD_MARGIN: u64 = 64;
 /// The largest response head and body the HTTP client accepts.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
+/// Lifetime of the tokens `idp` mints: longer than any run of the script
+/// (the provider's own default, 5 minutes, is not).
+const IDP_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +92,21 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
     },
+    /// Serve the development OpenID provider (issuer `http://ADDR`) and write
+    /// one access token it signed, valid for an hour, to PATH.
+    Idp {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Where to write the access token (replaced atomically).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The token's signing algorithm.
+        #[arg(long, default_value = "RS256", value_parser = ["RS256", "ES256"])]
+        alg: String,
+        /// The token's subject, one of the provider's users (alice, bob, carol).
+        #[arg(long, default_value = "alice")]
+        user: String,
+    },
     /// Keep-alive HTTP/1.1 GET requests from C connections for SECS seconds.
     Http {
         #[arg(long)]
@@ -110,6 +133,9 @@ enum Command {
         /// The `Origin` header to send.
         #[arg(long)]
         origin: Option<String>,
+        /// An extra handshake header, `Name: value`; repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
         /// Worker threads of this client.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
@@ -129,6 +155,9 @@ enum Command {
         /// The `Origin` header to send.
         #[arg(long)]
         origin: Option<String>,
+        /// An extra handshake header, `Name: value`; repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
         /// Worker threads of this client.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
@@ -168,6 +197,12 @@ fn run(command: Command) -> Result<()> {
             upstream,
             threads,
         } => bare_proxy(listen, upstream, threads),
+        Command::Idp {
+            listen,
+            token_file,
+            alg,
+            user,
+        } => idp(listen, &token_file, &alg, &user),
         Command::Http {
             url,
             concurrency,
@@ -185,10 +220,12 @@ fn run(command: Command) -> Result<()> {
             concurrency,
             duration,
             origin,
+            headers,
             threads,
         } => runtime(threads)?.block_on(handshakes(
             url,
             origin,
+            &headers,
             concurrency,
             Duration::from_secs(duration),
         )),
@@ -198,10 +235,16 @@ fn run(command: Command) -> Result<()> {
             hold: seconds,
             pid,
             origin,
+            headers,
             threads,
-        } => {
-            runtime(threads)?.block_on(hold(url, origin, count, Duration::from_secs(seconds), pid))
-        }
+        } => runtime(threads)?.block_on(hold(
+            url,
+            origin,
+            &headers,
+            count,
+            Duration::from_secs(seconds),
+            pid,
+        )),
     }
 }
 
@@ -305,6 +348,51 @@ fn bare_proxy(listen: SocketAddr, upstream: SocketAddr, threads: u16) -> Result<
     server.add_service(proxy);
     eprintln!("load: bare Pingora proxy listening on {listen}, forwarding to {upstream}");
     server.run_forever()
+}
+
+/// The development provider, for load through an authenticating deployment.
+/// The token is written only once the provider answers (keys generated), so
+/// a script that waits for the file may use both at once.
+fn idp(listen: SocketAddr, token_file: &Path, alg: &str, user: &str) -> Result<()> {
+    ensure_loopback(listen)?;
+    let alg = match alg {
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        other => bail!("--alg {other}: expected RS256 or ES256"),
+    };
+    let options = DevIdpOptions {
+        token_lifetime: IDP_TOKEN_LIFETIME,
+        ..DevIdpOptions::default()
+    };
+    ensure!(
+        options.users.iter().any(|u| u.subject == user),
+        "--user {user}: the development provider has no such user"
+    );
+    runtime(1)?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let provider = devidp::start(listener, options)
+            .await
+            .context("cannot start the development provider")?;
+        let token = provider.mint_access_token(user, alg);
+        // Write beside the target, then rename: a reader never sees half a token.
+        let partial = token_file.with_extension("partial");
+        std::fs::write(&partial, &token)
+            .and_then(|()| std::fs::rename(&partial, token_file))
+            .with_context(|| format!("cannot write {}", token_file.display()))?;
+        eprintln!(
+            "load: development provider {} listening; {alg:?} access token for {user} in {}",
+            provider.issuer(),
+            token_file.display()
+        );
+        // An explicit handler, as for the backend: scripts stop servers with SIGINT.
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for SIGINT")?;
+        drop(provider);
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------- results
@@ -482,25 +570,31 @@ fn get_request(url: &Url, headers: &[String]) -> Result<Vec<u8>> {
     let mut request =
         format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: portcullis-load\r\n");
     for header in headers {
-        let (name, value) = header
-            .split_once(':')
-            .with_context(|| format!("--header {header:?}: expected 'Name: value'"))?;
-        let name = name.trim();
-        ensure!(
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)),
-            "--header {header:?}: not a header name"
-        );
-        ensure!(
-            !value.contains(['\r', '\n']),
-            "--header {header:?}: line breaks are not allowed"
-        );
-        request.push_str(&format!("{name}: {}\r\n", value.trim()));
+        let (name, value) = parse_header(header)?;
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
     Ok(request.into_bytes())
+}
+
+/// A `--header 'Name: value'` argument, checked and trimmed.
+fn parse_header(header: &str) -> Result<(&str, &str)> {
+    let (name, value) = header
+        .split_once(':')
+        .with_context(|| format!("--header {header:?}: expected 'Name: value'"))?;
+    let name = name.trim();
+    ensure!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)),
+        "--header {header:?}: not a header name"
+    );
+    ensure!(
+        !value.contains(['\r', '\n']),
+        "--header {header:?}: line breaks are not allowed"
+    );
+    Ok((name, value.trim()))
 }
 
 async fn http(url: Url, concurrency: u16, run_for: Duration, headers: &[String]) -> Result<()> {
@@ -566,12 +660,14 @@ struct WsTarget {
     url: Url,
     addr: SocketAddr,
     origin: Option<HeaderValue>,
+    /// Extra handshake headers, `--header`.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 type Ws = WebSocketStream<TcpStream>;
 
 impl WsTarget {
-    async fn new(url: Url, origin: Option<String>) -> Result<Arc<Self>> {
+    async fn new(url: Url, origin: Option<String>, headers: &[String]) -> Result<Arc<Self>> {
         let addr = loopback_target(&url, "ws").await?;
         let origin = origin
             .map(|o| {
@@ -579,7 +675,24 @@ impl WsTarget {
                     .with_context(|| format!("--origin {o:?}: not a header value"))
             })
             .transpose()?;
-        Ok(Arc::new(WsTarget { url, addr, origin }))
+        let headers = headers
+            .iter()
+            .map(|header| {
+                let (name, value) = parse_header(header)?;
+                Ok((
+                    HeaderName::from_bytes(name.as_bytes())
+                        .with_context(|| format!("--header {header:?}: not a header name"))?,
+                    HeaderValue::from_str(value)
+                        .with_context(|| format!("--header {header:?}: not a header value"))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Arc::new(WsTarget {
+            url,
+            addr,
+            origin,
+            headers,
+        }))
     }
 
     /// Connects and completes the handshake (any answer but 101 is an error).
@@ -592,6 +705,9 @@ impl WsTarget {
         let mut request = self.url.as_str().into_client_request()?;
         if let Some(origin) = &self.origin {
             request.headers_mut().insert("origin", origin.clone());
+        }
+        for (name, value) in &self.headers {
+            request.headers_mut().append(name.clone(), value.clone());
         }
         let (ws, _response) = tokio_tungstenite::client_async(request, stream)
             .await
@@ -632,10 +748,11 @@ async fn close(mut ws: Ws) -> Result<bool> {
 async fn handshakes(
     url: Url,
     origin: Option<String>,
+    headers: &[String],
     concurrency: u16,
     run_for: Duration,
 ) -> Result<()> {
-    let target = WsTarget::new(url, origin).await?;
+    let target = WsTarget::new(url, origin, headers).await?;
     let (tally, elapsed) = drive(concurrency, run_for, |deadline| {
         handshake_worker(target.clone(), deadline)
     })
@@ -675,6 +792,7 @@ async fn handshake_worker(target: Arc<WsTarget>, deadline: Instant) -> Tally {
 async fn hold(
     url: Url,
     origin: Option<String>,
+    headers: &[String],
     count: u64,
     hold_for: Duration,
     pid: Option<u32>,
@@ -685,7 +803,7 @@ async fn hold(
         "--count {count} needs {} descriptors, but this process may open only {fd_limit} (RLIMIT_NOFILE hard limit)",
         count + FD_MARGIN
     );
-    let target = WsTarget::new(url, origin).await?;
+    let target = WsTarget::new(url, origin, headers).await?;
     let rss_before = pid.map(rss_kib).transpose()?;
 
     let started = Instant::now();

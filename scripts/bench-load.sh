@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Load comparison of the demo echo backend reached directly, through a bare
-# Pingora proxy (the baseline), and through portcullis; then the memory
-# portcullis spends per idle WebSocket. Prints markdown tables.
+# Pingora proxy (the baseline), through portcullis to a deployment without
+# authentication, and through portcullis to a deployment that requires a
+# bearer token (the same token on every request: the token-cache path); then
+# the memory portcullis spends per idle WebSocket. Prints markdown tables.
 #
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
@@ -14,6 +16,7 @@
 # other core to the load tool, and gives the bare proxy and portcullis the
 # same means. Everything listens on loopback, on fixed ports:
 #   18081 backend, 18082 bare Pingora -> backend, 18080 portcullis -> backend,
+#   18083 development OpenID provider (the bearer token's issuer),
 #   19090 portcullis admin.
 set -euo pipefail
 
@@ -31,12 +34,15 @@ HOST=127.0.0.1
 BACKEND_PORT=18081
 BARE_PORT=18082
 PORTCULLIS_PORT=18080
+IDP_PORT=18083
 ADMIN_PORT=19090
 DEPLOYMENT=bench-deployment
+AUTH_DEPLOYMENT=bench-auth
 ORIGIN=http://bench.localhost
-# The same request for every target, so the backend does the same work.
-REQUEST_PATH="/v1/ping?deploymentId=$DEPLOYMENT"
-WS_PATH="/v1/chat?deploymentId=$DEPLOYMENT"
+# The same request for every target, so the backend does the same work; only
+# the deployment differs between portcullis's two deployments.
+request_path() { echo "/v1/ping?deploymentId=$1"; }
+ws_path() { echo "/v1/chat?deploymentId=$1"; }
 
 work=$(mktemp -d)
 server_pids=()
@@ -117,12 +123,20 @@ cat >"$work/portcullis.yaml" <<EOF
 listen: [{address: "$HOST:$PORTCULLIS_PORT"}]
 threads: 1
 admin: {address: "$HOST:$ADMIN_PORT"}
+providers:
+  dev:
+    issuer: "http://$HOST:$IDP_PORT"
+    client_id: portcullis-demo
+    audiences: ["api://messaging"]
+    algorithms: [RS256, ES256]
 messengers:
   open: {authentication: {enabled: false}}
+  bearer: {authentication: {enabled: true, provider: dev}, assertion: false}
 upstreams:
   backend: {servers: ["$HOST:$BACKEND_PORT"]}
 deployments:
   - {id: $DEPLOYMENT, messenger: open, upstream: backend, allowed_origins: ["$ORIGIN"]}
+  - {id: $AUTH_DEPLOYMENT, messenger: bearer, upstream: backend, allowed_origins: ["$ORIGIN"]}
 routes:
   - {path_prefix: /v1, deployment_from: {query: deploymentId}}
 logging: {format: text, level: warn}
@@ -131,54 +145,106 @@ EOF
 start backend "$BACKEND_PORT" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
 start bare-pingora "$BARE_PORT" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
     --upstream "$HOST:$BACKEND_PORT" --threads 1
+# The provider writes its token only once it answers, so wait for the file.
+start idp "$IDP_PORT" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token" \
+    --alg RS256 --user alice
+for _ in $(seq 300); do
+    if [ -s "$work/token" ]; then break; fi
+    sleep 0.1
+done
+if [ ! -s "$work/token" ]; then
+    echo "the development provider wrote no token; its output:" >&2
+    cat "$work/idp.log" >&2
+    exit 1
+fi
+bearer="Authorization: Bearer $(cat "$work/token")"
 start portcullis "$PORTCULLIS_PORT" "$portcullis_bin" run -c "$work/portcullis.yaml"
 portcullis_pid=$STARTED_PID
 
+# Pre-flight for the authenticating deployment, which also makes portcullis
+# discover the provider and cache the token before anything is measured: with
+# the token every request passes, without it none does. Otherwise the
+# numbers would measure a refusal, or a deployment that checks nothing.
+preflight() {
+    "$load_bin" http --url "http://$HOST:$PORTCULLIS_PORT$(request_path "$AUTH_DEPLOYMENT")" \
+        --concurrency 1 --duration 1 --header "Origin: $ORIGIN" "$@" 2>>"$work/preflight.log"
+}
+with_token=$(preflight --header "$bearer")
+without_token=$(preflight)
+if [ "$(field "$with_token" errors)" != 0 ] || [ "$(field "$with_token" requests)" = 0 ] ||
+    [ "$(field "$without_token" requests)" != 0 ] ||
+    ! grep -q 'first error: status 401' "$work/preflight.log"; then
+    echo "pre-flight of $AUTH_DEPLOYMENT failed (expected: all passing with the token, 401 without)" >&2
+    echo "  with token:    $with_token" >&2
+    echo "  without token: $without_token" >&2
+    sed 's/^/    /' "$work/preflight.log" >&2
+    exit 1
+fi
+
 declare -A http_result ws_result
-targets=(direct-backend bare-pingora portcullis)
-declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT [portcullis]=$PORTCULLIS_PORT)
+targets=(direct-backend bare-pingora portcullis portcullis-bearer)
+declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT
+    [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT)
+declare -A deployment_of=([direct-backend]=$DEPLOYMENT [bare-pingora]=$DEPLOYMENT
+    [portcullis]=$DEPLOYMENT [portcullis-bearer]=$AUTH_DEPLOYMENT)
 
 for target in "${targets[@]}"; do
     port=${port_of[$target]}
+    deployment=${deployment_of[$target]}
+    extra=()
+    if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
     echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
-    http_result[$target]=$("$load_bin" http --url "http://$HOST:$port$REQUEST_PATH" \
+    http_result[$target]=$("$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
-        2>>"$work/client.log")
+        "${extra[@]}" 2>>"$work/client.log")
     sleep 1
     echo "$target: handshakes, $WS_CONCURRENCY at a time, ${DURATION}s" >&2
-    ws_result[$target]=$("$load_bin" handshakes --url "ws://$HOST:$port$WS_PATH" \
+    ws_result[$target]=$("$load_bin" handshakes --url "ws://$HOST:$port$(ws_path "$deployment")" \
         --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" \
-        2>>"$work/client.log")
+        "${extra[@]}" 2>>"$work/client.log")
     sleep 1
 done
 
 echo "portcullis: holding $HOLD_COUNT WebSockets" >&2
-hold_result=$("$load_bin" hold --url "ws://$HOST:$PORTCULLIS_PORT$WS_PATH" --count "$HOLD_COUNT" \
+hold_result=$("$load_bin" hold --url "ws://$HOST:$PORTCULLIS_PORT$(ws_path "$DEPLOYMENT")" --count "$HOLD_COUNT" \
     --hold 2 --pid "$portcullis_pid" --origin "$ORIGIN" 2>>"$work/client.log")
 hold_line=$(grep '^hold opened=' <<<"$hold_result")
 close_line=$(grep '^hold closed=' <<<"$hold_result")
 
-echo
-echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores;" \
-    "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x, ${DURATION}s each"
-echo
-echo "| target | HTTP req/s | HTTP p50 µs | HTTP p99 µs | HTTP max µs | HTTP errors | WS handshakes/s | WS p50 µs | WS p99 µs | WS errors | WS closes unanswered |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-for target in "${targets[@]}"; do
-    h=${http_result[$target]}
-    w=${ws_result[$target]}
-    echo "| $target | $(field "$h" requests_per_s) | $(field "$h" p50_us) | $(field "$h" p99_us)" \
-        "| $(field "$h" max_us) | $(field "$h" errors) | $(field "$w" handshakes_per_s)" \
-        "| $(field "$w" p50_us) | $(field "$w" p99_us) | $(field "$w" errors) | $(field "$w" unanswered_closes) |"
-done
-
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
 }
+# rate_ratio KIND TARGET: TARGET's rate as a share of the auth-disabled
+# portcullis deployment's, measured in this same run.
+rate_ratio() {
+    if [ "$1" = ws ]; then
+        ratio "$(field "${ws_result[$2]}" handshakes_per_s)" "$(field "${ws_result[portcullis]}" handshakes_per_s)"
+    else
+        ratio "$(field "${http_result[$2]}" requests_per_s)" "$(field "${http_result[portcullis]}" requests_per_s)"
+    fi
+}
+
+echo
+echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores;" \
+    "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x, ${DURATION}s each;" \
+    "portcullis-bearer: one RS256 access token on every request (token cache)"
+echo
+echo "| target | HTTP req/s | vs auth-disabled | HTTP p50 µs | HTTP p99 µs | HTTP max µs | HTTP errors | WS handshakes/s | vs auth-disabled | WS p50 µs | WS p99 µs | WS errors | WS closes unanswered |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for target in "${targets[@]}"; do
+    h=${http_result[$target]}
+    w=${ws_result[$target]}
+    echo "| $target | $(field "$h" requests_per_s) | $(rate_ratio http "$target") | $(field "$h" p50_us) | $(field "$h" p99_us)" \
+        "| $(field "$h" max_us) | $(field "$h" errors) | $(field "$w" handshakes_per_s) | $(rate_ratio ws "$target")" \
+        "| $(field "$w" p50_us) | $(field "$w" p99_us) | $(field "$w" errors) | $(field "$w" unanswered_closes) |"
+done
+
 echo
 echo "portcullis / bare Pingora: HTTP req/s" \
     "$(ratio "$(field "${http_result[portcullis]}" requests_per_s)" "$(field "${http_result[bare-pingora]}" requests_per_s)"), handshakes/s" \
     "$(ratio "$(field "${ws_result[portcullis]}" handshakes_per_s)" "$(field "${ws_result[bare-pingora]}" handshakes_per_s)")"
+echo "portcullis bearer (cached token) / auth-disabled: HTTP req/s $(rate_ratio http portcullis-bearer)," \
+    "handshakes/s $(rate_ratio ws portcullis-bearer)"
 echo
 echo "| portcullis, idle WebSockets | opened | errors | open time s | RSS before KiB | RSS after KiB | KiB per connection | closes answered | closes unanswered | close errors |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
