@@ -426,7 +426,7 @@ fn bench_tokens(c: &mut Criterion) {
     let authenticated = tokio
         .block_on(authenticate(runtime, &target, &request))
         .expect("the bearer request authenticates");
-    assert_eq!(authenticated.identity.subject, "alice");
+    assert_eq!(authenticated.rendered.identity.subject, "alice");
     let anonymous = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
     let target_anonymous = admit(runtime, &anonymous, true).expect("admitted before auth");
     assert!(
@@ -464,7 +464,7 @@ fn bench_tokens(c: &mut Criterion) {
     // What an authenticated request adds after authentication: the identity
     // headers for the upstream, rendered from the claims and inserted into
     // the upstream request (as `upstream_request_filter` does).
-    let identity = &authenticated.identity;
+    let identity = &authenticated.rendered.identity;
     let messenger = &target.deployment.messenger;
     let prefix = runtime.config.identity_header_prefix.as_str();
     let rendered = portcullis::identity::upstream_headers(identity, messenger, prefix);

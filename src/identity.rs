@@ -52,26 +52,38 @@ impl Identity {
 /// `Zo%C3%AB`, reversible by the backend), cut to `MAX_HEADER_VALUE` bytes
 /// without splitting an escape.
 pub fn header_value(text: &str) -> String {
+    let plain = text.len() <= MAX_HEADER_VALUE
+        && text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%');
+    if plain {
+        return text.to_string();
+    }
     let mut out = String::with_capacity(text.len().min(MAX_HEADER_VALUE));
     for c in text.chars() {
-        let piece = if c.is_ascii_control() {
+        if c.is_ascii_control() {
             continue;
-        } else if c.is_ascii() && c != '%' {
-            c.to_string()
-        } else {
-            let mut buf = [0u8; 4];
-            c.encode_utf8(&mut buf)
-                .bytes()
-                .map(|b| format!("%{b:02X}"))
-                .collect()
-        };
-        if out.len() + piece.len() > MAX_HEADER_VALUE {
+        }
+        if c.is_ascii() && c != '%' {
+            if out.len() + 1 > MAX_HEADER_VALUE {
+                break;
+            }
+            out.push(c);
+            continue;
+        }
+        let mut buf = [0u8; 4];
+        let encoded = c.encode_utf8(&mut buf);
+        if out.len() + 3 * encoded.len() > MAX_HEADER_VALUE {
             break;
         }
-        out.push_str(&piece);
+        for b in encoded.bytes() {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
     }
     out
 }
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// A claim rendered for a header: strings as they are, arrays joined by
 /// commas, numbers and booleans as JSON; objects are not sent.
@@ -155,6 +167,55 @@ pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: 
 
 pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 
+/// An identity rendered for one deployment, built once per token and
+/// deployment and shared by every request presenting that token: the
+/// headers are ready to insert, and the signed assertion is reused while it
+/// has more than half its minute left.
+pub struct Rendered {
+    pub identity: Identity,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    assertion: parking_lot::Mutex<Option<(http::HeaderValue, u64)>>,
+}
+
+impl Rendered {
+    pub fn new(identity: Identity, messenger: &Messenger, prefix: &str) -> Result<Self, String> {
+        let headers = upstream_headers(&identity, messenger, prefix)
+            .into_iter()
+            .map(|(name, value)| {
+                let name = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| format!("{name}: {e}"))?;
+                let value =
+                    http::HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?;
+                Ok((name, value))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Rendered {
+            identity,
+            headers,
+            assertion: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The assertion header value: the cached one while it has more than
+    /// half its lifetime left, else a new one from `sign(now)`.
+    pub fn assertion(
+        &self,
+        now: u64,
+        sign: impl FnOnce(u64) -> Result<String, String>,
+    ) -> Result<http::HeaderValue, String> {
+        let mut cached = self.assertion.lock();
+        if let Some((value, expires)) = cached.as_ref() {
+            if *expires > now + ASSERTION_LIFETIME_SECS / 2 {
+                return Ok(value.clone());
+            }
+        }
+        let token = sign(now)?;
+        let value = http::HeaderValue::from_str(&token).map_err(|e| e.to_string())?;
+        *cached = Some((value.clone(), now + ASSERTION_LIFETIME_SECS));
+        Ok(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +275,32 @@ mod tests {
         assert_eq!(get("X-Auth-Tenant"), Some("42"));
         assert_eq!(get("X-Auth-Roles"), Some("r1,r2"));
         assert_eq!(get("X-Auth-Absent"), None);
+    }
+
+    #[test]
+    fn rendered_assertions_are_reused_for_half_their_lifetime() {
+        let messenger: Messenger = {
+            let text = "listen: [{address: \"127.0.0.1:1\"}]\nmessengers: {m: {authentication: {enabled: false}}}\n";
+            crate::config::parse(text, std::path::Path::new("."), &|_: &str| None)
+                .unwrap()
+                .messengers
+                .remove("m")
+                .unwrap()
+        };
+        let rendered = Rendered::new(identity(json!({"sub": "u"})), &messenger, "X-Auth-").unwrap();
+        assert!(rendered
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-auth-subject" && v == "u"));
+        let signs = std::cell::Cell::new(0);
+        let sign = |now: u64| {
+            signs.set(signs.get() + 1);
+            Ok(format!("token-{now}"))
+        };
+        assert_eq!(rendered.assertion(1000, sign).unwrap(), "token-1000");
+        assert_eq!(rendered.assertion(1029, sign).unwrap(), "token-1000");
+        assert_eq!(rendered.assertion(1031, sign).unwrap(), "token-1031");
+        assert_eq!(signs.get(), 2);
     }
 
     #[test]

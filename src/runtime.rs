@@ -19,6 +19,7 @@ use pingora::lb::LoadBalancer;
 
 use crate::config::{self, Config, Deployment, DeploymentStatus, Messenger, Route, Upstream};
 use crate::connections::{close_code, Registry};
+use crate::identity::Rendered;
 use crate::metrics::Metrics;
 use crate::provider::ProviderService;
 use crate::token::signing::KeyRing;
@@ -139,6 +140,8 @@ pub struct Runtime {
     /// Verified provider tokens. Rebuilt with the runtime, so a reload that
     /// changes a provider's audiences or keys never serves an old verdict.
     pub tokens: TokenCache,
+    /// Identities rendered per token and deployment (see `identity::Rendered`).
+    pub identities: moka::sync::Cache<([u8; 32], Arc<str>), Arc<Rendered>>,
     /// When this runtime was built (config loads and reloads).
     pub loaded_at: std::time::SystemTime,
 }
@@ -236,6 +239,10 @@ impl Runtime {
             strip,
             keys,
             tokens: TokenCache::new(TOKEN_CACHE_CAPACITY, metrics.clone()),
+            identities: moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
             loaded_at: std::time::SystemTime::now(),
         })
     }

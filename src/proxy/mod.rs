@@ -47,7 +47,7 @@ use pingora::ErrorSource;
 
 use crate::connections::{ClientSocket, LiveGuard, NewConnection};
 use crate::endpoints;
-use crate::identity::{self, Identity};
+use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
 use crate::runtime::{Runtime, State};
@@ -96,7 +96,7 @@ pub fn check_admission(
 
 /// Who passed authentication, and with which credential.
 pub struct Authenticated {
-    pub identity: Identity,
+    pub rendered: Arc<Rendered>,
     pub credential: Credential,
 }
 
@@ -132,13 +132,26 @@ pub async fn authenticate(
         &verified.claims,
     )
     .map_err(Refusal::Forbidden)?;
-    let identity = Identity::from_claims(
-        &verified.claims,
-        deployment.label.clone(),
-        verified.session_id.clone(),
-    );
+    let key = (verified.digest, deployment.label.clone());
+    let rendered = match runtime.identities.get(&key) {
+        Some(r) => r,
+        None => {
+            let identity = Identity::from_claims(
+                &verified.claims,
+                deployment.label.clone(),
+                verified.session_id.clone(),
+            );
+            let prefix = &runtime.config.identity_header_prefix;
+            // Sanitized values always make valid headers; fail closed if not.
+            let rendered = Rendered::new(identity, &deployment.messenger, prefix)
+                .map(Arc::new)
+                .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?;
+            runtime.identities.insert(key, rendered.clone());
+            rendered
+        }
+    };
     Ok(Authenticated {
-        identity,
+        rendered,
         credential,
     })
 }
@@ -259,28 +272,29 @@ impl Portcullis {
     ) -> Result<()> {
         let prefix = &runtime.config.identity_header_prefix;
         let messenger = &target.deployment.messenger;
-        for (name, value) in identity::upstream_headers(&auth.identity, messenger, prefix) {
-            req.insert_header(name, value)?;
+        for (name, value) in &auth.rendered.headers {
+            req.insert_header(name.clone(), value.clone())?;
         }
         if messenger.assertion {
-            let issuer = runtime.config.public_url.as_ref().map_or_else(
-                || "portcullis".to_string(),
-                |u| u.as_str().trim_end_matches('/').to_string(),
-            );
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let claims = identity::assertion_claims(
-                &auth.identity,
-                &issuer,
-                &target.deployment.upstream.config.name,
-                now,
-            );
-            let assertion = runtime
-                .keys
-                .current
-                .sign(&claims)
+            let assertion = auth
+                .rendered
+                .assertion(now, |now| {
+                    let issuer = runtime.config.public_url.as_ref().map_or_else(
+                        || "portcullis".to_string(),
+                        |u| u.as_str().trim_end_matches('/').to_string(),
+                    );
+                    let claims = identity::assertion_claims(
+                        &auth.rendered.identity,
+                        &issuer,
+                        &target.deployment.upstream.config.name,
+                        now,
+                    );
+                    runtime.keys.current.sign(&claims)
+                })
                 .or_else(|e| Error::e_explain(InternalError, e))?;
             req.insert_header(format!("{prefix}Assertion"), assertion)?;
         }
@@ -653,7 +667,7 @@ impl ProxyHttp for Portcullis {
                 latency_ms = latency.as_secs_f64() * 1000.0,
                 websocket = ctx.is_upgrade,
                 auth = ctx.auth.as_ref().map(|a| a.credential.carrier.label()),
-                subject = ctx.auth.as_ref().map(|a| a.identity.subject.as_str()),
+                subject = ctx.auth.as_ref().map(|a| a.rendered.identity.subject.as_str()),
                 connection_seconds,
                 forced_close,
                 close_code = ctx.close_sent,

@@ -89,6 +89,8 @@ pub struct VerifiedToken {
     /// An opaque id derived from the token's hash (`t-` + 24 hex digits):
     /// the session id of a bearer-authenticated request, stable per token.
     pub session_id: String,
+    /// SHA-256 of provider and token: the key of every per-token cache.
+    pub digest: [u8; 32],
     pub kind: TokenKind,
     pub expires_at: u64,
     pub provider: Arc<str>,
@@ -220,6 +222,7 @@ pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedT
     Ok(VerifiedToken {
         claims: Arc::new(claims),
         session_id: token_session_id(token),
+        digest: TokenCache::key(&config.name, token),
         kind,
         expires_at,
         provider: Arc::from(config.name.as_str()),
@@ -337,7 +340,7 @@ impl TokenCache {
         }
     }
 
-    fn key(provider: &str, token: &str) -> [u8; 32] {
+    pub fn key(provider: &str, token: &str) -> [u8; 32] {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(provider.as_bytes());
         ctx.update(&[0]);
