@@ -18,6 +18,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey};
 use parking_lot::Mutex;
 
+use super::Backoff;
 use crate::config::JwksSettings;
 use crate::metrics::Metrics;
 
@@ -27,8 +28,6 @@ const MAX_JWKS_BYTES: usize = 512 * 1024;
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Refresh this far into a key set's lifetime, so requests never wait.
 const REFRESH_AHEAD: f64 = 0.8;
-/// Backoff after failed fetches: doubles from 1 s up to this.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A key ready to verify signatures.
 pub struct VerifyingKey {
@@ -72,12 +71,6 @@ impl FetchReason {
             FetchReason::UnknownKid => "unknown_kid",
         }
     }
-}
-
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-    retry_at: Option<Instant>,
 }
 
 pub struct JwksCache {
@@ -188,12 +181,7 @@ impl JwksCache {
     /// Whether the supervisor should fetch now: no keys yet, or the set is
     /// far enough into its lifetime; never while backing off.
     pub fn refresh_due(&self) -> bool {
-        if self
-            .backoff
-            .lock()
-            .retry_at
-            .is_some_and(|t| Instant::now() < t)
-        {
+        if self.backoff.lock().waiting() {
             return false;
         }
         match self.keys.load().as_ref() {
@@ -245,11 +233,7 @@ impl JwksCache {
             // Someone fetched while we waited; use their result.
             return;
         }
-        let backing_off = self
-            .backoff
-            .lock()
-            .retry_at
-            .is_some_and(|t| Instant::now() < t);
+        let backing_off = self.backoff.lock().waiting();
         if backing_off && reason != FetchReason::UnknownKid {
             return;
         }
@@ -268,9 +252,7 @@ impl JwksCache {
                 *backoff = Backoff::default();
             }
             Err(e) => {
-                backoff.failures = backoff.failures.saturating_add(1);
-                let delay = Duration::from_secs(1u64 << backoff.failures.min(6)).min(MAX_BACKOFF);
-                backoff.retry_at = Some(Instant::now() + delay);
+                let delay = backoff.failed();
                 tracing::warn!(provider = %self.provider, error = %e, retry_in_s = delay.as_secs(), "fetching provider keys failed; the last good keys keep serving within max_stale");
             }
         }

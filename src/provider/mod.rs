@@ -51,10 +51,26 @@ pub enum ProviderError {
     BackingOff,
 }
 
+/// Retry spacing after failed fetches: 2 s, 4 s, … up to a minute.
 #[derive(Default)]
-struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
     retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    /// Whether a retry must still wait.
+    pub(crate) fn waiting(&self) -> bool {
+        self.retry_at.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Records a failure; returns how long until the next attempt.
+    pub(crate) fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = Duration::from_secs(1u64 << self.failures.min(6)).min(MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + delay);
+        delay
+    }
 }
 
 /// One configured provider, kept across reloads while its config is unchanged.
@@ -120,12 +136,7 @@ impl ProviderService {
         if let Some(m) = self.metadata() {
             return Ok(m);
         }
-        if self
-            .backoff
-            .lock()
-            .retry_at
-            .is_some_and(|t| Instant::now() < t)
-        {
+        if self.backoff.lock().waiting() {
             return Err(ProviderError::BackingOff);
         }
         let result = self.fetch_metadata().await;
@@ -144,9 +155,7 @@ impl ProviderService {
                 Ok(metadata)
             }
             Err(e) => {
-                backoff.failures = backoff.failures.saturating_add(1);
-                let delay = Duration::from_secs(1u64 << backoff.failures.min(6)).min(MAX_BACKOFF);
-                backoff.retry_at = Some(Instant::now() + delay);
+                let delay = backoff.failed();
                 tracing::warn!(provider = self.name(), error = %e, retry_in_s = delay.as_secs(), "provider discovery failed");
                 Err(e)
             }

@@ -144,6 +144,15 @@ fn sign_raw(key: &EncodingKey, alg: Algorithm, header: &str, payload: &str) -> S
     format!("{message}.{signature}")
 }
 
+/// An RS256 token of the standard claims with `change` applied.
+fn signed_with(f: &Fixture, change: Value) -> String {
+    let mut c = claims(&f.idp);
+    for (k, v) in change.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    sign(&f.keys.rsa, Algorithm::RS256, Some("rsa-1"), &c)
+}
+
 struct Fixture {
     keys: Keys,
     idp: TestIdp,
@@ -278,13 +287,7 @@ async fn tokens_without_kid_need_an_unambiguous_key() {
 #[tokio::test]
 async fn time_claims_are_checked_with_the_configured_skew() {
     let f = fixture().await;
-    let with = |change: Value| {
-        let mut c = claims(&f.idp);
-        for (k, v) in change.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        sign(&f.keys.rsa, Algorithm::RS256, Some("rsa-1"), &c)
-    };
+    let with = |change: Value| signed_with(&f, change);
     assert_eq!(
         verify(&f.provider, &with(json!({"exp": now() - 120})))
             .await
@@ -321,13 +324,7 @@ async fn time_claims_are_checked_with_the_configured_skew() {
 #[tokio::test]
 async fn issuer_and_audience_must_match() {
     let f = fixture().await;
-    let with = |change: Value| {
-        let mut c = claims(&f.idp);
-        for (k, v) in change.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        sign(&f.keys.rsa, Algorithm::RS256, Some("rsa-1"), &c)
-    };
+    let with = |change: Value| signed_with(&f, change);
     assert_eq!(
         verify(&f.provider, &with(json!({"iss": "https://evil.example"})))
             .await
