@@ -2,6 +2,8 @@
 //! portcullis's signatures. Login, callback, logout and the token API
 //! arrive with sessions.
 
+pub mod redirect;
+
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
