@@ -423,15 +423,22 @@ fn bench_tokens(c: &mut Criterion) {
         .append_header("Authorization", format!("Bearer {repeat}"))
         .expect("header");
     let target = admit(runtime, &request, true).expect("the bearer request is admitted");
+    // Bearer requests never reach the session store; an empty one will do.
+    let sessions = portcullis::session::store::MemoryStore::new(1);
     let authenticated = tokio
-        .block_on(authenticate(runtime, &target, &request))
+        .block_on(authenticate(runtime, &sessions, &target, &request))
         .expect("the bearer request authenticates");
     assert_eq!(authenticated.rendered.identity.subject, "alice");
     let anonymous = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
     let target_anonymous = admit(runtime, &anonymous, true).expect("admitted before auth");
     assert!(
         tokio
-            .block_on(authenticate(runtime, &target_anonymous, &anonymous))
+            .block_on(authenticate(
+                runtime,
+                &sessions,
+                &target_anonymous,
+                &anonymous
+            ))
             .is_err(),
         "the deployment must require authentication"
     );
@@ -452,7 +459,7 @@ fn bench_tokens(c: &mut Criterion) {
     group.bench_function("authenticate_cached", |b| {
         b.iter_custom(|iters| {
             time_async(tokio, iters, |_| async {
-                authenticate(black_box(runtime), &target, black_box(&request))
+                authenticate(black_box(runtime), &sessions, &target, black_box(&request))
                     .await
                     .is_ok()
             })

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub jwks_kid_misses: IntCounterVec,
     /// 1 when a provider's metadata and keys are usable, else 0.
     pub provider_ready: IntGaugeVec,
+    /// Browser logins, by deployment and result (ok, provider_error, nonce_mismatch, …).
+    pub logins: IntCounterVec,
 }
 
 impl Metrics {
@@ -103,6 +105,11 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Metrics {
+            logins: counter(
+                "portcullis_logins_total",
+                "Browser logins by deployment and result (ok, provider_error, code_refused, nonce_mismatch, a policy or token reason).",
+                &["deployment", "result"],
+            ),
             auth_decisions: counter(
                 "portcullis_auth_decisions_total",
                 "Authentication decisions by deployment, credential carrier (method) and outcome.",

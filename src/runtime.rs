@@ -22,11 +22,33 @@ use crate::connections::{close_code, Registry};
 use crate::identity::Rendered;
 use crate::metrics::Metrics;
 use crate::provider::ProviderService;
+use crate::session::cookie::CookieCodec;
+use crate::session::store::{MemoryStore, SessionStore};
 use crate::token::signing::KeyRing;
 use crate::token::TokenCache;
 
 /// Verified tokens kept at most (about 1 KiB each).
 const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// Sessions the embedded store keeps at most (about 2 KiB each).
+const SESSION_CAPACITY: u64 = 1_000_000;
+
+/// The cookie codec: the configured key, or a random one (cookies then do
+/// not survive a restart, which a warning says).
+fn cookie_codec(config: &Config) -> Result<CookieCodec, String> {
+    use base64::Engine;
+    match &config.sessions.cookie_key {
+        Some(key) => {
+            let material = base64::engine::general_purpose::STANDARD
+                .decode(key.expose().trim())
+                .map_err(|_| "sessions.keys.cookie_key: not valid base64".to_string())?;
+            CookieCodec::new(material, &[]).map_err(|e| format!("sessions.keys.cookie_key: {e}"))
+        }
+        None => {
+            tracing::warn!("no sessions.keys.cookie_key configured: generated one for this process; sessions end at every restart");
+            CookieCodec::random().map_err(|e| e.to_string())
+        }
+    }
+}
 
 /// A deployment with everything a request needs resolved.
 pub struct DeploymentRt {
@@ -137,6 +159,8 @@ pub struct Runtime {
     pub strip: StripRules,
     /// portcullis's own signing keys (assertions, `/.auth/jwks.json`).
     pub keys: Arc<KeyRing>,
+    /// Seals and opens portcullis's cookies.
+    pub cookies: Arc<CookieCodec>,
     /// Verified provider tokens. Rebuilt with the runtime, so a reload that
     /// changes a provider's audiences or keys never serves an old verdict.
     pub tokens: TokenCache,
@@ -178,6 +202,12 @@ impl Runtime {
                 &config.sessions.previous_signing_keys,
                 previous.map(|old| old.keys.as_ref()),
             )?),
+        };
+        let cookies = match previous {
+            Some(old) if old.config.sessions.cookie_key == config.sessions.cookie_key => {
+                old.cookies.clone()
+            }
+            _ => Arc::new(cookie_codec(&config)?),
         };
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
@@ -238,6 +268,7 @@ impl Runtime {
             providers,
             strip,
             keys,
+            cookies,
             tokens: TokenCache::new(TOKEN_CACHE_CAPACITY, metrics.clone()),
             identities: moka::sync::Cache::builder()
                 .max_capacity(TOKEN_CACHE_CAPACITY)
@@ -264,6 +295,8 @@ impl Runtime {
 pub struct State {
     runtime: ArcSwap<Runtime>,
     pub connections: Arc<Registry>,
+    /// Browser sessions; kept across reloads.
+    pub sessions: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     /// The file reloads read again; `None` for configs built in memory.
     pub config_path: Option<PathBuf>,
@@ -286,6 +319,7 @@ impl State {
         Arc::new(State {
             runtime: ArcSwap::from_pointee(runtime),
             connections: Registry::new(metrics.clone()),
+            sessions: Arc::new(MemoryStore::new(SESSION_CAPACITY)),
             metrics,
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),

@@ -133,7 +133,7 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
         ("/v1/chat?deploymentId=paused", 403, "deployment_inactive"),
         ("/v1/chat?deploymentId=secure", 401, "unauthorized"),
         ("/v1/a%2fb?deploymentId=web", 400, "bad_request"),
-        ("/.auth/login?deployment=web", 404, "not_found"),
+        ("/.auth/nothing-here", 404, "not_found"),
     ];
     for (path, status, code) in cases {
         let resp = client.get(proxy.url(path)).send().await.unwrap();

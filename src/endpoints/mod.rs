@@ -1,21 +1,29 @@
-//! portcullis's own endpoints under `/.auth/`. For now: the public keys of
-//! portcullis's signatures. Login, callback, logout and the token API
-//! arrive with sessions.
+//! portcullis's own endpoints under `/.auth/`: the public keys of
+//! portcullis's signatures, and browser login (`login`). Logout and the
+//! token API come next.
 
+pub mod login;
 pub mod redirect;
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, State};
 
 /// Answers a request for one of portcullis's endpoints; `None` for anything else.
-pub fn answer(runtime: &Runtime, req: &RequestHeader) -> Option<(ResponseHeader, Bytes)> {
+pub async fn answer(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+) -> Option<(ResponseHeader, Bytes)> {
     let path = req.uri.path();
     match (req.method.as_str(), path) {
         ("GET" | "HEAD", "/.auth/jwks.json") => {
             Some(json(200, &runtime.keys.jwks(), "public, max-age=300"))
         }
+        ("GET", "/.auth/login") => Some(login::start(runtime, req).await),
+        ("GET", "/.auth/callback") => Some(login::callback(state, runtime, req).await),
+        ("GET", "/.auth/me") => Some(login::me(state, runtime, req).await),
         _ => None,
     }
 }

@@ -113,6 +113,11 @@ impl ProviderService {
         &self.config.name
     }
 
+    /// The HTTP client for this provider (timeouts as configured).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn metadata(&self) -> Option<Arc<Metadata>> {
         self.metadata.load_full()
     }

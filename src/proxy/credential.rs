@@ -15,6 +15,8 @@ pub const QUERY_PARAMETER: &str = "access_token";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carrier {
     AuthorizationHeader,
+    /// The session cookie (no token: the session is server-side).
+    Cookie,
     Subprotocol,
     Query,
 }
@@ -24,6 +26,7 @@ impl Carrier {
     pub fn label(self) -> &'static str {
         match self {
             Carrier::AuthorizationHeader => "bearer_header",
+            Carrier::Cookie => "cookie",
             Carrier::Subprotocol => "subprotocol",
             Carrier::Query => "query",
         }
@@ -163,6 +166,13 @@ pub fn strip_carriers(
         req.set_uri(target.parse().map_err(|_| RewriteFailed)?);
     }
     match (used, forward_token) {
+        (
+            Some(Credential {
+                carrier: Carrier::Cookie,
+                ..
+            }),
+            _,
+        ) => {}
         (Some(credential), true) => {
             req.insert_header(
                 http::header::AUTHORIZATION,

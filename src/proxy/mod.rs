@@ -46,14 +46,16 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
 use crate::connections::{ClientSocket, LiveGuard, NewConnection};
-use crate::endpoints;
+use crate::endpoints::{self, login};
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
 use crate::runtime::{Runtime, State};
+use crate::session::store::SessionStore;
+use crate::session::{Session as LoginSession, SessionId};
 use crate::token::TokenError;
 
-use credential::Credential;
+use credential::{Carrier, Credential};
 use frames::FrameTracker;
 use refusal::{AuthFailure, Refusal};
 use route::Target;
@@ -98,12 +100,15 @@ pub fn check_admission(
 pub struct Authenticated {
     pub rendered: Arc<Rendered>,
     pub credential: Credential,
+    /// The portcullis session's public id, when a session cookie authenticated.
+    pub session: Option<Arc<str>>,
 }
 
 /// Authenticates a request to a deployment that requires it: finds the
 /// credential, verifies the token (cached), applies the messenger's rules.
 pub async fn authenticate(
     runtime: &Runtime,
+    sessions: &dyn SessionStore,
     target: &Target,
     req: &RequestHeader,
 ) -> Result<Authenticated, Refusal> {
@@ -112,7 +117,17 @@ pub async fn authenticate(
         // Validation makes an authenticating messenger name a provider.
         return Err(Refusal::ProviderUnavailable);
     };
-    let credential = match credential::extract(req, deployment.config.access_token_query) {
+    let credential = credential::extract(req, deployment.config.access_token_query);
+    // SPEC §4 order: the Authorization header, then the session cookie, then
+    // the subprotocol and query carriers.
+    let header_first =
+        matches!(&credential, Ok(Some(c)) if c.carrier == Carrier::AuthorizationHeader);
+    if !header_first {
+        if let Some(session) = session_for(runtime, sessions, req, provider.name()).await {
+            return authenticate_session(runtime, sessions, deployment, session).await;
+        }
+    }
+    let credential = match credential {
         Ok(Some(c)) => c,
         Ok(None) => return Err(Refusal::Unauthenticated(AuthFailure::NoCredentials)),
         Err(credential::Malformed) => {
@@ -153,7 +168,106 @@ pub async fn authenticate(
     Ok(Authenticated {
         rendered,
         credential,
+        session: None,
     })
+}
+
+/// Removes portcullis's own cookies from the upstream `Cookie` header (a
+/// backend that saw them could replay them); the site's other cookies pass.
+fn strip_own_cookies(req: &mut RequestHeader, policy: &login::CookiePolicy) -> Result<()> {
+    if !req.headers.contains_key(http::header::COOKIE) {
+        return Ok(());
+    }
+    let kept: Vec<String> = login::cookies(req)
+        .filter(|(name, _)| !policy.is_own_cookie(name))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    while req.remove_header(&http::header::COOKIE).is_some() {}
+    if !kept.is_empty() {
+        req.insert_header(http::header::COOKIE, kept.join("; "))?;
+    }
+    Ok(())
+}
+
+/// Activity is written to the store at most this often per session.
+const TOUCH_EVERY_SECS: u64 = 30;
+
+/// The live session the request's cookie names, if it was made with this provider.
+async fn session_for(
+    runtime: &Runtime,
+    sessions: &dyn SessionStore,
+    req: &RequestHeader,
+    provider: &str,
+) -> Option<LoginSession> {
+    let policy = login::CookiePolicy::for_runtime(runtime);
+    let sealed = login::cookies(req)
+        .find(|(k, _)| *k == policy.session_name)?
+        .1;
+    let id = SessionId::from_bytes(&runtime.cookies.open(&policy.session_name, sealed)?)?;
+    let session = sessions.load(&id, login::now()).await.ok().flatten()?;
+    (session.provider == provider).then_some(session)
+}
+
+async fn authenticate_session(
+    runtime: &Runtime,
+    sessions: &dyn SessionStore,
+    deployment: &Arc<crate::runtime::DeploymentRt>,
+    session: LoginSession,
+) -> Result<Authenticated, Refusal> {
+    let claims = Arc::new(crate::token::Claims(
+        session.claims.clone().into_iter().collect(),
+    ));
+    policy::authorize(&deployment.messenger.authentication.require, &claims)
+        .map_err(Refusal::Forbidden)?;
+    let now = login::now();
+    if now >= session.last_seen + TOUCH_EVERY_SECS {
+        // A store hiccup must not end a session that is still valid.
+        let _ = sessions.touch(&session.id, now).await;
+    }
+    let public_id = session.id.public_id();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, session.id.as_bytes());
+    let mut key_bytes = [0u8; 32];
+    key_bytes.copy_from_slice(digest.as_ref());
+    let key = (key_bytes, deployment.label.clone());
+    let rendered = match runtime.identities.get(&key) {
+        Some(r) => r,
+        None => {
+            let identity =
+                Identity::from_claims(&claims, deployment.label.clone(), public_id.clone());
+            let rendered = Rendered::new(
+                identity,
+                &deployment.messenger,
+                &runtime.config.identity_header_prefix,
+            )
+            .map(Arc::new)
+            .map_err(|_| Refusal::Unauthenticated(AuthFailure::NoCredentials))?;
+            runtime.identities.insert(key, rendered.clone());
+            rendered
+        }
+    };
+    Ok(Authenticated {
+        rendered,
+        credential: Credential {
+            token: String::new(),
+            carrier: Carrier::Cookie,
+        },
+        session: Some(Arc::from(public_id.as_str())),
+    })
+}
+
+/// Whether a refused request is a browser navigation that should be sent to
+/// log in rather than answered 401: a top-level GET (Sec-Fetch-Mode
+/// navigate, or without fetch metadata a GET accepting HTML), never a
+/// WebSocket handshake or an XHR/fetch call.
+pub fn is_browser_navigation(req: &RequestHeader, is_upgrade: bool) -> bool {
+    if is_upgrade || req.method != http::Method::GET {
+        return false;
+    }
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    match header("sec-fetch-mode") {
+        Some(mode) => mode == "navigate",
+        None => header("accept").is_some_and(|a| a.contains("text/html")),
+    }
 }
 
 /// Per-request state, created empty for every request.
@@ -220,11 +334,45 @@ impl Portcullis {
     ) -> Result<()> {
         ctx.refusal = Some(refusal);
         self.count_handshake(ctx, refusal.outcome());
+        if let Some(location) = self.login_redirect(session, ctx, refusal) {
+            let mut header = ResponseHeader::build(302, Some(3))?;
+            header.insert_header("location", location)?;
+            header.insert_header("cache-control", "no-store")?;
+            header.insert_header("content-length", "0")?;
+            return session
+                .as_downstream_mut()
+                .write_error_response(header, Bytes::new())
+                .await;
+        }
         let (header, body) = refusal.render();
         session
             .as_downstream_mut()
             .write_error_response(header, body)
             .await
+    }
+
+    /// A browser navigation without credentials is sent to log in, when
+    /// login is configured; everything else gets the 401.
+    fn login_redirect(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        refusal: Refusal,
+    ) -> Option<String> {
+        let runtime = ctx.runtime.as_ref()?;
+        let target = ctx.target.as_ref()?;
+        let wanted = refusal == Refusal::Unauthenticated(AuthFailure::NoCredentials)
+            && runtime.config.public_url.is_some()
+            && is_browser_navigation(session.req_header(), ctx.is_upgrade);
+        if !wanted {
+            return None;
+        }
+        let back = std::str::from_utf8(session.req_header().raw_path()).ok()?;
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("deployment", &target.deployment.config.id)
+            .append_pair("rd", back)
+            .finish();
+        Some(format!("/.auth/login?{query}"))
     }
 }
 
@@ -238,7 +386,7 @@ impl Portcullis {
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), Refusal> {
         let started = Instant::now();
-        let result = authenticate(runtime, target, req).await;
+        let result = authenticate(runtime, self.state.sessions.as_ref(), target, req).await;
         let method = match &result {
             Ok(a) => a.credential.carrier.label(),
             Err(Refusal::Unauthenticated(AuthFailure::NoCredentials)) => "none",
@@ -333,7 +481,9 @@ impl ProxyHttp for Portcullis {
         ctx.started = Some(Instant::now());
         let runtime = self.state.runtime();
         ctx.is_upgrade = session.is_upgrade_req();
-        if let Some((header, body)) = endpoints::answer(&runtime, session.req_header()) {
+        if let Some((header, body)) =
+            endpoints::answer(&self.state, &runtime, session.req_header()).await
+        {
             ctx.runtime = Some(runtime);
             session
                 .as_downstream_mut()
@@ -448,6 +598,7 @@ impl ProxyHttp for Portcullis {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
+        strip_own_cookies(upstream_request, &login::CookiePolicy::for_runtime(runtime))?;
         if let (Some(auth), Some(target)) = (&ctx.auth, &ctx.target) {
             self.add_identity(runtime, target, auth, upstream_request)?;
             credential::strip_carriers(
@@ -518,7 +669,7 @@ impl ProxyHttp for Portcullis {
         ctx.live = Some(self.state.connections.register(NewConnection {
             deployment: target.deployment.label.clone(),
             route: target.route.label.clone(),
-            session: None,
+            session: ctx.auth.as_ref().and_then(|a| a.session.clone()),
             upstream,
             client,
         }));

@@ -1,0 +1,608 @@
+//! Browser login (SPEC §2): `/.auth/login` starts the authorization-code
+//! flow with PKCE, `/.auth/callback` finishes it and creates the session,
+//! `/.auth/me` says who is logged in. The pending login travels in a sealed,
+//! short-lived cookie named after its `state`, so several tabs can log in at
+//! once; at most `MAX_PENDING_LOGINS` such cookies are kept.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use serde::{Deserialize, Serialize};
+
+use super::redirect;
+use crate::runtime::{DeploymentRt, Runtime, State};
+use crate::session::{Session, SessionId};
+use crate::token::{self, TokenKind};
+
+/// Pending logins older than this are refused (and their cookies expire).
+pub const LOGIN_TIMEOUT_SECS: u64 = 600;
+/// Pending-login cookies kept per browser; the oldest give way.
+pub const MAX_PENDING_LOGINS: usize = 4;
+
+pub type Response = (ResponseHeader, Bytes);
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn random_token(len: usize) -> Option<String> {
+    let mut bytes = vec![0u8; len];
+    aws_lc_rs::rand::fill(&mut bytes).ok()?;
+    Some(b64(&bytes))
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a pending login remembers between the redirect and the callback.
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingLogin {
+    state: String,
+    deployment: String,
+    rd: String,
+    nonce: String,
+    verifier: String,
+    created: u64,
+    max_age: Option<u64>,
+}
+
+/// Cookie settings derived from the configuration.
+pub struct CookiePolicy {
+    pub secure: bool,
+    pub session_name: String,
+    pub pending_prefix: String,
+    pub domain: Option<String>,
+}
+
+impl CookiePolicy {
+    pub fn for_runtime(runtime: &Runtime) -> Self {
+        let sessions = &runtime.config.sessions;
+        // Secure unless the public URL is plain http (allowed on loopback only).
+        let secure = runtime
+            .config
+            .public_url
+            .as_ref()
+            .is_none_or(|u| u.scheme() == "https");
+        // `__Host-` pins the cookie to this host and path `/`; it needs Secure and no Domain.
+        let host_prefix = secure && sessions.cookie_domain.is_none();
+        let base = if host_prefix {
+            format!("__Host-{}", sessions.cookie_name)
+        } else {
+            sessions.cookie_name.clone()
+        };
+        CookiePolicy {
+            secure,
+            pending_prefix: format!("{base}-login-"),
+            session_name: base,
+            domain: sessions.cookie_domain.clone(),
+        }
+    }
+
+    pub fn set_cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> String {
+        let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        if self.secure {
+            cookie.push_str("; Secure");
+        }
+        if let Some(domain) = &self.domain {
+            cookie.push_str(&format!("; Domain={domain}"));
+        }
+        if let Some(age) = max_age {
+            cookie.push_str(&format!("; Max-Age={age}"));
+        }
+        cookie
+    }
+
+    pub fn clear_cookie(&self, name: &str) -> String {
+        self.set_cookie(name, "", Some(0))
+    }
+
+    pub fn is_own_cookie(&self, name: &str) -> bool {
+        name == self.session_name || name.starts_with(&self.pending_prefix)
+    }
+}
+
+/// The `name=value` pairs of every `Cookie` header.
+pub fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+}
+
+/// The session the request's cookie names, if it is intact, ours and alive.
+pub async fn session_from_cookie(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+) -> Option<Session> {
+    let policy = CookiePolicy::for_runtime(runtime);
+    let sealed = cookies(req).find(|(k, _)| *k == policy.session_name)?.1;
+    let id = runtime.cookies.open(&policy.session_name, sealed)?;
+    let id = SessionId::from_bytes(&id)?;
+    state.sessions.load(&id, now()).await.ok().flatten()
+}
+
+fn page(status: u16, title: &str, message: &str) -> Response {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let body = Bytes::from(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+         <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto\">\
+         <h1>{t}</h1><p>{m}</p></body></html>",
+        t = escape(title),
+        m = escape(message)
+    ));
+    let mut header = ResponseHeader::build(status, Some(4)).expect("valid status");
+    let _ = header.insert_header("content-type", "text/html; charset=utf-8");
+    let _ = header.insert_header("content-length", body.len().to_string());
+    let _ = header.insert_header("cache-control", "no-store");
+    let _ = header.insert_header("x-content-type-options", "nosniff");
+    let _ = header.insert_header(
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'",
+    );
+    (header, body)
+}
+
+fn redirect_to(location: &str, cookies: &[String]) -> Response {
+    let mut header = ResponseHeader::build(302, Some(4)).expect("valid status");
+    let _ = header.insert_header("location", location);
+    let _ = header.insert_header("cache-control", "no-store");
+    let _ = header.insert_header("content-length", "0");
+    for c in cookies {
+        let _ = header.append_header("set-cookie", c.as_str());
+    }
+    (header, Bytes::new())
+}
+
+fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
+    let query = req.uri.query()?;
+    let mut values = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name);
+    let first = values.next()?.1.into_owned();
+    // A repeated parameter is ambiguous: treat it as absent.
+    values.next().is_none().then_some(first)
+}
+
+/// The public origin (`scheme://host[:port]`) and callback URL.
+fn public_origin(runtime: &Runtime) -> Option<(String, String)> {
+    let url = runtime.config.public_url.as_ref()?;
+    let origin = url.origin().ascii_serialization();
+    let base = url.as_str().trim_end_matches('/');
+    Some((origin, format!("{base}/.auth/callback")))
+}
+
+/// The deployment a login is for, or why there is none (status, message).
+fn login_deployment(
+    runtime: &Runtime,
+    id: Option<&str>,
+) -> Result<Arc<DeploymentRt>, (u16, &'static str)> {
+    let id = id.ok_or((400, "The login link names no deployment."))?;
+    let deployment = runtime
+        .deployment(id)
+        .ok_or((404, "No deployment has this id."))?;
+    if !deployment.is_active() {
+        return Err((403, "This deployment is inactive."));
+    }
+    if !deployment.requires_authentication() || deployment.provider.is_none() {
+        return Err((400, "This deployment does not use login."));
+    }
+    Ok(deployment.clone())
+}
+
+fn allowed_origins(deployment: &DeploymentRt) -> Vec<String> {
+    match &deployment.config.origins {
+        crate::config::OriginPolicy::List(list) => list.clone(),
+        crate::config::OriginPolicy::Any => Vec::new(),
+    }
+}
+
+/// `GET /.auth/login?deployment=ID&rd=URL[&prompt=&max_age=&login_hint=]`
+pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
+    let deployment = match login_deployment(runtime, query_param(req, "deployment").as_deref()) {
+        Ok(d) => d,
+        Err((status, message)) => return page(status, "Cannot log in", message),
+    };
+    let Some((self_origin, callback)) = public_origin(runtime) else {
+        return page(
+            503,
+            "Login unavailable",
+            "Login needs `public_url` in the configuration.",
+        );
+    };
+    let provider = deployment
+        .provider
+        .as_ref()
+        .expect("checked by login_deployment");
+    let Ok(metadata) = provider.ensure_metadata().await else {
+        return page(
+            503,
+            "Login unavailable",
+            "The identity provider cannot be reached; try again shortly.",
+        );
+    };
+    let Some(authorization_endpoint) = metadata.authorization_endpoint.as_deref() else {
+        return page(
+            503,
+            "Login unavailable",
+            "The identity provider has no authorization endpoint.",
+        );
+    };
+    let rd = redirect::safe_redirect(
+        query_param(req, "rd").as_deref(),
+        &self_origin,
+        &allowed_origins(&deployment),
+    );
+    let (Some(state), Some(nonce), Some(verifier)) =
+        (random_token(24), random_token(24), random_token(32))
+    else {
+        return page(503, "Login unavailable", "No randomness available.");
+    };
+    let max_age = query_param(req, "max_age").and_then(|v| v.parse::<u64>().ok());
+    let pending = PendingLogin {
+        state: state.clone(),
+        deployment: deployment.config.id.clone(),
+        rd,
+        nonce: nonce.clone(),
+        verifier: verifier.clone(),
+        created: now(),
+        max_age,
+    };
+    let policy = CookiePolicy::for_runtime(runtime);
+    let cookie_name = format!("{}{}", policy.pending_prefix, &state[..8]);
+    let Some(sealed) = serde_json::to_vec(&pending)
+        .ok()
+        .and_then(|json| runtime.cookies.seal(&cookie_name, &json))
+    else {
+        return page(
+            503,
+            "Login unavailable",
+            "The login state could not be sealed.",
+        );
+    };
+    let challenge =
+        b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref());
+    let Ok(mut location) = url::Url::parse(authorization_endpoint) else {
+        return page(
+            503,
+            "Login unavailable",
+            "The identity provider's authorization endpoint is not a URL.",
+        );
+    };
+    {
+        let mut q = location.query_pairs_mut();
+        q.append_pair("response_type", "code")
+            .append_pair("client_id", &provider.config.client_id)
+            .append_pair("redirect_uri", &callback)
+            .append_pair("scope", &provider.config.scopes.join(" "))
+            .append_pair("state", &state)
+            .append_pair("nonce", &nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        for name in ["prompt", "login_hint"] {
+            if let Some(v) = query_param(req, name) {
+                q.append_pair(name, &v);
+            }
+        }
+        if let Some(age) = max_age {
+            q.append_pair("max_age", &age.to_string());
+        }
+    }
+    let mut set_cookies = vec![policy.set_cookie(&cookie_name, &sealed, Some(LOGIN_TIMEOUT_SECS))];
+    // Cap the pending logins: the oldest ones make room.
+    let mut pending_cookies: Vec<(&str, u64)> = cookies(req)
+        .filter(|(k, _)| k.starts_with(&policy.pending_prefix))
+        .map(|(k, v)| {
+            let created = runtime
+                .cookies
+                .open(k, v)
+                .and_then(|json| serde_json::from_slice::<PendingLogin>(&json).ok())
+                .map_or(0, |p| p.created);
+            (k, created)
+        })
+        .collect();
+    pending_cookies.sort_by_key(|(_, created)| std::cmp::Reverse(*created));
+    for (name, _) in pending_cookies.iter().skip(MAX_PENDING_LOGINS - 1) {
+        set_cookies.push(policy.clear_cookie(name));
+    }
+    redirect_to(location.as_str(), &set_cookies)
+}
+
+/// The token endpoint's answer to a code redemption.
+#[derive(Deserialize)]
+struct TokenResponse {
+    id_token: Option<String>,
+    refresh_token: Option<String>,
+}
+
+/// `GET /.auth/callback?code=&state=[&iss=]` or `?error=&state=`
+pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> Response {
+    let policy = CookiePolicy::for_runtime(runtime);
+    let Some(login_state) = query_param(req, "state").filter(|s| s.len() >= 8) else {
+        return page(
+            400,
+            "Login failed",
+            "The provider's answer carries no state.",
+        );
+    };
+    let cookie_name = format!("{}{}", policy.pending_prefix, &login_state[..8]);
+    let clear = policy.clear_cookie(&cookie_name);
+    let pending = cookies(req)
+        .find(|(k, _)| *k == cookie_name)
+        .and_then(|(k, v)| runtime.cookies.open(k, v))
+        .and_then(|json| serde_json::from_slice::<PendingLogin>(&json).ok())
+        .filter(|p| p.state == login_state && now() < p.created + LOGIN_TIMEOUT_SECS);
+    let Some(pending) = pending else {
+        return page(
+            400,
+            "Login failed",
+            "This login was not started here, has expired, or was already used. Start again.",
+        );
+    };
+    let fail = |status: u16, message: &str| {
+        let (mut header, body) = page(status, "Login failed", message);
+        let _ = header.append_header("set-cookie", clear.as_str());
+        (header, body)
+    };
+    if let Some(error) = query_param(req, "error") {
+        let description = query_param(req, "error_description").unwrap_or_default();
+        state
+            .metrics
+            .logins
+            .with_label_values(&[&pending.deployment, "provider_error"])
+            .inc();
+        return fail(
+            401,
+            &format!("The identity provider refused the login: {error}. {description}"),
+        );
+    }
+    let Ok(deployment) = login_deployment(runtime, Some(&pending.deployment)) else {
+        return fail(400, "The deployment of this login is no longer available.");
+    };
+    let provider = deployment
+        .provider
+        .as_ref()
+        .expect("checked by login_deployment");
+    let Ok(metadata) = provider.ensure_metadata().await else {
+        return fail(
+            503,
+            "The identity provider cannot be reached; try again shortly.",
+        );
+    };
+    // RFC 9207: the answer names its issuer when the provider says it will.
+    match query_param(req, "iss") {
+        Some(iss) if iss != provider.config.issuer => {
+            state
+                .metrics
+                .logins
+                .with_label_values(&[&pending.deployment, "bad_issuer"])
+                .inc();
+            return fail(400, "The answer comes from another issuer.");
+        }
+        None if metadata.authorization_response_iss_parameter_supported => {
+            state
+                .metrics
+                .logins
+                .with_label_values(&[&pending.deployment, "bad_issuer"])
+                .inc();
+            return fail(400, "The answer does not name its issuer.");
+        }
+        _ => {}
+    }
+    let Some(code) = query_param(req, "code") else {
+        return fail(400, "The provider's answer carries no code.");
+    };
+    let Some((_, callback_url)) = public_origin(runtime) else {
+        return fail(503, "Login needs `public_url` in the configuration.");
+    };
+    let tokens = match redeem(provider, &metadata, &code, &callback_url, &pending.verifier).await {
+        Ok(t) => t,
+        Err(message) => {
+            state
+                .metrics
+                .logins
+                .with_label_values(&[&pending.deployment, "code_refused"])
+                .inc();
+            tracing::warn!(deployment = %pending.deployment, error = %message, "code redemption failed");
+            return fail(
+                401,
+                "The identity provider did not accept the login. Start again.",
+            );
+        }
+    };
+    let Some(id_token) = tokens.id_token else {
+        return fail(401, "The identity provider returned no ID token.");
+    };
+    let verified = match token::verify(provider, &id_token).await {
+        Ok(v) if v.kind == TokenKind::Id => v,
+        Ok(_) => return fail(401, "The ID token is not meant for this client."),
+        Err(e) => {
+            state
+                .metrics
+                .logins
+                .with_label_values(&[&pending.deployment, e.code()])
+                .inc();
+            return fail(
+                401,
+                &format!("The ID token was refused: {}.", e.description()),
+            );
+        }
+    };
+    if verified.claims.str("nonce") != Some(pending.nonce.as_str()) {
+        state
+            .metrics
+            .logins
+            .with_label_values(&[&pending.deployment, "nonce_mismatch"])
+            .inc();
+        return fail(401, "The ID token does not belong to this login.");
+    }
+    if let Some(max_age) = pending.max_age {
+        let fresh = verified
+            .claims
+            .number("auth_time")
+            .is_some_and(|t| now() <= t + max_age + provider.config.clock_skew.as_secs());
+        if !fresh {
+            return fail(401, "The provider's login is older than requested.");
+        }
+    }
+    if let Err(why) = crate::policy::authorize(
+        &deployment.messenger.authentication.require,
+        &verified.claims,
+    ) {
+        state
+            .metrics
+            .logins
+            .with_label_values(&[&pending.deployment, why.code()])
+            .inc();
+        return fail(
+            403,
+            &format!(
+                "You are logged in, but not allowed here: {}.",
+                why.description()
+            ),
+        );
+    }
+    // A new id for every login: a session id planted before login is worthless.
+    let Some(id) = SessionId::random() else {
+        return fail(503, "No randomness available.");
+    };
+    let lifetimes = deployment.messenger.session;
+    let started = now();
+    let session = Session {
+        id: id.clone(),
+        deployment: deployment.config.id.clone(),
+        provider: provider.config.name.clone(),
+        subject: verified.claims.str("sub").unwrap_or_default().to_string(),
+        claims: verified.claims.0.clone().into_iter().collect(),
+        created_at: started,
+        last_seen: started,
+        expires_at: started + lifetimes.max_lifetime.as_secs(),
+        idle_timeout_secs: lifetimes.idle_timeout.as_secs(),
+        refresh_token: tokens.refresh_token,
+        id_token: Some(id_token),
+    };
+    if state.sessions.save(&session).await.is_err() {
+        return fail(503, "The session could not be stored; try again shortly.");
+    }
+    let Some(sealed) = runtime.cookies.seal(&policy.session_name, id.as_bytes()) else {
+        return fail(503, "The session cookie could not be sealed.");
+    };
+    state
+        .metrics
+        .logins
+        .with_label_values(&[&pending.deployment, "ok"])
+        .inc();
+    tracing::info!(deployment = %pending.deployment, session = %id.public_id(), "login");
+    redirect_to(
+        &pending.rd,
+        &[
+            policy.set_cookie(&policy.session_name, &sealed, None),
+            clear,
+        ],
+    )
+}
+
+/// Redeems the code at the token endpoint with the client's credentials,
+/// as `client_secret_basic` unless the provider supports only `_post`.
+async fn redeem(
+    provider: &crate::provider::ProviderService,
+    metadata: &crate::provider::Metadata,
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> Result<TokenResponse, String> {
+    let endpoint = metadata
+        .token_endpoint
+        .as_deref()
+        .ok_or("no token endpoint")?;
+    let config = &provider.config;
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", redirect_uri),
+        ("code_verifier", verifier),
+    ];
+    let methods = &metadata.token_endpoint_auth_methods_supported;
+    let post_only = !methods.is_empty()
+        && methods.iter().any(|m| m == "client_secret_post")
+        && !methods.iter().any(|m| m == "client_secret_basic");
+    let secret = config
+        .client_secret
+        .as_ref()
+        .map(|s| s.expose().to_string());
+    let mut request = provider.http().post(endpoint);
+    match (&secret, post_only) {
+        (Some(secret), true) => {
+            form.push(("client_id", &config.client_id));
+            form.push(("client_secret", secret));
+        }
+        (Some(secret), false) => {
+            // RFC 6749 §2.3.1: both parts form-urlencoded before Basic.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(enc(&config.client_id), Some(enc(secret)));
+        }
+        (None, _) => form.push(("client_id", &config.client_id)),
+    }
+    let response = request
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {}", e.without_url()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("token endpoint answered {status}"));
+    }
+    response
+        .json::<TokenResponse>()
+        .await
+        .map_err(|e| format!("not a token response: {}", e.without_url()))
+}
+
+/// `GET /.auth/me`
+pub async fn me(state: &State, runtime: &Runtime, req: &RequestHeader) -> Response {
+    let Some(session) = session_from_cookie(state, runtime, req).await else {
+        let body = Bytes::from(r#"{"error":"unauthorized","error_description":"no session"}"#);
+        let mut header = ResponseHeader::build(401, Some(4)).expect("valid status");
+        let _ = header.insert_header("content-type", "application/json");
+        let _ = header.insert_header("content-length", body.len().to_string());
+        let _ = header.insert_header("cache-control", "no-store");
+        let _ = header.insert_header("www-authenticate", r#"Bearer realm="portcullis""#);
+        return (header, body);
+    };
+    let chosen: serde_json::Map<String, serde_json::Value> = [
+        "email",
+        "email_verified",
+        "name",
+        "groups",
+        "preferred_username",
+    ]
+    .iter()
+    .filter_map(|k| session.claims.get(*k).map(|v| (k.to_string(), v.clone())))
+    .collect();
+    let body = serde_json::json!({
+        "subject": session.subject,
+        "claims": chosen,
+        "deployment": session.deployment,
+        "session": session.id.public_id(),
+        "expires_at": session.expires_at,
+        "idle_expires_at": session.last_seen + session.idle_timeout_secs,
+    });
+    let body = Bytes::from(body.to_string());
+    let mut header = ResponseHeader::build(200, Some(4)).expect("valid status");
+    let _ = header.insert_header("content-type", "application/json");
+    let _ = header.insert_header("content-length", body.len().to_string());
+    let _ = header.insert_header("cache-control", "no-store");
+    (header, body)
+}

@@ -1,0 +1,298 @@
+//! Browser login end to end over real HTTP: portcullis, the development
+//! provider's login form, the callback, the session cookie on HTTP and
+//! WebSocket requests, and what goes upstream.
+
+mod common;
+
+use common::*;
+use portcullis::devidp::{self, DevIdp, DevIdpOptions};
+use reqwest::redirect::Policy;
+
+const ORIGIN_PLACEHOLDER: &str = "http://{PROXY}";
+
+async fn setup() -> (DevIdp, Proxy) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp = devidp::start(listener, DevIdpOptions::default())
+        .await
+        .unwrap();
+    let backend = start_backend().await;
+    let config = format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+public_url: "http://{{PROXY}}"
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+providers:
+  dev:
+    issuer: "{issuer}"
+    client_id: portcullis-demo
+    client_secret: {{env: DEV_SECRET}}
+    audiences: ["api://messaging"]
+messengers:
+  support:
+    authentication: {{enabled: true, provider: dev}}
+  staff:
+    authentication: {{enabled: true, provider: dev, require: {{groups_any: [staff]}}}}
+upstreams:
+  chat: {{servers: ["{backend}"]}}
+deployments:
+  - {{id: support, messenger: support, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
+  - {{id: staff, messenger: staff, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
+routes: [{{path_prefix: /v1}}]
+logging: {{format: json, level: info}}
+"#,
+        issuer = idp.issuer(),
+    );
+    let proxy = Proxy::start_with_env(&config, &[("DEV_SECRET", "demo-secret")]).await;
+    (idp, proxy)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// The `name=value` part of every Set-Cookie of a response.
+fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect()
+}
+
+/// Logs `user` in for `deployment`; returns the session cookie and where
+/// the callback sent the browser. Panics with the page when it fails.
+async fn login(
+    proxy: &Proxy,
+    deployment: &str,
+    user: &str,
+    rd: &str,
+) -> Result<(String, String), (u16, String)> {
+    let c = client();
+    let start = c
+        .get(proxy.url(&format!(
+            "/.auth/login?deployment={deployment}&rd={}",
+            urlencode(rd)
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let pending = set_cookies(&start);
+    assert_eq!(pending.len(), 1);
+    let authorize = location(&start);
+    assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("nonce="));
+    // The provider's login form, then the user's choice.
+    let form = c
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let request_id = form
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the login form has a request id")
+        .to_string();
+    let idp_base = authorize.split("/authorize").next().unwrap();
+    let chosen = c
+        .post(format!("{idp_base}/authorize/login"))
+        .form(&[("request", request_id.as_str()), ("user", user)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chosen.status(), 303.min(chosen.status().as_u16()).max(302));
+    let callback = location(&chosen);
+    assert!(callback.contains("/.auth/callback?"), "{callback}");
+    let done = c
+        .get(&callback)
+        .header("cookie", pending.join("; "))
+        .send()
+        .await
+        .unwrap();
+    if done.status() != 302 {
+        let status = done.status().as_u16();
+        return Err((status, done.text().await.unwrap()));
+    }
+    let cookies = set_cookies(&done);
+    let session = cookies
+        .iter()
+        .find(|c| !c.contains("-login-"))
+        .expect("a session cookie")
+        .clone();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.contains("-login-") && c.ends_with('=')),
+        "the pending cookie is cleared"
+    );
+    // The callback URL is single use.
+    let replay = c
+        .get(&callback)
+        .header("cookie", pending.join("; "))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        replay.status(),
+        302,
+        "a replayed callback must not log in again"
+    );
+    Ok((session, location(&done)))
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn a_browser_logs_in_and_its_session_authenticates_http_and_websockets() {
+    let (_idp, proxy) = setup().await;
+    let c = client();
+    // A navigation without a session is sent to log in; an API call gets 401.
+    let nav = c
+        .get(proxy.url("/v1/page?deploymentId=support"))
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nav.status(), 302);
+    let to_login = location(&nav);
+    assert!(
+        to_login.starts_with("/.auth/login?deployment=support&rd=%2Fv1%2Fpage"),
+        "{to_login}"
+    );
+    let api = c
+        .get(proxy.url("/v1/page?deploymentId=support"))
+        .header("sec-fetch-mode", "cors")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+
+    let (session, back_to) = login(&proxy, "support", "alice", "/v1/page?deploymentId=support")
+        .await
+        .unwrap();
+    assert_eq!(back_to, "/v1/page?deploymentId=support");
+    assert!(
+        session.starts_with("portcullis="),
+        "plain http on loopback: no __Host- prefix ({session})"
+    );
+
+    // HTTP with the cookie: the backend learns who, never sees our cookie.
+    let echoed: serde_json::Value = c
+        .get(proxy.url("/v1/page?deploymentId=support"))
+        .header("cookie", format!("{session}; site_pref=dark"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed["headers"]["x-auth-subject"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(
+        echoed["headers"]["cookie"],
+        serde_json::json!(["site_pref=dark"])
+    );
+    let sid = echoed["headers"]["x-auth-session"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sid.starts_with("s-"));
+    assert!(!sid.contains(session.split('=').nth(1).unwrap()));
+
+    // A WebSocket with the cookie.
+    let origin = format!("http://{}", proxy.addr);
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=support"),
+        &[("Origin", origin.as_str()), ("Cookie", session.as_str())],
+    )
+    .await
+    .unwrap();
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["identity"]["x-auth-subject"], "alice");
+    assert_eq!(welcome["identity"]["x-auth-email"], "alice@example.com");
+
+    // /.auth/me
+    let me: serde_json::Value = c
+        .get(proxy.url("/.auth/me"))
+        .header("cookie", session.as_str())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["subject"], "alice");
+    assert_eq!(me["claims"]["email"], "alice@example.com");
+    assert_eq!(me["session"], sid.as_str());
+    let anonymous = c.get(proxy.url("/.auth/me")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // A tampered or foreign cookie is simply no session.
+    let (name, value) = session.split_once('=').unwrap();
+    let mut bytes = value.as_bytes().to_vec();
+    let last = bytes.len() - 2;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{name}={}", String::from_utf8(bytes).unwrap());
+    let resp = c
+        .get(proxy.url("/v1/page?deploymentId=support"))
+        .header("cookie", tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        !proxy.log_text().contains(value),
+        "the cookie never reaches the log"
+    );
+}
+
+#[tokio::test]
+async fn require_rules_refuse_at_the_callback_and_bad_states_are_clear_errors() {
+    let (_idp, proxy) = setup().await;
+    let refused = login(&proxy, "staff", "alice", "/").await.unwrap_err();
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    assert!(refused.1.contains("not allowed"));
+    assert!(
+        login(&proxy, "staff", "carol", "/").await.is_ok(),
+        "carol is staff"
+    );
+
+    // A callback without a matching pending login.
+    let c = client();
+    let resp = c
+        .get(proxy.url("/.auth/callback?code=x&state=abcdefghijkl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // Unsafe return addresses fall back to "/".
+    let (_, back) = login(&proxy, "support", "alice", "//evil.example/x")
+        .await
+        .unwrap();
+    assert_eq!(back, "/");
+    let (_, back) = login(&proxy, "support", "alice", "https://evil.example/")
+        .await
+        .unwrap();
+    assert_eq!(back, "/");
+    let unknown = c
+        .get(proxy.url("/.auth/login?deployment=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
