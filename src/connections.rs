@@ -82,6 +82,9 @@ pub struct LiveConnection {
     pub route: Arc<str>,
     /// The portcullis session this connection belongs to, once sessions exist.
     pub session: Option<Arc<str>>,
+    /// Unix time at which the session ends for good (its maximum lifetime):
+    /// the connection is closed with 4001 then.
+    pub expires_at: Option<u64>,
     pub started: SystemTime,
     pub started_at: Instant,
     upstream: OwnedFd,
@@ -165,7 +168,10 @@ pub struct ConnectionInfo {
 pub struct NewConnection {
     pub deployment: Arc<str>,
     pub route: Arc<str>,
+    /// The public id of the portcullis session this connection belongs to.
     pub session: Option<Arc<str>>,
+    /// When that session reaches its maximum lifetime (unix seconds).
+    pub expires_at: Option<u64>,
     /// A duplicate of the upstream socket, owned by the registry from now on.
     pub upstream: OwnedFd,
     /// The client socket, for the hard-close fallback.
@@ -199,6 +205,7 @@ impl Registry {
             deployment: new.deployment,
             route: new.route,
             session: new.session,
+            expires_at: new.expires_at,
             started: SystemTime::now(),
             started_at: Instant::now(),
             upstream: new.upstream,
@@ -324,6 +331,27 @@ impl Registry {
         list
     }
 
+    /// Closes, with 4001, connections whose session reached its maximum
+    /// lifetime by `now` (unix seconds). Returns how many began closing.
+    pub fn close_expired(&self, now: u64) -> usize {
+        self.close_where(
+            |c| c.expires_at.is_some_and(|t| t <= now),
+            close_code::SESSION_EXPIRED,
+            "session expired",
+            "expired",
+        )
+    }
+
+    /// Closes, with 4002, every connection of a session (logout, revocation).
+    pub fn close_session(&self, public_id: &str, reason: &str, label: &'static str) -> usize {
+        self.close_where(
+            |c| c.session.as_deref() == Some(public_id),
+            close_code::SESSION_REVOKED,
+            reason,
+            label,
+        )
+    }
+
     /// Hard-closes the client side of connections whose close has been
     /// pending longer than `HARD_CLOSE_AFTER`. Returns how many it cut.
     pub fn sweep_overdue(&self) -> usize {
@@ -386,6 +414,7 @@ mod tests {
             deployment: deployment.into(),
             route: "/v1".into(),
             session: None,
+            expires_at: None,
             upstream: OwnedFd::from(upstream.try_clone().unwrap()),
             client: None,
         })
@@ -476,6 +505,52 @@ mod tests {
     }
 
     #[test]
+    fn sessions_close_at_expiry_and_by_id() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(metrics.clone());
+        let pairs: Vec<_> = (0..3).map(|_| socket_pair()).collect();
+        let guards: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (a, _))| {
+                registry.register(NewConnection {
+                    deployment: "d".into(),
+                    route: "/v1".into(),
+                    session: Some(Arc::from(format!("s-{i}").as_str())),
+                    expires_at: Some(1000 + i as u64 * 100),
+                    upstream: OwnedFd::from(a.try_clone().unwrap()),
+                    client: None,
+                })
+            })
+            .collect();
+        assert_eq!(registry.close_expired(999), 0);
+        assert_eq!(registry.close_expired(1100), 2);
+        assert_eq!(
+            guards[0].connection().close_request().unwrap().code,
+            close_code::SESSION_EXPIRED
+        );
+        assert_eq!(registry.close_session("s-2", "logged out", "logout"), 1);
+        assert_eq!(
+            guards[2].connection().close_request().unwrap().code,
+            close_code::SESSION_REVOKED
+        );
+        assert_eq!(
+            metrics
+                .forced_closes
+                .with_label_values(&["d", "expired"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            metrics
+                .forced_closes
+                .with_label_values(&["d", "logout"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
     fn sweeper_cuts_the_client_socket_only_after_the_grace_period() {
         let registry = Registry::new(Arc::new(Metrics::new()));
         let (up, _up_peer) = socket_pair();
@@ -484,6 +559,7 @@ mod tests {
             deployment: "d".into(),
             route: "/".into(),
             session: None,
+            expires_at: None,
             upstream: OwnedFd::from(up.try_clone().unwrap()),
             client: ClientSocket::identify(std::os::fd::AsRawFd::as_raw_fd(&down)),
         });

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub provider_ready: IntGaugeVec,
     /// Browser logins, by deployment and result (ok, provider_error, nonce_mismatch, …).
     pub logins: IntCounterVec,
+    /// Sessions ended, by reason (logout, expired, idle, revoked).
+    pub session_ends: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +107,11 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Metrics {
+            session_ends: counter(
+                "portcullis_session_ends_total",
+                "Sessions ended, by reason (logout, expired, idle, revoked).",
+                &["reason"],
+            ),
             logins: counter(
                 "portcullis_logins_total",
                 "Browser logins by deployment and result (ok, provider_error, code_refused, nonce_mismatch, a policy or token reason).",

@@ -113,6 +113,7 @@ impl BackgroundService for Supervisor {
                     tokio::spawn(async move { state.run_due_health_checks().await });
                     self.state.maintain_providers();
                     self.state.connections.sweep_overdue();
+                    self.state.connections.close_expired(crate::endpoints::login::now());
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading configuration");

@@ -296,3 +296,90 @@ async fn require_rules_refuse_at_the_callback_and_bad_states_are_clear_errors() 
         .unwrap();
     assert_eq!(unknown.status(), 404);
 }
+
+#[tokio::test]
+async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
+    use futures_util::StreamExt;
+    let (idp, proxy) = setup().await;
+    let (session, _) = login(&proxy, "support", "alice", "/").await.unwrap();
+    let origin = format!("http://{}", proxy.addr);
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=support"),
+        &[("Origin", origin.as_str()), ("Cookie", session.as_str())],
+    )
+    .await
+    .unwrap();
+    next_json(&mut ws).await;
+    let c = client();
+    let me = |cookie: String| {
+        let c = c.clone();
+        let url = proxy.url("/.auth/me");
+        async move {
+            c.get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    // Cross-site attempts change nothing.
+    let forged = c
+        .post(proxy.url("/.auth/logout"))
+        .header("origin", "https://evil.example")
+        .header("cookie", session.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let image_tag = c
+        .get(proxy.url("/.auth/logout"))
+        .header("cookie", session.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(image_tag.status(), 200, "a confirmation page, not a logout");
+    assert!(image_tag.text().await.unwrap().contains("method=\"post\""));
+    assert_eq!(me(session.clone()).await, 200);
+
+    // The real thing, from our own page.
+    let out = c
+        .post(proxy.url("/.auth/logout?rd=/bye"))
+        .header("origin", origin.as_str())
+        .header("cookie", session.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 302);
+    let to = location(&out);
+    assert!(
+        to.starts_with(&format!("{}/end_session?", idp.issuer())),
+        "{to}"
+    );
+    assert!(
+        to.contains("id_token_hint=") && to.contains(&urlencode(&format!("{origin}/bye"))),
+        "{to}"
+    );
+    assert!(
+        set_cookies(&out).iter().any(|c| c.ends_with('=')),
+        "the cookie is cleared"
+    );
+    // Its live connection is closed as revoked.
+    match tokio::time::timeout(std::time::Duration::from_secs(1), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 4002);
+            assert_eq!(frame.reason.as_str(), "logged out");
+        }
+        other => panic!("expected a 4002 close, got {other:?}"),
+    }
+    assert_eq!(
+        me(session.clone()).await,
+        401,
+        "the session is gone from the store"
+    );
+}

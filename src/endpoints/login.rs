@@ -606,3 +606,117 @@ pub async fn me(state: &State, runtime: &Runtime, req: &RequestHeader) -> Respon
     let _ = header.insert_header("cache-control", "no-store");
     (header, body)
 }
+
+/// `GET|POST /.auth/logout?rd=`: ends the session everywhere (store, cookie,
+/// live connections), then RP-initiated logout at the provider when it has
+/// an `end_session_endpoint`. A cross-site request cannot log anyone out: a
+/// POST must come from this origin, and a GET that is not a same-origin
+/// navigation gets a confirmation page instead.
+pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Response {
+    let Some((self_origin, _)) = public_origin(runtime) else {
+        return page(
+            503,
+            "Logout unavailable",
+            "Logout needs `public_url` in the configuration.",
+        );
+    };
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let same_origin = match req.method.as_str() {
+        "POST" => header("origin").is_some_and(|o| o.eq_ignore_ascii_case(&self_origin)),
+        _ => header("sec-fetch-site") == Some("same-origin"),
+    };
+    let rd_param = query_param(req, "rd");
+    if !same_origin {
+        if req.method == http::Method::POST {
+            return page(403, "Logout refused", "A logout must come from this site.");
+        }
+        return confirm_logout(rd_param.as_deref());
+    }
+    let policy = CookiePolicy::for_runtime(runtime);
+    let session = session_from_cookie(state, runtime, req).await;
+    let mut allowed = Vec::new();
+    if let Some(s) = &session {
+        if let Some(d) = runtime.deployment(&s.deployment) {
+            allowed = allowed_origins(d);
+        }
+    }
+    let rd = redirect::safe_redirect(rd_param.as_deref(), &self_origin, &allowed);
+    let clear = policy.clear_cookie(&policy.session_name);
+    let Some(session) = session else {
+        return redirect_to(&rd, &[clear]);
+    };
+    let _ = state.sessions.remove(&session.id).await;
+    let public_id = session.id.public_id();
+    let closed = state
+        .connections
+        .close_session(&public_id, "logged out", "logout");
+    state
+        .metrics
+        .session_ends
+        .with_label_values(&["logout"])
+        .inc();
+    tracing::info!(session = %public_id, closed_connections = closed, "logout");
+    // RP-initiated logout at the provider, returning to `rd` (absolute).
+    let provider = runtime.providers.get(&session.provider);
+    let end_session = provider
+        .and_then(|p| p.metadata())
+        .and_then(|m| m.end_session_endpoint.clone());
+    let location = match (end_session, provider) {
+        (Some(endpoint), Some(provider)) => {
+            let absolute_rd = if rd.starts_with('/') {
+                format!("{self_origin}{rd}")
+            } else {
+                rd.clone()
+            };
+            match url::Url::parse(&endpoint) {
+                Ok(mut url) => {
+                    {
+                        let mut q = url.query_pairs_mut();
+                        if let Some(hint) = &session.id_token {
+                            q.append_pair("id_token_hint", hint);
+                        }
+                        q.append_pair("client_id", &provider.config.client_id);
+                        q.append_pair("post_logout_redirect_uri", &absolute_rd);
+                    }
+                    url.to_string()
+                }
+                Err(_) => rd,
+            }
+        }
+        _ => rd,
+    };
+    redirect_to(&location, &[clear])
+}
+
+fn confirm_logout(rd: Option<&str>) -> Response {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let action = match rd {
+        Some(rd) => format!(
+            "/.auth/logout?rd={}",
+            url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()
+        ),
+        None => "/.auth/logout".to_string(),
+    };
+    let body = Bytes::from(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Log out?</title></head>\
+         <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto\">\
+         <h1>Log out?</h1><form method=\"post\" action=\"{}\"><button type=\"submit\">Log out</button></form>\
+         </body></html>",
+        escape(&action)
+    ));
+    let mut header = ResponseHeader::build(200, Some(4)).expect("valid status");
+    let _ = header.insert_header("content-type", "text/html; charset=utf-8");
+    let _ = header.insert_header("content-length", body.len().to_string());
+    let _ = header.insert_header("cache-control", "no-store");
+    let _ = header.insert_header("x-frame-options", "DENY");
+    let _ = header.insert_header(
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    );
+    (header, body)
+}

@@ -24,6 +24,7 @@ pub async fn answer(
         ("GET", "/.auth/login") => Some(login::start(runtime, req).await),
         ("GET", "/.auth/callback") => Some(login::callback(state, runtime, req).await),
         ("GET", "/.auth/me") => Some(login::me(state, runtime, req).await),
+        ("GET" | "POST", "/.auth/logout") => Some(login::logout(state, runtime, req).await),
         _ => None,
     }
 }

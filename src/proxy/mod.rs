@@ -102,6 +102,8 @@ pub struct Authenticated {
     pub credential: Credential,
     /// The portcullis session's public id, when a session cookie authenticated.
     pub session: Option<Arc<str>>,
+    /// When that session reaches its maximum lifetime (unix seconds).
+    pub session_expires_at: Option<u64>,
 }
 
 /// Authenticates a request to a deployment that requires it: finds the
@@ -169,6 +171,7 @@ pub async fn authenticate(
         rendered,
         credential,
         session: None,
+        session_expires_at: None,
     })
 }
 
@@ -252,6 +255,7 @@ async fn authenticate_session(
             carrier: Carrier::Cookie,
         },
         session: Some(Arc::from(public_id.as_str())),
+        session_expires_at: Some(session.expires_at),
     })
 }
 
@@ -670,6 +674,7 @@ impl ProxyHttp for Portcullis {
             deployment: target.deployment.label.clone(),
             route: target.route.label.clone(),
             session: ctx.auth.as_ref().and_then(|a| a.session.clone()),
+            expires_at: ctx.auth.as_ref().and_then(|a| a.session_expires_at),
             upstream,
             client,
         }));
