@@ -23,6 +23,7 @@ use crate::identity::Rendered;
 use crate::metrics::Metrics;
 use crate::provider::ProviderService;
 use crate::session::cookie::CookieCodec;
+use crate::session::recheck::Rechecker;
 use crate::session::store::{MemoryStore, SessionStore};
 use crate::token::signing::KeyRing;
 use crate::token::TokenCache;
@@ -297,6 +298,11 @@ pub struct State {
     pub connections: Arc<Registry>,
     /// Browser sessions; kept across reloads.
     pub sessions: Arc<dyn SessionStore>,
+    /// Sessions being re-checked with their provider.
+    pub rechecks: Rechecker,
+    /// Login states already used at the callback: a replayed callback is
+    /// refused here, before its code reaches the provider.
+    pub used_logins: moka::sync::Cache<String, ()>,
     pub metrics: Arc<Metrics>,
     /// The file reloads read again; `None` for configs built in memory.
     pub config_path: Option<PathBuf>,
@@ -320,6 +326,13 @@ impl State {
             runtime: ArcSwap::from_pointee(runtime),
             connections: Registry::new(metrics.clone()),
             sessions: Arc::new(MemoryStore::new(SESSION_CAPACITY)),
+            rechecks: Rechecker::default(),
+            used_logins: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(
+                    crate::endpoints::login::LOGIN_TIMEOUT_SECS,
+                ))
+                .build(),
             metrics,
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),

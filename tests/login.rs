@@ -383,3 +383,93 @@ async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
         "the session is gone from the store"
     );
 }
+
+#[tokio::test]
+async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
+    use futures_util::StreamExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp = devidp::start(listener, DevIdpOptions::default())
+        .await
+        .unwrap();
+    let backend = start_backend().await;
+    let config = format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+public_url: "http://{{PROXY}}"
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+providers:
+  dev:
+    issuer: "{issuer}"
+    client_id: portcullis-demo
+    client_secret: {{env: DEV_SECRET}}
+    scopes: [openid, email, profile, offline_access]
+messengers:
+  support:
+    authentication: {{enabled: true, provider: dev}}
+    session: {{token_lifetime: 5s}}
+upstreams:
+  chat: {{servers: ["{backend}"]}}
+deployments:
+  - {{id: support, messenger: support, upstream: chat, allowed_origins: ["http://{{PROXY}}"]}}
+routes: [{{path_prefix: /v1}}]
+"#,
+        issuer = idp.issuer(),
+    );
+    let proxy = Proxy::start_with_env(&config, &[("DEV_SECRET", "demo-secret")]).await;
+    let (session, _) = login(&proxy, "support", "alice", "/").await.unwrap();
+    let c = client();
+    let get = || {
+        c.get(proxy.url("/v1/x?deploymentId=support"))
+            .header("cookie", session.as_str())
+            .send()
+    };
+    // Due after 5 s: the next request triggers a re-check, which renews.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let hits = idp.token_hits();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while idp.token_hits() == hits {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no re-check reached the provider"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        get().await.unwrap().status(),
+        200,
+        "a renewed session goes on"
+    );
+
+    // The provider revokes the user's grants: the next re-check ends the
+    // session and closes its connection.
+    let origin = format!("http://{}", proxy.addr);
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=support"),
+        &[("Origin", origin.as_str()), ("Cookie", session.as_str())],
+    )
+    .await
+    .unwrap();
+    next_json(&mut ws).await;
+    assert!(idp.revoke_refresh_tokens("alice") > 0);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    get().await.unwrap();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 4002);
+        }
+        other => panic!("expected a 4002 close, got {other:?}"),
+    }
+    assert_eq!(get().await.unwrap().status(), 401, "the session ended");
+    assert_eq!(
+        proxy
+            .metric("portcullis_session_ends_total", &[("reason", "revoked")])
+            .await,
+        Some(1.0)
+    );
+}

@@ -83,6 +83,7 @@ fn env() -> HashMap<&'static str, String> {
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
         ),
         ("PORTCULLIS_ADMIN_TOKEN", "admin-token".to_string()),
+        ("PORTCULLIS_DEMO_CLIENT_SECRET", "demo-secret".to_string()),
     ])
 }
 

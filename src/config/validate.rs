@@ -992,7 +992,7 @@ fn session_lifetimes(
         &format!("{path}.token_lifetime"),
         raw.token_lifetime.as_ref(),
         defaults.token_lifetime.min(max_lifetime),
-        Duration::from_secs(60),
+        Duration::from_secs(5),
         Duration::from_secs(24 * 3600),
     );
     if token_lifetime > max_lifetime {

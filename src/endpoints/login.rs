@@ -319,11 +319,11 @@ pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
     redirect_to(location.as_str(), &set_cookies)
 }
 
-/// The token endpoint's answer to a code redemption.
+/// The token endpoint's answer (code redemption or refresh).
 #[derive(Deserialize)]
-struct TokenResponse {
-    id_token: Option<String>,
-    refresh_token: Option<String>,
+pub struct TokenResponse {
+    pub id_token: Option<String>,
+    pub refresh_token: Option<String>,
 }
 
 /// `GET /.auth/callback?code=&state=[&iss=]` or `?error=&state=`
@@ -350,6 +350,19 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             "This login was not started here, has expired, or was already used. Start again.",
         );
     };
+    // One use per login: the first callback claims the state, atomically.
+    if !state
+        .used_logins
+        .entry(pending.state.clone())
+        .or_insert(())
+        .is_fresh()
+    {
+        return page(
+            400,
+            "Login failed",
+            "This login was already used. Start again.",
+        );
+    }
     let fail = |status: u16, message: &str| {
         let (mut header, body) = page(status, "Login failed", message);
         let _ = header.append_header("set-cookie", clear.as_str());
@@ -491,6 +504,7 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         idle_timeout_secs: lifetimes.idle_timeout.as_secs(),
         refresh_token: tokens.refresh_token,
         id_token: Some(id_token),
+        checked_at: started,
     };
     if state.sessions.save(&session).await.is_err() {
         return fail(503, "The session could not be stored; try again shortly.");
@@ -513,8 +527,7 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
     )
 }
 
-/// Redeems the code at the token endpoint with the client's credentials,
-/// as `client_secret_basic` unless the provider supports only `_post`.
+/// Redeems the code at the token endpoint.
 async fn redeem(
     provider: &crate::provider::ProviderService,
     metadata: &crate::provider::Metadata,
@@ -522,17 +535,42 @@ async fn redeem(
     redirect_uri: &str,
     verifier: &str,
 ) -> Result<TokenResponse, String> {
-    let endpoint = metadata
-        .token_endpoint
-        .as_deref()
-        .ok_or("no token endpoint")?;
-    let config = &provider.config;
-    let mut form = vec![
+    let form = [
         ("grant_type", "authorization_code"),
         ("code", code),
         ("redirect_uri", redirect_uri),
         ("code_verifier", verifier),
     ];
+    token_request(provider, metadata, &form)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Why a token request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRequestError {
+    /// The provider said the grant (code or refresh token) is no longer good.
+    #[error("the provider refused the grant")]
+    InvalidGrant,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A request to the provider's token endpoint with the client's
+/// credentials: `client_secret_basic` unless the provider supports only
+/// `client_secret_post`.
+pub async fn token_request(
+    provider: &crate::provider::ProviderService,
+    metadata: &crate::provider::Metadata,
+    grant: &[(&str, &str)],
+) -> Result<TokenResponse, TokenRequestError> {
+    let fail = TokenRequestError::Failed;
+    let endpoint = metadata
+        .token_endpoint
+        .as_deref()
+        .ok_or_else(|| fail("no token endpoint".into()))?;
+    let config = &provider.config;
+    let mut form: Vec<(&str, &str)> = grant.to_vec();
     let methods = &metadata.token_endpoint_auth_methods_supported;
     let post_only = !methods.is_empty()
         && methods.iter().any(|m| m == "client_secret_post")
@@ -559,15 +597,31 @@ async fn redeem(
         .form(&form)
         .send()
         .await
-        .map_err(|e| format!("request failed: {}", e.without_url()))?;
+        .map_err(|e| fail(format!("request failed: {}", e.without_url())))?;
     let status = response.status();
+    if status.as_u16() == 400 || status.as_u16() == 401 {
+        #[derive(Deserialize)]
+        struct OAuthError {
+            error: String,
+        }
+        let error = response
+            .json::<OAuthError>()
+            .await
+            .map(|e| e.error)
+            .unwrap_or_default();
+        return Err(if error == "invalid_grant" {
+            TokenRequestError::InvalidGrant
+        } else {
+            fail(format!("token endpoint answered {status} {error}"))
+        });
+    }
     if !status.is_success() {
-        return Err(format!("token endpoint answered {status}"));
+        return Err(fail(format!("token endpoint answered {status}")));
     }
     response
         .json::<TokenResponse>()
         .await
-        .map_err(|e| format!("not a token response: {}", e.without_url()))
+        .map_err(|e| fail(format!("not a token response: {}", e.without_url())))
 }
 
 /// `GET /.auth/me`

@@ -51,6 +51,7 @@ use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
 use crate::runtime::{Runtime, State};
+use crate::session::recheck::Rechecker;
 use crate::session::store::SessionStore;
 use crate::session::{Session as LoginSession, SessionId};
 use crate::token::TokenError;
@@ -104,6 +105,8 @@ pub struct Authenticated {
     pub session: Option<Arc<str>>,
     /// When that session reaches its maximum lifetime (unix seconds).
     pub session_expires_at: Option<u64>,
+    /// The session, when it is due to be re-checked with its provider.
+    pub due_for_recheck: Option<Box<LoginSession>>,
 }
 
 /// Authenticates a request to a deployment that requires it: finds the
@@ -172,6 +175,7 @@ pub async fn authenticate(
         credential,
         session: None,
         session_expires_at: None,
+        due_for_recheck: None,
     })
 }
 
@@ -256,6 +260,7 @@ async fn authenticate_session(
         },
         session: Some(Arc::from(public_id.as_str())),
         session_expires_at: Some(session.expires_at),
+        due_for_recheck: Rechecker::due(&session, deployment, now).then(|| Box::new(session)),
     })
 }
 
@@ -409,7 +414,15 @@ impl Portcullis {
             .auth_duration
             .with_label_values(&[method])
             .observe(started.elapsed().as_secs_f64());
-        ctx.auth = Some(result?);
+        let mut authenticated = result?;
+        if let Some(session) = authenticated.due_for_recheck.take() {
+            // The request goes on with the session as it is; the re-check
+            // runs beside it and ends the session if the provider says so.
+            self.state
+                .rechecks
+                .spawn(self.state.clone(), *session, target.deployment.clone());
+        }
+        ctx.auth = Some(authenticated);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! (`cookie`). The login flow and the cookie carrier build on these.
 
 pub mod cookie;
+pub mod recheck;
 pub mod store;
 
 use std::fmt;
@@ -97,6 +98,9 @@ pub struct Session {
     pub refresh_token: Option<String>,
     /// The provider's ID token, as `id_token_hint` at logout.
     pub id_token: Option<String>,
+    /// When the provider last confirmed the user (login or refresh), unix seconds.
+    #[serde(default)]
+    pub checked_at: u64,
 }
 
 impl Session {
@@ -136,6 +140,7 @@ mod tests {
             idle_timeout_secs: idle,
             refresh_token: Some("refresh".into()),
             id_token: None,
+            checked_at: created,
         }
     }
 

@@ -1,0 +1,128 @@
+//! Re-checking sessions with their provider. While a session lives,
+//! portcullis redeems its refresh token at most once per `token_lifetime`,
+//! one request at a time per session: a refused grant or a user who no
+//! longer meets the messenger's rules ends the session (and closes its
+//! connections); an unreachable provider does not, and is asked again a
+//! minute later.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{EndReason, Session, SessionId};
+use crate::endpoints::login::{self, TokenRequestError};
+use crate::runtime::{DeploymentRt, State};
+use crate::token::{self, TokenKind};
+
+/// After a provider outage, the next re-check waits this long.
+const RETRY_AFTER_OUTAGE_SECS: u64 = 60;
+
+#[derive(Default)]
+pub struct Rechecker {
+    in_flight: Mutex<HashSet<SessionId>>,
+}
+
+/// What a re-check decided.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Renewed,
+    Ended(EndReason),
+    /// The provider could not be asked; the session stays as it is.
+    Postponed,
+}
+
+impl Rechecker {
+    /// Whether the session is due for a re-check.
+    pub fn due(session: &Session, deployment: &DeploymentRt, now: u64) -> bool {
+        session.refresh_token.is_some()
+            && now >= session.checked_at + deployment.messenger.session.token_lifetime.as_secs()
+    }
+
+    /// Starts a re-check in the background unless one runs for this session.
+    pub fn spawn(&self, state: Arc<State>, session: Session, deployment: Arc<DeploymentRt>) {
+        if !self.in_flight.lock().insert(session.id.clone()) {
+            return;
+        }
+        tokio::spawn(async move {
+            let id = session.id.clone();
+            let outcome = recheck(&state, session, &deployment).await;
+            tracing::debug!(?outcome, "session re-checked");
+            state.rechecks.in_flight.lock().remove(&id);
+        });
+    }
+}
+
+/// Redeems the refresh token and applies the result.
+pub async fn recheck(state: &State, mut session: Session, deployment: &DeploymentRt) -> Outcome {
+    let now = login::now();
+    let (Some(provider), Some(refresh)) = (&deployment.provider, session.refresh_token.clone())
+    else {
+        return Outcome::Postponed;
+    };
+    let postpone = |mut session: Session| async move {
+        session.checked_at = now
+            .saturating_sub(deployment.messenger.session.token_lifetime.as_secs())
+            + RETRY_AFTER_OUTAGE_SECS;
+        let _ = state.sessions.save(&session).await;
+        Outcome::Postponed
+    };
+    let Ok(metadata) = provider.ensure_metadata().await else {
+        return postpone(session).await;
+    };
+    let grant = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+    ];
+    let tokens = match login::token_request(provider, &metadata, &grant).await {
+        Ok(t) => t,
+        Err(TokenRequestError::InvalidGrant) => {
+            return end(state, &session, EndReason::Revoked).await
+        }
+        Err(TokenRequestError::Failed(e)) => {
+            tracing::warn!(session = %session.id.public_id(), error = %e, "session re-check postponed");
+            return postpone(session).await;
+        }
+    };
+    if let Some(id_token) = &tokens.id_token {
+        match token::verify(provider, id_token).await {
+            Ok(v)
+                if v.kind == TokenKind::Id
+                    && v.claims.str("sub") == Some(session.subject.as_str()) =>
+            {
+                session.claims = v.claims.0.clone().into_iter().collect();
+                session.id_token = Some(id_token.clone());
+            }
+            // A token for someone else, or one that does not verify: the
+            // provider no longer vouches for this user.
+            _ => return end(state, &session, EndReason::Revoked).await,
+        }
+    }
+    let claims = token::Claims(session.claims.clone().into_iter().collect());
+    if crate::policy::authorize(&deployment.messenger.authentication.require, &claims).is_err() {
+        return end(state, &session, EndReason::Revoked).await;
+    }
+    if let Some(rotated) = tokens.refresh_token {
+        session.refresh_token = Some(rotated);
+    }
+    session.checked_at = now;
+    match state.sessions.save(&session).await {
+        Ok(()) => Outcome::Renewed,
+        Err(_) => Outcome::Postponed,
+    }
+}
+
+async fn end(state: &State, session: &Session, reason: EndReason) -> Outcome {
+    let _ = state.sessions.remove(&session.id).await;
+    let public_id = session.id.public_id();
+    let closed = state
+        .connections
+        .close_session(&public_id, "session revoked", "revoked");
+    state
+        .metrics
+        .session_ends
+        .with_label_values(&[reason.label()])
+        .inc();
+    tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended by the provider re-check");
+    Outcome::Ended(reason)
+}
