@@ -53,6 +53,8 @@ pub struct Metrics {
     pub logins: IntCounterVec,
     /// Sessions ended, by reason (logout, expired, idle, revoked).
     pub session_ends: IntCounterVec,
+    /// Live browser sessions in the store (approximate).
+    pub sessions_live: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -106,7 +108,16 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let sessions_live = prometheus::IntGauge::new(
+            "portcullis_sessions_live",
+            "Live browser sessions in the session store (approximate).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(sessions_live.clone()))
+            .expect("metric registered once");
         Metrics {
+            sessions_live,
             session_ends: counter(
                 "portcullis_session_ends_total",
                 "Sessions ended, by reason (logout, expired, idle, revoked).",

@@ -114,6 +114,9 @@ impl BackgroundService for Supervisor {
                     self.state.maintain_providers();
                     self.state.connections.sweep_overdue();
                     self.state.connections.close_expired(crate::endpoints::login::now());
+                    if let Some(count) = self.state.sessions.approximate_count() {
+                        self.state.metrics.sessions_live.set(count as i64);
+                    }
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading configuration");

@@ -29,6 +29,8 @@ pub trait SessionStore: Send + Sync {
     /// Records activity at `now` (moving the idle deadline); the updated
     /// session, or `None` if it is gone or has ended.
     async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Session>, StoreError>;
+    /// About how many sessions are live (for the gauge), when the store can tell cheaply.
+    fn approximate_count(&self) -> Option<u64>;
 }
 
 /// The embedded store: a bounded in-memory map whose entries vanish when
@@ -117,6 +119,10 @@ impl SessionStore for MemoryStore {
         updated.last_seen = now;
         self.save(&updated).await?;
         Ok(Some(updated))
+    }
+
+    fn approximate_count(&self) -> Option<u64> {
+        Some(self.sessions.entry_count())
     }
 }
 
