@@ -359,7 +359,7 @@ async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
         "{to}"
     );
     assert!(
-        to.contains("id_token_hint=") && to.contains(&urlencode(&format!("{origin}/bye"))),
+        to.contains("id_token_hint=") && to.contains(&urlencode(&format!("{origin}/"))),
         "{to}"
     );
     assert!(

@@ -290,10 +290,21 @@ pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        for name in ["prompt", "login_hint"] {
-            if let Some(v) = query_param(req, name) {
-                q.append_pair(name, &v);
+        // OpenID Connect Core §11: a refresh token (offline_access) is only
+        // granted with prompt=consent, and without one sessions cannot be
+        // re-checked.
+        let offline = provider.config.scopes.iter().any(|s| s == "offline_access");
+        match query_param(req, "prompt") {
+            Some(prompt) => {
+                q.append_pair("prompt", &prompt);
             }
+            None if offline => {
+                q.append_pair("prompt", "consent");
+            }
+            None => {}
+        }
+        if let Some(hint) = query_param(req, "login_hint") {
+            q.append_pair("login_hint", &hint);
         }
         if let Some(age) = max_age {
             q.append_pair("max_age", &age.to_string());
@@ -717,8 +728,11 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
         .and_then(|m| m.end_session_endpoint.clone());
     let location = match (end_session, provider) {
         (Some(endpoint), Some(provider)) => {
+            // Providers match post_logout_redirect_uri exactly against what
+            // is registered: a same-origin `rd` returns to the site's root
+            // (register `public_url` + "/"), another allowed origin as given.
             let absolute_rd = if rd.starts_with('/') {
-                format!("{self_origin}{rd}")
+                format!("{self_origin}/")
             } else {
                 rd.clone()
             };

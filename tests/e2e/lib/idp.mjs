@@ -57,9 +57,18 @@ async function readBody(req) {
   return Buffer.concat(chunks);
 }
 
+// Where RP-initiated logout may send the browser back to by default: the
+// root of each redirect URI's origin (`http://127.0.0.1:<proxy>/` for
+// portcullis's callback). The provider compares post_logout_redirect_uri
+// exactly, so another path must be listed in `postLogoutRedirectUris`.
+function originRoots(uris) {
+  return [...new Set(uris.map((uri) => `${new URL(uri).origin}/`))];
+}
+
 export async function startIdp({
   port = 0,
   redirectUris = ['http://127.0.0.1:1/.auth/callback'],
+  postLogoutRedirectUris = originRoots(redirectUris),
 } = {}) {
   // The issuer contains the port, so the socket is bound before the provider
   // exists; the provider then serves the already listening server.
@@ -83,6 +92,7 @@ export async function startIdp({
     client_id: clientId,
     client_secret: secretValue,
     redirect_uris: redirectUris,
+    post_logout_redirect_uris: postLogoutRedirectUris,
     response_types: ['code'],
     grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
     token_endpoint_auth_method: 'client_secret_basic',
@@ -182,6 +192,10 @@ export async function startIdp({
     issuer,
     port: actualPort,
     redirectUris,
+    postLogoutRedirectUris,
+    // The oidc-provider instance, for tests that listen to its events
+    // (`grant.success`, `end_session.success`, ...).
+    provider,
     clientId: 'portcullis',
     clientSecret,
     esClientId: 'portcullis-es',

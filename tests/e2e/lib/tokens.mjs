@@ -52,8 +52,24 @@ export async function clientCredentialsToken(idp, {
 
 // Cookies by name and path, enough for one host over plain http: the
 // provider scopes its interaction cookies to /interaction/<uid> and /auth/<uid>.
-class CookieJar {
+// Like a browser's, it ignores the port (RFC 6265 section 8.5): on
+// 127.0.0.1 the provider and portcullis see each other's cookies.
+export class CookieJar {
   #cookies = new Map();
+
+  // A cookie set by someone else (the site's own scripts, say).
+  set(name, value, path = '/') {
+    this.#cookies.set(`${path} ${name}`, { name, value, path });
+  }
+
+  // The value of the cookie `name` (any path), if the jar holds one.
+  get(name) {
+    return [...this.#cookies.values()].find((c) => c.name === name)?.value;
+  }
+
+  names() {
+    return [...this.#cookies.values()].map((c) => c.name);
+  }
 
   store(res, url) {
     for (const line of res.headers.getSetCookie()) {
@@ -84,7 +100,7 @@ class CookieJar {
 
 // The first POST form of a provider page: its action and hidden fields
 // (devInteractions' login and consent pages each have exactly one).
-function parseForm(html, base) {
+export function parseForm(html, base) {
   const form = /<form[^>]*\baction="([^"]*)"[^>]*\bmethod="post"[^>]*>([\s\S]*?)<\/form>/i.exec(html);
   if (!form) return undefined;
   const fields = new URLSearchParams();
@@ -161,22 +177,34 @@ export async function loginForCode(idp, {
       continue;
     }
     const body = await res.text();
-    const form = res.status === 200 ? parseForm(body, url) : undefined;
-    if (!form) {
+    const submission = res.status === 200 ? submitProviderForm(body, url, { login, password }) : undefined;
+    if (!submission) {
       throw new Error(`${request.method} ${new URL(url).pathname} answered ${res.status}: ${body.slice(0, 300)}`);
     }
-    if (form.fields.get('prompt') === 'login') {
-      form.fields.set('login', login);
-      form.fields.set('password', password);
-    }
-    url = form.action;
-    request = {
+    ({ url, request } = submission);
+  }
+  throw new Error('login did not reach the redirect_uri');
+}
+
+// What a user does on one of the provider's interaction pages (`html`,
+// served at `url`): on the login form, types `login` and `password`; on the
+// consent form, accepts. Returns the form's POST (`url` and fetch `request`),
+// or undefined when the page has no form.
+export function submitProviderForm(html, url, { login, password = USERS[login]?.password ?? '' }) {
+  const form = parseForm(html, url);
+  if (!form) return undefined;
+  if (form.fields.get('prompt') === 'login') {
+    form.fields.set('login', login);
+    form.fields.set('password', password);
+  }
+  return {
+    url: form.action,
+    request: {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
       body: form.fields.toString(),
-    };
-  }
-  throw new Error('login did not reach the redirect_uri');
+    },
+  };
 }
 
 // Redeems an authorization code at the token endpoint (client_secret_basic,

@@ -1,0 +1,122 @@
+// Running the portcullis binary from a test: free loopback ports, the binary
+// itself (PORTCULLIS_BIN, else the debug build), a config written to a
+// temporary folder, readiness (health, then providers' keys), the log, and a
+// clean stop.
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const E2E_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const REPO_ROOT = path.resolve(E2E_DIR, '../..');
+
+export const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+// A loopback port nobody listens on right now: bound, read, released.
+export async function freePort() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  await new Promise((resolve) => { server.close(resolve); });
+  return port;
+}
+
+// The portcullis binary: PORTCULLIS_BIN (scripts/test.sh), else the debug
+// build, built here when it is missing.
+export function portcullisBinary() {
+  const bin = process.env.PORTCULLIS_BIN
+    ?? path.resolve(REPO_ROOT, 'target/debug/portcullis');
+  if (!existsSync(bin)) {
+    if (process.env.PORTCULLIS_BIN) throw new Error(`PORTCULLIS_BIN=${bin} does not exist`);
+    execFileSync('cargo', ['build', '--bin', 'portcullis'], { cwd: REPO_ROOT, stdio: 'pipe' });
+  }
+  return bin;
+}
+
+// Parses Prometheus text: the sum of the series of `name` whose labels
+// include every pair of `labels`; undefined when there is none.
+export function metricSum(text, name, labels = {}) {
+  let sum = 0;
+  let found = false;
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries(
+      [...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)]
+        .map(([, k, v]) => [k, v]),
+    );
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) {
+      sum += Number(m[3]);
+      found = true;
+    }
+  }
+  return found ? sum : undefined;
+}
+
+// Starts portcullis with `config` (YAML text) and extra environment
+// variables; resolves once /healthz answers and every provider in
+// `providers` reports `portcullis_provider_ready 1`. Returns `metrics()`,
+// `log()` (stdout and stderr so far) and `stop()` (SIGINT, SIGKILL after
+// 5 s; removes the temporary folder).
+export async function startPortcullis({
+  config, env = {}, adminPort, providers = [], timeoutMs = 15_000,
+}) {
+  const dir = await mkdtemp(path.join(tmpdir(), 'portcullis-e2e-'));
+  const file = path.join(dir, 'portcullis.yaml');
+  await writeFile(file, config);
+  const proc = spawn(portcullisBinary(), ['run', '-c', file], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  proc.stdout.on('data', (c) => { log += c; });
+  proc.stderr.on('data', (c) => { log += c; });
+  const exited = once(proc, 'exit');
+  let exitCode;
+  exited.then(([code, signal]) => { exitCode = code ?? signal; });
+
+  const metrics = async () => {
+    const res = await fetch(`http://127.0.0.1:${adminPort}/metrics`);
+    if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
+    return res.text();
+  };
+  const stop = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGINT');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (exitCode !== undefined) {
+      await stop();
+      throw new Error(`portcullis exited (${exitCode}):\n${log}`);
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`portcullis not ready after ${timeoutMs} ms:\n${log}`);
+    }
+    try {
+      const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
+      if (health.ok) {
+        const text = await metrics();
+        if (providers.every((p) => metricSum(text, 'portcullis_provider_ready', { provider: p }) === 1)) break;
+      }
+    } catch {
+      // not listening yet
+    }
+    await sleep(100);
+  }
+  return {
+    metrics, stop, log: () => log, pid: proc.pid,
+  };
+}
