@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the demo on a fresh machine: installs what is missing, then starts
 # portcullis on 127.0.0.1:8080 in front of its built-in echo chat backend on
-# 127.0.0.1:8081, with metrics on 127.0.0.1:9090/metrics. Open
-# http://127.0.0.1:8080/ in a browser. Ctrl-C stops it.
+# 127.0.0.1:8081, with a development OpenID provider on 127.0.0.1:8082 and
+# metrics on 127.0.0.1:9090/metrics. Open http://127.0.0.1:8080/ in a
+# browser and log in as alice, bob or carol. Ctrl-C stops it.
 #
 # Arguments go to `portcullis demo`, e.g. `bash scripts/demo.sh -c my-demo.yaml`.
 set -euo pipefail
