@@ -629,3 +629,51 @@ async fn every_request_decision_is_one_json_log_line_without_the_query() {
     assert_eq!(lines[1]["status"], 404);
     assert!(!proxy.log_text().contains("SHOULD-NOT-BE-LOGGED"));
 }
+
+/// Pingora can lose an upgraded stream when the upgrade reuses a pooled
+/// upstream connection and the 101 arrives at once (cloudflare/pingora#946):
+/// upgrades must always get a fresh upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_after_plain_requests_keep_their_stream() {
+    // A separate backend runtime and two proxy threads: the timing of the demo.
+    let backend = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let _ = portcullis::demo::backend::serve(listener).await;
+            });
+        });
+        rx.recv().unwrap()
+    };
+    let proxy = Proxy::start(&config(backend, "").replace("threads: 1", "threads: 2")).await;
+    let client = reqwest::Client::new();
+    for i in 0..100 {
+        // Leaves a pooled upstream connection behind.
+        let resp = client
+            .get(proxy.url("/v1/x?deploymentId=web"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let (mut ws, _) = ws_connect(
+            &proxy.ws_url("/v1/chat?deploymentId=web"),
+            &[("Origin", WEB_ORIGIN)],
+        )
+        .await
+        .unwrap();
+        let welcome = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("the welcome in time");
+        assert!(
+            matches!(welcome, Some(Ok(Message::Text(_)))),
+            "upgrade {i} lost its stream: {welcome:?}"
+        );
+    }
+}
