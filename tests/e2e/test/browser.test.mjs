@@ -156,8 +156,19 @@ const CUT_AFTER_101 = ': the socket was accepted (101) and then cut without a cl
 // "closed (1006)" instead, the socket got its 101 and was cut at once (the
 // demo's access log then has the upgrade with status=101 and a near-zero
 // connection_seconds): the message says so.
+// Pingora 0.9 sometimes cuts a tunnel right after its 101 (1006, before any
+// frame; cloudflare/pingora#946, unfixed upstream). A person presses
+// Reconnect; so does the test, once, and only for that failure.
+function cutAfter101(text) {
+  return text.startsWith('closed (1006');
+}
+
 async function chatOpens(tab) {
   await tab.locator('#status.open, #status.closed').waitFor();
+  if (cutAfter101(await tab.locator('#status').textContent())) {
+    await tab.locator('#reconnect').click();
+    await tab.locator('#status.open, #status.closed').waitFor();
+  }
   const status = await tab.locator('#status').textContent();
   assert.equal(
     status,
@@ -303,7 +314,10 @@ describe('the demo in headless Chromium: log in as alice, chat, log out', () => 
 
     // The control for the last step: with the session, the same attempt
     // from the page opens.
-    const attempt = await tryChatSocket(page);
+    let attempt = await tryChatSocket(page);
+    if (attempt.code === 1006 && attempt.events[0] === 'open') {
+      attempt = await tryChatSocket(page); // see cutAfter101
+    }
     assert.deepEqual(
       attempt.events,
       ['open', 'close 1000'],
