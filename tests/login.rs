@@ -11,6 +11,12 @@ use reqwest::redirect::Policy;
 const ORIGIN_PLACEHOLDER: &str = "http://{PROXY}";
 
 async fn setup() -> (DevIdp, Proxy) {
+    setup_with("", "").await
+}
+
+/// `provider_extra` and `support_extra`: YAML lines added to the `dev`
+/// provider and to the `support` messenger.
+async fn setup_with(provider_extra: &str, support_extra: &str) -> (DevIdp, Proxy) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let idp = devidp::start(listener, DevIdpOptions::default())
         .await
@@ -28,9 +34,11 @@ providers:
     client_id: portcullis-demo
     client_secret: {{env: DEV_SECRET}}
     audiences: ["api://messaging"]
+{provider_extra}
 messengers:
   support:
     authentication: {{enabled: true, provider: dev}}
+{support_extra}
   staff:
     authentication: {{enabled: true, provider: dev, require: {{groups_any: [staff]}}}}
 upstreams:
@@ -387,36 +395,11 @@ async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
 #[tokio::test]
 async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
     use futures_util::StreamExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let idp = devidp::start(listener, DevIdpOptions::default())
-        .await
-        .unwrap();
-    let backend = start_backend().await;
-    let config = format!(
-        r#"
-listen: [{{address: "{{PROXY}}"}}]
-public_url: "http://{{PROXY}}"
-threads: 1
-admin: {{address: "{{ADMIN}}"}}
-providers:
-  dev:
-    issuer: "{issuer}"
-    client_id: portcullis-demo
-    client_secret: {{env: DEV_SECRET}}
-    scopes: [openid, email, profile, offline_access]
-messengers:
-  support:
-    authentication: {{enabled: true, provider: dev}}
-    session: {{token_lifetime: 5s}}
-upstreams:
-  chat: {{servers: ["{backend}"]}}
-deployments:
-  - {{id: support, messenger: support, upstream: chat, allowed_origins: ["http://{{PROXY}}"]}}
-routes: [{{path_prefix: /v1}}]
-"#,
-        issuer = idp.issuer(),
-    );
-    let proxy = Proxy::start_with_env(&config, &[("DEV_SECRET", "demo-secret")]).await;
+    let (idp, proxy) = setup_with(
+        "    scopes: [openid, email, profile, offline_access]",
+        "    session: {token_lifetime: 5s}",
+    )
+    .await;
     let (session, _) = login(&proxy, "support", "alice", "/").await.unwrap();
     let c = client();
     let get = || {
