@@ -629,3 +629,66 @@ async fn every_request_decision_is_one_json_log_line_without_the_query() {
     assert_eq!(lines[1]["status"], 404);
     assert!(!proxy.log_text().contains("SHOULD-NOT-BE-LOGGED"));
 }
+
+/// An upgrade whose 101 is read before the end of the request's empty body
+/// must keep its tunnel (cloudflare/pingora#946, patched in
+/// `vendor/pingora-proxy`). This backend writes its 101 and a first frame the
+/// moment it accepts, so the 101 is already waiting when the proxy starts
+/// relaying: the order that lost the tunnel. With the unpatched crate this
+/// fails within the first few upgrades.
+#[tokio::test]
+async fn upgrades_keep_their_tunnel_when_the_101_comes_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FIRST_FRAME: &[u8] = b"\x81\x05hello";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut reply =
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                        .to_vec();
+                reply.extend_from_slice(FIRST_FRAME);
+                let _ = conn.write_all(&reply).await;
+                let mut sink = [0u8; 1024];
+                while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let config = config(backend, "").replace(", health_check: {path: /healthz, interval: 1s}", "");
+    let proxy = Proxy::start(&config).await;
+    let port = proxy
+        .url("/")
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    for i in 0..200 {
+        let mut client = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /v1/chat?deploymentId=web HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {WEB_ORIGIN}\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 1024];
+        let tunnel_kept = loop {
+            if received.ends_with(FIRST_FRAME) {
+                break true;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+                _ => break false,
+            }
+        };
+        assert!(
+            tunnel_kept,
+            "upgrade {i} lost its tunnel right after the 101; received: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+    }
+}

@@ -27,6 +27,12 @@ pub fn router() -> Router {
 
 /// Serves the backend on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Without TCP_NODELAY the welcome frame written right after the 101 waits
+    // for the proxy's delayed ACK (40 ms) on a reused upstream connection.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router()).await
 }
 

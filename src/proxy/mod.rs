@@ -196,9 +196,6 @@ fn strip_own_cookies(req: &mut RequestHeader, policy: &login::CookiePolicy) -> R
     Ok(())
 }
 
-/// Connection-pool group keys for WebSocket upgrades, one per upgrade.
-static UPGRADE_GROUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 /// Activity is written to the store at most this often per session.
 const TOUCH_EVERY_SECS: u64 = 30;
 
@@ -562,14 +559,6 @@ impl ProxyHttp for Portcullis {
         let config = &upstream.config;
         let mut peer = HttpPeer::new(&backend, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
-        if ctx.is_upgrade {
-            // Pingora 0.9 can drop an upgraded stream that reuses a pooled
-            // upstream connection when the 101 arrives before the request's
-            // empty body is relayed (cloudflare/pingora#946). A group key of
-            // its own gives every upgrade a fresh connection.
-            peer.group_key =
-                UPGRADE_GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) | (1 << 63);
-        }
         Ok(Box::new(peer))
     }
 

@@ -147,34 +147,14 @@ function pageMe(page) {
   });
 }
 
-// What a socket that opens and at once ends with 1006 most likely met.
-const CUT_AFTER_101 = ': the socket was accepted (101) and then cut without a close frame'
-  + ' (seen with pingora 0.9 when the upgrade reuses a pooled upstream connection and the 101'
-  + ' arrives before the request\'s empty body is forwarded: cloudflare/pingora#946)';
-
-// Waits for the tab's chat connection to show "open". When it shows
-// "closed (1006)" instead, the socket got its 101 and was cut at once (the
-// demo's access log then has the upgrade with status=101 and a near-zero
-// connection_seconds): the message says so.
-// Pingora 0.9 sometimes cuts a tunnel right after its 101 (1006, before any
-// frame; cloudflare/pingora#946, unfixed upstream). A person presses
-// Reconnect; so does the test, once, and only for that failure.
-function cutAfter101(text) {
-  return text.startsWith('closed (1006');
-}
-
+// Waits for the tab's chat connection to show "open".
 async function chatOpens(tab) {
   await tab.locator('#status.open, #status.closed').waitFor();
-  if (cutAfter101(await tab.locator('#status').textContent())) {
-    await tab.locator('#reconnect').click();
-    await tab.locator('#status.open, #status.closed').waitFor();
-  }
   const status = await tab.locator('#status').textContent();
   assert.equal(
     status,
     'open',
-    `the chat connection shows "${status}", not "open"`
-      + (status.startsWith('closed (1006') ? CUT_AFTER_101 : ''),
+    `the chat connection shows "${status}", not "open"`,
   );
 }
 
@@ -314,14 +294,11 @@ describe('the demo in headless Chromium: log in as alice, chat, log out', () => 
 
     // The control for the last step: with the session, the same attempt
     // from the page opens.
-    let attempt = await tryChatSocket(page);
-    if (attempt.code === 1006 && attempt.events[0] === 'open') {
-      attempt = await tryChatSocket(page); // see cutAfter101
-    }
+    const attempt = await tryChatSocket(page);
     assert.deepEqual(
       attempt.events,
       ['open', 'close 1000'],
-      JSON.stringify(attempt) + (attempt.code === 1006 ? CUT_AFTER_101 : ''),
+      JSON.stringify(attempt),
     );
   });
 

@@ -324,12 +324,21 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
+                    // portcullis patch (cloudflare/pingora#946): the downstream half queues
+                    // the end of the upgrade request's own (empty) body before the 101 is
+                    // known. If the 101 was read first, that plain `Body` end is not the
+                    // end of the tunnel; only an `UpgradedBody` end or a closed pipe is.
+                    let ends_before_upgrade = matches!(body, Some(HttpTask::Body(..)));
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
                             request_done = send_done;
                             // An upgraded request is terminated when either side is done
                             if request_done && client_session.was_upgraded() {
-                                response_done = true;
+                                if ends_before_upgrade {
+                                    request_done = false;
+                                } else {
+                                    response_done = true;
+                                }
                             }
                         },
                         Err(e) => {
