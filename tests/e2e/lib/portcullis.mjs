@@ -1,7 +1,8 @@
 // Running the portcullis binary from a test: free loopback ports, the binary
 // itself (PORTCULLIS_BIN, else the debug build), a config written to a
 // temporary folder, readiness (health, then providers' keys), the log, and a
-// clean stop.
+// clean stop; for `portcullis run` (startPortcullis) and for any other
+// command (launchPortcullis with waitUntilReady, as `portcullis demo` is).
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
@@ -12,7 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const E2E_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const REPO_ROOT = path.resolve(E2E_DIR, '../..');
+export const REPO_ROOT = path.resolve(E2E_DIR, '../..');
 
 export const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
@@ -58,19 +59,20 @@ export function metricSum(text, name, labels = {}) {
   return found ? sum : undefined;
 }
 
-// Starts portcullis with `config` (YAML text) and extra environment
-// variables; resolves once /healthz answers and every provider in
-// `providers` reports `portcullis_provider_ready 1`. Returns `metrics()`,
-// `log()` (stdout and stderr so far) and `stop()` (SIGINT, SIGKILL after
-// 5 s; removes the temporary folder).
-export async function startPortcullis({
-  config, env = {}, adminPort, providers = [], timeoutMs = 15_000,
-}) {
-  const dir = await mkdtemp(path.join(tmpdir(), 'portcullis-e2e-'));
-  const file = path.join(dir, 'portcullis.yaml');
+// Writes `config` (YAML text) to `fileName` in a new temporary folder whose
+// name starts with `prefix`, and starts `portcullis <command> -c <file>`
+// with exactly the environment `env`. Returns `log()` (stdout and stderr so far),
+// `exitCode()` (undefined while it runs: the code, else the signal),
+// `stop()` (SIGINT, SIGKILL after 5 s; removes the temporary folder) and
+// `pid`.
+export async function launchPortcullis(command, config, {
+  env = process.env, prefix = 'portcullis-e2e-', fileName = 'portcullis.yaml',
+} = {}) {
+  const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  const file = path.join(dir, fileName);
   await writeFile(file, config);
-  const proc = spawn(portcullisBinary(), ['run', '-c', file], {
-    env: { ...process.env, ...env },
+  const proc = spawn(portcullisBinary(), [command, '-c', file], {
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
@@ -80,11 +82,6 @@ export async function startPortcullis({
   let exitCode;
   exited.then(([code, signal]) => { exitCode = code ?? signal; });
 
-  const metrics = async () => {
-    const res = await fetch(`http://127.0.0.1:${adminPort}/metrics`);
-    if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
-    return res.text();
-  };
   const stop = async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill('SIGINT');
@@ -94,29 +91,57 @@ export async function startPortcullis({
     }
     await rm(dir, { recursive: true, force: true });
   };
+  return {
+    log: () => log, exitCode: () => exitCode, stop, pid: proc.pid,
+  };
+}
 
+// Calls `ready()` every 100 ms (a throw counts as not ready yet) until it
+// answers true. When `running` (what launchPortcullis returns, or an object
+// with its `exitCode()`, `stop()` and `log()`) exits first, or `timeoutMs`
+// pass, stops it and throws with its log; `name` names it in the error.
+export async function waitUntilReady(running, ready, { timeoutMs, name = 'portcullis' }) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    const exitCode = running.exitCode();
     if (exitCode !== undefined) {
-      await stop();
-      throw new Error(`portcullis exited (${exitCode}):\n${log}`);
+      await running.stop();
+      throw new Error(`${name} exited (${exitCode}):\n${running.log()}`);
     }
     if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`portcullis not ready after ${timeoutMs} ms:\n${log}`);
+      await running.stop();
+      throw new Error(`${name} not ready after ${timeoutMs} ms:\n${running.log()}`);
     }
     try {
-      const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
-      if (health.ok) {
-        const text = await metrics();
-        if (providers.every((p) => metricSum(text, 'portcullis_provider_ready', { provider: p }) === 1)) break;
-      }
+      if (await ready()) return;
     } catch {
       // not listening yet
     }
     await sleep(100);
   }
+}
+
+// Starts portcullis with `config` (YAML text) and extra environment
+// variables; resolves once /healthz answers and every provider in
+// `providers` reports `portcullis_provider_ready 1`. Returns `metrics()`,
+// `log()` (stdout and stderr so far) and `stop()` (SIGINT, SIGKILL after
+// 5 s; removes the temporary folder).
+export async function startPortcullis({
+  config, env = {}, adminPort, providers = [], timeoutMs = 15_000,
+}) {
+  const running = await launchPortcullis('run', config, { env: { ...process.env, ...env } });
+  const metrics = async () => {
+    const res = await fetch(`http://127.0.0.1:${adminPort}/metrics`);
+    if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
+    return res.text();
+  };
+  await waitUntilReady(running, async () => {
+    const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
+    if (!health.ok) return false;
+    const text = await metrics();
+    return providers.every((p) => metricSum(text, 'portcullis_provider_ready', { provider: p }) === 1);
+  }, { timeoutMs });
   return {
-    metrics, stop, log: () => log, pid: proc.pid,
+    metrics, stop: running.stop, log: running.log, pid: running.pid,
   };
 }

@@ -10,134 +10,27 @@
 // E2E_SHOW_LOG=1 prints portcullis's log (JSON lines) when the suite ends.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import net from 'node:net';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-import {
-  createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify,
-} from 'jose';
-import WebSocket, { WebSocketServer } from 'ws';
+import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader } from 'jose';
+import WebSocket from 'ws';
 
+import { openSocket, startBackend } from '../lib/backend.mjs';
 import { startIdp } from '../lib/idp.mjs';
+import {
+  freePort, metricSum, sleep, startPortcullis,
+} from '../lib/portcullis.mjs';
 import { clientCredentialsToken, codeLogin } from '../lib/tokens.mjs';
 
-const E2E_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const REPO_ROOT = path.resolve(E2E_DIR, '../..');
 const UPSTREAM = 'chat';
-
-// A loopback port nobody listens on right now: bound, read, released.
-async function freePort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((resolve) => { server.close(resolve); });
-  return port;
-}
-
-// The portcullis binary: PORTCULLIS_BIN (scripts/test.sh), else the debug
-// build, built here when it is missing.
-function portcullisBinary() {
-  const bin = process.env.PORTCULLIS_BIN
-    ?? path.resolve(E2E_DIR, '../../target/debug/portcullis');
-  if (!existsSync(bin)) {
-    if (process.env.PORTCULLIS_BIN) throw new Error(`PORTCULLIS_BIN=${bin} does not exist`);
-    execFileSync('cargo', ['build', '--bin', 'portcullis'], { cwd: REPO_ROOT, stdio: 'pipe' });
-  }
-  return bin;
-}
-
-// The chat backend: records every request's URL and headers; on an upgrade
-// it verifies X-Auth-Assertion against portcullis's key set and sends a JSON
-// welcome (what it received, and the verified assertion), then echoes.
-async function startBackend() {
-  const seen = [];
-  const backend = {
-    seen,
-    // Set once portcullis's address is known.
-    assertionKeys: undefined,
-    assertionIssuer: undefined,
-  };
-  const server = createServer((req, res) => {
-    seen.push({ url: req.url, headers: req.headers });
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ url: req.url }));
-  });
-  const wss = new WebSocketServer({ noServer: true });
-  server.on('upgrade', (req, socket, head) => {
-    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
-  });
-  wss.on('connection', async (ws, req) => {
-    seen.push({ url: req.url, headers: req.headers });
-    let assertion = null;
-    const token = req.headers['x-auth-assertion'];
-    if (token !== undefined) {
-      try {
-        const { payload, protectedHeader } = await jwtVerify(token, backend.assertionKeys, {
-          audience: UPSTREAM,
-          issuer: backend.assertionIssuer,
-        });
-        assertion = { verified: true, payload, header: protectedHeader };
-      } catch (error) {
-        assertion = { verified: false, error: `${error.code ?? ''} ${error.message}` };
-      }
-    }
-    ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
-    ws.send(JSON.stringify({
-      type: 'welcome', url: req.url, headers: req.headers, protocol: ws.protocol, assertion,
-    }));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  backend.port = server.address().port;
-  backend.close = async () => {
-    for (const client of wss.clients) client.terminate();
-    const closed = new Promise((resolve) => { server.close(resolve); });
-    server.closeAllConnections();
-    await closed;
-  };
-  return backend;
-}
-
-// Parses Prometheus text: the sum of the series of `name` whose labels
-// include every pair of `labels`.
-function metricSum(text, name, labels = {}) {
-  let sum = 0;
-  let found = false;
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries(
-      [...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)]
-        .map(([, k, v]) => [k, v]),
-    );
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) {
-      sum += Number(m[3]);
-      found = true;
-    }
-  }
-  return found ? sum : undefined;
-}
-
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 describe('bearer authentication through portcullis', () => {
   let idp;
   let backend;
-  let proc;
-  let dir;
+  let proxy;
   let proxyPort;
   let adminPort;
   let origin;
-  let exited;
-  let log = ''; // portcullis's stdout and stderr
   const sentTokens = new Set(); // every token a client sent, for the log check
   const openSockets = new Set();
 
@@ -149,34 +42,13 @@ describe('bearer authentication through portcullis', () => {
 
   const chatUrl = (deployment, extra = '') => `ws://127.0.0.1:${proxyPort}/v1/chat?deploymentId=${deployment}${extra}`;
 
-  // Opens a WebSocket through portcullis. Resolves with the open socket and
-  // the backend's welcome, or with the refused handshake's status, headers
-  // and JSON body.
-  function connect(url, { headers = {}, protocols = [], token } = {}) {
+  // Opens a WebSocket through portcullis (lib/backend.mjs), from our own
+  // origin unless `headers` say otherwise, noting the token it carries.
+  async function connect(url, { headers = {}, protocols = [], token } = {}) {
     if (token) sentTokens.add(token);
-    return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, protocols, { headers: { origin, ...headers } });
-      let upgradeHeaders;
-      ws.on('error', reject);
-      ws.once('upgrade', (res) => { upgradeHeaders = res.headers; });
-      ws.once('unexpected-response', (req, res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => {
-          req.destroy();
-          const text = Buffer.concat(chunks).toString();
-          let body;
-          try { body = JSON.parse(text); } catch { body = text; }
-          resolve({ status: res.statusCode, headers: res.headers, body });
-        });
-      });
-      ws.once('message', (data) => {
-        openSockets.add(ws);
-        resolve({
-          status: 101, ws, protocol: ws.protocol, headers: upgradeHeaders, welcome: JSON.parse(data),
-        });
-      });
-    });
+    const res = await openSocket(url, { headers: { origin, ...headers }, protocols });
+    if (res.ws) openSockets.add(res.ws);
+    return res;
   }
 
   async function closeSocket(ws) {
@@ -197,16 +69,22 @@ describe('bearer authentication through portcullis', () => {
 
   before(async () => {
     idp = await startIdp();
-    backend = await startBackend();
+    backend = await startBackend({ upstream: UPSTREAM });
     proxyPort = await freePort();
     adminPort = await freePort();
     origin = `http://127.0.0.1:${proxyPort}`;
     backend.assertionIssuer = origin;
     backend.assertionKeys = createRemoteJWKSet(new URL(`${origin}/.auth/jwks.json`));
 
-    dir = await mkdtemp(path.join(tmpdir(), 'portcullis-e2e-'));
-    const config = path.join(dir, 'portcullis.yaml');
-    await writeFile(config, `
+    // Up, then both providers discovered with their keys.
+    proxy = await startPortcullis({
+      adminPort,
+      providers: ['idp', 'idp-es'],
+      env: {
+        E2E_CLIENT_SECRET: idp.clientSecret,
+        E2E_ES_CLIENT_SECRET: idp.esClientSecret,
+      },
+      config: `
 listen: [{address: "127.0.0.1:${proxyPort}"}]
 public_url: "${origin}"
 threads: 1
@@ -244,53 +122,16 @@ deployments:
   - {id: customers, messenger: customers-only, upstream: ${UPSTREAM}, allowed_origins: ["${origin}"]}
 routes: [{path_prefix: /v1}]
 logging: {format: json, level: info}
-`);
-
-    proc = spawn(portcullisBinary(), ['run', '-c', config], {
-      env: {
-        ...process.env,
-        E2E_CLIENT_SECRET: idp.clientSecret,
-        E2E_ES_CLIENT_SECRET: idp.esClientSecret,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+`,
     });
-    proc.stdout.on('data', (c) => { log += c; });
-    proc.stderr.on('data', (c) => { log += c; });
-    exited = once(proc, 'exit');
-    let exitCode;
-    exited.then(([code, signal]) => { exitCode = code ?? signal; });
-
-    // Up, then both providers discovered with their keys.
-    const deadline = Date.now() + 15_000;
-    const wanted = ['idp', 'idp-es'];
-    for (;;) {
-      if (exitCode !== undefined) throw new Error(`portcullis exited (${exitCode}):\n${log}`);
-      if (Date.now() > deadline) throw new Error(`portcullis not ready after 15 s:\n${log}`);
-      try {
-        const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
-        if (health.ok) {
-          const text = await metricsText();
-          if (wanted.every((p) => metricSum(text, 'portcullis_provider_ready', { provider: p }) === 1)) break;
-        }
-      } catch {
-        // not listening yet
-      }
-      await sleep(100);
-    }
   });
 
   after(async () => {
     for (const ws of openSockets) ws.terminate();
-    if (proc && proc.exitCode === null && proc.signalCode === null) {
-      proc.kill('SIGINT');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(timer);
-    }
-    if (process.env.E2E_SHOW_LOG) process.stderr.write(`portcullis log:\n${log}`);
+    await proxy?.stop();
+    if (process.env.E2E_SHOW_LOG && proxy) process.stderr.write(`portcullis log:\n${proxy.log()}`);
     await backend?.close();
     await idp?.close();
-    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   // The last upgrade the backend saw.
@@ -527,6 +368,7 @@ logging: {format: json, level: info}
     assert.ok(sentTokens.size >= 8);
     // Let the access-log lines of the last requests arrive.
     await sleep(200);
+    const log = proxy.log();
     assert.ok(log.length > 0, 'portcullis logged something');
     for (const token of sentTokens) {
       assert.ok(!log.includes(token), 'a token in the log');

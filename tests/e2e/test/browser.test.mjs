@@ -11,20 +11,16 @@
 // E2E_SHOW_LOG=1 prints the demo's log when the suite ends.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
 import {
-  freePort, metricSum, portcullisBinary, sleep,
+  REPO_ROOT, freePort, launchPortcullis, metricSum, sleep, waitUntilReady,
 } from '../lib/portcullis.mjs';
 
-const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 // The chat deployment of conf/demo.yaml (the page's default).
 const CHAT = '6f2d3c1a-0b4e-4c5d-9e8f-7a6b5c4d3e2f';
 const STEP_MS = 15_000; // every wait of playwright in a step
@@ -50,67 +46,31 @@ async function startDemo({ timeoutMs = 30_000 } = {}) {
   for (const port of [':8080', ':8081', ':8082', ':9090']) {
     assert.ok(!config.includes(port), `conf/demo.yaml names ${port} somewhere this test does not move`);
   }
-  const dir = await mkdtemp(path.join(tmpdir(), 'portcullis-e2e-demo-'));
-  const file = path.join(dir, 'demo.yaml');
-  await writeFile(file, config);
 
   // The demo provides its client secret itself when none is set.
   const env = { ...process.env, NO_COLOR: '1' };
   delete env.PORTCULLIS_DEMO_CLIENT_SECRET;
-  const proc = spawn(portcullisBinary(), ['demo', '-c', file], {
-    env, stdio: ['ignore', 'pipe', 'pipe'],
+  const running = await launchPortcullis('demo', config, {
+    env, prefix: 'portcullis-e2e-demo-', fileName: 'demo.yaml',
   });
-  let log = '';
-  proc.stdout.on('data', (c) => { log += c; });
-  proc.stderr.on('data', (c) => { log += c; });
-  const exited = once(proc, 'exit');
-  let exitCode;
-  exited.then(([code, signal]) => { exitCode = code ?? signal; });
 
   const demo = {
     origin: `http://127.0.0.1:${proxyPort}`,
     provider: `http://127.0.0.1:${providerPort}`,
     admin: `http://127.0.0.1:${adminPort}`,
-    log: () => stripAnsi(log),
-    stop: async () => {
-      if (proc.exitCode === null && proc.signalCode === null) {
-        proc.kill('SIGINT');
-        const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(timer);
-      }
-      await rm(dir, { recursive: true, force: true });
-    },
+    log: () => stripAnsi(running.log()),
+    exitCode: running.exitCode,
+    stop: running.stop,
   };
 
-  const ok = async (url) => {
-    try {
-      return (await fetch(url, { signal: AbortSignal.timeout(2000) })).ok;
-    } catch {
-      return false; // not listening yet
-    }
-  };
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (exitCode !== undefined) {
-      await demo.stop();
-      throw new Error(`portcullis demo exited (${exitCode}):\n${demo.log()}`);
-    }
-    if (Date.now() > deadline) {
-      await demo.stop();
-      throw new Error(`portcullis demo not ready after ${timeoutMs} ms:\n${demo.log()}`);
-    }
+  // A failed or hung request counts as not listening yet.
+  const ok = async (url) => (await fetch(url, { signal: AbortSignal.timeout(2000) })).ok;
+  await waitUntilReady(demo, async () => {
     // The proxy's /healthz goes through the page route to the backend's.
-    if (await ok(`${demo.admin}/healthz`) && await ok(`${demo.origin}/healthz`)) {
-      try {
-        const metrics = await (await fetch(`${demo.admin}/metrics`)).text();
-        if (metricSum(metrics, 'portcullis_provider_ready', { provider: 'demo-idp' }) === 1) break;
-      } catch {
-        // try again
-      }
-    }
-    await sleep(100);
-  }
+    if (!(await ok(`${demo.admin}/healthz`) && await ok(`${demo.origin}/healthz`))) return false;
+    const metrics = await (await fetch(`${demo.admin}/metrics`)).text();
+    return metricSum(metrics, 'portcullis_provider_ready', { provider: 'demo-idp' }) === 1;
+  }, { timeoutMs, name: 'portcullis demo' });
   return demo;
 }
 

@@ -10,11 +10,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createServer, request as httpRequest } from 'node:http';
+import { request as httpRequest } from 'node:http';
 
-import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
-import WebSocket, { WebSocketServer } from 'ws';
+import { createRemoteJWKSet, decodeJwt } from 'jose';
+import WebSocket from 'ws';
 
+import { openSocket, startBackend } from '../lib/backend.mjs';
 import { startIdp } from '../lib/idp.mjs';
 import { CookieJar, submitProviderForm } from '../lib/tokens.mjs';
 import {
@@ -26,52 +27,6 @@ const UPSTREAM = 'chat';
 const PARTNER_ORIGIN = 'https://www.example.com';
 const SESSION_COOKIE = 'portcullis'; // plain-http loopback public_url: no __Host- prefix
 const PENDING_PREFIX = `${SESSION_COOKIE}-login-`;
-
-// The chat backend: records every request (URL and headers) and answers it
-// with what it saw; on an upgrade it verifies X-Auth-Assertion against
-// portcullis's key set, sends a JSON welcome (headers, assertion), then echoes.
-async function startBackend() {
-  const seen = [];
-  const backend = { seen, assertionKeys: undefined, assertionIssuer: undefined };
-  const server = createServer((req, res) => {
-    seen.push({ url: req.url, headers: req.headers });
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ url: req.url, headers: req.headers }));
-  });
-  const wss = new WebSocketServer({ noServer: true });
-  server.on('upgrade', (req, socket, head) => {
-    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
-  });
-  wss.on('connection', async (ws, req) => {
-    seen.push({ url: req.url, headers: req.headers });
-    let assertion = null;
-    const token = req.headers['x-auth-assertion'];
-    if (token !== undefined) {
-      try {
-        const { payload } = await jwtVerify(token, backend.assertionKeys, {
-          audience: UPSTREAM, issuer: backend.assertionIssuer,
-        });
-        assertion = { verified: true, payload };
-      } catch (error) {
-        assertion = { verified: false, error: `${error.code ?? ''} ${error.message}` };
-      }
-    }
-    ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
-    ws.send(JSON.stringify({
-      type: 'welcome', url: req.url, headers: req.headers, assertion,
-    }));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  backend.port = server.address().port;
-  backend.close = async () => {
-    for (const client of wss.clients) client.terminate();
-    const closed = new Promise((resolve) => { server.close(resolve); });
-    server.closeAllConnections();
-    await closed;
-  };
-  return backend;
-}
 
 // One plain-http request with exactly the headers given, as a fetch
 // Response. Node's fetch cannot be used for navigations: it always replaces
@@ -138,27 +93,6 @@ function parseSetCookie(line) {
 }
 
 const setCookies = (res) => res.headers.getSetCookie().map(parseSetCookie);
-
-// Opens a WebSocket. Resolves with the open socket and the backend's welcome,
-// or with the refused handshake's status, headers and body.
-function connect(url, headers) {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, [], { headers });
-    ws.on('error', reject);
-    ws.once('unexpected-response', (req, res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        req.destroy();
-        const text = Buffer.concat(chunks).toString();
-        let body;
-        try { body = JSON.parse(text); } catch { body = text; }
-        resolve({ status: res.statusCode, headers: res.headers, body });
-      });
-    });
-    ws.once('message', (data) => resolve({ status: 101, ws, welcome: JSON.parse(data) }));
-  });
-}
 
 describe('browser login through portcullis (real provider)', () => {
   let idp;
@@ -242,7 +176,7 @@ describe('browser login through portcullis (real provider)', () => {
       }
     });
     discovery = await (await fetch(`${idp.issuer}/.well-known/openid-configuration`)).json();
-    backend = await startBackend();
+    backend = await startBackend({ upstream: UPSTREAM });
     backend.assertionIssuer = origin;
     backend.assertionKeys = createRemoteJWKSet(new URL(`${origin}/.auth/jwks.json`));
 
@@ -314,7 +248,9 @@ logging: {format: json, level: info}
     assert.equal(body.error, 'unauthorized');
     assert.equal(body.reason, 'no_credentials');
 
-    const ws = await connect(`ws://127.0.0.1:${proxyPort}/v1/chat?deploymentId=support`, { origin });
+    const ws = await openSocket(`ws://127.0.0.1:${proxyPort}/v1/chat?deploymentId=support`, {
+      headers: { origin },
+    });
     assert.equal(ws.status, 401, 'a WebSocket handshake is never redirected');
     assert.equal(backend.seen.length, 0, 'nothing reached the backend');
   });
@@ -399,8 +335,8 @@ logging: {format: json, level: info}
     );
     assert.ok(!headers.cookie.includes(aliceCookie.split('=')[1]));
 
-    const ws = await connect(`ws://127.0.0.1:${proxyPort}/v1/chat?deploymentId=support`, {
-      origin, cookie: alice.jar.header(origin),
+    const ws = await openSocket(`ws://127.0.0.1:${proxyPort}/v1/chat?deploymentId=support`, {
+      headers: { origin, cookie: alice.jar.header(origin) },
     });
     assert.equal(ws.status, 101, JSON.stringify(ws.body));
     openSockets.add(ws.ws);
