@@ -8,17 +8,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use jsonwebtoken::{Algorithm, Header};
-use portcullis::devidp::{self, DevIdp, DevIdpOptions};
+use portcullis::devidp::{DevIdp, DevIdpOptions};
 use serde_json::json;
 
 const ORIGIN: &str = "https://www.example.com";
 const CHAT: &str = "/v1/chat?deploymentId=support";
 
 async fn start_idp() -> DevIdp {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    devidp::start(listener, DevIdpOptions::default())
-        .await
-        .unwrap()
+    common::browser::start_devidp(DevIdpOptions::default()).await
 }
 
 /// `refetch`: the unknown-kid refetch interval; `max_ttl`: the longest the

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::browser::*;
 use common::*;
 use futures_util::StreamExt;
-use reqwest::redirect::Policy;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The chat deployment of conf/demo.yaml (the page's default).
@@ -134,30 +134,10 @@ impl Demo {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn location(resp: &reqwest::Response) -> String {
-    resp.headers()["location"].to_str().unwrap().to_string()
-}
-
-/// The `name=value` part of every Set-Cookie of a response.
-fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-        .collect()
-}
-
 /// What a browser does from the "Log in" button to the return to the page:
 /// returns the session cookie (`name=value`).
 async fn log_in(demo: &Demo, user: &str) -> String {
-    let c = client();
+    let c = no_redirects();
     // The page's button: /.auth/login?deployment=<chat>&rd=/
     let start = c
         .get(demo.url(&format!("/.auth/login?deployment={CHAT}&rd=%2F")))
@@ -184,20 +164,7 @@ async fn log_in(demo: &Demo, user: &str) -> String {
     for name in ["alice", "bob", "carol"] {
         assert!(form.contains(name), "{name} is offered: {form}");
     }
-    let request_id = form
-        .split("name=\"request\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the login form has a request id")
-        .to_string();
-    let chosen = c
-        .post(format!("{}/authorize/login", demo.provider))
-        .form(&[("request", request_id.as_str()), ("user", user)])
-        .send()
-        .await
-        .unwrap();
-    assert!(chosen.status().is_redirection(), "{}", chosen.status());
-    let callback = location(&chosen);
+    let callback = choose_user(&c, &authorize, user).await;
     assert!(
         callback.starts_with(&demo.url("/.auth/callback?")),
         "{callback}"
@@ -242,7 +209,7 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
 #[tokio::test]
 async fn a_person_opens_the_page_logs_in_as_alice_chats_and_logs_out() {
     let demo = Demo::start().await;
-    let c = client();
+    let c = no_redirects();
 
     // The banner says where everything is.
     let banner = demo.log_text();

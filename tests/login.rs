@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::browser::*;
 use common::*;
-use portcullis::devidp::{self, DevIdp, DevIdpOptions};
-use reqwest::redirect::Policy;
+use portcullis::devidp::{DevIdp, DevIdpOptions};
 
 const ORIGIN_PLACEHOLDER: &str = "http://{PROXY}";
 
@@ -17,10 +17,7 @@ async fn setup() -> (DevIdp, Proxy) {
 /// `provider_extra` and `support_extra`: YAML lines added to the `dev`
 /// provider and to the `support` messenger.
 async fn setup_with(provider_extra: &str, support_extra: &str) -> (DevIdp, Proxy) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let idp = devidp::start(listener, DevIdpOptions::default())
-        .await
-        .unwrap();
+    let idp = start_devidp(DevIdpOptions::default()).await;
     let backend = start_backend().await;
     let config = format!(
         r#"
@@ -56,23 +53,7 @@ logging: {{format: json, level: info}}
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn location(resp: &reqwest::Response) -> String {
-    resp.headers()["location"].to_str().unwrap().to_string()
-}
-
-/// The `name=value` part of every Set-Cookie of a response.
-fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-        .collect()
+    no_redirects()
 }
 
 /// Logs `user` in for `deployment`; returns the session cookie and where
@@ -98,29 +79,7 @@ async fn login(
     let authorize = location(&start);
     assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("nonce="));
     // The provider's login form, then the user's choice.
-    let form = c
-        .get(&authorize)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let request_id = form
-        .split("name=\"request\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the login form has a request id")
-        .to_string();
-    let idp_base = authorize.split("/authorize").next().unwrap();
-    let chosen = c
-        .post(format!("{idp_base}/authorize/login"))
-        .form(&[("request", request_id.as_str()), ("user", user)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(chosen.status(), 303.min(chosen.status().as_u16()).max(302));
-    let callback = location(&chosen);
+    let callback = choose_user(&c, &authorize, user).await;
     assert!(callback.contains("/.auth/callback?"), "{callback}");
     let done = c
         .get(&callback)
@@ -157,10 +116,6 @@ async fn login(
         "a replayed callback must not log in again"
     );
     Ok((session, location(&done)))
-}
-
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 #[tokio::test]

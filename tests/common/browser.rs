@@ -1,0 +1,67 @@
+//! What a browser does around a login, for the tests: a client that does not
+//! follow redirects, cookie and `Location` helpers, the development
+//! provider's login form, and starting that provider on loopback.
+
+use portcullis::devidp::{self, DevIdp, DevIdpOptions};
+use reqwest::redirect::Policy;
+
+/// A client that shows every redirect instead of following it.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub fn location(resp: &reqwest::Response) -> String {
+    resp.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// The `name=value` part of every Set-Cookie of a response.
+pub fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect()
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The development provider on a free loopback port.
+pub async fn start_devidp(options: DevIdpOptions) -> DevIdp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    devidp::start(listener, options).await.unwrap()
+}
+
+/// At the development provider: opens `authorize` (its login form), checks
+/// that the form offers `user`, picks `user`, and returns where the provider
+/// sends the browser back (the callback URL with code and state).
+pub async fn choose_user(client: &reqwest::Client, authorize: &str, user: &str) -> String {
+    let form = client
+        .get(authorize)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains(user), "{user} is offered: {form}");
+    let request_id = form
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the login form has a request id")
+        .to_string();
+    let provider = authorize.split("/authorize").next().unwrap();
+    let chosen = client
+        .post(format!("{provider}/authorize/login"))
+        .form(&[("request", request_id.as_str()), ("user", user)])
+        .send()
+        .await
+        .unwrap();
+    assert!(chosen.status().is_redirection(), "{}", chosen.status());
+    location(&chosen)
+}
