@@ -9,6 +9,7 @@
 #   redis-server                   the `redis` session store (tests, later)
 #   chromium                       browser end-to-end tests (tests/e2e)
 #   prometheus                     `promtool check metrics` on /metrics output
+#   libfaketime                    session-expiry tests move portcullis's wall clock
 #   nodejs, npm                    the end-to-end test runner (only if no `node`)
 #
 # Runs as root without a terminal. Not root: uses sudo when it exists.
@@ -44,6 +45,7 @@ fi
 want redis-server redis-server
 want chromium chromium chromium-browser
 want prometheus promtool
+want libfaketime
 if ! command -v node >/dev/null 2>&1; then
     missing+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then

@@ -47,6 +47,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::metrics::Metrics;
+use crate::session::SessionId;
 
 /// WebSocket close codes portcullis sends (SPEC §5).
 pub mod close_code {
@@ -85,6 +86,8 @@ pub struct LiveConnection {
     /// Unix time at which the session ends for good (its maximum lifetime):
     /// the connection is closed with 4001 then.
     pub expires_at: Option<u64>,
+    /// The session's idle clock, for connections authenticated by a session.
+    pub activity: Option<SessionActivity>,
     pub started: SystemTime,
     pub started_at: Instant,
     upstream: OwnedFd,
@@ -137,6 +140,58 @@ impl LiveConnection {
     }
 }
 
+/// A session's idle clock as one of its live connections keeps it. The
+/// client's data frames are activity; the store hears of it at most every
+/// `touch_every` seconds, and only when the idle deadline computed here
+/// passes does the store get asked whether the session really ended (another
+/// tab's requests, or another instance, may have kept it alive).
+pub struct SessionActivity {
+    /// The session's id itself (not its public name): the store is keyed by it.
+    pub id: SessionId,
+    pub idle_timeout_secs: u64,
+    /// The latest `last_seen` the store is known to hold (unix seconds).
+    stored_last_seen: AtomicU64,
+    /// The client's latest data frame on this connection (unix seconds).
+    last_frame: AtomicU64,
+}
+
+impl SessionActivity {
+    pub fn new(id: SessionId, idle_timeout_secs: u64, stored_last_seen: u64) -> Self {
+        SessionActivity {
+            id,
+            idle_timeout_secs,
+            stored_last_seen: AtomicU64::new(stored_last_seen),
+            last_frame: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a client data frame at `now` (unix seconds).
+    pub fn note_frame(&self, now: u64) {
+        self.last_frame.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn last_frame(&self) -> u64 {
+        self.last_frame.load(Ordering::Relaxed)
+    }
+
+    fn stored_last_seen(&self) -> u64 {
+        self.stored_last_seen.load(Ordering::Relaxed)
+    }
+}
+
+/// What the store must hear about one session with live connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionDue {
+    pub id: SessionId,
+    pub public_id: Arc<str>,
+    /// The latest client data frame on any of its connections, when the store
+    /// has not seen it yet (unix seconds): record it as activity.
+    pub unrecorded_activity: Option<u64>,
+    /// The idle deadline computed from what is known here has passed: ask
+    /// the store whether the session still lives.
+    pub idle_deadline_passed: bool,
+}
+
 /// The client side of a connection: its descriptor number and socket cookie.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSocket {
@@ -172,6 +227,8 @@ pub struct NewConnection {
     pub session: Option<Arc<str>>,
     /// When that session reaches its maximum lifetime (unix seconds).
     pub expires_at: Option<u64>,
+    /// The session's idle clock, when a session authenticated the connection.
+    pub activity: Option<SessionActivity>,
     /// A duplicate of the upstream socket, owned by the registry from now on.
     pub upstream: OwnedFd,
     /// The client socket, for the hard-close fallback.
@@ -206,6 +263,7 @@ impl Registry {
             route: new.route,
             session: new.session,
             expires_at: new.expires_at,
+            activity: new.activity,
             started: SystemTime::now(),
             started_at: Instant::now(),
             upstream: new.upstream,
@@ -342,6 +400,64 @@ impl Registry {
         )
     }
 
+    /// The sessions of live connections that the store must hear about at
+    /// `now`: activity not recorded for `touch_every` seconds, or an idle
+    /// deadline passed. One entry per session.
+    pub fn sessions_due(&self, now: u64, touch_every: u64) -> Vec<SessionDue> {
+        // Per session: (id, idle timeout, latest frame, latest stored activity).
+        let mut clocks: HashMap<Arc<str>, (SessionId, u64, u64, u64)> = HashMap::new();
+        for shard in self.shards.iter() {
+            for c in shard.lock().values() {
+                let (Some(activity), Some(public_id)) = (&c.activity, &c.session) else {
+                    continue;
+                };
+                if c.close_request().is_some() {
+                    continue;
+                }
+                let clock = clocks
+                    .entry(public_id.clone())
+                    .or_insert_with(|| (activity.id.clone(), activity.idle_timeout_secs, 0, 0));
+                clock.2 = clock.2.max(activity.last_frame());
+                clock.3 = clock.3.max(activity.stored_last_seen());
+            }
+        }
+        clocks
+            .into_iter()
+            .filter_map(|(public_id, (id, idle, frame, stored))| {
+                let unrecorded = (frame >= stored.saturating_add(touch_every)).then_some(frame);
+                let passed = frame.max(stored).saturating_add(idle) <= now;
+                (unrecorded.is_some() || passed).then_some(SessionDue {
+                    id,
+                    public_id,
+                    unrecorded_activity: unrecorded,
+                    idle_deadline_passed: passed,
+                })
+            })
+            .collect()
+    }
+
+    /// Tells every connection of a session what the store now holds as its
+    /// last activity.
+    pub fn session_seen(&self, public_id: &str, last_seen: u64) {
+        for c in self.collect(|c| c.session.as_deref() == Some(public_id)) {
+            if let Some(activity) = &c.activity {
+                activity
+                    .stored_last_seen
+                    .fetch_max(last_seen, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Closes, with 4001, every connection of a session that went idle.
+    pub fn close_idle_session(&self, public_id: &str) -> usize {
+        self.close_where(
+            |c| c.session.as_deref() == Some(public_id),
+            close_code::SESSION_EXPIRED,
+            "session idle",
+            "idle",
+        )
+    }
+
     /// Closes, with 4002, every connection of a session (logout, revocation).
     pub fn close_session(&self, public_id: &str, reason: &str, label: &'static str) -> usize {
         self.close_where(
@@ -415,6 +531,7 @@ mod tests {
             route: "/v1".into(),
             session: None,
             expires_at: None,
+            activity: None,
             upstream: OwnedFd::from(upstream.try_clone().unwrap()),
             client: None,
         })
@@ -505,6 +622,77 @@ mod tests {
     }
 
     #[test]
+    fn idle_clocks_say_which_sessions_the_store_must_hear_about() {
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let pairs: Vec<_> = (0..3).map(|_| socket_pair()).collect();
+        let session = SessionId::random().unwrap();
+        let other = SessionId::random().unwrap();
+        // Two connections of one session (last seen at 1000, idle after 60 s)
+        // and one of another session (last seen at 1040).
+        let sessions = [(&session, 1000), (&session, 1000), (&other, 1040)];
+        let guards: Vec<_> = pairs
+            .iter()
+            .zip(sessions)
+            .map(|((a, _), (id, last_seen))| {
+                registry.register(NewConnection {
+                    deployment: "d".into(),
+                    route: "/v1".into(),
+                    session: Some(Arc::from(id.public_id().as_str())),
+                    expires_at: Some(100_000),
+                    activity: Some(SessionActivity::new(id.clone(), 60, last_seen)),
+                    upstream: OwnedFd::from(a.try_clone().unwrap()),
+                    client: None,
+                })
+            })
+            .collect();
+        assert_eq!(registry.sessions_due(1059, 30), vec![], "nothing yet");
+        let due = registry.sessions_due(1060, 30);
+        assert_eq!(due.len(), 1, "one entry for both connections: {due:?}");
+        assert_eq!(due[0].id, session);
+        assert!(due[0].idle_deadline_passed);
+        assert_eq!(due[0].unrecorded_activity, None);
+
+        // A data frame on the second connection: the deadline moves, and
+        // once the store is 30 s behind, the activity is due for recording.
+        guards[1]
+            .connection()
+            .activity
+            .as_ref()
+            .unwrap()
+            .note_frame(1020);
+        assert_eq!(registry.sessions_due(1079, 30), vec![]);
+        guards[1]
+            .connection()
+            .activity
+            .as_ref()
+            .unwrap()
+            .note_frame(1035);
+        let due = registry.sessions_due(1040, 30);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].unrecorded_activity, Some(1035));
+        assert!(!due[0].idle_deadline_passed);
+        // Recorded: every connection of the session learns it.
+        registry.session_seen(&session.public_id(), 1035);
+        assert_eq!(registry.sessions_due(1094, 30), vec![]);
+        let due = registry.sessions_due(1095, 30);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, session);
+        let due = registry.sessions_due(1100, 30);
+        assert_eq!(due.len(), 2, "both sessions' deadlines passed: {due:?}");
+
+        // Closing for idleness uses 4001 and skips the other session.
+        assert_eq!(registry.close_idle_session(&session.public_id()), 2);
+        assert_eq!(
+            guards[0].connection().close_request().unwrap().reason,
+            "session idle"
+        );
+        assert!(guards[2].connection().close_request().is_none());
+        let due = registry.sessions_due(1100, 30);
+        assert_eq!(due.len(), 1, "closing connections are not due: {due:?}");
+        assert_eq!(due[0].id, other);
+    }
+
+    #[test]
     fn sessions_close_at_expiry_and_by_id() {
         let metrics = Arc::new(Metrics::new());
         let registry = Registry::new(metrics.clone());
@@ -518,6 +706,7 @@ mod tests {
                     route: "/v1".into(),
                     session: Some(Arc::from(format!("s-{i}").as_str())),
                     expires_at: Some(1000 + i as u64 * 100),
+                    activity: None,
                     upstream: OwnedFd::from(a.try_clone().unwrap()),
                     client: None,
                 })
@@ -560,6 +749,7 @@ mod tests {
             route: "/".into(),
             session: None,
             expires_at: None,
+            activity: None,
             upstream: OwnedFd::from(up.try_clone().unwrap()),
             client: ClientSocket::identify(std::os::fd::AsRawFd::as_raw_fd(&down)),
         });

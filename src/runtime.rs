@@ -37,18 +37,43 @@ const SESSION_CAPACITY: u64 = 1_000_000;
 /// not survive a restart, which a warning says).
 fn cookie_codec(config: &Config) -> Result<CookieCodec, String> {
     use base64::Engine;
+    let decode = |key: &crate::config::Secret| {
+        base64::engine::general_purpose::STANDARD
+            .decode(key.expose().trim())
+            .map_err(|_| "sessions.keys: a cookie key is not valid base64".to_string())
+    };
     match &config.sessions.cookie_key {
         Some(key) => {
-            let material = base64::engine::general_purpose::STANDARD
-                .decode(key.expose().trim())
-                .map_err(|_| "sessions.keys.cookie_key: not valid base64".to_string())?;
-            CookieCodec::new(material, &[]).map_err(|e| format!("sessions.keys.cookie_key: {e}"))
+            let previous = config
+                .sessions
+                .previous_cookie_keys
+                .iter()
+                .map(decode)
+                .collect::<Result<Vec<_>, _>>()?;
+            CookieCodec::new(decode(key)?, &previous).map_err(|e| format!("sessions.keys: {e}"))
         }
         None => {
             tracing::warn!("no sessions.keys.cookie_key configured: generated one for this process; sessions end at every restart");
             CookieCodec::random().map_err(|e| e.to_string())
         }
     }
+}
+
+/// Counts and logs the sessions the store finds ended by time (the ends
+/// nobody asked for: maximum lifetime, idle timeout).
+fn session_end_observer(metrics: Arc<Metrics>) -> crate::session::store::EndObserver {
+    Arc::new(move |session, reason| {
+        metrics
+            .session_ends
+            .with_label_values(&[reason.label()])
+            .inc();
+        tracing::info!(
+            session = %session.id.public_id(),
+            deployment = %session.deployment,
+            reason = reason.label(),
+            "session ended"
+        );
+    })
 }
 
 /// A deployment with everything a request needs resolved.
@@ -205,7 +230,11 @@ impl Runtime {
             )?),
         };
         let cookies = match previous {
-            Some(old) if old.config.sessions.cookie_key == config.sessions.cookie_key => {
+            Some(old)
+                if old.config.sessions.cookie_key == config.sessions.cookie_key
+                    && old.config.sessions.previous_cookie_keys
+                        == config.sessions.previous_cookie_keys =>
+            {
                 old.cookies.clone()
             }
             _ => Arc::new(cookie_codec(&config)?),
@@ -307,6 +336,8 @@ pub struct State {
     /// The file reloads read again; `None` for configs built in memory.
     pub config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Set while a pass of `keep_live_sessions` runs, so passes never overlap.
+    keeping_sessions: std::sync::atomic::AtomicBool,
 }
 
 /// What a successful reload changed.
@@ -325,7 +356,10 @@ impl State {
         Arc::new(State {
             runtime: ArcSwap::from_pointee(runtime),
             connections: Registry::new(metrics.clone()),
-            sessions: Arc::new(MemoryStore::new(SESSION_CAPACITY)),
+            sessions: Arc::new(MemoryStore::with_end_observer(
+                SESSION_CAPACITY,
+                Some(session_end_observer(metrics.clone())),
+            )),
             rechecks: Rechecker::default(),
             used_logins: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -336,7 +370,43 @@ impl State {
             metrics,
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
+            keeping_sessions: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Keeps the store in step with live connections at `now`: records the
+    /// activity their client frames show, and closes with 4001 the
+    /// connections of sessions that went idle. A store that cannot be
+    /// reached closes nothing: a chat is not cut for an outage of the store.
+    pub async fn keep_live_sessions(&self, now: u64) {
+        use std::sync::atomic::Ordering;
+        if self.keeping_sessions.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for due in self
+            .connections
+            .sessions_due(now, crate::proxy::TOUCH_EVERY_SECS)
+        {
+            let stored = match due.unrecorded_activity {
+                Some(at) => self.sessions.touch(&due.id, at).await,
+                None => self.sessions.load(&due.id, now).await,
+            };
+            match stored {
+                Ok(Some(session)) if session.check(now).is_ok() => {
+                    self.connections
+                        .session_seen(&due.public_id, session.last_seen);
+                }
+                Ok(_) => {
+                    let closed = self.connections.close_idle_session(&due.public_id);
+                    tracing::info!(session = %due.public_id, closed_connections = closed, "session idle: its connections close");
+                }
+                Err(e) => {
+                    tracing::warn!(session = %due.public_id, error = %e, "cannot keep a live session's activity")
+                }
+            }
+        }
+        self.sessions.maintain().await;
+        self.keeping_sessions.store(false, Ordering::Release);
     }
 
     /// The current runtime; hold it for the whole request.

@@ -113,7 +113,11 @@ impl BackgroundService for Supervisor {
                     tokio::spawn(async move { state.run_due_health_checks().await });
                     self.state.maintain_providers();
                     self.state.connections.sweep_overdue();
-                    self.state.connections.close_expired(crate::endpoints::login::now());
+                    let now = crate::endpoints::login::now();
+                    self.state.connections.close_expired(now);
+                    let keeper = self.state.clone();
+                    // Store calls may wait; the tick must not.
+                    tokio::spawn(async move { keeper.keep_live_sessions(now).await });
                     if let Some(count) = self.state.sessions.approximate_count() {
                         self.state.metrics.sessions_live.set(count as i64);
                     }

@@ -232,6 +232,7 @@ pub struct Sessions {
     pub cookie_name: String,
     pub cookie_domain: Option<String>,
     pub cookie_key: Option<Secret>,
+    pub previous_cookie_keys: Vec<Secret>,
     pub signing_key: Option<Secret>,
     pub previous_signing_keys: Vec<Secret>,
 }

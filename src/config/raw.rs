@@ -181,6 +181,10 @@ pub struct RawCookie {
 #[serde(deny_unknown_fields)]
 pub struct RawKeys {
     pub cookie_key: Option<RawSecret>,
+    /// Retired cookie keys: cookies sealed with them still open, so that a
+    /// key rotation does not log everybody out. New cookies use `cookie_key`.
+    #[serde(default)]
+    pub previous_cookie_keys: Vec<RawSecret>,
     pub signing_key: Option<RawSecret>,
     /// Retired signing keys, still published in `/.auth/jwks.json` so that
     /// tokens and assertions they signed verify until they expire.

@@ -587,6 +587,48 @@ fn session_keys_and_stores_are_checked() {
 }
 
 #[test]
+fn previous_cookie_keys_are_checked_like_the_current_one() {
+    let with_previous = GOOD.replacen(
+        "cookie_key: {env: PORTCULLIS_COOKIE_KEY}",
+        "cookie_key: {env: PORTCULLIS_COOKIE_KEY}\n    \
+         previous_cookie_keys: [{env: OLD_KEY_1}, {env: OLD_KEY_2}]",
+        1,
+    );
+    let mut vars = env();
+    let good_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".to_string();
+    vars.insert("OLD_KEY_1", good_key.clone());
+    vars.insert("OLD_KEY_2", good_key.clone());
+    let c = parse_with(&with_previous, &vars).unwrap();
+    assert_eq!(c.sessions.previous_cookie_keys.len(), 2);
+
+    vars.insert("OLD_KEY_1", "c2hvcnQ=".into());
+    vars.insert("OLD_KEY_2", "!!".into());
+    let errors = parse_with(&with_previous, &vars).unwrap_err();
+    assert_error(
+        &errors,
+        "sessions.keys.previous_cookie_keys[0]",
+        "at least 32 bytes",
+    );
+    assert_error(
+        &errors,
+        "sessions.keys.previous_cookie_keys[1]",
+        "not valid base64",
+    );
+
+    vars.insert("OLD_KEY_1", good_key);
+    let without_current = GOOD.replacen(
+        "cookie_key: {env: PORTCULLIS_COOKIE_KEY}",
+        "previous_cookie_keys: [{env: OLD_KEY_1}]",
+        1,
+    );
+    assert_error(
+        &parse_with(&without_current, &vars).unwrap_err(),
+        "sessions.keys.previous_cookie_keys",
+        "needs sessions.keys.cookie_key",
+    );
+}
+
+#[test]
 fn tls_upstreams_on_ip_addresses_need_a_server_name() {
     let c = parse_text(&GOOD.replacen("    tls: false\n", "    tls: true\n", 1)).unwrap();
     assert_eq!(

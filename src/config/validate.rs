@@ -1306,24 +1306,25 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
             "a cookie name uses letters, digits, '-', '_' and '.' only (1 to 64 characters)",
         );
     }
-    let (cookie_key, signing_key, previous_signing_keys) = match keys {
+    let (cookie_key, previous_cookie_keys, signing_key, previous_signing_keys) = match keys {
         Some(k) => {
             let cookie_key = k
                 .cookie_key
                 .as_ref()
-                .and_then(|v| c.secret("sessions.keys.cookie_key", v, false));
-            if let Some(key) = &cookie_key {
-                match base64::engine::general_purpose::STANDARD.decode(key.expose().trim()) {
-                    Ok(bytes) if bytes.len() >= 32 => {}
-                    Ok(bytes) => c.error(
-                        "sessions.keys.cookie_key",
-                        format!(
-                            "must be at least 32 bytes once base64-decoded (got {})",
-                            bytes.len()
-                        ),
-                    ),
-                    Err(_) => c.error("sessions.keys.cookie_key", "not valid base64"),
-                }
+                .and_then(|v| cookie_key_secret(c, "sessions.keys.cookie_key".into(), v));
+            let previous_cookie_keys: Vec<Secret> = k
+                .previous_cookie_keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    cookie_key_secret(c, format!("sessions.keys.previous_cookie_keys[{i}]"), v)
+                })
+                .collect();
+            if cookie_key.is_none() && !k.previous_cookie_keys.is_empty() {
+                c.error(
+                    "sessions.keys.previous_cookie_keys",
+                    "needs sessions.keys.cookie_key (the key new cookies are sealed with)",
+                );
             }
             let signing_key = k
                 .signing_key
@@ -1347,17 +1348,40 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
                     previous.push(key);
                 }
             }
-            (cookie_key, signing_key, previous)
+            (cookie_key, previous_cookie_keys, signing_key, previous)
         }
-        None => (None, None, Vec::new()),
+        None => (None, Vec::new(), None, Vec::new()),
     };
     Sessions {
         store,
         cookie_name,
         cookie_domain,
         cookie_key,
+        previous_cookie_keys,
         signing_key,
         previous_signing_keys,
+    }
+}
+
+/// A cookie key: a secret that decodes from base64 to 32 bytes or more.
+fn cookie_key_secret(c: &mut Checker, path: String, value: &RawSecret) -> Option<Secret> {
+    let key = c.secret(&path, value, false)?;
+    match base64::engine::general_purpose::STANDARD.decode(key.expose().trim()) {
+        Ok(bytes) if bytes.len() >= 32 => Some(key),
+        Ok(bytes) => {
+            c.error(
+                path,
+                format!(
+                    "must be at least 32 bytes once base64-decoded (got {})",
+                    bytes.len()
+                ),
+            );
+            None
+        }
+        Err(_) => {
+            c.error(path, "not valid base64");
+            None
+        }
     }
 }
 

@@ -379,27 +379,38 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         let _ = header.append_header("set-cookie", clear.as_str());
         (header, body)
     };
-    if let Some(error) = query_param(req, "error") {
-        let description = query_param(req, "error_description").unwrap_or_default();
+    // A refused login: counted by result, one log line, and the page.
+    let refuse = |result: &str, status: u16, message: &str| {
         state
             .metrics
             .logins
-            .with_label_values(&[&pending.deployment, "provider_error"])
+            .with_label_values(&[&pending.deployment, result])
             .inc();
-        return fail(
+        tracing::warn!(deployment = %pending.deployment, result, status, "login refused");
+        fail(status, message)
+    };
+    if let Some(error) = query_param(req, "error") {
+        let description = query_param(req, "error_description").unwrap_or_default();
+        return refuse(
+            "provider_error",
             401,
             &format!("The identity provider refused the login: {error}. {description}"),
         );
     }
     let Ok(deployment) = login_deployment(runtime, Some(&pending.deployment)) else {
-        return fail(400, "The deployment of this login is no longer available.");
+        return refuse(
+            "deployment_gone",
+            400,
+            "The deployment of this login is no longer available.",
+        );
     };
     let provider = deployment
         .provider
         .as_ref()
         .expect("checked by login_deployment");
     let Ok(metadata) = provider.ensure_metadata().await else {
-        return fail(
+        return refuse(
+            "provider_unreachable",
             503,
             "The identity provider cannot be reached; try again shortly.",
         );
@@ -407,25 +418,15 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
     // RFC 9207: the answer names its issuer when the provider says it will.
     match query_param(req, "iss") {
         Some(iss) if iss != provider.config.issuer => {
-            state
-                .metrics
-                .logins
-                .with_label_values(&[&pending.deployment, "bad_issuer"])
-                .inc();
-            return fail(400, "The answer comes from another issuer.");
+            return refuse("bad_issuer", 400, "The answer comes from another issuer.");
         }
         None if metadata.authorization_response_iss_parameter_supported => {
-            state
-                .metrics
-                .logins
-                .with_label_values(&[&pending.deployment, "bad_issuer"])
-                .inc();
-            return fail(400, "The answer does not name its issuer.");
+            return refuse("bad_issuer", 400, "The answer does not name its issuer.");
         }
         _ => {}
     }
     let Some(code) = query_param(req, "code") else {
-        return fail(400, "The provider's answer carries no code.");
+        return refuse("no_code", 400, "The provider's answer carries no code.");
     };
     let Some((_, callback_url)) = public_origin(runtime) else {
         return fail(503, "Login needs `public_url` in the configuration.");
@@ -433,43 +434,44 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
     let tokens = match redeem(provider, &metadata, &code, &callback_url, &pending.verifier).await {
         Ok(t) => t,
         Err(message) => {
-            state
-                .metrics
-                .logins
-                .with_label_values(&[&pending.deployment, "code_refused"])
-                .inc();
             tracing::warn!(deployment = %pending.deployment, error = %message, "code redemption failed");
-            return fail(
+            return refuse(
+                "code_refused",
                 401,
                 "The identity provider did not accept the login. Start again.",
             );
         }
     };
     let Some(id_token) = tokens.id_token else {
-        return fail(401, "The identity provider returned no ID token.");
+        return refuse(
+            "no_id_token",
+            401,
+            "The identity provider returned no ID token.",
+        );
     };
     let verified = match token::verify(provider, &id_token).await {
         Ok(v) if v.kind == TokenKind::Id => v,
-        Ok(_) => return fail(401, "The ID token is not meant for this client."),
+        Ok(_) => {
+            return refuse(
+                "not_an_id_token",
+                401,
+                "The ID token is not meant for this client.",
+            )
+        }
         Err(e) => {
-            state
-                .metrics
-                .logins
-                .with_label_values(&[&pending.deployment, e.code()])
-                .inc();
-            return fail(
+            return refuse(
+                e.code(),
                 401,
                 &format!("The ID token was refused: {}.", e.description()),
             );
         }
     };
     if verified.claims.str("nonce") != Some(pending.nonce.as_str()) {
-        state
-            .metrics
-            .logins
-            .with_label_values(&[&pending.deployment, "nonce_mismatch"])
-            .inc();
-        return fail(401, "The ID token does not belong to this login.");
+        return refuse(
+            "nonce_mismatch",
+            401,
+            "The ID token does not belong to this login.",
+        );
     }
     if let Some(max_age) = pending.max_age {
         let fresh = verified
@@ -477,19 +479,19 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             .number("auth_time")
             .is_some_and(|t| now() <= t + max_age + provider.config.clock_skew.as_secs());
         if !fresh {
-            return fail(401, "The provider's login is older than requested.");
+            return refuse(
+                "login_too_old",
+                401,
+                "The provider's login is older than requested.",
+            );
         }
     }
     if let Err(why) = crate::policy::authorize(
         &deployment.messenger.authentication.require,
         &verified.claims,
     ) {
-        state
-            .metrics
-            .logins
-            .with_label_values(&[&pending.deployment, why.code()])
-            .inc();
-        return fail(
+        return refuse(
+            why.code(),
             403,
             &format!(
                 "You are logged in, but not allowed here: {}.",
@@ -518,7 +520,11 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         checked_at: started,
     };
     if state.sessions.save(&session).await.is_err() {
-        return fail(503, "The session could not be stored; try again shortly.");
+        return refuse(
+            "store_unavailable",
+            503,
+            "The session could not be stored; try again shortly.",
+        );
     }
     let Some(sealed) = runtime.cookies.seal(&policy.session_name, id.as_bytes()) else {
         return fail(503, "The session cookie could not be sealed.");

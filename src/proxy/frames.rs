@@ -1,6 +1,8 @@
-//! WebSocket framing on the upstream→client byte stream: just enough to know
-//! whether the stream sits between two frames, so that a close frame of our
-//! own can be appended without corrupting a frame the upstream was sending.
+//! WebSocket framing, just enough for two jobs: on the upstream→client byte
+//! stream, knowing whether the stream sits between two frames, so that a
+//! close frame of our own can be appended without corrupting a frame the
+//! upstream was sending; on the client→upstream stream, noticing the client's
+//! data frames, which count as session activity (pings and pongs do not).
 //! Pingora hands the upgraded body over in arbitrary chunks, so headers may
 //! be split across calls.
 
@@ -24,8 +26,10 @@ impl FrameTracker {
         Self::default()
     }
 
-    /// Follows the frame structure through the next chunk of bytes.
-    pub fn observe(&mut self, mut data: &[u8]) {
+    /// Follows the frame structure through the next chunk of bytes; true
+    /// when a data frame (text, binary or continuation) began in it.
+    pub fn observe(&mut self, mut data: &[u8]) -> bool {
+        let mut data_frame = false;
         while !data.is_empty() {
             if self.payload_remaining > 0 {
                 let skip = usize::try_from(self.payload_remaining)
@@ -39,10 +43,13 @@ impl FrameTracker {
             self.header_len += 1;
             data = &data[1..];
             if let Some(payload) = self.complete_header_payload_len() {
+                // Opcodes 0x0-0x2 carry data; 0x8-0xA are control frames.
+                data_frame |= self.header[0] & 0x0f <= 0x2;
                 self.payload_remaining = payload;
                 self.header_len = 0;
             }
         }
+        data_frame
     }
 
     /// The payload length once the header buffered so far is complete.
@@ -153,6 +160,45 @@ mod tests {
         }
         // The boundaries are the ends of the three frames.
         assert_eq!(boundaries, 3);
+    }
+
+    #[test]
+    fn client_data_frames_are_noticed_and_control_frames_are_not() {
+        let with_opcode = |opcode: u8, len: usize| {
+            let mut f = frame(len, true);
+            f[0] = 0x80 | opcode;
+            f
+        };
+        for (opcode, is_data) in [
+            (0x1, true),  // text
+            (0x2, true),  // binary
+            (0x0, true),  // continuation
+            (0x8, false), // close
+            (0x9, false), // ping
+            (0xA, false), // pong
+        ] {
+            let bytes = with_opcode(opcode, 7);
+            let mut t = FrameTracker::new();
+            assert_eq!(t.observe(&bytes), is_data, "opcode {opcode:#x}");
+            // Split inside the header: noticed by the chunk that completes it.
+            let mut t = FrameTracker::new();
+            assert!(
+                !t.observe(&bytes[..3]),
+                "opcode {opcode:#x}, header incomplete"
+            );
+            assert_eq!(t.observe(&bytes[3..]), is_data, "opcode {opcode:#x}, split");
+        }
+        // A pong followed by payload bytes that look like a text header is
+        // still only a pong: payload is skipped, never read as a header.
+        let mut pong = with_opcode(0xA, 2);
+        let n = pong.len();
+        pong[n - 2] = 0x81;
+        pong[n - 1] = 0x80;
+        assert!(!FrameTracker::new().observe(&pong));
+        // A ping then a text frame in one chunk: the text frame counts.
+        let mut both = with_opcode(0x9, 0);
+        both.extend(with_opcode(0x1, 300));
+        assert!(FrameTracker::new().observe(&both));
     }
 
     #[test]

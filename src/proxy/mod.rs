@@ -45,7 +45,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
-use crate::connections::{ClientSocket, LiveGuard, NewConnection};
+use crate::connections::{ClientSocket, LiveGuard, NewConnection, SessionActivity};
 use crate::endpoints::{self, login};
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
@@ -105,8 +105,19 @@ pub struct Authenticated {
     pub session: Option<Arc<str>>,
     /// When that session reaches its maximum lifetime (unix seconds).
     pub session_expires_at: Option<u64>,
+    /// The session's idle clock, handed to the live connection if the
+    /// request becomes one.
+    pub session_idle: Option<SessionIdle>,
     /// The session, when it is due to be re-checked with its provider.
     pub due_for_recheck: Option<Box<LoginSession>>,
+}
+
+/// What a live connection needs to keep its session's idle clock.
+#[derive(Debug, Clone)]
+pub struct SessionIdle {
+    pub id: SessionId,
+    pub idle_timeout_secs: u64,
+    pub last_seen: u64,
 }
 
 /// Authenticates a request to a deployment that requires it: finds the
@@ -175,6 +186,7 @@ pub async fn authenticate(
         credential,
         session: None,
         session_expires_at: None,
+        session_idle: None,
         due_for_recheck: None,
     })
 }
@@ -197,7 +209,7 @@ fn strip_own_cookies(req: &mut RequestHeader, policy: &login::CookiePolicy) -> R
 }
 
 /// Activity is written to the store at most this often per session.
-const TOUCH_EVERY_SECS: u64 = 30;
+pub const TOUCH_EVERY_SECS: u64 = 30;
 
 /// The live session the request's cookie names, if it was made with this provider.
 async fn session_for(
@@ -227,9 +239,12 @@ async fn authenticate_session(
     policy::authorize(&deployment.messenger.authentication.require, &claims)
         .map_err(Refusal::Forbidden)?;
     let now = login::now();
+    let mut last_seen = session.last_seen;
     if now >= session.last_seen + TOUCH_EVERY_SECS {
         // A store hiccup must not end a session that is still valid.
-        let _ = sessions.touch(&session.id, now).await;
+        if let Ok(Some(touched)) = sessions.touch(&session.id, now).await {
+            last_seen = touched.last_seen;
+        }
     }
     let public_id = session.id.public_id();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, session.id.as_bytes());
@@ -260,6 +275,11 @@ async fn authenticate_session(
         },
         session: Some(Arc::from(public_id.as_str())),
         session_expires_at: Some(session.expires_at),
+        session_idle: Some(SessionIdle {
+            id: session.id.clone(),
+            idle_timeout_secs: session.idle_timeout_secs,
+            last_seen,
+        }),
         due_for_recheck: Rechecker::due(&session, deployment, now).then(|| Box::new(session)),
     })
 }
@@ -294,6 +314,8 @@ pub struct RequestCtx {
     upstream_fd: Option<OwnedFd>,
     live: Option<LiveGuard>,
     frames: FrameTracker,
+    /// Frames of the client→upstream stream, whose data frames are activity.
+    client_frames: FrameTracker,
     /// Time to the response header.
     response_after: Option<Duration>,
     /// The close code portcullis appended for the client, if any.
@@ -683,14 +705,40 @@ impl ProxyHttp for Portcullis {
             .as_downstream()
             .stream()
             .and_then(|s| ClientSocket::identify(s.id()));
-        ctx.live = Some(self.state.connections.register(NewConnection {
-            deployment: target.deployment.label.clone(),
-            route: target.route.label.clone(),
-            session: ctx.auth.as_ref().and_then(|a| a.session.clone()),
-            expires_at: ctx.auth.as_ref().and_then(|a| a.session_expires_at),
-            upstream,
-            client,
-        }));
+        ctx.live = Some(
+            self.state.connections.register(NewConnection {
+                deployment: target.deployment.label.clone(),
+                route: target.route.label.clone(),
+                session: ctx.auth.as_ref().and_then(|a| a.session.clone()),
+                expires_at: ctx.auth.as_ref().and_then(|a| a.session_expires_at),
+                activity: ctx
+                    .auth
+                    .as_ref()
+                    .and_then(|a| a.session_idle.clone())
+                    .map(|i| SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen)),
+                upstream,
+                client,
+            }),
+        );
+        Ok(())
+    }
+
+    /// On a live connection, the client's data frames keep its session from
+    /// going idle.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(live), Some(chunk)) = (&ctx.live, body.as_deref()) {
+            if ctx.client_frames.observe(chunk) {
+                if let Some(activity) = &live.connection().activity {
+                    activity.note_frame(login::now());
+                }
+            }
+        }
         Ok(())
     }
 

@@ -1,14 +1,19 @@
 //! Where sessions live. A trait, so that the embedded `memory` store (one
 //! instance) and a shared `redis` store (several instances) are
 //! interchangeable; every method is async and fallible because a shared
-//! store is a network service.
+//! store is a network service. A store reports the ends it discovers by
+//! itself (maximum lifetime, idle timeout) to an `EndObserver`, once per
+//! session; ends that callers cause (logout, revocation) are theirs to report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Session, SessionId};
+use super::{EndReason, Session, SessionId};
+
+/// Told of each session that a store found ended by time, once.
+pub type EndObserver = Arc<dyn Fn(&Session, EndReason) + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -31,12 +36,16 @@ pub trait SessionStore: Send + Sync {
     async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Session>, StoreError>;
     /// About how many sessions are live (for the gauge), when the store can tell cheaply.
     fn approximate_count(&self) -> Option<u64>;
+    /// Periodic housekeeping (the supervisor calls it every tick): a store
+    /// whose entries expire on their own notices them here.
+    async fn maintain(&self) {}
 }
 
 /// The embedded store: a bounded in-memory map whose entries vanish when
 /// their session ends.
 pub struct MemoryStore {
     sessions: moka::future::Cache<SessionId, Arc<Session>>,
+    on_end: Option<EndObserver>,
 }
 
 struct UntilSessionEnds;
@@ -63,20 +72,43 @@ impl moka::Expiry<SessionId, Arc<Session>> for UntilSessionEnds {
 }
 
 fn remaining(session: &Session) -> Duration {
-    let now = std::time::SystemTime::now()
+    Duration::from_secs(session.ends_at().saturating_sub(unix_now()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    Duration::from_secs(session.ends_at().saturating_sub(now))
+        .unwrap_or(0)
 }
 
 impl MemoryStore {
     pub fn new(capacity: u64) -> Self {
+        Self::with_end_observer(capacity, None)
+    }
+
+    /// A store that tells `on_end` of every session it finds ended by time:
+    /// when a lookup meets one, or when the cache lets one expire.
+    pub fn with_end_observer(capacity: u64, on_end: Option<EndObserver>) -> Self {
+        let mut builder = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(UntilSessionEnds);
+        if let Some(observer) = on_end.clone() {
+            builder = builder.eviction_listener(move |_id, session: Arc<Session>, cause| {
+                // Explicit removals are the callers' ends (or a lookup's,
+                // reported there); capacity evictions are not ends by time.
+                if cause == moka::notification::RemovalCause::Expired {
+                    let reason = session
+                        .check(unix_now())
+                        .err()
+                        .unwrap_or(EndReason::Expired);
+                    observer(&session, reason);
+                }
+            });
+        }
         MemoryStore {
-            sessions: moka::future::Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(UntilSessionEnds)
-                .build(),
+            sessions: builder.build(),
+            on_end,
         }
     }
 
@@ -92,12 +124,21 @@ impl MemoryStore {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Session>, StoreError> {
-        Ok(self
-            .sessions
-            .get(id)
-            .await
-            .filter(|s| s.check(now).is_ok())
-            .map(|s| (*s).clone()))
+        let Some(session) = self.sessions.get(id).await else {
+            return Ok(None);
+        };
+        match session.check(now) {
+            Ok(()) => Ok(Some((*session).clone())),
+            Err(reason) => {
+                // Whoever removes it reports it: one report per session.
+                if self.sessions.remove(id).await.is_some() {
+                    if let Some(on_end) = &self.on_end {
+                        on_end(&session, reason);
+                    }
+                }
+                Ok(None)
+            }
+        }
     }
 
     async fn save(&self, session: &Session) -> Result<(), StoreError> {
@@ -123,6 +164,10 @@ impl SessionStore for MemoryStore {
 
     fn approximate_count(&self) -> Option<u64> {
         Some(self.sessions.entry_count())
+    }
+
+    async fn maintain(&self) {
+        self.sessions.run_pending_tasks().await;
     }
 }
 
@@ -155,21 +200,86 @@ mod tests {
         let start = now();
         let s = session(start, 3600, 60);
         store.save(&s).await.unwrap();
-        // Seen from the future: idle past its timeout.
-        assert_eq!(store.load(&s.id, start + 61).await.unwrap(), None);
         let touched = store.touch(&s.id, start + 30).await.unwrap().unwrap();
         assert_eq!(touched.last_seen, start + 30);
         assert!(
             store.load(&s.id, start + 61).await.unwrap().is_some(),
             "activity moved the deadline"
         );
+        // Seen from later: idle past its timeout, and gone from then on.
+        assert_eq!(store.load(&s.id, start + 91).await.unwrap(), None);
+        assert_eq!(store.load(&s.id, start + 31).await.unwrap(), None);
+        let mut long = session(start, 3600, 3600);
+        store.save(&long).await.unwrap();
+        long.last_seen = start + 3599;
+        store.save(&long).await.unwrap();
         assert_eq!(
-            store.load(&s.id, start + 3600).await.unwrap(),
+            store.load(&long.id, start + 3600).await.unwrap(),
             None,
             "never past max_lifetime"
         );
         let unknown = SessionId::random().unwrap();
         assert_eq!(store.touch(&unknown, start).await.unwrap(), None);
+    }
+
+    type RecordedEnds = Arc<parking_lot::Mutex<Vec<(String, EndReason)>>>;
+
+    fn recording_store() -> (MemoryStore, RecordedEnds) {
+        let ends = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = ends.clone();
+        let observer: EndObserver = Arc::new(move |s: &Session, reason| {
+            sink.lock().push((s.subject.clone(), reason));
+        });
+        (MemoryStore::with_end_observer(100, Some(observer)), ends)
+    }
+
+    #[tokio::test]
+    async fn ends_found_by_a_lookup_are_reported_once_with_their_reason() {
+        let (store, ends) = recording_store();
+        let start = now();
+        let mut idle = session(start, 3600, 60);
+        idle.subject = "idle".into();
+        let mut expired = session(start, 3600, 3600);
+        expired.subject = "expired".into();
+        store.save(&idle).await.unwrap();
+        store.save(&expired).await.unwrap();
+        assert_eq!(store.load(&idle.id, start + 61).await.unwrap(), None);
+        assert_eq!(store.load(&idle.id, start + 62).await.unwrap(), None);
+        assert_eq!(store.load(&expired.id, start + 3600).await.unwrap(), None);
+        assert_eq!(store.touch(&expired.id, start + 3601).await.unwrap(), None);
+        assert_eq!(
+            *ends.lock(),
+            vec![
+                ("idle".to_string(), EndReason::Idle),
+                ("expired".to_string(), EndReason::Expired)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn explicit_removals_and_live_sessions_are_not_reported() {
+        let (store, ends) = recording_store();
+        let s = session(now(), 3600, 600);
+        store.save(&s).await.unwrap();
+        assert!(store.load(&s.id, now()).await.unwrap().is_some());
+        store.remove(&s.id).await.unwrap();
+        store.maintain().await;
+        assert!(ends.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sessions_the_cache_lets_expire_are_reported_by_maintenance() {
+        let (store, ends) = recording_store();
+        // Ends one second from now: nobody looks it up again.
+        let mut s = session(now() - 59, 3600, 60);
+        s.subject = "quiet".into();
+        store.save(&s).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ends.lock().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store.maintain().await;
+        }
+        assert_eq!(*ends.lock(), vec![("quiet".to_string(), EndReason::Idle)]);
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 use portcullis::devidp::{self, DevIdp, DevIdpOptions};
 use reqwest::redirect::Policy;
 
+use super::Proxy;
+
 /// A client that shows every redirect instead of following it.
 pub fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
@@ -64,4 +66,66 @@ pub async fn choose_user(client: &reqwest::Client, authorize: &str, user: &str) 
         .unwrap();
     assert!(chosen.status().is_redirection(), "{}", chosen.status());
     location(&chosen)
+}
+
+/// Logs `user` in for `deployment`; returns the session cookie and where
+/// the callback sent the browser. Panics with the page when it fails.
+pub async fn login(
+    proxy: &Proxy,
+    deployment: &str,
+    user: &str,
+    rd: &str,
+) -> Result<(String, String), (u16, String)> {
+    let c = no_redirects();
+    let start = c
+        .get(proxy.url(&format!(
+            "/.auth/login?deployment={deployment}&rd={}",
+            urlencode(rd)
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let pending = set_cookies(&start);
+    assert_eq!(pending.len(), 1);
+    let authorize = location(&start);
+    assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("nonce="));
+    // The provider's login form, then the user's choice.
+    let callback = choose_user(&c, &authorize, user).await;
+    assert!(callback.contains("/.auth/callback?"), "{callback}");
+    let done = c
+        .get(&callback)
+        .header("cookie", pending.join("; "))
+        .send()
+        .await
+        .unwrap();
+    if done.status() != 302 {
+        let status = done.status().as_u16();
+        return Err((status, done.text().await.unwrap()));
+    }
+    let cookies = set_cookies(&done);
+    let session = cookies
+        .iter()
+        .find(|c| !c.contains("-login-"))
+        .expect("a session cookie")
+        .clone();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.contains("-login-") && c.ends_with('=')),
+        "the pending cookie is cleared"
+    );
+    // The callback URL is single use.
+    let replay = c
+        .get(&callback)
+        .header("cookie", pending.join("; "))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        replay.status(),
+        302,
+        "a replayed callback must not log in again"
+    );
+    Ok((session, location(&done)))
 }

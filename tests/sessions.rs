@@ -1,0 +1,362 @@
+//! How browser sessions end, against the real binary and the development
+//! provider: the idle timeout (kept off by the client's chat frames), the
+//! maximum lifetime, a login whose ID token carries the wrong nonce, and
+//! cookie-key rotation across a reload.
+//!
+//! Session lifetimes are minutes at the least, so the clock tests run
+//! portcullis under libfaketime (Debian `libfaketime`, installed by
+//! scripts/setup.sh): its wall clock follows an offset file the test moves
+//! forward, while its monotonic clock (timers, Pingora) stays real.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::browser::*;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use portcullis::devidp::{DevIdp, DevIdpOptions};
+use tokio_tungstenite::tungstenite::Message;
+
+const ORIGIN: &str = "http://{PROXY}";
+const CHAT: &str = "/v1/chat?deploymentId=support";
+
+/// The multi-threaded libfaketime, wherever the distribution put it.
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|dir| dir.path().join("faketime/libfaketimeMT.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1")])
+        .find(|p| p.exists());
+    found.expect("libfaketime is not installed (scripts/setup.sh installs the Debian package)")
+}
+
+/// Moves portcullis's wall clock: `offset` seconds ahead of real time.
+struct Clock {
+    file: PathBuf,
+}
+
+impl Clock {
+    fn set(&self, offset_secs: u64) {
+        std::fs::write(&self.file, format!("+{offset_secs}\n")).unwrap();
+    }
+}
+
+/// The dev provider and portcullis with `session` as the support
+/// messenger's lifetimes, its wall clock under the returned `Clock`.
+async fn setup(session: &str) -> (DevIdp, Proxy, Clock, tempfile::TempDir) {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock {
+        file: dir.path().join("faketime"),
+    };
+    clock.set(0);
+    let config = config(&idp, backend, session, "");
+    let lib = libfaketime();
+    let proxy = Proxy::start_with_env(
+        &config,
+        &[
+            ("DEV_SECRET", "demo-secret"),
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("FAKETIME_TIMESTAMP_FILE", clock.file.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+    .await;
+    (idp, proxy, clock, dir)
+}
+
+fn config(idp: &DevIdp, backend: std::net::SocketAddr, session: &str, keys: &str) -> String {
+    format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+public_url: "http://{{PROXY}}"
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+providers:
+  dev:
+    issuer: "{issuer}"
+    client_id: portcullis-demo
+    client_secret: {{env: DEV_SECRET}}
+    audiences: ["api://messaging"]
+messengers:
+  support:
+    authentication: {{enabled: true, provider: dev}}
+    session: {session}
+upstreams:
+  chat: {{servers: ["{backend}"]}}
+deployments:
+  - {{id: support, messenger: support, upstream: chat, allowed_origins: ["{ORIGIN}"]}}
+routes: [{{path_prefix: /v1}}]
+sessions:
+  keys: {keys}
+logging: {{format: json, level: info}}
+"#,
+        issuer = idp.issuer(),
+        keys = if keys.is_empty() { "{}" } else { keys },
+    )
+}
+
+fn origin(proxy: &Proxy) -> String {
+    proxy.url("").trim_end_matches('/').to_string()
+}
+
+async fn log_in(proxy: &Proxy) -> String {
+    login(proxy, "support", "alice", "/")
+        .await
+        .unwrap_or_else(|(status, page)| panic!("login failed with {status}: {page}"))
+        .0
+}
+
+async fn open_chat(proxy: &Proxy, cookie: &str) -> Ws {
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url(CHAT),
+        &[("Origin", &origin(proxy)), ("Cookie", cookie)],
+    )
+    .await
+    .expect("the session opens the chat");
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome");
+    ws
+}
+
+/// The close frame ending the socket within `within`, skipping other frames.
+async fn closed_with(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return Some((frame.code.into(), frame.reason.to_string()))
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+async fn me_status(proxy: &Proxy, cookie: &str) -> u16 {
+    no_redirects()
+        .get(proxy.url("/.auth/me"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn chat_refused_with(proxy: &Proxy, cookie: &str) -> u16 {
+    let attempt = ws_connect(
+        &proxy.ws_url(CHAT),
+        &[("Origin", &origin(proxy)), ("Cookie", cookie)],
+    )
+    .await;
+    refused_status(&attempt)
+}
+
+#[tokio::test]
+async fn an_idle_session_ends_and_closes_its_chat_unless_the_client_keeps_talking() {
+    let (_idp, proxy, clock, _dir) =
+        setup("{max_lifetime: 1h, idle_timeout: 1m, token_lifetime: 15m}").await;
+    let cookie = log_in(&proxy).await;
+    let mut talking = open_chat(&proxy, &cookie).await;
+
+    // 50 s on, the client sends a chat message: activity at +50 s.
+    clock.set(50);
+    let reply = echo(&mut talking, "still here").await;
+    assert_eq!(reply["text"], "still here");
+    // At +100 s the login is 100 s old but the last message only 50 s:
+    // the session lives on, and so does the socket.
+    clock.set(100);
+    assert_eq!(
+        closed_with(&mut talking, Duration::from_millis(1500)).await,
+        None,
+        "a session with recent chat frames must not go idle"
+    );
+    assert_eq!(
+        proxy
+            .metric("portcullis_session_ends_total", &[("reason", "idle")])
+            .await,
+        None
+    );
+
+    // Past +110 s (the message plus the 60 s idle timeout), with nothing
+    // said: closed with 4001 within a second or so, and the session is over.
+    clock.set(112);
+    assert_eq!(
+        closed_with(&mut talking, Duration::from_secs(3)).await,
+        Some((4001, "session idle".to_string()))
+    );
+    assert_eq!(chat_refused_with(&proxy, &cookie).await, 401);
+    assert_eq!(me_status(&proxy, &cookie).await, 401);
+    assert_eq!(
+        proxy
+            .metric("portcullis_session_ends_total", &[("reason", "idle")])
+            .await,
+        Some(1.0),
+        "ended once, counted once"
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_forced_closes_total",
+                &[("deployment", "support"), ("reason", "idle")]
+            )
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_maximum_lifetime_however_active() {
+    let (_idp, proxy, clock, _dir) =
+        setup("{max_lifetime: 15m, idle_timeout: 15m, token_lifetime: 15m}").await;
+    let cookie = log_in(&proxy).await;
+    let mut ws = open_chat(&proxy, &cookie).await;
+    clock.set(890);
+    echo(&mut ws, "ten seconds left").await;
+    assert_eq!(me_status(&proxy, &cookie).await, 200);
+
+    clock.set(901);
+    assert_eq!(
+        closed_with(&mut ws, Duration::from_secs(3)).await,
+        Some((4001, "session expired".to_string()))
+    );
+    assert_eq!(chat_refused_with(&proxy, &cookie).await, 401);
+    assert_eq!(me_status(&proxy, &cookie).await, 401);
+    assert_eq!(
+        proxy
+            .metric("portcullis_session_ends_total", &[("reason", "expired")])
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_id_token_with_another_nonce_is_refused_at_the_callback() {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    let proxy = Proxy::start_with_env(
+        &config(&idp, backend, "{}", ""),
+        &[("DEV_SECRET", "demo-secret")],
+    )
+    .await;
+    let c = no_redirects();
+    let start = c
+        .get(proxy.url("/.auth/login?deployment=support&rd=%2F"))
+        .send()
+        .await
+        .unwrap();
+    let pending = set_cookies(&start);
+    // The authorization request reaches the provider with another nonce (an
+    // injected or replayed request): the ID token then carries that nonce.
+    let authorize = location(&start);
+    let mut url = url::Url::parse(&authorize).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "nonce" {
+                "nonce-of-somebody-else".to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(&pairs);
+    let callback = choose_user(&c, url.as_str(), "alice").await;
+    let done = c
+        .get(&callback)
+        .header("cookie", pending.join("; "))
+        .send()
+        .await
+        .unwrap();
+    let status = done.status().as_u16();
+    let no_session = set_cookies(&done)
+        .iter()
+        .all(|c| c.contains("-login-") || c.ends_with('='));
+    let page = done.text().await.unwrap();
+    assert_eq!(status, 401, "{page}");
+    assert!(page.contains("does not belong to this login"), "{page}");
+    assert!(no_session, "no session cookie is set");
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_logins_total",
+                &[("deployment", "support"), ("result", "nonce_mismatch")]
+            )
+            .await,
+        Some(1.0)
+    );
+    let log = proxy.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("login refused") && l.contains("nonce_mismatch")),
+        "one log line says why: {log}"
+    );
+    assert!(!log.contains("nonce-of-somebody-else"));
+}
+
+#[tokio::test]
+async fn cookies_sealed_with_a_previous_key_open_until_that_key_is_dropped() {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, byte: u8| {
+        use base64::Engine;
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            base64::engine::general_purpose::STANDARD.encode([byte; 32]),
+        )
+        .unwrap();
+        format!("{{file: \"{}\"}}", path.display())
+    };
+    let (old_key, new_key) = (key_file("old", 1), key_file("new", 2));
+    let proxy = Proxy::start_with_env(
+        &config(&idp, backend, "{}", &format!("{{cookie_key: {old_key}}}")),
+        &[("DEV_SECRET", "demo-secret")],
+    )
+    .await;
+    let sealed_with_old = log_in(&proxy).await;
+    assert_eq!(me_status(&proxy, &sealed_with_old).await, 200);
+
+    let reload_with = |keys: String| {
+        let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+        let start = text.find("  keys: ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        std::fs::write(
+            &proxy.config_path,
+            format!("{}  keys: {keys}{}", &text[..start], &text[end..]),
+        )
+        .unwrap();
+        let admin = proxy.admin_url("/admin/reload");
+        async move {
+            let resp = reqwest::Client::new().post(admin).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        }
+    };
+
+    // Rotation: new cookies get the new key, old ones still open.
+    reload_with(format!(
+        "{{cookie_key: {new_key}, previous_cookie_keys: [{old_key}]}}"
+    ))
+    .await;
+    assert_eq!(me_status(&proxy, &sealed_with_old).await, 200);
+    let sealed_with_new = log_in(&proxy).await;
+    assert_eq!(me_status(&proxy, &sealed_with_new).await, 200);
+
+    // The old key retired: its cookies are no session; the new ones are.
+    reload_with(format!("{{cookie_key: {new_key}}}")).await;
+    assert_eq!(me_status(&proxy, &sealed_with_old).await, 401);
+    assert_eq!(me_status(&proxy, &sealed_with_new).await, 200);
+    assert_eq!(chat_refused_with(&proxy, &sealed_with_old).await, 401);
+    let mut ws = open_chat(&proxy, &sealed_with_new).await;
+    ws.send(Message::Close(None)).await.unwrap();
+}
