@@ -394,6 +394,49 @@ where
     })
 }
 
+/// A handshake carrying the sealed cookie of a live session of alice's,
+/// saved in `store`, and its admitted target.
+async fn session_request(
+    runtime: &Runtime,
+    store: &portcullis::session::store::MemoryStore,
+) -> (RequestHeader, route::Target) {
+    use portcullis::session::store::SessionStore;
+    use portcullis::session::{Session, SessionId};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let id = SessionId::random().expect("randomness");
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), "alice".into());
+    claims.insert("email".into(), "alice@example.com".into());
+    let session = Session {
+        id: id.clone(),
+        deployment: AUTH_DEPLOYMENT.into(),
+        provider: "dev".into(),
+        subject: "alice".into(),
+        claims,
+        created_at: now,
+        last_seen: now,
+        expires_at: now + 3600,
+        idle_timeout_secs: 3600,
+        refresh_token: None,
+        id_token: None,
+        checked_at: now,
+    };
+    store.save(&session).await.expect("memory store");
+    let name = portcullis::endpoints::login::CookiePolicy::for_runtime(runtime)
+        .session_name
+        .clone();
+    let sealed = runtime.cookies.seal(&name, id.as_bytes()).expect("sealed");
+    let mut request = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
+    request
+        .append_header("Cookie", format!("theme=dark; {name}={sealed}; lang=en"))
+        .expect("header");
+    let target = admit(runtime, &request, true).expect("admitted");
+    (request, target)
+}
+
 fn bench_tokens(c: &mut Criterion) {
     let AuthBench {
         runtime,
@@ -462,6 +505,34 @@ fn bench_tokens(c: &mut Criterion) {
                 authenticate(black_box(runtime), &sessions, &target, black_box(&request))
                     .await
                     .is_ok()
+            })
+        })
+    });
+
+    // The session-cookie path: open the sealed cookie (AES-256-GCM), look the
+    // session up in the memory store, apply the policy, reuse the identity.
+    let store = portcullis::session::store::MemoryStore::new(1000);
+    let (cookie_request, cookie_target) = tokio.block_on(session_request(runtime, &store));
+    let by_cookie = tokio
+        .block_on(authenticate(
+            runtime,
+            &store,
+            &cookie_target,
+            &cookie_request,
+        ))
+        .expect("the session cookie authenticates");
+    assert!(by_cookie.session.is_some() && by_cookie.rendered.identity.subject == "alice");
+    group.bench_function("authenticate_session_cookie", |b| {
+        b.iter_custom(|iters| {
+            time_async(tokio, iters, |_| async {
+                authenticate(
+                    black_box(runtime),
+                    &store,
+                    &cookie_target,
+                    black_box(&cookie_request),
+                )
+                .await
+                .is_ok()
             })
         })
     });

@@ -10,6 +10,9 @@
 //!
 //! Clients (bounded in time and count; results on stdout as one line of
 //! `key=value` pairs, the first error on stderr):
+//!   login       --url http://PROXY --deployment D --cookie-file PATH [--user alice]
+//!                 a browser login at portcullis and the development provider;
+//!                 writes the session cookie (`name=value`) to PATH
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
 //!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
@@ -104,6 +107,20 @@ enum Command {
         #[arg(long, default_value = "RS256", value_parser = ["RS256", "ES256"])]
         alg: String,
         /// The token's subject, one of the provider's users (alice, bob, carol).
+        #[arg(long, default_value = "alice")]
+        user: String,
+    },
+    /// Log in through portcullis at the development provider, as a browser
+    /// would, and write the session cookie (`name=value`) to PATH.
+    Login {
+        /// portcullis's base URL, e.g. http://127.0.0.1:18080.
+        #[arg(long)]
+        url: Url,
+        #[arg(long)]
+        deployment: String,
+        #[arg(long)]
+        cookie_file: PathBuf,
+        /// One of the provider's users (alice, bob, carol).
         #[arg(long, default_value = "alice")]
         user: String,
     },
@@ -203,6 +220,12 @@ fn run(command: Command) -> Result<()> {
             alg,
             user,
         } => idp(listen, &token_file, &alg, &user),
+        Command::Login {
+            url,
+            deployment,
+            cookie_file,
+            user,
+        } => runtime(1)?.block_on(login(url, &deployment, &cookie_file, &user)),
         Command::Http {
             url,
             concurrency,
@@ -393,6 +416,74 @@ fn idp(listen: SocketAddr, token_file: &Path, alg: &str, user: &str) -> Result<(
         drop(provider);
         Ok(())
     })
+}
+
+/// The four steps of a browser login: portcullis's login start, the
+/// provider's form, the user's choice, portcullis's callback.
+async fn login(url: Url, deployment: &str, cookie_file: &Path, user: &str) -> Result<()> {
+    loopback_target(&url, "http").await?;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(IO_TIMEOUT)
+        .build()?;
+    let location = |resp: &reqwest::Response| -> Result<String> {
+        let value = resp.headers().get("location").with_context(|| {
+            format!(
+                "{} answered {} without a Location",
+                resp.url(),
+                resp.status()
+            )
+        })?;
+        Ok(value.to_str()?.to_string())
+    };
+    let cookies = |resp: &reqwest::Response| -> Vec<String> {
+        resp.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
+            .collect()
+    };
+    let mut start_url = url.join("/.auth/login")?;
+    start_url
+        .query_pairs_mut()
+        .append_pair("deployment", deployment)
+        .append_pair("rd", "/");
+    let start = client.get(start_url).send().await?;
+    let pending = cookies(&start);
+    let authorize = Url::parse(&location(&start)?)?;
+    loopback_target(&authorize, "http").await?;
+    let form = client.get(authorize.clone()).send().await?.text().await?;
+    let request_id = form
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the provider's page has no login form")?;
+    let chosen = client
+        .post(authorize.join("/authorize/login")?)
+        .form(&[("request", request_id), ("user", user)])
+        .send()
+        .await?;
+    let callback = location(&chosen)?;
+    let done = client
+        .get(&callback)
+        .header("cookie", pending.join("; "))
+        .send()
+        .await?;
+    ensure!(
+        done.status() == 302,
+        "the callback answered {}: {}",
+        done.status(),
+        done.text().await.unwrap_or_default()
+    );
+    let session = cookies(&done)
+        .into_iter()
+        .find(|c| !c.contains("-login-") && !c.ends_with('='))
+        .context("the callback set no session cookie")?;
+    let partial = cookie_file.with_extension("partial");
+    std::fs::write(&partial, &session)
+        .and_then(|()| std::fs::rename(&partial, cookie_file))
+        .with_context(|| format!("cannot write {}", cookie_file.display()))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- results

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Load comparison of the demo echo backend reached directly, through a bare
 # Pingora proxy (the baseline), through portcullis to a deployment without
-# authentication, and through portcullis to a deployment that requires a
-# bearer token (the same token on every request: the token-cache path); then
-# the memory portcullis spends per idle WebSocket. Prints markdown tables.
+# authentication, through portcullis to a deployment that requires a bearer
+# token (the same token on every request: the token-cache path), and to one
+# authenticated by a browser session cookie (one login, then the cookie on
+# every request: the session path); then the memory portcullis spends per
+# idle WebSocket. Prints markdown tables.
 #
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
@@ -38,6 +40,7 @@ IDP_PORT=18083
 ADMIN_PORT=19090
 DEPLOYMENT=bench-deployment
 AUTH_DEPLOYMENT=bench-auth
+SESSION_DEPLOYMENT=bench-session
 ORIGIN=http://bench.localhost
 # The same request for every target, so the backend does the same work; only
 # the deployment differs between portcullis's two deployments.
@@ -121,22 +124,26 @@ portcullis_bin=target/release/portcullis
 
 cat >"$work/portcullis.yaml" <<EOF
 listen: [{address: "$HOST:$PORTCULLIS_PORT"}]
+public_url: "http://$HOST:$PORTCULLIS_PORT"
 threads: 1
 admin: {address: "$HOST:$ADMIN_PORT"}
 providers:
   dev:
     issuer: "http://$HOST:$IDP_PORT"
     client_id: portcullis-demo
+    client_secret: {env: BENCH_CLIENT_SECRET}
     audiences: ["api://messaging"]
     algorithms: [RS256, ES256]
 messengers:
   open: {authentication: {enabled: false}}
   bearer: {authentication: {enabled: true, provider: dev}, assertion: false}
+  session: {authentication: {enabled: true, provider: dev}, assertion: false}
 upstreams:
   backend: {servers: ["$HOST:$BACKEND_PORT"]}
 deployments:
   - {id: $DEPLOYMENT, messenger: open, upstream: backend, allowed_origins: ["$ORIGIN"]}
   - {id: $AUTH_DEPLOYMENT, messenger: bearer, upstream: backend, allowed_origins: ["$ORIGIN"]}
+  - {id: $SESSION_DEPLOYMENT, messenger: session, upstream: backend, allowed_origins: ["$ORIGIN"]}
 routes:
   - {path_prefix: /v1, deployment_from: {query: deploymentId}}
 logging: {format: text, level: warn}
@@ -158,7 +165,8 @@ if [ ! -s "$work/token" ]; then
     exit 1
 fi
 bearer="Authorization: Bearer $(cat "$work/token")"
-start portcullis "$PORTCULLIS_PORT" "$portcullis_bin" run -c "$work/portcullis.yaml"
+# The development provider's client secret for this client id.
+BENCH_CLIENT_SECRET=demo-secret start portcullis "$PORTCULLIS_PORT" "$portcullis_bin" run -c "$work/portcullis.yaml"
 portcullis_pid=$STARTED_PID
 
 # Pre-flight for the authenticating deployment, which also makes portcullis
@@ -181,18 +189,37 @@ if [ "$(field "$with_token" errors)" != 0 ] || [ "$(field "$with_token" requests
     exit 1
 fi
 
+# One browser login; the session deployment gets the same pre-flight.
+if ! "$load_bin" login --url "http://$HOST:$PORTCULLIS_PORT" --deployment "$SESSION_DEPLOYMENT" \
+    --cookie-file "$work/cookie" 2>>"$work/preflight.log"; then
+    echo "the login for $SESSION_DEPLOYMENT failed:" >&2
+    sed 's/^/    /' "$work/preflight.log" >&2
+    exit 1
+fi
+session_cookie="Cookie: $(cat "$work/cookie")"
+with_cookie=$("$load_bin" http --url "http://$HOST:$PORTCULLIS_PORT$(request_path "$SESSION_DEPLOYMENT")" \
+    --concurrency 1 --duration 1 --header "Origin: $ORIGIN" --header "$session_cookie" 2>>"$work/preflight.log")
+if [ "$(field "$with_cookie" errors)" != 0 ] || [ "$(field "$with_cookie" requests)" = 0 ]; then
+    echo "pre-flight of $SESSION_DEPLOYMENT with the session cookie failed: $with_cookie" >&2
+    sed 's/^/    /' "$work/preflight.log" >&2
+    exit 1
+fi
+
 declare -A http_result ws_result
-targets=(direct-backend bare-pingora portcullis portcullis-bearer)
+targets=(direct-backend bare-pingora portcullis portcullis-bearer portcullis-session)
 declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT
-    [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT)
+    [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT
+    [portcullis-session]=$PORTCULLIS_PORT)
 declare -A deployment_of=([direct-backend]=$DEPLOYMENT [bare-pingora]=$DEPLOYMENT
-    [portcullis]=$DEPLOYMENT [portcullis-bearer]=$AUTH_DEPLOYMENT)
+    [portcullis]=$DEPLOYMENT [portcullis-bearer]=$AUTH_DEPLOYMENT
+    [portcullis-session]=$SESSION_DEPLOYMENT)
 
 for target in "${targets[@]}"; do
     port=${port_of[$target]}
     deployment=${deployment_of[$target]}
     extra=()
     if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
+    if [ "$target" = portcullis-session ]; then extra=(--header "$session_cookie"); fi
     echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
     http_result[$target]=$("$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
@@ -227,7 +254,8 @@ rate_ratio() {
 echo
 echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores;" \
     "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x, ${DURATION}s each;" \
-    "portcullis-bearer: one RS256 access token on every request (token cache)"
+    "portcullis-bearer: one RS256 access token on every request (token cache);" \
+    "portcullis-session: one session cookie on every request"
 echo
 echo "| target | HTTP req/s | vs auth-disabled | HTTP p50 µs | HTTP p99 µs | HTTP max µs | HTTP errors | WS handshakes/s | vs auth-disabled | WS p50 µs | WS p99 µs | WS errors | WS closes unanswered |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -245,6 +273,8 @@ echo "portcullis / bare Pingora: HTTP req/s" \
     "$(ratio "$(field "${ws_result[portcullis]}" handshakes_per_s)" "$(field "${ws_result[bare-pingora]}" handshakes_per_s)")"
 echo "portcullis bearer (cached token) / auth-disabled: HTTP req/s $(rate_ratio http portcullis-bearer)," \
     "handshakes/s $(rate_ratio ws portcullis-bearer)"
+echo "portcullis session cookie / auth-disabled: HTTP req/s $(rate_ratio http portcullis-session)," \
+    "handshakes/s $(rate_ratio ws portcullis-session)"
 echo
 echo "| portcullis, idle WebSockets | opened | errors | open time s | RSS before KiB | RSS after KiB | KiB per connection | closes answered | closes unanswered | close errors |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

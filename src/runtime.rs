@@ -187,6 +187,8 @@ pub struct Runtime {
     pub keys: Arc<KeyRing>,
     /// Seals and opens portcullis's cookies.
     pub cookies: Arc<CookieCodec>,
+    /// Names and attributes of portcullis's cookies.
+    pub cookie_policy: crate::endpoints::login::CookiePolicy,
     /// Verified provider tokens. Rebuilt with the runtime, so a reload that
     /// changes a provider's audiences or keys never serves an old verdict.
     pub tokens: TokenCache,
@@ -290,6 +292,7 @@ impl Runtime {
         let strip = StripRules {
             prefix: config::normalize_header_name(&config.identity_header_prefix),
         };
+        let cookie_policy = crate::endpoints::login::CookiePolicy::from_config(&config);
         Ok(Runtime {
             config: Arc::new(config),
             deployments,
@@ -299,6 +302,7 @@ impl Runtime {
             strip,
             keys,
             cookies,
+            cookie_policy,
             tokens: TokenCache::new(TOKEN_CACHE_CAPACITY, metrics.clone()),
             identities: moka::sync::Cache::builder()
                 .max_capacity(TOKEN_CACHE_CAPACITY)

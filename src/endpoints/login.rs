@@ -61,11 +61,15 @@ pub struct CookiePolicy {
 }
 
 impl CookiePolicy {
-    pub fn for_runtime(runtime: &Runtime) -> Self {
-        let sessions = &runtime.config.sessions;
+    /// The runtime's policy, built once with it.
+    pub fn for_runtime(runtime: &Runtime) -> &CookiePolicy {
+        &runtime.cookie_policy
+    }
+
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let sessions = &config.sessions;
         // Secure unless the public URL is plain http (allowed on loopback only).
-        let secure = runtime
-            .config
+        let secure = config
             .public_url
             .as_ref()
             .is_none_or(|u| u.scheme() == "https");
@@ -127,7 +131,8 @@ pub async fn session_from_cookie(
     let sealed = cookies(req).find(|(k, _)| *k == policy.session_name)?.1;
     let id = runtime.cookies.open(&policy.session_name, sealed)?;
     let id = SessionId::from_bytes(&id)?;
-    state.sessions.load(&id, now()).await.ok().flatten()
+    let session = state.sessions.load(&id, now()).await.ok().flatten()?;
+    Some(Arc::unwrap_or_clone(session))
 }
 
 fn page(status: u16, title: &str, message: &str) -> Response {

@@ -194,16 +194,21 @@ pub async fn authenticate(
 /// Removes portcullis's own cookies from the upstream `Cookie` header (a
 /// backend that saw them could replay them); the site's other cookies pass.
 fn strip_own_cookies(req: &mut RequestHeader, policy: &login::CookiePolicy) -> Result<()> {
-    if !req.headers.contains_key(http::header::COOKIE) {
+    if !login::cookies(req).any(|(name, _)| policy.is_own_cookie(name)) {
         return Ok(());
     }
-    let kept: Vec<String> = login::cookies(req)
-        .filter(|(name, _)| !policy.is_own_cookie(name))
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect();
+    let mut kept = String::new();
+    for (name, value) in login::cookies(req).filter(|(name, _)| !policy.is_own_cookie(name)) {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(name);
+        kept.push('=');
+        kept.push_str(value);
+    }
     while req.remove_header(&http::header::COOKIE).is_some() {}
     if !kept.is_empty() {
-        req.insert_header(http::header::COOKIE, kept.join("; "))?;
+        req.insert_header(http::header::COOKIE, kept)?;
     }
     Ok(())
 }
@@ -217,7 +222,7 @@ async fn session_for(
     sessions: &dyn SessionStore,
     req: &RequestHeader,
     provider: &str,
-) -> Option<LoginSession> {
+) -> Option<Arc<LoginSession>> {
     let policy = login::CookiePolicy::for_runtime(runtime);
     let sealed = login::cookies(req)
         .find(|(k, _)| *k == policy.session_name)?
@@ -231,31 +236,30 @@ async fn authenticate_session(
     runtime: &Runtime,
     sessions: &dyn SessionStore,
     deployment: &Arc<crate::runtime::DeploymentRt>,
-    session: LoginSession,
+    session: Arc<LoginSession>,
 ) -> Result<Authenticated, Refusal> {
-    let claims = Arc::new(crate::token::Claims(
-        session.claims.clone().into_iter().collect(),
-    ));
-    policy::authorize(&deployment.messenger.authentication.require, &claims)
-        .map_err(Refusal::Forbidden)?;
-    let now = login::now();
-    let mut last_seen = session.last_seen;
-    if now >= session.last_seen + TOUCH_EVERY_SECS {
-        // A store hiccup must not end a session that is still valid.
-        if let Ok(Some(touched)) = sessions.touch(&session.id, now).await {
-            last_seen = touched.last_seen;
-        }
-    }
-    let public_id = session.id.public_id();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, session.id.as_bytes());
+    // The rendered identity is cached per session, deployment and claims
+    // version (`checked_at` moves whenever a re-check may have changed the
+    // claims), and only ever after the policy allowed them: a hit skips
+    // both. The cache lives with the runtime, so a reload that changes the
+    // policy starts afresh.
+    let mut keyed = [0u8; 24];
+    keyed[..16].copy_from_slice(session.id.as_bytes());
+    keyed[16..].copy_from_slice(&session.checked_at.to_be_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &keyed);
     let mut key_bytes = [0u8; 32];
     key_bytes.copy_from_slice(digest.as_ref());
     let key = (key_bytes, deployment.label.clone());
     let rendered = match runtime.identities.get(&key) {
         Some(r) => r,
         None => {
+            let claims = Arc::new(crate::token::Claims(
+                session.claims.clone().into_iter().collect(),
+            ));
+            policy::authorize(&deployment.messenger.authentication.require, &claims)
+                .map_err(Refusal::Forbidden)?;
             let identity =
-                Identity::from_claims(&claims, deployment.label.clone(), public_id.clone());
+                Identity::from_claims(&claims, deployment.label.clone(), session.id.public_id());
             let rendered = Rendered::new(
                 identity,
                 &deployment.messenger,
@@ -267,20 +271,29 @@ async fn authenticate_session(
             rendered
         }
     };
+    let now = login::now();
+    let mut last_seen = session.last_seen;
+    if now >= session.last_seen + TOUCH_EVERY_SECS {
+        // A store hiccup must not end a session that is still valid.
+        if let Ok(Some(touched)) = sessions.touch(&session.id, now).await {
+            last_seen = touched.last_seen;
+        }
+    }
     Ok(Authenticated {
+        session: Some(Arc::from(rendered.identity.session.as_str())),
         rendered,
         credential: Credential {
             token: String::new(),
             carrier: Carrier::Cookie,
         },
-        session: Some(Arc::from(public_id.as_str())),
         session_expires_at: Some(session.expires_at),
         session_idle: Some(SessionIdle {
             id: session.id.clone(),
             idle_timeout_secs: session.idle_timeout_secs,
             last_seen,
         }),
-        due_for_recheck: Rechecker::due(&session, deployment, now).then(|| Box::new(session)),
+        due_for_recheck: Rechecker::due(&session, deployment, now)
+            .then(|| Box::new(Arc::unwrap_or_clone(session))),
     })
 }
 

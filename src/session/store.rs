@@ -25,15 +25,16 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// The session, if it exists and has not ended by `now`.
-    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Session>, StoreError>;
+    /// The session, if it exists and has not ended by `now`. Shared, not
+    /// copied: this is on every session-authenticated request.
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError>;
     /// Creates or replaces a session.
     async fn save(&self, session: &Session) -> Result<(), StoreError>;
     /// Ends a session; returns it if it existed.
     async fn remove(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
     /// Records activity at `now` (moving the idle deadline); the updated
     /// session, or `None` if it is gone or has ended.
-    async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Session>, StoreError>;
+    async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError>;
     /// About how many sessions are live (for the gauge), when the store can tell cheaply.
     fn approximate_count(&self) -> Option<u64>;
     /// Periodic housekeeping (the supervisor calls it every tick): a store
@@ -123,12 +124,12 @@ impl MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Session>, StoreError> {
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(session) = self.sessions.get(id).await else {
             return Ok(None);
         };
         match session.check(now) {
-            Ok(()) => Ok(Some((*session).clone())),
+            Ok(()) => Ok(Some(session)),
             Err(reason) => {
                 // Whoever removes it reports it: one report per session.
                 if self.sessions.remove(id).await.is_some() {
@@ -152,13 +153,14 @@ impl SessionStore for MemoryStore {
         Ok(self.sessions.remove(id).await.map(|s| (*s).clone()))
     }
 
-    async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Session>, StoreError> {
+    async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(current) = self.load(id, now).await? else {
             return Ok(None);
         };
-        let mut updated = current;
+        let mut updated = (*current).clone();
         updated.last_seen = now;
-        self.save(&updated).await?;
+        let updated = Arc::new(updated);
+        self.sessions.insert(id.clone(), updated.clone()).await;
         Ok(Some(updated))
     }
 
@@ -188,7 +190,7 @@ mod tests {
         let store = MemoryStore::new(100);
         let s = session(now(), 3600, 600);
         store.save(&s).await.unwrap();
-        assert_eq!(store.load(&s.id, now()).await.unwrap(), Some(s.clone()));
+        assert_eq!(store.load(&s.id, now()).await.unwrap().as_deref(), Some(&s));
         assert_eq!(store.remove(&s.id).await.unwrap(), Some(s.clone()));
         assert_eq!(store.load(&s.id, now()).await.unwrap(), None);
         assert_eq!(store.remove(&s.id).await.unwrap(), None);
