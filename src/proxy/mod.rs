@@ -650,7 +650,7 @@ impl ProxyHttp for Portcullis {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
-        strip_own_cookies(upstream_request, &login::CookiePolicy::for_runtime(runtime))?;
+        strip_own_cookies(upstream_request, login::CookiePolicy::for_runtime(runtime))?;
         if let (Some(auth), Some(target)) = (&ctx.auth, &ctx.target) {
             self.add_identity(runtime, target, auth, upstream_request)?;
             credential::strip_carriers(
