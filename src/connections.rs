@@ -88,6 +88,9 @@ pub struct LiveConnection {
     pub expires_at: Option<u64>,
     /// The session's idle clock, for connections authenticated by a session.
     pub activity: Option<SessionActivity>,
+    /// The claims the connection was authenticated with (`None`:
+    /// anonymous), so a reload can re-apply a deployment's rules to it.
+    pub claims: Option<Arc<crate::token::Claims>>,
     pub started: SystemTime,
     pub started_at: Instant,
     upstream: OwnedFd,
@@ -229,6 +232,8 @@ pub struct NewConnection {
     pub expires_at: Option<u64>,
     /// The session's idle clock, when a session authenticated the connection.
     pub activity: Option<SessionActivity>,
+    /// The claims it was authenticated with; `None` when anonymous.
+    pub claims: Option<Arc<crate::token::Claims>>,
     /// A duplicate of the upstream socket, owned by the registry from now on.
     pub upstream: OwnedFd,
     /// The client socket, for the hard-close fallback.
@@ -264,6 +269,7 @@ impl Registry {
             session: new.session,
             expires_at: new.expires_at,
             activity: new.activity,
+            claims: new.claims,
             started: SystemTime::now(),
             started_at: Instant::now(),
             upstream: new.upstream,
@@ -532,6 +538,7 @@ mod tests {
             session: None,
             expires_at: None,
             activity: None,
+            claims: None,
             upstream: OwnedFd::from(upstream.try_clone().unwrap()),
             client: None,
         })
@@ -640,6 +647,7 @@ mod tests {
                     session: Some(Arc::from(id.public_id().as_str())),
                     expires_at: Some(100_000),
                     activity: Some(SessionActivity::new(id.clone(), 60, last_seen)),
+                    claims: None,
                     upstream: OwnedFd::from(a.try_clone().unwrap()),
                     client: None,
                 })
@@ -707,6 +715,7 @@ mod tests {
                     session: Some(Arc::from(format!("s-{i}").as_str())),
                     expires_at: Some(1000 + i as u64 * 100),
                     activity: None,
+                    claims: None,
                     upstream: OwnedFd::from(a.try_clone().unwrap()),
                     client: None,
                 })
@@ -750,6 +759,7 @@ mod tests {
             session: None,
             expires_at: None,
             activity: None,
+            claims: None,
             upstream: OwnedFd::from(up.try_clone().unwrap()),
             client: ClientSocket::identify(std::os::fd::AsRawFd::as_raw_fd(&down)),
         });

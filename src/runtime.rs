@@ -94,6 +94,28 @@ impl DeploymentRt {
     pub fn requires_authentication(&self) -> bool {
         self.messenger.authentication.enabled
     }
+
+    /// Whether a live connection opened with `claims` (`None`: anonymous)
+    /// may stay open under this deployment's current rules: after a reload
+    /// that turned authentication on, changed the provider, or tightened
+    /// `require`, it may not.
+    pub fn still_admits(&self, claims: Option<&crate::token::Claims>) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        if !self.requires_authentication() {
+            return true;
+        }
+        let Some(claims) = claims else {
+            return false;
+        };
+        let same_issuer = self
+            .provider
+            .as_ref()
+            .is_some_and(|p| claims.str("iss") == Some(p.config.issuer.as_str()));
+        same_issuer
+            && crate::policy::authorize(&self.messenger.authentication.require, claims).is_ok()
+    }
 }
 
 pub struct RouteRt {
@@ -476,11 +498,20 @@ impl State {
         let new = Arc::new(new);
         self.runtime.store(new.clone());
         // Connections of deployments that are gone or inactive end now, as
-        // a revocation would end them.
-        let closed = self.connections.close_where(
+        // a revocation would end them; so do those the new rules would refuse.
+        let mut closed = self.connections.close_where(
             |c| new.deployment(&c.deployment).is_none_or(|d| !d.is_active()),
             close_code::SESSION_REVOKED,
             "deployment deactivated",
+            "reload",
+        );
+        closed += self.connections.close_where(
+            |c| {
+                new.deployment(&c.deployment)
+                    .is_some_and(|d| !d.still_admits(c.claims.as_deref()))
+            },
+            close_code::SESSION_REVOKED,
+            "policy changed",
             "reload",
         );
         Ok(ReloadSummary {
@@ -511,3 +542,72 @@ impl State {
 
 /// How often the supervisor looks for due health checks and overdue closes.
 pub const SUPERVISOR_TICK: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Claims;
+
+    fn runtime() -> Runtime {
+        let text = r#"
+listen: [{address: "127.0.0.1:8080"}]
+providers:
+  idp: {issuer: "https://idp.example.com", client_id: portcullis}
+messengers:
+  open: {authentication: {enabled: false}}
+  secured: {authentication: {enabled: true, provider: idp}}
+  staff: {authentication: {enabled: true, provider: idp, require: {groups_any: [staff]}}}
+upstreams:
+  chat: {servers: ["127.0.0.1:9000"]}
+deployments:
+  - {id: open, messenger: open, upstream: chat, allow_all_origins: true}
+  - {id: secured, messenger: secured, upstream: chat, allow_all_origins: true}
+  - {id: staff, messenger: staff, upstream: chat, allow_all_origins: true}
+  - {id: paused, messenger: open, upstream: chat, allow_all_origins: true, status: inactive}
+routes: [{path_prefix: /v1}]
+"#;
+        let config = crate::config::parse(text, std::path::Path::new("."), &|_: &str| None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Runtime::build(config, None, &Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn claims(json: serde_json::Value) -> Claims {
+        Claims(serde_json::from_value(json).unwrap())
+    }
+
+    #[test]
+    fn live_connections_are_judged_by_the_deployments_current_rules() {
+        let rt = runtime();
+        let deployment = |id: &str| rt.deployment(id).unwrap();
+        let customer = claims(
+            serde_json::json!({"iss": "https://idp.example.com", "sub": "a", "groups": ["customers"]}),
+        );
+        let staff = claims(
+            serde_json::json!({"iss": "https://idp.example.com", "sub": "c", "groups": ["staff"]}),
+        );
+        let foreign = claims(
+            serde_json::json!({"iss": "https://other.example.com", "sub": "c", "groups": ["staff"]}),
+        );
+
+        assert!(
+            deployment("open").still_admits(None),
+            "anonymous, no auth needed"
+        );
+        assert!(deployment("open").still_admits(Some(&customer)));
+        assert!(!deployment("paused").still_admits(Some(&staff)), "inactive");
+        assert!(
+            !deployment("secured").still_admits(None),
+            "authentication now required"
+        );
+        assert!(deployment("secured").still_admits(Some(&customer)));
+        assert!(
+            !deployment("secured").still_admits(Some(&foreign)),
+            "another provider's identity"
+        );
+        assert!(
+            !deployment("staff").still_admits(Some(&customer)),
+            "tightened require"
+        );
+        assert!(deployment("staff").still_admits(Some(&staff)));
+    }
+}

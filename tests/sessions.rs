@@ -360,3 +360,57 @@ async fn cookies_sealed_with_a_previous_key_open_until_that_key_is_dropped() {
     let mut ws = open_chat(&proxy, &sealed_with_new).await;
     ws.send(Message::Close(None)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_that_tightens_the_policy_closes_the_chats_it_would_now_refuse() {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    let proxy = Proxy::start_with_env(
+        &config(&idp, backend, "{}", ""),
+        &[("DEV_SECRET", "demo-secret")],
+    )
+    .await;
+    // alice is a customer; carol is a customer and staff.
+    let alice = login(&proxy, "support", "alice", "/").await.unwrap().0;
+    let carol = login(&proxy, "support", "carol", "/").await.unwrap().0;
+    let mut alice_chat = open_chat(&proxy, &alice).await;
+    let mut carol_chat = open_chat(&proxy, &carol).await;
+
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let tightened = text.replacen(
+        "authentication: {enabled: true, provider: dev}",
+        "authentication: {enabled: true, provider: dev, require: {groups_any: [staff]}}",
+        1,
+    );
+    assert_ne!(
+        text, tightened,
+        "test bug: the messenger line was not found"
+    );
+    std::fs::write(&proxy.config_path, tightened).unwrap();
+    let summary: serde_json::Value = reqwest::Client::new()
+        .post(proxy.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["summary"]["closed_connections"], 1, "{summary}");
+
+    assert_eq!(
+        closed_with(&mut alice_chat, Duration::from_secs(3)).await,
+        Some((4002, "policy changed".to_string()))
+    );
+    let reply = echo(&mut carol_chat, "still allowed").await;
+    assert_eq!(reply["text"], "still allowed");
+    assert_eq!(chat_refused_with(&proxy, &alice).await, 403);
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_forced_closes_total",
+                &[("deployment", "support"), ("reason", "reload")]
+            )
+            .await,
+        Some(1.0)
+    );
+}

@@ -729,6 +729,10 @@ impl ProxyHttp for Portcullis {
                     .as_ref()
                     .and_then(|a| a.session_idle.clone())
                     .map(|i| SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen)),
+                claims: ctx
+                    .auth
+                    .as_ref()
+                    .map(|a| a.rendered.identity.claims.clone()),
                 upstream,
                 client,
             }),
