@@ -169,12 +169,7 @@ async fn log_in(demo: &Demo, user: &str) -> String {
         callback.starts_with(&demo.url("/.auth/callback?")),
         "{callback}"
     );
-    let done = c
-        .get(&callback)
-        .header("cookie", pending.join("; "))
-        .send()
-        .await
-        .unwrap();
+    let done = return_to(&c, &callback, &pending).await;
     let status = done.status();
     let cookies = set_cookies(&done);
     let back_to = done.headers().get("location").cloned();

@@ -349,3 +349,72 @@ async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
         Some(1.0)
     );
 }
+
+/// A code that already logged somebody in, carried back with a fresh login's
+/// state (a stolen or replayed callback URL): the provider refuses it and no
+/// session is made.
+#[tokio::test]
+async fn a_replayed_code_under_a_fresh_state_is_refused() {
+    let (_idp, proxy) = setup().await;
+    let c = client();
+    let start = |c: reqwest::Client, url: String| async move {
+        let resp = c.get(url).send().await.unwrap();
+        (set_cookies(&resp), location(&resp))
+    };
+    let login_url = proxy.url("/.auth/login?deployment=support&rd=%2F");
+    // The first login runs to its callback, which logs alice in.
+    let (first_pending, first_authorize) = start(c.clone(), login_url.clone()).await;
+    let first_callback = choose_user(&c, &first_authorize, "alice").await;
+    assert_eq!(
+        return_to(&c, &first_callback, &first_pending)
+            .await
+            .status(),
+        302
+    );
+    let used_code = url::Url::parse(&first_callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+
+    // A second login, answered with the first login's code.
+    let (pending, authorize) = start(c.clone(), login_url).await;
+    let genuine = choose_user(&c, &authorize, "alice").await;
+    let mut forged = url::Url::parse(&genuine).unwrap();
+    let pairs: Vec<(String, String)> = forged
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "code" {
+                used_code.clone()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    forged.query_pairs_mut().clear().extend_pairs(&pairs);
+    let done = return_to(&c, forged.as_str(), &pending).await;
+    let status = done.status().as_u16();
+    let no_session = set_cookies(&done)
+        .iter()
+        .all(|c| c.contains("-login-") || c.ends_with('='));
+    let page = done.text().await.unwrap();
+    assert_eq!(status, 401, "{page}");
+    assert!(page.contains("did not accept the login"), "{page}");
+    assert!(no_session, "no session cookie for a replayed code");
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_logins_total",
+                &[("deployment", "support"), ("result", "code_refused")]
+            )
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        !proxy.log_text().contains(&used_code),
+        "codes are never logged"
+    );
+}

@@ -151,6 +151,21 @@ async fn me_status(proxy: &Proxy, cookie: &str) -> u16 {
         .as_u16()
 }
 
+async fn session_ends(proxy: &Proxy, reason: &str) -> Option<f64> {
+    proxy
+        .metric("portcullis_session_ends_total", &[("reason", reason)])
+        .await
+}
+
+async fn forced_closes(proxy: &Proxy, reason: &str) -> Option<f64> {
+    proxy
+        .metric(
+            "portcullis_forced_closes_total",
+            &[("deployment", "support"), ("reason", reason)],
+        )
+        .await
+}
+
 async fn chat_refused_with(proxy: &Proxy, cookie: &str) -> u16 {
     let attempt = ws_connect(
         &proxy.ws_url(CHAT),
@@ -179,12 +194,7 @@ async fn an_idle_session_ends_and_closes_its_chat_unless_the_client_keeps_talkin
         None,
         "a session with recent chat frames must not go idle"
     );
-    assert_eq!(
-        proxy
-            .metric("portcullis_session_ends_total", &[("reason", "idle")])
-            .await,
-        None
-    );
+    assert_eq!(session_ends(&proxy, "idle").await, None);
 
     // Past +110 s (the message plus the 60 s idle timeout), with nothing
     // said: closed with 4001 within a second or so, and the session is over.
@@ -196,21 +206,11 @@ async fn an_idle_session_ends_and_closes_its_chat_unless_the_client_keeps_talkin
     assert_eq!(chat_refused_with(&proxy, &cookie).await, 401);
     assert_eq!(me_status(&proxy, &cookie).await, 401);
     assert_eq!(
-        proxy
-            .metric("portcullis_session_ends_total", &[("reason", "idle")])
-            .await,
+        session_ends(&proxy, "idle").await,
         Some(1.0),
         "ended once, counted once"
     );
-    assert_eq!(
-        proxy
-            .metric(
-                "portcullis_forced_closes_total",
-                &[("deployment", "support"), ("reason", "idle")]
-            )
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(forced_closes(&proxy, "idle").await, Some(1.0));
 }
 
 #[tokio::test]
@@ -230,12 +230,7 @@ async fn a_session_ends_at_its_maximum_lifetime_however_active() {
     );
     assert_eq!(chat_refused_with(&proxy, &cookie).await, 401);
     assert_eq!(me_status(&proxy, &cookie).await, 401);
-    assert_eq!(
-        proxy
-            .metric("portcullis_session_ends_total", &[("reason", "expired")])
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(session_ends(&proxy, "expired").await, Some(1.0));
 }
 
 #[tokio::test]
@@ -271,12 +266,7 @@ async fn an_id_token_with_another_nonce_is_refused_at_the_callback() {
         .collect();
     url.query_pairs_mut().clear().extend_pairs(&pairs);
     let callback = choose_user(&c, url.as_str(), "alice").await;
-    let done = c
-        .get(&callback)
-        .header("cookie", pending.join("; "))
-        .send()
-        .await
-        .unwrap();
+    let done = return_to(&c, &callback, &pending).await;
     let status = done.status().as_u16();
     let no_session = set_cookies(&done)
         .iter()
@@ -404,13 +394,5 @@ async fn a_reload_that_tightens_the_policy_closes_the_chats_it_would_now_refuse(
     let reply = echo(&mut carol_chat, "still allowed").await;
     assert_eq!(reply["text"], "still allowed");
     assert_eq!(chat_refused_with(&proxy, &alice).await, 403);
-    assert_eq!(
-        proxy
-            .metric(
-                "portcullis_forced_closes_total",
-                &[("deployment", "support"), ("reason", "reload")]
-            )
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(forced_closes(&proxy, "reload").await, Some(1.0));
 }

@@ -32,6 +32,21 @@ pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// Back at portcullis's callback with the pending-login cookies `pending`,
+/// as the browser arrives there from the provider.
+pub async fn return_to(
+    client: &reqwest::Client,
+    callback: &str,
+    pending: &[String],
+) -> reqwest::Response {
+    client
+        .get(callback)
+        .header("cookie", pending.join("; "))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The development provider on a free loopback port.
 pub async fn start_devidp(options: DevIdpOptions) -> DevIdp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,12 +108,7 @@ pub async fn login(
     // The provider's login form, then the user's choice.
     let callback = choose_user(&c, &authorize, user).await;
     assert!(callback.contains("/.auth/callback?"), "{callback}");
-    let done = c
-        .get(&callback)
-        .header("cookie", pending.join("; "))
-        .send()
-        .await
-        .unwrap();
+    let done = return_to(&c, &callback, &pending).await;
     if done.status() != 302 {
         let status = done.status().as_u16();
         return Err((status, done.text().await.unwrap()));
@@ -116,12 +126,7 @@ pub async fn login(
         "the pending cookie is cleared"
     );
     // The callback URL is single use.
-    let replay = c
-        .get(&callback)
-        .header("cookie", pending.join("; "))
-        .send()
-        .await
-        .unwrap();
+    let replay = return_to(&c, &callback, &pending).await;
     assert_ne!(
         replay.status(),
         302,
