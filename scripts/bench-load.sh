@@ -12,7 +12,10 @@
 #
 # Usage: scripts/bench-load.sh
 # Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
-# WS_CONCURRENCY (16), HOLD_COUNT (5000), SERVER_LIFETIME seconds (1800).
+# WS_CONCURRENCY (16), HOLD_COUNT (5000), SERVER_LIFETIME seconds (1800),
+# PINNED (0; 1: the proxy under test alone on CPU 0, the backend, provider and
+# load tool on the other CPUs, so the proxies' rates measure their own costs
+# rather than their share of CPUs they contend for with the backend).
 #
 # Every server gets one worker thread: on a two-core machine that leaves the
 # other core to the load tool, and gives the bare proxy and portcullis the
@@ -31,6 +34,17 @@ HOLD_COUNT=${HOLD_COUNT:-5000}
 # Servers are stopped on exit; the lifetime bounds them even if this script
 # itself is killed outright and its trap never runs.
 SERVER_LIFETIME=${SERVER_LIFETIME:-1800}
+PINNED=${PINNED:-0}
+proxy_cpus=()
+other_cpus=()
+if [ "$PINNED" = 1 ]; then
+    if [ "$(nproc)" -lt 2 ]; then
+        echo "PINNED=1 needs at least two CPUs" >&2
+        exit 1
+    fi
+    proxy_cpus=(taskset -c 0)
+    other_cpus=(taskset -c "1-$(($(nproc) - 1))")
+fi
 
 HOST=127.0.0.1
 BACKEND_PORT=18081
@@ -149,11 +163,11 @@ routes:
 logging: {format: text, level: warn}
 EOF
 
-start backend "$BACKEND_PORT" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
-start bare-pingora "$BARE_PORT" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
+start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
+start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
     --upstream "$HOST:$BACKEND_PORT" --threads 1
 # The provider writes its token only once it answers, so wait for the file.
-start idp "$IDP_PORT" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token" \
+start idp "$IDP_PORT" "${other_cpus[@]}" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token" \
     --alg RS256 --user alice
 for _ in $(seq 300); do
     if [ -s "$work/token" ]; then break; fi
@@ -166,7 +180,7 @@ if [ ! -s "$work/token" ]; then
 fi
 bearer="Authorization: Bearer $(cat "$work/token")"
 # The development provider's client secret for this client id.
-BENCH_CLIENT_SECRET=demo-secret start portcullis "$PORTCULLIS_PORT" "$portcullis_bin" run -c "$work/portcullis.yaml"
+BENCH_CLIENT_SECRET=demo-secret start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "$portcullis_bin" run -c "$work/portcullis.yaml"
 portcullis_pid=$STARTED_PID
 
 # Pre-flight for the authenticating deployment, which also makes portcullis
@@ -221,12 +235,12 @@ for target in "${targets[@]}"; do
     if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
     if [ "$target" = portcullis-session ]; then extra=(--header "$session_cookie"); fi
     echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
-    http_result[$target]=$("$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
+    http_result[$target]=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
     sleep 1
     echo "$target: handshakes, $WS_CONCURRENCY at a time, ${DURATION}s" >&2
-    ws_result[$target]=$("$load_bin" handshakes --url "ws://$HOST:$port$(ws_path "$deployment")" \
+    ws_result[$target]=$("${other_cpus[@]}" "$load_bin" handshakes --url "ws://$HOST:$port$(ws_path "$deployment")" \
         --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
     sleep 1
@@ -252,7 +266,9 @@ rate_ratio() {
 }
 
 echo
-echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores;" \
+pinning="no CPU pinning"
+if [ "$PINNED" = 1 ]; then pinning="proxies pinned to CPU 0, everything else to the other CPUs"; fi
+echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores, $pinning;" \
     "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x, ${DURATION}s each;" \
     "portcullis-bearer: one RS256 access token on every request (token cache);" \
     "portcullis-session: one session cookie on every request"
