@@ -379,13 +379,24 @@ pub struct ReloadSummary {
 
 impl State {
     pub fn new(runtime: Runtime, config_path: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let sessions = Arc::new(MemoryStore::with_end_observer(
+            SESSION_CAPACITY,
+            Some(session_end_observer(metrics.clone())),
+        ));
+        Self::with_store(runtime, config_path, metrics, sessions)
+    }
+
+    /// A state whose sessions live in `sessions`.
+    pub fn with_store(
+        runtime: Runtime,
+        config_path: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+        sessions: Arc<dyn SessionStore>,
+    ) -> Arc<Self> {
         Arc::new(State {
             runtime: ArcSwap::from_pointee(runtime),
             connections: Registry::new(metrics.clone()),
-            sessions: Arc::new(MemoryStore::with_end_observer(
-                SESSION_CAPACITY,
-                Some(session_end_observer(metrics.clone())),
-            )),
+            sessions,
             rechecks: Rechecker::default(),
             used_logins: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -546,6 +557,7 @@ pub const SUPERVISOR_TICK: Duration = Duration::from_millis(250);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{Session, SessionId};
     use crate::token::Claims;
 
     fn runtime() -> Runtime {
@@ -573,6 +585,129 @@ routes: [{path_prefix: /v1}]
 
     fn claims(json: serde_json::Value) -> Claims {
         Claims(serde_json::from_value(json).unwrap())
+    }
+
+    /// A store that cannot be reached.
+    struct DownStore;
+
+    #[async_trait::async_trait]
+    impl SessionStore for DownStore {
+        async fn load(
+            &self,
+            _: &SessionId,
+            _: u64,
+        ) -> Result<Option<Arc<Session>>, crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn save(&self, _: &Session) -> Result<(), crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn remove(
+            &self,
+            _: &SessionId,
+        ) -> Result<Option<Session>, crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn touch(
+            &self,
+            id: &SessionId,
+            now: u64,
+        ) -> Result<Option<Arc<Session>>, crate::session::store::StoreError> {
+            self.load(id, now).await
+        }
+        fn approximate_count(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    fn session(id: &SessionId, last_seen: u64) -> Session {
+        Session {
+            id: id.clone(),
+            deployment: "secured".into(),
+            provider: "idp".into(),
+            subject: "alice".into(),
+            claims: serde_json::Map::new(),
+            created_at: last_seen,
+            last_seen,
+            expires_at: last_seen + 3600,
+            idle_timeout_secs: 60,
+            refresh_token: None,
+            id_token: None,
+            checked_at: last_seen,
+        }
+    }
+
+    /// A live connection of session `id`, last seen by the store at `last_seen`.
+    fn live(
+        state: &State,
+        id: &SessionId,
+        last_seen: u64,
+    ) -> (crate::connections::LiveGuard, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        let guard = state
+            .connections
+            .register(crate::connections::NewConnection {
+                deployment: "secured".into(),
+                route: "/v1".into(),
+                session: Some(Arc::from(id.public_id().as_str())),
+                expires_at: Some(last_seen + 3600),
+                activity: Some(crate::connections::SessionActivity::new(
+                    id.clone(),
+                    60,
+                    last_seen,
+                )),
+                claims: None,
+                upstream: std::os::fd::OwnedFd::from(upstream),
+                client: None,
+            });
+        (guard, peer)
+    }
+
+    #[tokio::test]
+    async fn the_keeper_closes_idle_sessions_spares_revived_ones_and_survives_a_store_outage() {
+        use crate::session::store::MemoryStore;
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(MemoryStore::new(100));
+        let state = State::with_store(runtime(), None, metrics.clone(), store.clone());
+        let (gone, revived) = (SessionId::random().unwrap(), SessionId::random().unwrap());
+        // The memory store's entries lapse by the wall clock: real times.
+        let t0 = crate::endpoints::login::now() - 55;
+        // Both sessions were last seen at t0 as far as their connections
+        // know; another tab has since kept `revived` alive in the store.
+        store.save(&session(&revived, t0)).await.unwrap();
+        store.touch(&revived, t0 + 50).await.unwrap();
+        let (gone_conn, _p1) = live(&state, &gone, t0);
+        let (revived_conn, _p2) = live(&state, &revived, t0);
+
+        state.keep_live_sessions(t0 + 61).await;
+        let closed = gone_conn
+            .connection()
+            .close_request()
+            .expect("idle session closed");
+        assert_eq!(
+            (closed.code, closed.reason.as_str()),
+            (4001, "session idle")
+        );
+        assert!(revived_conn.connection().close_request().is_none());
+        assert_eq!(
+            state.connections.sessions_due(t0 + 61, 30),
+            vec![],
+            "the revived session's connection learnt its new deadline"
+        );
+
+        // The store goes away: nothing is closed for it.
+        let down = State::with_store(runtime(), None, metrics, Arc::new(DownStore));
+        let (conn, _p3) = live(&down, &gone, t0);
+        down.keep_live_sessions(t0 + 61).await;
+        assert!(conn.connection().close_request().is_none());
     }
 
     #[test]
