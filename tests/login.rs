@@ -20,18 +20,7 @@ async fn setup_with(provider_extra: &str, support_extra: &str) -> (DevIdp, Proxy
     let idp = start_devidp(DevIdpOptions::default()).await;
     let backend = start_backend().await;
     let config = format!(
-        r#"
-listen: [{{address: "{{PROXY}}"}}]
-public_url: "http://{{PROXY}}"
-threads: 1
-admin: {{address: "{{ADMIN}}"}}
-providers:
-  dev:
-    issuer: "{issuer}"
-    client_id: portcullis-demo
-    client_secret: {{env: DEV_SECRET}}
-    audiences: ["api://messaging"]
-{provider_extra}
+        r#"{preamble}{provider_extra}
 messengers:
   support:
     authentication: {{enabled: true, provider: dev}}
@@ -44,9 +33,8 @@ deployments:
   - {{id: support, messenger: support, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
   - {{id: staff, messenger: staff, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
 routes: [{{path_prefix: /v1}}]
-logging: {{format: json, level: info}}
 "#,
-        issuer = idp.issuer(),
+        preamble = config_with_dev_provider(&idp),
     );
     let proxy = Proxy::start_with_env(&config, &[("DEV_SECRET", "demo-secret")]).await;
     (idp, proxy)

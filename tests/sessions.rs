@@ -73,17 +73,7 @@ async fn setup(session: &str) -> (DevIdp, Proxy, Clock, tempfile::TempDir) {
 
 fn config(idp: &DevIdp, backend: std::net::SocketAddr, session: &str, keys: &str) -> String {
     format!(
-        r#"
-listen: [{{address: "{{PROXY}}"}}]
-public_url: "http://{{PROXY}}"
-threads: 1
-admin: {{address: "{{ADMIN}}"}}
-providers:
-  dev:
-    issuer: "{issuer}"
-    client_id: portcullis-demo
-    client_secret: {{env: DEV_SECRET}}
-    audiences: ["api://messaging"]
+        r#"{preamble}
 messengers:
   support:
     authentication: {{enabled: true, provider: dev}}
@@ -95,9 +85,8 @@ deployments:
 routes: [{{path_prefix: /v1}}]
 sessions:
   keys: {keys}
-logging: {{format: json, level: info}}
 "#,
-        issuer = idp.issuer(),
+        preamble = config_with_dev_provider(idp),
         keys = if keys.is_empty() { "{}" } else { keys },
     )
 }

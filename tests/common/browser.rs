@@ -47,6 +47,28 @@ pub async fn return_to(
         .unwrap()
 }
 
+/// The top of a config whose provider `dev` is the development provider
+/// `idp`, ending inside that provider's entry (more of its keys may follow,
+/// indented four spaces). `client_secret` comes from `DEV_SECRET`.
+pub fn config_with_dev_provider(idp: &DevIdp) -> String {
+    format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+public_url: "http://{{PROXY}}"
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+logging: {{format: json, level: info}}
+providers:
+  dev:
+    issuer: "{issuer}"
+    client_id: portcullis-demo
+    client_secret: {{env: DEV_SECRET}}
+    audiences: ["api://messaging"]
+"#,
+        issuer = idp.issuer()
+    )
+}
+
 /// The development provider on a free loopback port.
 pub async fn start_devidp(options: DevIdpOptions) -> DevIdp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
