@@ -370,37 +370,16 @@ async fn a_replayed_code_under_a_fresh_state_is_refused() {
     // A second login, answered with the first login's code.
     let (pending, authorize) = start(c.clone(), login_url).await;
     let genuine = choose_user(&c, &authorize, "alice").await;
-    let mut forged = url::Url::parse(&genuine).unwrap();
-    let pairs: Vec<(String, String)> = forged
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == "code" {
-                used_code.clone()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    forged.query_pairs_mut().clear().extend_pairs(&pairs);
-    let done = return_to(&c, forged.as_str(), &pending).await;
-    let status = done.status().as_u16();
-    let no_session = set_cookies(&done)
-        .iter()
-        .all(|c| c.contains("-login-") || c.ends_with('='));
-    let page = done.text().await.unwrap();
-    assert_eq!(status, 401, "{page}");
-    assert!(page.contains("did not accept the login"), "{page}");
-    assert!(no_session, "no session cookie for a replayed code");
-    assert_eq!(
-        proxy
-            .metric(
-                "portcullis_logins_total",
-                &[("deployment", "support"), ("result", "code_refused")]
-            )
-            .await,
-        Some(1.0)
-    );
+    let forged = with_query_param(&genuine, "code", &used_code);
+    let done = return_to(&c, &forged, &pending).await;
+    assert_login_refused(
+        &proxy,
+        done,
+        401,
+        "did not accept the login",
+        "code_refused",
+    )
+    .await;
     assert!(
         !proxy.log_text().contains(&used_code),
         "codes are never logged"

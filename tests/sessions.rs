@@ -240,39 +240,17 @@ async fn an_id_token_with_another_nonce_is_refused_at_the_callback() {
     let pending = set_cookies(&start);
     // The authorization request reaches the provider with another nonce (an
     // injected or replayed request): the ID token then carries that nonce.
-    let authorize = location(&start);
-    let mut url = url::Url::parse(&authorize).unwrap();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == "nonce" {
-                "nonce-of-somebody-else".to_string()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    url.query_pairs_mut().clear().extend_pairs(&pairs);
-    let callback = choose_user(&c, url.as_str(), "alice").await;
+    let authorize = with_query_param(&location(&start), "nonce", "nonce-of-somebody-else");
+    let callback = choose_user(&c, &authorize, "alice").await;
     let done = return_to(&c, &callback, &pending).await;
-    let status = done.status().as_u16();
-    let no_session = set_cookies(&done)
-        .iter()
-        .all(|c| c.contains("-login-") || c.ends_with('='));
-    let page = done.text().await.unwrap();
-    assert_eq!(status, 401, "{page}");
-    assert!(page.contains("does not belong to this login"), "{page}");
-    assert!(no_session, "no session cookie is set");
-    assert_eq!(
-        proxy
-            .metric(
-                "portcullis_logins_total",
-                &[("deployment", "support"), ("result", "nonce_mismatch")]
-            )
-            .await,
-        Some(1.0)
-    );
+    assert_login_refused(
+        &proxy,
+        done,
+        401,
+        "does not belong to this login",
+        "nonce_mismatch",
+    )
+    .await;
     let log = proxy.log_text();
     assert!(
         log.lines()

@@ -47,6 +47,54 @@ pub async fn return_to(
         .unwrap()
 }
 
+/// `url` with its query parameter `key` set to `value`, the others kept in
+/// their order: a tampered or replayed step of a login.
+pub fn with_query_param(url: &str, key: &str, value: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == key {
+                value.to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(&pairs);
+    url.into()
+}
+
+/// Asserts that the callback's answer `done` refused the login: `status`, a
+/// page that says `says`, no session cookie, and the refusal counted once
+/// under `result` in `portcullis_logins_total` (deployment `support`).
+pub async fn assert_login_refused(
+    proxy: &Proxy,
+    done: reqwest::Response,
+    status: u16,
+    says: &str,
+    result: &str,
+) {
+    let got = done.status().as_u16();
+    let no_session = set_cookies(&done)
+        .iter()
+        .all(|c| c.contains("-login-") || c.ends_with('='));
+    let page = done.text().await.unwrap();
+    assert_eq!(got, status, "{page}");
+    assert!(page.contains(says), "{page}");
+    assert!(no_session, "no session cookie is set");
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_logins_total",
+                &[("deployment", "support"), ("result", result)]
+            )
+            .await,
+        Some(1.0)
+    );
+}
+
 /// The top of a config whose provider `dev` is the development provider
 /// `idp`, ending inside that provider's entry (more of its keys may follow,
 /// indented four spaces). `client_secret` comes from `DEV_SECRET`.
