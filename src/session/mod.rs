@@ -65,6 +65,8 @@ pub enum EndReason {
     Idle,
     Logout,
     Revoked,
+    /// Dropped by a full store to make room (raise its capacity).
+    Evicted,
 }
 
 impl EndReason {
@@ -74,6 +76,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::Logout => "logout",
             EndReason::Revoked => "revoked",
+            EndReason::Evicted => "evicted",
         }
     }
 }

@@ -96,14 +96,19 @@ impl MemoryStore {
             .expire_after(UntilSessionEnds);
         if let Some(observer) = on_end.clone() {
             builder = builder.eviction_listener(move |_id, session: Arc<Session>, cause| {
-                // Explicit removals are the callers' ends (or a lookup's,
-                // reported there); capacity evictions are not ends by time.
-                if cause == moka::notification::RemovalCause::Expired {
-                    let reason = session
-                        .check(unix_now())
-                        .err()
-                        .unwrap_or(EndReason::Expired);
-                    observer(&session, reason);
+                use moka::notification::RemovalCause;
+                // Explicit removals and replacements are the callers' doing
+                // (a lookup that finds an ended session reports it itself).
+                match cause {
+                    RemovalCause::Expired => {
+                        let reason = session
+                            .check(unix_now())
+                            .err()
+                            .unwrap_or(EndReason::Expired);
+                        observer(&session, reason);
+                    }
+                    RemovalCause::Size => observer(&session, EndReason::Evicted),
+                    RemovalCause::Explicit | RemovalCause::Replaced => {}
                 }
             });
         }
@@ -285,12 +290,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_store_is_bounded() {
-        let store = MemoryStore::new(10);
+    async fn the_store_is_bounded_and_reports_what_it_drops() {
+        let ends = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = ends.clone();
+        let observer: EndObserver = Arc::new(move |_: &Session, reason| sink.lock().push(reason));
+        let store = MemoryStore::with_end_observer(10, Some(observer));
         for _ in 0..100 {
             store.save(&session(now(), 3600, 600)).await.unwrap();
+            store.maintain().await;
         }
-        store.sessions.run_pending_tasks().await;
+        store.maintain().await;
         assert!(store.len() <= 10, "{} sessions kept", store.len());
+        let ends = ends.lock();
+        assert!(
+            ends.len() as u64 + store.len() >= 100 && ends.iter().all(|r| *r == EndReason::Evicted),
+            "every session is kept or reported evicted: {} kept, {:?}",
+            store.len(),
+            *ends
+        );
     }
 }
