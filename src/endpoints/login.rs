@@ -111,14 +111,30 @@ impl CookiePolicy {
     }
 }
 
-/// The `name=value` pairs of every `Cookie` header.
-pub fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
+/// Every cookie of every `Cookie` header as raw bytes: `(name, value,
+/// the whole pair)`. Read per pair, not per header, so that one cookie of
+/// the site's that is not UTF-8 hides none of the others.
+pub fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii(), pair),
+            None => (pair, &b""[..], pair),
+        })
+}
+
+/// The `name=value` pairs of every `Cookie` header that are text.
+pub fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
+    cookie_pairs(req).filter_map(|(name, value, _)| {
+        Some((
+            std::str::from_utf8(name).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
+    })
 }
 
 /// The session the request's cookie names, if it is intact, ours and alive.
@@ -345,7 +361,13 @@ pub struct TokenResponse {
 /// `GET /.auth/callback?code=&state=[&iss=]` or `?error=&state=`
 pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> Response {
     let policy = CookiePolicy::for_runtime(runtime);
-    let Some(login_state) = query_param(req, "state").filter(|s| s.len() >= 8) else {
+    // States are base64url (see `start`): anything else is not ours, and
+    // the cookie name below slices it by bytes.
+    let Some(login_state) = query_param(req, "state").filter(|s| {
+        s.len() >= 8
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }) else {
         return page(
             400,
             "Login failed",

@@ -194,21 +194,23 @@ pub async fn authenticate(
 /// Removes portcullis's own cookies from the upstream `Cookie` header (a
 /// backend that saw them could replay them); the site's other cookies pass.
 fn strip_own_cookies(req: &mut RequestHeader, policy: &login::CookiePolicy) -> Result<()> {
-    if !login::cookies(req).any(|(name, _)| policy.is_own_cookie(name)) {
+    let own = |name: &[u8]| std::str::from_utf8(name).is_ok_and(|n| policy.is_own_cookie(n));
+    if !login::cookie_pairs(req).any(|(name, _, _)| own(name)) {
         return Ok(());
     }
-    let mut kept = String::new();
-    for (name, value) in login::cookies(req).filter(|(name, _)| !policy.is_own_cookie(name)) {
+    // The site's cookies pass byte for byte, whatever their encoding.
+    let mut kept: Vec<u8> = Vec::new();
+    for (_, _, pair) in login::cookie_pairs(req).filter(|(name, _, _)| !own(name)) {
         if !kept.is_empty() {
-            kept.push_str("; ");
+            kept.extend_from_slice(b"; ");
         }
-        kept.push_str(name);
-        kept.push('=');
-        kept.push_str(value);
+        kept.extend_from_slice(pair);
     }
     while req.remove_header(&http::header::COOKIE).is_some() {}
     if !kept.is_empty() {
-        req.insert_header(http::header::COOKIE, kept)?;
+        let value = http::HeaderValue::from_bytes(&kept)
+            .or_else(|_| Error::e_explain(InvalidHTTPHeader, "rebuilt Cookie header"))?;
+        req.insert_header(http::header::COOKIE, value)?;
     }
     Ok(())
 }

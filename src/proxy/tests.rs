@@ -138,3 +138,59 @@ fn status_labels_are_a_bounded_set() {
     assert_eq!(status_label(0), "0");
     assert_eq!(status_label(999), "5xx");
 }
+
+#[test]
+fn own_cookies_never_go_upstream_whatever_the_site_s_cookies_look_like() {
+    let rt = runtime();
+    let policy = login::CookiePolicy::for_runtime(&rt);
+    let session = &policy.session_name;
+    let pending = format!("{}abcdefgh", policy.pending_prefix);
+    let upstream_cookie = |values: &[&[u8]]| {
+        let mut req = request("/v1/chat", None);
+        for v in values {
+            req.append_header(
+                http::header::COOKIE,
+                http::HeaderValue::from_bytes(v).unwrap(),
+            )
+            .unwrap();
+        }
+        strip_own_cookies(&mut req, policy).unwrap();
+        req.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect::<Vec<_>>()
+    };
+    // A site cookie in raw UTF-8 (not valid header text for `to_str`).
+    let with_raw = format!("{session}=SEALED; lang=fran\u{e7}ais; theme=dark");
+    assert_eq!(
+        upstream_cookie(&[with_raw.as_bytes()]),
+        vec!["lang=fran\u{e7}ais; theme=dark".as_bytes().to_vec()]
+    );
+    // Over several headers, with a pending-login cookie and odd spacing.
+    let first = format!(" a=1 ;{pending}=P; ");
+    let second = format!("{session}=S;b=2; flag");
+    assert_eq!(
+        upstream_cookie(&[first.as_bytes(), second.as_bytes()]),
+        vec![b"a=1; b=2; flag".to_vec()]
+    );
+    // Only ours: no Cookie header at all.
+    assert!(upstream_cookie(&[format!("{session}=S").as_bytes()]).is_empty());
+    // None of ours: the header passes untouched.
+    assert_eq!(upstream_cookie(&[b"x=1;y=2"]), vec![b"x=1;y=2".to_vec()]);
+}
+
+#[test]
+fn the_session_cookie_is_found_next_to_a_site_cookie_that_is_not_text() {
+    let mut req = request("/v1/chat", None);
+    req.append_header(
+        http::header::COOKIE,
+        http::HeaderValue::from_bytes("lang=fran\u{e7}ais; portcullis=SEALED".as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let found: Vec<_> = login::cookies(&req).collect();
+    assert_eq!(
+        found,
+        vec![("lang", "fran\u{e7}ais"), ("portcullis", "SEALED")]
+    );
+}
