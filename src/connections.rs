@@ -158,13 +158,23 @@ pub struct SessionActivity {
     last_frame: AtomicU64,
 }
 
+/// Activity not yet recorded is written this long before the store would
+/// otherwise judge the session idle, however recent the last write.
+const RECORD_BEFORE_DEADLINE_SECS: u64 = 5;
+
 impl SessionActivity {
-    pub fn new(id: SessionId, idle_timeout_secs: u64, stored_last_seen: u64) -> Self {
+    /// `opened_at`: the handshake, itself activity the store may not have seen.
+    pub fn new(
+        id: SessionId,
+        idle_timeout_secs: u64,
+        stored_last_seen: u64,
+        opened_at: u64,
+    ) -> Self {
         SessionActivity {
             id,
             idle_timeout_secs,
             stored_last_seen: AtomicU64::new(stored_last_seen),
-            last_frame: AtomicU64::new(0),
+            last_frame: AtomicU64::new(opened_at),
         }
     }
 
@@ -430,7 +440,11 @@ impl Registry {
         clocks
             .into_iter()
             .filter_map(|(public_id, (id, idle, frame, stored))| {
-                let unrecorded = (frame >= stored.saturating_add(touch_every)).then_some(frame);
+                let store_deadline = stored.saturating_add(idle);
+                let unrecorded = (frame > stored
+                    && (frame >= stored.saturating_add(touch_every)
+                        || now.saturating_add(RECORD_BEFORE_DEADLINE_SECS) >= store_deadline))
+                    .then_some(frame);
                 let passed = frame.max(stored).saturating_add(idle) <= now;
                 (unrecorded.is_some() || passed).then_some(SessionDue {
                     id,
@@ -646,7 +660,7 @@ mod tests {
                     route: "/v1".into(),
                     session: Some(Arc::from(id.public_id().as_str())),
                     expires_at: Some(100_000),
-                    activity: Some(SessionActivity::new(id.clone(), 60, last_seen)),
+                    activity: Some(SessionActivity::new(id.clone(), 60, last_seen, last_seen)),
                     claims: None,
                     upstream: OwnedFd::from(a.try_clone().unwrap()),
                     client: None,
@@ -660,32 +674,39 @@ mod tests {
         assert!(due[0].idle_deadline_passed);
         assert_eq!(due[0].unrecorded_activity, None);
 
-        // A data frame on the second connection: the deadline moves, and
-        // once the store is 30 s behind, the activity is due for recording.
+        // A data frame on the second connection: the deadline computed here
+        // moves; the store, still at 1000, must hear of it before its own
+        // deadline (1060) comes close, even though it is not 30 s behind.
         guards[1]
             .connection()
             .activity
             .as_ref()
             .unwrap()
             .note_frame(1020);
+        assert_eq!(registry.sessions_due(1054, 30), vec![]);
+        let due = registry.sessions_due(1055, 30);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].unrecorded_activity, Some(1020));
+        assert!(!due[0].idle_deadline_passed);
+        registry.session_seen(&session.public_id(), 1020);
         assert_eq!(registry.sessions_due(1079, 30), vec![]);
         guards[1]
             .connection()
             .activity
             .as_ref()
             .unwrap()
-            .note_frame(1035);
-        let due = registry.sessions_due(1040, 30);
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].unrecorded_activity, Some(1035));
+            .note_frame(1050);
+        let due = registry.sessions_due(1051, 30);
+        assert_eq!(due.len(), 1, "30 s past what the store holds: {due:?}");
+        assert_eq!(due[0].unrecorded_activity, Some(1050));
         assert!(!due[0].idle_deadline_passed);
         // Recorded: every connection of the session learns it.
-        registry.session_seen(&session.public_id(), 1035);
-        assert_eq!(registry.sessions_due(1094, 30), vec![]);
-        let due = registry.sessions_due(1095, 30);
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].id, session);
+        registry.session_seen(&session.public_id(), 1050);
+        assert_eq!(registry.sessions_due(1099, 30), vec![]);
         let due = registry.sessions_due(1100, 30);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, other);
+        let due = registry.sessions_due(1110, 30);
         assert_eq!(due.len(), 2, "both sessions' deadlines passed: {due:?}");
 
         // Closing for idleness uses 4001 and skips the other session.
@@ -695,7 +716,7 @@ mod tests {
             "session idle"
         );
         assert!(guards[2].connection().close_request().is_none());
-        let due = registry.sessions_due(1100, 30);
+        let due = registry.sessions_due(1110, 30);
         assert_eq!(due.len(), 1, "closing connections are not due: {due:?}");
         assert_eq!(due[0].id, other);
     }

@@ -614,12 +614,15 @@ routes: [{path_prefix: /v1}]
                 "down".into(),
             ))
         }
-        async fn touch(
+        async fn update(
             &self,
-            id: &SessionId,
-            now: u64,
+            _: &SessionId,
+            _: u64,
+            _: crate::session::store::SessionChange,
         ) -> Result<Option<Arc<Session>>, crate::session::store::StoreError> {
-            self.load(id, now).await
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
         }
         fn approximate_count(&self) -> Option<u64> {
             None
@@ -662,6 +665,7 @@ routes: [{path_prefix: /v1}]
                 activity: Some(crate::connections::SessionActivity::new(
                     id.clone(),
                     60,
+                    last_seen,
                     last_seen,
                 )),
                 claims: None,

@@ -202,6 +202,38 @@ async fn an_idle_session_ends_and_closes_its_chat_unless_the_client_keeps_talkin
     assert_eq!(forced_closes(&proxy, "idle").await, Some(1.0));
 }
 
+/// A message soon after the store last heard of the session (too soon for
+/// the regular 30 s write) still reaches the store before the store would
+/// judge the session idle.
+#[tokio::test]
+async fn a_message_soon_after_the_last_recorded_activity_still_counts() {
+    let (_idp, proxy, clock, _dir) =
+        setup("{max_lifetime: 1h, idle_timeout: 1m, token_lifetime: 15m}").await;
+    let cookie = log_in(&proxy).await;
+    let mut ws = open_chat(&proxy, &cookie).await;
+    clock.set(20);
+    echo(&mut ws, "a quick question").await;
+    // +75 s: 75 s since login, only 55 s since the message.
+    clock.set(58);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    clock.set(75);
+    assert_eq!(
+        me_status(&proxy, &cookie).await,
+        200,
+        "the store heard of the message at +20 s before its own deadline"
+    );
+    assert_eq!(
+        closed_with(&mut ws, Duration::from_millis(1500)).await,
+        None,
+        "the message at +20 s keeps the session until +80 s"
+    );
+    clock.set(82);
+    assert_eq!(
+        closed_with(&mut ws, Duration::from_secs(3)).await,
+        Some((4001, "session idle".to_string()))
+    );
+}
+
 #[tokio::test]
 async fn a_session_ends_at_its_maximum_lifetime_however_active() {
     let (_idp, proxy, clock, _dir) =

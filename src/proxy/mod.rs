@@ -275,7 +275,10 @@ async fn authenticate_session(
     };
     let now = login::now();
     let mut last_seen = session.last_seen;
-    if now >= session.last_seen + TOUCH_EVERY_SECS {
+    // Short idle timeouts get more frequent writes, so that what the store
+    // holds is never more than a quarter of the timeout behind.
+    let touch_every = TOUCH_EVERY_SECS.min(session.idle_timeout_secs / 4).max(1);
+    if now >= session.last_seen + touch_every {
         // A store hiccup must not end a session that is still valid.
         if let Ok(Some(touched)) = sessions.touch(&session.id, now).await {
             last_seen = touched.last_seen;
@@ -730,7 +733,9 @@ impl ProxyHttp for Portcullis {
                     .auth
                     .as_ref()
                     .and_then(|a| a.session_idle.clone())
-                    .map(|i| SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen)),
+                    .map(|i| {
+                        SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen, login::now())
+                    }),
                 claims: ctx
                     .auth
                     .as_ref()

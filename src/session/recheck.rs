@@ -30,6 +30,8 @@ pub enum Outcome {
     Ended(EndReason),
     /// The provider could not be asked; the session stays as it is.
     Postponed,
+    /// The session ended by other means while the provider was asked.
+    Gone,
 }
 
 impl Rechecker {
@@ -60,11 +62,20 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     else {
         return Outcome::Postponed;
     };
-    let postpone = |mut session: Session| async move {
-        session.checked_at = now
-            .saturating_sub(deployment.messenger.session.token_lifetime.as_secs())
+    // The stored session may have changed while the provider was asked
+    // (activity, a logout): only the re-check's own fields are written, and
+    // only into a session that still exists.
+    let postpone = |session: Session| async move {
+        let retry_at = now.saturating_sub(deployment.messenger.session.token_lifetime.as_secs())
             + RETRY_AFTER_OUTAGE_SECS;
-        let _ = state.sessions.save(&session).await;
+        let _ = state
+            .sessions
+            .update(
+                &session.id,
+                now,
+                Box::new(move |s: &mut Session| s.checked_at = retry_at),
+            )
+            .await;
         Outcome::Postponed
     };
     let Ok(metadata) = provider.ensure_metadata().await else {
@@ -102,12 +113,19 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     if crate::policy::authorize(&deployment.messenger.authentication.require, &claims).is_err() {
         return end(state, &session, EndReason::Revoked).await;
     }
-    if let Some(rotated) = tokens.refresh_token {
-        session.refresh_token = Some(rotated);
-    }
-    session.checked_at = now;
-    match state.sessions.save(&session).await {
-        Ok(()) => Outcome::Renewed,
+    let (claims, id_token, rotated) = (session.claims, session.id_token, tokens.refresh_token);
+    let renew = Box::new(move |s: &mut Session| {
+        s.claims = claims;
+        s.id_token = id_token;
+        if let Some(rotated) = rotated {
+            s.refresh_token = Some(rotated);
+        }
+        s.checked_at = now;
+    });
+    match state.sessions.update(&session.id, now, renew).await {
+        Ok(Some(_)) => Outcome::Renewed,
+        // Ended meanwhile (logout, expiry): nothing to renew.
+        Ok(None) => Outcome::Gone,
         Err(_) => Outcome::Postponed,
     }
 }

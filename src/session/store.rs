@@ -15,6 +15,9 @@ use super::{EndReason, Session, SessionId};
 /// Told of each session that a store found ended by time, once.
 pub type EndObserver = Arc<dyn Fn(&Session, EndReason) + Send + Sync>;
 
+/// A change to a stored session, applied by `SessionStore::update`.
+pub type SessionChange = Box<dyn FnOnce(&mut Session) + Send>;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or answered nonsense; callers fail
@@ -32,9 +35,26 @@ pub trait SessionStore: Send + Sync {
     async fn save(&self, session: &Session) -> Result<(), StoreError>;
     /// Ends a session; returns it if it existed.
     async fn remove(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
-    /// Records activity at `now` (moving the idle deadline); the updated
-    /// session, or `None` if it is gone or has ended.
-    async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError>;
+    /// Applies `change` to the session, atomically, if it exists and has not
+    /// ended by `now`; the updated session, or `None`. Never brings back a
+    /// session that was removed meanwhile, and never undoes another
+    /// writer's change to fields `change` does not touch.
+    async fn update(
+        &self,
+        id: &SessionId,
+        now: u64,
+        change: SessionChange,
+    ) -> Result<Option<Arc<Session>>, StoreError>;
+    /// Records activity at `now` (moving the idle deadline, never back); the
+    /// updated session, or `None` if it is gone or has ended.
+    async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
+        self.update(
+            id,
+            now,
+            Box::new(move |s: &mut Session| s.last_seen = s.last_seen.max(now)),
+        )
+        .await
+    }
     /// About how many sessions are live (for the gauge), when the store can tell cheaply.
     fn approximate_count(&self) -> Option<u64>;
     /// Periodic housekeeping (the supervisor calls it every tick): a store
@@ -158,15 +178,45 @@ impl SessionStore for MemoryStore {
         Ok(self.sessions.remove(id).await.map(|s| (*s).clone()))
     }
 
-    async fn touch(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
-        let Some(current) = self.load(id, now).await? else {
-            return Ok(None);
-        };
-        let mut updated = (*current).clone();
-        updated.last_seen = now;
-        let updated = Arc::new(updated);
-        self.sessions.insert(id.clone(), updated.clone()).await;
-        Ok(Some(updated))
+    async fn update(
+        &self,
+        id: &SessionId,
+        now: u64,
+        change: SessionChange,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        use moka::ops::compute::{CompResult, Op};
+        let mut ended = None;
+        let result = self
+            .sessions
+            .entry(id.clone())
+            .and_compute_with(|current| {
+                let op = match current.map(|entry| entry.into_value()) {
+                    None => Op::Nop,
+                    Some(session) => match session.check(now) {
+                        Ok(()) => {
+                            let mut updated = (*session).clone();
+                            change(&mut updated);
+                            Op::Put(Arc::new(updated))
+                        }
+                        Err(reason) => {
+                            ended = Some((session, reason));
+                            Op::Remove
+                        }
+                    },
+                };
+                std::future::ready(op)
+            })
+            .await;
+        match result {
+            CompResult::ReplacedWith(entry) => Ok(Some(entry.into_value())),
+            CompResult::Removed(_) => {
+                if let (Some((session, reason)), Some(on_end)) = (ended, &self.on_end) {
+                    on_end(&session, reason);
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
     }
 
     fn approximate_count(&self) -> Option<u64> {
@@ -287,6 +337,52 @@ mod tests {
             store.maintain().await;
         }
         assert_eq!(*ends.lock(), vec![("quiet".to_string(), EndReason::Idle)]);
+    }
+
+    #[tokio::test]
+    async fn updates_apply_to_the_current_record_only_and_never_revive_it() {
+        let (store, ends) = recording_store();
+        let start = now();
+        let s = session(start, 3600, 600);
+        store.save(&s).await.unwrap();
+        // Two writers: activity, then a re-check's fields; neither undoes the other.
+        store.touch(&s.id, start + 100).await.unwrap();
+        let renewed = store
+            .update(
+                &s.id,
+                start + 101,
+                Box::new(|s: &mut Session| s.checked_at += 7),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (renewed.last_seen, renewed.checked_at),
+            (start + 100, start + 7)
+        );
+        // Activity recorded late never moves last_seen back.
+        let touched = store.touch(&s.id, start + 50).await.unwrap().unwrap();
+        assert_eq!(touched.last_seen, start + 100);
+        // Removed (logout) while someone was about to write: stays removed.
+        store.remove(&s.id).await.unwrap();
+        assert_eq!(store.touch(&s.id, start + 102).await.unwrap(), None);
+        let late = store
+            .update(
+                &s.id,
+                start + 102,
+                Box::new(|s: &mut Session| s.checked_at = 0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(late, None);
+        assert_eq!(store.load(&s.id, start + 102).await.unwrap(), None);
+        assert!(ends.lock().is_empty(), "a logout is not an end by time");
+        // An update that finds the session ended reports and removes it.
+        let idle = session(start, 3600, 60);
+        store.save(&idle).await.unwrap();
+        assert_eq!(store.touch(&idle.id, start + 61).await.unwrap(), None);
+        assert_eq!(ends.lock().len(), 1);
+        assert_eq!(ends.lock()[0].1, EndReason::Idle);
     }
 
     #[tokio::test]
