@@ -416,10 +416,19 @@ impl State {
     /// connections of sessions that went idle. A store that cannot be
     /// reached closes nothing: a chat is not cut for an outage of the store.
     pub async fn keep_live_sessions(&self, now: u64) {
-        use std::sync::atomic::Ordering;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Clears the flag however the pass ends, a panic included.
+        struct Pass<'a>(&'a AtomicBool);
+        impl Drop for Pass<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         if self.keeping_sessions.swap(true, Ordering::AcqRel) {
             return;
         }
+        let _pass = Pass(&self.keeping_sessions);
+        let mut unreachable = None;
         for due in self
             .connections
             .sessions_due(now, crate::proxy::TOUCH_EVERY_SECS)
@@ -437,13 +446,17 @@ impl State {
                     let closed = self.connections.close_idle_session(&due.public_id);
                     tracing::info!(session = %due.public_id, closed_connections = closed, "session idle: its connections close");
                 }
-                Err(e) => {
-                    tracing::warn!(session = %due.public_id, error = %e, "cannot keep a live session's activity")
-                }
+                Err(e) => match &mut unreachable {
+                    Some((sessions, _)) => *sessions += 1,
+                    None => unreachable = Some((1usize, e)),
+                },
             }
         }
+        // One line per pass, not one per session, while the store is down.
+        if let Some((sessions, error)) = unreachable {
+            tracing::warn!(sessions, error = %error, "session store unreachable: live sessions' activity not kept");
+        }
         self.sessions.maintain().await;
-        self.keeping_sessions.store(false, Ordering::Release);
     }
 
     /// The current runtime; hold it for the whole request.

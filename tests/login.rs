@@ -169,6 +169,25 @@ async fn require_rules_refuse_at_the_callback_and_bad_states_are_clear_errors() 
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+    // A state that is not ours at all (a multi-byte character where the
+    // pending cookie's name is cut) is the same clear error, not a crash.
+    let odd = c
+        .get(proxy.url("/.auth/callback?code=x&state=abcdefg%C3%A9xyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 400);
+    assert!(odd.text().await.unwrap().contains("carries no state"));
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_logins_total",
+                &[("deployment", "-"), ("result", "bad_state")]
+            )
+            .await,
+        Some(2.0),
+        "both refusals counted"
+    );
     // Unsafe return addresses fall back to "/".
     let (_, back) = login(&proxy, "support", "alice", "//evil.example/x")
         .await

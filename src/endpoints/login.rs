@@ -358,6 +358,18 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
 }
 
+/// A callback refused before its login is known (or before anything was
+/// sent to the provider): counted, one log line, and a 400 page.
+fn refused_early(state: &State, deployment: &str, result: &str, message: &str) -> Response {
+    state
+        .metrics
+        .logins
+        .with_label_values(&[deployment, result])
+        .inc();
+    tracing::warn!(deployment, result, status = 400, "login refused");
+    page(400, "Login failed", message)
+}
+
 /// `GET /.auth/callback?code=&state=[&iss=]` or `?error=&state=`
 pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> Response {
     let policy = CookiePolicy::for_runtime(runtime);
@@ -368,9 +380,10 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     }) else {
-        return page(
-            400,
-            "Login failed",
+        return refused_early(
+            state,
+            "-",
+            "bad_state",
             "The provider's answer carries no state.",
         );
     };
@@ -382,9 +395,10 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         .and_then(|json| serde_json::from_slice::<PendingLogin>(&json).ok())
         .filter(|p| p.state == login_state && now() < p.created + LOGIN_TIMEOUT_SECS);
     let Some(pending) = pending else {
-        return page(
-            400,
-            "Login failed",
+        return refused_early(
+            state,
+            "-",
+            "bad_state",
             "This login was not started here, has expired, or was already used. Start again.",
         );
     };
@@ -395,9 +409,10 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         .or_insert(())
         .is_fresh()
     {
-        return page(
-            400,
-            "Login failed",
+        return refused_early(
+            state,
+            &pending.deployment,
+            "state_reused",
             "This login was already used. Start again.",
         );
     }
@@ -456,7 +471,11 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         return refuse("no_code", 400, "The provider's answer carries no code.");
     };
     let Some((_, callback_url)) = public_origin(runtime) else {
-        return fail(503, "Login needs `public_url` in the configuration.");
+        return refuse(
+            "no_public_url",
+            503,
+            "Login needs `public_url` in the configuration.",
+        );
     };
     let tokens = match redeem(provider, &metadata, &code, &callback_url, &pending.verifier).await {
         Ok(t) => t,
@@ -528,7 +547,7 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
     }
     // A new id for every login: a session id planted before login is worthless.
     let Some(id) = SessionId::random() else {
-        return fail(503, "No randomness available.");
+        return refuse("no_randomness", 503, "No randomness available.");
     };
     let lifetimes = deployment.messenger.session;
     let started = now();
@@ -554,7 +573,11 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         );
     }
     let Some(sealed) = runtime.cookies.seal(&policy.session_name, id.as_bytes()) else {
-        return fail(503, "The session cookie could not be sealed.");
+        return refuse(
+            "cookie_unsealable",
+            503,
+            "The session cookie could not be sealed.",
+        );
     };
     state
         .metrics

@@ -744,6 +744,28 @@ impl ProxyHttp for Portcullis {
                 client,
             }),
         );
+        // A reload between this request's admission and its 101 has already
+        // judged the connections it found; judge this one by the new rules.
+        let current = self.state.runtime();
+        if let (Some(live), Some(used)) = (&ctx.live, &ctx.runtime) {
+            if !Arc::ptr_eq(&current, used) {
+                let conn = live.connection();
+                let (admitted, reason) = match current.deployment(&conn.deployment) {
+                    Some(d) if d.is_active() => {
+                        (d.still_admits(conn.claims.as_deref()), "policy changed")
+                    }
+                    _ => (false, "deployment deactivated"),
+                };
+                if !admitted {
+                    self.state.connections.close(
+                        conn.id,
+                        crate::connections::close_code::SESSION_REVOKED,
+                        reason,
+                        "reload",
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
