@@ -411,6 +411,29 @@ impl State {
         })
     }
 
+    /// Ends a session on purpose (logout, revocation): removes it from the
+    /// store, closes its live connections with 4002 and `close_reason`, and
+    /// counts and logs the end. Returns how many connections began closing.
+    pub async fn end_session(
+        &self,
+        id: &crate::session::SessionId,
+        reason: crate::session::EndReason,
+        close_reason: &str,
+    ) -> usize {
+        // A store hiccup must not keep the connections open.
+        let _ = self.sessions.remove(id).await;
+        let public_id = id.public_id();
+        let closed = self
+            .connections
+            .close_session(&public_id, close_reason, reason.label());
+        self.metrics
+            .session_ends
+            .with_label_values(&[reason.label()])
+            .inc();
+        tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended");
+        closed
+    }
+
     /// Keeps the store in step with live connections at `now`: records the
     /// activity their client frames show, and closes with 4001 the
     /// connections of sessions that went idle. A store that cannot be

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::redirect;
 use crate::runtime::{DeploymentRt, Runtime, State};
-use crate::session::{Session, SessionId};
+use crate::session::{EndReason, Session, SessionId};
 use crate::token::{self, TokenKind};
 
 /// Pending logins older than this are refused (and their cookies expire).
@@ -151,30 +151,52 @@ pub async fn session_from_cookie(
     Some(Arc::unwrap_or_clone(session))
 }
 
-fn page(status: u16, title: &str, message: &str) -> Response {
-    let escape = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A small uncached HTML document: `title` (escaped here) as title and
+/// heading, then `inner_html` as given, with `security_headers` after the
+/// common ones.
+fn html_response(
+    status: u16,
+    title: &str,
+    inner_html: &str,
+    security_headers: &[(&'static str, &'static str)],
+) -> Response {
     let body = Bytes::from(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head>\
          <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto\">\
-         <h1>{t}</h1><p>{m}</p></body></html>",
-        t = escape(title),
-        m = escape(message)
+         <h1>{t}</h1>{inner_html}</body></html>",
+        t = escape_html(title),
     ));
-    let mut header = ResponseHeader::build(status, Some(4)).expect("valid status");
+    let mut header =
+        ResponseHeader::build(status, Some(3 + security_headers.len())).expect("valid status");
     let _ = header.insert_header("content-type", "text/html; charset=utf-8");
     let _ = header.insert_header("content-length", body.len().to_string());
     let _ = header.insert_header("cache-control", "no-store");
-    let _ = header.insert_header("x-content-type-options", "nosniff");
-    let _ = header.insert_header(
-        "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'",
-    );
+    for (name, value) in security_headers {
+        let _ = header.insert_header(*name, *value);
+    }
     (header, body)
+}
+
+fn page(status: u16, title: &str, message: &str) -> Response {
+    html_response(
+        status,
+        title,
+        &format!("<p>{}</p>", escape_html(message)),
+        &[
+            ("x-content-type-options", "nosniff"),
+            (
+                "content-security-policy",
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
+    )
 }
 
 fn redirect_to(location: &str, cookies: &[String]) -> Response {
@@ -766,17 +788,9 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
     let Some(session) = session else {
         return redirect_to(&rd, &[clear]);
     };
-    let _ = state.sessions.remove(&session.id).await;
-    let public_id = session.id.public_id();
-    let closed = state
-        .connections
-        .close_session(&public_id, "logged out", "logout");
     state
-        .metrics
-        .session_ends
-        .with_label_values(&["logout"])
-        .inc();
-    tracing::info!(session = %public_id, closed_connections = closed, "logout");
+        .end_session(&session.id, EndReason::Logout, "logged out")
+        .await;
     // RP-initiated logout at the provider, returning to `rd` (absolute).
     let provider = runtime.providers.get(&session.provider);
     let end_session = provider
@@ -813,12 +827,6 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
 }
 
 fn confirm_logout(rd: Option<&str>) -> Response {
-    let escape = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
     let action = match rd {
         Some(rd) => format!(
             "/.auth/logout?rd={}",
@@ -826,21 +834,19 @@ fn confirm_logout(rd: Option<&str>) -> Response {
         ),
         None => "/.auth/logout".to_string(),
     };
-    let body = Bytes::from(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Log out?</title></head>\
-         <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto\">\
-         <h1>Log out?</h1><form method=\"post\" action=\"{}\"><button type=\"submit\">Log out</button></form>\
-         </body></html>",
-        escape(&action)
-    ));
-    let mut header = ResponseHeader::build(200, Some(4)).expect("valid status");
-    let _ = header.insert_header("content-type", "text/html; charset=utf-8");
-    let _ = header.insert_header("content-length", body.len().to_string());
-    let _ = header.insert_header("cache-control", "no-store");
-    let _ = header.insert_header("x-frame-options", "DENY");
-    let _ = header.insert_header(
-        "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-    );
-    (header, body)
+    html_response(
+        200,
+        "Log out?",
+        &format!(
+            "<form method=\"post\" action=\"{}\"><button type=\"submit\">Log out</button></form>",
+            escape_html(&action)
+        ),
+        &[
+            ("x-frame-options", "DENY"),
+            (
+                "content-security-policy",
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            ),
+        ],
+    )
 }

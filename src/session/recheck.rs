@@ -131,16 +131,8 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
 }
 
 async fn end(state: &State, session: &Session, reason: EndReason) -> Outcome {
-    let _ = state.sessions.remove(&session.id).await;
-    let public_id = session.id.public_id();
-    let closed = state
-        .connections
-        .close_session(&public_id, "session revoked", "revoked");
     state
-        .metrics
-        .session_ends
-        .with_label_values(&[reason.label()])
-        .inc();
-    tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended by the provider re-check");
+        .end_session(&session.id, reason, "session revoked")
+        .await;
     Outcome::Ended(reason)
 }
