@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,24 +61,15 @@ impl Demo {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("demo.yaml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["demo", "-c"])
-            .arg(&path)
-            // The demo provides its client secret itself.
-            .env_remove("PORTCULLIS_DEMO_CLIENT_SECRET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("portcullis demo starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (child, log) = spawn_logged(
+            Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args(["demo", "-c"])
+                .arg(&path)
+                // The demo provides its client secret itself.
+                .env_remove("PORTCULLIS_DEMO_CLIENT_SECRET")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+        );
         let demo = Demo {
             child,
             proxy: format!("http://{proxy}"),

@@ -25,6 +25,26 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub type Handshake =
     Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error>;
 
+/// The lines a child process writes to standard error, collected as it runs.
+pub type Log = Arc<Mutex<Vec<String>>>;
+
+/// Starts `command` with its standard error piped into a `Log`.
+pub fn spawn_logged(command: &mut Command) -> (Child, Log) {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("portcullis starts");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, log)
+}
+
 /// A port that was free a moment ago. Pingora binds its own listeners, so
 /// the test picks the port and hands it over in the config.
 pub fn free_port() -> u16 {
@@ -80,15 +100,7 @@ impl Proxy {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("portcullis starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (child, log) = spawn_logged(&mut command);
         let proxy = Proxy {
             child,
             addr,
