@@ -332,6 +332,25 @@ impl Registry {
             .count()
     }
 
+    /// Closes every connection for which `reason_to_close` gives a reason,
+    /// with that reason; returns how many began closing.
+    pub fn close_each(
+        &self,
+        reason_to_close: impl Fn(&LiveConnection) -> Option<&'static str>,
+        code: u16,
+        label: &'static str,
+    ) -> usize {
+        let chosen: Vec<(Arc<LiveConnection>, &'static str)> = self
+            .collect(|c| reason_to_close(c).is_some())
+            .into_iter()
+            .filter_map(|c| reason_to_close(&c).map(|reason| (c, reason)))
+            .collect();
+        chosen
+            .iter()
+            .filter(|(c, reason)| self.close_one(c, code, reason, label))
+            .count()
+    }
+
     fn close_one(
         &self,
         conn: &LiveConnection,

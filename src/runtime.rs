@@ -345,6 +345,20 @@ impl Runtime {
     pub fn routes(&self) -> &[Arc<RouteRt>] {
         &self.routes
     }
+
+    /// Why this runtime's rules would no longer keep a live connection open
+    /// (its close reason), or `None` when they still would.
+    pub fn no_longer_admits(
+        &self,
+        conn: &crate::connections::LiveConnection,
+    ) -> Option<&'static str> {
+        match self.deployment(&conn.deployment) {
+            Some(d) if d.is_active() => {
+                (!d.still_admits(conn.claims.as_deref())).then_some("policy changed")
+            }
+            _ => Some("deployment deactivated"),
+        }
+    }
 }
 
 /// What outlives a reload: the current runtime, the live connections and the metrics.
@@ -546,19 +560,9 @@ impl State {
         self.runtime.store(new.clone());
         // Connections of deployments that are gone or inactive end now, as
         // a revocation would end them; so do those the new rules would refuse.
-        let mut closed = self.connections.close_where(
-            |c| new.deployment(&c.deployment).is_none_or(|d| !d.is_active()),
+        let closed = self.connections.close_each(
+            |c| new.no_longer_admits(c),
             close_code::SESSION_REVOKED,
-            "deployment deactivated",
-            "reload",
-        );
-        closed += self.connections.close_where(
-            |c| {
-                new.deployment(&c.deployment)
-                    .is_some_and(|d| !d.still_admits(c.claims.as_deref()))
-            },
-            close_code::SESSION_REVOKED,
-            "policy changed",
             "reload",
         );
         Ok(ReloadSummary {

@@ -750,13 +750,7 @@ impl ProxyHttp for Portcullis {
         if let (Some(live), Some(used)) = (&ctx.live, &ctx.runtime) {
             if !Arc::ptr_eq(&current, used) {
                 let conn = live.connection();
-                let (admitted, reason) = match current.deployment(&conn.deployment) {
-                    Some(d) if d.is_active() => {
-                        (d.still_admits(conn.claims.as_deref()), "policy changed")
-                    }
-                    _ => (false, "deployment deactivated"),
-                };
-                if !admitted {
+                if let Some(reason) = current.no_longer_admits(conn) {
                     self.state.connections.close(
                         conn.id,
                         crate::connections::close_code::SESSION_REVOKED,
