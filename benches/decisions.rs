@@ -423,9 +423,10 @@ async fn session_request(
         refresh_token: None,
         id_token: None,
         checked_at: now,
+        provider_token_lifetime_secs: None,
     };
     store.save(&session).await.expect("memory store");
-    let name = portcullis::endpoints::login::CookiePolicy::for_runtime(runtime)
+    let name = runtime.cookie_policy
         .session_name
         .clone();
     let sealed = runtime.cookies.seal(&name, id.as_bytes()).expect("sealed");

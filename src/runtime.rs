@@ -210,7 +210,7 @@ pub struct Runtime {
     /// Seals and opens portcullis's cookies.
     pub cookies: Arc<CookieCodec>,
     /// Names and attributes of portcullis's cookies.
-    pub cookie_policy: crate::endpoints::login::CookiePolicy,
+    pub cookie_policy: crate::session::cookie::CookiePolicy,
     /// Verified provider tokens. Rebuilt with the runtime, so a reload that
     /// changes a provider's audiences or keys never serves an old verdict.
     pub tokens: TokenCache,
@@ -314,7 +314,7 @@ impl Runtime {
         let strip = StripRules {
             prefix: config::normalize_header_name(&config.identity_header_prefix),
         };
-        let cookie_policy = crate::endpoints::login::CookiePolicy::from_config(&config);
+        let cookie_policy = crate::session::cookie::CookiePolicy::from_config(&config);
         Ok(Runtime {
             config: Arc::new(config),
             deployments,
@@ -664,6 +664,43 @@ routes: [{path_prefix: /v1}]
                 "down".into(),
             ))
         }
+        async fn load_public(
+            &self,
+            _: &str,
+            _: u64,
+        ) -> Result<Option<Arc<Session>>, crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn save_refresh(
+            &self,
+            _: [u8; 32],
+            _: crate::session::refresh::RefreshRecord,
+        ) -> Result<(), crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn load_refresh(
+            &self,
+            _: &[u8; 32],
+        ) -> Result<Option<crate::session::refresh::RefreshRecord>, crate::session::store::StoreError>
+        {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn rotate_refresh(
+            &self,
+            _: &[u8; 32],
+            _: u64,
+        ) -> Result<Option<crate::session::refresh::RefreshRecord>, crate::session::store::StoreError>
+        {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
         fn approximate_count(&self) -> Option<u64> {
             None
         }
@@ -683,6 +720,7 @@ routes: [{path_prefix: /v1}]
             refresh_token: None,
             id_token: None,
             checked_at: last_seen,
+            provider_token_lifetime_secs: None,
         }
     }
 
@@ -723,7 +761,7 @@ routes: [{path_prefix: /v1}]
         let state = State::with_store(runtime(), None, metrics.clone(), store.clone());
         let (gone, revived) = (SessionId::random().unwrap(), SessionId::random().unwrap());
         // The memory store's entries lapse by the wall clock: real times.
-        let t0 = crate::endpoints::login::now() - 55;
+        let t0 = crate::session::now() - 55;
         // Both sessions were last seen at t0 as far as their connections
         // know; another tab has since kept `revived` alive in the store.
         store.save(&session(&revived, t0)).await.unwrap();

@@ -113,7 +113,7 @@ impl BackgroundService for Supervisor {
                     tokio::spawn(async move { state.run_due_health_checks().await });
                     self.state.maintain_providers();
                     self.state.connections.sweep_overdue();
-                    let now = crate::endpoints::login::now();
+                    let now = crate::session::now();
                     self.state.connections.close_expired(now);
                     let keeper = self.state.clone();
                     // Store calls may wait; the tick must not.

@@ -50,6 +50,7 @@ pub struct Config {
     /// as `-`) are removed before anything goes upstream.
     pub identity_header_prefix: String,
     pub limits: Limits,
+    pub rate_limits: RateLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +131,9 @@ pub struct Authentication {
     pub enabled: bool,
     pub provider: Option<String>,
     pub allow_session_upgrade: bool,
+    /// Provider ID tokens as bearer credentials (off by default: an ID
+    /// token outlives the session it came from, and travels in URLs).
+    pub accept_id_tokens: bool,
     pub require: Require,
 }
 
@@ -146,6 +150,9 @@ pub struct SessionLifetimes {
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
     pub token_lifetime: Duration,
+    /// How long a rotated refresh token still answers with its successor
+    /// (two tabs refreshing at once) before a reuse ends the session.
+    pub refresh_reuse_grace: Duration,
 }
 
 impl Default for SessionLifetimes {
@@ -154,6 +161,7 @@ impl Default for SessionLifetimes {
             max_lifetime: Duration::from_secs(24 * 3600),
             idle_timeout: Duration::from_secs(30 * 60),
             token_lifetime: Duration::from_secs(15 * 60),
+            refresh_reuse_grace: Duration::from_secs(10),
         }
     }
 }
@@ -278,6 +286,38 @@ impl Default for Limits {
         Limits {
             max_path_bytes: 2048,
             max_query_bytes: 4096,
+        }
+    }
+}
+
+/// A token bucket: `per_minute` requests replenished evenly, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// Limits on the endpoints that cost a call to the provider or a new
+/// session: the token API, `/.auth/login` and `/.auth/callback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Per client address (from `X-Forwarded-For` only behind a trusted proxy).
+    pub per_client: Rate,
+    /// Per deployment, all clients together.
+    pub per_deployment: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            per_client: Rate {
+                per_minute: 60,
+                burst: 20,
+            },
+            per_deployment: Rate {
+                per_minute: 6000,
+                burst: 600,
+            },
         }
     }
 }

@@ -73,6 +73,9 @@ pub struct RawAuthentication {
     pub provider: Option<String>,
     #[serde(default)]
     pub allow_session_upgrade: bool,
+    /// Whether a provider ID token is accepted as a bearer credential.
+    #[serde(default)]
+    pub accept_id_tokens: bool,
     pub require: Option<RawRequire>,
 }
 
@@ -95,6 +98,7 @@ pub struct RawSessionLifetimes {
     pub max_lifetime: Option<RawDuration>,
     pub idle_timeout: Option<RawDuration>,
     pub token_lifetime: Option<RawDuration>,
+    pub refresh_reuse_grace: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,4 +222,18 @@ pub struct RawForwarding {
 pub struct RawLimits {
     pub max_path_bytes: Option<usize>,
     pub max_query_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    pub per_client: Option<RawRate>,
+    pub per_deployment: Option<RawRate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub per_minute: u32,
+    pub burst: Option<u32>,
 }

@@ -31,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "forwarding",
     "identity_header_prefix",
     "limits",
+    "rate_limits",
 ];
 
 /// Algorithms a provider may be configured to accept. HMAC and `none` are
@@ -521,6 +522,7 @@ pub(super) fn validate(
         .unwrap_or_default();
     let forwarding = forwarding(&mut c, &get("forwarding"));
     let limits = limits(&mut c, &get("limits"));
+    let rate_limits = rate_limits(&mut c, &get("rate_limits"));
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -541,6 +543,7 @@ pub(super) fn validate(
         forwarding,
         identity_header_prefix,
         limits,
+        rate_limits,
     })
 }
 
@@ -883,6 +886,7 @@ fn messengers(
                     enabled: auth.enabled,
                     provider: auth.provider,
                     allow_session_upgrade: auth.allow_session_upgrade,
+                    accept_id_tokens: auth.accept_id_tokens,
                     require,
                 },
                 session,
@@ -1001,10 +1005,18 @@ fn session_lifetimes(
             "must not exceed max_lifetime",
         );
     }
+    let refresh_reuse_grace = c.bounded_duration(
+        &format!("{path}.refresh_reuse_grace"),
+        raw.refresh_reuse_grace.as_ref(),
+        defaults.refresh_reuse_grace,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
     SessionLifetimes {
         max_lifetime,
         idle_timeout,
         token_lifetime,
+        refresh_reuse_grace,
     }
 }
 
@@ -1435,6 +1447,40 @@ fn forwarding(c: &mut Checker, value: &Value) -> Forwarding {
         }
     }
     Forwarding { trusted_proxies }
+}
+
+fn rate_limits(c: &mut Checker, value: &Value) -> RateLimits {
+    let defaults = RateLimits::default();
+    let Some(raw) = c
+        .decode::<Option<RawRateLimits>>("rate_limits", value)
+        .flatten()
+    else {
+        return defaults;
+    };
+    let mut rate = |field: &str, raw: Option<RawRate>, default: Rate| {
+        let Some(raw) = raw else {
+            return default;
+        };
+        let path = format!("rate_limits.{field}");
+        if !(1..=1_000_000).contains(&raw.per_minute) {
+            c.error(format!("{path}.per_minute"), "must be between 1 and 1000000");
+            return default;
+        }
+        // A burst below one request would refuse everything.
+        let burst = raw.burst.unwrap_or(raw.per_minute.div_ceil(3).max(1));
+        if !(1..=1_000_000).contains(&burst) {
+            c.error(format!("{path}.burst"), "must be between 1 and 1000000");
+            return default;
+        }
+        Rate {
+            per_minute: raw.per_minute,
+            burst,
+        }
+    };
+    RateLimits {
+        per_client: rate("per_client", raw.per_client, defaults.per_client),
+        per_deployment: rate("per_deployment", raw.per_deployment, defaults.per_deployment),
+    }
 }
 
 fn limits(c: &mut Checker, value: &Value) -> Limits {

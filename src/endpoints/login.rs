@@ -11,10 +11,11 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 
-use super::redirect;
+use super::{establish, redirect};
 use crate::runtime::{DeploymentRt, Runtime, State};
-use crate::session::{EndReason, Session, SessionId};
-use crate::token::{self, TokenKind};
+use crate::provider::client::redeem_code;
+use crate::session::cookie::cookies;
+use crate::session::{now, EndReason, Session, SessionId};
 
 /// Pending logins older than this are refused (and their cookies expire).
 pub const LOGIN_TIMEOUT_SECS: u64 = 600;
@@ -33,13 +34,6 @@ fn random_token(len: usize) -> Option<String> {
     Some(b64(&bytes))
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// What a pending login remembers between the redirect and the callback.
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingLogin {
@@ -52,98 +46,13 @@ struct PendingLogin {
     max_age: Option<u64>,
 }
 
-/// Cookie settings derived from the configuration.
-pub struct CookiePolicy {
-    pub secure: bool,
-    pub session_name: String,
-    pub pending_prefix: String,
-    pub domain: Option<String>,
-}
-
-impl CookiePolicy {
-    /// The runtime's policy, built once with it.
-    pub fn for_runtime(runtime: &Runtime) -> &CookiePolicy {
-        &runtime.cookie_policy
-    }
-
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        let sessions = &config.sessions;
-        // Secure unless the public URL is plain http (allowed on loopback only).
-        let secure = config
-            .public_url
-            .as_ref()
-            .is_none_or(|u| u.scheme() == "https");
-        // `__Host-` pins the cookie to this host and path `/`; it needs Secure and no Domain.
-        let host_prefix = secure && sessions.cookie_domain.is_none();
-        let base = if host_prefix {
-            format!("__Host-{}", sessions.cookie_name)
-        } else {
-            sessions.cookie_name.clone()
-        };
-        CookiePolicy {
-            secure,
-            pending_prefix: format!("{base}-login-"),
-            session_name: base,
-            domain: sessions.cookie_domain.clone(),
-        }
-    }
-
-    pub fn set_cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> String {
-        let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
-        if self.secure {
-            cookie.push_str("; Secure");
-        }
-        if let Some(domain) = &self.domain {
-            cookie.push_str(&format!("; Domain={domain}"));
-        }
-        if let Some(age) = max_age {
-            cookie.push_str(&format!("; Max-Age={age}"));
-        }
-        cookie
-    }
-
-    pub fn clear_cookie(&self, name: &str) -> String {
-        self.set_cookie(name, "", Some(0))
-    }
-
-    pub fn is_own_cookie(&self, name: &str) -> bool {
-        name == self.session_name || name.starts_with(&self.pending_prefix)
-    }
-}
-
-/// Every cookie of every `Cookie` header as raw bytes: `(name, value,
-/// the whole pair)`. Read per pair, not per header, so that one cookie of
-/// the site's that is not UTF-8 hides none of the others.
-pub fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .map(<[u8]>::trim_ascii)
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.iter().position(|b| *b == b'=') {
-            Some(at) => (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii(), pair),
-            None => (pair, &b""[..], pair),
-        })
-}
-
-/// The `name=value` pairs of every `Cookie` header that are text.
-pub fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
-    cookie_pairs(req).filter_map(|(name, value, _)| {
-        Some((
-            std::str::from_utf8(name).ok()?,
-            std::str::from_utf8(value).ok()?,
-        ))
-    })
-}
-
 /// The session the request's cookie names, if it is intact, ours and alive.
 pub async fn session_from_cookie(
     state: &State,
     runtime: &Runtime,
     req: &RequestHeader,
 ) -> Option<Session> {
-    let policy = CookiePolicy::for_runtime(runtime);
+    let policy = &runtime.cookie_policy;
     let sealed = cookies(req).find(|(k, _)| *k == policy.session_name)?.1;
     let id = runtime.cookies.open(&policy.session_name, sealed)?;
     let id = SessionId::from_bytes(&id)?;
@@ -151,7 +60,16 @@ pub async fn session_from_cookie(
     Some(Arc::unwrap_or_clone(session))
 }
 
-fn escape_html(s: &str) -> String {
+/// A refusal's description as a sentence.
+fn capitalized(description: &str) -> String {
+    let mut chars = description.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
+        None => String::new(),
+    }
+}
+
+pub(crate) fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -302,7 +220,7 @@ pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
         created: now(),
         max_age,
     };
-    let policy = CookiePolicy::for_runtime(runtime);
+    let policy = &runtime.cookie_policy;
     let cookie_name = format!("{}{}", policy.pending_prefix, &state[..8]);
     let Some(sealed) = serde_json::to_vec(&pending)
         .ok()
@@ -373,13 +291,6 @@ pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
     redirect_to(location.as_str(), &set_cookies)
 }
 
-/// The token endpoint's answer (code redemption or refresh).
-#[derive(Deserialize)]
-pub struct TokenResponse {
-    pub id_token: Option<String>,
-    pub refresh_token: Option<String>,
-}
-
 /// A callback refused before its login is known (or before anything was
 /// sent to the provider): counted, one log line, and a 400 page.
 fn refused_early(state: &State, deployment: &str, result: &str, message: &str) -> Response {
@@ -394,7 +305,7 @@ fn refused_early(state: &State, deployment: &str, result: &str, message: &str) -
 
 /// `GET /.auth/callback?code=&state=[&iss=]` or `?error=&state=`
 pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> Response {
-    let policy = CookiePolicy::for_runtime(runtime);
+    let policy = &runtime.cookie_policy;
     // States are base64url (see `start`): anything else is not ours, and
     // the cookie name below slices it by bytes.
     let Some(login_state) = query_param(req, "state").filter(|s| {
@@ -499,10 +410,18 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             "Login needs `public_url` in the configuration.",
         );
     };
-    let tokens = match redeem(provider, &metadata, &code, &callback_url, &pending.verifier).await {
+    let redeemed = redeem_code(
+        provider,
+        &metadata,
+        &code,
+        &callback_url,
+        Some(&pending.verifier),
+    )
+    .await;
+    let tokens = match redeemed {
         Ok(t) => t,
-        Err(message) => {
-            tracing::warn!(deployment = %pending.deployment, error = %message, "code redemption failed");
+        Err(error) => {
+            tracing::warn!(deployment = %pending.deployment, %error, "code redemption failed");
             return refuse(
                 "code_refused",
                 401,
@@ -517,83 +436,26 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             "The identity provider returned no ID token.",
         );
     };
-    let verified = match token::verify(provider, &id_token).await {
-        Ok(v) if v.kind == TokenKind::Id => v,
-        Ok(_) => {
-            return refuse(
-                "not_an_id_token",
-                401,
-                "The ID token is not meant for this client.",
-            )
-        }
-        Err(e) => {
-            return refuse(
-                e.code(),
-                401,
-                &format!("The ID token was refused: {}.", e.description()),
-            );
-        }
-    };
-    if verified.claims.str("nonce") != Some(pending.nonce.as_str()) {
-        return refuse(
-            "nonce_mismatch",
-            401,
-            "The ID token does not belong to this login.",
-        );
-    }
-    if let Some(max_age) = pending.max_age {
-        let fresh = verified
-            .claims
-            .number("auth_time")
-            .is_some_and(|t| now() <= t + max_age + provider.config.clock_skew.as_secs());
-        if !fresh {
-            return refuse(
-                "login_too_old",
-                401,
-                "The provider's login is older than requested.",
-            );
-        }
-    }
-    if let Err(why) = crate::policy::authorize(
-        &deployment.messenger.authentication.require,
-        &verified.claims,
-    ) {
-        return refuse(
-            why.code(),
-            403,
-            &format!(
-                "You are logged in, but not allowed here: {}.",
-                why.description()
-            ),
-        );
-    }
-    // A new id for every login: a session id planted before login is worthless.
-    let Some(id) = SessionId::random() else {
-        return refuse("no_randomness", 503, "No randomness available.");
-    };
-    let lifetimes = deployment.messenger.session;
-    let started = now();
-    let session = Session {
-        id: id.clone(),
-        deployment: deployment.config.id.clone(),
-        provider: provider.config.name.clone(),
-        subject: verified.claims.str("sub").unwrap_or_default().to_string(),
-        claims: verified.claims.0.clone().into_iter().collect(),
-        created_at: started,
-        last_seen: started,
-        expires_at: started + lifetimes.max_lifetime.as_secs(),
-        idle_timeout_secs: lifetimes.idle_timeout.as_secs(),
+    let proof = establish::Proof {
+        id_token: &id_token,
+        nonce: Some(&pending.nonce),
+        max_age: pending.max_age,
         refresh_token: tokens.refresh_token,
-        id_token: Some(id_token),
-        checked_at: started,
+        access_token_lifetime: tokens.expires_in,
     };
-    if state.sessions.save(&session).await.is_err() {
-        return refuse(
-            "store_unavailable",
-            503,
-            "The session could not be stored; try again shortly.",
-        );
-    }
+    let session = match establish::establish(state, &deployment, proof, false).await {
+        Ok(session) => session,
+        Err(refused) => {
+            let message = match refused {
+                establish::Refused::Forbidden(_) => {
+                    format!("You are logged in, but {}.", refused.description())
+                }
+                _ => capitalized(&refused.description()),
+            };
+            return refuse(refused.code(), refused.status(), &message);
+        }
+    };
+    let id = session.id;
     let Some(sealed) = runtime.cookies.seal(&policy.session_name, id.as_bytes()) else {
         return refuse(
             "cookie_unsealable",
@@ -614,103 +476,6 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             clear,
         ],
     )
-}
-
-/// Redeems the code at the token endpoint.
-async fn redeem(
-    provider: &crate::provider::ProviderService,
-    metadata: &crate::provider::Metadata,
-    code: &str,
-    redirect_uri: &str,
-    verifier: &str,
-) -> Result<TokenResponse, String> {
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", redirect_uri),
-        ("code_verifier", verifier),
-    ];
-    token_request(provider, metadata, &form)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Why a token request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenRequestError {
-    /// The provider said the grant (code or refresh token) is no longer good.
-    #[error("the provider refused the grant")]
-    InvalidGrant,
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// A request to the provider's token endpoint with the client's
-/// credentials: `client_secret_basic` unless the provider supports only
-/// `client_secret_post`.
-pub async fn token_request(
-    provider: &crate::provider::ProviderService,
-    metadata: &crate::provider::Metadata,
-    grant: &[(&str, &str)],
-) -> Result<TokenResponse, TokenRequestError> {
-    let fail = TokenRequestError::Failed;
-    let endpoint = metadata
-        .token_endpoint
-        .as_deref()
-        .ok_or_else(|| fail("no token endpoint".into()))?;
-    let config = &provider.config;
-    let mut form: Vec<(&str, &str)> = grant.to_vec();
-    let methods = &metadata.token_endpoint_auth_methods_supported;
-    let post_only = !methods.is_empty()
-        && methods.iter().any(|m| m == "client_secret_post")
-        && !methods.iter().any(|m| m == "client_secret_basic");
-    let secret = config
-        .client_secret
-        .as_ref()
-        .map(|s| s.expose().to_string());
-    let mut request = provider.http().post(endpoint);
-    match (&secret, post_only) {
-        (Some(secret), true) => {
-            form.push(("client_id", &config.client_id));
-            form.push(("client_secret", secret));
-        }
-        (Some(secret), false) => {
-            // RFC 6749 §2.3.1: both parts form-urlencoded before Basic.
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            request = request.basic_auth(enc(&config.client_id), Some(enc(secret)));
-        }
-        (None, _) => form.push(("client_id", &config.client_id)),
-    }
-    let response = request
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| fail(format!("request failed: {}", e.without_url())))?;
-    let status = response.status();
-    if status.as_u16() == 400 || status.as_u16() == 401 {
-        #[derive(Deserialize)]
-        struct OAuthError {
-            error: String,
-        }
-        let error = response
-            .json::<OAuthError>()
-            .await
-            .map(|e| e.error)
-            .unwrap_or_default();
-        return Err(if error == "invalid_grant" {
-            TokenRequestError::InvalidGrant
-        } else {
-            fail(format!("token endpoint answered {status} {error}"))
-        });
-    }
-    if !status.is_success() {
-        return Err(fail(format!("token endpoint answered {status}")));
-    }
-    response
-        .json::<TokenResponse>()
-        .await
-        .map_err(|e| fail(format!("not a token response: {}", e.without_url())))
 }
 
 /// `GET /.auth/me`
@@ -775,7 +540,7 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
         }
         return confirm_logout(rd_param.as_deref());
     }
-    let policy = CookiePolicy::for_runtime(runtime);
+    let policy = &runtime.cookie_policy;
     let session = session_from_cookie(state, runtime, req).await;
     let mut allowed = Vec::new();
     if let Some(s) = &session {

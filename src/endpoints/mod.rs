@@ -2,6 +2,7 @@
 //! portcullis's signatures, and browser login (`login`). Logout and the
 //! token API come next.
 
+pub mod establish;
 pub mod login;
 pub mod redirect;
 

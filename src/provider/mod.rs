@@ -4,6 +4,7 @@
 //! provider never blocks startup; `/readyz` and `portcullis_provider_ready`
 //! say when a provider is usable.
 
+pub mod client;
 pub mod jwks;
 
 use std::sync::Arc;

@@ -46,7 +46,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
 use crate::connections::{ClientSocket, LiveGuard, NewConnection, SessionActivity};
-use crate::endpoints::{self, login};
+use crate::endpoints;
+use crate::session::cookie::{cookie_pairs, cookies, CookiePolicy};
+use crate::session::now;
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
@@ -193,14 +195,14 @@ pub async fn authenticate(
 
 /// Removes portcullis's own cookies from the upstream `Cookie` header (a
 /// backend that saw them could replay them); the site's other cookies pass.
-fn strip_own_cookies(req: &mut RequestHeader, policy: &login::CookiePolicy) -> Result<()> {
+fn strip_own_cookies(req: &mut RequestHeader, policy: &CookiePolicy) -> Result<()> {
     let own = |name: &[u8]| std::str::from_utf8(name).is_ok_and(|n| policy.is_own_cookie(n));
-    if !login::cookie_pairs(req).any(|(name, _, _)| own(name)) {
+    if !cookie_pairs(req).any(|(name, _, _)| own(name)) {
         return Ok(());
     }
     // The site's cookies pass byte for byte, whatever their encoding.
     let mut kept: Vec<u8> = Vec::new();
-    for (_, _, pair) in login::cookie_pairs(req).filter(|(name, _, _)| !own(name)) {
+    for (_, _, pair) in cookie_pairs(req).filter(|(name, _, _)| !own(name)) {
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
         }
@@ -225,12 +227,12 @@ async fn session_for(
     req: &RequestHeader,
     provider: &str,
 ) -> Option<Arc<LoginSession>> {
-    let policy = login::CookiePolicy::for_runtime(runtime);
-    let sealed = login::cookies(req)
+    let policy = &runtime.cookie_policy;
+    let sealed = cookies(req)
         .find(|(k, _)| *k == policy.session_name)?
         .1;
     let id = SessionId::from_bytes(&runtime.cookies.open(&policy.session_name, sealed)?)?;
-    let session = sessions.load(&id, login::now()).await.ok().flatten()?;
+    let session = sessions.load(&id, now()).await.ok().flatten()?;
     (session.provider == provider).then_some(session)
 }
 
@@ -273,7 +275,7 @@ async fn authenticate_session(
             rendered
         }
     };
-    let now = login::now();
+    let now = now();
     let mut last_seen = session.last_seen;
     // Short idle timeouts get more frequent writes, so that what the store
     // holds is never more than a quarter of the timeout behind.
@@ -655,7 +657,7 @@ impl ProxyHttp for Portcullis {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
-        strip_own_cookies(upstream_request, login::CookiePolicy::for_runtime(runtime))?;
+        strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
         if let (Some(auth), Some(target)) = (&ctx.auth, &ctx.target) {
             self.add_identity(runtime, target, auth, upstream_request)?;
             credential::strip_carriers(
@@ -734,7 +736,7 @@ impl ProxyHttp for Portcullis {
                     .as_ref()
                     .and_then(|a| a.session_idle.clone())
                     .map(|i| {
-                        SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen, login::now())
+                        SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen, now())
                     }),
                 claims: ctx
                     .auth
@@ -775,7 +777,7 @@ impl ProxyHttp for Portcullis {
         if let (Some(live), Some(chunk)) = (&ctx.live, body.as_deref()) {
             if ctx.client_frames.observe(chunk) {
                 if let Some(activity) = &live.connection().activity {
-                    activity.note_frame(login::now());
+                    activity.note_frame(now());
                 }
             }
         }

@@ -142,7 +142,7 @@ fn status_labels_are_a_bounded_set() {
 #[test]
 fn own_cookies_never_go_upstream_whatever_the_site_s_cookies_look_like() {
     let rt = runtime();
-    let policy = login::CookiePolicy::for_runtime(&rt);
+    let policy = &rt.cookie_policy;
     let session = &policy.session_name;
     let pending = format!("{}abcdefgh", policy.pending_prefix);
     let upstream_cookie = |values: &[&[u8]]| {
@@ -188,7 +188,7 @@ fn the_session_cookie_is_found_next_to_a_site_cookie_that_is_not_text() {
         http::HeaderValue::from_bytes("lang=fran\u{e7}ais; portcullis=SEALED".as_bytes()).unwrap(),
     )
     .unwrap();
-    let found: Vec<_> = login::cookies(&req).collect();
+    let found: Vec<_> = cookies(&req).collect();
     assert_eq!(
         found,
         vec![("lang", "fran\u{e7}ais"), ("portcullis", "SEALED")]

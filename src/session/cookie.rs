@@ -4,7 +4,11 @@
 //! the previous keys still accepted during a rotation. A tampered, truncated,
 //! foreign or old-key cookie opens to nothing, never to an error a client
 //! could probe.
+//!
+//! Also here: the names and attributes of portcullis's cookies
+//! (`CookiePolicy`) and reading cookies from a request, byte for byte.
 
+use pingora::http::RequestHeader;
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine;
 
@@ -89,6 +93,86 @@ impl CookieCodec {
                 .map(|plain| plain.to_vec())
         })
     }
+}
+
+/// Cookie settings derived from the configuration.
+pub struct CookiePolicy {
+    pub secure: bool,
+    pub session_name: String,
+    pub pending_prefix: String,
+    pub domain: Option<String>,
+}
+
+impl CookiePolicy {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let sessions = &config.sessions;
+        // Secure unless the public URL is plain http (allowed on loopback only).
+        let secure = config
+            .public_url
+            .as_ref()
+            .is_none_or(|u| u.scheme() == "https");
+        // `__Host-` pins the cookie to this host and path `/`; it needs Secure and no Domain.
+        let host_prefix = secure && sessions.cookie_domain.is_none();
+        let base = if host_prefix {
+            format!("__Host-{}", sessions.cookie_name)
+        } else {
+            sessions.cookie_name.clone()
+        };
+        CookiePolicy {
+            secure,
+            pending_prefix: format!("{base}-login-"),
+            session_name: base,
+            domain: sessions.cookie_domain.clone(),
+        }
+    }
+
+    pub fn set_cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> String {
+        let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        if self.secure {
+            cookie.push_str("; Secure");
+        }
+        if let Some(domain) = &self.domain {
+            cookie.push_str(&format!("; Domain={domain}"));
+        }
+        if let Some(age) = max_age {
+            cookie.push_str(&format!("; Max-Age={age}"));
+        }
+        cookie
+    }
+
+    pub fn clear_cookie(&self, name: &str) -> String {
+        self.set_cookie(name, "", Some(0))
+    }
+
+    pub fn is_own_cookie(&self, name: &str) -> bool {
+        name == self.session_name || name.starts_with(&self.pending_prefix)
+    }
+}
+
+/// Every cookie of every `Cookie` header as raw bytes: `(name, value,
+/// the whole pair)`. Read per pair, not per header, so that one cookie of
+/// the site's that is not UTF-8 hides none of the others.
+pub fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii(), pair),
+            None => (pair, &b""[..], pair),
+        })
+}
+
+/// The `name=value` pairs of every `Cookie` header that are text.
+pub fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
+    cookie_pairs(req).filter_map(|(name, value, _)| {
+        Some((
+            std::str::from_utf8(name).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
+    })
 }
 
 #[cfg(test)]

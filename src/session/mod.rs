@@ -4,7 +4,16 @@
 
 pub mod cookie;
 pub mod recheck;
+pub mod refresh;
 pub mod store;
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 use std::fmt;
 
@@ -104,6 +113,10 @@ pub struct Session {
     /// When the provider last confirmed the user (login or refresh), unix seconds.
     #[serde(default)]
     pub checked_at: u64,
+    /// How long the provider's access token lived at login (`expires_in`):
+    /// the messenger tokens of this session never live longer.
+    #[serde(default)]
+    pub provider_token_lifetime_secs: Option<u64>,
 }
 
 impl Session {
@@ -144,6 +157,7 @@ mod tests {
             refresh_token: Some("refresh".into()),
             id_token: None,
             checked_at: created,
+            provider_token_lifetime_secs: None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{EndReason, Session, SessionId};
-use crate::endpoints::login::{self, TokenRequestError};
+use crate::provider::client::{token_request, TokenRequestError};
 use crate::runtime::{DeploymentRt, State};
 use crate::token::{self, TokenKind};
 
@@ -57,7 +57,7 @@ impl Rechecker {
 
 /// Redeems the refresh token and applies the result.
 pub async fn recheck(state: &State, mut session: Session, deployment: &DeploymentRt) -> Outcome {
-    let now = login::now();
+    let now = super::now();
     let (Some(provider), Some(refresh)) = (&deployment.provider, session.refresh_token.clone())
     else {
         return Outcome::Postponed;
@@ -85,12 +85,16 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh.as_str()),
     ];
-    let tokens = match login::token_request(provider, &metadata, &grant).await {
+    let tokens = match token_request(provider, &metadata, &grant).await {
         Ok(t) => t,
         Err(TokenRequestError::InvalidGrant) => {
             return end(state, &session, EndReason::Revoked).await
         }
-        Err(TokenRequestError::Failed(e)) => {
+        Err(
+            TokenRequestError::Refused(e)
+            | TokenRequestError::Unreachable(e)
+            | TokenRequestError::Failed(e),
+        ) => {
             tracing::warn!(session = %session.id.public_id(), error = %e, "session re-check postponed");
             return postpone(session).await;
         }

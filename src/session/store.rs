@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::refresh::RefreshRecord;
 use super::{EndReason, Session, SessionId};
 
 /// Told of each session that a store found ended by time, once.
@@ -55,6 +56,26 @@ pub trait SessionStore: Send + Sync {
         )
         .await
     }
+    /// The session whose public id (`SessionId::public_id`) is `public_id`,
+    /// if it exists and has not ended by `now`: how a messenger token,
+    /// which carries only the public id, finds its session.
+    async fn load_public(
+        &self,
+        public_id: &str,
+        now: u64,
+    ) -> Result<Option<Arc<Session>>, StoreError>;
+    /// Stores a refresh token's record under the token's hash.
+    async fn save_refresh(&self, hash: [u8; 32], record: RefreshRecord) -> Result<(), StoreError>;
+    /// The record of a refresh token, if it is known and not past its expiry.
+    async fn load_refresh(&self, hash: &[u8; 32]) -> Result<Option<RefreshRecord>, StoreError>;
+    /// Marks a refresh token rotated at `now` unless it already was, atomically;
+    /// returns the record as it was before (so exactly one caller sees it
+    /// unrotated), or `None` for an unknown token.
+    async fn rotate_refresh(
+        &self,
+        hash: &[u8; 32],
+        now: u64,
+    ) -> Result<Option<RefreshRecord>, StoreError>;
     /// About how many sessions are live (for the gauge), when the store can tell cheaply.
     fn approximate_count(&self) -> Option<u64>;
     /// Periodic housekeeping (the supervisor calls it every tick): a store
@@ -66,7 +87,26 @@ pub trait SessionStore: Send + Sync {
 /// their session ends.
 pub struct MemoryStore {
     sessions: moka::future::Cache<SessionId, Arc<Session>>,
+    /// Public id → id, for `load_public`; entries leave with their session.
+    by_public: moka::sync::Cache<String, SessionId>,
+    /// Refresh-token records by token hash, each until its session's maximum lifetime.
+    refresh: moka::future::Cache<[u8; 32], RefreshRecord>,
     on_end: Option<EndObserver>,
+}
+
+struct UntilRecordExpires;
+
+impl moka::Expiry<[u8; 32], RefreshRecord> for UntilRecordExpires {
+    fn expire_after_create(
+        &self,
+        _hash: &[u8; 32],
+        record: &RefreshRecord,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            record.expires_at.saturating_sub(unix_now()),
+        ))
+    }
 }
 
 struct UntilSessionEnds;
@@ -111,12 +151,21 @@ impl MemoryStore {
     /// A store that tells `on_end` of every session it finds ended by time:
     /// when a lookup meets one, or when the cache lets one expire.
     pub fn with_end_observer(capacity: u64, on_end: Option<EndObserver>) -> Self {
-        let mut builder = moka::future::Cache::builder()
+        let by_public: moka::sync::Cache<String, SessionId> =
+            moka::sync::Cache::builder().max_capacity(capacity).build();
+        let index = by_public.clone();
+        let observer = on_end.clone();
+        let sessions = moka::future::Cache::builder()
             .max_capacity(capacity)
-            .expire_after(UntilSessionEnds);
-        if let Some(observer) = on_end.clone() {
-            builder = builder.eviction_listener(move |_id, session: Arc<Session>, cause| {
+            .expire_after(UntilSessionEnds)
+            .eviction_listener(move |_id, session: Arc<Session>, cause| {
                 use moka::notification::RemovalCause;
+                if cause != RemovalCause::Replaced {
+                    index.invalidate(&session.id.public_id());
+                }
+                let Some(observer) = &observer else {
+                    return;
+                };
                 // Explicit removals and replacements are the callers' doing
                 // (a lookup that finds an ended session reports it itself).
                 match cause {
@@ -130,10 +179,15 @@ impl MemoryStore {
                     RemovalCause::Size => observer(&session, EndReason::Evicted),
                     RemovalCause::Explicit | RemovalCause::Replaced => {}
                 }
-            });
-        }
+            })
+            .build();
         MemoryStore {
-            sessions: builder.build(),
+            sessions,
+            by_public,
+            refresh: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilRecordExpires)
+                .build(),
             on_end,
         }
     }
@@ -168,6 +222,8 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, session: &Session) -> Result<(), StoreError> {
+        self.by_public
+            .insert(session.id.public_id(), session.id.clone());
         self.sessions
             .insert(session.id.clone(), Arc::new(session.clone()))
             .await;
@@ -219,12 +275,62 @@ impl SessionStore for MemoryStore {
         }
     }
 
+    async fn load_public(
+        &self,
+        public_id: &str,
+        now: u64,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        match self.by_public.get(public_id) {
+            Some(id) => self.load(&id, now).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn save_refresh(&self, hash: [u8; 32], record: RefreshRecord) -> Result<(), StoreError> {
+        self.refresh.insert(hash, record).await;
+        Ok(())
+    }
+
+    async fn load_refresh(&self, hash: &[u8; 32]) -> Result<Option<RefreshRecord>, StoreError> {
+        Ok(self
+            .refresh
+            .get(hash)
+            .await
+            .filter(|r| r.expires_at > unix_now()))
+    }
+
+    async fn rotate_refresh(
+        &self,
+        hash: &[u8; 32],
+        now: u64,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        use moka::ops::compute::Op;
+        let mut before = None;
+        self.refresh
+            .entry(*hash)
+            .and_compute_with(|current| {
+                let op = match current.map(|entry| entry.into_value()) {
+                    Some(record) if record.expires_at > unix_now() => {
+                        let mut rotated = record.clone();
+                        rotated.rotated_at.get_or_insert(now);
+                        before = Some(record);
+                        Op::Put(rotated)
+                    }
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        Ok(before)
+    }
+
     fn approximate_count(&self) -> Option<u64> {
         Some(self.sessions.entry_count())
     }
 
     async fn maintain(&self) {
         self.sessions.run_pending_tasks().await;
+        self.refresh.run_pending_tasks().await;
     }
 }
 
