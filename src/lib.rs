@@ -6,6 +6,7 @@
 //! | `config`      | the YAML file: raw structs, validation, the trusted model     |
 //! | `runtime`     | the config compiled for lookups; reloads swap it atomically   |
 //! | `proxy`       | the Pingora request phases and the decisions they call        |
+//! | `ratelimit`   | per-client and per-deployment limits on costly endpoints      |
 //! | `connections` | the live-connection registry and forced WebSocket closes      |
 //! | `admin`       | the admin listener: health, readiness, connections, reload    |
 //! | `metrics`     | every Prometheus metric portcullis exports                    |
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod policy;
 pub mod provider;
 pub mod proxy;
+pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod session;

@@ -25,6 +25,8 @@ use crate::provider::ProviderService;
 use crate::session::cookie::CookieCodec;
 use crate::session::recheck::Rechecker;
 use crate::session::store::{MemoryStore, SessionStore};
+use crate::ratelimit::Limiters;
+use crate::token::messenger::MessengerClaims;
 use crate::token::signing::KeyRing;
 use crate::token::TokenCache;
 
@@ -218,6 +220,33 @@ pub struct Runtime {
     pub identities: moka::sync::Cache<([u8; 32], Arc<str>), Arc<Rendered>>,
     /// When this runtime was built (config loads and reloads).
     pub loaded_at: std::time::SystemTime,
+    /// `iss` of what portcullis signs: `public_url` (without a trailing
+    /// slash), or `portcullis` without one.
+    pub issuer: String,
+    /// Verified messenger tokens by SHA-256, until their `exp` (at most 5
+    /// minutes): a repeated handshake costs a hash, a lookup and the session's.
+    pub messenger_tokens: moka::sync::Cache<[u8; 32], Arc<MessengerClaims>>,
+    /// Derives a rotated refresh token's successor (see `session::refresh`).
+    pub refresh_key: Arc<aws_lc_rs::hmac::Key>,
+    /// Rate limits of the token API, login and callback; kept across
+    /// reloads that do not change them.
+    pub limiters: Arc<Limiters>,
+}
+
+struct UntilMessengerTokenExpires;
+
+impl moka::Expiry<[u8; 32], Arc<MessengerClaims>> for UntilMessengerTokenExpires {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        claims: &Arc<MessengerClaims>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(
+            Duration::from_secs(claims.exp.saturating_sub(crate::session::now()))
+                .min(Duration::from_secs(300)),
+        )
+    }
 }
 
 impl Runtime {
@@ -315,6 +344,15 @@ impl Runtime {
             prefix: config::normalize_header_name(&config.identity_header_prefix),
         };
         let cookie_policy = crate::session::cookie::CookiePolicy::from_config(&config);
+        let issuer = config.public_url.as_ref().map_or_else(
+            || "portcullis".to_string(),
+            |u| u.as_str().trim_end_matches('/').to_string(),
+        );
+        let refresh_key = Arc::new(cookies.derived_key("refresh-token rotation"));
+        let limiters = match previous {
+            Some(old) if old.limiters.config() == config.rate_limits => old.limiters.clone(),
+            _ => Arc::new(Limiters::new(config.rate_limits)),
+        };
         Ok(Runtime {
             config: Arc::new(config),
             deployments,
@@ -331,6 +369,13 @@ impl Runtime {
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
             loaded_at: std::time::SystemTime::now(),
+            issuer,
+            messenger_tokens: moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .expire_after(UntilMessengerTokenExpires)
+                .build(),
+            refresh_key,
+            limiters,
         })
     }
 
@@ -669,6 +714,14 @@ routes: [{path_prefix: /v1}]
             _: &str,
             _: u64,
         ) -> Result<Option<Arc<Session>>, crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn token_ended(
+            &self,
+            _: &[u8; 32],
+        ) -> Result<bool, crate::session::store::StoreError> {
             Err(crate::session::store::StoreError::Unavailable(
                 "down".into(),
             ))

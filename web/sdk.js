@@ -37,8 +37,8 @@
  * m.login()                built-in redirect login (authorization code + PKCE S256)
  * m.token, m.authenticated current JWT (or null) / whether it is valid
  * m.connect(url?, {protocols}?) → socket wrapper (send, close, readyState,
- *   protocol, binaryType, on*/addEventListener: open, message, close, error,
- *   reconnecting). The token travels as subprotocol "authorization.bearer.<jwt>".
+ *   protocol, binaryType, addEventListener and the onopen-style properties for
+ *   open, message, close, error, reconnecting). The token travels as subprotocol "authorization.bearer.<jwt>".
  *   Close 4001: fresh token, reconnect; 4002: logged out, no reconnect; others
  *   (1001, 1006, ...): reconnect with capped exponential backoff and jitter.
  *   "close" fires once, when the wrapper is done; "open" on every (re)connect.
@@ -80,7 +80,7 @@
   const asError = (e, code) =>
     e instanceof PortcullisError ? e : new PortcullisError(code, (e && e.message) || String(e));
   // Worth trying again later (no answer, overload) rather than a verdict.
-  const transient = (e) => !e.status || e.status === 429 || e.status >= 500;
+  const transient = (e) => e.code === "network_error" || e.status === 429 || e.status >= 500;
 
   const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   function base64url(bytes) {
@@ -148,11 +148,12 @@
           this._localLogout(reason, false);
         }
       };
-      this._onWake = () => {
+      // Timers do not run while the machine sleeps: on waking, refresh when due.
+      this._onWake = (e) => {
         const doc = g.document;
         if (doc && doc.visibilityState === "hidden") return;
         if (this._readRT() && Date.now() >= this._refreshAt) this.refreshToken().catch(() => {});
-        for (const s of this._sockets) s._kick();
+        if (e && e.type === "online") for (const s of this._sockets) s._kick();
       };
       if (g.addEventListener) {
         g.addEventListener("storage", this._onStorage);
@@ -514,20 +515,18 @@
     }
 
     async logout() {
-      let jwt = this.authenticated && Date.now() < this._refreshAt ? this._jwt : null;
-      if (!jwt && this._readRT()) {
-        // a valid token is needed to revoke
+      if ((!this.token || Date.now() >= this._refreshAt) && this._readRT()) {
+        // a valid token is needed to revoke; a dead refresh token means logged out
         try {
           await this._refresh(false);
-          jwt = this._jwt;
         } catch (e) {
-          if (transient(e)) {
+          if (transient(e) && !this.token) {
             this._emit("error", { error: e });
             throw e;
           }
         }
       }
-      jwt = jwt || (this.authenticated ? this._jwt : null);
+      const jwt = this.token;
       if (jwt) {
         try {
           await this._request("DELETE", "/.auth/token", undefined, { Authorization: "Bearer " + jwt });
@@ -708,7 +707,8 @@
           this._finish(e);
           return this._c._localLogout("revoked", false);
         }
-        if (e.code === EXPIRED) this._c._refreshAt = 0; // the next connection gets a new token
+        // the token is spent: the next connection gets another one
+        if (e.code === EXPIRED && this._c._jwt === token) this._c._dropTokens();
         this._retry(e.code, e.reason, e.code === EXPIRED);
       };
     }
@@ -733,6 +733,7 @@
     create: (options) => new Client(options),
     PortcullisError,
   };
-  if (typeof module === "object" && module && module.exports) module.exports = Portcullis;
-  g.Portcullis = Portcullis;
+  const commonjs = typeof module === "object" && module && module.exports;
+  if (commonjs) module.exports = Portcullis;
+  if (!commonjs || typeof window !== "undefined") g.Portcullis = Portcullis;
 })(typeof window !== "undefined" ? window : globalThis);

@@ -490,17 +490,13 @@ impl Portcullis {
             let assertion = auth
                 .rendered
                 .assertion(now, |now| {
-                    let issuer = runtime.config.public_url.as_ref().map_or_else(
-                        || "portcullis".to_string(),
-                        |u| u.as_str().trim_end_matches('/').to_string(),
-                    );
                     let claims = identity::assertion_claims(
                         &auth.rendered.identity,
-                        &issuer,
+                        &runtime.issuer,
                         &target.deployment.upstream.config.name,
                         now,
                     );
-                    runtime.keys.current.sign(&claims)
+                    runtime.keys.current.sign(crate::token::signing::ASSERTION_TYP, &claims)
                 })
                 .or_else(|e| Error::e_explain(InternalError, e))?;
             req.insert_header(format!("{prefix}Assertion"), assertion)?;

@@ -18,6 +18,8 @@ pub const MAX_COOKIE_BYTES: usize = 4096;
 pub struct CookieCodec {
     /// The first key seals; every key opens.
     keys: Vec<RandomizedNonceKey>,
+    /// Derives keys for other purposes from the current key's material.
+    derivation: aws_lc_rs::hmac::Key,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +38,15 @@ impl CookieCodec {
             .chain(previous.iter().map(AsRef::as_ref))
             .map(Self::key)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(CookieCodec { keys })
+        let derivation = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            aws_lc_rs::hmac::sign(
+                &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"portcullis derivation"),
+                current.as_ref(),
+            )
+            .as_ref(),
+        );
+        Ok(CookieCodec { keys, derivation })
     }
 
     fn key(material: &[u8]) -> Result<RandomizedNonceKey, CookieKeyError> {
@@ -71,6 +81,16 @@ impl CookieCodec {
         out.extend_from_slice(nonce.as_ref());
         out.extend_from_slice(&buffer);
         Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// An HMAC key for `purpose`, derived from the current cookie key: every
+    /// instance sharing `sessions.keys.cookie_key` derives the same one, and
+    /// no two purposes share a key.
+    pub fn derived_key(&self, purpose: &str) -> aws_lc_rs::hmac::Key {
+        aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            aws_lc_rs::hmac::sign(&self.derivation, purpose.as_bytes()).as_ref(),
+        )
     }
 
     /// Opens a sealed value; `None` for anything that is not intact and ours.

@@ -64,6 +64,10 @@ pub trait SessionStore: Send + Sync {
         public_id: &str,
         now: u64,
     ) -> Result<Option<Arc<Session>>, StoreError>;
+    /// Whether a provider token (by `TokenCache::key` digest) belonged to a
+    /// session that has ended: its ID token stays refused as a credential
+    /// until it expires, although its signature still verifies.
+    async fn token_ended(&self, digest: &[u8; 32]) -> Result<bool, StoreError>;
     /// Stores a refresh token's record under the token's hash.
     async fn save_refresh(&self, hash: [u8; 32], record: RefreshRecord) -> Result<(), StoreError>;
     /// The record of a refresh token, if it is known and not past its expiry.
@@ -91,7 +95,37 @@ pub struct MemoryStore {
     by_public: moka::sync::Cache<String, SessionId>,
     /// Refresh-token records by token hash, each until its session's maximum lifetime.
     refresh: moka::future::Cache<[u8; 32], RefreshRecord>,
+    /// Digests of ended sessions' ID tokens, each until its `exp`.
+    ended_tokens: moka::sync::Cache<[u8; 32], u64>,
     on_end: Option<EndObserver>,
+}
+
+/// Ended sessions' ID tokens are remembered at most this long, whatever
+/// their `exp` says.
+const MAX_ENDED_TOKEN_SECS: u64 = 24 * 3600;
+
+struct UntilTokenExpires;
+
+impl moka::Expiry<[u8; 32], u64> for UntilTokenExpires {
+    fn expire_after_create(&self, _: &[u8; 32], exp: &u64, _now: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(
+            exp.saturating_sub(unix_now()).min(MAX_ENDED_TOKEN_SECS),
+        ))
+    }
+}
+
+/// Remembers the ID token of a session that ended.
+fn remember_ended_token(ended: &moka::sync::Cache<[u8; 32], u64>, session: &Session) {
+    if let Some(id_token) = &session.id_token {
+        let exp = crate::token::recorded_expiry(id_token)
+            .unwrap_or_else(|| unix_now() + MAX_ENDED_TOKEN_SECS);
+        if exp > unix_now() {
+            ended.insert(
+                crate::token::TokenCache::key(&session.provider, id_token),
+                exp,
+            );
+        }
+    }
 }
 
 struct UntilRecordExpires;
@@ -154,6 +188,11 @@ impl MemoryStore {
         let by_public: moka::sync::Cache<String, SessionId> =
             moka::sync::Cache::builder().max_capacity(capacity).build();
         let index = by_public.clone();
+        let ended_tokens: moka::sync::Cache<[u8; 32], u64> = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(UntilTokenExpires)
+            .build();
+        let ended = ended_tokens.clone();
         let observer = on_end.clone();
         let sessions = moka::future::Cache::builder()
             .max_capacity(capacity)
@@ -162,6 +201,7 @@ impl MemoryStore {
                 use moka::notification::RemovalCause;
                 if cause != RemovalCause::Replaced {
                     index.invalidate(&session.id.public_id());
+                    remember_ended_token(&ended, &session);
                 }
                 let Some(observer) = &observer else {
                     return;
@@ -188,6 +228,7 @@ impl MemoryStore {
                 .max_capacity(capacity)
                 .expire_after(UntilRecordExpires)
                 .build(),
+            ended_tokens,
             on_end,
         }
     }
@@ -284,6 +325,10 @@ impl SessionStore for MemoryStore {
             Some(id) => self.load(&id, now).await,
             None => Ok(None),
         }
+    }
+
+    async fn token_ended(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.ended_tokens.contains_key(digest))
     }
 
     async fn save_refresh(&self, hash: [u8; 32], record: RefreshRecord) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@
 //! token's, signature, then claims (`iss` exact, `exp` required, `nbf`/`iat`
 //! within the clock skew, `aud` against the provider's audiences or client id).
 
+pub mod messenger;
 pub mod signing;
 
 use std::collections::BTreeMap;
@@ -115,6 +116,12 @@ pub enum TokenError {
     WrongAudience,
     MissingClaim,
     DuplicateClaim,
+    /// Signed by portcullis, but not a credential (an assertion).
+    WrongTokenType,
+    /// A provider ID token, where the messenger does not accept them.
+    IdTokenNotAccepted,
+    /// The token belongs to a session that has ended.
+    SessionEnded,
     /// The provider's keys cannot be had: not a verdict on the token.
     ProviderUnavailable,
 }
@@ -135,6 +142,9 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::MissingClaim => "missing_claim",
             TokenError::DuplicateClaim => "duplicate_claim",
+            TokenError::WrongTokenType => "wrong_token_type",
+            TokenError::IdTokenNotAccepted => "id_token_not_accepted",
+            TokenError::SessionEnded => "session_ended",
             TokenError::ProviderUnavailable => "provider_unavailable",
         }
     }
@@ -156,6 +166,9 @@ impl TokenError {
             TokenError::WrongAudience => "the token is meant for another audience",
             TokenError::MissingClaim => "the token lacks a required claim",
             TokenError::DuplicateClaim => "the token repeats a claim",
+            TokenError::WrongTokenType => "the token is not an access token",
+            TokenError::IdTokenNotAccepted => "ID tokens are not accepted here",
+            TokenError::SessionEnded => "the token's session has ended",
             TokenError::ProviderUnavailable => "the identity provider's keys are unavailable",
         }
     }
@@ -186,6 +199,16 @@ fn header_algorithm(token: &str) -> Result<String, TokenError> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or(TokenError::Malformed)
+}
+
+/// The `exp` of a token this program verified earlier (and kept), read
+/// without verifying again.
+pub fn recorded_expiry(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()?.get("exp")?.as_u64()
 }
 
 /// Verifies a provider-issued token.
@@ -372,6 +395,12 @@ impl TokenCache {
         let verified = Arc::new(verify(provider, token).await?);
         self.cache.insert(key, verified.clone());
         Ok(verified)
+    }
+
+    /// The cached verification of `token`, without verifying on a miss.
+    pub fn cached(&self, provider: &str, token: &str) -> Option<Arc<VerifiedToken>> {
+        let hit = self.cache.get(&Self::key(provider, token))?;
+        (hit.expires_at > now_unix()).then_some(hit)
     }
 
     pub fn len(&self) -> u64 {

@@ -17,11 +17,17 @@ use aws_lc_rs::signature::{
 
 use crate::config::Secret;
 
+/// The `typ` of the `X-Auth-Assertion` portcullis hands backends: not a
+/// credential anywhere (see `token::messenger`).
+pub const ASSERTION_TYP: &str = "x-auth-assertion+jwt";
+
 /// One signing key with its public JWK.
 pub struct SigningKey {
     pub kid: String,
     pub alg: Algorithm,
     encoding: EncodingKey,
+    /// The public half, for verifying what portcullis signed itself.
+    pub decoding: jsonwebtoken::DecodingKey,
     pub public_jwk: serde_json::Value,
 }
 
@@ -32,6 +38,12 @@ impl std::fmt::Debug for SigningKey {
             .field("alg", &self.alg)
             .finish()
     }
+}
+
+fn decoding_key(jwk: &serde_json::Value) -> Result<jsonwebtoken::DecodingKey, String> {
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(jwk.clone()).map_err(|e| format!("unusable public key: {e}"))?;
+    jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable public key: {e}"))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -66,6 +78,7 @@ impl SigningKey {
                 kid,
                 alg: Algorithm::ES256,
                 encoding: EncodingKey::from_ec_der(der),
+                decoding: decoding_key(&jwk)?,
                 public_jwk: jwk,
             });
         }
@@ -81,6 +94,7 @@ impl SigningKey {
                 kid,
                 alg: Algorithm::EdDSA,
                 encoding: EncodingKey::from_ed_der(der),
+                decoding: decoding_key(&jwk)?,
                 public_jwk: jwk,
             });
         }
@@ -108,10 +122,12 @@ impl SigningKey {
         Self::from_pkcs8(der.as_ref())
     }
 
-    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, String> {
+    /// Signs `claims` as a JWT whose header says what it is (`typ`): each
+    /// kind of token portcullis signs has its own, and each verifier checks it.
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, String> {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        header.typ = Some("JWT".into());
+        header.typ = Some(typ.into());
         jsonwebtoken::encode(&header, claims, &self.encoding)
             .map_err(|e| format!("signing failed: {e}"))
     }
@@ -166,8 +182,16 @@ impl KeyRing {
             kid: key.kid.clone(),
             alg: key.alg,
             encoding: key.encoding.clone(),
+            decoding: key.decoding.clone(),
             public_jwk: key.public_jwk.clone(),
         })
+    }
+
+    /// The key, current or previous, whose id is `kid`.
+    pub fn by_kid(&self, kid: &str) -> Option<&SigningKey> {
+        std::iter::once(&self.current)
+            .chain(self.previous.iter())
+            .find(|k| k.kid == kid)
     }
 
     /// The public JWK set served at `/.auth/jwks.json`.
@@ -189,7 +213,10 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         assert_eq!(key.alg, Algorithm::ES256);
         let token = key
-            .sign(&json!({"sub": "alice", "exp": 4_000_000_000u64, "iss": "portcullis"}))
+            .sign(
+                "JWT",
+                &json!({"sub": "alice", "exp": 4_000_000_000u64, "iss": "portcullis"}),
+            )
             .unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
