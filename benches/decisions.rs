@@ -426,9 +426,7 @@ async fn session_request(
         provider_token_lifetime_secs: None,
     };
     store.save(&session).await.expect("memory store");
-    let name = runtime.cookie_policy
-        .session_name
-        .clone();
+    let name = runtime.cookie_policy.session_name.clone();
     let sealed = runtime.cookies.seal(&name, id.as_bytes()).expect("sealed");
     let mut request = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
     request

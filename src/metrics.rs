@@ -55,6 +55,13 @@ pub struct Metrics {
     pub session_ends: IntCounterVec,
     /// Live browser sessions in the store (approximate).
     pub sessions_live: prometheus::IntGauge,
+    /// Token API calls, by deployment, operation (exchange, refresh, revoke) and result.
+    pub token_api: IntCounterVec,
+    /// Time portcullis spent answering a token API call, by operation; the
+    /// provider's share (code redemption, re-checks) is left out.
+    pub token_api_duration: HistogramVec,
+    /// Requests refused by a rate limit, by endpoint and scope (client, deployment).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,6 +125,22 @@ impl Metrics {
             .expect("metric registered once");
         Metrics {
             sessions_live,
+            token_api: counter(
+                "portcullis_token_api_requests_total",
+                "Token API calls by deployment, operation (exchange, refresh, revoke) and result (ok or the error code).",
+                &["deployment", "operation", "result"],
+            ),
+            token_api_duration: histogram(
+                "portcullis_token_api_duration_seconds",
+                "Time portcullis spent on a token API call, by operation, without the provider's time.",
+                &["operation"],
+                latency_buckets.clone(),
+            ),
+            rate_limited: counter(
+                "portcullis_rate_limited_total",
+                "Requests refused by a rate limit, by endpoint and scope (client, deployment).",
+                &["endpoint", "scope"],
+            ),
             session_ends: counter(
                 "portcullis_session_ends_total",
                 "Sessions ended, by reason (logout, expired, idle, revoked).",

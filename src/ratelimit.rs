@@ -72,22 +72,35 @@ impl Limiters {
     /// by its client's bucket costs the deployment nothing, so one noisy
     /// client cannot use up everyone's budget.
     pub fn check(&self, client: Option<IpAddr>, deployment: Option<&str>) -> Result<(), Limited> {
-        let now = DefaultClock::default().now();
         if let Some(ip) = client {
-            self.per_client.check_key(&ip).map_err(|not_until| Limited {
-                scope: Scope::Client,
-                retry_after: whole_seconds(not_until.wait_time_from(now)),
-            })?;
+            self.check_client(ip)?;
         }
         if let Some(id) = deployment {
-            self.per_deployment
-                .check_key(&id.to_string())
-                .map_err(|not_until| Limited {
-                    scope: Scope::Deployment,
-                    retry_after: whole_seconds(not_until.wait_time_from(now)),
-                })?;
+            self.check_deployment(id)?;
         }
         Ok(())
+    }
+
+    /// Takes one request from the client's bucket.
+    pub fn check_client(&self, client: IpAddr) -> Result<(), Limited> {
+        let now = DefaultClock::default().now();
+        self.per_client
+            .check_key(&client)
+            .map_err(|not_until| Limited {
+                scope: Scope::Client,
+                retry_after: whole_seconds(not_until.wait_time_from(now)),
+            })
+    }
+
+    /// Takes one request from the deployment's bucket.
+    pub fn check_deployment(&self, deployment: &str) -> Result<(), Limited> {
+        let now = DefaultClock::default().now();
+        self.per_deployment
+            .check_key(&deployment.to_string())
+            .map_err(|not_until| Limited {
+                scope: Scope::Deployment,
+                retry_after: whole_seconds(not_until.wait_time_from(now)),
+            })
     }
 
     /// Forgets buckets that are full again (the supervisor calls it).
@@ -134,7 +147,11 @@ mod tests {
             (1..=1).contains(&refused.retry_after),
             "{refused:?}: one request per second comes back"
         );
-        assert_eq!(l.check(Some(b), Some("d")), Ok(()), "another client is not held up");
+        assert_eq!(
+            l.check(Some(b), Some("d")),
+            Ok(()),
+            "another client is not held up"
+        );
     }
 
     #[test]

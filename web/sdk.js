@@ -3,7 +3,7 @@
  * through a portcullis edge proxy. Plain ES2020, no dependencies, no build.
  *
  *   <script src="https://EDGE/sdk.js"></script>   → window.Portcullis
- *   (node: module.exports = Portcullis)
+ *   (node: module.exports = Portcullis; types: sdk.d.ts)
  *
  * It re-creates the Auth / AuthProvider contract of the hosted messenger SDK
  * (getAuthCode, reAuthenticate, getTokens, refreshToken, logout, the Auth.*
@@ -27,26 +27,28 @@
  * m.on(event, fn) / m.off(event, fn)   events: ready {authenticated},
  *   authenticating {}, authenticated {expiresAt}, loggedOut {reason},
  *   tokenError {error}, authError {error}, error {error}.
- *   "ready" fires once, after start-up; later subscribers still get it.
+ *   "ready" fires once, after start-up (a stored refresh token is refreshed,
+ *   a built-in login redirect completed); later subscribers still get it.
  * await m.getTokens()      completes a built-in login redirect (?code&state), else
  *                          exchanges the code from getAuthCode; → {expiresAt}
- * await m.refreshToken()   refresh (rotating refresh token); when it is dead:
+ * await m.refreshToken()   refresh (the refresh token rotates); when it is dead:
  *                          getAuthCode({forceUpdate:true}), else reAuthenticate
  * await m.logout()         revoke everywhere; loggedOut in every tab of the site
  * await m.reAuthenticate() the site's reAuthenticate (then getTokens), else login()
  * m.login()                built-in redirect login (authorization code + PKCE S256)
- * m.token, m.authenticated current JWT (or null) / whether it is valid
- * m.connect(url?, {protocols}?) → socket wrapper (send, close, readyState,
- *   protocol, binaryType, addEventListener and the onopen-style properties for
- *   open, message, close, error, reconnecting). The token travels as subprotocol "authorization.bearer.<jwt>".
- *   Close 4001: fresh token, reconnect; 4002: logged out, no reconnect; others
- *   (1001, 1006, ...): reconnect with capped exponential backoff and jitter.
- *   "close" fires once, when the wrapper is done; "open" on every (re)connect.
+ * m.token, m.authenticated the current JWT (or null) / whether there is one
+ * m.connect(url?, {protocols}?) → a WebSocket-like wrapper: send, close,
+ *   readyState, protocol, binaryType, addEventListener/removeEventListener and
+ *   onopen, onmessage, onclose, onerror, onreconnecting. The token travels as the
+ *   subprotocol "authorization.bearer.<jwt>". Close 4001: fresh token, reconnect;
+ *   4002: logged out, no reconnect; others (1001, 1006, ...): reconnect with
+ *   capped exponential backoff and jitter. "open" fires on every (re)connection,
+ *   "close" once, when the wrapper is done (close(), logout, 4002, no token).
  * m.destroy()              stops timers, listeners, sockets and the channel.
  *
  * Errors are PortcullisError: err.code (the server's `error`, or one of
  * network_error, invalid_state, login_required, invalid_auth_code, ...),
- * err.status (HTTP status, 0 without one), err.retryAfter (seconds, on 429).
+ * err.status (HTTP status, 0 without one), err.retryAfter (seconds, 429/503).
  * Tokens are never logged.
  */
 (function (g) {
@@ -54,32 +56,26 @@
   const VERSION = "1.0.0";
   const RETRY_AFTER_MAX = 120; // seconds: a longer Retry-After is not waited for
   const STABLE_MS = 10000; // a connection open this long resets the backoff
+  const EXPIRED = 4001; // close codes of the proxy
   const ENDED = 4002;
-  const EXPIRED = 4001;
 
-  // Captured now: document.currentScript is only set while this file runs.
+  // Read now: document.currentScript is only set while this file runs.
   const SCRIPT_ORIGIN = (() => {
-    try {
-      const s = g.document && g.document.currentScript;
-      return s && s.src ? new URL(s.src).origin : null;
-    } catch (_) {
-      return null;
-    }
+    const s = g.document && g.document.currentScript;
+    try { return s && s.src ? new URL(s.src).origin : null; } catch (_) { return null; }
   })();
 
   class PortcullisError extends Error {
-    constructor(code, message, status = 0, retryAfter) {
+    constructor(code, message, status = 0) {
       super(message || code);
       this.name = "PortcullisError";
       this.code = code;
       this.status = status;
-      if (retryAfter !== undefined) this.retryAfter = retryAfter;
     }
   }
   const fail = (code, message, status) => new PortcullisError(code, message, status);
-  const asError = (e, code) =>
-    e instanceof PortcullisError ? e : new PortcullisError(code, (e && e.message) || String(e));
-  // Worth trying again later (no answer, overload) rather than a verdict.
+  const asError = (e, code) => (e instanceof PortcullisError ? e : fail(code, (e && e.message) || String(e)));
+  // Worth trying again later (no answer, overload), not a verdict.
   const transient = (e) => e.code === "network_error" || e.status === 429 || e.status >= 500;
 
   const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -99,21 +95,8 @@
     const digest = await g.crypto.subtle.digest("SHA-256", Uint8Array.from(verifier, (c) => c.charCodeAt(0)));
     return base64url(new Uint8Array(digest));
   }
-  // Seconds to the `exp` of a JWT, for a server that sends no expiresIn.
-  function jwtLifetime(jwt) {
-    try {
-      const p = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      return JSON.parse(g.atob(p)).exp - Date.now() / 1000;
-    } catch (_) {
-      return 0;
-    }
-  }
   function webStorage(name) {
-    try {
-      return g[name] || null; // reading it can throw when storage is blocked
-    } catch (_) {
-      return null;
-    }
+    try { return g[name] || null; } catch (_) { return null; } // blocked storage throws
   }
 
   class Client {
@@ -121,39 +104,31 @@
       if (!opts || !opts.deploymentId) throw new TypeError("Portcullis.create: deploymentId is required");
       const storage = opts.storage || "session";
       if (!["session", "local", "memory"].includes(storage)) throw new TypeError("Portcullis.create: storage must be session, local or memory");
-      const loc = g.location || {};
       this._o = opts;
       this._id = String(opts.deploymentId);
-      this._base = String(opts.baseUrl || SCRIPT_ORIGIN || loc.origin || "").replace(/\/+$/, "");
+      this._base = String(opts.baseUrl || SCRIPT_ORIGIN || (g.location && g.location.origin) || "").replace(/\/+$/, "");
       this._storage = storage;
       this._margin = (opts.refreshMargin === undefined ? 60 : Number(opts.refreshMargin)) * 1000;
       this._protocols = opts.protocols || ["chat.v1"];
-      this._key = "portcullis:" + this._id;
-      this._jwt = null;
-      this._expiresAt = 0;
-      this._refreshAt = 0;
-      this._rtMemory = null;
+      this._key = "portcullis:" + this._id; // storage keys, channel and lock names
+      this._jwt = this._rtMemory = null;
+      this._expiresAt = this._refreshAt = 0;
       this._failures = 0; // refreshes failed in a row, for the retry delay
       this._handlers = new Map();
-      this._timers = new Map(); // id → reject (of a sleep) or null
+      this._timers = new Map(); // every pending timer: id → reject (of a sleep) or null
       this._refreshTimer = null;
       this._sockets = new Set();
       this._ready = null; // the ready payload, once fired
-      this._destroyed = false;
 
+      // Another tab logged out (fallback for browsers without BroadcastChannel).
       this._onStorage = (e) => {
-        if (e.key === this._key + ":logout" && e.newValue) {
-          let reason = "logout";
-          try { reason = JSON.parse(e.newValue).reason || reason; } catch (_) { /* keep */ }
-          this._localLogout(reason, false);
-        }
+        if (e.key !== this._key + ":logout" || !e.newValue) return;
+        try { this._localLogout(JSON.parse(e.newValue).reason || "logout", false); } catch (_) { /* not ours */ }
       };
       // Timers do not run while the machine sleeps: on waking, refresh when due.
-      this._onWake = (e) => {
-        const doc = g.document;
-        if (doc && doc.visibilityState === "hidden") return;
+      this._onWake = () => {
+        if (g.document && g.document.visibilityState === "hidden") return;
         if (this._readRT() && Date.now() >= this._refreshAt) this.refreshToken().catch(() => {});
-        if (e && e.type === "online") for (const s of this._sockets) s._kick();
       };
       if (g.addEventListener) {
         g.addEventListener("storage", this._onStorage);
@@ -163,22 +138,19 @@
       if (typeof g.BroadcastChannel === "function") {
         this._channel = new g.BroadcastChannel(this._key);
         this._channel.onmessage = (e) => {
-          const d = e && e.data;
-          if (d && d.type === "loggedOut") this._localLogout(d.reason || "logout", false);
+          if (e.data && e.data.type === "loggedOut") this._localLogout(e.data.reason || "logout", false);
         };
       }
-      // Start-up waits a microtask, so that handlers attached right after
-      // create() see every event.
+      // Start-up waits a microtask, so that handlers added right after create()
+      // see every event.
       this._started = Promise.resolve().then(() => this._init());
     }
 
     async _init() {
       try {
-        if (this._redirectReturn()) await this.getTokens();
+        if (this._tokensP || this._redirectReturn()) await this.getTokens();
         else if (this._readRT()) await this._refresh(false);
-      } catch (_) {
-        // reported through the events already
-      }
+      } catch (_) { /* reported through the events already */ }
       if (this._destroyed) return;
       this._ready = { authenticated: this.authenticated };
       this._emit("ready", this._ready);
@@ -189,25 +161,20 @@
       if (!this._handlers.has(event)) this._handlers.set(event, new Set());
       this._handlers.get(event).add(handler);
       if (event === "ready" && this._ready) {
-        const payload = this._ready;
+        const payload = this._ready; // re-published to a late subscriber
         Promise.resolve().then(() => this._handlers.get("ready").has(handler) && this._call(handler, payload));
       }
       return this;
     }
     off(event, handler) {
-      const set = this._handlers.get(event);
-      if (set) set.delete(handler);
+      if (this._handlers.has(event)) this._handlers.get(event).delete(handler);
       return this;
     }
     _emit(event, payload) {
       for (const h of [...(this._handlers.get(event) || [])]) this._call(h, payload);
     }
     _call(handler, payload) {
-      try {
-        handler(payload);
-      } catch (e) {
-        if (g.console) g.console.error("portcullis: an event handler threw", e);
-      }
+      try { handler(payload); } catch (e) { if (g.console) g.console.error("portcullis: an event handler threw", e); }
     }
 
     get token() {
@@ -217,79 +184,63 @@
       return !!this._jwt && Date.now() < this._expiresAt;
     }
 
-    // ---- refresh-token storage (the JWT is never stored) ----
-    _store() {
-      return this._storage === "memory" ? null : webStorage(this._storage === "local" ? "localStorage" : "sessionStorage");
-    }
+    // ---- the refresh token's storage (the JWT is never stored) ----
     _readRT() {
-      const st = this._store();
-      try {
-        if (st) return st.getItem(this._key + ":refreshToken");
-      } catch (_) { /* fall back to memory */ }
-      return this._rtMemory;
+      const st = this._storage !== "memory" && webStorage(this._storage + "Storage");
+      return st ? st.getItem(this._key + ":refreshToken") : this._rtMemory;
     }
     _writeRT(value) {
-      this._rtMemory = value;
-      const st = this._store();
-      try {
-        if (st && value) st.setItem(this._key + ":refreshToken", value);
-        else if (st) st.removeItem(this._key + ":refreshToken");
-        if (st) this._rtMemory = null;
-      } catch (_) { /* kept in memory */ }
+      const st = this._storage !== "memory" && webStorage(this._storage + "Storage");
+      if (!st) this._rtMemory = value;
+      else if (value) st.setItem(this._key + ":refreshToken", value);
+      else st.removeItem(this._key + ":refreshToken");
     }
 
-    // ---- timers (all cleared by destroy) ----
+    // ---- timers, all cleared by destroy() ----
     _later(fn, ms) {
-      const id = setTimeout(() => {
-        this._timers.delete(id);
-        fn();
-      }, Math.min(Math.max(0, ms), 2147483647));
+      const id = setTimeout(() => { this._timers.delete(id); fn(); }, Math.min(Math.max(0, ms), 2147483647));
       this._timers.set(id, null);
       return id;
     }
     _cancel(id) {
-      if (id === null || id === undefined) return;
       clearTimeout(id);
       this._timers.delete(id);
     }
     _sleep(ms) {
-      return new Promise((resolve, reject) => {
-        const id = this._later(resolve, ms);
-        this._timers.set(id, reject);
-      });
+      return new Promise((resolve, reject) => this._timers.set(this._later(resolve, ms), reject));
+    }
+    // One promise for concurrent calls of the same operation.
+    _single(name, start) {
+      if (!this[name]) this[name] = start().finally(() => { this[name] = null; });
+      return this[name];
     }
 
-    // ---- HTTP ----
+    // ---- HTTP: JSON in and out; errors as PortcullisError; 429 waits ----
     async _request(method, path, body, headers = {}) {
       const doFetch = this._o.fetch || ((...a) => g.fetch(...a));
       for (let attempt = 0; ; attempt++) {
         if (this._destroyed) throw fail("destroyed", "the client was destroyed");
         let res;
         try {
-          res = await doFetch(this._base + path, {
-            method,
-            headers: body === undefined ? headers : Object.assign({ "Content-Type": "application/json" }, headers),
-            body: body === undefined ? undefined : JSON.stringify(body),
-            credentials: "omit",
-            cache: "no-store",
-          });
+          if (body !== undefined) headers = Object.assign({ "Content-Type": "application/json" }, headers);
+          const init = { method, headers, credentials: "omit", cache: "no-store" };
+          if (body !== undefined) init.body = JSON.stringify(body);
+          res = await doFetch(this._base + path, init);
         } catch (e) {
-          throw fail("network_error", (e && e.message) || "network error", 0);
+          throw fail("network_error", (e && e.message) || "network error");
         }
         const text = await res.text().catch(() => "");
         let data = null;
         try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
         if (res.status >= 200 && res.status < 300) return data;
         const err = fail((data && data.error) || "http_" + res.status, (data && data.error_description) || "HTTP " + res.status, res.status);
-        if (res.status === 429 || res.status === 503) {
-          const header = res.headers && res.headers.get ? res.headers.get("Retry-After") : null;
-          const seconds = header === null || header === "" || isNaN(Number(header)) ? null : Number(header);
-          if (seconds !== null) err.retryAfter = seconds;
-          // honour Retry-After (1 s when absent), twice at most
-          if (res.status === 429 && attempt < 2 && (seconds === null || seconds <= RETRY_AFTER_MAX)) {
-            await this._sleep((seconds === null ? 1 : seconds) * 1000);
-            continue;
-          }
+        const header = res.headers && res.headers.get ? res.headers.get("Retry-After") : null;
+        const seconds = header && !isNaN(Number(header)) ? Number(header) : null;
+        if (seconds !== null && (res.status === 429 || res.status === 503)) err.retryAfter = seconds;
+        // honour Retry-After (1 s when absent), twice at most
+        if (res.status === 429 && attempt < 2 && (seconds === null || seconds <= RETRY_AFTER_MAX)) {
+          await this._sleep((seconds === null ? 1 : seconds) * 1000);
+          continue;
         }
         throw err;
       }
@@ -297,7 +248,7 @@
     _config() {
       if (!this._configP) {
         this._configP = this._request("GET", "/.auth/deployments/" + encodeURIComponent(this._id) + "/config.json");
-        this._configP.catch(() => { this._configP = null; });
+        this._configP.catch(() => { this._configP = null; }); // try again next time
       }
       return this._configP;
     }
@@ -305,7 +256,7 @@
     // ---- tokens ----
     _setTokens(r, login) {
       if (!r || typeof r.jwt !== "string") throw fail("invalid_response", "no jwt in the answer");
-      const life = (r.expiresIn !== undefined ? Number(r.expiresIn) : jwtLifetime(r.jwt)) * 1000 || 0;
+      const life = Number(r.expiresIn) * 1000 || 0;
       const now = Date.now();
       this._jwt = r.jwt;
       this._expiresAt = now + life;
@@ -335,28 +286,23 @@
     }
 
     getTokens() {
-      if (!this._tokensP) {
-        this._tokensP = this._getTokens().finally(() => { this._tokensP = null; });
-      }
-      return this._tokensP;
+      return this._single("_tokensP", async () => {
+        const ret = this._redirectReturn();
+        if (ret) return this._completeRedirect(ret);
+        if (this._o.getAuthCode) return this._codeFromSite(false);
+        if (this._readRT()) return this.refreshToken();
+        const err = fail("login_required", "no getAuthCode, no login redirect and no refresh token");
+        this._emit("authError", { error: err });
+        throw err;
+      });
     }
-    async _getTokens() {
-      const ret = this._redirectReturn();
-      if (ret) return this._completeRedirect(ret);
-      if (this._o.getAuthCode) return this._codeFromSite(false);
-      if (this._readRT()) return this.refreshToken();
-      const err = fail("login_required", "no getAuthCode, no login redirect and no refresh token");
-      this._emit("authError", { error: err });
-      throw err;
-    }
-    // The built-in login's answer in the address: ?code|error & state, with
-    // the state this tab saved before leaving.
+    // The built-in login's answer in the address (?code or ?error, and state),
+    // when this tab saved a login before leaving.
     _redirectReturn() {
-      const loc = g.location;
-      if (!loc || !loc.href) return null;
+      if (!g.location || !g.location.href) return null;
       let saved = null;
       try { saved = JSON.parse(webStorage("sessionStorage").getItem(this._key + ":login")); } catch (_) { /* none */ }
-      const q = new URL(loc.href).searchParams;
+      const q = new URL(g.location.href).searchParams;
       if (!saved || !q.get("state") || !(q.get("code") || q.get("error"))) return null;
       return { saved, q };
     }
@@ -375,13 +321,8 @@
         this._emit("authError", { error: err });
         throw err;
       }
-      return this._exchange({
-        code: q.get("code"),
-        redirectUri: saved.redirectUri,
-        codeVerifier: saved.codeVerifier,
-        nonce: saved.nonce,
-        iss: q.get("iss") || undefined,
-      });
+      const iss = q.get("iss") || undefined;
+      return this._exchange({ code: q.get("code"), redirectUri: saved.redirectUri, codeVerifier: saved.codeVerifier, nonce: saved.nonce, iss });
     }
     async _codeFromSite(forceUpdate) {
       this._emit("authenticating", {});
@@ -397,19 +338,12 @@
         throw err;
       }
       if (r.idToken) return this._exchange({ idToken: r.idToken, nonce: r.nonce });
-      return this._exchange({
-        code: r.authCode,
-        redirectUri: r.redirectUri,
-        codeVerifier: r.codeVerifier,
-        nonce: r.nonce,
-        maxAge: r.maxAge === undefined || r.maxAge === null ? undefined : Number(r.maxAge),
-        iss: r.iss,
-      });
+      const maxAge = r.maxAge === undefined || r.maxAge === null ? undefined : Number(r.maxAge);
+      return this._exchange({ code: r.authCode, redirectUri: r.redirectUri, codeVerifier: r.codeVerifier, nonce: r.nonce, maxAge, iss: r.iss });
     }
     async _exchange(oauth) {
       try {
-        const r = await this._request("POST", "/.auth/token", { deploymentId: this._id, oauth });
-        return this._setTokens(r, true);
+        return this._setTokens(await this._request("POST", "/.auth/token", { deploymentId: this._id, oauth }), true);
       } catch (e) {
         this._emit("error", { error: e });
         throw e;
@@ -420,29 +354,24 @@
       return this._refresh(true);
     }
     _refresh(recover) {
-      if (!this._refreshP) {
-        this._refreshP = this._refreshFlow(recover).finally(() => { this._refreshP = null; });
-      }
-      return this._refreshP;
-    }
-    async _refreshFlow(recover) {
-      try {
-        return await this._locked(() => this._refreshOnce());
-      } catch (e) {
-        if (this._destroyed) throw e;
-        this._emit("tokenError", { error: e });
-        if (transient(e)) {
-          // keep the tokens; try again (Retry-After, else 5 s, 10 s, ... 60 s)
-          const wait = e.retryAfter ? e.retryAfter * 1000 : Math.min(60000, 5000 * 2 ** this._failures++);
-          this._schedule(wait);
-        } else if (recover) {
-          const info = await this._recover();
-          if (info) return info;
+      return this._single("_refreshP", async () => {
+        try {
+          return await this._locked(() => this._refreshOnce());
+        } catch (e) {
+          if (this._destroyed) throw e;
+          
+          if (transient(e)) {
+            // keep the tokens; try again after Retry-After, else 5 s, 10 s, ... 60 s
+            this._schedule(e.retryAfter ? e.retryAfter * 1000 : Math.min(60000, 5000 * 2 ** this._failures++));
+          } else if (recover) {
+            const info = await this._recover();
+            if (info) return info;
+          }
+          throw e;
         }
-        throw e;
-      }
+      });
     }
-    // One tab at a time refreshes a shared (local) refresh token.
+    // Tabs sharing a (local) refresh token refresh one at a time.
     _locked(fn) {
       const locks = g.navigator && g.navigator.locks;
       if (this._storage !== "local" || !locks || !locks.request) return fn();
@@ -454,36 +383,34 @@
       if (!rt) throw fail("no_refresh_token", "no refresh token", 401);
       for (let again = true; ; again = false) {
         try {
-          return this._setTokens(await this._request("POST", "/.auth/token/refresh", { refreshToken: rt, deploymentId: this._id }), false);
+          const r = await this._request("POST", "/.auth/token/refresh", { refreshToken: rt, deploymentId: this._id });
+          return this._setTokens(r, false);
         } catch (e) {
-          const now = this._readRT();
-          if (e.status === 401 && again && now && now !== rt) {
-            rt = now; // rotated by another tab during ours: use the new one
+          const stored = this._readRT();
+          if (e.status === 401 && again && stored && stored !== rt) {
+            rt = stored; // another tab rotated it meanwhile: try with the new one
             continue;
           }
           if (e.status === 401) {
             this._dropTokens();
-            if (now === rt) this._writeRT(null);
+            if (stored === rt) this._writeRT(null);
           }
           throw e;
         }
       }
     }
     // The refresh token is dead: a new code from the site, else its re-login.
+    // Without either, nothing (the app may call login()).
     async _recover() {
       const o = this._o;
       if (o.getAuthCode) {
-        try {
-          return await this._codeFromSite(true);
-        } catch (_) { /* then reAuthenticate */ }
+        try { return await this._codeFromSite(true); } catch (_) { /* then reAuthenticate */ }
       }
       if (!o.reAuthenticate) return null;
       try {
         await o.reAuthenticate();
         return o.getAuthCode ? await this.getTokens() : null;
-      } catch (_) {
-        return null;
-      }
+      } catch (_) { return null; }
     }
 
     async reAuthenticate() {
@@ -495,8 +422,7 @@
     async login() {
       const cfg = await this._config();
       if (!cfg || !cfg.oidc || !cfg.oidc.authorizationEndpoint) throw fail("login_unavailable", "this deployment has no login");
-      const loc = g.location;
-      const redirectUri = this._o.redirectUri || loc.origin + loc.pathname;
+      const redirectUri = this._o.redirectUri || g.location.origin + g.location.pathname;
       const saved = { state: randomString(16), nonce: randomString(16), codeVerifier: randomString(32), redirectUri };
       const url = new URL(cfg.oidc.authorizationEndpoint);
       const params = {
@@ -511,31 +437,26 @@
       };
       for (const k in params) url.searchParams.set(k, params[k]);
       webStorage("sessionStorage").setItem(this._key + ":login", JSON.stringify(saved));
-      loc.assign(url.href);
+      g.location.assign(url.href);
     }
 
     async logout() {
-      if ((!this.token || Date.now() >= this._refreshAt) && this._readRT()) {
-        // a valid token is needed to revoke; a dead refresh token means logged out
-        try {
-          await this._refresh(false);
-        } catch (e) {
-          if (transient(e) && !this.token) {
-            this._emit("error", { error: e });
-            throw e;
-          }
+      this._loggingOut = true; // the 4002 closes that the revocation causes are expected
+      try {
+        if ((!this.token || Date.now() >= this._refreshAt) && this._readRT()) {
+          // a valid token is needed to revoke; a dead refresh token means logged out
+          await this._refresh(false).catch((e) => { if (transient(e) && !this.token) throw e; });
         }
-      }
-      const jwt = this.token;
-      if (jwt) {
-        try {
-          await this._request("DELETE", "/.auth/token", undefined, { Authorization: "Bearer " + jwt });
-        } catch (e) {
-          if (e.status !== 401) {
-            this._emit("error", { error: e });
-            throw e;
-          }
+        const jwt = this.token;
+        if (jwt) {
+          await this._request("DELETE", "/.auth/token", undefined, { Authorization: "Bearer " + jwt })
+            .catch((e) => { if (e.status !== 401) throw e; });
         }
+      } catch (e) {
+        this._emit("error", { error: e });
+        throw e;
+      } finally {
+        this._loggingOut = false;
       }
       this._localLogout("logout", true);
     }
@@ -543,22 +464,19 @@
       this._dropTokens();
       this._writeRT(null);
       for (const s of [...this._sockets]) s._halt(1000, "logged out");
-      if (tellOthers) {
-        const message = { type: "loggedOut", reason };
-        if (this._channel) this._channel.postMessage(message);
-        else {
-          const ls = webStorage("localStorage"); // other tabs get a storage event
-          try {
-            ls.setItem(this._key + ":logout", JSON.stringify(Object.assign({ at: Date.now() }, message)));
-            ls.removeItem(this._key + ":logout");
-          } catch (_) { /* no other tab to tell */ }
-        }
+      if (tellOthers && this._channel) this._channel.postMessage({ type: "loggedOut", reason });
+      else if (tellOthers) {
+        const ls = webStorage("localStorage"); // other tabs get a storage event
+        try {
+          ls.setItem(this._key + ":logout", JSON.stringify({ reason, at: Date.now() }));
+          ls.removeItem(this._key + ":logout");
+        } catch (_) { /* no other tab to tell */ }
       }
       this._emit("loggedOut", { reason });
     }
 
     // ---- messaging ----
-    // A JWT good for a new connection, refreshed (or re-obtained) when due.
+    // A JWT good for a new connection: refreshed, or obtained anew, when due.
     async _validToken() {
       await this._started;
       if (this._destroyed) throw fail("destroyed", "the client was destroyed");
@@ -600,18 +518,16 @@
   }
 
   // A WebSocket-like object that outlives its connections: it gets a token,
-  // connects, and reconnects according to the close codes until close().
+  // connects, and reconnects according to the close codes until it is done.
   class Socket {
     constructor(client, url, protocols) {
       this._c = client;
       this._url = url || null;
       this._protocols = protocols;
       this._listeners = new Map();
-      this._ws = null;
-      this._timer = null;
-      this._attempt = 0;
-      this._openedAt = 0;
-      this._done = false; // no more connections (app close, logout, 4002)
+      this._ws = this._timer = null;
+      this._attempt = this._openedAt = 0;
+      this._done = false; // no more connections: close(), logout, 4002, no token
       this.readyState = 0;
       this.protocol = "";
       this.binaryType = "blob";
@@ -624,15 +540,12 @@
       this._listeners.get(type).add(fn);
     }
     removeEventListener(type, fn) {
-      const set = this._listeners.get(type);
-      if (set) set.delete(fn);
+      if (this._listeners.has(type)) this._listeners.get(type).delete(fn);
     }
-    _fire(type, extra) {
-      const ev = Object.assign({ type, target: this }, extra);
-      const fns = [this["on" + type], ...(this._listeners.get(type) || [])];
-      for (const fn of fns) {
+    _fire(type, fields) {
+      const ev = Object.assign({ type, target: this }, fields);
+      for (const fn of [this["on" + type], ...(this._listeners.get(type) || [])]) {
         if (typeof fn === "function") this._c._call(fn.bind(this), ev);
-        else if (fn && typeof fn.handleEvent === "function") this._c._call((e) => fn.handleEvent(e), ev);
       }
     }
     send(data) {
@@ -658,13 +571,6 @@
       this.readyState = 3;
       this._fire("close", { code: ev.code, reason: ev.reason || "", wasClean: !!ev.wasClean });
     }
-    // Back online or visible again: reconnect now rather than after the wait.
-    _kick() {
-      if (this._timer === null || this._done) return;
-      this._c._cancel(this._timer);
-      this._timer = null;
-      this._run();
-    }
     async _run() {
       let token, url;
       try {
@@ -675,7 +581,7 @@
         this._fire("error", { error: e });
         if (transient(e)) return this._retry(1006, e.code, false);
         this._done = true;
-        return this._finish({ code: EXPIRED, reason: e.code, wasClean: false });
+        return this._finish({ code: e.status === 401 ? EXPIRED : 1006, reason: e.code, wasClean: false });
       }
       if (this._done) return;
       const WS = this._c._o.WebSocket || g.WebSocket;
@@ -705,7 +611,7 @@
         if (e.code === ENDED) {
           this._done = true;
           this._finish(e);
-          return this._c._localLogout("revoked", false);
+          return this._c._loggingOut || this._c._localLogout("revoked", false);
         }
         // the token is spent: the next connection gets another one
         if (e.code === EXPIRED && this._c._jwt === token) this._c._dropTokens();
@@ -716,7 +622,7 @@
       if (this._openedAt && Date.now() - this._openedAt >= STABLE_MS) this._attempt = 0;
       this._openedAt = 0;
       const n = this._attempt++;
-      // capped exponential backoff with jitter: [base/2, base), base = 1 s · 2^n ≤ 30 s
+      // capped exponential backoff with jitter: [base/2, base), base = 1 s · 2^n, at most 30 s
       const base = Math.min(30000, 1000 * 2 ** n);
       const delay = immediateFirst && n === 0 ? 0 : base / 2 + (Math.random() * base) / 2;
       this.readyState = 0;
@@ -728,11 +634,7 @@
     }
   }
 
-  const Portcullis = {
-    version: VERSION,
-    create: (options) => new Client(options),
-    PortcullisError,
-  };
+  const Portcullis = { version: VERSION, create: (options) => new Client(options), PortcullisError };
   const commonjs = typeof module === "object" && module && module.exports;
   if (commonjs) module.exports = Portcullis;
   if (!commonjs || typeof window !== "undefined") g.Portcullis = Portcullis;

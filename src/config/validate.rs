@@ -1463,7 +1463,10 @@ fn rate_limits(c: &mut Checker, value: &Value) -> RateLimits {
         };
         let path = format!("rate_limits.{field}");
         if !(1..=1_000_000).contains(&raw.per_minute) {
-            c.error(format!("{path}.per_minute"), "must be between 1 and 1000000");
+            c.error(
+                format!("{path}.per_minute"),
+                "must be between 1 and 1000000",
+            );
             return default;
         }
         // A burst below one request would refuse everything.
@@ -1479,7 +1482,11 @@ fn rate_limits(c: &mut Checker, value: &Value) -> RateLimits {
     };
     RateLimits {
         per_client: rate("per_client", raw.per_client, defaults.per_client),
-        per_deployment: rate("per_deployment", raw.per_deployment, defaults.per_deployment),
+        per_deployment: rate(
+            "per_deployment",
+            raw.per_deployment,
+            defaults.per_deployment,
+        ),
     }
 }
 

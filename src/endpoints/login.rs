@@ -12,8 +12,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 
 use super::{establish, redirect};
-use crate::runtime::{DeploymentRt, Runtime, State};
 use crate::provider::client::redeem_code;
+use crate::runtime::{DeploymentRt, Runtime, State};
 use crate::session::cookie::cookies;
 use crate::session::{now, EndReason, Session, SessionId};
 

@@ -70,13 +70,9 @@ pub async fn token_request(
         }
         (None, _) => form.push(("client_id", &config.client_id)),
     }
-    let response = request
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| {
-            TokenRequestError::Unreachable(format!("request failed: {}", e.without_url()))
-        })?;
+    let response = request.form(&form).send().await.map_err(|e| {
+        TokenRequestError::Unreachable(format!("request failed: {}", e.without_url()))
+    })?;
     let status = response.status();
     if status.as_u16() == 400 || status.as_u16() == 401 {
         #[derive(Deserialize)]
@@ -107,7 +103,6 @@ pub async fn token_request(
         .await
         .map_err(|e| fail(format!("not a token response: {}", e.without_url())))
 }
-
 
 /// Redeems an authorization code (with its PKCE verifier, when the
 /// authorization request had a challenge).

@@ -45,6 +45,39 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
+/// The client's address as rate limits see it: the peer, or, when the
+/// peer is a trusted proxy, the rightmost `X-Forwarded-For` entry that is
+/// not itself a trusted proxy (entries left of it could be made up by the
+/// client).
+pub fn client_address(
+    req: &RequestHeader,
+    peer: Option<IpAddr>,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer?;
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let entries: Vec<&str> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    // From the right: our proxies' own entries are skipped; the first other
+    // address is the client; junk ends what can be believed.
+    for entry in entries.iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    Some(peer)
+}
+
 /// The `X-Forwarded-*` values to send upstream.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Forwarded {
@@ -110,6 +143,32 @@ pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_address_is_believed_from_trusted_proxies_only() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut req = RequestHeader::build("POST", b"/.auth/token", None).unwrap();
+        req.insert_header("x-forwarded-for", "198.51.100.7, 203.0.113.9, 10.0.0.2")
+            .unwrap();
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        // Behind the trusted proxy: the rightmost address it did not add itself.
+        assert_eq!(
+            client_address(&req, Some(proxy), &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        // Anyone else's X-Forwarded-For is ignored.
+        assert_eq!(
+            client_address(&req, Some(stranger), &trusted),
+            Some(stranger)
+        );
+        // A garbage entry ends the chain that is believed.
+        req.insert_header("x-forwarded-for", "198.51.100.7, not-an-ip, 10.0.0.3")
+            .unwrap();
+        assert_eq!(client_address(&req, Some(proxy), &trusted), Some(proxy));
+        req.remove_header("x-forwarded-for");
+        assert_eq!(client_address(&req, Some(proxy), &trusted), Some(proxy));
+    }
 
     fn rules() -> StripRules {
         StripRules {

@@ -47,16 +47,17 @@ use pingora::ErrorSource;
 
 use crate::connections::{ClientSocket, LiveGuard, NewConnection, SessionActivity};
 use crate::endpoints;
-use crate::session::cookie::{cookie_pairs, cookies, CookiePolicy};
-use crate::session::now;
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
-use crate::runtime::{Runtime, State};
+use crate::runtime::{DeploymentRt, Runtime, State};
+use crate::session::cookie::{cookie_pairs, cookies, CookiePolicy};
+use crate::session::now;
 use crate::session::recheck::Rechecker;
 use crate::session::store::SessionStore;
 use crate::session::{Session as LoginSession, SessionId};
-use crate::token::TokenError;
+use crate::token::messenger::{self, MessengerClaims};
+use crate::token::{TokenError, TokenKind};
 
 use credential::{Carrier, Credential};
 use frames::FrameTracker;
@@ -142,7 +143,11 @@ pub async fn authenticate(
         matches!(&credential, Ok(Some(c)) if c.carrier == Carrier::AuthorizationHeader);
     if !header_first {
         if let Some(session) = session_for(runtime, sessions, req, provider.name()).await {
-            return authenticate_session(runtime, sessions, deployment, session).await;
+            let cookie = Credential {
+                token: String::new(),
+                carrier: Carrier::Cookie,
+            };
+            return authenticate_session(runtime, sessions, deployment, session, cookie).await;
         }
     }
     let credential = match credential {
@@ -152,14 +157,55 @@ pub async fn authenticate(
             return Err(Refusal::Unauthenticated(AuthFailure::MalformedCredential))
         }
     };
-    let verified = runtime
-        .tokens
-        .verify(provider, &credential.token)
-        .await
-        .map_err(|e| match e {
-            TokenError::ProviderUnavailable => Refusal::ProviderUnavailable,
-            other => Refusal::Unauthenticated(AuthFailure::Token(other)),
-        })?;
+    // portcullis's own tokens first, unless the token is a provider's
+    // already verified (the cheapest question for the commonest case).
+    let verified = match runtime.tokens.cached(provider.name(), &credential.token) {
+        Some(hit) => hit,
+        None => match messenger_token(runtime, &credential.token, deployment) {
+            MessengerToken::Claims(claims) => {
+                let session = sessions
+                    .load_public(&claims.sid, now())
+                    .await
+                    .map_err(|_| Refusal::StoreUnavailable)?
+                    .filter(|s| s.deployment == claims.aud && s.provider == provider.name())
+                    .ok_or(Refusal::Unauthenticated(AuthFailure::Token(
+                        TokenError::SessionEnded,
+                    )))?;
+                return authenticate_session(runtime, sessions, deployment, session, credential)
+                    .await;
+            }
+            MessengerToken::Refused(e) => {
+                return Err(Refusal::Unauthenticated(AuthFailure::Token(e)))
+            }
+            MessengerToken::NotOurs => runtime
+                .tokens
+                .verify(provider, &credential.token)
+                .await
+                .map_err(|e| match e {
+                    TokenError::ProviderUnavailable => Refusal::ProviderUnavailable,
+                    other => Refusal::Unauthenticated(AuthFailure::Token(other)),
+                })?,
+        },
+    };
+    if verified.kind == TokenKind::Id {
+        // An ID token outlives its session (and travels in URLs as
+        // `id_token_hint`): only where the messenger opts in, and never
+        // once its session has ended.
+        if !deployment.messenger.authentication.accept_id_tokens {
+            return Err(Refusal::Unauthenticated(AuthFailure::Token(
+                TokenError::IdTokenNotAccepted,
+            )));
+        }
+        if sessions
+            .token_ended(&verified.digest)
+            .await
+            .map_err(|_| Refusal::StoreUnavailable)?
+        {
+            return Err(Refusal::Unauthenticated(AuthFailure::Token(
+                TokenError::SessionEnded,
+            )));
+        }
+    }
     policy::authorize(
         &deployment.messenger.authentication.require,
         &verified.claims,
@@ -191,6 +237,49 @@ pub async fn authenticate(
         session_idle: None,
         due_for_recheck: None,
     })
+}
+
+/// What a bearer token is, as far as portcullis's own tokens go.
+enum MessengerToken {
+    /// A valid messenger token for this deployment (its session is checked next).
+    Claims(Arc<MessengerClaims>),
+    /// Signed by portcullis, but not valid here.
+    Refused(TokenError),
+    /// Not signed by portcullis: the provider's, or junk.
+    NotOurs,
+}
+
+/// Recognizes and verifies portcullis's own tokens (cached until `exp`).
+fn messenger_token(runtime: &Runtime, token: &str, deployment: &DeploymentRt) -> MessengerToken {
+    let digest = crate::session::refresh::hash(token);
+    if let Some(claims) = runtime.messenger_tokens.get(&digest) {
+        if claims.exp <= now() {
+            return MessengerToken::Refused(TokenError::Expired);
+        }
+        if claims.aud != deployment.config.id {
+            return MessengerToken::Refused(TokenError::WrongAudience);
+        }
+        return MessengerToken::Claims(claims);
+    }
+    match messenger::origin(token, &runtime.keys) {
+        messenger::Origin::Foreign => MessengerToken::NotOurs,
+        messenger::Origin::OtherOfOurs => MessengerToken::Refused(TokenError::WrongTokenType),
+        messenger::Origin::Messenger => {
+            match messenger::verify(
+                token,
+                &runtime.keys,
+                &runtime.issuer,
+                Some(&deployment.config.id),
+            ) {
+                Ok(claims) => {
+                    let claims = Arc::new(claims);
+                    runtime.messenger_tokens.insert(digest, claims.clone());
+                    MessengerToken::Claims(claims)
+                }
+                Err(e) => MessengerToken::Refused(e),
+            }
+        }
+    }
 }
 
 /// Removes portcullis's own cookies from the upstream `Cookie` header (a
@@ -228,9 +317,7 @@ async fn session_for(
     provider: &str,
 ) -> Option<Arc<LoginSession>> {
     let policy = &runtime.cookie_policy;
-    let sealed = cookies(req)
-        .find(|(k, _)| *k == policy.session_name)?
-        .1;
+    let sealed = cookies(req).find(|(k, _)| *k == policy.session_name)?.1;
     let id = SessionId::from_bytes(&runtime.cookies.open(&policy.session_name, sealed)?)?;
     let session = sessions.load(&id, now()).await.ok().flatten()?;
     (session.provider == provider).then_some(session)
@@ -239,8 +326,9 @@ async fn session_for(
 async fn authenticate_session(
     runtime: &Runtime,
     sessions: &dyn SessionStore,
-    deployment: &Arc<crate::runtime::DeploymentRt>,
+    deployment: &Arc<DeploymentRt>,
     session: Arc<LoginSession>,
+    credential: Credential,
 ) -> Result<Authenticated, Refusal> {
     // The rendered identity is cached per session, deployment and claims
     // version (`checked_at` moves whenever a re-check may have changed the
@@ -289,10 +377,7 @@ async fn authenticate_session(
     Ok(Authenticated {
         session: Some(Arc::from(rendered.identity.session.as_str())),
         rendered,
-        credential: Credential {
-            token: String::new(),
-            carrier: Carrier::Cookie,
-        },
+        credential,
         session_expires_at: Some(session.expires_at),
         session_idle: Some(SessionIdle {
             id: session.id.clone(),
@@ -496,12 +581,143 @@ impl Portcullis {
                         &target.deployment.upstream.config.name,
                         now,
                     );
-                    runtime.keys.current.sign(crate::token::signing::ASSERTION_TYP, &claims)
+                    runtime
+                        .keys
+                        .current
+                        .sign(crate::token::signing::ASSERTION_TYP, &claims)
                 })
                 .or_else(|e| Error::e_explain(InternalError, e))?;
             req.insert_header(format!("{prefix}Assertion"), assertion)?;
         }
         Ok(())
+    }
+}
+
+impl Portcullis {
+    /// Answers one of portcullis's own endpoints: rate limits first, then
+    /// the body (bounded, and only where the endpoint takes one).
+    async fn answer_endpoint(
+        &self,
+        session: &mut Session,
+        runtime: &Runtime,
+        endpoint: &endpoints::Endpoint,
+    ) -> endpoints::Response {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let client = headers::client_address(
+            session.req_header(),
+            peer,
+            &runtime.config.forwarding.trusted_proxies,
+        );
+        if endpoint.rate_limited() {
+            let deployment = match endpoint {
+                endpoints::Endpoint::Login => endpoint_query(session.req_header(), "deployment")
+                    .filter(|d| runtime.deployment(d).is_some()),
+                _ => None,
+            };
+            if let Err(limited) = runtime.limiters.check(client, deployment.as_deref()) {
+                // The body is left unread: this connection is not reused.
+                session.set_keepalive(None);
+                return self.rate_limited(endpoint, limited);
+            }
+        }
+        let body = match read_body(session, endpoint.body_limit()).await {
+            Ok(body) => body,
+            Err((status, code, description)) => {
+                session.set_keepalive(None);
+                return endpoints::error(status, code, description);
+            }
+        };
+        let request = endpoints::Request {
+            header: session.req_header(),
+            body,
+            client,
+        };
+        endpoints::answer(&self.state, runtime, endpoint, &request).await
+    }
+
+    fn rate_limited(
+        &self,
+        endpoint: &endpoints::Endpoint,
+        limited: crate::ratelimit::Limited,
+    ) -> endpoints::Response {
+        let label = match endpoint {
+            endpoints::Endpoint::Login => "login",
+            endpoints::Endpoint::Callback => "callback",
+            _ => "token_api",
+        };
+        self.state
+            .metrics
+            .rate_limited
+            .with_label_values(&[label, limited.scope.label()])
+            .inc();
+        tracing::warn!(
+            endpoint = label,
+            scope = limited.scope.label(),
+            "rate limited"
+        );
+        let (mut header, body) = endpoints::error(
+            429,
+            "rate_limited",
+            &format!("too many requests; retry in {} s", limited.retry_after),
+        );
+        let _ = header.insert_header("retry-after", limited.retry_after.to_string());
+        (header, body)
+    }
+}
+
+/// A query parameter of the request, when it is given exactly once.
+fn endpoint_query(req: &RequestHeader, name: &str) -> Option<String> {
+    let query = req.uri.query()?;
+    let mut values = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name);
+    let first = values.next()?.1.into_owned();
+    values.next().is_none().then_some(first)
+}
+
+/// How long a client may take to send an endpoint's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the request body up to `limit` bytes (none when `limit` is 0):
+/// a declared or actual size over the limit, a slow or broken body is a
+/// clear error, never a partial read.
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+) -> std::result::Result<Bytes, (u16, &'static str, &'static str)> {
+    if limit == 0 {
+        return Ok(Bytes::new());
+    }
+    let too_large = (
+        413,
+        "body_too_large",
+        "the request body is larger than allowed",
+    );
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    let mut body = BytesMut::new();
+    let read = async {
+        while let Some(chunk) = session.read_request_body().await.map_err(|_| ())? {
+            if body.len() + chunk.len() > limit {
+                return Ok(Err(too_large));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok::<_, ()>(Ok(()))
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(Ok(()))) => Ok(body.freeze()),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(())) => Err((400, "invalid_request", "the request body could not be read")),
+        Err(_) => Err((408, "request_timeout", "the request body took too long")),
     }
 }
 
@@ -536,9 +752,8 @@ impl ProxyHttp for Portcullis {
         ctx.started = Some(Instant::now());
         let runtime = self.state.runtime();
         ctx.is_upgrade = session.is_upgrade_req();
-        if let Some((header, body)) =
-            endpoints::answer(&self.state, &runtime, session.req_header()).await
-        {
+        if let Some(endpoint) = endpoints::Endpoint::of(&runtime, session.req_header()) {
+            let (header, body) = self.answer_endpoint(session, &runtime, &endpoint).await;
             ctx.runtime = Some(runtime);
             session
                 .as_downstream_mut()
@@ -731,9 +946,7 @@ impl ProxyHttp for Portcullis {
                     .auth
                     .as_ref()
                     .and_then(|a| a.session_idle.clone())
-                    .map(|i| {
-                        SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen, now())
-                    }),
+                    .map(|i| SessionActivity::new(i.id, i.idle_timeout_secs, i.last_seen, now())),
                 claims: ctx
                     .auth
                     .as_ref()

@@ -56,6 +56,8 @@ pub enum Refusal {
     Forbidden(PolicyFailure),
     /// The identity provider's keys cannot be had right now (503).
     ProviderUnavailable,
+    /// The session store cannot be reached to check a session (503).
+    StoreUnavailable,
     /// No upstream server is healthy.
     NoHealthyUpstream,
     /// The upstream could not be reached or broke the exchange.
@@ -70,7 +72,7 @@ impl Refusal {
             Refusal::DeploymentInactive | Refusal::OriginNotAllowed | Refusal::OriginMissing => 403,
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
-            Refusal::ProviderUnavailable => 503,
+            Refusal::ProviderUnavailable | Refusal::StoreUnavailable => 503,
             Refusal::UpstreamFailed => 502,
             Refusal::NoHealthyUpstream => 503,
         }
@@ -101,6 +103,7 @@ impl Refusal {
             Refusal::Unauthenticated(AuthFailure::Token(_)) => "invalid_token",
             Refusal::Forbidden(_) => "access_denied",
             Refusal::ProviderUnavailable => "provider_unavailable",
+            Refusal::StoreUnavailable => "session_store_unavailable",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
         }
@@ -121,6 +124,7 @@ impl Refusal {
             Refusal::ProviderUnavailable => {
                 "the identity provider cannot be reached; try again shortly"
             }
+            Refusal::StoreUnavailable => "the session store cannot be reached; try again shortly",
             Refusal::NoHealthyUpstream => "no healthy upstream server is available",
             Refusal::UpstreamFailed => "the upstream server could not be reached",
         }

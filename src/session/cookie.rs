@@ -8,9 +8,9 @@
 //! Also here: the names and attributes of portcullis's cookies
 //! (`CookiePolicy`) and reading cookies from a request, byte for byte.
 
-use pingora::http::RequestHeader;
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine;
+use pingora::http::RequestHeader;
 
 /// Cookies longer than this are not even decoded.
 pub const MAX_COOKIE_BYTES: usize = 4096;

@@ -131,7 +131,13 @@ mod tests {
         assert_ne!(a, b);
         assert!(well_formed(&a) && well_formed(&b));
         assert_ne!(hash(&a), hash(&b));
-        for junk in ["", "pcr_", "pcr_short", &a[..a.len() - 1], &a.replace("pcr_", "xyz_")] {
+        for junk in [
+            "",
+            "pcr_",
+            "pcr_short",
+            &a[..a.len() - 1],
+            &a.replace("pcr_", "xyz_"),
+        ] {
             assert!(!well_formed(junk), "{junk:?}");
         }
         let mut non_ascii = a.clone();

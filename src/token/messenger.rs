@@ -53,7 +53,10 @@ pub fn origin(token: &str, keys: &KeyRing) -> Origin {
     let Ok(header) = jsonwebtoken::decode_header(token) else {
         return Origin::Foreign;
     };
-    let ours = header.kid.as_deref().is_some_and(|k| keys.by_kid(k).is_some());
+    let ours = header
+        .kid
+        .as_deref()
+        .is_some_and(|k| keys.by_kid(k).is_some());
     match (ours, header.typ.as_deref()) {
         (false, _) => Origin::Foreign,
         (true, Some(typ)) if is_access_token_typ(typ) => Origin::Messenger,
@@ -152,11 +155,15 @@ mod tests {
     #[test]
     fn issued_tokens_verify_for_their_deployment_only() {
         let keys = ring();
-        let (token, claims) = issue(&keys, "https://p", "alice", "dep-a", "s-1", now(), 300).unwrap();
+        let (token, claims) =
+            issue(&keys, "https://p", "alice", "dep-a", "s-1", now(), 300).unwrap();
         assert_eq!(origin(&token, &keys), Origin::Messenger);
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-        assert_eq!(verify(&token, &keys, "https://p", Some("dep-a")), Ok(claims.clone()));
+        assert_eq!(
+            verify(&token, &keys, "https://p", Some("dep-a")),
+            Ok(claims.clone())
+        );
         assert_eq!(verify(&token, &keys, "https://p", None), Ok(claims));
         assert_eq!(
             verify(&token, &keys, "https://p", Some("dep-b")),
@@ -198,7 +205,10 @@ mod tests {
             Err(TokenError::UnknownKey)
         );
         let (old, _) = issue(&keys, "https://p", "alice", "d", "s", now() - 400, 300).unwrap();
-        assert_eq!(verify(&old, &keys, "https://p", Some("d")), Err(TokenError::Expired));
+        assert_eq!(
+            verify(&old, &keys, "https://p", Some("d")),
+            Err(TokenError::Expired)
+        );
         let (token, _) = issue(&keys, "https://p", "alice", "d", "s", now(), 300).unwrap();
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         let (forged, _) = issue(&keys, "https://p", "mallory", "d", "s", now(), 300).unwrap();

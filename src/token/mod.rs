@@ -208,7 +208,10 @@ pub fn recorded_expiry(token: &str) -> Option<u64> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
-    serde_json::from_slice::<Value>(&bytes).ok()?.get("exp")?.as_u64()
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()
 }
 
 /// Verifies a provider-issued token.
