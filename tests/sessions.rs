@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::browser::*;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use portcullis::devidp::{DevIdp, DevIdpOptions};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -112,21 +112,6 @@ async fn open_chat(proxy: &Proxy, cookie: &str) -> Ws {
     let welcome = next_json(&mut ws).await;
     assert_eq!(welcome["type"], "welcome");
     ws
-}
-
-/// The close frame ending the socket within `within`, skipping other frames.
-async fn closed_with(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return None,
-            Ok(Some(Ok(Message::Close(Some(frame))))) => {
-                return Some((frame.code.into(), frame.reason.to_string()))
-            }
-            Ok(Some(Ok(_))) => continue,
-            Ok(other) => panic!("the socket ended without a close frame: {other:?}"),
-        }
-    }
 }
 
 async fn me_status(proxy: &Proxy, cookie: &str) -> u16 {

@@ -359,7 +359,7 @@
           return await this._locked(() => this._refreshOnce());
         } catch (e) {
           if (this._destroyed) throw e;
-          
+          this._emit("tokenError", { error: e });
           if (transient(e)) {
             // keep the tokens; try again after Retry-After, else 5 s, 10 s, ... 60 s
             this._schedule(e.retryAfter ? e.retryAfter * 1000 : Math.min(60000, 5000 * 2 ** this._failures++));
@@ -481,14 +481,19 @@
       await this._started;
       if (this._destroyed) throw fail("destroyed", "the client was destroyed");
       if (this._jwt && Date.now() < this._refreshAt) return this._jwt;
-      if (this._readRT()) await this.refreshToken();
-      else if (!this.authenticated && !(await this._recover())) throw fail("login_required", "not logged in", 401);
+      if (this._readRT()) {
+        // no answer from the server: the current JWT, while it lasts, will do
+        await this.refreshToken().catch((e) => { if (!transient(e) || !this.authenticated) throw e; });
+      } else if (!this.authenticated && !(await this._recover())) throw fail("login_required", "not logged in", 401);
       return this._jwt;
     }
     connect(url, options) {
       if (this._destroyed) throw fail("destroyed", "the client was destroyed");
-      const protocols = (options && options.protocols) || this._protocols;
-      return new Socket(this, url, Array.isArray(protocols) ? protocols : [protocols]);
+      let protocols = (options && options.protocols) || this._protocols;
+      protocols = Array.isArray(protocols) ? protocols : [protocols];
+      // the backend must be able to choose one besides the token
+      if (!protocols.length) throw new TypeError("Portcullis connect: at least one subprotocol is needed");
+      return new Socket(this, url, protocols);
     }
     async _messagingUrl() {
       const cfg = await this._config();

@@ -492,9 +492,28 @@ async fn exchange_inner(
 }
 
 /// Whether `uri` is one of the deployment's registered redirect URIs,
-/// compared as parsed URLs (so `HTTPS://Host/` equals `https://host/`).
+/// compared as parsed URLs (so `HTTPS://Host/` equals `https://host/`). A
+/// registered `http` loopback IP literal matches on any port (RFC 8252
+/// §7.3: a native app listens on a port the system gives it).
 fn registered(deployment: &DeploymentRt, uri: &str) -> bool {
-    url::Url::parse(uri).is_ok_and(|u| deployment.config.redirect_uris.contains(&u))
+    let Ok(uri) = url::Url::parse(uri) else {
+        return false;
+    };
+    deployment.config.redirect_uris.iter().any(|r| {
+        if *r == uri {
+            return true;
+        }
+        let loopback = |u: &url::Url| {
+            u.scheme() == "http"
+                && matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                    | matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        };
+        if !(loopback(r) && loopback(&uri)) {
+            return false;
+        }
+        let (mut a, mut b) = (r.clone(), uri.clone());
+        a.set_port(None).is_ok() && b.set_port(None).is_ok() && a == b
+    })
 }
 
 /// RFC 7636 §4.1: 43 to 128 characters of `[A-Za-z0-9-._~]`.
@@ -727,7 +746,7 @@ mod tests {
     #[test]
     fn verifiers_follow_rfc_7636() {
         assert!(valid_verifier(&"a".repeat(43)));
-        assert!(valid_verifier(&"A-._~9".repeat(20)[..128]));
+        assert!(valid_verifier(&"A-._~9".repeat(22)[..128]));
         assert!(!valid_verifier(&"a".repeat(42)));
         assert!(!valid_verifier(&"a".repeat(129)));
         assert!(!valid_verifier(&format!("{}+", "a".repeat(43))));

@@ -91,7 +91,7 @@ impl RefreshRecord {
     pub fn presented(&self, now: u64, grace_secs: u64) -> Presented {
         match self.rotated_at {
             None => Presented::Current,
-            Some(at) if now <= at.saturating_add(grace_secs) => Presented::WithinGrace,
+            Some(at) if now < at.saturating_add(grace_secs) => Presented::WithinGrace,
             Some(_) => Presented::Reused,
         }
     }
@@ -168,9 +168,13 @@ mod tests {
         assert_eq!(r.presented(1000, 10), Presented::Current);
         r.rotated_at = Some(1000);
         assert_eq!(r.presented(1000, 10), Presented::WithinGrace);
-        assert_eq!(r.presented(1010, 10), Presented::WithinGrace);
-        assert_eq!(r.presented(1011, 10), Presented::Reused);
-        assert_eq!(r.presented(1001, 0), Presented::Reused);
+        assert_eq!(r.presented(1009, 10), Presented::WithinGrace);
+        assert_eq!(r.presented(1010, 10), Presented::Reused);
+        assert_eq!(
+            r.presented(1000, 0),
+            Presented::Reused,
+            "no grace: never forgiven"
+        );
     }
 
     #[tokio::test]

@@ -287,3 +287,18 @@ pub async fn echo(ws: &mut Ws, text: &str) -> serde_json::Value {
     ws.send(Message::Text(text.into())).await.unwrap();
     next_json(ws).await
 }
+
+/// The close frame ending the socket within `within`, skipping other frames.
+pub async fn closed_with(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return Some((frame.code.into(), frame.reason.to_string()))
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}

@@ -761,9 +761,10 @@ describe('messaging socket', () => {
     assert.deepEqual(world.sockets[1].protocols, ['authorization.bearer.jwt-1', 'chat.v2', 'chat.v1']);
     assert.equal(world.sockets[1].url, 'wss://chat.example/other');
     assert.deepEqual(world.sockets[2].protocols, ['authorization.bearer.jwt-2', 'x.v1']);
+    assert.throws(() => m.connect('wss://chat.example/', { protocols: [] }), /at least one subprotocol/);
   });
 
-  test('connect with a jwt near expiry refreshes it first', async () => {
+  test('connect with a jwt near expiry refreshes it first (and makes do with it when the server is unreachable)', async () => {
     const world = makeWorld();
     const { m } = await loggedIn(world);
     world.clock.sleep(850_000); // within the margin; no timer has run
@@ -771,6 +772,12 @@ describe('messaging socket', () => {
     await flush();
     assert.equal(refreshes(world).length, 1);
     assert.deepEqual(world.sockets[0].protocols, ['authorization.bearer.jwt-2', 'chat.v1']);
+    world.clock.sleep(850_000);
+    world.server.once('POST /.auth/token/refresh', { networkError: true });
+    m.connect('wss://chat.example/');
+    await flush();
+    assert.equal(refreshes(world).length, 2);
+    assert.deepEqual(world.sockets[1].protocols, ['authorization.bearer.jwt-2', 'chat.v1']);
   });
 
   test('close 4001: refresh, then reconnect with the fresh token', async () => {
