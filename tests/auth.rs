@@ -43,11 +43,12 @@ providers:
     http_timeout: 200ms
 messengers:
   support:
-    authentication: {{enabled: true, provider: dev}}
+    # ID tokens as bearer credentials are an opt-in.
+    authentication: {{enabled: true, provider: dev, accept_id_tokens: true}}
     assertion: true
     identity_headers: {{X-Auth-Verified: email_verified}}
   staff:
-    authentication: {{enabled: true, provider: dev, require: {{groups_any: [staff]}}}}
+    authentication: {{enabled: true, provider: dev, accept_id_tokens: true, require: {{groups_any: [staff]}}}}
   unreachable:
     authentication: {{enabled: true, provider: dead}}
 upstreams:

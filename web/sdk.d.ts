@@ -91,7 +91,9 @@ export interface ClientEvents {
   ready: ReadyEvent;
   /** A code exchange begins. */
   authenticating: Record<string, never>;
-  /** After every exchange and every refresh. */
+  /** After a login (code exchange), and when a session starts again (a stored
+   *  refresh token restored, a dead session recovered). Not on the routine
+   *  refreshes of a running session, nor on reconnections. */
   authenticated: AuthenticatedEvent;
   /** Here and in every other tab of the site. */
   loggedOut: LoggedOutEvent;

@@ -26,7 +26,9 @@
  * });
  * m.on(event, fn) / m.off(event, fn)   events: ready {authenticated},
  *   authenticating {}, authenticated {expiresAt}, loggedOut {reason},
- *   tokenError {error}, authError {error}, error {error}.
+ *   tokenError {error}, authError {error}, error {error}. "authenticated"
+ *   fires on a login and when a session is restored or recovered, not on the
+ *   routine refreshes (nor the reconnections) of a running session.
  *   "ready" fires once, after start-up (a stored refresh token is refreshed,
  *   a built-in login redirect completed); later subscribers still get it.
  * await m.getTokens()      completes a built-in login redirect (?code&state), else
@@ -260,13 +262,17 @@
       const now = Date.now();
       this._jwt = r.jwt;
       this._expiresAt = now + life;
-      this._refreshAt = now + (life < 2 * this._margin ? life / 2 : life - this._margin);
+      this._refreshAt = now + (life < 2 * this._margin ? life / 2 : life);
       this._failures = 0;
       if (r.refreshToken) this._writeRT(r.refreshToken);
       else if (login) this._writeRT(null); // a login without one replaces the old session
       this._schedule(this._refreshAt - now);
       const info = { expiresAt: this._expiresAt };
-      this._emit("authenticated", info);
+      // A login, or a session that starts again (restored, recovered); not
+      // the routine refreshes of a running session.
+      const started = login || !this._session;
+      this._session = true;
+      if (started) this._emit("authenticated", info);
       return info;
     }
     _schedule(ms) {
@@ -278,7 +284,8 @@
         this.refreshToken().catch(() => {});
       }, ms);
     }
-    _dropTokens() {
+    _dropTokens(ended) {
+      if (ended) this._session = false;
       this._jwt = null;
       this._expiresAt = this._refreshAt = 0;
       this._cancel(this._refreshTimer);
@@ -392,7 +399,7 @@
             continue;
           }
           if (e.status === 401) {
-            this._dropTokens();
+            this._dropTokens(true);
             if (stored === rt) this._writeRT(null);
           }
           throw e;
@@ -461,7 +468,7 @@
       this._localLogout("logout", true);
     }
     _localLogout(reason, tellOthers) {
-      this._dropTokens();
+      this._dropTokens(true);
       this._writeRT(null);
       for (const s of [...this._sockets]) s._halt(1000, "logged out");
       if (tellOthers && this._channel) this._channel.postMessage({ type: "loggedOut", reason });

@@ -696,3 +696,62 @@ fn the_shipped_example_and_demo_configs_validate() {
     let c = parse_text(&example).unwrap_or_else(|e| panic!("conf/portcullis.example.yaml: {e}"));
     assert!(!c.deployments.is_empty() && !c.routes.is_empty());
 }
+
+#[test]
+fn token_api_settings_are_parsed_and_bounded() {
+    let c = parse_text(GOOD).unwrap();
+    assert_eq!(c.rate_limits, RateLimits::default());
+    assert!(!c.messengers["support"].authentication.accept_id_tokens);
+    assert_eq!(
+        c.messengers["support"].session.refresh_reuse_grace,
+        Duration::from_secs(10)
+    );
+    let c = parse_text(&GOOD.replacen(
+        "compat: {hosted_paths: false}",
+        "compat: {hosted_paths: true}\nrate_limits: {per_client: {per_minute: 30}, per_deployment: {per_minute: 900, burst: 50}}",
+        1,
+    ))
+    .unwrap();
+    assert!(c.compat.hosted_paths);
+    assert_eq!(
+        c.rate_limits.per_client,
+        Rate {
+            per_minute: 30,
+            burst: 10
+        },
+        "the burst defaults to a third of the rate"
+    );
+    assert_eq!(c.rate_limits.per_deployment.burst, 50);
+    assert_error(
+        &errors_after(
+            "compat: {hosted_paths: false}",
+            "rate_limits: {per_client: {per_minute: 0}}",
+        ),
+        "rate_limits.per_client.per_minute",
+        "between 1 and 1000000",
+    );
+    assert_error(
+        &errors_after(
+            "compat: {hosted_paths: false}",
+            "rate_limits: {per_deployment: {per_minute: 10, burst: 0}}",
+        ),
+        "rate_limits.per_deployment.burst",
+        "between 1 and 1000000",
+    );
+    assert_error(
+        &errors_after(
+            "compat: {hosted_paths: false}",
+            "rate_limits: {per_client: {rate: 5}}",
+        ),
+        "rate_limits",
+        "unknown field",
+    );
+    assert_error(
+        &errors_after(
+            "token_lifetime: 15m}",
+            "token_lifetime: 15m, refresh_reuse_grace: 2m}",
+        ),
+        "messengers.support.session.refresh_reuse_grace",
+        "must be between",
+    );
+}

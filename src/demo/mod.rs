@@ -93,7 +93,8 @@ pub fn provider_address(config: &Config) -> anyhow::Result<SocketAddr> {
 }
 
 /// The development provider's set-up: its one client is the `demo-idp`
-/// entry, redirecting to `public_url + /.auth/callback` only.
+/// entry, redirecting to `public_url + /.auth/callback` and to the
+/// deployments' `redirect_uris` (the token API's sites and apps).
 pub fn provider_options(config: &Config) -> anyhow::Result<DevIdpOptions> {
     let provider = config
         .providers
@@ -113,10 +114,16 @@ pub fn provider_options(config: &Config) -> anyhow::Result<DevIdpOptions> {
         public_url.as_str().trim_end_matches('/')
     );
     let defaults = DevIdpOptions::default();
+    // The token API's redirect URIs too: the sites and apps of the demo
+    // log in at the provider themselves.
+    let mut redirect_uris = vec![callback];
+    for d in &config.deployments {
+        redirect_uris.extend(d.redirect_uris.iter().map(|u| u.to_string()));
+    }
     Ok(DevIdpOptions {
         client_id: provider.client_id.clone(),
         client_secret: client_secret.expose().to_string(),
-        redirect_uris: vec![callback],
+        redirect_uris,
         access_token_audience: provider
             .audiences
             .first()
@@ -287,7 +294,10 @@ mod tests {
         assert_eq!(options.client_secret, "s3cret");
         assert_eq!(
             options.redirect_uris,
-            ["http://127.0.0.1:8080/.auth/callback"]
+            [
+                "http://127.0.0.1:8080/.auth/callback",
+                "http://127.0.0.1/callback"
+            ]
         );
         assert_eq!(options.access_token_audience, "api://messaging");
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());

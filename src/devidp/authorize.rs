@@ -64,7 +64,8 @@ pub(crate) fn is_loopback_url(uri: &Url) -> bool {
 }
 
 /// Checks `redirect_uri` against the options: exact match with a
-/// configured URI, or any loopback URL when none are configured.
+/// configured URI (a configured `http` loopback IP URI matches on any port,
+/// RFC 8252 §7.3), or any loopback URL when none are configured.
 fn checked_redirect_uri(provider: &Provider, raw: Option<&str>) -> Result<Url, ErrorPage> {
     let raw = raw.ok_or_else(|| ErrorPage::new("redirect_uri is required"))?;
     let uri = Url::parse(raw).map_err(|_| ErrorPage::new("redirect_uri is not a URL"))?;
@@ -75,7 +76,17 @@ fn checked_redirect_uri(provider: &Provider, raw: Option<&str>) -> Result<Url, E
     let ok = if allowed.is_empty() {
         is_loopback_url(&uri)
     } else {
-        allowed.iter().any(|a| a == raw)
+        allowed.iter().any(|a| {
+            a == raw
+                || Url::parse(a).is_ok_and(|mut registered| {
+                    let mut presented = uri.clone();
+                    uri.scheme() == "http"
+                        && is_loopback_url(&registered)
+                        && registered.set_port(None).is_ok()
+                        && presented.set_port(None).is_ok()
+                        && registered == presented
+                })
+        })
     };
     if ok {
         Ok(uri)

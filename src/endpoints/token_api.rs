@@ -754,6 +754,56 @@ mod tests {
     }
 
     #[test]
+    fn redirect_uris_match_exactly_except_the_port_of_loopback_ips() {
+        let config = crate::config::parse(
+            r#"
+listen: [{address: "127.0.0.1:8080"}]
+providers:
+  p: {issuer: "https://idp.example.com", client_id: c}
+messengers:
+  m: {authentication: {enabled: true, provider: p}}
+upstreams:
+  u: {servers: ["127.0.0.1:9"]}
+deployments:
+  - id: d
+    messenger: m
+    upstream: u
+    allow_all_origins: true
+    redirect_uris: ["https://www.example.com/cb", "http://127.0.0.1/callback", "http://[::1]/callback"]
+routes: [{path_prefix: /v1}]
+"#,
+            std::path::Path::new("."),
+            &crate::config::ProcessEnv,
+        )
+        .unwrap();
+        let runtime =
+            Runtime::build(config, None, &Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let d = runtime.deployment("d").unwrap();
+        for good in [
+            "https://www.example.com/cb",
+            "HTTPS://WWW.EXAMPLE.COM/cb",
+            "http://127.0.0.1:53123/callback",
+            "http://127.0.0.1/callback",
+            "http://[::1]:4000/callback",
+        ] {
+            assert!(registered(d, good), "{good}");
+        }
+        for bad in [
+            "https://www.example.com/cb/",
+            "https://www.example.com:8443/cb",
+            "http://www.example.com/cb",
+            "https://www.example.com/cb?x=1",
+            "http://127.0.0.1:53123/other",
+            "http://localhost:53123/callback",
+            "https://127.0.0.1:53123/callback",
+            "http://127.0.0.2:53123/callback",
+            "not a url",
+        ] {
+            assert!(!registered(d, bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn body_errors_name_the_field_never_its_value() {
         let secret = "SECRET-CODE-VALUE";
         for body in [

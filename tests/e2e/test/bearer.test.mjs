@@ -104,15 +104,17 @@ providers:
     algorithms: [ES256]
 messengers:
   support:
-    authentication: {enabled: true, provider: idp}
+    # ID tokens as bearer credentials are an opt-in (they outlive sessions).
+    authentication: {enabled: true, provider: idp, accept_id_tokens: true}
     assertion: true
     identity_headers: {X-Auth-Email-Verified: email_verified}
   support-es:
-    authentication: {enabled: true, provider: idp-es}
+    authentication: {enabled: true, provider: idp-es, accept_id_tokens: true}
   customers-only:
     authentication:
       enabled: true
       provider: idp
+      accept_id_tokens: true
       require: {groups_any: [customers], claims: {email_verified: true}}
 upstreams:
   ${UPSTREAM}: {servers: ["127.0.0.1:${backend.port}"]}

@@ -316,7 +316,6 @@ function openTab(world, { href = `${SITE}/shop/cart`, script = `${EDGE}/sdk.js`,
     clearTimeout: world.clock.clearTimeout,
     Date: world.clock.Date,
     URL,
-    atob,
     crypto: webcrypto,
     fetch: world.fetch,
     WebSocket: world.WebSocket,
@@ -495,7 +494,7 @@ describe('refresh', () => {
     assert.equal(refreshes(world)[0].url, `${EDGE}/.auth/token/refresh`);
     assert.equal(tab.sessionStorage.getItem(RT_KEY), 'rt-2');
     assert.equal(m.token, 'jwt-2');
-    assert.deepEqual(plain(log.of('authenticated').at(-1)), { expiresAt: start + 840_000 + 900_000 });
+    assert.equal(m.authenticated, true);
     // a page left open for hours stays logged in, each refresh with the latest token
     await world.clock.advance(4 * 3600_000);
     const sent = refreshes(world).map((r) => r.body.refreshToken);
@@ -503,6 +502,24 @@ describe('refresh', () => {
     assert.deepEqual(sent, sent.map((_, i) => `rt-${i + 1}`));
     assert.equal(m.authenticated, true);
     assert.equal(log.of('tokenError').length, 0);
+  });
+
+  test('authenticated fires per login, not per refresh: the snippet\'s connect-on-authenticated opens one socket', async () => {
+    const world = makeWorld();
+    const tab = openTab(world);
+    const m = tab.create({ getAuthCode: codeProvider() });
+    const log = record(m);
+    m.on('authenticated', () => m.connect());
+    await m.getTokens();
+    await world.clock.advance(2 * 3600_000); // routine refreshes
+    world.sockets[0].accept();
+    world.sockets[0].drop(4001); // refresh and reconnect
+    await world.clock.advance(0);
+    // 8 routine refreshes; the 4001 needed none (the client already had a newer jwt)
+    assert.equal(refreshes(world).length, 8);
+    assert.equal(world.sockets.length, 2);
+    assert.equal(world.sockets[1].protocols[0], `authorization.bearer.${m.token}`);
+    assert.equal(log.of('authenticated').length, 1);
   });
 
   test('a short-lived jwt (expiresIn < 2 × margin) is refreshed at half its life', async () => {
