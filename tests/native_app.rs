@@ -26,12 +26,29 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The loopback redirect URI a native app registers (any port matches).
 const LOOPBACK: &str = "http://127.0.0.1/callback";
 
-/// The example, built (or brought up to date) once per test binary. Built
-/// before anything else runs in the calling test, so blocking is harmless.
+/// The example binary. `cargo test --all-targets` builds it before any test
+/// runs; a run of this test alone (`cargo test --test native_app`) builds it
+/// here when it is missing (run `cargo build --example native_app` first
+/// after changing the example). Building here when it exists would change
+/// the feature set cargo resolves and rebuild half the dependency tree.
 fn example_binary() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // target/<profile>/deps/<this test> → target/<profile>/examples/native_app
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let path = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .map(|profile| {
+                    profile
+                        .join("examples")
+                        .join(format!("native_app{}", std::env::consts::EXE_SUFFIX))
+                })
+                .ok_or("no target directory above the test binary")?;
+            if path.exists() {
+                return Ok(path);
+            }
             let mut child = std::process::Command::new(env!("CARGO"))
                 .args(["build", "--example", "native_app"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -57,17 +74,6 @@ fn example_binary() -> PathBuf {
                     "cargo build --example native_app failed:\n{errors}"
                 ));
             }
-            // target/<profile>/deps/<this test> → target/<profile>/examples/native_app
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let path = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .map(|profile| {
-                    profile
-                        .join("examples")
-                        .join(format!("native_app{}", std::env::consts::EXE_SUFFIX))
-                })
-                .ok_or("no target directory above the test binary")?;
             if path.exists() {
                 Ok(path)
             } else {

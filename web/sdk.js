@@ -262,7 +262,7 @@
       const now = Date.now();
       this._jwt = r.jwt;
       this._expiresAt = now + life;
-      this._refreshAt = now + (life < 2 * this._margin ? life / 2 : life);
+      this._refreshAt = now + (life < 2 * this._margin ? life / 2 : life - this._margin);
       this._failures = 0;
       if (r.refreshToken) this._writeRT(r.refreshToken);
       else if (login) this._writeRT(null); // a login without one replaces the old session

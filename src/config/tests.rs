@@ -743,7 +743,7 @@ fn token_api_settings_are_parsed_and_bounded() {
             "compat: {hosted_paths: false}",
             "rate_limits: {per_client: {rate: 5}}",
         ),
-        "rate_limits",
+        "rate_limits.per_client.rate",
         "unknown field",
     );
     assert_error(

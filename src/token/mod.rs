@@ -400,10 +400,15 @@ impl TokenCache {
         Ok(verified)
     }
 
-    /// The cached verification of `token`, without verifying on a miss.
+    /// The cached verification of `token`, without verifying on a miss
+    /// (a hit is counted; a miss is counted by `verify`, if it follows).
     pub fn cached(&self, provider: &str, token: &str) -> Option<Arc<VerifiedToken>> {
         let hit = self.cache.get(&Self::key(provider, token))?;
-        (hit.expires_at > now_unix()).then_some(hit)
+        if hit.expires_at <= now_unix() {
+            return None;
+        }
+        self.metrics.token_cache.with_label_values(&["hit"]).inc();
+        Some(hit)
     }
 
     pub fn len(&self) -> u64 {
