@@ -16,16 +16,26 @@ use crate::runtime::{DeploymentRt, Runtime};
 /// How long a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE: &str = "600";
 
-/// The request's `Origin`, when it has exactly one that is text.
-pub fn request_origin(req: &RequestHeader) -> Result<Option<&str>, ()> {
+/// The request's `Origin` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOrigin<'a> {
+    /// None: not a cross-origin browser request.
+    Absent,
+    One(&'a str),
+    /// Repeated, or not text: never allowed.
+    Invalid,
+}
+
+pub fn request_origin(req: &RequestHeader) -> RequestOrigin<'_> {
     let mut values = req.headers.get_all("origin").iter();
     let first = values.next();
     if values.next().is_some() {
-        return Err(());
+        return RequestOrigin::Invalid;
     }
-    match first {
-        None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| ()),
+    match first.map(|v| v.to_str()) {
+        None => RequestOrigin::Absent,
+        Some(Ok(origin)) => RequestOrigin::One(origin),
+        Some(Err(_)) => RequestOrigin::Invalid,
     }
 }
 
@@ -37,17 +47,13 @@ pub fn allowed(deployment: &DeploymentRt, origin: &str) -> bool {
     }
 }
 
-/// Refuses a cross-origin call from a page the deployment does not list; a
-/// request without `Origin` passes.
-pub fn check(deployment: &DeploymentRt, req: &RequestHeader) -> Result<(), Response> {
+/// Whether the deployment takes this call: a page of a listed origin, or
+/// a request without `Origin` (an app, a server).
+pub fn permits(deployment: &DeploymentRt, req: &RequestHeader) -> bool {
     match request_origin(req) {
-        Ok(None) => Ok(()),
-        Ok(Some(origin)) if allowed(deployment, origin) => Ok(()),
-        _ => Err(error(
-            403,
-            "origin_not_allowed",
-            "this Origin is not allowed for the deployment",
-        )),
+        RequestOrigin::Absent => true,
+        RequestOrigin::One(origin) => allowed(deployment, origin),
+        RequestOrigin::Invalid => false,
     }
 }
 
@@ -55,7 +61,7 @@ pub fn check(deployment: &DeploymentRt, req: &RequestHeader) -> Result<(), Respo
 /// always, since the answer depends on it).
 pub fn decorate(header: &mut ResponseHeader, req: &RequestHeader, deployment: &DeploymentRt) {
     let _ = header.append_header("vary", "Origin");
-    if let Ok(Some(origin)) = request_origin(req) {
+    if let RequestOrigin::One(origin) = request_origin(req) {
         if allowed(deployment, origin) {
             let _ = header.insert_header("access-control-allow-origin", origin);
             let _ = header.insert_header("access-control-expose-headers", "retry-after");
@@ -69,7 +75,7 @@ pub fn decorate(header: &mut ResponseHeader, req: &RequestHeader, deployment: &D
 /// against its own deployment).
 pub fn preflight(runtime: &Runtime, req: &RequestHeader) -> Response {
     let origin = match request_origin(req) {
-        Ok(Some(origin)) => origin,
+        RequestOrigin::One(origin) => origin,
         _ => {
             return error(
                 400,

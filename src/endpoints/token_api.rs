@@ -229,13 +229,13 @@ fn api_deployment(
             "this deployment does not use authentication",
         ));
     }
-    cors::check(deployment, req.header).map_err(|_| {
-        fail(
+    if !cors::permits(deployment, req.header) {
+        return Err(fail(
             403,
             "origin_not_allowed",
             "this Origin is not allowed for the deployment",
-        )
-    })?;
+        ));
+    }
     if let Err(limited) = runtime.limiters.check_deployment(&deployment.config.id) {
         state
             .metrics
@@ -710,13 +710,13 @@ async fn revoke_inner(
     let deployment = runtime.deployment(&claims.aud).ok_or_else(unauthorized)?;
     call.deployment = Some(deployment.label.clone());
     *found = Some(deployment.clone());
-    cors::check(deployment, req.header).map_err(|_| {
-        fail(
+    if !cors::permits(deployment, req.header) {
+        return Err(fail(
             403,
             "origin_not_allowed",
             "this Origin is not allowed for the deployment",
-        )
-    })?;
+        ));
+    }
     let session = state
         .sessions
         .load_public(&claims.sid, now())
