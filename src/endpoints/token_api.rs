@@ -142,7 +142,8 @@ struct Call<'a> {
     started: Instant,
     /// Time spent waiting for the provider, left out of the duration metric.
     provider_time: Duration,
-    deployment: Option<Arc<str>>,
+    /// The deployment, once the call has named a known one.
+    deployment: Option<Arc<DeploymentRt>>,
 }
 
 impl<'a> Call<'a> {
@@ -157,16 +158,13 @@ impl<'a> Call<'a> {
     }
 
     fn label(&self) -> &str {
-        self.deployment.as_deref().unwrap_or(NO_DEPLOYMENT)
+        self.deployment
+            .as_ref()
+            .map_or(NO_DEPLOYMENT, |d| d.label.as_ref())
     }
 
     /// Counts, times and logs the call, and renders its answer.
-    fn finish(
-        self,
-        req: &Request<'_>,
-        deployment: Option<&DeploymentRt>,
-        result: Result<Response, Failure>,
-    ) -> Response {
+    fn finish(self, req: &Request<'_>, result: Result<Response, Failure>) -> Response {
         let metrics = &self.state.metrics;
         let (mut response, result) = match result {
             Ok(response) => (response, "ok"),
@@ -198,7 +196,7 @@ impl<'a> Call<'a> {
                     .saturating_sub(self.provider_time)
                     .as_secs_f64(),
             );
-        if let Some(d) = deployment {
+        if let Some(d) = &self.deployment {
             cors::decorate(&mut response.0, req.header, d);
         }
         response
@@ -300,9 +298,8 @@ pub async fn exchange(
     flavor: Flavor,
 ) -> Response {
     let mut call = Call::new(state, "exchange");
-    let mut deployment = None;
-    let result = exchange_inner(state, runtime, req, flavor, &mut call, &mut deployment).await;
-    call.finish(req, deployment.as_deref(), result)
+    let result = exchange_inner(state, runtime, req, flavor, &mut call).await;
+    call.finish(req, result)
 }
 
 async fn exchange_inner(
@@ -311,12 +308,10 @@ async fn exchange_inner(
     req: &Request<'_>,
     flavor: Flavor,
     call: &mut Call<'_>,
-    found: &mut Option<Arc<DeploymentRt>>,
 ) -> Result<Response, Failure> {
     let body: ExchangeBody = parse(&req.body)?;
     let deployment = api_deployment(state, runtime, req, &body.deployment_id)?;
-    call.deployment = Some(deployment.label.clone());
-    *found = Some(deployment.clone());
+    call.deployment = Some(deployment.clone());
     let provider = deployment.provider.clone().ok_or_else(|| {
         fail(
             503,
@@ -531,9 +526,8 @@ pub async fn refresh(
     flavor: Flavor,
 ) -> Response {
     let mut call = Call::new(state, "refresh");
-    let mut deployment = None;
-    let result = refresh_inner(state, runtime, req, flavor, &mut call, &mut deployment).await;
-    call.finish(req, deployment.as_deref(), result)
+    let result = refresh_inner(state, runtime, req, flavor, &mut call).await;
+    call.finish(req, result)
 }
 
 async fn refresh_inner(
@@ -542,7 +536,6 @@ async fn refresh_inner(
     req: &Request<'_>,
     flavor: Flavor,
     call: &mut Call<'_>,
-    found: &mut Option<Arc<DeploymentRt>>,
 ) -> Result<Response, Failure> {
     let body: RefreshBody = parse(&req.body)?;
     let refused = || fail(401, "invalid_grant", "the refresh token is not valid");
@@ -574,8 +567,7 @@ async fn refresh_inner(
         return Err(refused());
     }
     let deployment = api_deployment(state, runtime, req, &record.deployment)?;
-    call.deployment = Some(deployment.label.clone());
-    *found = Some(deployment.clone());
+    call.deployment = Some(deployment.clone());
     let now = now();
     let mut session = state
         .sessions
@@ -680,9 +672,8 @@ async fn refresh_inner(
 /// hosted revoke path): the session ends everywhere.
 pub async fn revoke(state: &Arc<State>, runtime: &Runtime, req: &Request<'_>) -> Response {
     let mut call = Call::new(state, "revoke");
-    let mut deployment = None;
-    let result = revoke_inner(state, runtime, req, &mut call, &mut deployment).await;
-    call.finish(req, deployment.as_deref(), result)
+    let result = revoke_inner(state, runtime, req, &mut call).await;
+    call.finish(req, result)
 }
 
 async fn revoke_inner(
@@ -690,7 +681,6 @@ async fn revoke_inner(
     runtime: &Runtime,
     req: &Request<'_>,
     call: &mut Call<'_>,
-    found: &mut Option<Arc<DeploymentRt>>,
 ) -> Result<Response, Failure> {
     let unauthorized = || fail(401, "invalid_token", "the token is not valid");
     let token = match crate::proxy::credential::extract(req.header, false) {
@@ -708,8 +698,7 @@ async fn revoke_inner(
     let claims = messenger::verify(&token, &runtime.keys, &runtime.issuer, None)
         .map_err(|_| unauthorized())?;
     let deployment = runtime.deployment(&claims.aud).ok_or_else(unauthorized)?;
-    call.deployment = Some(deployment.label.clone());
-    *found = Some(deployment.clone());
+    call.deployment = Some(deployment.clone());
     if !cors::permits(deployment, req.header) {
         return Err(fail(
             403,

@@ -211,6 +211,9 @@ deployments:
   - {id: customers, messenger: customers-only, upstream: ${UPSTREAM}, allowed_origins: ["${origin}"]}
 routes: [{path_prefix: /v1}]
 logging: {format: json, level: info}
+# The rd corpus logs in dozens of times from one address within a second;
+# rate limits have their own tests.
+rate_limits: {per_client: {per_minute: 100000, burst: 10000}}
 `,
     });
   });
