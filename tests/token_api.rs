@@ -47,8 +47,12 @@ routes: [{{path_prefix: /v1}}]
     (idp, proxy)
 }
 
+/// Rate limits lifted: these tests send dozens of calls from one address
+/// within a second (rate limits have their own test).
+const NO_RATE_LIMITS: &str = "rate_limits: {per_client: {per_minute: 100000, burst: 10000}}";
+
 async fn setup() -> (DevIdp, Proxy) {
-    setup_with("", "").await
+    setup_with(NO_RATE_LIMITS, "").await
 }
 
 fn exchange_body(deployment: &str, code: &SiteCode) -> serde_json::Value {
