@@ -41,6 +41,13 @@ pub struct Limited {
     pub retry_after: u64,
 }
 
+impl Limited {
+    /// The `error_description` of the 429.
+    pub fn description(&self) -> String {
+        format!("too many requests; retry in {} s", self.retry_after)
+    }
+}
+
 pub struct Limiters {
     config: RateLimits,
     per_client: DefaultKeyedRateLimiter<IpAddr>,

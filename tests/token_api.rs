@@ -662,3 +662,51 @@ async fn floods_of_junk_codes_are_held_back_before_the_provider() {
         .unwrap();
     assert_eq!(login.status(), 429);
 }
+
+#[tokio::test]
+async fn a_deployment_over_its_budget_answers_429_with_retry_after() {
+    let (idp, proxy) = setup_with(
+        "rate_limits: {per_client: {per_minute: 100000, burst: 10000}, per_deployment: {per_minute: 60, burst: 2}}",
+        "",
+    )
+    .await;
+    let code = site_login(&idp, CALLBACK, "alice").await;
+    let mut answers = Vec::new();
+    for i in 0..3 {
+        let mut body = exchange_body("support", &code);
+        body["oauth"]["code"] = format!("junk-{i}").into();
+        let resp = reqwest::Client::new()
+            .post(proxy.url("/.auth/token"))
+            .header("origin", SITE)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let cors = resp.headers().get("access-control-allow-origin").cloned();
+        let error = resp.json::<serde_json::Value>().await.unwrap()["error"].clone();
+        answers.push((error, retry_after, cors.is_some()));
+    }
+    assert_eq!(answers[0].0, "invalid_grant");
+    assert_eq!(answers[1].0, "invalid_grant");
+    assert_eq!(answers[2].0, "rate_limited");
+    assert_eq!(
+        answers[2].1.as_deref(),
+        Some("1"),
+        "429 says when to come back"
+    );
+    assert!(answers[2].2, "the page can read the 429");
+    assert_eq!(idp.token_hits(), 2);
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_rate_limited_total",
+                &[("endpoint", "token_api"), ("scope", "deployment")]
+            )
+            .await,
+        Some(1.0)
+    );
+}

@@ -6,9 +6,32 @@
 //! `require` rules; the session gets a fresh random id.
 
 use crate::policy::PolicyFailure;
-use crate::runtime::{DeploymentRt, State};
+use std::sync::Arc;
+
+use crate::runtime::{DeploymentRt, Runtime, State};
 use crate::session::{now, Session, SessionId};
 use crate::token::{self, TokenError, TokenKind, VerifiedToken};
+
+/// Why a deployment cannot log anyone in (each caller words it its own way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoLogin {
+    Unknown,
+    Inactive,
+    /// Its messenger does not authenticate (or names no provider).
+    AuthenticationOff,
+}
+
+/// The deployment a login (browser or token API) is for, if it takes logins.
+pub fn login_deployment(runtime: &Runtime, id: &str) -> Result<Arc<DeploymentRt>, NoLogin> {
+    let deployment = runtime.deployment(id).ok_or(NoLogin::Unknown)?;
+    if !deployment.is_active() {
+        return Err(NoLogin::Inactive);
+    }
+    if !deployment.requires_authentication() || deployment.provider.is_none() {
+        return Err(NoLogin::AuthenticationOff);
+    }
+    Ok(deployment.clone())
+}
 
 /// What a login proved, before its ID token is checked.
 pub struct Proof<'a> {

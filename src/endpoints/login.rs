@@ -11,7 +11,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 
-use super::{establish, redirect};
+use super::{establish, query_param, redirect};
 use crate::provider::client::redeem_code;
 use crate::runtime::{DeploymentRt, Runtime, State};
 use crate::session::cookie::cookies;
@@ -69,7 +69,7 @@ fn capitalized(description: &str) -> String {
     }
 }
 
-pub(crate) fn escape_html(s: &str) -> String {
+fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -128,14 +128,6 @@ fn redirect_to(location: &str, cookies: &[String]) -> Response {
     (header, Bytes::new())
 }
 
-fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
-    let query = req.uri.query()?;
-    let mut values = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name);
-    let first = values.next()?.1.into_owned();
-    // A repeated parameter is ambiguous: treat it as absent.
-    values.next().is_none().then_some(first)
-}
-
 /// The public origin (`scheme://host[:port]`) and callback URL.
 fn public_origin(runtime: &Runtime) -> Option<(String, String)> {
     let url = runtime.config.public_url.as_ref()?;
@@ -150,16 +142,11 @@ fn login_deployment(
     id: Option<&str>,
 ) -> Result<Arc<DeploymentRt>, (u16, &'static str)> {
     let id = id.ok_or((400, "The login link names no deployment."))?;
-    let deployment = runtime
-        .deployment(id)
-        .ok_or((404, "No deployment has this id."))?;
-    if !deployment.is_active() {
-        return Err((403, "This deployment is inactive."));
-    }
-    if !deployment.requires_authentication() || deployment.provider.is_none() {
-        return Err((400, "This deployment does not use login."));
-    }
-    Ok(deployment.clone())
+    establish::login_deployment(runtime, id).map_err(|why| match why {
+        establish::NoLogin::Unknown => (404, "No deployment has this id."),
+        establish::NoLogin::Inactive => (403, "This deployment is inactive."),
+        establish::NoLogin::AuthenticationOff => (400, "This deployment does not use login."),
+    })
 }
 
 fn allowed_origins(deployment: &DeploymentRt) -> Vec<String> {

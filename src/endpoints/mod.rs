@@ -202,6 +202,27 @@ pub async fn answer(
     }
 }
 
+/// A JSON error that tells the client when to come back (429, 503).
+pub(crate) fn error_retry_after(
+    status: u16,
+    code: &str,
+    description: &str,
+    retry_after_secs: u64,
+) -> Response {
+    let (mut header, body) = error(status, code, description);
+    let _ = header.insert_header("retry-after", retry_after_secs.to_string());
+    (header, body)
+}
+
+/// A query parameter given exactly once; a repeated parameter is
+/// ambiguous and counts as absent.
+pub fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
+    let query = req.uri.query()?;
+    let mut values = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name);
+    let first = values.next()?.1.into_owned();
+    values.next().is_none().then_some(first)
+}
+
 pub(crate) fn json(status: u16, value: &serde_json::Value, cache_control: &str) -> Response {
     let body = Bytes::from(value.to_string());
     let mut header = ResponseHeader::build(status, Some(4)).expect("valid status");

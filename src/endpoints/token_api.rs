@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::establish::{self, Proof};
-use super::{cors, error, json, Flavor, Request, Response};
+use super::{cors, error, error_retry_after, json, Flavor, Request, Response};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::provider::client::{redeem_code, TokenRequestError};
 use crate::runtime::{DeploymentRt, Runtime, State};
@@ -76,6 +76,8 @@ struct Failure {
     status: u16,
     code: &'static str,
     description: String,
+    /// `Retry-After` seconds (a rate limit says when; a 503 says 5).
+    retry_after: Option<u64>,
 }
 
 fn fail(status: u16, code: &'static str, description: impl Into<String>) -> Failure {
@@ -83,6 +85,7 @@ fn fail(status: u16, code: &'static str, description: impl Into<String>) -> Fail
         status,
         code,
         description: description.into(),
+        retry_after: (status == 503).then_some(5),
     }
 }
 
@@ -98,11 +101,7 @@ impl From<establish::Refused> for Failure {
             }
             _ => "invalid_grant",
         };
-        Failure {
-            status: r.status(),
-            code,
-            description: r.description(),
-        }
+        fail(r.status(), code, r.description())
     }
 }
 
@@ -176,10 +175,10 @@ impl<'a> Call<'a> {
                     status = f.status,
                     "token request refused"
                 );
-                let mut response = error(f.status, f.code, &f.description);
-                if f.status == 503 {
-                    let _ = response.0.insert_header("retry-after", "5");
-                }
+                let response = match f.retry_after {
+                    Some(secs) => error_retry_after(f.status, f.code, &f.description, secs),
+                    None => error(f.status, f.code, &f.description),
+                };
                 (response, f.code)
             }
         };
@@ -204,30 +203,28 @@ impl<'a> Call<'a> {
 }
 
 /// The deployment a call names, if it may use the token API from here.
+/// Recorded on the call as soon as it is known, so that every later
+/// answer (a 429 too) is labelled with it and readable by its pages.
 fn api_deployment(
     state: &State,
     runtime: &Runtime,
     req: &Request<'_>,
     id: &str,
+    call: &mut Call<'_>,
 ) -> Result<Arc<DeploymentRt>, Failure> {
-    let deployment = runtime
-        .deployment(id)
-        .ok_or_else(|| fail(404, "unknown_deployment", "no deployment has this id"))?;
-    if !deployment.is_active() {
-        return Err(fail(
-            403,
-            "deployment_inactive",
-            "this deployment is inactive",
-        ));
-    }
-    if !deployment.requires_authentication() || deployment.provider.is_none() {
-        return Err(fail(
+    let deployment = establish::login_deployment(runtime, id).map_err(|why| match why {
+        establish::NoLogin::Unknown => fail(404, "unknown_deployment", "no deployment has this id"),
+        establish::NoLogin::Inactive => {
+            fail(403, "deployment_inactive", "this deployment is inactive")
+        }
+        establish::NoLogin::AuthenticationOff => fail(
             400,
             "authentication_disabled",
             "this deployment does not use authentication",
-        ));
-    }
-    if !cors::permits(deployment, req.header) {
+        ),
+    })?;
+    call.deployment = Some(deployment.clone());
+    if !cors::permits(&deployment, req.header) {
         return Err(fail(
             403,
             "origin_not_allowed",
@@ -235,18 +232,18 @@ fn api_deployment(
         ));
     }
     if let Err(limited) = runtime.limiters.check_deployment(&deployment.config.id) {
+        // Counted here by scope; `Call::finish` logs the refusal.
         state
             .metrics
             .rate_limited
             .with_label_values(&["token_api", limited.scope.label()])
             .inc();
         return Err(Failure {
-            status: 429,
-            code: "rate_limited",
-            description: format!("too many requests; retry in {} s", limited.retry_after),
+            retry_after: Some(limited.retry_after),
+            ..fail(429, "rate_limited", limited.description())
         });
     }
-    Ok(deployment.clone())
+    Ok(deployment)
 }
 
 /// The lifetime of a messenger token issued now for `session`: the
@@ -310,8 +307,7 @@ async fn exchange_inner(
     call: &mut Call<'_>,
 ) -> Result<Response, Failure> {
     let body: ExchangeBody = parse(&req.body)?;
-    let deployment = api_deployment(state, runtime, req, &body.deployment_id)?;
-    call.deployment = Some(deployment.clone());
+    let deployment = api_deployment(state, runtime, req, &body.deployment_id, call)?;
     let provider = deployment.provider.clone().ok_or_else(|| {
         fail(
             503,
@@ -566,8 +562,7 @@ async fn refresh_inner(
     {
         return Err(refused());
     }
-    let deployment = api_deployment(state, runtime, req, &record.deployment)?;
-    call.deployment = Some(deployment.clone());
+    let deployment = api_deployment(state, runtime, req, &record.deployment, call)?;
     let now = now();
     let mut session = state
         .sessions

@@ -613,8 +613,10 @@ impl Portcullis {
         );
         if endpoint.rate_limited() {
             let deployment = match endpoint {
-                endpoints::Endpoint::Login => endpoint_query(session.req_header(), "deployment")
-                    .filter(|d| runtime.deployment(d).is_some()),
+                endpoints::Endpoint::Login => {
+                    endpoints::query_param(session.req_header(), "deployment")
+                        .filter(|d| runtime.deployment(d).is_some())
+                }
                 _ => None,
             };
             if let Err(limited) = runtime.limiters.check(client, deployment.as_deref()) {
@@ -658,22 +660,13 @@ impl Portcullis {
             scope = limited.scope.label(),
             "rate limited"
         );
-        let (mut header, body) = endpoints::error(
+        endpoints::error_retry_after(
             429,
             "rate_limited",
-            &format!("too many requests; retry in {} s", limited.retry_after),
-        );
-        let _ = header.insert_header("retry-after", limited.retry_after.to_string());
-        (header, body)
+            &limited.description(),
+            limited.retry_after,
+        )
     }
-}
-
-/// A query parameter of the request, when it is given exactly once.
-fn endpoint_query(req: &RequestHeader, name: &str) -> Option<String> {
-    let query = req.uri.query()?;
-    let mut values = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name);
-    let first = values.next()?.1.into_owned();
-    values.next().is_none().then_some(first)
 }
 
 /// How long a client may take to send an endpoint's body.
