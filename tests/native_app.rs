@@ -350,27 +350,7 @@ async fn a_cancelled_login_ends_the_app_with_the_providers_error() {
     let (_idp, proxy) = setup(&format!("\"{LOOPBACK}\"")).await;
     let mut app = App::start(&proxy, "mobile", &[]);
     let authorize = app.authorize_url(&proxy).await;
-    let browser = no_redirects();
-    let form = browser
-        .get(&authorize)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let request = form
-        .split("name=\"request\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the login form has a request id");
-    let provider = authorize.split("/authorize").next().unwrap();
-    let cancelled = browser
-        .post(format!("{provider}/authorize/login"))
-        .form(&[("request", request), ("cancel", "1")])
-        .send()
-        .await
-        .unwrap();
+    let cancelled = submit_login_form(&no_redirects(), &authorize, "alice", ("cancel", "1")).await;
     assert!(
         cancelled.status().is_redirection(),
         "{}",

@@ -135,8 +135,12 @@ pub fn public_config(runtime: &Runtime, deployment: &DeploymentRt) -> serde_json
                 "scopes": p.config.scopes,
             })
         });
-    let base = runtime.issuer.as_str();
-    let base = if base.starts_with("http") { base } else { "" };
+    // Absolute URLs when the public URL is known, else paths on this host.
+    let base = runtime
+        .config
+        .public_url
+        .as_ref()
+        .map_or("", |u| u.as_str().trim_end_matches('/'));
     serde_json::json!({
         "id": deployment.config.id,
         "status": if deployment.is_active() { "Active" } else { "Inactive" },

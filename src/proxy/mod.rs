@@ -104,7 +104,8 @@ pub fn check_admission(
 pub struct Authenticated {
     pub rendered: Arc<Rendered>,
     pub credential: Credential,
-    /// The portcullis session's public id, when a session cookie authenticated.
+    /// The portcullis session's public id, when a session authenticated
+    /// (its cookie, or a messenger token naming it).
     pub session: Option<Arc<str>>,
     /// When that session reaches its maximum lifetime (unix seconds).
     pub session_expires_at: Option<u64>,
@@ -251,7 +252,7 @@ enum MessengerToken {
 
 /// Recognizes and verifies portcullis's own tokens (cached until `exp`).
 fn messenger_token(runtime: &Runtime, token: &str, deployment: &DeploymentRt) -> MessengerToken {
-    let digest = crate::session::refresh::hash(token);
+    let digest = crate::token::sha256(token.as_bytes());
     if let Some(claims) = runtime.messenger_tokens.get(&digest) {
         if claims.exp <= now() {
             return MessengerToken::Refused(TokenError::Expired);
@@ -338,10 +339,7 @@ async fn authenticate_session(
     let mut keyed = [0u8; 24];
     keyed[..16].copy_from_slice(session.id.as_bytes());
     keyed[16..].copy_from_slice(&session.checked_at.to_be_bytes());
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &keyed);
-    let mut key_bytes = [0u8; 32];
-    key_bytes.copy_from_slice(digest.as_ref());
-    let key = (key_bytes, deployment.label.clone());
+    let key = (crate::token::sha256(&keyed), deployment.label.clone());
     let rendered = match runtime.identities.get(&key) {
         Some(r) => r,
         None => {

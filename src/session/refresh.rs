@@ -49,10 +49,7 @@ pub fn well_formed(token: &str) -> bool {
 
 /// The name a token is stored under.
 pub fn hash(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    crate::token::sha256(token.as_bytes())
 }
 
 /// The token a rotation of `token` hands out.

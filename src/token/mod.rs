@@ -201,6 +201,14 @@ fn header_algorithm(token: &str) -> Result<String, TokenError> {
         .ok_or(TokenError::Malformed)
 }
 
+/// SHA-256 of `data`, as a fixed-size key (cache keys, stored hashes).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 /// The `exp` of a token this program verified earlier (and kept), read
 /// without verifying again.
 pub fn recorded_expiry(token: &str) -> Option<u64> {

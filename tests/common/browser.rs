@@ -124,9 +124,14 @@ pub async fn start_devidp(options: DevIdpOptions) -> DevIdp {
 }
 
 /// At the development provider: opens `authorize` (its login form), checks
-/// that the form offers `user`, picks `user`, and returns where the provider
-/// sends the browser back (the callback URL with code and state).
-pub async fn choose_user(client: &reqwest::Client, authorize: &str, user: &str) -> String {
+/// that the form offers `offered`, and submits it with `choice` (a `user`,
+/// or `cancel`); the provider's answer.
+pub async fn submit_login_form(
+    client: &reqwest::Client,
+    authorize: &str,
+    offered: &str,
+    choice: (&str, &str),
+) -> reqwest::Response {
     let form = client
         .get(authorize)
         .send()
@@ -135,7 +140,7 @@ pub async fn choose_user(client: &reqwest::Client, authorize: &str, user: &str) 
         .text()
         .await
         .unwrap();
-    assert!(form.contains(user), "{user} is offered: {form}");
+    assert!(form.contains(offered), "{offered} is offered: {form}");
     let request_id = form
         .split("name=\"request\" value=\"")
         .nth(1)
@@ -143,12 +148,19 @@ pub async fn choose_user(client: &reqwest::Client, authorize: &str, user: &str) 
         .expect("the login form has a request id")
         .to_string();
     let provider = authorize.split("/authorize").next().unwrap();
-    let chosen = client
+    client
         .post(format!("{provider}/authorize/login"))
-        .form(&[("request", request_id.as_str()), ("user", user)])
+        .form(&[("request", request_id.as_str()), choice])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// At the development provider: picks `user` at the login form of
+/// `authorize`, and returns where the provider sends the browser back (the
+/// callback URL with code and state).
+pub async fn choose_user(client: &reqwest::Client, authorize: &str, user: &str) -> String {
+    let chosen = submit_login_form(client, authorize, user, ("user", user)).await;
     assert!(chosen.status().is_redirection(), "{}", chosen.status());
     location(&chosen)
 }
