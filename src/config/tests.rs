@@ -754,4 +754,22 @@ fn token_api_settings_are_parsed_and_bounded() {
         "messengers.support.session.refresh_reuse_grace",
         "must be between",
     );
+    let c = parse_text(&GOOD.replacen(
+        "  public:\n    authentication: {enabled: false}",
+        "  public:\n    authentication: {enabled: false, accept_id_tokens: true}",
+        1,
+    ));
+    assert_error(
+        &c.expect_err("accepted and ignored"),
+        "messengers.public.authentication.accept_id_tokens",
+        "has no effect while authentication is off",
+    );
+    assert_error(
+        &errors_after(
+            "    status: inactive\n    allow_all_origins: true",
+            "    status: inactive\n    allow_all_origins: true\n    redirect_uris: [https://www.example.com/cb]",
+        ),
+        "deployments[1].redirect_uris",
+        "has no effect",
+    );
 }

@@ -509,7 +509,7 @@ pub(super) fn validate(
         &identity_header_prefix,
     );
     let upstreams = upstreams(&mut c, &get("upstreams"));
-    let deployments = deployments(&mut c, &get("deployments"), &declared);
+    let deployments = deployments(&mut c, &get("deployments"), &declared, &messengers);
     let routes = routes(&mut c, &get("routes"), &declared);
     let sessions = sessions(&mut c, &get("sessions"));
     let logging = logging(&mut c, &get("logging"));
@@ -851,6 +851,12 @@ fn messengers(
                 );
             }
         }
+        if auth.accept_id_tokens && !auth.enabled {
+            c.error(
+                format!("{path}.authentication.accept_id_tokens"),
+                "has no effect while authentication is off",
+            );
+        }
         let require = auth
             .require
             .map(|r| require(c, &format!("{path}.authentication.require"), r))
@@ -1104,7 +1110,12 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
     out
 }
 
-fn deployments(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Deployment> {
+fn deployments(
+    c: &mut Checker,
+    value: &Value,
+    declared: &Declared,
+    validated_messengers: &BTreeMap<String, Messenger>,
+) -> Vec<Deployment> {
     let (messengers, upstreams) = (&declared.messengers, &declared.upstreams);
     let mut ids = HashSet::new();
     let mut out = Vec::new();
@@ -1166,6 +1177,18 @@ fn deployments(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Deplo
             }
             OriginPolicy::List(list)
         };
+        let authenticates = validated_messengers
+            .get(&d.messenger)
+            .is_none_or(|m| m.authentication.enabled);
+        if !d.redirect_uris.is_empty() && !authenticates {
+            c.error(
+                format!("{path}.redirect_uris"),
+                format!(
+                    "has no effect: messenger `{}` has authentication off, so the token API refuses this deployment",
+                    d.messenger
+                ),
+            );
+        }
         let mut redirect_uris = Vec::new();
         for (j, r) in d.redirect_uris.iter().enumerate() {
             match parse_web_url(r) {
