@@ -52,7 +52,12 @@ pub struct Limiters {
     config: RateLimits,
     per_client: DefaultKeyedRateLimiter<IpAddr>,
     per_deployment: DefaultKeyedRateLimiter<String>,
+    /// When the buckets were last trimmed (`trim_if_due`).
+    last_trim: parking_lot::Mutex<std::time::Instant>,
 }
+
+/// Buckets are trimmed at most this often: a pass walks every bucket.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 fn quota(rate: Rate) -> Quota {
     // Validation keeps both within 1..=1_000_000.
@@ -67,6 +72,7 @@ impl Limiters {
             config,
             per_client: RateLimiter::keyed(quota(config.per_client)),
             per_deployment: RateLimiter::keyed(quota(config.per_deployment)),
+            last_trim: parking_lot::Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -110,12 +116,29 @@ impl Limiters {
             })
     }
 
-    /// Forgets buckets that are full again (the supervisor calls it).
+    /// Forgets buckets that are full again, so that a scan from many
+    /// addresses leaves nothing behind once it stops.
     pub fn trim(&self) {
         self.per_client.retain_recent();
         self.per_client.shrink_to_fit();
         self.per_deployment.retain_recent();
         self.per_deployment.shrink_to_fit();
+    }
+
+    /// `trim`, unless it ran within `TRIM_EVERY` (the supervisor calls this
+    /// on every tick).
+    pub fn trim_if_due(&self) {
+        let mut last = self.last_trim.lock();
+        if last.elapsed() >= TRIM_EVERY {
+            *last = std::time::Instant::now();
+            drop(last);
+            self.trim();
+        }
+    }
+
+    /// Client buckets currently held.
+    pub fn clients_tracked(&self) -> usize {
+        self.per_client.len()
     }
 }
 
@@ -175,6 +198,19 @@ mod tests {
             Ok(()),
             "another deployment has its own bucket"
         );
+    }
+
+    #[test]
+    fn trimming_forgets_clients_whose_buckets_are_full_again() {
+        // 1000 requests a second: a bucket of one refills within a millisecond.
+        let l = limits((60_000, 1), (60_000, 1000));
+        for i in 0..100u8 {
+            assert_eq!(l.check_client(IpAddr::from([198, 51, 100, i])), Ok(()));
+        }
+        assert_eq!(l.clients_tracked(), 100);
+        std::thread::sleep(Duration::from_millis(20));
+        l.trim();
+        assert_eq!(l.clients_tracked(), 0);
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl BackgroundService for Supervisor {
                     let keeper = self.state.clone();
                     // Store calls may wait; the tick must not.
                     tokio::spawn(async move { keeper.keep_live_sessions(now).await });
+                    self.state.runtime().limiters.trim_if_due();
                     if let Some(count) = self.state.sessions.approximate_count() {
                         self.state.metrics.sessions_live.set(count as i64);
                     }
