@@ -160,7 +160,7 @@ pub async fn authenticate(
     };
     // portcullis's own tokens first, unless the token is a provider's
     // already verified (the cheapest question for the commonest case).
-    let verified = match runtime.tokens.cached(provider.name(), &credential.token) {
+    let verified = match runtime.tokens.cached(provider, &credential.token) {
         Some(hit) => hit,
         None => match messenger_token(runtime, &credential.token, deployment) {
             MessengerToken::Claims(claims) => {
@@ -180,7 +180,7 @@ pub async fn authenticate(
             }
             MessengerToken::NotOurs => runtime
                 .tokens
-                .verify(provider, &credential.token)
+                .verify_uncached(provider, &credential.token)
                 .await
                 .map_err(|e| match e {
                     TokenError::ProviderUnavailable => Refusal::ProviderUnavailable,

@@ -391,32 +391,41 @@ impl TokenCache {
         provider: &ProviderService,
         token: &str,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
-        if token.len() > provider.config.max_token_bytes {
-            return Err(TokenError::TooLarge);
+        match self.cached(provider, token) {
+            Some(hit) => Ok(hit),
+            None => self.verify_uncached(provider, token).await,
         }
-        let key = Self::key(provider.name(), token);
-        if let Some(hit) = self.cache.get(&key) {
-            // An entry lives until its token's exp; the skew is not extended here.
-            if hit.expires_at > now_unix() {
-                self.metrics.token_cache.with_label_values(&["hit"]).inc();
-                return Ok(hit);
-            }
-        }
-        self.metrics.token_cache.with_label_values(&["miss"]).inc();
-        let verified = Arc::new(verify(provider, token).await?);
-        self.cache.insert(key, verified.clone());
-        Ok(verified)
     }
 
-    /// The cached verification of `token`, without verifying on a miss
-    /// (a hit is counted; a miss is counted by `verify`, if it follows).
-    pub fn cached(&self, provider: &str, token: &str) -> Option<Arc<VerifiedToken>> {
-        let hit = self.cache.get(&Self::key(provider, token))?;
+    /// The cached verification of `token`, without verifying on a miss (a
+    /// hit is counted; `verify_uncached` counts the miss if it follows).
+    /// Oversize tokens are not even hashed.
+    pub fn cached(&self, provider: &ProviderService, token: &str) -> Option<Arc<VerifiedToken>> {
+        if token.len() > provider.config.max_token_bytes {
+            return None;
+        }
+        let hit = self.cache.get(&Self::key(provider.name(), token))?;
+        // An entry lives until its token's exp; the skew is not extended here.
         if hit.expires_at <= now_unix() {
             return None;
         }
         self.metrics.token_cache.with_label_values(&["hit"]).inc();
         Some(hit)
+    }
+
+    /// Verifies `token` afresh (after `cached` missed) and caches a success.
+    pub async fn verify_uncached(
+        &self,
+        provider: &ProviderService,
+        token: &str,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > provider.config.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        self.metrics.token_cache.with_label_values(&["miss"]).inc();
+        let verified = Arc::new(verify(provider, token).await?);
+        self.cache.insert(verified.digest, verified.clone());
+        Ok(verified)
     }
 
     pub fn len(&self) -> u64 {
