@@ -1,8 +1,10 @@
 //! `portcullis demo`: a chat a person can log into. It starts, on loopback,
 //! the in-process echo chat backend, the development OpenID provider
 //! ([`crate::devidp`], NOT FOR PRODUCTION) and the proxy in front of both,
-//! with a chat page that logs in through the provider. The same backend
-//! serves the integration tests.
+//! with a chat page that logs in through the provider, and a company site
+//! on another origin ([`site`]) that logs its user in itself and chats
+//! through the SDK and the token API. The same backend serves the
+//! integration tests.
 //!
 //! Every address comes from the demo configuration (the built-in
 //! `conf/demo.yaml` or `-c FILE`): the backend listens on the first server
@@ -12,6 +14,7 @@
 //! only redirect URI.
 
 pub mod backend;
+pub mod site;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -157,10 +160,20 @@ fn start_servers(
     backend_addr: SocketAddr,
     provider_addr: SocketAddr,
     options: DevIdpOptions,
+    site: Option<site::Site>,
 ) -> anyhow::Result<String> {
     let backend_listener = std::net::TcpListener::bind(backend_addr)
         .with_context(|| format!("cannot bind the demo backend to {backend_addr}"))?;
     backend_listener.set_nonblocking(true)?;
+    let site = match site {
+        Some(site) => {
+            let listener = std::net::TcpListener::bind(site.address)
+                .with_context(|| format!("cannot bind the demo site to {}", site.address))?;
+            listener.set_nonblocking(true)?;
+            Some((listener, site))
+        }
+        None => None,
+    };
     let provider_listener = std::net::TcpListener::bind(provider_addr)
         .with_context(|| format!("cannot bind the development provider to {provider_addr}"))?;
     provider_listener.set_nonblocking(true)?;
@@ -205,8 +218,24 @@ fn start_servers(
                         return;
                     }
                 };
-                if let Err(e) = backend::serve(backend_listener).await {
-                    tracing::error!(error = %e, "demo backend stopped");
+                let site = async {
+                    let Some((listener, site)) = site else {
+                        return std::future::pending().await;
+                    };
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    site::serve(listener, &site).await
+                };
+                tokio::select! {
+                    result = backend::serve(backend_listener) => {
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "demo backend stopped");
+                        }
+                    }
+                    result = site => {
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "demo site stopped");
+                        }
+                    }
                 }
             });
         })?;
@@ -235,7 +264,15 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<()> {
             )
         })
         .collect::<String>();
-    let issuer = start_servers(backend_addr, provider_addr, options)?;
+    let site = site::from_config(&config)?;
+    let site_line = site.as_ref().map_or_else(String::new, |s| {
+        format!(
+            "  a site's page: {} (another origin with its own login; the SDK \
+             exchanges its code for a messenger token)\n",
+            s.url()
+        )
+    });
+    let issuer = start_servers(backend_addr, provider_addr, options, site)?;
 
     let page = config
         .listeners
@@ -256,7 +293,8 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<()> {
         .unwrap_or_else(|| "(no admin listener)".into());
     eprintln!(
         "\nportcullis demo\n  \
-         chat page:     {page}\n  \
+         chat page:     {page}\n\
+         {site_line}  \
          log in as:     pick a user on the provider's login page (no passwords):{users}\n  \
          provider:      {issuer}\n                 \
          a DEVELOPMENT OpenID provider: anyone can sign in as anyone.\n                 \
@@ -296,11 +334,24 @@ mod tests {
             options.redirect_uris,
             [
                 "http://127.0.0.1:8080/.auth/callback",
-                "http://127.0.0.1/callback"
+                "http://127.0.0.1/callback",
+                "http://127.0.0.1:8083/"
             ]
         );
+        let site = site::from_config(&c).unwrap().expect("the demo has a site");
+        assert_eq!(site.address, "127.0.0.1:8083".parse().unwrap());
+        assert_eq!(site.deployment_id, "6f2d3c1a-0b4e-4c5d-9e8f-7a6b5c4d3e2f");
         assert_eq!(options.access_token_audience, "api://messaging");
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn a_site_its_deployment_does_not_allow_is_refused() {
+        let text = DEMO_CONFIG.replace(", http://127.0.0.1:8083]", "]");
+        let env = |name: &str| (name == CLIENT_SECRET_VAR).then(|| "x".to_string());
+        let c = config::parse(&text, Path::new("."), &env).unwrap_or_else(|e| panic!("{e}"));
+        let error = site::from_config(&c).unwrap_err().to_string();
+        assert!(error.contains("allowed_origins"), "{error}");
     }
 
     #[test]

@@ -174,6 +174,18 @@ pub fn config(runtime: &Runtime, req: &RequestHeader, id: &str) -> Response {
     response
 }
 
+/// The `<script>` element that loads this build's SDK from `public_url`,
+/// pinned by version and Subresource Integrity: the snippet's first line.
+pub fn sdk_script_tag(public_url: &url::Url) -> String {
+    let version = sdk_version();
+    format!(
+        r#"<script src="{base}/.auth/sdk.js?v={v}" integrity="{integrity}" crossorigin="anonymous"></script>"#,
+        base = public_url.as_str().trim_end_matches('/'),
+        v = version.version,
+        integrity = version.integrity,
+    )
+}
+
 /// `GET /.auth/deployments/{id}/snippet`: the HTML to paste into the site,
 /// as text (a browser shows it rather than running it).
 pub fn snippet(runtime: &Runtime, id: &str) -> Response {
@@ -187,13 +199,11 @@ pub fn snippet(runtime: &Runtime, id: &str) -> Response {
             "the snippet needs `public_url` in the configuration",
         );
     };
-    let base = public_url.as_str().trim_end_matches('/');
-    let version = sdk_version();
     // Deployment ids are [A-Za-z0-9._-] (validated), safe in HTML and JS strings.
     let id = &deployment.config.id;
     let text = format!(
         r#"<!-- portcullis: authenticated messaging for deployment {id} -->
-<script src="{base}/.auth/sdk.js?v={v}" integrity="{integrity}" crossorigin="anonymous"></script>
+{script}
 <script>
   // Log the user in at your identity provider as you do today, then hand the
   // authorization code over in getAuthCode (see {base}/.auth/sdk.js), or call
@@ -205,8 +215,8 @@ pub fn snippet(runtime: &Runtime, id: &str) -> Response {
   }});
 </script>
 "#,
-        v = version.version,
-        integrity = version.integrity,
+        script = sdk_script_tag(public_url),
+        base = public_url.as_str().trim_end_matches('/'),
     );
     let body = Bytes::from(text);
     let mut header = ResponseHeader::build(200, Some(4)).expect("valid status");
