@@ -33,8 +33,8 @@ const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
 // the proxy's and the admin listener's /healthz answer and the provider
 // entry is ready. Returns the URLs, `log()` and `stop()`.
 async function startDemo({ timeoutMs = 30_000 } = {}) {
-  const [proxyPort, backendPort, providerPort, adminPort] = [
-    await freePort(), await freePort(), await freePort(), await freePort(),
+  const [proxyPort, backendPort, providerPort, adminPort, sitePort] = [
+    await freePort(), await freePort(), await freePort(), await freePort(), await freePort(),
   ];
   const shipped = await readFile(path.join(REPO_ROOT, 'conf/demo.yaml'), 'utf8');
   const config = shipped
@@ -42,8 +42,9 @@ async function startDemo({ timeoutMs = 30_000 } = {}) {
     .replaceAll('localhost:8080', `localhost:${proxyPort}`)
     .replaceAll('127.0.0.1:8081', `127.0.0.1:${backendPort}`)
     .replaceAll('127.0.0.1:8082', `127.0.0.1:${providerPort}`)
-    .replaceAll('127.0.0.1:9090', `127.0.0.1:${adminPort}`);
-  for (const port of [':8080', ':8081', ':8082', ':9090']) {
+    .replaceAll('127.0.0.1:9090', `127.0.0.1:${adminPort}`)
+    .replaceAll('127.0.0.1:8083', `127.0.0.1:${sitePort}`);
+  for (const port of [':8080', ':8081', ':8082', ':8083', ':9090']) {
     assert.ok(!config.includes(port), `conf/demo.yaml names ${port} somewhere this test does not move`);
   }
 
@@ -58,6 +59,7 @@ async function startDemo({ timeoutMs = 30_000 } = {}) {
     origin: `http://127.0.0.1:${proxyPort}`,
     provider: `http://127.0.0.1:${providerPort}`,
     admin: `http://127.0.0.1:${adminPort}`,
+    site: `http://127.0.0.1:${sitePort}`,
     log: () => stripAnsi(running.log()),
     exitCode: running.exitCode,
     stop: running.stop,
@@ -331,6 +333,169 @@ describe('the demo in headless Chromium: log in as alice, chat, log out', () => 
     assert.ok(lines.filter((l) => /\bclose_code=4002\b/.test(l))
       .every((l) => /\bsubject="?alice"?/.test(l)), lines.join('\n'));
 
+    assert.deepEqual(pageErrors, [], 'no uncaught error in the page');
+    assert.deepEqual(offLoopback, [], 'the browser stayed on loopback');
+  });
+});
+
+// The demo's second page: a company site on its own origin (the chat
+// deployment's redirect URI) with its own login at the development provider.
+// It hands the authorization code to the SDK it loaded through the pasted
+// snippet; the SDK exchanges it at portcullis (the token API) and chats with
+// the messenger token in the subprotocol. No cookie of portcullis is involved.
+describe('the demo\'s company site: its own login, the SDK exchanges the code, chat, sign out', () => {
+  let demo;
+  let browser;
+  let context;
+  let page;
+  let broken;
+  let firstToken; // the messenger token the SDK got by the exchange
+  const offLoopback = [];
+  const pageErrors = [];
+  const consoleLines = [];
+  const message = `hello from the site ${Math.random().toString(36).slice(2, 8)}`;
+
+  const step = (name, fn) => test(name, { timeout: TEST_MS }, async (t) => {
+    if (broken) {
+      t.skip(`"${broken}" failed`);
+      return;
+    }
+    try {
+      await fn();
+    } catch (error) {
+      broken = name;
+      let shot = '(no screenshot)';
+      try {
+        const dir = await mkdtemp(path.join(tmpdir(), 'portcullis-e2e-screenshots-'));
+        shot = path.join(dir, `site-${name.replace(/[^a-z0-9]+/gi, '-')}.png`);
+        await page.screenshot({ path: shot, fullPage: true, timeout: 5000 });
+      } catch (e) {
+        shot = `(no screenshot: ${e.message.split('\n')[0]})`;
+      }
+      const tail = demo ? demo.log().split('\n').slice(-30).join('\n') : '';
+      throw new Error(
+        `${error.message}\nscreenshot: ${shot} (${page?.url()})\n`
+        + `the browser's console:\n  ${consoleLines.slice(-20).join('\n  ')}\n`
+        + `end of the demo's log:\n${tail}`,
+        { cause: error },
+      );
+    }
+  });
+
+  const tokenCalls = async (operation, result = 'ok') => {
+    const metrics = await (await fetch(`${demo.admin}/metrics`)).text();
+    return metricSum(metrics, 'portcullis_token_api_requests_total', { deployment: CHAT, operation, result });
+  };
+
+  // From the site's context, a chat WebSocket with `token` in the
+  // subprotocol carrier, as the SDK opens it: what happened, in order.
+  const tryTokenSocket = (token) => page.evaluate(({ origin, deployment, token: t }) => new Promise((resolve) => {
+    const url = `${origin.replace('http', 'ws')}/v1/chat?deploymentId=${encodeURIComponent(deployment)}`;
+    const events = [];
+    const ws = new WebSocket(url, ['chat.v1', `authorization.bearer.${t}`]);
+    const timer = setTimeout(() => { resolve({ events, timedOut: true }); ws.close(); }, 10_000);
+    ws.onopen = () => { events.push('open'); };
+    ws.onmessage = () => { ws.close(1000); };
+    ws.onerror = () => { events.push('error'); };
+    ws.onclose = (e) => { clearTimeout(timer); events.push(`close ${e.code}`); resolve({ events }); };
+  }), { origin: demo.origin, deployment: CHAT, token });
+
+  before(async () => {
+    demo = await startDemo();
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+      headless: true,
+      timeout: 30_000,
+      args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync'],
+    });
+    context = await browser.newContext({ viewport: { width: 900, height: 800 } });
+    context.setDefaultTimeout(STEP_MS);
+    context.setDefaultNavigationTimeout(STEP_MS);
+    context.on('request', (r) => {
+      if (new URL(r.url()).hostname !== '127.0.0.1') offLoopback.push(r.url());
+    });
+    context.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()} (${m.page()?.url()})`));
+    context.on('weberror', (e) => pageErrors.push(e.error().message));
+    page = await context.newPage();
+  }, { timeout: 600_000 });
+
+  after(async () => {
+    await browser?.close();
+    await demo?.stop();
+    if (process.env.E2E_SHOW_LOG && demo) process.stderr.write(`portcullis demo log:\n${demo.log()}\n`);
+  });
+
+  step('the site, on its own origin, loads the SDK from the pasted snippet and shows "Sign in"', async () => {
+    assert.notEqual(demo.site, demo.origin);
+    const sdkLoads = [];
+    page.on('response', (r) => { if (new URL(r.url()).pathname === '/.auth/sdk.js') sdkLoads.push(r); });
+    const res = await page.goto(`${demo.site}/`);
+    assert.equal(res.status(), 200);
+    await page.locator('#sign-in').waitFor();
+    assert.ok(await page.locator('#chat').isHidden(), 'no chat before the site\'s login');
+    assert.equal(await page.locator('#account').textContent(), 'Not signed in');
+    // The SDK came from portcullis, pinned as the snippet pins it, and the
+    // browser's integrity check let it run.
+    assert.equal(sdkLoads.length, 1);
+    assert.equal(new URL(sdkLoads[0].url()).origin, demo.origin);
+    const snippet = await (await fetch(`${demo.origin}/.auth/deployments/${CHAT}/snippet`)).text();
+    const pasted = snippet.split('\n').find((l) => l.includes('/.auth/sdk.js'));
+    assert.ok((await page.content()).includes(pasted), 'the page carries the snippet\'s script element');
+    assert.equal(await page.evaluate(() => typeof window.messenger?.getTokens), 'function');
+  });
+
+  step('"Sign in" at the provider as bob; back on the site the SDK exchanges the code and the chat opens', async () => {
+    await page.locator('#sign-in').click();
+    await page.waitForURL((u) => u.origin === demo.provider && u.pathname === '/authorize');
+    const authorize = new URL(page.url()).searchParams;
+    assert.equal(authorize.get('redirect_uri'), `${demo.site}/`);
+    assert.equal(authorize.get('code_challenge_method'), 'S256');
+    await page.locator('button[name="user"][value="bob"]').click();
+    await page.waitForURL((u) => u.origin === demo.site && u.pathname === '/' && !u.search);
+    await chatOpens(page);
+    await page.locator('#log .msg.sys', { hasText: 'connected as Bob Other' }).waitFor();
+    assert.equal(await page.locator('#account').textContent(), 'Signed in as Bob Other');
+    assert.equal(await tokenCalls('exchange'), 1, 'one exchange at the token API');
+
+    await page.locator('#text').fill(message);
+    await page.locator('#send button[type="submit"]').click();
+    await page.locator('#log .msg').filter({ hasText: `Bob Other: ${message}` }).waitFor();
+
+    const shown = JSON.parse(await page.locator('#identity').textContent());
+    assert.equal(shown.identity['x-auth-subject'], 'bob');
+    assert.equal(shown.identity['x-auth-deployment'], CHAT);
+    assert.equal(typeof shown.identity['x-auth-assertion'], 'string');
+    // The token path, not portcullis's cookie login: the proxy's origin has no session cookie.
+    assert.ok(!(await context.cookies(demo.origin)).some((c) => c.name === 'portcullis'));
+    firstToken = await page.evaluate(() => window.messenger.token);
+    assert.match(firstToken, /^[\w-]+\.[\w-]+\.[\w-]+$/);
+    const refresh = await page.evaluate((id) => localStorage.getItem(`portcullis:${id}:refreshToken`), CHAT);
+    assert.ok(refresh, 'the site keeps the refresh token in localStorage');
+    assert.deepEqual((await tryTokenSocket(firstToken)).events, ['open', 'close 1000'],
+      'the control: the token opens a socket');
+  });
+
+  step('"Sign out" revokes: the page is signed out, its socket closed with 4002, the token refused', async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.locator('#sign-in').waitFor();
+    assert.ok(await page.locator('#chat').isHidden());
+    await page.locator('#notice', { hasText: 'signed out of the chat (logout)' }).waitFor();
+    assert.equal(await tokenCalls('revoke'), 1);
+    assert.equal(await page.evaluate((id) => localStorage.getItem(`portcullis:${id}:refreshToken`), CHAT), null);
+    const refused = await tryTokenSocket(firstToken);
+    assert.ok(!refused.events.includes('open'), `the revoked token opens nothing: ${JSON.stringify(refused)}`);
+
+    // portcullis closed bob's chat socket (the SDK's, at the deployment's
+    // messaging endpoint /v1) itself, with 4002.
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const closed = demo.log().split('\n').filter((l) => l.includes('portcullis::access')
+        && l.includes('path="/v1"') && /\bclose_code=4002\b/.test(l));
+      if (closed.some((l) => /\bsubject="?bob"?/.test(l))) break;
+      assert.ok(Date.now() < deadline, `the access log shows bob's socket closed with 4002:\n${closed.join('\n')}`);
+      await sleep(100);
+    }
     assert.deepEqual(pageErrors, [], 'no uncaught error in the page');
     assert.deepEqual(offLoopback, [], 'the browser stayed on loopback');
   });
