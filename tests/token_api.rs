@@ -20,10 +20,20 @@ const CALLBACK: &str = "http://127.0.0.1:7001/chat/callback";
 /// `extra_top`: YAML added at the top level, `support_extra`: lines added
 /// to the `support` messenger.
 async fn setup_with(extra_top: &str, support_extra: &str) -> (DevIdp, Proxy) {
+    setup_with_provider("", extra_top, support_extra).await
+}
+
+/// [`setup_with`], and `provider_extra`: lines added to the provider.
+async fn setup_with_provider(
+    provider_extra: &str,
+    extra_top: &str,
+    support_extra: &str,
+) -> (DevIdp, Proxy) {
     let idp = start_devidp(DevIdpOptions::default()).await;
     let backend = start_backend().await;
     let config = format!(
-        r#"{preamble}    scopes: [openid, email, profile, offline_access]
+        r#"{preamble}{provider_extra}
+    scopes: [openid, email, profile, offline_access]
 messengers:
   support:
     authentication: {{enabled: true, provider: dev}}
@@ -402,6 +412,34 @@ async fn every_bad_exchange_gets_its_own_clear_error_and_no_session() {
     );
     // The codes never reach the log.
     assert!(!proxy.log_text().contains(&code.code));
+}
+
+#[tokio::test]
+async fn a_login_older_than_the_sites_max_age_is_refused() {
+    // No clock skew forgiven, so that two seconds are older than one.
+    let (idp, proxy) = setup_with_provider("    clock_skew: 0s", NO_RATE_LIMITS, "").await;
+    let with_max_age = |code: &SiteCode, max_age: u64| {
+        let mut body = exchange_body("support", code);
+        body["oauth"]["maxAge"] = max_age.into();
+        body
+    };
+    let stale = site_login(&idp, CALLBACK, "alice").await;
+    let fresh = site_login(&idp, CALLBACK, "alice").await;
+    // Both logins are at least two whole seconds old when exchanged.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let (status, body) = post(&proxy, "/.auth/token", &with_max_age(&stale, 1)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(
+        body["error_description"],
+        "the provider's login is older than requested"
+    );
+    assert_eq!(token_result(&proxy, "exchange", "ok").await, None);
+
+    // The control: the same kind of login, with room in maxAge, is taken.
+    let (status, body) = post(&proxy, "/.auth/token", &with_max_age(&fresh, 3600)).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
