@@ -394,12 +394,13 @@ where
     })
 }
 
-/// A handshake carrying the sealed cookie of a live session of alice's,
-/// saved in `store`, and its admitted target.
-async fn session_request(
+/// A live session of alice's saved in `store`: a handshake carrying its
+/// sealed cookie, the admitted target, and a handshake carrying a messenger
+/// token of the session (as the token API issues it) instead.
+async fn session_and_messenger_token(
     runtime: &Runtime,
     store: &portcullis::session::store::MemoryStore,
-) -> (RequestHeader, route::Target) {
+) -> (RequestHeader, route::Target, RequestHeader) {
     use portcullis::session::store::SessionStore;
     use portcullis::session::{Session, SessionId};
     let now = std::time::SystemTime::now()
@@ -433,7 +434,21 @@ async fn session_request(
         .append_header("Cookie", format!("theme=dark; {name}={sealed}; lang=en"))
         .expect("header");
     let target = admit(runtime, &request, true).expect("admitted");
-    (request, target)
+    let (jwt, _) = portcullis::token::messenger::issue(
+        &runtime.keys,
+        &runtime.issuer,
+        "alice",
+        AUTH_DEPLOYMENT,
+        &id.public_id(),
+        now,
+        3600,
+    )
+    .expect("messenger token");
+    let mut by_jwt = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
+    by_jwt
+        .append_header("Authorization", format!("Bearer {jwt}"))
+        .expect("header");
+    (request, target, by_jwt)
 }
 
 fn bench_tokens(c: &mut Criterion) {
@@ -511,7 +526,8 @@ fn bench_tokens(c: &mut Criterion) {
     // The session-cookie path: open the sealed cookie (AES-256-GCM), look the
     // session up in the memory store, apply the policy, reuse the identity.
     let store = portcullis::session::store::MemoryStore::new(1000);
-    let (cookie_request, cookie_target) = tokio.block_on(session_request(runtime, &store));
+    let (cookie_request, cookie_target, jwt_request) =
+        tokio.block_on(session_and_messenger_token(runtime, &store));
     let by_cookie = tokio
         .block_on(authenticate(
             runtime,
@@ -529,6 +545,30 @@ fn bench_tokens(c: &mut Criterion) {
                     &store,
                     &cookie_target,
                     black_box(&cookie_request),
+                )
+                .await
+                .is_ok()
+            })
+        })
+    });
+
+    // The messenger-token path (token API): the jwt verified locally (cached
+    // until exp), then its session looked up by the public id it names.
+    let by_jwt = tokio
+        .block_on(authenticate(runtime, &store, &cookie_target, &jwt_request))
+        .expect("the messenger token authenticates");
+    assert!(
+        by_jwt.session.is_some() && by_jwt.rendered.identity.subject == "alice",
+        "the messenger token is bound to its session"
+    );
+    group.bench_function("authenticate_messenger_token", |b| {
+        b.iter_custom(|iters| {
+            time_async(tokio, iters, |_| async {
+                authenticate(
+                    black_box(runtime),
+                    &store,
+                    &cookie_target,
+                    black_box(&jwt_request),
                 )
                 .await
                 .is_ok()

@@ -13,6 +13,13 @@
 //!   login       --url http://PROXY --deployment D --cookie-file PATH [--user alice]
 //!                 a browser login at portcullis and the development provider;
 //!                 writes the session cookie (`name=value`) to PATH
+//!   token-api   --url http://PROXY --admin http://ADMIN --provider http://IDP --deployment D
+//!               --redirect-uri URI [--count N] [--jwt-file PATH] [--user alice]
+//!                 N site logins at the development provider (not timed), each code
+//!                 exchanged at portcullis's token API, then N refreshes in a chain;
+//!                 latency as the client sees it and portcullis's own time (its
+//!                 metric, which leaves out the provider's); writes the last
+//!                 messenger token to PATH
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
 //!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
@@ -124,6 +131,31 @@ enum Command {
         #[arg(long, default_value = "alice")]
         user: String,
     },
+    /// Token API latency: N exchanges (each of a fresh site login), then N refreshes.
+    TokenApi {
+        /// portcullis's base URL, e.g. http://127.0.0.1:18080.
+        #[arg(long)]
+        url: Url,
+        /// portcullis's admin base URL, for its metrics.
+        #[arg(long)]
+        admin: Url,
+        /// The development provider's issuer URL.
+        #[arg(long)]
+        provider: Url,
+        #[arg(long)]
+        deployment: String,
+        /// A redirect URI the deployment registers (the provider's answer is not followed).
+        #[arg(long)]
+        redirect_uri: Url,
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        count: u64,
+        /// Where to write the last messenger token.
+        #[arg(long)]
+        jwt_file: Option<PathBuf>,
+        /// One of the provider's users (alice, bob, carol).
+        #[arg(long, default_value = "alice")]
+        user: String,
+    },
     /// Keep-alive HTTP/1.1 GET requests from C connections for SECS seconds.
     Http {
         #[arg(long)]
@@ -226,6 +258,25 @@ fn run(command: Command) -> Result<()> {
             cookie_file,
             user,
         } => runtime(1)?.block_on(login(url, &deployment, &cookie_file, &user)),
+        Command::TokenApi {
+            url,
+            admin,
+            provider,
+            deployment,
+            redirect_uri,
+            count,
+            jwt_file,
+            user,
+        } => runtime(1)?.block_on(token_api(TokenApiRun {
+            url,
+            admin,
+            provider,
+            deployment,
+            redirect_uri,
+            count,
+            jwt_file,
+            user,
+        })),
         Command::Http {
             url,
             concurrency,
@@ -484,6 +535,232 @@ async fn login(url: Url, deployment: &str, cookie_file: &Path, user: &str) -> Re
         .and_then(|()| std::fs::rename(&partial, cookie_file))
         .with_context(|| format!("cannot write {}", cookie_file.display()))?;
     Ok(())
+}
+
+// ---------------------------------------------------------------- token API
+
+struct TokenApiRun {
+    url: Url,
+    admin: Url,
+    provider: Url,
+    deployment: String,
+    redirect_uri: Url,
+    count: u64,
+    jwt_file: Option<PathBuf>,
+    user: String,
+}
+
+/// A site's login at the development provider (authorization code, PKCE,
+/// nonce): what a site hands the token API.
+struct SiteCode {
+    code: String,
+    verifier: String,
+    nonce: String,
+    iss: Option<String>,
+}
+
+async fn site_login(client: &reqwest::Client, run: &TokenApiRun) -> Result<SiteCode> {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let random = || -> Result<String> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow::anyhow!("no randomness"))?;
+        Ok(b64(&bytes))
+    };
+    let (verifier, nonce, state) = (random()?, random()?, random()?);
+    let challenge =
+        b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref());
+    let mut authorize = run.provider.join("/authorize")?;
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "portcullis-demo")
+        .append_pair("redirect_uri", run.redirect_uri.as_str())
+        .append_pair("scope", "openid email profile offline_access")
+        .append_pair("state", &state)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let form = client.get(authorize.clone()).send().await?.text().await?;
+    let request_id = form
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the provider's page has no login form")?;
+    let chosen = client
+        .post(authorize.join("/authorize/login")?)
+        .form(&[("request", request_id), ("user", run.user.as_str())])
+        .send()
+        .await?;
+    let back = chosen
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .with_context(|| {
+            format!(
+                "the provider answered {} without a Location",
+                chosen.status()
+            )
+        })?;
+    let back = Url::parse(back)?;
+    let param = |name: &str| {
+        back.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    ensure!(
+        param("state").as_deref() == Some(state.as_str()),
+        "the provider's answer has another state"
+    );
+    Ok(SiteCode {
+        code: param("code").context("the provider's answer has no code")?,
+        verifier,
+        nonce,
+        iss: param("iss"),
+    })
+}
+
+/// `sum / count` of portcullis's `portcullis_token_api_duration_seconds`
+/// for `operation`, from its metrics page.
+async fn portcullis_time(
+    client: &reqwest::Client,
+    admin: &Url,
+    operation: &str,
+) -> Result<(f64, f64)> {
+    let text = client
+        .get(admin.join("/metrics")?)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let label = format!("operation=\"{operation}\"");
+    let value = |suffix: &str| -> f64 {
+        let name = format!("portcullis_token_api_duration_seconds_{suffix}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&name) && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Ok((value("sum"), value("count")))
+}
+
+/// One timed token API call; the answer's JSON when it is a 200.
+async fn token_call(
+    client: &reqwest::Client,
+    url: Url,
+    body: &serde_json::Value,
+    tally: &mut Tally,
+) -> Option<serde_json::Value> {
+    let started = Instant::now();
+    let result = async {
+        let resp = client.post(url).json(body).send().await?;
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await?;
+        ensure!(status == 200, "status {status}: {answer}");
+        Ok::<_, anyhow::Error>(answer)
+    }
+    .await;
+    match result {
+        Ok(answer) => {
+            tally.success(started);
+            Some(answer)
+        }
+        Err(e) => {
+            tally.error(e);
+            None
+        }
+    }
+}
+
+async fn token_api(run: TokenApiRun) -> Result<()> {
+    loopback_target(&run.url, "http").await?;
+    loopback_target(&run.admin, "http").await?;
+    loopback_target(&run.provider, "http").await?;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(IO_TIMEOUT)
+        .build()?;
+    let exchange_url = run.url.join("/.auth/token")?;
+    let refresh_url = run.url.join("/.auth/token/refresh")?;
+
+    let before = portcullis_time(&client, &run.admin, "exchange").await?;
+    let mut exchanges = Tally::default();
+    let mut last = None;
+    for _ in 0..run.count {
+        let code = site_login(&client, &run).await?;
+        let body = serde_json::json!({
+            "deploymentId": run.deployment,
+            "oauth": {
+                "code": code.code,
+                "redirectUri": run.redirect_uri.as_str(),
+                "codeVerifier": code.verifier,
+                "nonce": code.nonce,
+                "iss": code.iss,
+            }
+        });
+        if let Some(answer) = token_call(&client, exchange_url.clone(), &body, &mut exchanges).await
+        {
+            last = Some(answer);
+        }
+    }
+    let after = portcullis_time(&client, &run.admin, "exchange").await?;
+    let exchange_own = own_mean_us(before, after);
+
+    let mut answer = last.context("no exchange succeeded")?;
+    let before = portcullis_time(&client, &run.admin, "refresh").await?;
+    let mut refreshes = Tally::default();
+    for _ in 0..run.count {
+        let refresh_token = answer["refreshToken"]
+            .as_str()
+            .context("an answer without refreshToken")?
+            .to_string();
+        let body =
+            serde_json::json!({"deploymentId": run.deployment, "refreshToken": refresh_token});
+        match token_call(&client, refresh_url.clone(), &body, &mut refreshes).await {
+            Some(next) => answer = next,
+            None => break, // the chain is broken: a rotated token cannot be used again
+        }
+    }
+    let after = portcullis_time(&client, &run.admin, "refresh").await?;
+    let refresh_own = own_mean_us(before, after);
+
+    if let Some(path) = &run.jwt_file {
+        let jwt = answer["jwt"].as_str().context("an answer without jwt")?;
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, jwt)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    for (kind, tally, own) in [
+        ("exchange", exchanges, exchange_own),
+        ("refresh", refreshes, refresh_own),
+    ] {
+        let mean = mean_us(&tally.latencies_us);
+        let total = Duration::from_micros(tally.latencies_us.iter().map(|&us| u64::from(us)).sum());
+        tally.report(
+            kind,
+            "calls",
+            total,
+            &format!(" mean_us={mean:.0} portcullis_mean_us={own:.0}"),
+        );
+    }
+    Ok(())
+}
+
+fn mean_us(samples: &[u32]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.iter().map(|&us| f64::from(us)).sum::<f64>() / samples.len() as f64
+}
+
+/// Mean of what was observed between two `(sum_s, count)` readings, in µs.
+fn own_mean_us(before: (f64, f64), after: (f64, f64)) -> f64 {
+    let count = after.1 - before.1;
+    if count <= 0.0 {
+        return 0.0;
+    }
+    (after.0 - before.0) / count * 1e6
 }
 
 // ---------------------------------------------------------------- results

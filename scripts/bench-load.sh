@@ -2,17 +2,20 @@
 # Load comparison of the demo echo backend reached directly, through a bare
 # Pingora proxy (the baseline), through portcullis to a deployment without
 # authentication, through portcullis to a deployment that requires a bearer
-# token (the same token on every request: the token-cache path), and to one
+# token (the same token on every request: the token-cache path), to one
 # authenticated by a browser session cookie (one login, then the cookie on
-# every request: the session path); then the memory portcullis spends per
-# idle WebSocket. Prints markdown tables.
+# every request: the session path), and to one authenticated by a messenger
+# token of the token API (one site login exchanged, then that jwt on every
+# request: local verification plus the session lookup); the token API's own
+# latency (TOKEN_COUNT exchanges and refreshes, one at a time); then the
+# memory portcullis spends per idle WebSocket. Prints markdown tables.
 #
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
 #
 # Usage: scripts/bench-load.sh
 # Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
-# WS_CONCURRENCY (16), HOLD_COUNT (5000), SERVER_LIFETIME seconds (1800),
+# WS_CONCURRENCY (16), HOLD_COUNT (5000), TOKEN_COUNT (200), SERVER_LIFETIME seconds (1800),
 # PINNED (0; 1: the proxy under test alone on CPU 0, the backend, provider and
 # load tool on the other CPUs, so the proxies' rates measure their own costs
 # rather than their share of CPUs they contend for with the backend).
@@ -31,6 +34,7 @@ DURATION=${DURATION:-10}
 HTTP_CONCURRENCY=${HTTP_CONCURRENCY:-32}
 WS_CONCURRENCY=${WS_CONCURRENCY:-16}
 HOLD_COUNT=${HOLD_COUNT:-5000}
+TOKEN_COUNT=${TOKEN_COUNT:-200}
 # Servers are stopped on exit; the lifetime bounds them even if this script
 # itself is killed outright and its trap never runs.
 SERVER_LIFETIME=${SERVER_LIFETIME:-1800}
@@ -55,6 +59,9 @@ ADMIN_PORT=19090
 DEPLOYMENT=bench-deployment
 AUTH_DEPLOYMENT=bench-auth
 SESSION_DEPLOYMENT=bench-session
+MESSENGER_DEPLOYMENT=bench-messenger
+# Where the token API's site "receives" its codes (never fetched).
+SITE_CALLBACK=http://127.0.0.1/callback
 ORIGIN=http://bench.localhost
 # The same request for every target, so the backend does the same work; only
 # the deployment differs between portcullis's two deployments.
@@ -152,14 +159,21 @@ messengers:
   open: {authentication: {enabled: false}}
   bearer: {authentication: {enabled: true, provider: dev}, assertion: false}
   session: {authentication: {enabled: true, provider: dev}, assertion: false}
+  messenger: {authentication: {enabled: true, provider: dev}, assertion: false}
 upstreams:
   backend: {servers: ["$HOST:$BACKEND_PORT"]}
 deployments:
   - {id: $DEPLOYMENT, messenger: open, upstream: backend, allowed_origins: ["$ORIGIN"]}
   - {id: $AUTH_DEPLOYMENT, messenger: bearer, upstream: backend, allowed_origins: ["$ORIGIN"]}
   - {id: $SESSION_DEPLOYMENT, messenger: session, upstream: backend, allowed_origins: ["$ORIGIN"]}
+  - {id: $MESSENGER_DEPLOYMENT, messenger: messenger, upstream: backend, allowed_origins: ["$ORIGIN"],
+     redirect_uris: ["$SITE_CALLBACK"]}
 routes:
   - {path_prefix: /v1, deployment_from: {query: deploymentId}}
+# One client address makes every token API call here: lift its budget.
+rate_limits:
+  per_client: {per_minute: 1000000, burst: 100000}
+  per_deployment: {per_minute: 1000000, burst: 100000}
 logging: {format: text, level: warn}
 EOF
 
@@ -219,14 +233,37 @@ if [ "$(field "$with_cookie" errors)" != 0 ] || [ "$(field "$with_cookie" reques
     exit 1
 fi
 
+# The token API: site logins exchanged one at a time, then a chain of
+# refreshes; the last messenger token authenticates the messenger target.
+echo "portcullis: token API, $TOKEN_COUNT exchanges and $TOKEN_COUNT refreshes" >&2
+token_result=$("${other_cpus[@]}" "$load_bin" token-api --url "http://$HOST:$PORTCULLIS_PORT" \
+    --admin "http://$HOST:$ADMIN_PORT" --provider "http://$HOST:$IDP_PORT" \
+    --deployment "$MESSENGER_DEPLOYMENT" --redirect-uri "$SITE_CALLBACK" --count "$TOKEN_COUNT" \
+    --jwt-file "$work/jwt" 2>>"$work/client.log")
+exchange_line=$(grep '^exchange ' <<<"$token_result")
+refresh_line=$(grep '^refresh ' <<<"$token_result")
+if [ "$(field "$exchange_line" errors)" != 0 ] || [ "$(field "$refresh_line" errors)" != 0 ] || [ ! -s "$work/jwt" ]; then
+    echo "the token API run failed: $token_result" >&2
+    sed 's/^/    /' "$work/client.log" >&2
+    exit 1
+fi
+messenger_jwt="Authorization: Bearer $(cat "$work/jwt")"
+with_jwt=$("$load_bin" http --url "http://$HOST:$PORTCULLIS_PORT$(request_path "$MESSENGER_DEPLOYMENT")" \
+    --concurrency 1 --duration 1 --header "Origin: $ORIGIN" --header "$messenger_jwt" 2>>"$work/preflight.log")
+if [ "$(field "$with_jwt" errors)" != 0 ] || [ "$(field "$with_jwt" requests)" = 0 ]; then
+    echo "pre-flight of $MESSENGER_DEPLOYMENT with the messenger token failed: $with_jwt" >&2
+    sed 's/^/    /' "$work/preflight.log" >&2
+    exit 1
+fi
+
 declare -A http_result ws_result
-targets=(direct-backend bare-pingora portcullis portcullis-bearer portcullis-session)
+targets=(direct-backend bare-pingora portcullis portcullis-bearer portcullis-session portcullis-messenger)
 declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT
     [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT
-    [portcullis-session]=$PORTCULLIS_PORT)
+    [portcullis-session]=$PORTCULLIS_PORT [portcullis-messenger]=$PORTCULLIS_PORT)
 declare -A deployment_of=([direct-backend]=$DEPLOYMENT [bare-pingora]=$DEPLOYMENT
     [portcullis]=$DEPLOYMENT [portcullis-bearer]=$AUTH_DEPLOYMENT
-    [portcullis-session]=$SESSION_DEPLOYMENT)
+    [portcullis-session]=$SESSION_DEPLOYMENT [portcullis-messenger]=$MESSENGER_DEPLOYMENT)
 
 for target in "${targets[@]}"; do
     port=${port_of[$target]}
@@ -234,6 +271,7 @@ for target in "${targets[@]}"; do
     extra=()
     if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
     if [ "$target" = portcullis-session ]; then extra=(--header "$session_cookie"); fi
+    if [ "$target" = portcullis-messenger ]; then extra=(--header "$messenger_jwt"); fi
     echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
     http_result[$target]=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
@@ -271,7 +309,8 @@ if [ "$PINNED" = 1 ]; then pinning="proxies pinned to CPU 0, everything else to 
 echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores, $pinning;" \
     "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x, ${DURATION}s each;" \
     "portcullis-bearer: one RS256 access token on every request (token cache);" \
-    "portcullis-session: one session cookie on every request"
+    "portcullis-session: one session cookie on every request;" \
+    "portcullis-messenger: one messenger token (token API) on every request"
 echo
 echo "| target | HTTP req/s | vs auth-disabled | HTTP p50 µs | HTTP p99 µs | HTTP max µs | HTTP errors | WS handshakes/s | vs auth-disabled | WS p50 µs | WS p99 µs | WS errors | WS closes unanswered |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -291,6 +330,15 @@ echo "portcullis bearer (cached token) / auth-disabled: HTTP req/s $(rate_ratio 
     "handshakes/s $(rate_ratio ws portcullis-bearer)"
 echo "portcullis session cookie / auth-disabled: HTTP req/s $(rate_ratio http portcullis-session)," \
     "handshakes/s $(rate_ratio ws portcullis-session)"
+echo "portcullis messenger token / auth-disabled: HTTP req/s $(rate_ratio http portcullis-messenger)," \
+    "handshakes/s $(rate_ratio ws portcullis-messenger)"
+echo
+echo "| token API, one call at a time | calls | errors | client p50 µs | client p99 µs | client mean µs | portcullis's own mean µs (provider time left out) |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for line in "$exchange_line" "$refresh_line"; do
+    echo "| ${line%% *} | $(field "$line" calls) | $(field "$line" errors) | $(field "$line" p50_us) | $(field "$line" p99_us)" \
+        "| $(field "$line" mean_us) | $(field "$line" portcullis_mean_us) |"
+done
 echo
 echo "| portcullis, idle WebSockets | opened | errors | open time s | RSS before KiB | RSS after KiB | KiB per connection | closes answered | closes unanswered | close errors |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
