@@ -132,30 +132,7 @@ enum Command {
         user: String,
     },
     /// Token API latency: N exchanges (each of a fresh site login), then N refreshes.
-    TokenApi {
-        /// portcullis's base URL, e.g. http://127.0.0.1:18080.
-        #[arg(long)]
-        url: Url,
-        /// portcullis's admin base URL, for its metrics.
-        #[arg(long)]
-        admin: Url,
-        /// The development provider's issuer URL.
-        #[arg(long)]
-        provider: Url,
-        #[arg(long)]
-        deployment: String,
-        /// A redirect URI the deployment registers (the provider's answer is not followed).
-        #[arg(long)]
-        redirect_uri: Url,
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-        count: u64,
-        /// Where to write the last messenger token.
-        #[arg(long)]
-        jwt_file: Option<PathBuf>,
-        /// One of the provider's users (alice, bob, carol).
-        #[arg(long, default_value = "alice")]
-        user: String,
-    },
+    TokenApi(Box<TokenApiRun>),
     /// Keep-alive HTTP/1.1 GET requests from C connections for SECS seconds.
     Http {
         #[arg(long)]
@@ -258,25 +235,7 @@ fn run(command: Command) -> Result<()> {
             cookie_file,
             user,
         } => runtime(1)?.block_on(login(url, &deployment, &cookie_file, &user)),
-        Command::TokenApi {
-            url,
-            admin,
-            provider,
-            deployment,
-            redirect_uri,
-            count,
-            jwt_file,
-            user,
-        } => runtime(1)?.block_on(token_api(TokenApiRun {
-            url,
-            admin,
-            provider,
-            deployment,
-            redirect_uri,
-            count,
-            jwt_file,
-            user,
-        })),
+        Command::TokenApi(run) => runtime(1)?.block_on(token_api(*run)),
         Command::Http {
             url,
             concurrency,
@@ -539,14 +498,29 @@ async fn login(url: Url, deployment: &str, cookie_file: &Path, user: &str) -> Re
 
 // ---------------------------------------------------------------- token API
 
+#[derive(clap::Args)]
 struct TokenApiRun {
+    /// portcullis's base URL, e.g. http://127.0.0.1:18080.
+    #[arg(long)]
     url: Url,
+    /// portcullis's admin base URL, for its metrics.
+    #[arg(long)]
     admin: Url,
+    /// The development provider's issuer URL.
+    #[arg(long)]
     provider: Url,
+    #[arg(long)]
     deployment: String,
+    /// A redirect URI the deployment registers (the provider's answer is not followed).
+    #[arg(long)]
     redirect_uri: Url,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     count: u64,
+    /// Where to write the last messenger token.
+    #[arg(long)]
     jwt_file: Option<PathBuf>,
+    /// One of the provider's users (alice, bob, carol).
+    #[arg(long, default_value = "alice")]
     user: String,
 }
 
