@@ -12,8 +12,9 @@ import WebSocket, { WebSocketServer } from 'ws';
 // answers an HTTP request with them as JSON; on an upgrade it verifies
 // X-Auth-Assertion against `assertionKeys` (audience: `upstream`, the
 // upstream's name in portcullis's config; issuer: `assertionIssuer`) and
-// sends a JSON welcome (what it received, the protocol chosen, and the
-// verified assertion), then echoes. Returns `seen`, `port` and `close()`.
+// sends a JSON welcome (what it received, the protocol chosen, the verified
+// assertion, and the demo backend's `user` and `identity`: the name it
+// greets, the X-Auth-* headers), then echoes. Returns `seen`, `port` and `close()`.
 export async function startBackend({ upstream }) {
   const seen = [];
   const backend = {
@@ -47,8 +48,14 @@ export async function startBackend({ upstream }) {
       }
     }
     ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+    // `user` and `identity` as the demo's chat backend (src/demo/backend.rs)
+    // names them, which the demo pages show.
+    const user = ['x-auth-name', 'x-auth-email', 'x-auth-subject']
+      .map((h) => req.headers[h]).find((v) => v !== undefined) ?? 'anonymous';
+    const identity = Object.fromEntries(Object.entries(req.headers)
+      .filter(([name]) => name.startsWith('x-auth-')));
     ws.send(JSON.stringify({
-      type: 'welcome', url: req.url, headers: req.headers, protocol: ws.protocol, assertion,
+      type: 'welcome', url: req.url, headers: req.headers, protocol: ws.protocol, assertion, user, identity,
     }));
   });
   server.listen(0, '127.0.0.1');
