@@ -272,6 +272,7 @@
       // the routine refreshes of a running session.
       const started = login || !this._session;
       this._session = true;
+      this._loggedOut = false;
       if (started) this._emit("authenticated", info);
       return info;
     }
@@ -468,6 +469,10 @@
       this._localLogout("logout", true);
     }
     _localLogout(reason, tellOthers) {
+      // Once per session: a tab whose socket portcullis closed (4002) hears
+      // the other tab's broadcast of the same logout right after.
+      const announced = this._loggedOut;
+      this._loggedOut = true;
       this._dropTokens(true);
       this._writeRT(null);
       for (const s of [...this._sockets]) s._halt(1000, "logged out");
@@ -479,7 +484,7 @@
           ls.removeItem(this._key + ":logout");
         } catch (_) { /* no other tab to tell */ }
       }
-      this._emit("loggedOut", { reason });
+      if (!announced) this._emit("loggedOut", { reason });
     }
 
     // ---- messaging ----

@@ -9,21 +9,20 @@
 // process exits by itself.
 //
 // E2E_SHOW_LOG=1 prints the demo's log when the suite ends.
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import { chromium } from 'playwright-core';
-
+import {
+  launchChromium, stepper, watchedContext,
+} from '../lib/browser.mjs';
 import {
   REPO_ROOT, freePort, launchPortcullis, metricSum, sleep, waitUntilReady,
 } from '../lib/portcullis.mjs';
 
 // The chat deployment of conf/demo.yaml (the page's default).
 const CHAT = '6f2d3c1a-0b4e-4c5d-9e8f-7a6b5c4d3e2f';
-const STEP_MS = 15_000; // every wait of playwright in a step
 const TEST_MS = 45_000; // a whole step, screenshot included
 
 // The log without terminal colours (NO_COLOR is set, but to be sure).
@@ -126,65 +125,22 @@ describe('the demo in headless Chromium: log in as alice, chat, log out', () => 
   let context;
   let page; // the tab the person uses
   let watcher; // a second tab, open on the chat while the first logs out
-  let shotsDir;
-  let broken; // the step that failed; later steps are skipped
-  const offLoopback = []; // requests the browser made anywhere else
-  const pageErrors = []; // uncaught exceptions in the demo page
+  let watched; // the context, and what it recorded (lib/browser.mjs)
   const pageSockets = []; // the chat sockets of `page`
-  const consoleLines = []; // what the tabs logged, for failure messages
   const message = `hello from chromium ${Math.random().toString(36).slice(2, 8)}`;
 
-  // One step: skipped after a failure; a failure gets screenshots of every
-  // open tab (paths in the message) and the end of the demo's log.
-  const step = (name, fn) => test(name, { timeout: TEST_MS }, async (t) => {
-    if (broken) {
-      t.skip(`"${broken}" failed`);
-      return;
-    }
-    try {
-      await fn();
-    } catch (error) {
-      broken = name;
-      const shots = [];
-      for (const [i, p] of (context?.pages() ?? []).entries()) {
-        try {
-          shotsDir ??= await mkdtemp(path.join(tmpdir(), 'portcullis-e2e-screenshots-'));
-          const file = path.join(shotsDir, `${name.replace(/[^a-z0-9]+/gi, '-')}-tab${i}.png`);
-          await p.screenshot({ path: file, fullPage: true, timeout: 5000 });
-          shots.push(`${file} (${p.url()})`);
-        } catch (e) {
-          shots.push(`tab ${i}: no screenshot (${e.message.split('\n')[0]})`);
-        }
-      }
-      const tail = demo ? demo.log().split('\n').slice(-30).join('\n') : '';
-      throw new Error(
-        `${error.message}\nscreenshots:\n  ${shots.join('\n  ') || '(no open tab)'}\n`
-        + `the browser's console:\n  ${consoleLines.slice(-20).join('\n  ')}\n`
-        + `end of the demo's log:\n${tail}`,
-        { cause: error },
-      );
-    }
+  const step = stepper({
+    label: 'demo',
+    watched: () => watched,
+    logTail: () => (demo ? demo.log().split('\n').slice(-30).join('\n') : ''),
+    timeoutMs: TEST_MS,
   });
 
   before(async () => {
     demo = await startDemo();
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-      headless: true,
-      timeout: 30_000,
-      args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync'],
-    });
-    // A fresh context: a new profile, no cookies.
-    context = await browser.newContext({ viewport: { width: 900, height: 800 } });
-    context.setDefaultTimeout(STEP_MS);
-    context.setDefaultNavigationTimeout(STEP_MS);
-    context.on('request', (r) => {
-      const { hostname } = new URL(r.url());
-      if (hostname !== '127.0.0.1') offLoopback.push(r.url());
-    });
-    context.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()} (${m.page()?.url()})`));
-    context.on('weberror', (e) => pageErrors.push(e.error().message));
+    browser = await launchChromium();
+    watched = await watchedContext(browser);
+    ({ context } = watched);
     page = await context.newPage();
     page.on('websocket', (ws) => {
       if (new URL(ws.url()).pathname === '/v1/chat') pageSockets.push(ws);
@@ -333,8 +289,8 @@ describe('the demo in headless Chromium: log in as alice, chat, log out', () => 
     assert.ok(lines.filter((l) => /\bclose_code=4002\b/.test(l))
       .every((l) => /\bsubject="?alice"?/.test(l)), lines.join('\n'));
 
-    assert.deepEqual(pageErrors, [], 'no uncaught error in the page');
-    assert.deepEqual(offLoopback, [], 'the browser stayed on loopback');
+    assert.deepEqual(watched.pageErrors, [], 'no uncaught error in the page');
+    assert.deepEqual(watched.offLoopback, [], 'the browser stayed on loopback');
   });
 });
 
@@ -346,40 +302,16 @@ describe('the demo in headless Chromium: log in as alice, chat, log out', () => 
 describe('the demo\'s company site: its own login, the SDK exchanges the code, chat, sign out', () => {
   let demo;
   let browser;
-  let context;
+  let watched; // the context, and what it recorded (lib/browser.mjs)
   let page;
-  let broken;
   let firstToken; // the messenger token the SDK got by the exchange
-  const offLoopback = [];
-  const pageErrors = [];
-  const consoleLines = [];
   const message = `hello from the site ${Math.random().toString(36).slice(2, 8)}`;
 
-  const step = (name, fn) => test(name, { timeout: TEST_MS }, async (t) => {
-    if (broken) {
-      t.skip(`"${broken}" failed`);
-      return;
-    }
-    try {
-      await fn();
-    } catch (error) {
-      broken = name;
-      let shot = '(no screenshot)';
-      try {
-        const dir = await mkdtemp(path.join(tmpdir(), 'portcullis-e2e-screenshots-'));
-        shot = path.join(dir, `site-${name.replace(/[^a-z0-9]+/gi, '-')}.png`);
-        await page.screenshot({ path: shot, fullPage: true, timeout: 5000 });
-      } catch (e) {
-        shot = `(no screenshot: ${e.message.split('\n')[0]})`;
-      }
-      const tail = demo ? demo.log().split('\n').slice(-30).join('\n') : '';
-      throw new Error(
-        `${error.message}\nscreenshot: ${shot} (${page?.url()})\n`
-        + `the browser's console:\n  ${consoleLines.slice(-20).join('\n  ')}\n`
-        + `end of the demo's log:\n${tail}`,
-        { cause: error },
-      );
-    }
+  const step = stepper({
+    label: 'site',
+    watched: () => watched,
+    logTail: () => (demo ? demo.log().split('\n').slice(-30).join('\n') : ''),
+    timeoutMs: TEST_MS,
   });
 
   const tokenCalls = async (operation, result = 'ok') => {
@@ -402,22 +334,9 @@ describe('the demo\'s company site: its own login, the SDK exchanges the code, c
 
   before(async () => {
     demo = await startDemo();
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-      headless: true,
-      timeout: 30_000,
-      args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync'],
-    });
-    context = await browser.newContext({ viewport: { width: 900, height: 800 } });
-    context.setDefaultTimeout(STEP_MS);
-    context.setDefaultNavigationTimeout(STEP_MS);
-    context.on('request', (r) => {
-      if (new URL(r.url()).hostname !== '127.0.0.1') offLoopback.push(r.url());
-    });
-    context.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()} (${m.page()?.url()})`));
-    context.on('weberror', (e) => pageErrors.push(e.error().message));
-    page = await context.newPage();
+    browser = await launchChromium();
+    watched = await watchedContext(browser);
+    page = await watched.context.newPage();
   }, { timeout: 600_000 });
 
   after(async () => {
@@ -467,7 +386,7 @@ describe('the demo\'s company site: its own login, the SDK exchanges the code, c
     assert.equal(shown.identity['x-auth-deployment'], CHAT);
     assert.equal(typeof shown.identity['x-auth-assertion'], 'string');
     // The token path, not portcullis's cookie login: the proxy's origin has no session cookie.
-    assert.ok(!(await context.cookies(demo.origin)).some((c) => c.name === 'portcullis'));
+    assert.ok(!(await watched.context.cookies(demo.origin)).some((c) => c.name === 'portcullis'));
     firstToken = await page.evaluate(() => window.messenger.token);
     assert.match(firstToken, /^[\w-]+\.[\w-]+\.[\w-]+$/);
     const refresh = await page.evaluate((id) => localStorage.getItem(`portcullis:${id}:refreshToken`), CHAT);
@@ -496,7 +415,7 @@ describe('the demo\'s company site: its own login, the SDK exchanges the code, c
       assert.ok(Date.now() < deadline, `the access log shows bob's socket closed with 4002:\n${closed.join('\n')}`);
       await sleep(100);
     }
-    assert.deepEqual(pageErrors, [], 'no uncaught error in the page');
-    assert.deepEqual(offLoopback, [], 'the browser stayed on loopback');
+    assert.deepEqual(watched.pageErrors, [], 'no uncaught error in the page');
+    assert.deepEqual(watched.offLoopback, [], 'the browser stayed on loopback');
   });
 });

@@ -718,6 +718,25 @@ describe('logout', () => {
     });
   }
 
+  test('the other tab, whose chat portcullis closed with 4002, hears of the logout once', async () => {
+    const world = makeWorld();
+    const a = await loggedIn(world, { storage: 'local' });
+    const bTab = openTab(world);
+    const b = bTab.create({ storage: 'local' });
+    const bLog = record(b);
+    await onceReady(b);
+    const s = b.connect('wss://chat.example/');
+    const closes = [];
+    s.onclose = (e) => closes.push(e.code);
+    await flush();
+    world.sockets[0].accept();
+    await a.m.logout(); // the server drops b's socket with 4002, then a broadcasts
+    await flush();
+    assert.deepEqual(closes, [4002]);
+    assert.deepEqual(plain(bLog.of('loggedOut')), [{ reason: 'revoked' }]);
+    assert.deepEqual(plain(a.log.of('loggedOut')), [{ reason: 'logout' }]);
+  });
+
   test('401 on DELETE counts as logged out', async () => {
     const world = makeWorld();
     const { tab, m, log } = await loggedIn(world);
