@@ -23,6 +23,10 @@
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
 //!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
+//!               [--forced-close http://ADMIN/admin/connections?...]
+//!                 with --forced-close, the held sockets are not closed by the client:
+//!                 the tool sends DELETE to that admin URL and times each socket's
+//!                 close frame from the moment the DELETE was sent
 //!
 //! Every address, listened on or connected to, must be loopback: this tool
 //! generates load, and load aimed at someone else's server is an attack.
@@ -187,6 +191,10 @@ enum Command {
         /// Worker threads of this client.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
+        /// An admin URL whose DELETE closes the held sockets (e.g.
+        /// /admin/connections?deployment=D): time how long each takes to close.
+        #[arg(long)]
+        forced_close: Option<Url>,
     },
 }
 
@@ -270,6 +278,7 @@ fn run(command: Command) -> Result<()> {
             origin,
             headers,
             threads,
+            forced_close,
         } => runtime(threads)?.block_on(hold(
             url,
             origin,
@@ -277,6 +286,7 @@ fn run(command: Command) -> Result<()> {
             count,
             Duration::from_secs(seconds),
             pid,
+            forced_close,
         )),
     }
 }
@@ -1138,7 +1148,11 @@ async fn hold(
     count: u64,
     hold_for: Duration,
     pid: Option<u32>,
+    forced_close: Option<Url>,
 ) -> Result<()> {
+    if let Some(admin) = &forced_close {
+        loopback_target(admin, "http").await?;
+    }
     let fd_limit = raise_fd_limit()?;
     ensure!(
         count + FD_MARGIN <= fd_limit,
@@ -1192,6 +1206,9 @@ async fn hold(
         eprintln!("load: hold: first error: {e}");
     }
 
+    if let Some(admin) = forced_close {
+        return forced_closes(held, admin).await;
+    }
     let closes: Vec<Result<bool>> = stream::iter(held)
         .map(close)
         .buffer_unordered(OPEN_PARALLELISM)
@@ -1206,6 +1223,66 @@ async fn hold(
     if let Some(Err(e)) = closes.iter().find(|c| c.is_err()) {
         eprintln!("load: hold: first close error: {e:#}");
     }
+    Ok(())
+}
+
+/// Sends DELETE to `admin` and waits for every held socket's close frame:
+/// prints how long they took, counted from the moment the DELETE was sent,
+/// and the close codes seen.
+async fn forced_closes(held: Vec<Ws>, admin: Url) -> Result<()> {
+    let count = held.len();
+    let started = Instant::now();
+    let waits = stream::iter(held)
+        .map(|mut ws| async move {
+            let waited = timeout(IO_TIMEOUT, async {
+                while let Some(message) = ws.next().await {
+                    if let Ok(Message::Close(frame)) = message {
+                        return Some(frame.map_or(1005, |f| u16::from(f.code)));
+                    }
+                    message.ok()?;
+                }
+                None
+            })
+            .await;
+            (waited.ok().flatten(), started.elapsed())
+        })
+        .buffer_unordered(count.max(1))
+        .collect::<Vec<_>>();
+    let delete = async {
+        let resp = reqwest::Client::new()
+            .delete(admin)
+            .timeout(IO_TIMEOUT)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "the admin close answered {}",
+            resp.status()
+        );
+        anyhow::Ok(())
+    };
+    let (outcomes, deleted) = tokio::join!(waits, delete);
+    deleted?;
+    let mut tally = Tally::default();
+    let mut codes = std::collections::BTreeMap::<u16, usize>::new();
+    for (code, elapsed) in outcomes {
+        match code {
+            Some(code) => {
+                *codes.entry(code).or_default() += 1;
+                tally
+                    .latencies_us
+                    .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+            }
+            None => tally.error("no close frame within the I/O timeout"),
+        }
+    }
+    let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+    tally.report(
+        "forced-close",
+        "closed",
+        started.elapsed(),
+        &format!(" codes={}", codes.join(",")),
+    );
     Ok(())
 }
 

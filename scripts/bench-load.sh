@@ -8,14 +8,16 @@
 # token of the token API (one site login exchanged, then that jwt on every
 # request: local verification plus the session lookup); the token API's own
 # latency (TOKEN_COUNT exchanges and refreshes, one at a time); then the
-# memory portcullis spends per idle WebSocket. Prints markdown tables.
+# memory portcullis spends per idle WebSocket, and how long it takes to close
+# FORCED_COUNT live WebSockets at once. Prints markdown tables.
 #
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
 #
 # Usage: scripts/bench-load.sh
 # Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
-# WS_CONCURRENCY (16), HOLD_COUNT (5000), TOKEN_COUNT (200), SERVER_LIFETIME seconds (1800),
+# WS_CONCURRENCY (16), HOLD_COUNT (5000), TOKEN_COUNT (200), FORCED_COUNT (2000),
+# SERVER_LIFETIME seconds (1800),
 # PINNED (0; 1: the proxy under test alone on CPU 0, the backend, provider and
 # load tool on the other CPUs, so the proxies' rates measure their own costs
 # rather than their share of CPUs they contend for with the backend).
@@ -35,6 +37,7 @@ HTTP_CONCURRENCY=${HTTP_CONCURRENCY:-32}
 WS_CONCURRENCY=${WS_CONCURRENCY:-16}
 HOLD_COUNT=${HOLD_COUNT:-5000}
 TOKEN_COUNT=${TOKEN_COUNT:-200}
+FORCED_COUNT=${FORCED_COUNT:-2000}
 # Servers are stopped on exit; the lifetime bounds them even if this script
 # itself is killed outright and its trap never runs.
 SERVER_LIFETIME=${SERVER_LIFETIME:-1800}
@@ -290,6 +293,16 @@ hold_result=$("$load_bin" hold --url "ws://$HOST:$PORTCULLIS_PORT$(ws_path "$DEP
 hold_line=$(grep '^hold opened=' <<<"$hold_result")
 close_line=$(grep '^hold closed=' <<<"$hold_result")
 
+# How fast portcullis ends live connections when told to: sockets of the
+# session deployment (the cookie), all closed at once by the admin endpoint
+# (the same close path as logout, revocation and expiry), each timed from
+# the moment the DELETE was sent to its close frame.
+echo "portcullis: $FORCED_COUNT WebSockets closed by the admin endpoint" >&2
+forced_result=$("$load_bin" hold --url "ws://$HOST:$PORTCULLIS_PORT$(ws_path "$SESSION_DEPLOYMENT")" \
+    --count "$FORCED_COUNT" --hold 1 --origin "$ORIGIN" --header "$session_cookie" \
+    --forced-close "http://$HOST:$ADMIN_PORT/admin/connections?deployment=$SESSION_DEPLOYMENT" 2>>"$work/client.log")
+forced_line=$(grep '^forced-close ' <<<"$forced_result")
+
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
 }
@@ -345,6 +358,14 @@ echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 echo "| $HOLD_COUNT requested | $(field "$hold_line" opened) | $(field "$hold_line" errors) | $(field "$hold_line" open_s)" \
     "| $(field "$hold_line" rss_before_kib) | $(field "$hold_line" rss_after_kib) | $(field "$hold_line" kib_per_conn)" \
     "| $(field "$close_line" closed) | $(field "$close_line" unanswered_closes) | $(field "$close_line" close_errors) |"
+
+echo
+echo "| portcullis, forced close of live WebSockets | closed | not closed within 10 s | close codes | p50 ms | p99 ms | max ms |"
+echo "|---|---:|---:|---|---:|---:|---:|"
+ms() { awk -v us="$1" 'BEGIN { printf "%.1f", us / 1000 }'; }
+echo "| $FORCED_COUNT held, one admin DELETE | $(field "$forced_line" closed) | $(field "$forced_line" errors)" \
+    "| $(field "$forced_line" codes) | $(ms "$(field "$forced_line" p50_us)") | $(ms "$(field "$forced_line" p99_us)")" \
+    "| $(ms "$(field "$forced_line" max_us)") |"
 
 if [ -s "$work/client.log" ]; then
     echo

@@ -102,6 +102,13 @@ fn claim_text(value: &Value) -> Option<String> {
     }
 }
 
+/// Which deployment admitted the request: the one identity header every
+/// deployment sends, with or without authentication (the only one an
+/// auth-disabled deployment sends, since nobody was identified).
+pub fn deployment_header(deployment: &str, prefix: &str) -> (String, String) {
+    (format!("{prefix}Deployment"), header_value(deployment))
+}
+
 /// The identity headers for the upstream request, names as configured
 /// (the prefix is `identity_header_prefix`, default `X-Auth-`).
 pub fn upstream_headers(
@@ -112,10 +119,7 @@ pub fn upstream_headers(
     let mut headers = vec![
         (format!("{prefix}Subject"), header_value(&identity.subject)),
         (format!("{prefix}Issuer"), header_value(&identity.issuer)),
-        (
-            format!("{prefix}Deployment"),
-            header_value(&identity.deployment),
-        ),
+        deployment_header(&identity.deployment, prefix),
         (format!("{prefix}Session"), header_value(&identity.session)),
     ];
     if let Some(email) = &identity.email {
@@ -275,6 +279,20 @@ mod tests {
         assert_eq!(get("X-Auth-Tenant"), Some("42"));
         assert_eq!(get("X-Auth-Roles"), Some("r1,r2"));
         assert_eq!(get("X-Auth-Absent"), None);
+    }
+
+    #[test]
+    fn an_anonymous_request_names_only_its_deployment() {
+        assert_eq!(
+            deployment_header("web-1", "X-Auth-"),
+            ("X-Auth-Deployment".to_string(), "web-1".to_string())
+        );
+        // The configured prefix is used, and the value is sanitized like
+        // every identity header.
+        assert_eq!(
+            deployment_header("d\r\n", "X-Edge-"),
+            ("X-Edge-Deployment".to_string(), "d".to_string())
+        );
     }
 
     #[test]

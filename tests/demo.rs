@@ -5,189 +5,74 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::browser::*;
 use common::*;
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 
 /// The chat deployment of conf/demo.yaml (the page's default).
 const CHAT: &str = "6f2d3c1a-0b4e-4c5d-9e8f-7a6b5c4d3e2f";
 /// The page deployment of conf/demo.yaml.
 const PAGE: &str = "2b7e9d40-5c1f-4a6e-8d3b-9f0a1c2e4b6d";
 
-/// A running `portcullis demo`, killed when dropped.
+/// A running `portcullis demo` (a `Proxy` started with `demo`), with the
+/// address of its development provider.
 struct Demo {
-    child: Child,
-    proxy: String,
+    proxy: Proxy,
     provider: String,
-    admin: String,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Demo {
     /// Starts the demo on free ports and waits until the proxy, its admin
     /// listener and the provider's discovery document answer.
     async fn start() -> Demo {
-        let ports = [free_port(), free_port(), free_port(), free_port()];
-        let [proxy, backend, provider, admin] = ports.map(|p| format!("127.0.0.1:{p}"));
+        let [backend, provider] = [free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
         let shipped = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/demo.yaml"),
         )
         .unwrap();
         let config = shipped
-            .replace("127.0.0.1:8080", &proxy)
-            .replace("localhost:8080", &format!("localhost:{}", ports[0]))
+            .replace("127.0.0.1:8080", "{PROXY}")
+            .replace("localhost:8080", "localhost:{PROXY_PORT}")
             .replace("127.0.0.1:8081", &backend)
             .replace("127.0.0.1:8082", &provider)
-            .replace("127.0.0.1:9090", &admin);
+            .replace("127.0.0.1:9090", "{ADMIN}");
         for default in [":8080", ":8081", ":8082", ":9090"] {
             assert!(
                 !config.contains(default),
                 "conf/demo.yaml names {default} somewhere this test does not move"
             );
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("demo.yaml");
-        std::fs::write(&path, config).unwrap();
-        let (child, log) = spawn_logged(
-            Command::new(env!("CARGO_BIN_EXE_portcullis"))
-                .args(["demo", "-c"])
-                .arg(&path)
-                // The demo provides its client secret itself.
-                .env_remove("PORTCULLIS_DEMO_CLIENT_SECRET")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null()),
-        );
         let demo = Demo {
-            child,
-            proxy: format!("http://{proxy}"),
+            proxy: Proxy::start_demo(&config).await,
             provider: format!("http://{provider}"),
-            admin: format!("http://{admin}"),
-            log,
-            _dir: dir,
         };
-        demo.wait_until_serving().await;
-        demo
-    }
-
-    async fn wait_until_serving(&self) {
+        let discovery = format!("{}/.well-known/openid-configuration", demo.provider);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let ok = |url: String| async move {
-            reqwest::get(url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        };
-        loop {
-            if ok(format!("{}/healthz", self.admin)).await
-                && ok(format!(
-                    "{}/.well-known/openid-configuration",
-                    self.provider
-                ))
-                .await
-                && tokio::net::TcpStream::connect(self.proxy.trim_start_matches("http://"))
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
+        while !reqwest::get(&discovery)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             assert!(
                 Instant::now() < deadline,
-                "the demo did not start; its log:\n{}",
-                self.log_text()
+                "the demo's provider did not start; its log:\n{}",
+                demo.proxy.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        demo
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.proxy)
+        self.proxy.url(path)
     }
 
     fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.proxy.trim_start_matches("http://"))
+        self.proxy.ws_url(path)
     }
 
     fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-/// What a browser does from the "Log in" button to the return to the page:
-/// returns the session cookie (`name=value`).
-async fn log_in(demo: &Demo, user: &str) -> String {
-    let c = no_redirects();
-    // The page's button: /.auth/login?deployment=<chat>&rd=/
-    let start = c
-        .get(demo.url(&format!("/.auth/login?deployment={CHAT}&rd=%2F")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(start.status(), 302, "{}", demo.log_text());
-    let pending = set_cookies(&start);
-    let authorize = location(&start);
-    assert!(
-        authorize.starts_with(&format!("{}/authorize?", demo.provider)),
-        "{authorize}"
-    );
-    // The provider's page: development banner and the three users.
-    let form = c
-        .get(&authorize)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(form.contains("NOT FOR PRODUCTION"), "{form}");
-    for name in ["alice", "bob", "carol"] {
-        assert!(form.contains(name), "{name} is offered: {form}");
-    }
-    let callback = choose_user(&c, &authorize, user).await;
-    assert!(
-        callback.starts_with(&demo.url("/.auth/callback?")),
-        "{callback}"
-    );
-    let done = return_to(&c, &callback, &pending).await;
-    let status = done.status();
-    let cookies = set_cookies(&done);
-    let back_to = done.headers().get("location").cloned();
-    assert_eq!(
-        status,
-        302,
-        "the callback failed: {}\n{}",
-        done.text().await.unwrap(),
-        demo.log_text()
-    );
-    assert_eq!(back_to.unwrap(), "/", "back to the page");
-    cookies
-        .into_iter()
-        .find(|c| !c.contains("-login-") && !c.ends_with('='))
-        .expect("a session cookie")
-}
-
-/// The code of the close frame that ends the socket, skipping other frames.
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("the socket closes in time");
-        match next {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return None,
-        }
+        self.proxy.log_text()
     }
 }
 
@@ -205,7 +90,7 @@ async fn a_person_opens_the_page_logs_in_as_alice_chats_and_logs_out() {
         "alice",
         "bob",
         "carol",
-        &format!("{}/metrics", demo.admin),
+        &demo.proxy.admin_url("/metrics"),
     ] {
         assert!(banner.contains(expected), "{expected} in:\n{banner}");
     }
@@ -224,7 +109,7 @@ async fn a_person_opens_the_page_logs_in_as_alice_chats_and_logs_out() {
     // Nobody is logged in yet: /.auth/me is 401 and the chat refuses.
     let me = c.get(demo.url("/.auth/me")).send().await.unwrap();
     assert_eq!(me.status(), 401);
-    let origin = demo.proxy.clone();
+    let origin = demo.url("").trim_end_matches('/').to_string();
     let chat = format!("/v1/chat?deploymentId={CHAT}");
     let anonymous = ws_connect(&demo.ws_url(&chat), &[("Origin", origin.as_str())]).await;
     assert_eq!(refused_status(&anonymous), 401);
@@ -235,8 +120,36 @@ async fn a_person_opens_the_page_logs_in_as_alice_chats_and_logs_out() {
         assert_eq!(refused_status(&sneaky), 403, "{path}");
     }
 
-    // Log in as alice.
-    let session = log_in(&demo, "alice").await;
+    // The provider's page: development banner and the three users.
+    let start = c
+        .get(demo.url(&format!("/.auth/login?deployment={CHAT}&rd=%2F")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302, "{}", demo.log_text());
+    let authorize = location(&start);
+    assert!(
+        authorize.starts_with(&format!("{}/authorize?", demo.provider)),
+        "{authorize}"
+    );
+    let form = c
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains("NOT FOR PRODUCTION"), "{form}");
+    for name in ["alice", "bob", "carol"] {
+        assert!(form.contains(name), "{name} is offered: {form}");
+    }
+
+    // Log in as alice, as the page's button does, and come back to the page.
+    let (session, back_to) = login(&demo.proxy, CHAT, "alice", "/")
+        .await
+        .unwrap_or_else(|(status, page)| panic!("the login failed: {status} {page}"));
+    assert_eq!(back_to, "/", "back to the page");
     let me: serde_json::Value = c
         .get(demo.url("/.auth/me"))
         .header("cookie", session.as_str())
@@ -324,7 +237,12 @@ async fn a_person_opens_the_page_logs_in_as_alice_chats_and_logs_out() {
         "{}",
         location(&back)
     );
-    assert_eq!(close_code(&mut ws).await, Some(4002));
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE)
+            .await
+            .map(|(code, _)| code),
+        Some(4002)
+    );
     let me = c
         .get(demo.url("/.auth/me"))
         .header("cookie", session.as_str())
@@ -334,12 +252,7 @@ async fn a_person_opens_the_page_logs_in_as_alice_chats_and_logs_out() {
     assert_eq!(me.status(), 401, "the session is gone");
 
     // The metrics the banner points at.
-    let metrics = reqwest::get(format!("{}/metrics", demo.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = demo.proxy.metrics().await;
     assert!(
         sample(
             &metrics,

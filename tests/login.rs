@@ -17,7 +17,19 @@ async fn setup() -> (DevIdp, Proxy) {
 /// `provider_extra` and `support_extra`: YAML lines added to the `dev`
 /// provider and to the `support` messenger.
 async fn setup_with(provider_extra: &str, support_extra: &str) -> (DevIdp, Proxy) {
-    let idp = start_devidp(DevIdpOptions::default()).await;
+    setup_full(DevIdpOptions::default(), provider_extra, support_extra, "").await
+}
+
+/// As `setup_with`, with the provider's `options`, and `edit` applied to
+/// the config text before it is written (`""`: none): `public_url: https`
+/// or `sessions` lines.
+async fn setup_full(
+    options: DevIdpOptions,
+    provider_extra: &str,
+    support_extra: &str,
+    extra: &str,
+) -> (DevIdp, Proxy) {
+    let idp = start_devidp(options).await;
     let backend = start_backend().await;
     let config = format!(
         r#"{preamble}{provider_extra}
@@ -27,12 +39,16 @@ messengers:
 {support_extra}
   staff:
     authentication: {{enabled: true, provider: dev, require: {{groups_any: [staff]}}}}
+    # Re-checked (with offline_access in the provider's scopes) as often as
+    # setup_recheck's support messenger.
+    session: {{token_lifetime: 5s}}
 upstreams:
   chat: {{servers: ["{backend}"]}}
 deployments:
   - {{id: support, messenger: support, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
   - {{id: staff, messenger: staff, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
 routes: [{{path_prefix: /v1}}]
+{extra}
 "#,
         preamble = config_with_dev_provider(&idp),
     );
@@ -46,7 +62,7 @@ fn client() -> reqwest::Client {
 
 #[tokio::test]
 async fn a_browser_logs_in_and_its_session_authenticates_http_and_websockets() {
-    let (_idp, proxy) = setup().await;
+    let (idp, proxy) = setup().await;
     let c = client();
     // A navigation without a session is sent to log in; an API call gets 401.
     let nav = c
@@ -69,9 +85,15 @@ async fn a_browser_logs_in_and_its_session_authenticates_http_and_websockets() {
         .unwrap();
     assert_eq!(api.status(), 401);
 
+    let hits = idp.token_hits();
     let (session, back_to) = login(&proxy, "support", "alice", "/v1/page?deploymentId=support")
         .await
         .unwrap();
+    assert_eq!(
+        idp.token_hits(),
+        hits + 1,
+        "one redemption: the replayed callback never reached the provider"
+    );
     assert_eq!(back_to, "/v1/page?deploymentId=support");
     assert!(
         session.starts_with("portcullis="),
@@ -79,15 +101,22 @@ async fn a_browser_logs_in_and_its_session_authenticates_http_and_websockets() {
     );
 
     // HTTP with the cookie: the backend learns who, never sees our cookie.
-    let echoed: serde_json::Value = c
-        .get(proxy.url("/v1/page?deploymentId=support"))
-        .header("cookie", format!("{session}; site_pref=dark"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cookie_value = session.split_once('=').unwrap().1.to_string();
+    let page = |cookie: String| {
+        let request = c
+            .get(proxy.url("/v1/page?deploymentId=support"))
+            .header("cookie", cookie);
+        let cookie_value = cookie_value.clone();
+        async move {
+            let text = request.send().await.unwrap().text().await.unwrap();
+            assert!(
+                !text.contains(&cookie_value),
+                "the session cookie's value never reaches the backend: {text}"
+            );
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        }
+    };
+    let echoed = page(format!("{session}; site_pref=dark")).await;
     assert_eq!(
         echoed["headers"]["x-auth-subject"],
         serde_json::json!(["alice"])
@@ -101,7 +130,17 @@ async fn a_browser_logs_in_and_its_session_authenticates_http_and_websockets() {
         .unwrap()
         .to_string();
     assert!(sid.starts_with("s-"));
-    assert!(!sid.contains(session.split('=').nth(1).unwrap()));
+    // The id names the session: the same on each of its requests, another
+    // for another session (of the same user).
+    let again = page(session.clone()).await;
+    assert_eq!(again["headers"]["x-auth-session"][0], sid.as_str());
+    let (other, _) = login(&proxy, "support", "alice", "/").await.unwrap();
+    let other_sid = page(other).await["headers"]["x-auth-session"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(other_sid.starts_with("s-"));
+    assert_ne!(other_sid, sid, "two sessions, two ids");
 
     // A WebSocket with the cookie.
     let origin = format!("http://{}", proxy.addr);
@@ -114,6 +153,13 @@ async fn a_browser_logs_in_and_its_session_authenticates_http_and_websockets() {
     let welcome = next_json(&mut ws).await;
     assert_eq!(welcome["identity"]["x-auth-subject"], "alice");
     assert_eq!(welcome["identity"]["x-auth-email"], "alice@example.com");
+    assert_eq!(welcome["identity"]["x-auth-session"], sid.as_str());
+    assert!(
+        !welcome
+            .to_string()
+            .contains(session.split_once('=').unwrap().1),
+        "the cookie's value never reaches the backend"
+    );
 
     // /.auth/me
     let me: serde_json::Value = c
@@ -207,7 +253,6 @@ async fn require_rules_refuse_at_the_callback_and_bad_states_are_clear_errors() 
 
 #[tokio::test]
 async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
-    use futures_util::StreamExt;
     let (idp, proxy) = setup().await;
     let (session, _) = login(&proxy, "support", "alice", "/").await.unwrap();
     let origin = format!("http://{}", proxy.addr);
@@ -261,30 +306,32 @@ async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
         .await
         .unwrap();
     assert_eq!(out.status(), 302);
-    let to = location(&out);
-    assert!(
-        to.starts_with(&format!("{}/end_session?", idp.issuer())),
+    let to = url::Url::parse(&location(&out)).unwrap();
+    assert_eq!(
+        to.as_str().split('?').next().unwrap(),
+        format!("{}/end_session", idp.issuer())
+    );
+    let param = |name: &str| {
+        to.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    // The documented return address: a same-origin `rd` returns to the
+    // origin's root, the one address registered at the provider.
+    assert_eq!(
+        param("post_logout_redirect_uri").as_deref(),
+        Some(format!("{origin}/").as_str()),
         "{to}"
     );
-    assert!(
-        to.contains("id_token_hint=") && to.contains(&urlencode(&format!("{origin}/"))),
-        "{to}"
-    );
-    assert!(
-        set_cookies(&out).iter().any(|c| c.ends_with('=')),
-        "the cookie is cleared"
-    );
+    assert_eq!(param("client_id").as_deref(), Some("portcullis-demo"));
+    assert!(param("id_token_hint").is_some_and(|t| t.split('.').count() == 3));
+    let cleared = set_cookie_named(&out, "portcullis").expect("the session cookie is set");
+    assert!(clears(&cleared), "the session cookie is cleared: {cleared}");
     // Its live connection is closed as revoked.
-    match tokio::time::timeout(std::time::Duration::from_secs(1), ws.next())
-        .await
-        .unwrap()
-    {
-        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 4002);
-            assert_eq!(frame.reason.as_str(), "logged out");
-        }
-        other => panic!("expected a 4002 close, got {other:?}"),
-    }
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
+        Some((4002, "logged out".to_string()))
+    );
     assert_eq!(
         me(session.clone()).await,
         401,
@@ -292,14 +339,32 @@ async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
     );
 }
 
-#[tokio::test]
-async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
-    use futures_util::StreamExt;
-    let (idp, proxy) = setup_with(
+/// Polls `idp.token_hits()` until it exceeds `hits`, within `within`.
+async fn provider_asked(idp: &DevIdp, hits: u64, within: std::time::Duration) -> u64 {
+    let deadline = std::time::Instant::now() + within;
+    while idp.token_hits() == hits {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no re-check reached the provider"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    idp.token_hits()
+}
+
+/// Re-checks of a session with `token_lifetime: 5s` at the `offline_access`
+/// development provider.
+async fn setup_recheck() -> (DevIdp, Proxy) {
+    setup_with(
         "    scopes: [openid, email, profile, offline_access]",
         "    session: {token_lifetime: 5s}",
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
+    let (idp, proxy) = setup_recheck().await;
     let (session, _) = login(&proxy, "support", "alice", "/").await.unwrap();
     let c = client();
     let get = || {
@@ -308,22 +373,36 @@ async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
             .send()
     };
     // Due after 5 s: the next request triggers a re-check, which renews.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    let hits = idp.token_hits();
-    assert_eq!(get().await.unwrap().status(), 200);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while idp.token_hits() == hits {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no re-check reached the provider"
+    // Twice: the second redeems the refresh token the first one got back
+    // (the provider rotates them, and a replayed one would revoke them all).
+    for round in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        let hits = idp.token_hits();
+        assert_eq!(get().await.unwrap().status(), 200);
+        let asked = provider_asked(&idp, hits, std::time::Duration::from_secs(5)).await;
+        assert_eq!(asked, hits + 1, "round {round}: one re-check");
+        // Renewed: the session goes on, and is not due again for another
+        // token lifetime, so further requests ask the provider nothing
+        // (a re-check that renewed nothing would run on each of them).
+        for _ in 0..10 {
+            assert_eq!(
+                get().await.unwrap().status(),
+                200,
+                "round {round}: a renewed session goes on"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        }
+        assert_eq!(
+            idp.token_hits(),
+            asked,
+            "round {round}: renewed until due again"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
-        get().await.unwrap().status(),
-        200,
-        "a renewed session goes on"
+        proxy
+            .metric("portcullis_session_ends_total", &[("reason", "revoked")])
+            .await,
+        None
     );
 
     // The provider revokes the user's grants: the next re-check ends the
@@ -339,15 +418,10 @@ async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
     assert!(idp.revoke_refresh_tokens("alice") > 0);
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     get().await.unwrap();
-    match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-    {
-        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 4002);
-        }
-        other => panic!("expected a 4002 close, got {other:?}"),
-    }
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
+        Some((4002, "session revoked".to_string()))
+    );
     assert_eq!(get().await.unwrap().status(), 401, "the session ended");
     assert_eq!(
         proxy
@@ -357,12 +431,77 @@ async fn sessions_are_rechecked_with_the_provider_and_end_when_it_refuses() {
     );
 }
 
+/// Logs `user` in at `deployment`, opens a chat, lets `change` alter what
+/// the provider says at the next refresh, waits until the session is due,
+/// and asserts that the re-check ended the session: 4002, then 401.
+async fn recheck_ends_the_session(user: &str, deployment: &str, change: impl FnOnce(&DevIdp)) {
+    let (idp, proxy) = setup_recheck().await;
+    let (session, _) = login(&proxy, deployment, user, "/").await.unwrap();
+    let origin = format!("http://{}", proxy.addr);
+    let chat = format!("/v1/chat?deploymentId={deployment}");
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url(&chat),
+        &[("Origin", origin.as_str()), ("Cookie", session.as_str())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["identity"]["x-auth-subject"], user);
+    change(&idp);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let c = client();
+    let get = || {
+        c.get(proxy.url(&format!("/v1/x?deploymentId={deployment}")))
+            .header("cookie", session.as_str())
+            .send()
+    };
+    let hits = idp.token_hits();
+    assert_eq!(
+        get().await.unwrap().status(),
+        200,
+        "still valid until re-checked"
+    );
+    provider_asked(&idp, hits, std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
+        Some((4002, "session revoked".to_string()))
+    );
+    assert_eq!(get().await.unwrap().status(), 401, "the session ended");
+    assert_eq!(
+        proxy
+            .metric("portcullis_session_ends_total", &[("reason", "revoked")])
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_recheck_answered_with_an_id_token_for_another_subject_ends_the_session() {
+    recheck_ends_the_session("alice", "support", |idp| {
+        idp.set_id_token_claims("alice", serde_json::json!({"sub": "carol"}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_recheck_whose_claims_no_longer_meet_require_ends_the_session() {
+    // carol is staff at login; the provider then drops her from the group.
+    recheck_ends_the_session("carol", "staff", |idp| {
+        idp.set_id_token_claims("carol", serde_json::json!({"groups": ["customers"]}));
+    })
+    .await;
+}
+
 /// A code that already logged somebody in, carried back with a fresh login's
-/// state (a stolen or replayed callback URL): the provider refuses it and no
-/// session is made.
+/// state (a stolen or replayed callback URL). The provider here is careless
+/// (it does not spend codes or check PKCE), so that the refusal is
+/// portcullis's own: the ID token carries the first login's nonce.
 #[tokio::test]
 async fn a_replayed_code_under_a_fresh_state_is_refused() {
-    let (_idp, proxy) = setup().await;
+    let options = DevIdpOptions {
+        reusable_codes: true,
+        ..DevIdpOptions::default()
+    };
+    let (idp, proxy) = setup_full(options, "", "", "").await;
     let c = client();
     let start = |c: reqwest::Client, url: String| async move {
         let resp = c.get(url).send().await.unwrap();
@@ -386,21 +525,341 @@ async fn a_replayed_code_under_a_fresh_state_is_refused() {
         .1
         .into_owned();
 
-    // A second login, answered with the first login's code.
+    // A second login, answered with the first login's code, which this
+    // provider redeems again.
     let (pending, authorize) = start(c.clone(), login_url).await;
     let genuine = choose_user(&c, &authorize, "alice").await;
     let forged = with_query_param(&genuine, "code", &used_code);
+    let hits = idp.token_hits();
     let done = return_to(&c, &forged, &pending).await;
+    assert_eq!(
+        idp.token_hits(),
+        hits + 1,
+        "the provider was asked, and answered"
+    );
     assert_login_refused(
         &proxy,
         done,
         401,
-        "did not accept the login",
-        "code_refused",
+        "does not belong to this login",
+        "nonce_mismatch",
     )
     .await;
     assert!(
         !proxy.log_text().contains(&used_code),
         "codes are never logged"
     );
+}
+
+#[tokio::test]
+async fn logout_at_a_provider_without_end_session_returns_to_rd() {
+    let options = DevIdpOptions {
+        end_session_endpoint: false,
+        ..DevIdpOptions::default()
+    };
+    let (_idp, proxy) = setup_full(options, "", "", "").await;
+    let (session, _) = login(&proxy, "support", "alice", "/").await.unwrap();
+    let origin = format!("http://{}", proxy.addr);
+    let out = client()
+        .post(proxy.url("/.auth/logout?rd=/bye"))
+        .header("origin", origin.as_str())
+        .header("cookie", session.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 302);
+    assert_eq!(location(&out), "/bye");
+    let cleared = set_cookie_named(&out, "portcullis").expect("the session cookie is set");
+    assert!(clears(&cleared), "{cleared}");
+    let me = client()
+        .get(proxy.url("/.auth/me"))
+        .header("cookie", session.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401, "the session is gone");
+}
+
+/// The attributes of a Set-Cookie header, lower-cased, without the pair.
+fn attributes(header: &str) -> Vec<String> {
+    header
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// A login at a portcullis whose `public_url` is https (it listens on plain
+/// http here; the browser's https leg is not the point): the callback URL
+/// the provider sends back is fetched over http instead. Returns the
+/// pending login's Set-Cookie and the callback's response.
+async fn login_behind_https(proxy: &Proxy) -> (String, reqwest::Response) {
+    let c = client();
+    let start = c
+        .get(proxy.url("/.auth/login?deployment=support&rd=%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let pending_header = set_cookie_headers(&start).remove(0);
+    let callback = choose_user(&c, &location(&start), "alice").await;
+    let https_callback = format!("https://{}/.auth/callback?", proxy.addr);
+    assert!(callback.starts_with(&https_callback), "{callback}");
+    let callback = callback.replacen("https://", "http://", 1);
+    let done = return_to(&c, &callback, &set_cookies(&start)).await;
+    (pending_header, done)
+}
+
+#[tokio::test]
+async fn an_https_public_url_gives_host_prefixed_secure_cookies() {
+    let (_idp, proxy) = setup_https("public_url: \"https://{PROXY}\"", "").await;
+    let (pending, done) = login_behind_https(&proxy).await;
+    assert!(pending.starts_with("__Host-portcullis-login-"), "{pending}");
+    assert!(
+        attributes(&pending).contains(&"secure".to_string()),
+        "{pending}"
+    );
+    assert_eq!(done.status(), 302, "{:?}", done.headers());
+    let session = set_cookie_named(&done, "__Host-portcullis").expect("a __Host- session cookie");
+    let attrs = attributes(&session);
+    for wanted in ["secure", "httponly", "samesite=lax", "path=/"] {
+        assert!(attrs.contains(&wanted.to_string()), "{wanted}: {session}");
+    }
+    assert!(
+        !attrs.iter().any(|a| a.starts_with("domain")),
+        "__Host- cookies have no Domain: {session}"
+    );
+    // The cookie is the credential under its prefixed name, and stays at
+    // the edge.
+    let pair = session.split(';').next().unwrap().to_string();
+    let echoed: serde_json::Value = client()
+        .get(proxy.url("/v1/x?deploymentId=support"))
+        .header("cookie", format!("{pair}; site_pref=dark"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed["headers"]["x-auth-subject"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(
+        echoed["headers"]["cookie"],
+        serde_json::json!(["site_pref=dark"])
+    );
+    // Logout (from the https origin) clears that cookie.
+    let out = client()
+        .post(proxy.url("/.auth/logout"))
+        .header("origin", format!("https://{}", proxy.addr))
+        .header("cookie", pair.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 302);
+    let cleared = set_cookie_named(&out, "__Host-portcullis").expect("cleared by name");
+    assert!(clears(&cleared) && attributes(&cleared).contains(&"secure".to_string()));
+}
+
+/// portcullis with `public_url` replaced by `public_url` and `extra` lines.
+async fn setup_https(public_url: &str, extra: &str) -> (DevIdp, Proxy) {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    let config = format!(
+        r#"{preamble}
+messengers:
+  support:
+    authentication: {{enabled: true, provider: dev}}
+upstreams:
+  chat: {{servers: ["{backend}"]}}
+deployments:
+  - {{id: support, messenger: support, upstream: chat, allowed_origins: ["https://{{PROXY}}"]}}
+routes: [{{path_prefix: /v1}}]
+{extra}
+"#,
+        preamble =
+            config_with_dev_provider(&idp).replace("public_url: \"http://{PROXY}\"", public_url),
+    );
+    assert!(config.contains(public_url));
+    let proxy = Proxy::start_with_env(&config, &[("DEV_SECRET", "demo-secret")]).await;
+    (idp, proxy)
+}
+
+#[tokio::test]
+async fn cookie_domain_is_set_on_every_cookie_and_drops_the_host_prefix() {
+    let (_idp, proxy) = setup_https(
+        "public_url: \"https://{PROXY}\"",
+        "sessions: {cookie: {name: chat, domain: example.test}}",
+    )
+    .await;
+    let (pending, done) = login_behind_https(&proxy).await;
+    assert!(pending.starts_with("chat-login-"), "{pending}");
+    assert!(
+        attributes(&pending).contains(&"domain=example.test".to_string()),
+        "{pending}"
+    );
+    assert_eq!(done.status(), 302);
+    let session = set_cookie_named(&done, "chat").expect("the session cookie, unprefixed");
+    let attrs = attributes(&session);
+    assert!(
+        attrs.contains(&"domain=example.test".to_string()),
+        "{session}"
+    );
+    assert!(attrs.contains(&"secure".to_string()), "{session}");
+    let pair = session.split(';').next().unwrap();
+    let me = client()
+        .get(proxy.url("/.auth/me"))
+        .header("cookie", pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+}
+
+#[tokio::test]
+async fn a_provider_error_at_the_callback_is_shown_plainly() {
+    let (idp, proxy) = setup().await;
+    let c = client();
+    let start = c
+        .get(proxy.url("/.auth/login?deployment=support&rd=%2F"))
+        .send()
+        .await
+        .unwrap();
+    let pending = set_cookies(&start);
+    // The user cancels at the provider, which answers with `error`.
+    let cancelled = submit_login_form(&c, &location(&start), "alice", ("cancel", "1")).await;
+    let callback = location(&cancelled);
+    assert!(callback.contains("error=access_denied"), "{callback}");
+    let hits = idp.token_hits();
+    let done = return_to(&c, &callback, &pending).await;
+    let pending_name = pending[0].split('=').next().unwrap().to_string();
+    let cleared = set_cookie_named(&done, &pending_name).expect("the pending cookie is cleared");
+    assert!(clears(&cleared), "{cleared}");
+    assert_login_refused(
+        &proxy,
+        done,
+        401,
+        "The identity provider refused the login: access_denied. the user cancelled the login",
+        "provider_error",
+    )
+    .await;
+    assert_eq!(idp.token_hits(), hits, "nothing to redeem");
+
+    // Whatever the answer carries is text on the page, never markup, and
+    // the client secret appears nowhere.
+    let start = c
+        .get(proxy.url("/.auth/login?deployment=support&rd=%2F"))
+        .send()
+        .await
+        .unwrap();
+    let state = url::Url::parse(&location(&start))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let hostile = proxy.url(&format!(
+        "/.auth/callback?state={state}&error=server_error&error_description={}",
+        urlencode("<script>alert(1)</script>")
+    ));
+    let page = return_to(&c, &hostile, &set_cookies(&start)).await;
+    assert_eq!(page.status(), 401);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let text = page.text().await.unwrap();
+    assert!(text.contains("server_error"), "{text}");
+    assert!(
+        text.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{text}"
+    );
+    assert!(!text.contains("<script>"), "{text}");
+    assert!(!text.contains("demo-secret"));
+    assert!(!proxy.log_text().contains("demo-secret"));
+}
+
+#[tokio::test]
+async fn a_provider_that_accepts_only_client_secret_post_gets_it() {
+    let options = DevIdpOptions {
+        client_secret_post_only: true,
+        ..DevIdpOptions::default()
+    };
+    let (idp, proxy) = setup_full(
+        options,
+        "    scopes: [openid, email, profile, offline_access]",
+        "    session: {token_lifetime: 5s}",
+        "",
+    )
+    .await;
+    let hits = idp.token_hits();
+    let (session, _) = login(&proxy, "support", "alice", "/")
+        .await
+        .unwrap_or_else(|(status, page)| panic!("{status}: {page}"));
+    assert_eq!(idp.token_hits(), hits + 1);
+    // The refresh grant of a re-check authenticates the same way.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let get = || {
+        client()
+            .get(proxy.url("/v1/x?deploymentId=support"))
+            .header("cookie", session.as_str())
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), 200);
+    provider_asked(&idp, hits + 1, std::time::Duration::from_secs(5)).await;
+    // A refused re-check (invalid_client) would only postpone; a renewed
+    // one is not due again, so the next requests ask nothing.
+    for _ in 0..5 {
+        assert_eq!(get().await.unwrap().status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert_eq!(idp.token_hits(), hits + 2);
+    assert!(
+        !proxy.log_text().contains("re-check postponed"),
+        "{}",
+        proxy.log_text()
+    );
+}
+
+#[tokio::test]
+async fn at_most_four_pending_logins_are_kept_and_the_oldest_gives_way() {
+    let (_idp, proxy) = setup().await;
+    let c = client();
+    let login_url = proxy.url("/.auth/login?deployment=support&rd=%2F");
+    let start = |jar: Vec<String>| {
+        let mut request = c.get(login_url.as_str());
+        if !jar.is_empty() {
+            request = request.header("cookie", jar.join("; "));
+        }
+        request.send()
+    };
+    // The browser's jar, oldest first (the order browsers send them in).
+    let mut jar: Vec<String> = Vec::new();
+    let mut authorizes = Vec::new();
+    for _ in 0..4 {
+        let resp = start(jar.clone()).await.unwrap();
+        let headers = set_cookie_headers(&resp);
+        assert_eq!(headers.len(), 1, "room for four: {headers:?}");
+        jar.push(set_cookies(&resp).remove(0));
+        authorizes.push(location(&resp));
+    }
+    let name = |pair: &str| pair.split('=').next().unwrap().to_string();
+    let fifth = start(jar.clone()).await.unwrap();
+    let cleared: Vec<String> = set_cookie_headers(&fifth)
+        .iter()
+        .filter(|h| clears(h))
+        .map(|h| name(h))
+        .collect();
+    assert_eq!(cleared, vec![name(&jar[0])], "the oldest gives way");
+    jar.remove(0);
+    jar.push(set_cookies(&fifth).remove(0));
+    assert_eq!(jar.len(), 4);
+
+    // The oldest login, finished at the provider, has nothing to come back
+    // to; the others still work.
+    let first = choose_user(&c, &authorizes[0], "alice").await;
+    let refused = return_to(&c, &first, &jar).await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("not started here"));
+    let second = choose_user(&c, &authorizes[1], "alice").await;
+    assert_eq!(return_to(&c, &second, &jar).await.status(), 302);
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 
 fn config(backend: std::net::SocketAddr, status: &str, admin_extra: &str) -> String {
     format!(
@@ -179,16 +178,10 @@ async fn reload_applies_a_valid_file_and_rejects_an_invalid_one() {
     assert_eq!(body["summary"]["closed_connections"], 1);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 403);
     // Its live connection was closed as revoked.
-    match tokio::time::timeout(Duration::from_secs(1), ws.next())
-        .await
-        .expect("a close frame")
-    {
-        Some(Ok(Message::Close(Some(c)))) => {
-            assert_eq!(u16::from(c.code), 4002);
-            assert_eq!(c.reason.as_str(), "deployment deactivated");
-        }
-        other => panic!("expected close 4002, got {other:?}"),
-    }
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
+        Some((4002, "deployment deactivated".to_string()))
+    );
 
     // An invalid file is refused; the previous config keeps serving.
     std::fs::write(
@@ -246,19 +239,114 @@ async fn shutdown_sends_going_away_to_live_connections() {
         .open_chat("/v1/chat?deploymentId=site", "https://www.example.com")
         .await;
     proxy.signal("TERM");
-    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("a frame after SIGTERM")
-        .expect("a frame")
-        .expect("a valid frame");
-    match frame {
-        Message::Close(Some(c)) => assert_eq!(u16::from(c.code), 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
+        Some((1001, "server shutting down".to_string()))
+    );
     let status = proxy
         .wait_exit(Duration::from_secs(15))
         .expect("portcullis exits after SIGTERM");
-    assert!(status.success() || status.code().is_none(), "{status:?}");
+    // A clean exit: status 0, not death by a signal (which has no code).
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", proxy.log_text());
+}
+
+/// SIGINT is the immediate stop (README, Command line): no grace period
+/// for live connections, but still a clean exit of the process.
+#[tokio::test]
+async fn sigint_stops_the_process_cleanly() {
+    let backend = start_backend().await;
+    let mut proxy = Proxy::start(&config(backend, "active", "")).await;
+    let (mut ws, _) = proxy
+        .open_chat("/v1/chat?deploymentId=site", "https://www.example.com")
+        .await;
+    proxy.signal("INT");
+    let status = proxy
+        .wait_exit(Duration::from_secs(15))
+        .expect("portcullis exits after SIGINT");
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", proxy.log_text());
+    assert!(
+        proxy.log_text().contains("SIGINT received"),
+        "{}",
+        proxy.log_text()
+    );
+    // The live connection ended with the process, and nothing listens any more.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the WebSocket outlived the process");
+    assert!(std::net::TcpStream::connect(proxy.addr).is_err());
+}
+
+/// A reload that removes a deployment closes its live connections (as
+/// `deployment deactivated`, README: Live connections) and makes its id
+/// unknown; the other deployments keep serving, their connections too.
+#[tokio::test]
+async fn reload_removing_a_deployment_closes_it_and_forgets_its_id() {
+    let backend = start_backend().await;
+    let two = config(backend, "active", "").replace(
+        "routes:",
+        "  - {id: other, messenger: open, upstream: chat, allowed_origins: [\"https://www.example.com\"]}\nroutes:",
+    );
+    let proxy = Proxy::start(&two).await;
+    let origin = "https://www.example.com";
+    let (mut doomed, _) = proxy.open_chat("/v1/chat?deploymentId=site", origin).await;
+    let (mut kept, _) = proxy.open_chat("/v1/chat?deploymentId=other", origin).await;
+
+    let without_site: String = std::fs::read_to_string(&proxy.config_path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("id: site"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(without_site.contains("id: other"));
+    std::fs::write(&proxy.config_path, without_site).unwrap();
+    let resp = reqwest::Client::new()
+        .post(proxy.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["summary"]["closed_connections"], 1, "{body}");
+
+    assert_eq!(
+        closed_with(&mut doomed, CLOSE_DEADLINE).await,
+        Some((4002, "deployment deactivated".to_string()))
+    );
+    let gone = reqwest::get(proxy.url("/v1/x?deploymentId=site"))
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let body: serde_json::Value = gone.json().await.unwrap();
+    assert_eq!(body["error"], "unknown_deployment");
+    let refused = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=site"),
+        &[("Origin", origin)],
+    )
+    .await;
+    assert_eq!(refused_status(&refused), 404);
+
+    assert_eq!(echo(&mut kept, "still here").await["text"], "still here");
+    assert_eq!(
+        reqwest::get(proxy.url("/v1/x?deploymentId=other"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The closed connection leaves the registry once its request ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = proxy
+            .admin_json(reqwest::Method::GET, "/admin/connections")
+            .await;
+        if counts["total"] == 1 && counts["by_deployment"]["site"].as_u64().unwrap_or(0) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{counts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A client that never reads cannot keep a revoked connection alive: the

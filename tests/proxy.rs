@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 const WEB_ORIGIN: &str = "https://www.example.com";
@@ -73,8 +72,27 @@ async fn websocket_upgrade_passes_with_subprotocol_negotiation() {
     assert_eq!(back, Message::Binary(vec![0u8, 1, 2, 255].into()));
 }
 
+/// The identity headers the backend received (names compared
+/// case-insensitively with `_` read as `-`, as the stripping does).
+fn identity_headers_seen(headers: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    headers
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| {
+            name.replace('_', "-")
+                .to_ascii_lowercase()
+                .starts_with("x-auth-")
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// On a deployment without authentication, the client's identity headers
+/// are removed and the backend gets exactly one: `X-Auth-Deployment`, naming
+/// the deployment that admitted the request (SPEC §4), never the client's.
 #[tokio::test]
-async fn spoofed_identity_headers_never_reach_the_backend() {
+async fn an_anonymous_request_reaches_the_backend_with_its_deployment_only() {
     let proxy = start().await;
     let spoofed = [
         ("Origin", WEB_ORIGIN),
@@ -82,39 +100,48 @@ async fn spoofed_identity_headers_never_reach_the_backend() {
         ("x_auth_subject", "admin"),
         ("X_AUTH_EMAIL", "ceo@example.com"),
         ("x-auth-groups", "root"),
+        ("X-Auth-Deployment", "app"),
+        ("x_auth_deployment", "paused"),
         ("X-Forwarded-For", "6.6.6.6"),
     ];
+    let only_the_deployment = vec![("x-auth-deployment".to_string(), serde_json::json!(["web"]))];
     let (mut ws, _) = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &spoofed)
         .await
         .unwrap();
     let welcome = next_json(&mut ws).await;
-    let headers = welcome["headers"].as_object().unwrap();
-    for name in headers.keys() {
-        let normalized = name.replace('_', "-").to_ascii_lowercase();
-        assert!(
-            !normalized.starts_with("x-auth-"),
-            "{name} reached the backend"
-        );
-    }
+    assert_eq!(
+        identity_headers_seen(&welcome["headers"]),
+        only_the_deployment
+    );
     assert_eq!(welcome["user"], "anonymous");
+    let headers = &welcome["headers"];
     assert_eq!(headers["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
     assert_eq!(headers["x-forwarded-proto"], serde_json::json!(["http"]));
 
-    // Plain HTTP on a messaging route is stripped the same way.
+    // Plain HTTP on a messaging route gets the same treatment.
     let client = reqwest::Client::new();
     let mut req = client.get(proxy.url("/v1/echo?deploymentId=web"));
     for (k, v) in &spoofed {
         req = req.header(*k, *v);
     }
     let body: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
-    let headers = body["headers"].as_object().unwrap();
-    assert!(
-        headers
-            .keys()
-            .all(|k| !k.replace('_', "-").starts_with("x-auth-")),
-        "{headers:?}"
-    );
+    assert_eq!(identity_headers_seen(&body["headers"]), only_the_deployment);
     assert_eq!(body["path"], "/v1/echo");
+
+    // A route with a fixed deployment names that deployment.
+    let body: serde_json::Value = client
+        .get(proxy.url("/fixed/echo"))
+        .header("X-Auth-Deployment", "web")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        identity_headers_seen(&body["headers"]),
+        vec![("x-auth-deployment".to_string(), serde_json::json!(["app"]))]
+    );
 }
 
 #[tokio::test]
@@ -139,6 +166,7 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
         let resp = client.get(proxy.url(path)).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), status, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["error"], code, "{path}");
         assert!(body["error_description"]
@@ -152,6 +180,7 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
 
     // WebSocket upgrades: cross-site hijacking attempts and missing origins.
     let evil = ws_connect(
@@ -161,6 +190,12 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
     .await;
     assert_eq!(refused_status(&evil), 403);
     assert_eq!(refused_json(&evil)["error"], "origin_not_allowed");
+    match &evil {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.headers()["cache-control"], "no-store")
+        }
+        _ => unreachable!("refused above"),
+    }
     let missing = ws_connect(&proxy.ws_url("/v1/chat?deploymentId=web"), &[]).await;
     assert_eq!(refused_status(&missing), 403);
     assert_eq!(refused_json(&missing)["error"], "origin_required");
@@ -182,6 +217,122 @@ async fn refusals_have_specific_statuses_and_json_bodies() {
         fixed.is_ok(),
         "a fixed-deployment route needs no deploymentId"
     );
+}
+
+/// `/.auth/` belongs to portcullis even where a route covers every path:
+/// a path there that is not one of its endpoints is 404 and never reaches
+/// the backend.
+#[tokio::test]
+async fn the_auth_prefix_is_reserved_even_under_a_catch_all_route() {
+    let (backend, seen) = start_recording_backend().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+messengers: {{open: {{authentication: {{enabled: false}}}}}}
+upstreams: {{chat: {{servers: ["{backend}"]}}}}
+deployments:
+  - {{id: web, messenger: open, upstream: chat, allow_all_origins: true}}
+routes: [{{path_prefix: /, deployment: web}}]
+"#
+    ))
+    .await;
+    // The catch-all route does reach the backend...
+    let ok = reqwest::get(proxy.url("/anything/else")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    // ...but not under /.auth.
+    for path in ["/.auth/x", "/.auth", "/.auth/x/y?deploymentId=web"] {
+        let resp = reqwest::get(proxy.url(path)).await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "not_found", "{path}");
+    }
+    let ws = ws_connect(&proxy.ws_url("/.auth/x"), &[("Origin", WEB_ORIGIN)]).await;
+    assert_eq!(refused_status(&ws), 404);
+    let after = reqwest::get(proxy.url("/after")).await.unwrap();
+    assert_eq!(after.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec!["/anything/else".to_string(), "/after".to_string()]
+    );
+}
+
+/// A backend that answers every request 200 and records its path.
+async fn start_recording_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                loop {
+                    let mut request_line = String::new();
+                    if conn.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut line = String::new();
+                        if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if let Some(path) = request_line.split(' ').nth(1) {
+                        log.lock().unwrap().push(path.to_string());
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if conn.get_mut().write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Every refusal portcullis answers itself is marked `Cache-Control:
+/// no-store`, the rate limit's 429 included (the others are checked in
+/// `refusals_have_specific_statuses_and_json_bodies`).
+#[tokio::test]
+async fn a_rate_limited_answer_is_not_cached() {
+    let backend = start_backend().await;
+    let proxy = Proxy::start(&format!(
+        "{}rate_limits: {{per_client: {{per_minute: 1, burst: 1}}}}\n",
+        config(backend, "")
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let resp = client
+            .post(proxy.url("/.auth/token"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert_eq!(resp.headers()["cache-control"], "no-store");
+            assert!(resp.headers().contains_key("retry-after"));
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["error"], "rate_limited");
+            return;
+        }
+    }
+    panic!("never rate limited: {statuses:?}");
 }
 
 #[tokio::test]
@@ -274,21 +425,13 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
         .await;
     assert_eq!(closed["closed"], 1);
 
-    // The idle client gets a close frame with 4002 well within a second.
-    let frame = tokio::time::timeout(Duration::from_secs(1), ws.next())
-        .await
-        .expect("the close frame arrives within 1 s")
-        .expect("a frame, not end of stream")
-        .expect("a valid frame");
-    let elapsed = requested.elapsed();
-    match frame {
-        Message::Close(Some(close)) => {
-            assert_eq!(close.code, CloseCode::from(4002));
-            assert_eq!(close.reason.as_str(), "session revoked");
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
-    eprintln!("forced close delivered after {elapsed:?}");
+    // The idle client gets a close frame with 4002 (SPEC §5: within 1 s;
+    // the deadline here is what a loaded test machine meets).
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
+        Some((4002, "session revoked".to_string()))
+    );
+    eprintln!("forced close delivered after {:?}", requested.elapsed());
     // Then the connection ends.
     let after = tokio::time::timeout(Duration::from_secs(2), ws.next())
         .await
@@ -334,13 +477,10 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    match tokio::time::timeout(Duration::from_secs(1), bystander.next())
-        .await
-        .unwrap()
-    {
-        Some(Ok(Message::Close(Some(close)))) => assert_eq!(close.code, CloseCode::from(4002)),
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    assert_eq!(
+        closed_with(&mut bystander, CLOSE_DEADLINE).await,
+        Some((4002, "session revoked".to_string()))
+    );
     let resp = client
         .delete(proxy.admin_url(&format!("/admin/connections/{id}")))
         .send()
@@ -349,8 +489,11 @@ async fn the_registry_closes_an_idle_connection_with_the_revoked_code() {
     assert_eq!(resp.status(), 404);
 }
 
+/// With the upstream between frames when the close comes (the echo backend
+/// finishes its frame when its socket is shut down), the client gets whole
+/// echo frames, then the close frame.
 #[tokio::test]
-async fn a_forced_close_waits_for_a_frame_boundary_during_traffic() {
+async fn a_forced_close_during_traffic_follows_whole_frames() {
     let proxy = start().await;
     let (mut ws, _) = proxy
         .open_chat("/v1/chat?deploymentId=web", WEB_ORIGIN)
@@ -366,10 +509,9 @@ async fn a_forced_close_waits_for_a_frame_boundary_during_traffic() {
         .send()
         .await
         .unwrap();
-    // Every frame the client receives is well-formed: echoes, then a close
-    // (or, if the cut fell inside a frame, a bare end of stream).
+    // Every frame the client receives is well-formed: echoes, then a close.
     let mut saw_close = None;
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+    while let Ok(Some(msg)) = tokio::time::timeout(CLOSE_DEADLINE, ws.next()).await {
         match msg {
             Ok(Message::Text(t)) => {
                 let v: serde_json::Value =
@@ -385,6 +527,108 @@ async fn a_forced_close_waits_for_a_frame_boundary_during_traffic() {
         }
     }
     assert_eq!(saw_close, Some(4002));
+}
+
+/// When the upstream is in the middle of a frame as the close comes, a close
+/// frame appended there would land inside that frame's payload and corrupt
+/// the stream. portcullis does not wait for the frame to finish (an upstream
+/// may never finish it): it ends the connection without a close frame and
+/// logs a warning (README, Live connections). The client receives exactly
+/// the bytes the upstream sent, nothing after them.
+#[tokio::test]
+async fn a_forced_close_in_the_middle_of_a_frame_adds_nothing_to_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A text frame announcing 1000 bytes, of which only the first 10 come.
+    let mut partial = vec![0x81, 126];
+    partial.extend_from_slice(&1000u16.to_be_bytes());
+    partial.extend_from_slice(b"0123456789");
+    let sent = partial.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let partial = partial.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let mut reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+                reply.extend_from_slice(&partial);
+                let _ = conn.write_all(&reply).await;
+                // Stall mid-frame: read until the proxy shuts the socket.
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let config = config(backend, "").replace(", health_check: {path: /healthz, interval: 1s}", "");
+    let proxy = Proxy::start(&config).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /v1/chat?deploymentId=web HTTP/1.1\r\nHost: x\r\n\
+                 Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {WEB_ORIGIN}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Read the 101 and the partial frame.
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            if received.len() >= end + 4 + sent.len() {
+                break end + 4;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the 101 and the partial frame arrive")
+            .unwrap();
+        assert!(
+            n > 0,
+            "ended early: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    };
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+
+    let closed = proxy
+        .admin_json(reqwest::Method::DELETE, "/admin/connections?deployment=web")
+        .await;
+    assert_eq!(closed["closed"], 1);
+    // The connection ends (end of stream or reset), with no byte added.
+    let ended = tokio::time::timeout(CLOSE_DEADLINE, async {
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was never ended");
+    assert_eq!(
+        &received[head_end..],
+        &sent[..],
+        "the client must get the upstream's bytes and nothing appended"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .log_text()
+        .contains("forced close arrived in the middle of an upstream frame")
+    {
+        assert!(Instant::now() < deadline, "{}", proxy.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -432,8 +676,135 @@ async fn a_dead_server_is_skipped_and_health_checks_report_it() {
     }
 }
 
+/// Without a health check every server counts as healthy, so round robin
+/// does pick the dead one: the connect error is counted and the request
+/// retried on the next server, and the client never notices.
 #[tokio::test]
-async fn an_upstream_that_resets_or_refuses_gets_a_json_502_or_503() {
+async fn a_refused_connection_is_retried_on_the_next_server_without_a_health_check() {
+    let backend = start_backend().await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let config = config(backend, &format!(", \"{dead}\""))
+        .replace(", health_check: {path: /healthz, interval: 1s}", "");
+    let proxy = Proxy::start(&config).await;
+    for i in 0..6 {
+        let resp = reqwest::get(proxy.url(&format!("/v1/r{i}?deploymentId=web")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    for i in 0..4 {
+        let (ws, _) = ws_connect(
+            &proxy.ws_url("/v1/chat?deploymentId=web"),
+            &[("Origin", WEB_ORIGIN)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
+        drop(ws);
+    }
+    // Ten requests over two servers in turn: the dead one was tried.
+    let connect_errors = proxy
+        .metric(
+            "portcullis_upstream_errors_total",
+            &[("upstream", "chat"), ("kind", "connect")],
+        )
+        .await
+        .unwrap_or(0.0);
+    assert!(connect_errors >= 1.0, "{}", proxy.metrics().await);
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_upstream_errors_total",
+                &[("upstream", "chat"), ("kind", "proxy")]
+            )
+            .await,
+        None,
+        "no request failed"
+    );
+}
+
+/// An upstream whose only server is down by its health check: 503
+/// `no_healthy_upstream` (with `Retry-After`), without trying to connect.
+#[tokio::test]
+async fn an_upstream_without_a_healthy_server_gets_a_json_503() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::start(&format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+messengers: {{open: {{authentication: {{enabled: false}}}}}}
+upstreams:
+  down: {{servers: ["{dead}"], health_check: {{path: /healthz, interval: 1s}}}}
+deployments:
+  - {{id: web, messenger: open, upstream: down, allowed_origins: ["{WEB_ORIGIN}"]}}
+routes: [{{path_prefix: /v1}}]
+"#
+    ))
+    .await;
+    // Until the first health check the server counts as up.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while proxy
+        .metric("portcullis_upstream_healthy", &[("server", &dead)])
+        .await
+        != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "{}", proxy.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connects_before = proxy
+        .metric(
+            "portcullis_upstream_errors_total",
+            &[("upstream", "down"), ("kind", "connect")],
+        )
+        .await;
+    let resp = reqwest::get(proxy.url("/v1/x?deploymentId=web"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "no_healthy_upstream");
+    let ws = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=web"),
+        &[("Origin", WEB_ORIGIN)],
+    )
+    .await;
+    assert_eq!(refused_status(&ws), 503);
+    assert_eq!(refused_json(&ws)["error"], "no_healthy_upstream");
+    let text = proxy
+        .metrics_when(Duration::from_secs(10), |t| {
+            sample(
+                t,
+                "portcullis_upstream_errors_total",
+                &[("upstream", "down"), ("kind", "no_healthy_server")],
+            ) == Some(2.0)
+        })
+        .await;
+    assert_eq!(
+        sample(
+            &text,
+            "portcullis_upstream_errors_total",
+            &[("upstream", "down"), ("kind", "no_healthy_server")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "portcullis_upstream_errors_total",
+            &[("upstream", "down"), ("kind", "connect")]
+        ),
+        connects_before,
+        "no connection was attempted"
+    );
+}
+
+/// README, The messaging handshake: an upstream that refuses the
+/// connection or breaks the exchange is 502 `upstream_failed`.
+#[tokio::test]
+async fn an_upstream_that_resets_or_refuses_gets_a_json_502() {
     // A server that accepts and immediately resets every connection.
     let resetter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let reset_addr = resetter.local_addr().unwrap();
@@ -465,13 +836,10 @@ routes: [{{path_prefix: /v1}}]
         let resp = reqwest::get(proxy.url(&format!("/v1/x?deploymentId={deployment}")))
             .await
             .unwrap();
-        let status = resp.status().as_u16();
-        assert!(status == 502 || status == 503, "{deployment}: {status}");
+        assert_eq!(resp.status(), 502, "{deployment}");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
         let body: serde_json::Value = resp.json().await.unwrap();
-        assert!(
-            body["error"] == "upstream_failed" || body["error"] == "no_healthy_upstream",
-            "{body}"
-        );
+        assert_eq!(body["error"], "upstream_failed", "{deployment}: {body}");
         let errors = proxy.metrics().await;
         let counted: f64 = errors
             .lines()
@@ -484,8 +852,8 @@ routes: [{{path_prefix: /v1}}]
         assert!(counted >= 1.0, "{upstream} errors not counted:\n{errors}");
     }
     let ws = ws_connect(&proxy.ws_url("/v1/x?deploymentId=r2"), &[]).await;
-    let status = refused_status(&ws);
-    assert!(status == 502 || status == 503, "{status}");
+    assert_eq!(refused_status(&ws), 502);
+    assert_eq!(refused_json(&ws)["error"], "upstream_failed");
 }
 
 #[tokio::test]
@@ -515,9 +883,24 @@ async fn metrics_count_decisions_and_pass_promtool() {
         &[("Origin", "https://evil.example")],
     )
     .await;
-    // Counters are written in the logging phase, just after the response.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = proxy.metrics().await;
+    // Counters are written in the logging phase, just after the response:
+    // wait for the last of them.
+    let text = proxy
+        .metrics_when(Duration::from_secs(10), |t| {
+            sample(
+                t,
+                "portcullis_request_duration_seconds_count",
+                &[("kind", "http")],
+            )
+            .is_some_and(|n| n >= 4.0)
+                && sample(
+                    t,
+                    "portcullis_requests_total",
+                    &[("deployment", "web"), ("outcome", "origin_not_allowed")],
+                )
+                .is_some()
+        })
+        .await;
     let allowed = sample(
         &text,
         "portcullis_requests_total",
@@ -689,6 +1072,328 @@ async fn upgrades_keep_their_tunnel_when_the_101_comes_first() {
             tunnel_kept,
             "upgrade {i} lost its tunnel right after the 101; received: {:?}",
             String::from_utf8_lossy(&received)
+        );
+    }
+}
+
+/// A certificate authority made for one test, and a certificate it issued.
+struct TestCerts {
+    ca_pem: String,
+    cert_pem: String,
+    cert_der: rustls_pki::CertificateDer<'static>,
+    key_pem: String,
+    key_der: Vec<u8>,
+}
+
+use tokio_rustls::rustls::pki_types as rustls_pki;
+
+fn test_certs(names: &[&str]) -> TestCerts {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    TestCerts {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        cert_der: cert.der().clone(),
+        key_pem: key.serialize_pem(),
+        key_der: key.serialize_der(),
+    }
+}
+
+/// A TLS front for `backend` on a loopback port, with `certs`: it records
+/// the SNI name of every handshake and relays the decrypted bytes.
+async fn start_tls_front(
+    backend: std::net::SocketAddr,
+    certs: &TestCerts,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use tokio_rustls::rustls;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certs.cert_der.clone()],
+            rustls_pki::PrivateKeyDer::Pkcs8(certs.key_der.clone().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = names.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    seen.lock().unwrap().push(None);
+                    return;
+                };
+                seen.lock()
+                    .unwrap()
+                    .push(tls.get_ref().1.server_name().map(str::to_string));
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, names)
+}
+
+/// TLS on both sides: the listener serves the configured certificate, the
+/// backend learns `X-Forwarded-Proto: https`, and the upstream connection
+/// is TLS with the configured SNI name, verified against the trusted roots
+/// (here the test's own CA, through `SSL_CERT_FILE`).
+#[tokio::test]
+async fn tls_on_the_listener_and_to_the_upstream_with_sni() {
+    let certs = test_certs(&["localhost", "127.0.0.1", "chat.internal"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (cert, key, ca) = (
+        file("tls.crt", &certs.cert_pem),
+        file("tls.key", &certs.key_pem),
+        file("ca.pem", &certs.ca_pem),
+    );
+    let backend = start_backend().await;
+    let (front, sni_seen) = start_tls_front(backend, &certs).await;
+    let proxy = Proxy::start_with_env(
+        &format!(
+            r#"
+listen: [{{address: "{{PROXY}}", tls: {{cert: "{cert}", key: "{key}"}}}}]
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+messengers: {{open: {{authentication: {{enabled: false}}}}}}
+upstreams:
+  chat: {{servers: ["{front}"], tls: true, sni: chat.internal}}
+deployments:
+  - {{id: web, messenger: open, upstream: chat, allowed_origins: ["{WEB_ORIGIN}"]}}
+routes: [{{path_prefix: /v1}}]
+"#
+        ),
+        &[("SSL_CERT_FILE", ca.as_str())],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(certs.ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://localhost:{}/v1/echo?deploymentId=web",
+        proxy.addr.port()
+    );
+    let resp = client
+        .get(&url)
+        .header("X-Forwarded-Proto", "http")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log_text()));
+    assert_eq!(resp.status(), 200, "{}", proxy.log_text());
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["path"], "/v1/echo");
+    assert_eq!(
+        body["headers"]["x-forwarded-proto"],
+        serde_json::json!(["https"])
+    );
+    assert_eq!(
+        sni_seen.lock().unwrap().first().cloned(),
+        Some(Some("chat.internal".to_string()))
+    );
+    // Plain HTTP is not spoken on the TLS listener.
+    assert!(reqwest::get(proxy.url("/v1/echo?deploymentId=web"))
+        .await
+        .is_err_and(|e| !e.is_status()));
+}
+
+/// `forwarding.trusted_proxies`: a load balancer in that list has its
+/// `X-Forwarded-*` kept (the chain extended) and its `X-Forwarded-For`
+/// believed for rate limits; anyone else's values are replaced.
+#[tokio::test]
+async fn forwarded_headers_are_believed_from_trusted_proxies_only() {
+    let backend = start_backend().await;
+    let limits = "rate_limits: {per_client: {per_minute: 1, burst: 1}}\n";
+    let trusted = Proxy::start(&format!(
+        "{}{limits}forwarding: {{trusted_proxies: [127.0.0.1/32]}}\n",
+        config(backend, "")
+    ))
+    .await;
+    let untrusted = Proxy::start(&format!("{}{limits}", config(backend, ""))).await;
+    let client = reqwest::Client::new();
+    let echo_headers = |proxy: &Proxy| {
+        client
+            .get(proxy.url("/v1/echo?deploymentId=web"))
+            .header("X-Forwarded-For", "203.0.113.9")
+            .header("X-Forwarded-Proto", "https")
+            .header("X-Forwarded-Host", "chat.example.com")
+            .header("X-Real-IP", "203.0.113.9")
+            .header("Forwarded", "for=203.0.113.9")
+            .send()
+    };
+    let seen: serde_json::Value = echo_headers(&trusted).await.unwrap().json().await.unwrap();
+    let headers = &seen["headers"];
+    assert_eq!(
+        headers["x-forwarded-for"],
+        serde_json::json!(["203.0.113.9, 127.0.0.1"])
+    );
+    assert_eq!(headers["x-forwarded-proto"], serde_json::json!(["https"]));
+    assert_eq!(
+        headers["x-forwarded-host"],
+        serde_json::json!(["chat.example.com"])
+    );
+    assert!(headers.get("x-real-ip").is_none() && headers.get("forwarded").is_none());
+
+    let seen: serde_json::Value = echo_headers(&untrusted)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(headers["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(
+        headers["x-forwarded-host"],
+        serde_json::json!([untrusted.addr.to_string()])
+    );
+    assert!(headers.get("x-real-ip").is_none() && headers.get("forwarded").is_none());
+
+    // Rate limits key on the client behind a trusted proxy: two clients
+    // each get their own bucket there, while behind an untrusted peer the
+    // claimed addresses are ignored and both share the peer's.
+    let token_call = |proxy: &Proxy, client_ip: &str| {
+        client
+            .post(proxy.url("/.auth/token"))
+            .header("X-Forwarded-For", client_ip)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+    };
+    let statuses = |proxy: &Proxy| {
+        let proxy_calls = [
+            token_call(proxy, "198.51.100.1"),
+            token_call(proxy, "198.51.100.2"),
+        ];
+        async move {
+            let mut out = Vec::new();
+            for call in proxy_calls {
+                out.push(call.await.unwrap().status().as_u16());
+            }
+            out
+        }
+    };
+    let behind_trusted = statuses(&trusted).await;
+    assert!(
+        behind_trusted.iter().all(|s| *s != 429),
+        "{behind_trusted:?}"
+    );
+    let behind_untrusted = statuses(&untrusted).await;
+    assert_eq!(behind_untrusted[1], 429, "{behind_untrusted:?}");
+}
+
+/// `forward_token: true` passes the authenticating bearer token upstream
+/// (as `Authorization: Bearer`, whichever carrier brought it); without it
+/// the token stays at the edge.
+#[tokio::test]
+async fn forward_token_decides_whether_the_bearer_token_goes_upstream() {
+    use portcullis::devidp::DevIdpOptions;
+    let idp = common::browser::start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+providers:
+  dev:
+    issuer: "{issuer}"
+    client_id: portcullis-demo
+    audiences: ["api://messaging"]
+    algorithms: [RS256]
+messengers:
+  secured: {{authentication: {{enabled: true, provider: dev}}}}
+upstreams:
+  chat: {{servers: ["{backend}"]}}
+deployments:
+  - {{id: keep, messenger: secured, upstream: chat, allowed_origins: ["{WEB_ORIGIN}"]}}
+  - {{id: pass, messenger: secured, upstream: chat, allowed_origins: ["{WEB_ORIGIN}"], forward_token: true}}
+routes: [{{path_prefix: /v1}}]
+"#,
+        issuer = idp.issuer()
+    ))
+    .await;
+    let token = idp.mint_access_token("alice", jsonwebtoken::Algorithm::RS256);
+    let bearer = format!("Bearer {token}");
+    let client = reqwest::Client::new();
+    let seen = |deployment: &str| {
+        client
+            .get(proxy.url(&format!("/v1/echo?deploymentId={deployment}")))
+            .header("Authorization", bearer.as_str())
+            .send()
+    };
+    let kept: serde_json::Value = seen("keep").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        kept["headers"]["x-auth-subject"],
+        serde_json::json!(["alice"])
+    );
+    assert!(kept["headers"].get("authorization").is_none(), "{kept}");
+    let passed: serde_json::Value = seen("pass").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        passed["headers"]["x-auth-subject"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(
+        passed["headers"]["authorization"],
+        serde_json::json!([bearer.as_str()])
+    );
+
+    // A token that came as a subprotocol travels as Authorization too; the
+    // token subprotocol itself never reaches the backend.
+    for (deployment, forwarded) in [("keep", false), ("pass", true)] {
+        let (mut ws, _) = ws_connect(
+            &proxy.ws_url(&format!("/v1/chat?deploymentId={deployment}")),
+            &[
+                ("Origin", WEB_ORIGIN),
+                (
+                    "Sec-WebSocket-Protocol",
+                    &format!("chat.v1, authorization.bearer.{token}"),
+                ),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{deployment}: {e}\n{}", proxy.log_text()));
+        let welcome = next_json(&mut ws).await;
+        let headers = &welcome["headers"];
+        assert_eq!(
+            headers["sec-websocket-protocol"],
+            serde_json::json!(["chat.v1"]),
+            "{deployment}"
+        );
+        assert_eq!(
+            headers.get("authorization").cloned(),
+            forwarded.then(|| serde_json::json!([bearer.as_str()])),
+            "{deployment}"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! How browser sessions end, against the real binary and the development
 //! provider: the idle timeout (kept off by the client's chat frames), the
-//! maximum lifetime, a login whose ID token carries the wrong nonce, and
-//! cookie-key rotation across a reload.
+//! maximum lifetime, a re-check the provider cannot answer, a login whose
+//! ID token carries the wrong nonce, and cookie-key rotation across a
+//! reload.
 //!
 //! Session lifetimes are minutes at the least, so the clock tests run
 //! portcullis under libfaketime (Debian `libfaketime`, installed by
@@ -48,14 +49,29 @@ impl Clock {
 /// The dev provider and portcullis with `session` as the support
 /// messenger's lifetimes, its wall clock under the returned `Clock`.
 async fn setup(session: &str) -> (DevIdp, Proxy, Clock, tempfile::TempDir) {
-    let idp = start_devidp(DevIdpOptions::default()).await;
+    setup_with(DevIdpOptions::default(), session, "").await
+}
+
+/// As `setup`, with the provider's `options` and `scopes` for the `dev`
+/// provider entry (`""`: the default).
+async fn setup_with(
+    options: DevIdpOptions,
+    session: &str,
+    scopes: &str,
+) -> (DevIdp, Proxy, Clock, tempfile::TempDir) {
+    let idp = start_devidp(options).await;
     let backend = start_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock {
         file: dir.path().join("faketime"),
     };
     clock.set(0);
-    let config = config(&idp, backend, session, "");
+    let mut config = config(&idp, backend, session, "");
+    if !scopes.is_empty() {
+        let entry = "    audiences: [\"api://messaging\"]\n";
+        assert!(config.contains(entry), "test bug: no provider entry");
+        config = config.replacen(entry, &format!("{entry}    scopes: {scopes}\n"), 1);
+    }
     let lib = libfaketime();
     let proxy = Proxy::start_with_env(
         &config,
@@ -174,7 +190,7 @@ async fn an_idle_session_ends_and_closes_its_chat_unless_the_client_keeps_talkin
     // said: closed with 4001 within a second or so, and the session is over.
     clock.set(112);
     assert_eq!(
-        closed_with(&mut talking, Duration::from_secs(3)).await,
+        closed_with(&mut talking, CLOSE_DEADLINE).await,
         Some((4001, "session idle".to_string()))
     );
     assert_eq!(chat_refused_with(&proxy, &cookie).await, 401);
@@ -214,7 +230,7 @@ async fn a_message_soon_after_the_last_recorded_activity_still_counts() {
     );
     clock.set(82);
     assert_eq!(
-        closed_with(&mut ws, Duration::from_secs(3)).await,
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
         Some((4001, "session idle".to_string()))
     );
 }
@@ -231,12 +247,119 @@ async fn a_session_ends_at_its_maximum_lifetime_however_active() {
 
     clock.set(901);
     assert_eq!(
-        closed_with(&mut ws, Duration::from_secs(3)).await,
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
         Some((4001, "session expired".to_string()))
     );
     assert_eq!(chat_refused_with(&proxy, &cookie).await, 401);
     assert_eq!(me_status(&proxy, &cookie).await, 401);
     assert_eq!(session_ends(&proxy, "expired").await, Some(1.0));
+}
+
+/// Requests to the provider that a re-check makes (discovery, token).
+fn provider_requests(idp: &DevIdp) -> u64 {
+    idp.token_hits() + idp.discovery_hits()
+}
+
+/// Makes requests with `cookie` for about a second, each answered 200;
+/// then asserts the provider heard nothing more than `requests`.
+async fn requests_ask_the_provider_nothing(
+    proxy: &Proxy,
+    idp: &DevIdp,
+    cookie: &str,
+    requests: u64,
+    why: &str,
+) {
+    for _ in 0..8 {
+        let status = no_redirects()
+            .get(proxy.url("/v1/x?deploymentId=support"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{why}");
+        tokio::time::sleep(Duration::from_millis(125)).await;
+    }
+    assert_eq!(provider_requests(idp), requests, "{why}");
+}
+
+/// Waits until the provider has heard more than `requests`.
+async fn provider_asked(idp: &DevIdp, requests: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while provider_requests(idp) == requests {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider was not asked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    provider_requests(idp)
+}
+
+#[tokio::test]
+async fn a_recheck_the_provider_cannot_answer_keeps_the_session_and_is_retried_a_minute_later() {
+    // ID tokens outlive the clock jumps below.
+    let options = DevIdpOptions {
+        token_lifetime: Duration::from_secs(7200),
+        ..DevIdpOptions::default()
+    };
+    let (idp, proxy, clock, _dir) = setup_with(
+        options,
+        "{max_lifetime: 24h, idle_timeout: 1h, token_lifetime: 15m}",
+        "[openid, email, profile, offline_access]",
+    )
+    .await;
+    let cookie = log_in(&proxy).await;
+    let mut ws = open_chat(&proxy, &cookie).await;
+    let get = || {
+        no_redirects()
+            .get(proxy.url("/v1/x?deploymentId=support"))
+            .header("cookie", cookie.as_str())
+            .send()
+    };
+
+    // Due (15 min later) while the provider is down: asked once, and the
+    // session goes on.
+    idp.set_down(true);
+    clock.set(16 * 60);
+    let before = provider_requests(&idp);
+    assert_eq!(get().await.unwrap().status(), 200);
+    let asked = provider_asked(&idp, before).await;
+    requests_ask_the_provider_nothing(
+        &proxy,
+        &idp,
+        &cookie,
+        asked,
+        "postponed, not retried per request",
+    )
+    .await;
+    assert_eq!(echo(&mut ws, "still here").await["text"], "still here");
+    assert_eq!(me_status(&proxy, &cookie).await, 200);
+
+    // Back up, but within the minute: not asked yet.
+    idp.set_down(false);
+    clock.set(16 * 60 + 30);
+    requests_ask_the_provider_nothing(&proxy, &idp, &cookie, asked, "the retry waits a minute")
+        .await;
+
+    // A minute after the failure: asked again, and renewed.
+    clock.set(16 * 60 + 65);
+    let tokens = idp.token_hits();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while idp.token_hits() == tokens {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry reached the token endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let renewed = provider_requests(&idp);
+    requests_ask_the_provider_nothing(&proxy, &idp, &cookie, renewed, "renewed for another 15 min")
+        .await;
+    assert_eq!(echo(&mut ws, "and still").await["text"], "and still");
+    assert_eq!(session_ends(&proxy, "revoked").await, None);
+    assert_eq!(forced_closes(&proxy, "revoked").await, None);
 }
 
 #[tokio::test]
@@ -372,7 +495,7 @@ async fn a_reload_that_tightens_the_policy_closes_the_chats_it_would_now_refuse(
     assert_eq!(summary["summary"]["closed_connections"], 1, "{summary}");
 
     assert_eq!(
-        closed_with(&mut alice_chat, Duration::from_secs(3)).await,
+        closed_with(&mut alice_chat, CLOSE_DEADLINE).await,
         Some((4002, "policy changed".to_string()))
     );
     let reply = echo(&mut carol_chat, "still allowed").await;

@@ -257,7 +257,7 @@ async fn refresh_rotates_forgives_a_second_tab_and_ends_the_session_on_reuse() {
     assert_eq!(status, 401);
     assert_eq!(reused["error"], "refresh_token_reused");
     assert_eq!(
-        closed_with(&mut ws, Duration::from_secs(3)).await,
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
         Some((4002, "session revoked".to_string()))
     );
     let (status, _) = refresh(c["refreshToken"].as_str().unwrap().to_string()).await;
@@ -282,7 +282,7 @@ async fn revoke_ends_the_session_and_its_live_chats() {
     let done = revoke().await.unwrap();
     assert_eq!(done.status(), 204);
     assert_eq!(
-        closed_with(&mut ws, Duration::from_secs(3)).await,
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
         Some((4002, "logged out".to_string()))
     );
     // The jwt has not expired, but its session has.

@@ -577,9 +577,11 @@
       this._done = true;
       this._c._cancel(this._timer);
       this._timer = null;
-      if (this._ws && this._ws.readyState < 2) {
+      if (this._ws && this._ws.readyState < 3) {
         this.readyState = 2;
-        this._ws.close(code, reason); // "close" fires from its onclose
+        // "close" fires from its onclose; a socket already closing (the
+        // server's close frame is in) reports the server's code there.
+        if (this._ws.readyState < 2) this._ws.close(code, reason);
       } else this._finish({ code, reason, wasClean: true });
     }
     _finish(ev) {

@@ -130,6 +130,8 @@ pub struct Messenger {
 pub struct Authentication {
     pub enabled: bool,
     pub provider: Option<String>,
+    /// Always false: `check` refuses true until session upgrade (with the
+    /// guest-api profile) is built. Reported to the SDK as `allowSessionUpgrade`.
     pub allow_session_upgrade: bool,
     /// Provider ID tokens as bearer credentials (off by default: an ID
     /// token outlives the session it came from, and travels in URLs).
@@ -221,9 +223,9 @@ pub enum DeploymentSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteProfile {
     /// Plain messaging traffic: the handshake is authenticated, frames pass.
+    /// The only profile so far: `guest-api` (the proxy also reading client
+    /// frames) is refused by `check` until it is built.
     Standard,
-    /// The hosted product's Guest API: the proxy also reads client frames.
-    GuestApi,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +250,11 @@ pub struct Sessions {
 #[derive(Debug, Clone)]
 pub enum SessionStore {
     Memory,
-    Redis { url: Secret },
+    /// Parsed so that a `redis` block's mistakes are reported, but refused
+    /// by `check` until the shared store is built.
+    Redis {
+        url: Secret,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

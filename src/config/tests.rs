@@ -63,7 +63,7 @@ routes:
     deployment_from: {query: deploymentId}
   - path_prefix: /support/
     deployment: 3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10
-    profile: guest-api
+    profile: standard
 sessions:
   store: memory
   cookie: {name: portcullis}
@@ -142,7 +142,7 @@ fn the_canonical_file_parses_into_the_model() {
         c.routes[0].deployment,
         DeploymentSource::Query("deploymentId".into())
     );
-    assert_eq!(c.routes[1].profile, RouteProfile::GuestApi);
+    assert_eq!(c.routes[1].profile, RouteProfile::Standard);
     assert_eq!(
         c.upstreams["chat"].health_check.as_ref().unwrap().interval,
         Duration::from_secs(5)
@@ -538,10 +538,65 @@ fn routes_are_plain_paths_outside_the_auth_namespace() {
         "not both",
     );
     assert_error(
-        &errors_after("profile: guest-api", "profile: genesys"),
+        &errors_after("profile: standard", "profile: genesys"),
         "routes[1].profile",
         "not a profile",
     );
+}
+
+/// Keys that would be accepted and then do nothing are refused, each with
+/// a message that says so, until what they name is built.
+#[test]
+fn keys_for_what_is_not_built_are_refused() {
+    assert_error(
+        &errors_after("profile: standard", "profile: guest-api"),
+        "routes[1].profile",
+        "the guest-api profile is not built yet",
+    );
+    assert_error(
+        &errors_after(
+            "allow_session_upgrade: false",
+            "allow_session_upgrade: true",
+        ),
+        "messengers.support.authentication.allow_session_upgrade",
+        "session upgrade is not built yet",
+    );
+    assert!(
+        !parse_text(GOOD).unwrap().messengers["support"]
+            .authentication
+            .allow_session_upgrade,
+        "false is accepted"
+    );
+    // The reuse grace only means something where refresh tokens are issued.
+    assert_error(
+        &errors_after(
+            "  public:\n    authentication: {enabled: false}",
+            "  public:\n    authentication: {enabled: false}\n    session: {refresh_reuse_grace: 5s}",
+        ),
+        "messengers.public.session.refresh_reuse_grace",
+        "has no effect while authentication is off",
+    );
+    let c = parse_text(&GOOD.replacen(
+        "  public:\n    authentication: {enabled: false}",
+        "  public:\n    authentication: {enabled: false}\n    session: {max_lifetime: 2h}",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.messengers["public"].session.max_lifetime,
+        Duration::from_secs(7200),
+        "other session keys stay accepted on an auth-off messenger"
+    );
+    // The hosted product's paths are built (the token API serves them):
+    // accepted, and carried into the model the endpoints read.
+    let c = parse_text(&GOOD.replacen(
+        "compat: {hosted_paths: false}",
+        "compat: {hosted_paths: true}",
+        1,
+    ))
+    .unwrap();
+    assert!(c.compat.hosted_paths);
+    assert!(!parse_text(GOOD).unwrap().compat.hosted_paths);
 }
 
 #[test]
@@ -559,8 +614,15 @@ fn session_keys_and_stores_are_checked() {
         "sessions.keys.cookie_key",
         "not valid base64",
     );
+    // The shared store is not built yet: refused, whatever its block says.
+    let errors = errors_after("store: memory", "store: redis");
     assert_error(
-        &errors_after("store: memory", "store: redis"),
+        &errors,
+        "sessions.store",
+        "the redis store is not built yet",
+    );
+    assert_error(
+        &errors,
         "sessions.redis",
         "required when sessions.store is redis",
     );
@@ -569,13 +631,25 @@ fn session_keys_and_stores_are_checked() {
         "sessions.store",
         "not a store",
     );
-    let c = parse_text(&GOOD.replacen(
+    let errors = errors_after(
         "store: memory",
         "store: redis\n  redis: {url: \"redis://127.0.0.1:6379/0\"}",
-        1,
-    ))
-    .unwrap();
-    assert!(matches!(c.sessions.store, SessionStore::Redis { .. }));
+    );
+    assert_error(
+        &errors,
+        "sessions.store",
+        "the redis store is not built yet",
+    );
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    // A redis block beside the memory store would be read by nothing.
+    assert_error(
+        &errors_after(
+            "store: memory",
+            "store: memory\n  redis: {url: \"redis://127.0.0.1:6379/0\"}",
+        ),
+        "sessions.redis",
+        "has no effect while sessions.store is memory",
+    );
     assert_error(
         &errors_after(
             "store: memory",

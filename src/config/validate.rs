@@ -857,6 +857,24 @@ fn messengers(
                 "has no effect while authentication is off",
             );
         }
+        // Accepted and ignored would tell the operator something works that
+        // does not: session upgrade needs the guest-api profile.
+        if auth.allow_session_upgrade {
+            c.error(
+                format!("{path}.authentication.allow_session_upgrade"),
+                "session upgrade is not built yet (it arrives with the guest-api profile): remove the key or set it to false",
+            );
+        }
+        let sets_reuse_grace = m
+            .session
+            .as_ref()
+            .is_some_and(|s| s.refresh_reuse_grace.is_some());
+        if sets_reuse_grace && !auth.enabled {
+            c.error(
+                format!("{path}.session.refresh_reuse_grace"),
+                "has no effect while authentication is off (no refresh tokens are issued)",
+            );
+        }
         let require = auth
             .require
             .map(|r| require(c, &format!("{path}.authentication.require"), r))
@@ -1256,7 +1274,13 @@ fn routes(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Route> {
         };
         let profile = match r.profile.as_deref() {
             None | Some("standard") => RouteProfile::Standard,
-            Some("guest-api") => RouteProfile::GuestApi,
+            Some("guest-api") => {
+                c.error(
+                    format!("{path}.profile"),
+                    "the guest-api profile is not built yet: use standard (the default)",
+                );
+                RouteProfile::Standard
+            }
             Some(other) => {
                 c.error(
                     format!("{path}.profile"),
@@ -1275,6 +1299,28 @@ fn routes(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Route> {
     out
 }
 
+/// The `redis` block, checked so that its mistakes are reported with the
+/// refusal of the store itself.
+fn redis_store(c: &mut Checker, redis: Option<RawRedis>) -> SessionStore {
+    let Some(r) = redis else {
+        c.error("sessions.redis", "required when sessions.store is redis");
+        return SessionStore::Memory;
+    };
+    let Some(url) = c.secret("sessions.redis.url", &r.url, true) else {
+        return SessionStore::Memory;
+    };
+    let scheme_ok = url::Url::parse(url.expose())
+        .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+        .unwrap_or(false);
+    if !scheme_ok {
+        c.error(
+            "sessions.redis.url",
+            "not a Redis URL (expected redis://host:port/db or rediss://...)",
+        );
+    }
+    SessionStore::Redis { url }
+}
+
 fn sessions(c: &mut Checker, value: &Value) -> Sessions {
     let raw = c.decode::<Option<RawSessions>>("sessions", value).flatten();
     let (store, redis, cookie, keys) = match raw {
@@ -1282,28 +1328,22 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
         None => (None, None, None, None),
     };
     let store = match store.as_deref() {
-        None | Some("memory") => SessionStore::Memory,
-        Some("redis") => match redis {
-            Some(r) => match c.secret("sessions.redis.url", &r.url, true) {
-                Some(url) => {
-                    let scheme_ok = url::Url::parse(url.expose())
-                        .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
-                        .unwrap_or(false);
-                    if !scheme_ok {
-                        c.error(
-                            "sessions.redis.url",
-                            "not a Redis URL (expected redis://host:port/db or rediss://...)",
-                        );
-                    }
-                    SessionStore::Redis { url }
-                }
-                None => SessionStore::Memory,
-            },
-            None => {
-                c.error("sessions.redis", "required when sessions.store is redis");
-                SessionStore::Memory
+        None | Some("memory") => {
+            if redis.is_some() {
+                c.error(
+                    "sessions.redis",
+                    "has no effect while sessions.store is memory: remove it",
+                );
             }
-        },
+            SessionStore::Memory
+        }
+        Some("redis") => {
+            c.error(
+                "sessions.store",
+                "the redis store is not built yet: sessions live in memory, on one instance (use memory)",
+            );
+            redis_store(c, redis)
+        }
         Some(other) => {
             c.error(
                 "sessions.store",

@@ -34,6 +34,12 @@
 //!   `email_verified`, `name`, `groups`), whatever the scope;
 //! - the token endpoint signs with RS256 unless [`DevIdp::set_signing_alg`]
 //!   says ES256;
+//! - options for the relying party's other paths: a client that may use
+//!   only `client_secret_post` (`client_secret_post_only`), no
+//!   `end_session_endpoint` in discovery (`end_session_endpoint: false`),
+//!   and a careless provider that neither spends codes nor checks PKCE
+//!   (`reusable_codes`); [`DevIdp::set_id_token_claims`] changes what later
+//!   ID tokens of a user say (another `sub`, other groups);
 //! - `redirect_uris` empty accepts any http(s) loopback redirect URI;
 //!   `post_logout_redirect_uri` must be a configured redirect URI or share
 //!   its origin (loopback when none are configured).
@@ -122,6 +128,14 @@ pub struct DevIdpOptions {
     pub access_token_audience: String,
     /// Lifetime of access and ID tokens (`exp - iat`, `expires_in`).
     pub token_lifetime: Duration,
+    /// Discovery lists only `client_secret_post`, and the token endpoint
+    /// refuses `client_secret_basic` (as some providers do).
+    pub client_secret_post_only: bool,
+    /// Discovery lists `end_session_endpoint` (RP-initiated logout).
+    pub end_session_endpoint: bool,
+    /// A careless provider: codes are not spent by a redemption and PKCE is
+    /// not checked, so a relying party's own replay defences show.
+    pub reusable_codes: bool,
 }
 
 impl Default for DevIdpOptions {
@@ -133,6 +147,9 @@ impl Default for DevIdpOptions {
             users: default_users(),
             access_token_audience: "api://messaging".to_string(),
             token_lifetime: Duration::from_secs(300),
+            client_secret_post_only: false,
+            end_session_endpoint: true,
+            reusable_codes: false,
         }
     }
 }
@@ -277,6 +294,23 @@ impl DevIdp {
         self.provider.hits.token.load(Ordering::Relaxed)
     }
 
+    /// ID tokens issued for `user` from now on carry `claims` (an object)
+    /// in place of their own claims of the same names, `sub` included: a
+    /// user whose groups changed, or a provider that answers a refresh for
+    /// somebody else.
+    ///
+    /// # Panics
+    /// Unless `claims` is a JSON object.
+    pub fn set_id_token_claims(&self, user: &str, claims: serde_json::Value) {
+        let serde_json::Value::Object(claims) = claims else {
+            panic!("set_id_token_claims takes a JSON object");
+        };
+        self.provider
+            .claim_overrides
+            .lock()
+            .insert(user.to_string(), claims);
+    }
+
     /// Revokes every refresh token of `user`; returns how many there were.
     pub fn revoke_refresh_tokens(&self, user: &str) -> usize {
         self.provider.store.lock().revoke_subject(user)
@@ -330,6 +364,20 @@ impl DevIdp {
     pub fn sign(&self, header: Header, claims: &serde_json::Value) -> String {
         self.provider
             .sign(header, claims)
+            .unwrap_or_else(|e| panic!("development provider cannot sign: {e}"))
+    }
+
+    /// Signs `header` and `payload` as given, byte for byte, with the
+    /// current key for `alg` (see [`DevIdp::sign`] for which key): for
+    /// token shapes serde would not produce, such as a header without a
+    /// kid, a repeated claim or a payload that is not JSON. The header's
+    /// own `alg` is not checked against `alg`.
+    ///
+    /// # Panics
+    /// For an algorithm the provider has no key for.
+    pub fn sign_raw(&self, alg: Algorithm, header: &str, payload: &str) -> String {
+        self.provider
+            .sign_raw(alg, header, payload)
             .unwrap_or_else(|e| panic!("development provider cannot sign: {e}"))
     }
 

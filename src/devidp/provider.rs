@@ -1,13 +1,14 @@
 //! The provider's shared state and the logic that is not HTTP: users,
 //! claims, signing and verifying tokens, test controls.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, Header, Validation};
 use parking_lot::{Mutex, RwLock};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::keys::{KeyKind, KeyRing};
 use super::store::{random_token, Store};
@@ -51,6 +52,8 @@ pub(crate) struct Provider {
     pub(crate) keys: RwLock<KeyRing>,
     pub(crate) store: Mutex<Store>,
     pub(crate) hits: Hits,
+    /// Claims that replace an ID token's own, by user (`set_id_token_claims`).
+    pub(crate) claim_overrides: Mutex<HashMap<String, Map<String, Value>>>,
     down: AtomicBool,
     delay: Mutex<Duration>,
     jwks_cache_control: RwLock<Option<String>>,
@@ -69,6 +72,7 @@ impl Provider {
             keys: RwLock::new(keys),
             store: Mutex::new(Store::default()),
             hits: Hits::default(),
+            claim_overrides: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             delay: Mutex::new(Duration::ZERO),
             jwks_cache_control: RwLock::new(Some("max-age=300".to_string())),
@@ -144,6 +148,23 @@ impl Provider {
             header.kid = Some(key.kid.clone());
         }
         Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+    }
+
+    /// Signs `header` and `payload` text exactly as given (base64url of
+    /// each, then the signature) with the current key for `alg`.
+    pub(crate) fn sign_raw(
+        &self,
+        alg: Algorithm,
+        header: &str,
+        payload: &str,
+    ) -> Result<String, SignError> {
+        use base64::Engine as _;
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let kind = KeyKind::for_algorithm(alg).ok_or(SignError::NoKey(alg))?;
+        let key = self.keys.read().current(kind).clone();
+        let message = format!("{}.{}", b64(header), b64(payload));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key.encoding, alg)?;
+        Ok(format!("{message}.{signature}"))
     }
 
     /// Verifies a token this provider issued: a published key by kid, that
@@ -246,8 +267,13 @@ impl Provider {
             "name": user.name,
             "groups": user.groups,
         });
-        if let (Some(nonce), Some(map)) = (nonce, claims.as_object_mut()) {
-            map.insert("nonce".into(), nonce.into());
+        if let Some(map) = claims.as_object_mut() {
+            if let Some(nonce) = nonce {
+                map.insert("nonce".into(), nonce.into());
+            }
+            if let Some(overrides) = self.claim_overrides.lock().get(&user.subject) {
+                map.extend(overrides.clone());
+            }
         }
         claims
     }
@@ -268,18 +294,21 @@ impl Provider {
 
     pub(crate) fn discovery(&self) -> Value {
         let issuer = &self.issuer;
-        json!({
+        let mut document = json!({
             "issuer": issuer,
             "authorization_endpoint": format!("{issuer}/authorize"),
             "token_endpoint": format!("{issuer}/token"),
             "jwks_uri": format!("{issuer}/jwks"),
             "userinfo_endpoint": format!("{issuer}/userinfo"),
-            "end_session_endpoint": format!("{issuer}/end_session"),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "token_endpoint_auth_methods_supported": if self.options.client_secret_post_only {
+                json!(["client_secret_post"])
+            } else {
+                json!(["client_secret_basic", "client_secret_post"])
+            },
             "code_challenge_methods_supported": ["S256"],
             "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
             "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
@@ -289,6 +318,10 @@ impl Provider {
             ],
             "prompt_values_supported": ["none", "login"],
             "authorization_response_iss_parameter_supported": true,
-        })
+        });
+        if self.options.end_session_endpoint {
+            document["end_session_endpoint"] = json!(format!("{issuer}/end_session"));
+        }
+        document
     }
 }

@@ -146,6 +146,15 @@ impl Store {
         Ok(issued)
     }
 
+    /// A code as issued, left unspent (`DevIdpOptions::reusable_codes`).
+    pub(crate) fn peek_code(&self, code: &str) -> Result<IssuedCode, Refusal> {
+        let issued = self.codes.get(code).ok_or(Refusal::Unknown)?;
+        if issued.issued.elapsed() >= CODE_LIFETIME {
+            return Err(Refusal::Expired);
+        }
+        Ok(issued.clone())
+    }
+
     /// Records which refresh-token family a redeemed code started.
     pub(crate) fn link_code_family(&mut self, code: &str, family: &str) {
         if let Some((slot, _)) = self.spent_codes.get_mut(code) {

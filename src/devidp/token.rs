@@ -142,6 +142,11 @@ fn authenticate_client(
                 "use one client authentication method, not Basic and client_secret both",
             ))
         }
+        (Some(_), None) if provider.options.client_secret_post_only => {
+            return Err(OAuthError::invalid_client(
+                "this client must authenticate with client_secret_post",
+            ))
+        }
         (Some((id, secret)), None) => {
             if body_id.is_some_and(|body_id| body_id != id) {
                 return Err(OAuthError::invalid_client(
@@ -213,10 +218,14 @@ fn code_grant(
     if !valid_verifier(verifier) {
         return Err(OAuthError::invalid_request("code_verifier is malformed"));
     }
+    let careless = provider.options.reusable_codes;
     let mut store = provider.store.lock();
-    let issued = store
-        .redeem_code(code)
-        .map_err(|r| OAuthError::invalid_grant(refusal_text(r, "authorization code")))?;
+    let issued = if careless {
+        store.peek_code(code)
+    } else {
+        store.redeem_code(code)
+    }
+    .map_err(|r| OAuthError::invalid_grant(refusal_text(r, "authorization code")))?;
     if issued.client_id != client_id {
         return Err(OAuthError::invalid_grant(
             "code was issued to another client",
@@ -227,7 +236,7 @@ fn code_grant(
             "redirect_uri differs from the authorization request",
         ));
     }
-    if !pkce_matches(verifier, &issued.code_challenge) {
+    if !careless && !pkce_matches(verifier, &issued.code_challenge) {
         return Err(OAuthError::invalid_grant(
             "code_verifier does not match the code_challenge",
         ));

@@ -46,6 +46,81 @@ struct PendingLogin {
     max_age: Option<u64>,
 }
 
+impl PendingLogin {
+    /// Whether this pending login is the one the provider's answer names,
+    /// and still in time.
+    fn answers(&self, state: &str, now: u64) -> bool {
+        self.state == state && now < self.created.saturating_add(LOGIN_TIMEOUT_SECS)
+    }
+}
+
+/// A login state as `start` makes them: base64url, at least 8 characters
+/// (the pending cookie's name takes the first 8 bytes). Anything else is
+/// not ours.
+fn is_login_state(state: &str) -> bool {
+    state.len() >= 8
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The `prompt` of the authorization request: the one the page asked for,
+/// else `consent` when the scopes ask for a refresh token (OpenID Connect
+/// Core §11 grants offline_access only with it, and without a refresh
+/// token sessions cannot be re-checked), else none.
+fn authorization_prompt(requested: Option<String>, scopes: &[String]) -> Option<String> {
+    requested.or_else(|| {
+        scopes
+            .iter()
+            .any(|s| s == "offline_access")
+            .then(|| "consent".to_string())
+    })
+}
+
+/// The pending-login cookies to clear so that, with the one being added,
+/// at most `MAX_PENDING_LOGINS` remain: the oldest. `pending` is in header
+/// order with each login's start time. Times have whole seconds: within
+/// one, the header's order decides, where browsers put older cookies first
+/// (RFC 6265 section 5.4).
+fn pending_logins_to_clear(mut pending: Vec<(&str, u64)>) -> Vec<&str> {
+    // Newest first: reversed, then a stable sort keeps later-in-header first on ties.
+    pending.reverse();
+    pending.sort_by_key(|(_, created)| std::cmp::Reverse(*created));
+    pending
+        .into_iter()
+        .skip(MAX_PENDING_LOGINS - 1)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Whether a logout request comes from this site: a POST must carry this
+/// origin's `Origin`; a GET (a link) is believed only with
+/// `Sec-Fetch-Site: same-origin`. Anything else gets a confirmation page.
+fn logout_from_this_site(
+    method: &http::Method,
+    origin: Option<&str>,
+    fetch_site: Option<&str>,
+    self_origin: &str,
+) -> bool {
+    if method == http::Method::POST {
+        origin.is_some_and(|o| o.eq_ignore_ascii_case(self_origin))
+    } else {
+        fetch_site == Some("same-origin")
+    }
+}
+
+/// Where the provider sends the browser after its logout. Providers match
+/// `post_logout_redirect_uri` exactly against what is registered: a
+/// same-origin `rd` (a path) returns to the site's root (register
+/// `public_url` + "/"), another allowed origin's URL as given.
+fn post_logout_redirect_uri(rd: &str, self_origin: &str) -> String {
+    if rd.starts_with('/') {
+        format!("{self_origin}/")
+    } else {
+        rd.to_string()
+    }
+}
+
 /// The session the request's cookie names, if it is intact, ours and alive.
 pub async fn session_from_cookie(
     state: &State,
@@ -238,18 +313,10 @@ pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        // OpenID Connect Core §11: a refresh token (offline_access) is only
-        // granted with prompt=consent, and without one sessions cannot be
-        // re-checked.
-        let offline = provider.config.scopes.iter().any(|s| s == "offline_access");
-        match query_param(req, "prompt") {
-            Some(prompt) => {
-                q.append_pair("prompt", &prompt);
-            }
-            None if offline => {
-                q.append_pair("prompt", "consent");
-            }
-            None => {}
+        if let Some(prompt) =
+            authorization_prompt(query_param(req, "prompt"), &provider.config.scopes)
+        {
+            q.append_pair("prompt", &prompt);
         }
         if let Some(hint) = query_param(req, "login_hint") {
             q.append_pair("login_hint", &hint);
@@ -260,7 +327,7 @@ pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
     }
     let mut set_cookies = vec![policy.set_cookie(&cookie_name, &sealed, Some(LOGIN_TIMEOUT_SECS))];
     // Cap the pending logins: the oldest ones make room.
-    let mut pending_cookies: Vec<(&str, u64)> = cookies(req)
+    let pending_cookies: Vec<(&str, u64)> = cookies(req)
         .filter(|(k, _)| k.starts_with(&policy.pending_prefix))
         .map(|(k, v)| {
             let created = runtime
@@ -271,8 +338,7 @@ pub async fn start(runtime: &Runtime, req: &RequestHeader) -> Response {
             (k, created)
         })
         .collect();
-    pending_cookies.sort_by_key(|(_, created)| std::cmp::Reverse(*created));
-    for (name, _) in pending_cookies.iter().skip(MAX_PENDING_LOGINS - 1) {
+    for name in pending_logins_to_clear(pending_cookies) {
         set_cookies.push(policy.clear_cookie(name));
     }
     redirect_to(location.as_str(), &set_cookies)
@@ -295,11 +361,7 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
     let policy = &runtime.cookie_policy;
     // States are base64url (see `start`): anything else is not ours, and
     // the cookie name below slices it by bytes.
-    let Some(login_state) = query_param(req, "state").filter(|s| {
-        s.len() >= 8
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    }) else {
+    let Some(login_state) = query_param(req, "state").filter(|s| is_login_state(s)) else {
         return refused_early(
             state,
             "-",
@@ -313,7 +375,7 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         .find(|(k, _)| *k == cookie_name)
         .and_then(|(k, v)| runtime.cookies.open(k, v))
         .and_then(|json| serde_json::from_slice::<PendingLogin>(&json).ok())
-        .filter(|p| p.state == login_state && now() < p.created + LOGIN_TIMEOUT_SECS);
+        .filter(|p| p.answers(&login_state, now()));
     let Some(pending) = pending else {
         return refused_early(
             state,
@@ -516,10 +578,12 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
         );
     };
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    let same_origin = match req.method.as_str() {
-        "POST" => header("origin").is_some_and(|o| o.eq_ignore_ascii_case(&self_origin)),
-        _ => header("sec-fetch-site") == Some("same-origin"),
-    };
+    let same_origin = logout_from_this_site(
+        &req.method,
+        header("origin"),
+        header("sec-fetch-site"),
+        &self_origin,
+    );
     let rd_param = query_param(req, "rd");
     if !same_origin {
         if req.method == http::Method::POST {
@@ -550,14 +614,7 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
         .and_then(|m| m.end_session_endpoint.clone());
     let location = match (end_session, provider) {
         (Some(endpoint), Some(provider)) => {
-            // Providers match post_logout_redirect_uri exactly against what
-            // is registered: a same-origin `rd` returns to the site's root
-            // (register `public_url` + "/"), another allowed origin as given.
-            let absolute_rd = if rd.starts_with('/') {
-                format!("{self_origin}/")
-            } else {
-                rd.clone()
-            };
+            let absolute_rd = post_logout_redirect_uri(&rd, &self_origin);
             match url::Url::parse(&endpoint) {
                 Ok(mut url) => {
                     {
@@ -601,4 +658,152 @@ fn confirm_logout(rd: Option<&str>) -> Response {
             ),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(state: &str, created: u64) -> PendingLogin {
+        PendingLogin {
+            state: state.into(),
+            deployment: "d".into(),
+            rd: "/".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            created,
+            max_age: None,
+        }
+    }
+
+    #[test]
+    fn only_states_shaped_as_ours_are_read() {
+        assert!(is_login_state("abcdEFGH-_12"));
+        assert!(is_login_state("abcdefgh"));
+        for foreign in [
+            "",
+            "abcdefg",
+            "abcd efgh",
+            "abcdefg=",
+            "abcdéfgh",
+            "abc/defgh",
+            "ab%2Fcdefg",
+        ] {
+            assert!(!is_login_state(foreign), "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn a_pending_login_answers_its_own_state_until_it_times_out() {
+        let p = pending("state-one", 1_000);
+        assert!(p.answers("state-one", 1_000));
+        assert!(p.answers("state-one", 1_000 + LOGIN_TIMEOUT_SECS - 1));
+        assert!(!p.answers("state-one", 1_000 + LOGIN_TIMEOUT_SECS));
+        assert!(!p.answers("state-two", 1_000));
+        // A state that shares the cookie name's first 8 bytes is still another login.
+        assert!(!p.answers("state-oneX", 1_000));
+        assert!(!pending("s", u64::MAX).answers("s", u64::MAX));
+    }
+
+    #[test]
+    fn consent_is_asked_only_for_a_refresh_token_and_never_over_the_pages_choice() {
+        let scopes = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let offline = scopes(&["openid", "offline_access"]);
+        assert_eq!(
+            authorization_prompt(None, &offline).as_deref(),
+            Some("consent")
+        );
+        assert_eq!(
+            authorization_prompt(None, &scopes(&["openid", "email"])),
+            None
+        );
+        assert_eq!(
+            authorization_prompt(Some("login".into()), &offline).as_deref(),
+            Some("login")
+        );
+        assert_eq!(
+            authorization_prompt(Some("none".into()), &scopes(&["openid"])).as_deref(),
+            Some("none")
+        );
+    }
+
+    #[test]
+    fn the_oldest_pending_logins_make_room() {
+        // Five in the header, oldest first (as browsers send them): four
+        // stay with the new one, so the two oldest go.
+        let header = vec![
+            ("p-a", 10),
+            ("p-b", 20),
+            ("p-c", 30),
+            ("p-d", 40),
+            ("p-e", 50),
+        ];
+        assert_eq!(pending_logins_to_clear(header), ["p-b", "p-a"]);
+        // Below the cap, nothing goes.
+        assert!(pending_logins_to_clear(vec![("p-a", 10), ("p-b", 20), ("p-c", 30)]).is_empty());
+        // Logins of the same second: the header's order decides, the first is the oldest.
+        let same_second = vec![("p-a", 7), ("p-b", 7), ("p-c", 7), ("p-d", 7)];
+        assert_eq!(pending_logins_to_clear(same_second), ["p-a"]);
+        // An unreadable cookie (time 0) goes first, wherever it is.
+        let unreadable = vec![("p-a", 10), ("p-x", 0), ("p-b", 20), ("p-c", 30)];
+        assert_eq!(pending_logins_to_clear(unreadable), ["p-x"]);
+    }
+
+    #[test]
+    fn logouts_are_believed_from_this_site_only() {
+        let site = "https://chat.example.com";
+        let post = http::Method::POST;
+        let get = http::Method::GET;
+        assert!(logout_from_this_site(&post, Some(site), None, site));
+        assert!(logout_from_this_site(
+            &post,
+            Some("HTTPS://CHAT.example.com"),
+            None,
+            site
+        ));
+        assert!(!logout_from_this_site(
+            &post,
+            Some("https://evil.example"),
+            None,
+            site
+        ));
+        assert!(!logout_from_this_site(
+            &post,
+            None,
+            Some("same-origin"),
+            site
+        ));
+        assert!(!logout_from_this_site(&post, Some("null"), None, site));
+        assert!(logout_from_this_site(&get, None, Some("same-origin"), site));
+        assert!(!logout_from_this_site(&get, Some(site), None, site));
+        assert!(!logout_from_this_site(&get, None, Some("cross-site"), site));
+        assert!(!logout_from_this_site(&get, None, None, site));
+    }
+
+    #[test]
+    fn after_the_providers_logout_a_path_returns_to_the_sites_root() {
+        let site = "https://chat.example.com";
+        assert_eq!(
+            post_logout_redirect_uri("/", site),
+            "https://chat.example.com/"
+        );
+        assert_eq!(
+            post_logout_redirect_uri("/bye?x=1", site),
+            "https://chat.example.com/"
+        );
+        assert_eq!(
+            post_logout_redirect_uri("https://shop.example.com/bye", site),
+            "https://shop.example.com/bye"
+        );
+    }
+
+    #[test]
+    fn page_text_is_escaped_and_descriptions_become_sentences() {
+        assert_eq!(
+            escape_html(r#"<a href="x">&</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+        assert_eq!(capitalized("the code was refused"), "The code was refused.");
+        assert_eq!(capitalized(""), "");
+    }
 }

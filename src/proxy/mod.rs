@@ -15,8 +15,9 @@
 //!                          servers, skipping ones that already failed to connect
 //! connected_to_upstream .. upgrade? keep a duplicate of the upstream socket
 //! upstream_request_filter  strip identity headers (any case, `_` as `-`),
-//!                          add the verified identity and its signed assertion,
-//!                          remove the credential carriers, set X-Forwarded-*
+//!                          add the verified identity and its signed assertion
+//!                          (auth disabled: X-Auth-Deployment only), remove
+//!                          the credential carriers, set X-Forwarded-*
 //! response_filter ........ 101: never echo a token subprotocol; register the
 //!                          live connection
 //! response_body_filter ... follow frame boundaries; after a forced close,
@@ -847,8 +848,10 @@ impl ProxyHttp for Portcullis {
         Ok(())
     }
 
-    /// Removes every identity header the client sent and sets
-    /// `X-Forwarded-*` from what portcullis saw itself.
+    /// Removes every identity header the client sent, adds the verified
+    /// identity (or, on a deployment without authentication, only
+    /// `X-Auth-Deployment`), and sets `X-Forwarded-*` from what portcullis
+    /// saw itself.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -860,16 +863,28 @@ impl ProxyHttp for Portcullis {
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
         strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
-        if let (Some(auth), Some(target)) = (&ctx.auth, &ctx.target) {
-            self.add_identity(runtime, target, auth, upstream_request)?;
-            credential::strip_carriers(
-                upstream_request,
-                Some(&auth.credential),
-                target.deployment.config.forward_token,
-            )
-            .or_else(|credential::RewriteFailed| {
-                Error::e_explain(InternalError, "could not remove the credential carriers")
-            })?;
+        match (&ctx.auth, &ctx.target) {
+            (Some(auth), Some(target)) => {
+                self.add_identity(runtime, target, auth, upstream_request)?;
+                credential::strip_carriers(
+                    upstream_request,
+                    Some(&auth.credential),
+                    target.deployment.config.forward_token,
+                )
+                .or_else(|credential::RewriteFailed| {
+                    Error::e_explain(InternalError, "could not remove the credential carriers")
+                })?;
+            }
+            // A deployment without authentication still tells the backend
+            // which deployment admitted the request (SPEC §4), and nothing else.
+            (None, Some(target)) => {
+                let (name, value) = identity::deployment_header(
+                    &target.deployment.label,
+                    &runtime.config.identity_header_prefix,
+                );
+                upstream_request.insert_header(name, value)?;
+            }
+            (_, None) => {}
         }
         let client = headers::ClientInfo {
             peer: session

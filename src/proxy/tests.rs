@@ -20,14 +20,18 @@ upstreams:
 deployments:
   - {id: open-web, messenger: open, upstream: chat, allowed_origins: ["https://www.example.com"]}
   - {id: open-app, messenger: open, upstream: chat, allowed_origins: ["https://www.example.com"], allow_missing_origin: true}
-  - {id: paused, messenger: open, upstream: chat, status: inactive, allow_all_origins: true}
+  - {id: paused, messenger: open, upstream: chat, status: inactive, allowed_origins: ["https://www.example.com"]}
   - {id: secure, messenger: secured, upstream: chat, allow_all_origins: true}
 routes:
   - {path_prefix: /v1}
 "#;
 
 fn runtime() -> Runtime {
-    let cfg = config::parse(CONFIG, Path::new("."), &|_: &str| None).unwrap();
+    runtime_of(CONFIG)
+}
+
+fn runtime_of(text: &str) -> Runtime {
+    let cfg = config::parse(text, Path::new("."), &|_: &str| None).unwrap();
     Runtime::build(
         cfg,
         None,
@@ -64,6 +68,8 @@ fn an_allowed_origin_on_an_open_deployment_passes() {
 
 #[test]
 fn refusals_come_in_order_unknown_inactive_origin_auth() {
+    // `paused` has an origin list that refuses evil.example: only the
+    // inactive check, made first, gives `DeploymentInactive`.
     assert_eq!(
         decide("/v1?deploymentId=ghost", Some("https://evil.example"), true),
         Err(Refusal::UnknownDeployment)
@@ -128,6 +134,36 @@ fn the_auth_namespace_and_unrouted_paths_are_not_proxied() {
         decide("/v1/../v1?deploymentId=open-web", WEB, false),
         Err(Refusal::BadTarget(_))
     ));
+}
+
+/// A route for every path: `/.auth/` stays portcullis's own because it is
+/// reserved, not because no route happens to cover it.
+const CATCH_ALL: &str = r#"
+listen: [{address: "127.0.0.1:8080"}]
+messengers:
+  open: {authentication: {enabled: false}}
+upstreams:
+  chat: {servers: ["127.0.0.1:9000"]}
+deployments:
+  - {id: everything, messenger: open, upstream: chat, allow_all_origins: true}
+routes:
+  - {path_prefix: /, deployment: everything}
+"#;
+
+#[test]
+fn the_auth_namespace_is_reserved_even_under_a_catch_all_route() {
+    let rt = runtime_of(CATCH_ALL);
+    let decide = |target: &str| {
+        admit(&rt, &request(target, WEB), false).map(|t| t.deployment.config.id.clone())
+    };
+    // The route covers everything else, so the refusals below are the reservation's.
+    assert_eq!(decide("/x"), Ok("everything".into()));
+    assert_eq!(decide("/.authx/y"), Ok("everything".into()));
+    for reserved in ["/.auth/x", "/.auth", "/.auth/login?deployment=everything"] {
+        let refusal = decide(reserved).unwrap_err();
+        assert_eq!(refusal, Refusal::NoRoute, "{reserved}");
+        assert_eq!(refusal.status(), 404, "{reserved}");
+    }
 }
 
 #[test]

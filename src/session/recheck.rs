@@ -37,8 +37,8 @@ pub enum Outcome {
 impl Rechecker {
     /// Whether the session is due for a re-check.
     pub fn due(session: &Session, deployment: &DeploymentRt, now: u64) -> bool {
-        session.refresh_token.is_some()
-            && now >= session.checked_at + deployment.messenger.session.token_lifetime.as_secs()
+        let lifetime = deployment.messenger.session.token_lifetime.as_secs();
+        session.refresh_token.is_some() && now >= next_check(session.checked_at, lifetime)
     }
 
     /// Starts a re-check in the background unless one runs for this session.
@@ -66,8 +66,8 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     // (activity, a logout): only the re-check's own fields are written, and
     // only into a session that still exists.
     let postpone = |session: Session| async move {
-        let retry_at = now.saturating_sub(deployment.messenger.session.token_lifetime.as_secs())
-            + RETRY_AFTER_OUTAGE_SECS;
+        let retry_at =
+            postponed_checked_at(now, deployment.messenger.session.token_lifetime.as_secs());
         let _ = state
             .sessions
             .update(
@@ -87,24 +87,15 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     ];
     let tokens = match token_request(provider, &metadata, &grant).await {
         Ok(t) => t,
-        Err(TokenRequestError::InvalidGrant) => {
-            return end(state, &session, EndReason::Revoked).await
-        }
-        Err(
-            TokenRequestError::Refused(e)
-            | TokenRequestError::Unreachable(e)
-            | TokenRequestError::Failed(e),
-        ) => {
+        Err(e) if ends_the_session(&e) => return end(state, &session, EndReason::Revoked).await,
+        Err(e) => {
             tracing::warn!(session = %session.id.public_id(), error = %e, "session re-check postponed");
             return postpone(session).await;
         }
     };
     if let Some(id_token) = &tokens.id_token {
         match token::verify(provider, id_token).await {
-            Ok(v)
-                if v.kind == TokenKind::Id
-                    && v.claims.str("sub") == Some(session.subject.as_str()) =>
-            {
+            Ok(v) if vouches_for(v.kind, v.claims.str("sub"), &session.subject) => {
                 session.claims = v.claims.0.clone().into_iter().collect();
                 session.id_token = Some(id_token.clone());
             }
@@ -134,9 +125,81 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     }
 }
 
+/// When a session checked at `checked_at` is due again.
+fn next_check(checked_at: u64, token_lifetime_secs: u64) -> u64 {
+    checked_at.saturating_add(token_lifetime_secs)
+}
+
+/// The `checked_at` that makes a session whose provider could not be asked
+/// at `now` due again `RETRY_AFTER_OUTAGE_SECS` later, not a whole token
+/// lifetime later.
+fn postponed_checked_at(now: u64, token_lifetime_secs: u64) -> u64 {
+    now.saturating_add(RETRY_AFTER_OUTAGE_SECS)
+        .saturating_sub(token_lifetime_secs)
+}
+
+/// Whether the provider's answer to the refresh grant ends the session: a
+/// refused grant does; a provider that refused for another reason (its
+/// client configuration), could not be reached or answered nonsense does
+/// not, since the user did nothing.
+fn ends_the_session(error: &TokenRequestError) -> bool {
+    matches!(error, TokenRequestError::InvalidGrant)
+}
+
+/// Whether a refreshed ID token still speaks for the session's user.
+fn vouches_for(kind: TokenKind, subject: Option<&str>, session_subject: &str) -> bool {
+    kind == TokenKind::Id && subject == Some(session_subject)
+}
+
 async fn end(state: &State, session: &Session, reason: EndReason) -> Outcome {
     state
         .end_session(&session.id, reason, "session revoked")
         .await;
     Outcome::Ended(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_due_once_per_token_lifetime() {
+        assert_eq!(next_check(1_000, 900), 1_900);
+        assert_eq!(next_check(u64::MAX - 1, 900), u64::MAX);
+    }
+
+    #[test]
+    fn after_an_outage_the_provider_is_asked_again_a_minute_later() {
+        for lifetime in [5, 60, 900, 86_400] {
+            let now = 1_700_000_000;
+            let checked_at = postponed_checked_at(now, lifetime);
+            assert_eq!(
+                next_check(checked_at, lifetime),
+                now + RETRY_AFTER_OUTAGE_SECS,
+                "token_lifetime {lifetime}"
+            );
+        }
+        // Early clocks do not wrap.
+        assert_eq!(postponed_checked_at(10, 86_400), 0);
+    }
+
+    #[test]
+    fn only_a_refused_grant_ends_the_session() {
+        assert!(ends_the_session(&TokenRequestError::InvalidGrant));
+        for kept in [
+            TokenRequestError::Refused("invalid_client".into()),
+            TokenRequestError::Unreachable("timed out".into()),
+            TokenRequestError::Failed("not JSON".into()),
+        ] {
+            assert!(!ends_the_session(&kept), "{kept}");
+        }
+    }
+
+    #[test]
+    fn a_refreshed_id_token_must_be_the_same_users_id_token() {
+        assert!(vouches_for(TokenKind::Id, Some("alice"), "alice"));
+        assert!(!vouches_for(TokenKind::Id, Some("mallory"), "alice"));
+        assert!(!vouches_for(TokenKind::Id, None, "alice"));
+        assert!(!vouches_for(TokenKind::Access, Some("alice"), "alice"));
+    }
 }

@@ -251,7 +251,6 @@ mod tests {
 
     #[test]
     fn the_ring_publishes_current_and_previous_keys() {
-        let old = SigningKey::generate().unwrap();
         let old_pem = {
             let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
             pem::encode(&pem::Pem::new(
@@ -259,13 +258,27 @@ mod tests {
                 pair.to_pkcs8v1().unwrap().as_ref().to_vec(),
             ))
         };
+        let old_kid = SigningKey::from_pem(&old_pem).unwrap().kid;
         let ring = KeyRing::from_config(None, &[Secret::new(old_pem)], None).unwrap();
         assert!(ring.generated);
-        let jwks = ring.jwks();
-        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+        assert_ne!(ring.current.kid, old_kid, "a new key signs");
+        let published_kids = |ring: &KeyRing| -> Vec<String> {
+            ring.jwks()["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            published_kids(&ring),
+            vec![ring.current.kid.clone(), old_kid.clone()],
+            "the current key and the previous one are both published"
+        );
+        assert_eq!(ring.by_kid(&old_kid).unwrap().kid, old_kid);
         // A reload without a configured key keeps the generated one.
         let again = KeyRing::from_config(None, &[], Some(&ring)).unwrap();
         assert_eq!(again.current.kid, ring.current.kid);
-        assert_ne!(again.current.kid, old.kid);
+        assert_eq!(published_kids(&again), vec![ring.current.kid.clone()]);
     }
 }

@@ -1,18 +1,16 @@
-//! Verification against hostile tokens, with keys made here and a minimal
-//! discovery + JWKS server on loopback that counts its hits.
+//! Verification against hostile tokens, signed by the development
+//! provider (`crate::devidp`), which serves discovery and the JWKS on
+//! loopback and counts its JWKS hits.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::*;
 use crate::config::{self, JwksSettings};
+use crate::devidp::{self, DevIdp, DevIdpOptions};
 use crate::metrics::Metrics;
 use crate::provider::ProviderService;
 
@@ -20,128 +18,56 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-struct Keys {
-    rsa: EncodingKey,
-    rsa_public_pem: String,
-    rsa_jwk: Value,
-    ec: EncodingKey,
-    ec_jwk: Value,
-}
-
-fn make_keys() -> Keys {
-    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let rsa_der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa).unwrap();
-    let rsa_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", rsa_der.as_ref().to_vec()));
-    let public = rsa.public_key();
-    let public_der = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(public).unwrap();
-    let rsa_public_pem = pem::encode(&pem::Pem::new("PUBLIC KEY", public_der.as_ref().to_vec()));
-    let rsa_jwk = json!({
-        "kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256",
-        "n": b64(public.modulus().big_endian_without_leading_zero()),
-        "e": b64(public.exponent().big_endian_without_leading_zero()),
-    });
-    let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
-    let ec_der = ec.to_pkcs8v1().unwrap();
-    let point = ec.public_key().as_ref();
-    let ec_jwk = json!({
-        "kty": "EC", "kid": "ec-1", "use": "sig", "crv": "P-256",
-        "x": b64(&point[1..33]), "y": b64(&point[33..]),
-    });
-    Keys {
-        rsa: EncodingKey::from_rsa_pem(rsa_pem.as_bytes()).unwrap(),
-        rsa_public_pem,
-        rsa_jwk,
-        ec: EncodingKey::from_ec_der(ec_der.as_ref()),
-        ec_jwk,
-    }
-}
-
-/// Discovery and JWKS on loopback; counts JWKS hits; can go down.
-struct TestIdp {
-    issuer: String,
-    jwks: Arc<parking_lot::Mutex<Value>>,
-    jwks_hits: Arc<AtomicU64>,
-    down: Arc<AtomicBool>,
-}
-
-async fn start_idp(jwks: Value) -> TestIdp {
-    use axum::routing::get;
+async fn start_idp() -> DevIdp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let jwks = Arc::new(parking_lot::Mutex::new(jwks));
-    let hits = Arc::new(AtomicU64::new(0));
-    let down = Arc::new(AtomicBool::new(false));
-    let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
-    let (j, h, d1, d2) = (jwks.clone(), hits.clone(), down.clone(), down.clone());
-    let app = axum::Router::new()
-        .route(
-            "/.well-known/openid-configuration",
-            get(move || {
-                let down = d1.load(Ordering::SeqCst);
-                let body = discovery.clone();
-                async move {
-                    if down {
-                        Err(axum::http::StatusCode::SERVICE_UNAVAILABLE)
-                    } else {
-                        Ok(axum::Json(body))
-                    }
-                }
-            }),
-        )
-        .route(
-            "/jwks",
-            get(move || {
-                h.fetch_add(1, Ordering::SeqCst);
-                let down = d2.load(Ordering::SeqCst);
-                let body = j.lock().clone();
-                async move {
-                    if down {
-                        Err(axum::http::StatusCode::SERVICE_UNAVAILABLE)
-                    } else {
-                        Ok(([("cache-control", "max-age=300")], axum::Json(body)))
-                    }
-                }
-            }),
-        );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    TestIdp {
-        issuer,
-        jwks,
-        jwks_hits: hits,
-        down,
-    }
+    devidp::start(listener, DevIdpOptions::default())
+        .await
+        .unwrap()
 }
 
-fn provider_for(idp: &TestIdp, algorithms: &str, jwks: JwksSettings) -> Arc<ProviderService> {
+fn client_id(idp: &DevIdp) -> &str {
+    &idp.options().client_id
+}
+
+fn provider_for(
+    idp: &DevIdp,
+    algorithms: &str,
+    jwks: JwksSettings,
+    metrics: Arc<Metrics>,
+) -> Arc<ProviderService> {
     let text = format!(
-        "listen: [{{address: \"127.0.0.1:1\"}}]\nproviders:\n  p: {{issuer: \"{}\", client_id: chat-client, audiences: [\"api://messaging\"], algorithms: {algorithms}, clock_skew: 30s}}\n",
-        idp.issuer
+        "listen: [{{address: \"127.0.0.1:1\"}}]\nproviders:\n  p: {{issuer: \"{}\", client_id: {}, audiences: [\"{}\"], algorithms: {algorithms}, clock_skew: 30s}}\n",
+        idp.issuer(),
+        client_id(idp),
+        idp.options().access_token_audience,
     );
     let mut config = config::parse(&text, std::path::Path::new("."), &|_: &str| None).unwrap();
     let mut p = config.providers.remove("p").unwrap();
     p.jwks = jwks;
-    ProviderService::new(p, Arc::new(Metrics::new()))
+    ProviderService::new(p, metrics)
 }
 
 fn now() -> u64 {
     super::now_unix()
 }
 
-fn claims(idp: &TestIdp) -> Value {
-    json!({"iss": idp.issuer, "sub": "alice", "aud": "api://messaging", "exp": now() + 300, "iat": now(), "email": "alice@example.com"})
+fn claims(idp: &DevIdp) -> Value {
+    json!({"iss": idp.issuer(), "sub": "alice", "aud": "api://messaging", "exp": now() + 300, "iat": now(), "email": "alice@example.com"})
 }
 
-fn sign(key: &EncodingKey, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+/// Signed by the provider's current key for `alg`; `kid` None names that key.
+fn sign(idp: &DevIdp, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&header, claims, key).unwrap()
+    idp.sign(header, claims)
 }
 
-/// A token from raw header and payload text (for shapes serde would not produce).
-fn sign_raw(key: &EncodingKey, alg: Algorithm, header: &str, payload: &str) -> String {
-    let message = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, alg).unwrap();
-    format!("{message}.{signature}")
+fn rs256(idp: &DevIdp, claims: &Value) -> String {
+    sign(idp, Algorithm::RS256, None, claims)
+}
+
+fn es256(idp: &DevIdp, claims: &Value) -> String {
+    sign(idp, Algorithm::ES256, None, claims)
 }
 
 /// An RS256 token of the standard claims with `change` applied.
@@ -150,13 +76,30 @@ fn signed_with(f: &Fixture, change: Value) -> String {
     for (k, v) in change.as_object().unwrap() {
         c[k] = v.clone();
     }
-    sign(&f.keys.rsa, Algorithm::RS256, Some("rsa-1"), &c)
+    rs256(&f.idp, &c)
+}
+
+/// Unknown-kid lookups of provider `p` that ended with `result`.
+fn kid_count(metrics: &Metrics, result: &str) -> u64 {
+    metrics
+        .jwks_kid_misses
+        .with_label_values(&["p", result])
+        .get()
 }
 
 struct Fixture {
-    keys: Keys,
-    idp: TestIdp,
+    idp: DevIdp,
     provider: Arc<ProviderService>,
+    metrics: Arc<Metrics>,
+}
+
+impl Fixture {
+    fn rsa_kid(&self) -> String {
+        self.idp.current_kids().0
+    }
+    fn jwks_hits(&self) -> u64 {
+        self.idp.jwks_hits()
+    }
 }
 
 async fn fixture() -> Fixture {
@@ -164,45 +107,33 @@ async fn fixture() -> Fixture {
 }
 
 async fn fixture_with(algorithms: &str, settings: JwksSettings) -> Fixture {
-    let keys = make_keys();
-    let idp = start_idp(json!({"keys": [keys.rsa_jwk, keys.ec_jwk]})).await;
-    let provider = provider_for(&idp, algorithms, settings);
+    let idp = start_idp().await;
+    let metrics = Arc::new(Metrics::new());
+    let provider = provider_for(&idp, algorithms, settings, metrics.clone());
     Fixture {
-        keys,
         idp,
         provider,
+        metrics,
     }
 }
 
 #[tokio::test]
 async fn good_rs256_and_es256_tokens_verify() {
     let f = fixture().await;
-    let rs = sign(
-        &f.keys.rsa,
-        Algorithm::RS256,
-        Some("rsa-1"),
-        &claims(&f.idp),
-    );
-    let v = verify(&f.provider, &rs).await.unwrap();
+    let v = verify(&f.provider, &rs256(&f.idp, &claims(&f.idp)))
+        .await
+        .unwrap();
     assert_eq!(v.kind, TokenKind::Access);
     assert_eq!(v.claims.str("sub"), Some("alice"));
-    let es = sign(&f.keys.ec, Algorithm::ES256, Some("ec-1"), &claims(&f.idp));
-    assert!(verify(&f.provider, &es).await.is_ok());
+    assert!(verify(&f.provider, &es256(&f.idp, &claims(&f.idp)))
+        .await
+        .is_ok());
     // An ID token: aud is the client id.
     let mut id = claims(&f.idp);
-    id["aud"] = json!("chat-client");
-    let v = verify(
-        &f.provider,
-        &sign(&f.keys.ec, Algorithm::ES256, Some("ec-1"), &id),
-    )
-    .await
-    .unwrap();
+    id["aud"] = json!(client_id(&f.idp));
+    let v = verify(&f.provider, &es256(&f.idp, &id)).await.unwrap();
     assert_eq!(v.kind, TokenKind::Id);
-    assert_eq!(
-        f.idp.jwks_hits.load(Ordering::SeqCst),
-        1,
-        "one fetch serves every token"
-    );
+    assert_eq!(f.jwks_hits(), 1, "one fetch serves every token");
 }
 
 #[tokio::test]
@@ -214,47 +145,49 @@ async fn none_and_hmac_are_refused_whatever_the_header_says() {
         verify(&f.provider, &none).await.unwrap_err(),
         TokenError::AlgorithmNotAllowed
     );
-    let none_upper = format!("{}.{payload}.", b64(br#"{"alg":"NONE","kid":"rsa-1"}"#));
+    let none_upper = format!(
+        "{}.{payload}.",
+        b64(format!(r#"{{"alg":"NONE","kid":"{}"}}"#, f.rsa_kid()).as_bytes())
+    );
     assert_eq!(
         verify(&f.provider, &none_upper).await.unwrap_err(),
         TokenError::AlgorithmNotAllowed
     );
-    // The classic confusion: HS256 keyed with the provider's RSA public key.
-    let hmac_key = EncodingKey::from_secret(f.keys.rsa_public_pem.as_bytes()).unwrap();
-    let confused = sign(&hmac_key, Algorithm::HS256, Some("rsa-1"), &claims(&f.idp));
+    // The classic confusion: HS256 keyed with the provider's published RSA key.
+    let published = f.idp.public_jwk(&f.rsa_kid()).unwrap().to_string();
+    let hmac_key = EncodingKey::from_secret(published.as_bytes()).unwrap();
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(f.rsa_kid());
+    let confused = jsonwebtoken::encode(&header, &claims(&f.idp), &hmac_key).unwrap();
     assert_eq!(
         verify(&f.provider, &confused).await.unwrap_err(),
         TokenError::AlgorithmNotAllowed
     );
-    assert_eq!(
-        f.idp.jwks_hits.load(Ordering::SeqCst),
-        0,
-        "refused before any key lookup"
-    );
+    assert_eq!(f.jwks_hits(), 0, "refused before any key lookup");
 }
 
 #[tokio::test]
 async fn algorithms_outside_the_allow_list_or_the_key_are_refused() {
     let f = fixture_with("[RS256]", JwksSettings::default()).await;
-    let es = sign(&f.keys.ec, Algorithm::ES256, Some("ec-1"), &claims(&f.idp));
+    let es = es256(&f.idp, &claims(&f.idp));
     assert_eq!(
         verify(&f.provider, &es).await.unwrap_err(),
         TokenError::AlgorithmNotAllowed
     );
     let f = fixture().await;
     // The RSA JWK declares alg RS256: a PS256 token with it is refused.
-    let ps = sign(
-        &f.keys.rsa,
-        Algorithm::PS256,
-        Some("rsa-1"),
-        &claims(&f.idp),
-    );
+    let ps = sign(&f.idp, Algorithm::PS256, None, &claims(&f.idp));
     assert_eq!(
         verify(&f.provider, &ps).await.unwrap_err(),
         TokenError::KeyMismatch
     );
     // An ES256 token naming the RSA key.
-    let crossed = sign(&f.keys.ec, Algorithm::ES256, Some("rsa-1"), &claims(&f.idp));
+    let crossed = sign(
+        &f.idp,
+        Algorithm::ES256,
+        Some(&f.rsa_kid()),
+        &claims(&f.idp),
+    );
     assert_eq!(
         verify(&f.provider, &crossed).await.unwrap_err(),
         TokenError::KeyMismatch
@@ -264,22 +197,27 @@ async fn algorithms_outside_the_allow_list_or_the_key_are_refused() {
 #[tokio::test]
 async fn tokens_without_kid_need_an_unambiguous_key() {
     let f = fixture().await;
-    let no_kid = sign(&f.keys.ec, Algorithm::ES256, None, &claims(&f.idp));
+    let no_kid = |idp: &DevIdp| {
+        idp.sign_raw(
+            Algorithm::ES256,
+            r#"{"alg":"ES256","typ":"JWT"}"#,
+            &claims(idp).to_string(),
+        )
+    };
     assert!(
-        verify(&f.provider, &no_kid).await.is_ok(),
+        verify(&f.provider, &no_kid(&f.idp)).await.is_ok(),
         "one EC key: unambiguous"
     );
-    let two_ec = make_keys();
-    let mut second = two_ec.ec_jwk.clone();
-    second["kid"] = json!("ec-2");
-    *f.idp.jwks.lock() = json!({"keys": [f.keys.rsa_jwk, f.keys.ec_jwk, second]});
-    let g = Fixture {
-        provider: provider_for(&f.idp, "[RS256, ES256]", JwksSettings::default()),
-        ..f
-    };
-    let no_kid = sign(&g.keys.ec, Algorithm::ES256, None, &claims(&g.idp));
+    // After a rotation the old EC key stays published next to the new one.
+    f.idp.rotate_keys();
+    let provider = provider_for(
+        &f.idp,
+        "[RS256, ES256]",
+        JwksSettings::default(),
+        Arc::new(Metrics::new()),
+    );
     assert_eq!(
-        verify(&g.provider, &no_kid).await.unwrap_err(),
+        verify(&provider, &no_kid(&f.idp)).await.unwrap_err(),
         TokenError::KeyMismatch
     );
 }
@@ -314,9 +252,10 @@ async fn time_claims_are_checked_with_the_configured_skew() {
     );
     let mut no_exp = claims(&f.idp);
     no_exp.as_object_mut().unwrap().remove("exp");
-    let token = sign(&f.keys.rsa, Algorithm::RS256, Some("rsa-1"), &no_exp);
     assert_eq!(
-        verify(&f.provider, &token).await.unwrap_err(),
+        verify(&f.provider, &rs256(&f.idp, &no_exp))
+            .await
+            .unwrap_err(),
         TokenError::MissingClaim
     );
 }
@@ -325,13 +264,14 @@ async fn time_claims_are_checked_with_the_configured_skew() {
 async fn issuer_and_audience_must_match() {
     let f = fixture().await;
     let with = |change: Value| signed_with(&f, change);
+    let client = client_id(&f.idp);
     assert_eq!(
         verify(&f.provider, &with(json!({"iss": "https://evil.example"})))
             .await
             .unwrap_err(),
         TokenError::WrongIssuer
     );
-    let trailing = format!("{}/", f.idp.issuer);
+    let trailing = format!("{}/", f.idp.issuer());
     assert_eq!(
         verify(&f.provider, &with(json!({"iss": trailing})))
             .await
@@ -350,12 +290,12 @@ async fn issuer_and_audience_must_match() {
             .is_ok()
     );
     // An ID token among several audiences must have been issued to us (azp).
-    let stolen = with(json!({"aud": ["chat-client", "other-client"], "azp": "other-client"}));
+    let stolen = with(json!({"aud": [client, "other-client"], "azp": "other-client"}));
     assert_eq!(
         verify(&f.provider, &stolen).await.unwrap_err(),
         TokenError::WrongAudience
     );
-    let ours = with(json!({"aud": ["chat-client", "other-client"], "azp": "chat-client"}));
+    let ours = with(json!({"aud": [client, "other-client"], "azp": client}));
     assert_eq!(
         verify(&f.provider, &ours).await.unwrap().kind,
         TokenKind::Id
@@ -371,14 +311,9 @@ async fn issuer_and_audience_must_match() {
 #[tokio::test]
 async fn tampering_and_bad_signatures_never_refetch_keys() {
     let f = fixture().await;
-    let good = sign(
-        &f.keys.rsa,
-        Algorithm::RS256,
-        Some("rsa-1"),
-        &claims(&f.idp),
-    );
+    let good = rs256(&f.idp, &claims(&f.idp));
     verify(&f.provider, &good).await.unwrap();
-    let hits = f.idp.jwks_hits.load(Ordering::SeqCst);
+    let hits = f.jwks_hits();
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
     let mut forged = claims(&f.idp);
     forged["sub"] = json!("admin");
@@ -390,69 +325,55 @@ async fn tampering_and_bad_signatures_never_refetch_keys() {
             TokenError::BadSignature
         );
     }
-    // Signed by a key with the same kid that the provider does not publish.
-    let impostor = make_keys();
+    // Signed by another provider's key under the kid this provider publishes.
+    let impostor = start_idp().await;
     let forged = sign(
-        &impostor.rsa,
+        &impostor,
         Algorithm::RS256,
-        Some("rsa-1"),
+        Some(&f.rsa_kid()),
         &claims(&f.idp),
     );
     assert_eq!(
         verify(&f.provider, &forged).await.unwrap_err(),
         TokenError::BadSignature
     );
-    assert_eq!(
-        f.idp.jwks_hits.load(Ordering::SeqCst),
-        hits,
-        "a known kid never triggers a fetch"
-    );
+    assert_eq!(f.jwks_hits(), hits, "a known kid never triggers a fetch");
 }
 
 #[tokio::test]
 async fn a_flood_of_unknown_kids_fetches_at_most_once_per_interval() {
     let f = fixture().await;
-    verify(
-        &f.provider,
-        &sign(
-            &f.keys.rsa,
-            Algorithm::RS256,
-            Some("rsa-1"),
-            &claims(&f.idp),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(f.idp.jwks_hits.load(Ordering::SeqCst), 1);
-    for i in 0..200 {
-        let token = sign(
-            &f.keys.rsa,
+    verify(&f.provider, &rs256(&f.idp, &claims(&f.idp)))
+        .await
+        .unwrap();
+    assert_eq!(f.jwks_hits(), 1);
+    let bogus = |i: usize| {
+        sign(
+            &f.idp,
             Algorithm::RS256,
             Some(&format!("bogus-{i}")),
             &claims(&f.idp),
-        );
+        )
+    };
+    for i in 0..200 {
         assert_eq!(
-            verify(&f.provider, &token).await.unwrap_err(),
+            verify(&f.provider, &bogus(i)).await.unwrap_err(),
             TokenError::UnknownKey
         );
     }
+    assert_eq!(f.jwks_hits(), 2, "one refetch for the whole flood");
+    assert_eq!(kid_count(&f.metrics, "refetched"), 1);
+    assert_eq!(kid_count(&f.metrics, "rate_limited"), 199);
+    assert_eq!(kid_count(&f.metrics, "negative_cached"), 0);
+    // bogus-0 was looked up by its refetch and remembered: asked again, it
+    // is answered from the negative cache, not by the rate limit.
     assert_eq!(
-        f.idp.jwks_hits.load(Ordering::SeqCst),
-        2,
-        "one refetch for the whole flood"
-    );
-    // The first bogus kid was remembered after its refetch.
-    let again = sign(
-        &f.keys.rsa,
-        Algorithm::RS256,
-        Some("bogus-0"),
-        &claims(&f.idp),
-    );
-    assert_eq!(
-        verify(&f.provider, &again).await.unwrap_err(),
+        verify(&f.provider, &bogus(0)).await.unwrap_err(),
         TokenError::UnknownKey
     );
-    assert_eq!(f.idp.jwks_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(kid_count(&f.metrics, "negative_cached"), 1);
+    assert_eq!(kid_count(&f.metrics, "rate_limited"), 199);
+    assert_eq!(f.jwks_hits(), 2);
 }
 
 #[tokio::test]
@@ -462,19 +383,18 @@ async fn a_rotated_key_is_picked_up_through_an_unknown_kid() {
         ..JwksSettings::default()
     };
     let f = fixture_with("[RS256, ES256]", settings).await;
-    verify(
-        &f.provider,
-        &sign(&f.keys.ec, Algorithm::ES256, Some("ec-1"), &claims(&f.idp)),
-    )
-    .await
-    .unwrap();
-    let rotated = make_keys();
-    let mut new_jwk = rotated.ec_jwk.clone();
-    new_jwk["kid"] = json!("ec-2");
-    *f.idp.jwks.lock() = json!({"keys": [f.keys.rsa_jwk, new_jwk]});
-    let token = sign(&rotated.ec, Algorithm::ES256, Some("ec-2"), &claims(&f.idp));
+    verify(&f.provider, &es256(&f.idp, &claims(&f.idp)))
+        .await
+        .unwrap();
+    let (_, new_ec) = f.idp.rotate_keys();
+    let token = es256(&f.idp, &claims(&f.idp));
+    assert_eq!(
+        jsonwebtoken::decode_header(&token).unwrap().kid,
+        Some(new_ec)
+    );
     assert!(verify(&f.provider, &token).await.is_ok());
-    assert_eq!(f.idp.jwks_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(f.jwks_hits(), 2);
+    assert_eq!(kid_count(&f.metrics, "refetched"), 1);
 }
 
 #[tokio::test]
@@ -486,14 +406,9 @@ async fn stale_keys_serve_while_the_provider_is_down_within_the_bound() {
         max_stale: Duration::from_secs(2),
     };
     let f = fixture_with("[RS256]", settings).await;
-    let token = sign(
-        &f.keys.rsa,
-        Algorithm::RS256,
-        Some("rsa-1"),
-        &claims(&f.idp),
-    );
+    let token = rs256(&f.idp, &claims(&f.idp));
     verify(&f.provider, &token).await.unwrap();
-    f.idp.down.store(true, Ordering::SeqCst);
+    f.idp.set_down(true);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Past the 1 s lifetime, within 2 s of staleness: still verifies.
     f.provider.maintain().await;
@@ -503,7 +418,7 @@ async fn stale_keys_serve_while_the_provider_is_down_within_the_bound() {
         verify(&f.provider, &token).await.unwrap_err(),
         TokenError::ProviderUnavailable
     );
-    f.idp.down.store(false, Ordering::SeqCst);
+    f.idp.set_down(false);
     // Back up: the next fetch (after its backoff) recovers.
     let mut recovered = false;
     for _ in 0..40 {
@@ -540,18 +455,20 @@ async fn oversize_and_malformed_tokens_are_refused_cheaply() {
             "{bad:?}"
         );
     }
-    // A header that parses but a payload that is not JSON.
-    let junk = sign_raw(
-        &f.keys.rsa,
-        Algorithm::RS256,
-        r#"{"alg":"RS256","kid":"rsa-1"}"#,
-        "not json",
+    assert_eq!(
+        f.jwks_hits(),
+        0,
+        "oversize and malformed tokens are refused before any key is fetched"
     );
+    // A header that parses but a payload that is not JSON: its key is
+    // looked up (the one fetch), then the payload refused.
+    let header = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, f.rsa_kid());
+    let junk = f.idp.sign_raw(Algorithm::RS256, &header, "not json");
     assert_eq!(
         verify(&f.provider, &junk).await.unwrap_err(),
         TokenError::Malformed
     );
-    assert_eq!(f.idp.jwks_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(f.jwks_hits(), 1);
 }
 
 #[tokio::test]
@@ -559,15 +476,11 @@ async fn duplicate_claims_are_refused() {
     let f = fixture().await;
     let payload = format!(
         r#"{{"iss":"{}","sub":"alice","sub":"admin","aud":"api://messaging","exp":{}}}"#,
-        f.idp.issuer,
+        f.idp.issuer(),
         now() + 300
     );
-    let token = sign_raw(
-        &f.keys.rsa,
-        Algorithm::RS256,
-        r#"{"alg":"RS256","kid":"rsa-1"}"#,
-        &payload,
-    );
+    let header = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, f.rsa_kid());
+    let token = f.idp.sign_raw(Algorithm::RS256, &header, &payload);
     assert_eq!(
         verify(&f.provider, &token).await.unwrap_err(),
         TokenError::DuplicateClaim
@@ -579,7 +492,7 @@ async fn the_cache_skips_verification_for_a_repeated_token() {
     let f = fixture().await;
     let metrics = Arc::new(Metrics::new());
     let cache = TokenCache::new(100, metrics.clone());
-    let token = sign(&f.keys.ec, Algorithm::ES256, Some("ec-1"), &claims(&f.idp));
+    let token = es256(&f.idp, &claims(&f.idp));
     cache.verify(&f.provider, &token).await.unwrap();
     cache.verify(&f.provider, &token).await.unwrap();
     assert_eq!(metrics.token_cache.with_label_values(&["hit"]).get(), 1);
@@ -589,4 +502,37 @@ async fn the_cache_skips_verification_for_a_repeated_token() {
     assert!(cache.verify(&f.provider, &bad).await.is_err());
     assert!(cache.verify(&f.provider, &bad).await.is_err());
     assert_eq!(metrics.token_cache.with_label_values(&["miss"]).get(), 3);
+}
+
+/// How long the token cache keeps a verification of a token expiring at `exp`.
+fn cache_lifetime(exp: u64) -> Option<Duration> {
+    use moka::Expiry;
+    let verified = Arc::new(VerifiedToken {
+        claims: Arc::new(Claims::default()),
+        session_id: "t-0".into(),
+        digest: [0; 32],
+        kind: TokenKind::Access,
+        expires_at: exp,
+        provider: Arc::from("p"),
+    });
+    UntilExpiry.expire_after_create(&[0; 32], &verified, std::time::Instant::now())
+}
+
+#[test]
+fn a_cached_verification_lives_until_the_token_expires_or_five_minutes() {
+    assert_eq!(MAX_CACHE_LIFETIME, Duration::from_secs(300));
+    // A long-lived token is verified again after five minutes, so a key
+    // the provider withdrew stops working within that time.
+    assert_eq!(cache_lifetime(now() + 3600), Some(Duration::from_secs(300)));
+    assert_eq!(cache_lifetime(now() + 301), Some(Duration::from_secs(300)));
+    // A short-lived one goes when it expires (the clock may tick once).
+    let short = cache_lifetime(now() + 60).unwrap();
+    assert!(
+        (Duration::from_secs(59)..=Duration::from_secs(60)).contains(&short),
+        "{short:?}"
+    );
+    assert_eq!(
+        cache_lifetime(now().saturating_sub(5)),
+        Some(Duration::ZERO)
+    );
 }

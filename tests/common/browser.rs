@@ -28,6 +28,32 @@ pub fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+/// Every Set-Cookie of a response, attributes included.
+pub fn set_cookie_headers(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// The Set-Cookie of the cookie `name`, attributes included.
+pub fn set_cookie_named(resp: &reqwest::Response, name: &str) -> Option<String> {
+    set_cookie_headers(resp).into_iter().find(|c| {
+        c.split(';')
+            .next()
+            .and_then(|p| p.split_once('='))
+            .is_some_and(|(n, _)| n == name)
+    })
+}
+
+/// Whether the Set-Cookie `header` clears its cookie: empty value, `Max-Age=0`.
+pub fn clears(header: &str) -> bool {
+    let mut parts = header.split(';').map(str::trim);
+    parts.next().is_some_and(|pair| pair.ends_with('='))
+        && parts.any(|attr| attr.eq_ignore_ascii_case("Max-Age=0"))
+}
+
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -207,12 +233,22 @@ pub async fn login(
             .any(|c| c.contains("-login-") && c.ends_with('=')),
         "the pending cookie is cleared"
     );
-    // The callback URL is single use.
+    // The callback URL is single use: portcullis refuses the replay itself
+    // (the provider would refuse the spent code anyway, so a 4xx alone
+    // proves nothing), before its code reaches the provider.
+    let labels = [("deployment", deployment), ("result", "state_reused")];
+    let reused_before = proxy.metric("portcullis_logins_total", &labels).await;
     let replay = return_to(&c, &callback, &pending).await;
-    assert_ne!(
+    assert_eq!(
         replay.status(),
-        302,
-        "a replayed callback must not log in again"
+        400,
+        "a replayed callback is refused by portcullis"
+    );
+    assert!(replay.text().await.unwrap().contains("already used"));
+    assert_eq!(
+        proxy.metric("portcullis_logins_total", &labels).await,
+        Some(reused_before.unwrap_or(0.0) + 1.0),
+        "counted as state_reused"
     );
     Ok((session, location(&done)))
 }

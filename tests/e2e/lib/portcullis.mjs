@@ -63,7 +63,8 @@ export function metricSum(text, name, labels = {}) {
 // name starts with `prefix`, and starts `portcullis <command> -c <file>`
 // with exactly the environment `env`. Returns `log()` (stdout and stderr so far),
 // `exitCode()` (undefined while it runs: the code, else the signal),
-// `stop()` (SIGINT, SIGKILL after 5 s; removes the temporary folder) and
+// `stop()` (SIGINT, SIGKILL after 5 s; resolves once its output is all in
+// `log()`; removes the temporary folder) and
 // `pid`.
 export async function launchPortcullis(command, config, {
   env = process.env, prefix = 'portcullis-e2e-', fileName = 'portcullis.yaml',
@@ -79,6 +80,9 @@ export async function launchPortcullis(command, config, {
   proc.stdout.on('data', (c) => { log += c; });
   proc.stderr.on('data', (c) => { log += c; });
   const exited = once(proc, 'exit');
+  // After 'exit' the pipes may still hold output; 'close' comes once both
+  // are drained, so a log read after stop() is complete.
+  const closed = once(proc, 'close');
   let exitCode;
   exited.then(([code, signal]) => { exitCode = code ?? signal; });
 
@@ -89,6 +93,7 @@ export async function launchPortcullis(command, config, {
       await exited;
       clearTimeout(timer);
     }
+    await closed;
     await rm(dir, { recursive: true, force: true });
   };
   return {

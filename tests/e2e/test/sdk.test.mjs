@@ -737,6 +737,28 @@ describe('logout', () => {
     assert.deepEqual(plain(a.log.of('loggedOut')), [{ reason: 'logout' }]);
   });
 
+  test('a socket the server is already closing reports the server\'s code, not the logout\'s 1000', async () => {
+    const world = makeWorld();
+    const a = await loggedIn(world, { storage: 'local' });
+    const bTab = openTab(world);
+    const b = bTab.create({ storage: 'local' });
+    await onceReady(b);
+    const s = b.connect('wss://chat.example/');
+    const closes = [];
+    s.onclose = (e) => closes.push(`${e.code} ${e.reason}`);
+    await flush();
+    const ws = world.sockets[0];
+    ws.accept();
+    ws.readyState = 2; // the server's 4002 close frame is in; the close event is still to come
+    await a.m.logout(); // b hears the broadcast while its socket is closing
+    await flush();
+    assert.deepEqual(closes, [], 'nothing is reported before the socket has closed');
+    assert.equal(ws.closedWith ?? null, null, 'no second close is sent');
+    ws.drop(4002, 'logged out');
+    await flush();
+    assert.deepEqual(closes, ['4002 logged out']);
+  });
+
   test('401 on DELETE counts as logged out', async () => {
     const world = makeWorld();
     const { tab, m, log } = await loggedIn(world);
