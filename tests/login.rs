@@ -778,6 +778,33 @@ async fn a_provider_error_at_the_callback_is_shown_plainly() {
     assert!(!proxy.log_text().contains("demo-secret"));
 }
 
+/// Sends `request` every 200 ms until the provider's token endpoint has
+/// been asked more than `hits` times, within `within`: the requests that
+/// find the session due start its re-check. The new count, and how long
+/// the requests went on.
+async fn rechecked_by_requests<F, R>(
+    idp: &DevIdp,
+    hits: u64,
+    within: std::time::Duration,
+    request: F,
+) -> (u64, std::time::Duration)
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let started = std::time::Instant::now();
+    while idp.token_hits() == hits {
+        assert!(
+            started.elapsed() < within,
+            "no re-check reached the provider within {within:?}: \
+             still {hits} token requests"
+        );
+        assert_eq!(request().await.unwrap().status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    (idp.token_hits(), started.elapsed())
+}
+
 #[tokio::test]
 async fn a_provider_that_accepts_only_client_secret_post_gets_it() {
     let options = DevIdpOptions {
@@ -796,27 +823,109 @@ async fn a_provider_that_accepts_only_client_secret_post_gets_it() {
         .await
         .unwrap_or_else(|(status, page)| panic!("{status}: {page}"));
     assert_eq!(idp.token_hits(), hits + 1);
-    // The refresh grant of a re-check authenticates the same way.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    // The refresh grant of a re-check authenticates the same way. Whether
+    // the provider took it shows in when the session is due again: a
+    // renewed one after `token_lifetime` (5 s), one whose re-check was
+    // refused (invalid_client) only a minute later. So two rounds.
+    let c = client();
     let get = || {
-        client()
-            .get(proxy.url("/v1/x?deploymentId=support"))
+        c.get(proxy.url("/v1/x?deploymentId=support"))
             .header("cookie", session.as_str())
             .send()
     };
-    assert_eq!(get().await.unwrap().status(), 200);
-    provider_asked(&idp, hits + 1, std::time::Duration::from_secs(5)).await;
-    // A refused re-check (invalid_client) would only postpone; a renewed
-    // one is not due again, so the next requests ask nothing.
+    let within = std::time::Duration::from_secs(8);
+    let (asked, _) = rechecked_by_requests(&idp, hits + 1, within, get).await;
+    assert_eq!(asked, hits + 2, "one re-check");
+    // Not due again at once, either way.
     for _ in 0..5 {
         assert_eq!(get().await.unwrap().status(), 200);
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     }
     assert_eq!(idp.token_hits(), hits + 2);
+    // The second round: only a renewed session is due again this soon.
+    let (asked, waited) = rechecked_by_requests(&idp, hits + 2, within, get).await;
+    assert_eq!(asked, hits + 3, "the renewed session is re-checked again");
+    assert!(
+        waited >= std::time::Duration::from_secs(3),
+        "not before its token lifetime: {waited:?}"
+    );
+    assert_eq!(get().await.unwrap().status(), 200, "and goes on");
     assert!(
         !proxy.log_text().contains("re-check postponed"),
         "{}",
         proxy.log_text()
+    );
+}
+
+/// Browser login with `max_age`: the pending login keeps it, and the
+/// callback refuses an ID token whose `auth_time` is older.
+#[tokio::test]
+async fn a_browser_login_older_than_its_max_age_is_refused() {
+    // No clock skew forgiven, so that two seconds are older than one.
+    let (idp, proxy) = setup_with("    clock_skew: 0s", "").await;
+    let c = client();
+    // Both logins at the provider, then both callbacks at least two whole
+    // seconds after the provider's `auth_time`.
+    let at_provider = |max_age: u64| {
+        let c = &c;
+        let url = proxy.url(&format!(
+            "/.auth/login?deployment=support&rd=%2F&max_age={max_age}"
+        ));
+        async move {
+            let start = c.get(url).send().await.unwrap();
+            assert_eq!(start.status(), 302);
+            let authorize = location(&start);
+            assert!(
+                authorize.contains(&format!("max_age={max_age}")),
+                "the provider is told: {authorize}"
+            );
+            let callback = choose_user(c, &authorize, "alice").await;
+            (callback, set_cookies(&start))
+        }
+    };
+    let (stale, stale_pending) = at_provider(1).await;
+    let (fresh, fresh_pending) = at_provider(3600).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+
+    let hits = idp.token_hits();
+    let done = return_to(&c, &stale, &stale_pending).await;
+    let pending_name = stale_pending[0].split('=').next().unwrap().to_string();
+    let cleared = set_cookie_named(&done, &pending_name).expect("the pending cookie is cleared");
+    assert!(clears(&cleared), "{cleared}");
+    assert_login_refused(
+        &proxy,
+        done,
+        401,
+        "The provider's login is older than requested.",
+        "login_too_old",
+    )
+    .await;
+    assert_eq!(
+        idp.token_hits(),
+        hits + 1,
+        "refused after redeeming the code"
+    );
+    let ok = [("deployment", "support"), ("result", "ok")];
+    assert_eq!(proxy.metric("portcullis_logins_total", &ok).await, None);
+
+    // The control: as old a login, with room in max_age, is taken.
+    let done = return_to(&c, &fresh, &fresh_pending).await;
+    assert_eq!(done.status(), 302);
+    assert_eq!(location(&done), "/");
+    let session = set_cookies(&done)
+        .into_iter()
+        .find(|c| !c.contains("-login-"))
+        .expect("a session cookie");
+    let me = c
+        .get(proxy.url("/.auth/me"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(
+        proxy.metric("portcullis_logins_total", &ok).await,
+        Some(1.0)
     );
 }
 

@@ -634,7 +634,9 @@ async fn a_forced_close_in_the_middle_of_a_frame_adds_nothing_to_it() {
 #[tokio::test]
 async fn a_dead_server_is_skipped_and_health_checks_report_it() {
     let backend = start_backend().await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    // Bound but not listening: connects are refused for the whole test.
+    let (_dead_socket, dead_port) = refused_port();
+    let dead = format!("127.0.0.1:{dead_port}");
     let proxy = Proxy::start(&config(backend, &format!(", \"{dead}\""))).await;
     // Round robin would send every other request to the dead server; each
     // must still succeed through a retry or the health check.
@@ -682,7 +684,9 @@ async fn a_dead_server_is_skipped_and_health_checks_report_it() {
 #[tokio::test]
 async fn a_refused_connection_is_retried_on_the_next_server_without_a_health_check() {
     let backend = start_backend().await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    // Bound but not listening: connects are refused for the whole test.
+    let (_dead_socket, dead_port) = refused_port();
+    let dead = format!("127.0.0.1:{dead_port}");
     let config = config(backend, &format!(", \"{dead}\""))
         .replace(", health_check: {path: /healthz, interval: 1s}", "");
     let proxy = Proxy::start(&config).await;
@@ -726,7 +730,9 @@ async fn a_refused_connection_is_retried_on_the_next_server_without_a_health_che
 /// `no_healthy_upstream` (with `Retry-After`), without trying to connect.
 #[tokio::test]
 async fn an_upstream_without_a_healthy_server_gets_a_json_503() {
-    let dead = format!("127.0.0.1:{}", free_port());
+    // Bound but not listening: connects are refused for the whole test.
+    let (_dead_socket, dead_port) = refused_port();
+    let dead = format!("127.0.0.1:{dead_port}");
     let proxy = Proxy::start(&format!(
         r#"
 listen: [{{address: "{{PROXY}}"}}]
@@ -815,7 +821,9 @@ async fn an_upstream_that_resets_or_refuses_gets_a_json_502() {
             drop(socket);
         }
     });
-    let refused = format!("127.0.0.1:{}", free_port());
+    // Bound but not listening: connects are refused for the whole test.
+    let (_refusing_socket, port) = refused_port();
+    let refused = format!("127.0.0.1:{port}");
     let text = format!(
         r#"
 listen: [{{address: "{{PROXY}}"}}]
@@ -1087,7 +1095,10 @@ struct TestCerts {
 
 use tokio_rustls::rustls::pki_types as rustls_pki;
 
-fn test_certs(names: &[&str]) -> TestCerts {
+/// A certificate authority made for one test.
+type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+fn test_ca() -> TestCa {
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -1096,12 +1107,21 @@ fn test_certs(names: &[&str]) -> TestCerts {
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A new CA and a certificate it issued for `names`.
+fn test_certs(names: &[&str]) -> TestCerts {
+    issue(&test_ca(), names)
+}
+
+/// A certificate issued by `ca` for `names`.
+fn issue(ca: &TestCa, names: &[&str]) -> TestCerts {
     let key = rcgen::KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let cert = rcgen::CertificateParams::new(names)
         .unwrap()
-        .signed_by(&key, &ca)
+        .signed_by(&key, ca)
         .unwrap();
     TestCerts {
         ca_pem: ca.pem(),
@@ -1159,13 +1179,47 @@ async fn start_tls_front(
     (addr, names)
 }
 
+/// A plain TCP relay to `backend` that counts the connections it accepts:
+/// how many times anything reached the backend through it.
+async fn start_counting_relay(
+    backend: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut plain).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
 /// TLS on both sides: the listener serves the configured certificate, the
 /// backend learns `X-Forwarded-Proto: https`, and the upstream connection
 /// is TLS with the configured SNI name, verified against the trusted roots
-/// (here the test's own CA, through `SSL_CERT_FILE`).
+/// (here the test's own CA, through `SSL_CERT_FILE`). An upstream whose
+/// certificate comes from another CA, or from the trusted CA but for
+/// another name than the SNI host, is refused in the handshake: 502
+/// `upstream_failed`, and nothing reaches the backend behind it.
 #[tokio::test]
 async fn tls_on_the_listener_and_to_the_upstream_with_sni() {
-    let certs = test_certs(&["localhost", "127.0.0.1", "chat.internal"]);
+    let trusted_ca = test_ca();
+    let certs = issue(&trusted_ca, &["localhost", "127.0.0.1", "chat.internal"]);
+    // Names the SNI host, but its CA is not in `SSL_CERT_FILE`.
+    let foreign = test_certs(&["localhost", "127.0.0.1", "chat.internal"]);
+    // From the trusted CA, but not for the SNI host.
+    let misnamed = issue(&trusted_ca, &["localhost", "127.0.0.1", "other.internal"]);
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, text: &str| {
         let path = dir.path().join(name);
@@ -1179,6 +1233,10 @@ async fn tls_on_the_listener_and_to_the_upstream_with_sni() {
     );
     let backend = start_backend().await;
     let (front, sni_seen) = start_tls_front(backend, &certs).await;
+    let (foreign_relay, foreign_reached) = start_counting_relay(backend).await;
+    let (foreign_front, foreign_seen) = start_tls_front(foreign_relay, &foreign).await;
+    let (misnamed_relay, misnamed_reached) = start_counting_relay(backend).await;
+    let (misnamed_front, misnamed_seen) = start_tls_front(misnamed_relay, &misnamed).await;
     let proxy = Proxy::start_with_env(
         &format!(
             r#"
@@ -1188,8 +1246,12 @@ admin: {{address: "{{ADMIN}}"}}
 messengers: {{open: {{authentication: {{enabled: false}}}}}}
 upstreams:
   chat: {{servers: ["{front}"], tls: true, sni: chat.internal}}
+  foreign: {{servers: ["{foreign_front}"], tls: true, sni: chat.internal}}
+  misnamed: {{servers: ["{misnamed_front}"], tls: true, sni: chat.internal}}
 deployments:
   - {{id: web, messenger: open, upstream: chat, allowed_origins: ["{WEB_ORIGIN}"]}}
+  - {{id: foreign, messenger: open, upstream: foreign, allowed_origins: ["{WEB_ORIGIN}"]}}
+  - {{id: misnamed, messenger: open, upstream: misnamed, allowed_origins: ["{WEB_ORIGIN}"]}}
 routes: [{{path_prefix: /v1}}]
 "#
         ),
@@ -1225,6 +1287,40 @@ routes: [{{path_prefix: /v1}}]
     assert!(reqwest::get(proxy.url("/v1/echo?deploymentId=web"))
         .await
         .is_err_and(|e| !e.is_status()));
+
+    // The upstream certificate is verified: a server whose certificate the
+    // trusted roots do not vouch for, or that does not name the SNI host,
+    // is never spoken to.
+    for (deployment, reached, seen) in [
+        ("foreign", &foreign_reached, &foreign_seen),
+        ("misnamed", &misnamed_reached, &misnamed_seen),
+    ] {
+        let url = format!(
+            "https://localhost:{}/v1/echo?deploymentId={deployment}",
+            proxy.addr.port()
+        );
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{deployment}: {}", proxy.log_text());
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "upstream_failed", "{deployment}: {body}");
+        // The proxy did reach the TLS front, and the handshake failed
+        // there (the front logs a failed handshake as `None`).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "{deployment}: no handshake");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let handshakes = seen.lock().unwrap().clone();
+        assert!(
+            handshakes.iter().all(Option::is_none),
+            "{deployment}: a handshake succeeded: {handshakes:?}"
+        );
+        assert_eq!(
+            reached.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{deployment}: the backend was reached"
+        );
+    }
 }
 
 /// `forwarding.trusted_proxies`: a load balancer in that list has its

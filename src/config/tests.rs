@@ -568,24 +568,41 @@ fn keys_for_what_is_not_built_are_refused() {
         "false is accepted"
     );
     // The reuse grace only means something where refresh tokens are issued.
+    // Keys that only mean something with authentication are refused
+    // beside `enabled: false`, `require` above all (everyone would pass).
+    for (added, path, message) in [
+        (
+            "\n    session: {refresh_reuse_grace: 5s}",
+            "messengers.public.session",
+            "has no effect while authentication is off",
+        ),
+        (
+            "\n    session: {max_lifetime: 2h}",
+            "messengers.public.session",
+            "has no effect while authentication is off",
+        ),
+        (
+            "\n    assertion: true",
+            "messengers.public.assertion",
+            "no identity to sign",
+        ),
+    ] {
+        assert_error(
+            &errors_after(
+                "  public:\n    authentication: {enabled: false}",
+                &format!("  public:\n    authentication: {{enabled: false}}{added}"),
+            ),
+            path,
+            message,
+        );
+    }
     assert_error(
         &errors_after(
             "  public:\n    authentication: {enabled: false}",
-            "  public:\n    authentication: {enabled: false}\n    session: {refresh_reuse_grace: 5s}",
+            "  public:\n    authentication: {enabled: false, require: {groups_any: [staff]}}",
         ),
-        "messengers.public.session.refresh_reuse_grace",
-        "has no effect while authentication is off",
-    );
-    let c = parse_text(&GOOD.replacen(
-        "  public:\n    authentication: {enabled: false}",
-        "  public:\n    authentication: {enabled: false}\n    session: {max_lifetime: 2h}",
-        1,
-    ))
-    .unwrap();
-    assert_eq!(
-        c.messengers["public"].session.max_lifetime,
-        Duration::from_secs(7200),
-        "other session keys stay accepted on an auth-off messenger"
+        "messengers.public.authentication.require",
+        "everyone passes",
     );
     // The hosted product's paths are built (the token API serves them):
     // accepted, and carried into the model the endpoints read.
@@ -769,6 +786,14 @@ fn the_shipped_example_and_demo_configs_validate() {
     let example = std::fs::read_to_string(root.join("conf/portcullis.example.yaml")).unwrap();
     let c = parse_text(&example).unwrap_or_else(|e| panic!("conf/portcullis.example.yaml: {e}"));
     assert!(!c.deployments.is_empty() && !c.routes.is_empty());
+    // The configuration docker-compose.yml hands the container.
+    let compose: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("docker-compose.yml")).unwrap())
+            .unwrap();
+    let embedded = compose["configs"]["portcullis"]["content"]
+        .as_str()
+        .expect("docker-compose.yml has configs.portcullis.content");
+    parse_text(embedded).unwrap_or_else(|e| panic!("docker-compose.yml's configuration: {e}"));
 }
 
 #[test]

@@ -865,15 +865,29 @@ fn messengers(
                 "session upgrade is not built yet (it arrives with the guest-api profile): remove the key or set it to false",
             );
         }
-        let sets_reuse_grace = m
-            .session
-            .as_ref()
-            .is_some_and(|s| s.refresh_reuse_grace.is_some());
-        if sets_reuse_grace && !auth.enabled {
-            c.error(
-                format!("{path}.session.refresh_reuse_grace"),
-                "has no effect while authentication is off (no refresh tokens are issued)",
-            );
+        // Without authentication there is nobody to hold to rules, no
+        // session to time and no identity to sign: such keys would be read
+        // by nothing. `require` above all: an operator who writes it
+        // beside `enabled: false` believes the rules hold, and they do not.
+        if !auth.enabled {
+            if auth.require.is_some() {
+                c.error(
+                    format!("{path}.authentication.require"),
+                    "has no effect while authentication is off: nobody is identified, so no rule can hold (everyone passes)",
+                );
+            }
+            if m.session.is_some() {
+                c.error(
+                    format!("{path}.session"),
+                    "has no effect while authentication is off (no sessions, no tokens, no refresh tokens)",
+                );
+            }
+            if m.assertion {
+                c.error(
+                    format!("{path}.assertion"),
+                    "has no effect while authentication is off: there is no identity to sign",
+                );
+            }
         }
         let require = auth
             .require

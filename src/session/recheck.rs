@@ -38,7 +38,12 @@ impl Rechecker {
     /// Whether the session is due for a re-check.
     pub fn due(session: &Session, deployment: &DeploymentRt, now: u64) -> bool {
         let lifetime = deployment.messenger.session.token_lifetime.as_secs();
-        session.refresh_token.is_some() && now >= next_check(session.checked_at, lifetime)
+        is_due(
+            session.refresh_token.is_some(),
+            session.checked_at,
+            lifetime,
+            now,
+        )
     }
 
     /// Starts a re-check in the background unless one runs for this session.
@@ -125,6 +130,12 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     }
 }
 
+/// Whether a session checked at `checked_at` is due at `now`: only one
+/// with a refresh token can be re-checked at all.
+fn is_due(has_refresh_token: bool, checked_at: u64, token_lifetime_secs: u64, now: u64) -> bool {
+    has_refresh_token && now >= next_check(checked_at, token_lifetime_secs)
+}
+
 /// When a session checked at `checked_at` is due again.
 fn next_check(checked_at: u64, token_lifetime_secs: u64) -> u64 {
     checked_at.saturating_add(token_lifetime_secs)
@@ -163,9 +174,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_session_is_due_once_per_token_lifetime() {
-        assert_eq!(next_check(1_000, 900), 1_900);
-        assert_eq!(next_check(u64::MAX - 1, 900), u64::MAX);
+    fn a_session_is_due_once_per_token_lifetime_and_only_with_a_refresh_token() {
+        assert!(!is_due(true, 1_000, 900, 1_899));
+        assert!(is_due(true, 1_000, 900, 1_900));
+        assert!(!is_due(false, 1_000, 900, 1_900), "nothing to redeem");
+        assert!(!is_due(false, 0, 900, u64::MAX));
+        // A check time near the end of the clock never wraps into "due".
+        assert!(!is_due(true, u64::MAX - 1, 900, u64::MAX - 1));
     }
 
     #[test]

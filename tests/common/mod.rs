@@ -54,6 +54,24 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A loopback port that refuses connections for as long as the returned
+/// socket is kept: the socket is bound but never listens, so a connect to
+/// the port is answered with a reset (`ECONNREFUSED` on Linux). Unlike a
+/// port that was merely free a moment ago (`free_port`), nobody else can
+/// bind it meanwhile: the socket does not set `SO_REUSEADDR`, so another
+/// bind (another test binary running in parallel, say) fails with
+/// `EADDRINUSE`, and the kernel does not hand it out as an ephemeral port.
+/// A "dead" upstream server stays dead this way. Keep the socket alive
+/// (`let (_dead_socket, port) = ...`) until the test ends.
+pub fn refused_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("a free loopback port");
+    let port = socket.local_addr().expect("a bound address").port();
+    (socket, port)
+}
+
 /// The echo backend on an ephemeral loopback port, for the test's lifetime.
 pub async fn start_backend() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
