@@ -16,6 +16,9 @@ pub const MAX_HEADER_VALUE: usize = 1024;
 pub struct Identity {
     pub subject: String,
     pub email: Option<String>,
+    /// Whether the provider verified `email` (`policy::email_verified`:
+    /// only `true` or `"true"` count). Meaningless without an email.
+    pub email_verified: bool,
     pub name: Option<String>,
     pub groups: Vec<String>,
     pub issuer: String,
@@ -31,6 +34,7 @@ impl Identity {
         Identity {
             subject: claims.str("sub").unwrap_or_default().to_string(),
             email: claims.str("email").map(str::to_string),
+            email_verified: crate::policy::email_verified(claims.get("email_verified")),
             name: claims
                 .str("name")
                 .or_else(|| claims.str("preferred_username"))
@@ -57,13 +61,61 @@ pub fn header_value(text: &str) -> String {
     if plain {
         return text.to_string();
     }
-    let mut out = String::with_capacity(text.len().min(MAX_HEADER_VALUE));
-    for c in text.chars() {
-        if c.is_ascii_control() {
+    escape(text, false, MAX_HEADER_VALUE)
+}
+
+/// A list header's value (`X-Auth-Groups`, a claim mapped by
+/// `identity_headers`): the items joined by `,`, each escaped like
+/// `header_value` and also with `,` as `%2C`, `"` as `%22` (a quoted string
+/// to HTTP list parsers) and leading or trailing spaces as `%20` (list
+/// parsers trim them), so that splitting at `,` and percent-decoding each
+/// element gives back exactly the items: `["support,admin", "50%"]` arrives
+/// as `support%2Cadmin,50%25`. Empty items are left out (list parsers
+/// ignore empty elements), and so are the items from the first one that
+/// would take the value past `MAX_HEADER_VALUE` on: a list loses whole
+/// elements, never a piece of one.
+pub fn list_header_value<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for item in items {
+        let element = escape(item, true, usize::MAX);
+        if element.is_empty() {
             continue;
         }
-        if c.is_ascii() && c != '%' {
-            if out.len() + 1 > MAX_HEADER_VALUE {
+        let separator = usize::from(!out.is_empty());
+        if out.len() + separator + element.len() > MAX_HEADER_VALUE {
+            break;
+        }
+        if separator == 1 {
+            out.push(',');
+        }
+        out.push_str(&element);
+    }
+    out
+}
+
+/// `text` without control characters, with non-ASCII and `%` (and, for a
+/// list element, `,`, `"` and spaces at either end) percent-encoded, cut at
+/// `limit` bytes without splitting an escape.
+fn escape(text: &str, list_element: bool, limit: usize) -> String {
+    let clean: Vec<char> = text.chars().filter(|c| !c.is_ascii_control()).collect();
+    let (lead, trail) = if list_element {
+        let lead = clean.iter().take_while(|&&c| c == ' ').count();
+        let trail = clean[lead..]
+            .iter()
+            .rev()
+            .take_while(|&&c| c == ' ')
+            .count();
+        (lead, clean.len() - trail)
+    } else {
+        (0, clean.len())
+    };
+    let mut out = String::with_capacity(clean.len().min(limit));
+    for (i, &c) in clean.iter().enumerate() {
+        let encode = !c.is_ascii()
+            || c == '%'
+            || (list_element && (c == ',' || c == '"' || (c == ' ' && (i < lead || i >= trail))));
+        if !encode {
+            if out.len() + 1 > limit {
                 break;
             }
             out.push(c);
@@ -71,7 +123,7 @@ pub fn header_value(text: &str) -> String {
         }
         let mut buf = [0u8; 4];
         let encoded = c.encode_utf8(&mut buf);
-        if out.len() + 3 * encoded.len() > MAX_HEADER_VALUE {
+        if out.len() + 3 * encoded.len() > limit {
             break;
         }
         for b in encoded.bytes() {
@@ -85,20 +137,29 @@ pub fn header_value(text: &str) -> String {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// A claim rendered for a header: strings as they are, arrays joined by
-/// commas, numbers and booleans as JSON; objects are not sent.
-fn claim_text(value: &Value) -> Option<String> {
+/// A claim rendered for a header mapped by `identity_headers`. Such a claim
+/// may be a string at one provider and an array at another, so every value
+/// is a list: an array's strings, numbers and booleans are its elements
+/// (see `list_header_value`; nested arrays, objects and nulls are left
+/// out), and a string, number or boolean is a list of one, escaped the
+/// same way, so `"a,b"` and `["a", "b"]` never look alike. Numbers and
+/// booleans are written as JSON; objects and null are not sent.
+fn claim_header_value(value: &Value) -> Option<String> {
+    fn scalar(value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
+            Value::Array(_) | Value::Object(_) | Value::Null => None,
+        }
+    }
     match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(claim_text)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        Value::Null | Value::Object(_) => None,
+        Value::Array(items) => {
+            let texts: Vec<String> = items.iter().filter_map(scalar).collect();
+            Some(list_header_value(texts.iter().map(String::as_str)))
+        }
+        // A single element longer than a header may be is cut, as any
+        // identity header is.
+        other => scalar(other).map(|text| escape(&text, true, MAX_HEADER_VALUE)),
     }
 }
 
@@ -124,19 +185,23 @@ pub fn upstream_headers(
     ];
     if let Some(email) = &identity.email {
         headers.push((format!("{prefix}Email"), header_value(email)));
+        // Beside the address, never alone: the backend needs both to trust
+        // it, and a verification flag for no address would mean nothing.
+        headers.push((
+            format!("{prefix}Email-Verified"),
+            identity.email_verified.to_string(),
+        ));
     }
     if let Some(name) = &identity.name {
         headers.push((format!("{prefix}Name"), header_value(name)));
     }
-    if !identity.groups.is_empty() {
-        headers.push((
-            format!("{prefix}Groups"),
-            header_value(&identity.groups.join(",")),
-        ));
+    let groups = list_header_value(identity.groups.iter().map(String::as_str));
+    if !groups.is_empty() {
+        headers.push((format!("{prefix}Groups"), groups));
     }
     for (header, claim) in &messenger.identity_headers {
-        if let Some(text) = identity.claims.get(claim).and_then(claim_text) {
-            headers.push((header.clone(), header_value(&text)));
+        if let Some(value) = identity.claims.get(claim).and_then(claim_header_value) {
+            headers.push((header.clone(), value));
         }
     }
     headers
@@ -159,6 +224,8 @@ pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: 
     // Absent claims are left out, not sent as null or empty.
     if let Some(email) = &identity.email {
         claims["email"] = Value::from(email.as_str());
+        // As in `X-Auth-Email-Verified`: portcullis's reading, a boolean.
+        claims["email_verified"] = Value::from(identity.email_verified);
     }
     if let Some(name) = &identity.name {
         claims["name"] = Value::from(name.as_str());
@@ -271,6 +338,11 @@ mod tests {
         };
         assert_eq!(get("X-Auth-Subject"), Some("u1"));
         assert_eq!(get("X-Auth-Email"), Some("a@example.com"));
+        assert_eq!(
+            get("X-Auth-Email-Verified"),
+            Some("false"),
+            "no email_verified claim: not verified"
+        );
         assert_eq!(get("X-Auth-Name"), Some("AnnX"));
         assert_eq!(get("X-Auth-Groups"), Some("g1,g2"));
         assert_eq!(get("X-Auth-Issuer"), Some("https://idp"));
@@ -279,6 +351,127 @@ mod tests {
         assert_eq!(get("X-Auth-Tenant"), Some("42"));
         assert_eq!(get("X-Auth-Roles"), Some("r1,r2"));
         assert_eq!(get("X-Auth-Absent"), None);
+    }
+
+    fn messenger_mapping(map: &str) -> Messenger {
+        let text = format!("listen: [{{address: \"127.0.0.1:1\"}}]\nmessengers: {{m: {{authentication: {{enabled: false}}, identity_headers: {map}}}}}\n");
+        crate::config::parse(&text, std::path::Path::new("."), &|_: &str| None)
+            .unwrap()
+            .messengers
+            .remove("m")
+            .unwrap()
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn email_verified_goes_beside_the_email_and_only_with_it() {
+        let messenger = messenger_mapping("{}");
+        for (claim, shown) in [
+            (json!(true), "true"),
+            (json!("true"), "true"),
+            (json!(false), "false"),
+            (json!("false"), "false"),
+            (json!("yes"), "false"),
+        ] {
+            let id = identity(json!({"sub": "u", "email": "a@b.c", "email_verified": claim}));
+            let headers = upstream_headers(&id, &messenger, "X-Edge-");
+            assert_eq!(
+                header(&headers, "X-Edge-Email-Verified"),
+                Some(shown),
+                "{claim}"
+            );
+            let assertion = assertion_claims(&id, "portcullis", "chat", 1000);
+            assert_eq!(
+                assertion["email_verified"],
+                json!(shown == "true"),
+                "{claim}"
+            );
+        }
+        let no_email = identity(json!({"sub": "u", "email_verified": true}));
+        let headers = upstream_headers(&no_email, &messenger, "X-Auth-");
+        assert_eq!(header(&headers, "X-Auth-Email-Verified"), None);
+        assert!(assertion_claims(&no_email, "portcullis", "chat", 1000)
+            .get("email_verified")
+            .is_none());
+    }
+
+    #[test]
+    fn list_separators_inside_values_are_encoded() {
+        assert_eq!(
+            list_header_value(["support,admin", "50%", "say \"hi\"", " pad ", "Zoë"]),
+            "support%2Cadmin,50%25,say %22hi%22,%20pad%20,Zo%C3%AB"
+        );
+        // Spaces inside an element are no separator and stay.
+        assert_eq!(list_header_value(["Domain Users"]), "Domain Users");
+        assert_eq!(list_header_value(["", "a", "  "]), "a,%20%20");
+        // Whole elements only: the one that does not fit is left out, and
+        // so is everything after it.
+        let big = "g".repeat(MAX_HEADER_VALUE - 2);
+        assert_eq!(
+            list_header_value([big.as_str(), "x", "y"]),
+            format!("{big},x")
+        );
+        assert_eq!(list_header_value([big.as_str(), "xy", "z"]), big);
+
+        // X-Auth-Groups: one group with a comma is not two groups.
+        let messenger = messenger_mapping("{X-Auth-Roles: roles, X-Auth-Org: org}");
+        let one = identity(json!({"sub": "u", "groups": ["support,admin"]}));
+        let two = identity(json!({"sub": "u", "groups": ["support", "admin"]}));
+        let one = upstream_headers(&one, &messenger, "X-Auth-");
+        let two = upstream_headers(&two, &messenger, "X-Auth-");
+        assert_eq!(header(&one, "X-Auth-Groups"), Some("support%2Cadmin"));
+        assert_eq!(header(&two, "X-Auth-Groups"), Some("support,admin"));
+        let no_names = identity(json!({"sub": "u", "groups": [""]}));
+        assert_eq!(
+            header(
+                &upstream_headers(&no_names, &messenger, "X-Auth-"),
+                "X-Auth-Groups"
+            ),
+            None
+        );
+
+        // Mapped claims: a string with a comma is not an array of two.
+        let id = identity(json!({
+            "sub": "u",
+            "roles": ["a,b", "c", 7, true, ["nested"], {"o": 1}, null],
+            "org": "Acme, Inc. 100%"
+        }));
+        let headers = upstream_headers(&id, &messenger, "X-Auth-");
+        assert_eq!(header(&headers, "X-Auth-Roles"), Some("a%2Cb,c,7,true"));
+        assert_eq!(header(&headers, "X-Auth-Org"), Some("Acme%2C Inc. 100%25"));
+        let pair = identity(json!({"sub": "u", "org": ["Acme", " Inc. 100%"]}));
+        assert_eq!(
+            header(
+                &upstream_headers(&pair, &messenger, "X-Auth-"),
+                "X-Auth-Org"
+            ),
+            Some("Acme,%20Inc. 100%25")
+        );
+    }
+
+    #[test]
+    fn every_header_portcullis_sends_is_reserved_from_mappings() {
+        let id = identity(json!({
+            "sub": "u", "iss": "i", "email": "a@b.c", "name": "n", "groups": ["g"]
+        }));
+        let mut names: Vec<String> = upstream_headers(&id, &messenger_mapping("{}"), "X-Auth-")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        names.push("X-Auth-Assertion".into());
+        for name in names {
+            let suffix = crate::config::normalize_header_name(&name["X-Auth-".len()..]);
+            assert!(
+                crate::config::BUILT_IN_IDENTITY_HEADERS.contains(&suffix.as_str()),
+                "{name} is not in BUILT_IN_IDENTITY_HEADERS"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum PolicyFailure {
     Groups,
     /// No email, an ambiguous one, or one outside `email_domains`.
     EmailDomain,
+    /// An email in an allowed domain that the provider does not say it
+    /// verified (see `email_verified`), where the messenger demands that.
+    EmailUnverified,
 }
 
 impl PolicyFailure {
@@ -22,6 +25,7 @@ impl PolicyFailure {
             PolicyFailure::ClaimMismatch => "claim_mismatch",
             PolicyFailure::Groups => "group_mismatch",
             PolicyFailure::EmailDomain => "email_domain_not_allowed",
+            PolicyFailure::EmailUnverified => "email_not_verified",
         }
     }
 
@@ -30,6 +34,9 @@ impl PolicyFailure {
             PolicyFailure::ClaimMismatch => "a required claim is missing or has another value",
             PolicyFailure::Groups => "the user is not in a required group",
             PolicyFailure::EmailDomain => "the user's email domain is not allowed",
+            PolicyFailure::EmailUnverified => {
+                "the user's email address is not verified by the identity provider"
+            }
         }
     }
 }
@@ -63,8 +70,26 @@ pub fn authorize(require: &Require, claims: &Claims) -> Result<(), PolicyFailure
         if !require.email_domains.contains(&domain) {
             return Err(PolicyFailure::EmailDomain);
         }
+        // A domain proves nothing about an address nobody confirmed: at many
+        // providers anyone can sign up as `ceo@example.com`.
+        if !require.allow_unverified_email && !email_verified(claims.get("email_verified")) {
+            return Err(PolicyFailure::EmailUnverified);
+        }
     }
     Ok(())
+}
+
+/// Whether the provider says it verified `email`, given its
+/// `email_verified` claim: JSON `true`, or the string `"true"` (Amazon
+/// Cognito and some others send strings). Anything else is unverified, a
+/// missing claim included: fail closed (Microsoft Entra ID sends no such
+/// claim, so its messengers need `allow_unverified_email`).
+pub fn email_verified(claim: Option<&Value>) -> bool {
+    match claim {
+        Some(Value::Bool(verified)) => *verified,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
 }
 
 /// The `groups` claim as a list: a JSON array of strings, or one string of
@@ -106,6 +131,7 @@ mod tests {
             groups_any: r.groups_any,
             groups_all: r.groups_all,
             email_domains: r.email_domains,
+            allow_unverified_email: r.allow_unverified_email,
         }
     }
 
@@ -159,7 +185,10 @@ mod tests {
     fn email_domains_resist_multi_at_and_lookalikes() {
         let r = require(json!({"email_domains": ["example.com"]}));
         assert_eq!(
-            authorize(&r, &claims(json!({"email": "alice@Example.COM"}))),
+            authorize(
+                &r,
+                &claims(json!({"email": "alice@Example.COM", "email_verified": true}))
+            ),
             Ok(())
         );
         for bad in [
@@ -174,14 +203,81 @@ mod tests {
             "alice@example.com ",
         ] {
             assert_eq!(
-                authorize(&r, &claims(json!({"email": bad}))),
+                authorize(&r, &claims(json!({"email": bad, "email_verified": true}))),
                 Err(PolicyFailure::EmailDomain),
                 "{bad}"
             );
         }
         assert_eq!(
-            authorize(&r, &claims(json!({"email": 42}))),
+            authorize(&r, &claims(json!({"email": 42, "email_verified": true}))),
             Err(PolicyFailure::EmailDomain)
+        );
+    }
+
+    #[test]
+    fn email_domains_need_a_verified_address_unless_the_messenger_opts_out() {
+        let strict = require(json!({"email_domains": ["example.com"]}));
+        let lenient = require(json!({
+            "email_domains": ["example.com"], "allow_unverified_email": true
+        }));
+        let with = |verified: Option<Value>| {
+            let mut c = json!({"email": "alice@example.com"});
+            if let Some(v) = verified {
+                c["email_verified"] = v;
+            }
+            claims(c)
+        };
+        // Verified: a JSON true, or the string some providers send.
+        for yes in [json!(true), json!("true")] {
+            assert_eq!(
+                authorize(&strict, &with(Some(yes.clone()))),
+                Ok(()),
+                "{yes}"
+            );
+            assert!(email_verified(with(Some(yes)).get("email_verified")));
+        }
+        // Anything else is unverified, a missing claim included.
+        let mut unverified: Vec<Option<Value>> = [
+            json!(false),
+            json!("false"),
+            json!("TRUE"),
+            json!("yes"),
+            json!(1),
+            json!(null),
+            json!([true]),
+        ]
+        .into_iter()
+        .map(Some)
+        .collect();
+        unverified.push(None);
+        for no in unverified {
+            let c = with(no.clone());
+            assert!(!email_verified(c.get("email_verified")), "{no:?}");
+            assert_eq!(
+                authorize(&strict, &c),
+                Err(PolicyFailure::EmailUnverified),
+                "{no:?}"
+            );
+            assert_eq!(authorize(&lenient, &c), Ok(()), "{no:?}");
+        }
+        // The opt-out relaxes verification only, never the domain.
+        assert_eq!(
+            authorize(&lenient, &claims(json!({"email": "eve@evil.com"}))),
+            Err(PolicyFailure::EmailDomain)
+        );
+        // A foreign domain is reported as such, verified or not.
+        assert_eq!(
+            authorize(
+                &strict,
+                &claims(json!({"email": "eve@evil.com", "email_verified": false}))
+            ),
+            Err(PolicyFailure::EmailDomain)
+        );
+        // Without email_domains, email_verified is nobody's business but
+        // `claims` rules'.
+        assert_eq!(
+            authorize(&require(json!({})), &with(Some(json!(false)))),
+            Ok(())
         );
     }
 }

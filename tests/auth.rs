@@ -46,7 +46,7 @@ messengers:
     # ID tokens as bearer credentials are an opt-in.
     authentication: {{enabled: true, provider: dev, accept_id_tokens: true}}
     assertion: true
-    identity_headers: {{X-Auth-Verified: email_verified}}
+    identity_headers: {{X-Auth-Verified: email_verified, X-Auth-Roles: roles}}
   staff:
     authentication: {{enabled: true, provider: dev, accept_id_tokens: true, require: {{groups_any: [staff]}}}}
   unreachable:
@@ -282,6 +282,72 @@ async fn refusals_say_why_without_echoing_the_token() {
         !log.contains(signature(&tampered)),
         "tokens never reach the log"
     );
+}
+
+/// A JWT's payload, unverified (other tests verify assertions).
+fn payload(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn list_claims_keep_their_elements_upstream_and_match_the_policy() {
+    let (idp, proxy) = setup("60s").await;
+    // One group whose name holds a comma, and a string `email_verified` as
+    // some providers send it.
+    idp.set_id_token_claims(
+        "alice",
+        json!({
+            "groups": ["support,admin", "customers"],
+            "roles": ["a,b", "100%", 7],
+            "email_verified": "true",
+        }),
+    );
+    let token = idp.mint_id_token("alice", Algorithm::RS256, None);
+    let (mut ws, _) = open(&proxy, CHAT, &[("Authorization", &bearer(&token))])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_text()));
+    let welcome = next_json(&mut ws).await;
+    let identity = &welcome["identity"];
+    assert_eq!(identity["x-auth-groups"], "support%2Cadmin,customers");
+    assert_eq!(identity["x-auth-roles"], "a%2Cb,100%25,7");
+    assert_eq!(identity["x-auth-email-verified"], "true");
+    // The mapped raw claim is the provider's string, as it was.
+    assert_eq!(identity["x-auth-verified"], "true");
+    let assertion = payload(identity["x-auth-assertion"].as_str().unwrap());
+    assert_eq!(assertion["groups"], json!(["support,admin", "customers"]));
+    assert_eq!(assertion["email_verified"], true);
+
+    // The policy reads the same one group: `staff` is part of a name, not
+    // a group of its own, so the staff deployment refuses.
+    idp.set_id_token_claims("alice", json!({"groups": ["customers,staff"]}));
+    let token = idp.mint_id_token("alice", Algorithm::RS256, None);
+    let resp = reqwest::Client::new()
+        .get(proxy.url("/v1/x?deploymentId=staff"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["reason"],
+        "group_mismatch"
+    );
+    idp.set_id_token_claims("alice", json!({"groups": ["customers", "staff"]}));
+    let token = idp.mint_id_token("alice", Algorithm::RS256, None);
+    let resp = reqwest::Client::new()
+        .get(proxy.url("/v1/x?deploymentId=staff"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["x-auth-groups"], json!(["customers,staff"]));
 }
 
 fn base64_url(text: &str) -> String {

@@ -252,6 +252,111 @@ async fn require_rules_refuse_at_the_callback_and_bad_states_are_clear_errors() 
 }
 
 #[tokio::test]
+async fn email_domains_refuse_unverified_addresses_unless_the_messenger_opts_out() {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    // alice@example.com is verified; bob@other.example is not.
+    let config = format!(
+        r#"{preamble}
+messengers:
+  mail:
+    authentication: {{enabled: true, provider: dev, require: {{email_domains: [example.com, other.example]}}}}
+  mail-any:
+    authentication:
+      enabled: true
+      provider: dev
+      require: {{email_domains: [example.com, other.example], allow_unverified_email: true}}
+upstreams:
+  chat: {{servers: ["{backend}"]}}
+deployments:
+  - {{id: mail, messenger: mail, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
+  - {{id: mail-any, messenger: mail-any, upstream: chat, allowed_origins: ["{ORIGIN_PLACEHOLDER}"]}}
+routes: [{{path_prefix: /v1}}]
+"#,
+        preamble = config_with_dev_provider(&idp),
+    );
+    let proxy = Proxy::start_with_env(&config, &[("DEV_SECRET", "demo-secret")]).await;
+    let c = client();
+    // What the backend and /.auth/me say about a session's email.
+    let seen = |session: String, deployment: &'static str| {
+        let c = c.clone();
+        let page = proxy.url(&format!("/v1/page?deploymentId={deployment}"));
+        let me = proxy.url("/.auth/me");
+        async move {
+            let echoed: serde_json::Value = c
+                .get(page)
+                .header("cookie", &session)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let me: serde_json::Value = c
+                .get(me)
+                .header("cookie", &session)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                echoed["headers"]["x-auth-email"].clone(),
+                echoed["headers"]["x-auth-email-verified"].clone(),
+                me["claims"]["email_verified"].clone(),
+            )
+        }
+    };
+
+    let refused = login(&proxy, "mail", "bob", "/").await.unwrap_err();
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    assert!(refused.1.contains("not verified"), "{}", refused.1);
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_logins_total",
+                &[("deployment", "mail"), ("result", "email_not_verified")]
+            )
+            .await,
+        Some(1.0)
+    );
+    let (alice, _) = login(&proxy, "mail", "alice", "/").await.unwrap();
+    assert_eq!(
+        seen(alice, "mail").await,
+        (
+            serde_json::json!(["alice@example.com"]),
+            serde_json::json!(["true"]),
+            serde_json::json!(true)
+        )
+    );
+
+    // The opt-out admits bob, and the backend learns his address is unverified.
+    let (bob, _) = login(&proxy, "mail-any", "bob", "/").await.unwrap();
+    assert_eq!(
+        seen(bob, "mail-any").await,
+        (
+            serde_json::json!(["bob@other.example"]),
+            serde_json::json!(["false"]),
+            serde_json::json!(false)
+        )
+    );
+
+    // A provider that sends the string "true" verifies; /.auth/me says so
+    // as the header does, with a boolean.
+    idp.set_id_token_claims("bob", serde_json::json!({"email_verified": "true"}));
+    let (bob, _) = login(&proxy, "mail", "bob", "/").await.unwrap();
+    assert_eq!(
+        seen(bob, "mail").await,
+        (
+            serde_json::json!(["bob@other.example"]),
+            serde_json::json!(["true"]),
+            serde_json::json!(true)
+        )
+    );
+}
+
+#[tokio::test]
 async fn logout_ends_the_session_everywhere_and_resists_cross_site_requests() {
     let (idp, proxy) = setup().await;
     let (session, _) = login(&proxy, "support", "alice", "/").await.unwrap();

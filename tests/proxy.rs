@@ -253,17 +253,31 @@ routes: [{{path_prefix: /, deployment: web}}]
     assert_eq!(refused_status(&ws), 404);
     let after = reqwest::get(proxy.url("/after")).await.unwrap();
     assert_eq!(after.status(), 200);
-    assert_eq!(
-        *seen.lock().unwrap(),
-        vec!["/anything/else".to_string(), "/after".to_string()]
-    );
+    assert_eq!(paths(&seen), ["/anything/else", "/after"]);
 }
 
-/// A backend that answers every request 200 and records its path.
-async fn start_recording_backend() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
+/// What the recording backend saw of one request.
+#[derive(Debug, Clone)]
+struct Recorded {
+    /// The request target as it arrived (path and query).
+    path: String,
+    /// Header names (lowercase) and values, in order.
+    headers: Vec<(String, String)>,
+}
+
+type Recording = std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>;
+
+fn paths(seen: &Recording) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect()
+}
+
+/// A backend that answers every request 200 and records its target and
+/// headers.
+async fn start_recording_backend() -> (std::net::SocketAddr, Recording) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -279,6 +293,7 @@ async fn start_recording_backend() -> (
                     if conn.read_line(&mut request_line).await.unwrap_or(0) == 0 {
                         return;
                     }
+                    let mut headers = Vec::new();
                     loop {
                         let mut line = String::new();
                         if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -287,9 +302,15 @@ async fn start_recording_backend() -> (
                         if line == "\r\n" {
                             break;
                         }
+                        if let Some((name, value)) = line.trim_end().split_once(':') {
+                            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+                        }
                     }
                     if let Some(path) = request_line.split(' ').nth(1) {
-                        log.lock().unwrap().push(path.to_string());
+                        log.lock().unwrap().push(Recorded {
+                            path: path.to_string(),
+                            headers,
+                        });
                     }
                     let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                     if conn.get_mut().write_all(reply).await.is_err() {
@@ -1492,4 +1513,168 @@ routes: [{{path_prefix: /v1}}]
             "{deployment}"
         );
     }
+}
+
+/// Sends one raw request (the target byte for byte, no client-side
+/// normalization) and returns the status and JSON body.
+async fn raw_get(
+    addr: std::net::SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("GET {target} HTTP/1.1\r\nHost: chat.example.com\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// A proxy with an auth-disabled route and an authenticated one on the same
+/// backend: what a path trick or a spelled-again parameter could cross.
+async fn start_shared_backend_proxy(extra: &str) -> (Proxy, Recording) {
+    let (backend, seen) = start_recording_backend().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listen: [{{address: "{{PROXY}}"}}]
+threads: 1
+admin: {{address: "{{ADMIN}}"}}
+providers:
+  idp: {{issuer: "https://idp.example.com", client_id: portcullis}}
+messengers:
+  open: {{authentication: {{enabled: false}}}}
+  secured: {{authentication: {{enabled: true, provider: idp}}}}
+upstreams: {{chat: {{servers: ["{backend}"]}}}}
+deployments:
+  - {{id: web, messenger: open, upstream: chat, allow_all_origins: true}}
+  - {{id: secure, messenger: secured, upstream: chat, allow_all_origins: true}}
+routes:
+  - {{path_prefix: /public, deployment: web}}
+  - {{path_prefix: /support/, deployment: secure}}
+  - {{path_prefix: /v1}}
+  - {{path_prefix: /custom, deployment_from: {{query: dep}}}}
+{extra}"#
+    ))
+    .await;
+    (proxy, seen)
+}
+
+/// Issue 13.1: `/public/..;/support/x` is admitted under the auth-disabled
+/// `/public` route, and Tomcat, Jetty and Spring cut the `;` and resolve it
+/// to `/support/x`. Every form of a path parameter is a 400 that never
+/// reaches the backend.
+#[tokio::test]
+async fn path_parameters_never_reach_the_backend() {
+    let (proxy, seen) = start_shared_backend_proxy("").await;
+    for target in [
+        "/public/..;/support/x",
+        "/public/.;/x",
+        "/public/..;jsessionid=x/support/x",
+        "/public/%2e%2e;/support/x",
+        "/public/%2E.;/support/x",
+        "/public;x/../support/x",
+        "/public/x;jsessionid=1",
+        "/public/..%3B/support/x",
+        "/v1/..;/support/x?deploymentId=web",
+    ] {
+        let (status, body) = raw_get(proxy.addr, target, &[]).await;
+        assert_eq!(status, 400, "{target}");
+        assert_eq!(body["error"], "bad_request", "{target}");
+        assert_eq!(body["reason"], "path_parameter", "{target}");
+    }
+    // Merged slashes cross routes the same way (`//support/x` is not under
+    // `/support/` for portcullis, it is for a backend that merges them).
+    for target in ["/public//support/x", "/public/%c0%ae%c0%ae/support/x"] {
+        let (status, body) = raw_get(proxy.addr, target, &[]).await;
+        assert_eq!(status, 400, "{target}");
+        assert_eq!(body["reason"], "bad_request", "{target}");
+    }
+    // A `;` in the query is no path parameter.
+    let (status, _) = raw_get(proxy.addr, "/public/x?q=a;b", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(paths(&seen), ["/public/x?q=a;b"]);
+}
+
+/// Issue 13.2: the deployment id parameter spelled another way beside the
+/// real one (or alone) is a 400; a backend that reads `DeploymentId`,
+/// `deploymentId[]` or a `;`-separated copy never gets the chance.
+#[tokio::test]
+async fn deployment_id_variants_never_reach_the_backend() {
+    let (proxy, seen) = start_shared_backend_proxy("").await;
+    for target in [
+        "/v1/chat?deploymentId=web&DeploymentId=secure",
+        "/v1/chat?deploymentId=web&deploymentId[]=secure",
+        "/v1/chat?deploymentId%5B0%5D=secure&deploymentId=web",
+        "/v1/chat?deploymentId=web&deployment%2549d=secure",
+        "/v1/chat?x=1;deploymentId=secure&deploymentId=web",
+        "/v1/chat?DeploymentId=web",
+        "/custom/chat?dep=web&DEP=secure",
+    ] {
+        let (status, body) = raw_get(proxy.addr, target, &[]).await;
+        assert_eq!(status, 400, "{target}");
+        assert_eq!(body["error"], "invalid_deployment_id", "{target}");
+        assert_eq!(body["reason"], "deployment_id_variant", "{target}");
+    }
+    let (status, _) = raw_get(proxy.addr, "/v1/chat?deploymentId=web&q=a;b", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(paths(&seen), ["/v1/chat?deploymentId=web&q=a;b"]);
+}
+
+/// Issue 13.3: headers some backend framework trusts to pick the path, host
+/// or method are removed before proxying, in any spelling; a configured
+/// `forwarding.strip_headers` replaces the list.
+#[tokio::test]
+async fn routing_headers_are_stripped_before_the_backend() {
+    let spoofed = [
+        ("X-Original-URL", "/support/admin"),
+        ("X-Rewrite-URL", "/support/admin"),
+        ("X_Original_URL", "/support/admin"),
+        ("X-Forwarded-Prefix", "/support"),
+        ("X-Forwarded-Path", "/support/admin"),
+        ("X-Forwarded-Uri", "/support/admin"),
+        ("X-Original-Host", "admin.internal"),
+        ("X-Host", "admin.internal"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X-Tenant-Route", "blue"),
+    ];
+    let received = |seen: &Recording| -> Vec<String> {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        seen[0].headers.iter().map(|(n, _)| n.clone()).collect()
+    };
+
+    let (proxy, seen) = start_shared_backend_proxy("").await;
+    let (status, _) = raw_get(proxy.addr, "/public/x", &spoofed).await;
+    assert_eq!(status, 200);
+    let names = received(&seen);
+    for (name, _) in &spoofed[..11] {
+        let normalized = name.to_ascii_lowercase().replace('_', "-");
+        assert!(
+            !names.iter().any(|n| n.replace('_', "-") == normalized),
+            "{name} reached the backend: {names:?}"
+        );
+    }
+    assert!(names.contains(&"x-tenant-route".to_string()), "{names:?}");
+
+    let (proxy, seen) =
+        start_shared_backend_proxy("forwarding: {strip_headers: [X-Tenant-Route]}\n").await;
+    let (status, _) = raw_get(proxy.addr, "/public/x", &spoofed).await;
+    assert_eq!(status, 200);
+    let names = received(&seen);
+    assert!(!names.contains(&"x-tenant-route".to_string()), "{names:?}");
+    assert!(names.contains(&"x-original-url".to_string()), "{names:?}");
 }

@@ -145,7 +145,26 @@ pub struct Require {
     pub groups_any: Vec<String>,
     pub groups_all: Vec<String>,
     pub email_domains: Vec<String>,
+    /// Whether `email_domains` admits an address whose `email_verified` is
+    /// not true (default false; only set beside `email_domains`).
+    pub allow_unverified_email: bool,
 }
+
+/// The identity headers portcullis sends itself, after the identity prefix
+/// (compared like `normalize_header_name`): a messenger's
+/// `identity_headers` may not name one, or it would replace what
+/// portcullis vouches for with a raw claim.
+pub const BUILT_IN_IDENTITY_HEADERS: &[&str] = &[
+    "subject",
+    "email",
+    "email-verified",
+    "name",
+    "groups",
+    "issuer",
+    "deployment",
+    "session",
+    "assertion",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLifetimes {
@@ -275,10 +294,55 @@ pub struct Compat {
     pub hosted_paths: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Forwarding {
     /// Peers whose own `X-Forwarded-*` headers are believed and extended.
     pub trusted_proxies: Vec<IpNet>,
+    /// Request headers removed before proxying (lowercase, `_` as `-`;
+    /// matched like identity headers, since CGI and some servers fold `_`
+    /// into `-`): ones that some
+    /// backend framework trusts to pick the path, host or method.
+    pub strip_headers: Vec<String>,
+}
+
+/// `forwarding.strip_headers` by default. Every one is honoured for
+/// routing by some backend stack, and none has a reason to come from a
+/// client: `X-Original-URL`/`X-Rewrite-URL` (IIS URL Rewrite, Zend/Laminas,
+/// older Symfony: the path the application routes on), `X-Forwarded-Prefix`
+/// (Spring's ForwardedHeaderFilter, ASP.NET Core, Werkzeug's ProxyFix: the
+/// path base), `X-Forwarded-Path`/`X-Forwarded-Uri` (set by Kong and Traefik;
+/// forward-auth services such as Authelia decide on `X-Forwarded-Uri`),
+/// `X-Forwarded-Port`/`X-Forwarded-Server` (Spring, Tomcat's RemoteIpValve),
+/// `X-Original-Host`/`X-Host`/`X-HTTP-Host-Override` (host overrides read by
+/// applications behind Azure front ends and others), and the method
+/// overrides `X-HTTP-Method-Override`/`X-HTTP-Method`/`X-Method-Override`
+/// (Rack, Symfony, Express's method-override, Jersey, OData).
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-forwarded-uri",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-original-host",
+    "x-host",
+    "x-http-host-override",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding {
+            trusted_proxies: Vec::new(),
+            strip_headers: DEFAULT_STRIP_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -90,6 +90,9 @@ pub struct RawRequire {
     pub groups_all: Vec<String>,
     #[serde(default)]
     pub email_domains: Vec<String>,
+    /// Lets `email_domains` admit addresses the provider did not verify.
+    #[serde(default)]
+    pub allow_unverified_email: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +218,8 @@ pub struct RawCompat {
 pub struct RawForwarding {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Replaces the default list when given (an empty list strips nothing).
+    pub strip_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -519,6 +519,69 @@ fn identity_headers_must_be_strippable() {
 }
 
 #[test]
+fn identity_headers_may_not_replace_the_built_in_ones() {
+    // Compared like the stripping: any case, `_` as `-`.
+    for name in ["X-Auth-Email-Verified", "x-auth-groups", "X_Auth_Subject"] {
+        assert_error(
+            &errors_after(
+                "identity_headers: {X-Auth-Tenant: tenant_id}",
+                &format!("identity_headers: {{{name}: tenant_id}}"),
+            ),
+            &format!("messengers.support.identity_headers.{name}"),
+            "portcullis sends this header itself",
+        );
+    }
+    // Longer names that start like one are the operator's.
+    let c = parse_text(&GOOD.replacen(
+        "identity_headers: {X-Auth-Tenant: tenant_id}",
+        "identity_headers: {X-Auth-Email-Verified-At: verified_at}",
+        1,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.messengers["support"].identity_headers.len(), 1);
+}
+
+#[test]
+fn unverified_emails_are_an_opt_out_beside_email_domains_only() {
+    let c = parse_text(GOOD).unwrap();
+    assert!(
+        !c.messengers["support"]
+            .authentication
+            .require
+            .allow_unverified_email,
+        "verified addresses by default"
+    );
+    let c = parse_text(&GOOD.replacen(
+        "email_domains: [Example.com]",
+        "email_domains: [Example.com]\n        allow_unverified_email: true",
+        1,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        c.messengers["support"]
+            .authentication
+            .require
+            .allow_unverified_email
+    );
+    assert_error(
+        &errors_after(
+            "email_domains: [Example.com]",
+            "allow_unverified_email: true",
+        ),
+        "messengers.support.authentication.require.allow_unverified_email",
+        "has no effect without email_domains",
+    );
+    assert_error(
+        &errors_after(
+            "email_domains: [Example.com]",
+            "email_domains: [Example.com]\n        allow_unverified_email: yes-please",
+        ),
+        "messengers.support.authentication.require.allow_unverified_email",
+        "expected a boolean",
+    );
+}
+
+#[test]
 fn routes_are_plain_paths_outside_the_auth_namespace() {
     for (prefix, why) in [
         ("v1", "must start with '/'"),
@@ -786,6 +849,11 @@ fn the_shipped_example_and_demo_configs_validate() {
     let example = std::fs::read_to_string(root.join("conf/portcullis.example.yaml")).unwrap();
     let c = parse_text(&example).unwrap_or_else(|e| panic!("conf/portcullis.example.yaml: {e}"));
     assert!(!c.deployments.is_empty() && !c.routes.is_empty());
+    // The example spells out the default list of stripped headers.
+    assert_eq!(
+        c.forwarding.strip_headers,
+        Forwarding::default().strip_headers
+    );
     // The configuration docker-compose.yml hands the container.
     let compose: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("docker-compose.yml")).unwrap())
@@ -870,5 +938,73 @@ fn token_api_settings_are_parsed_and_bounded() {
         ),
         "deployments[1].redirect_uris",
         "has no effect",
+    );
+}
+
+#[test]
+fn strip_headers_default_and_replace() {
+    let defaults = parse_text(GOOD).unwrap().forwarding.strip_headers;
+    assert_eq!(
+        defaults,
+        DEFAULT_STRIP_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert!(defaults.contains(&"x-original-url".to_string()));
+    assert!(defaults.contains(&"x-http-method-override".to_string()));
+    let forwarding = "forwarding: {trusted_proxies: [10.0.0.0/8, 192.0.2.1]}";
+    let replaced = parse_text(&GOOD.replacen(
+        forwarding,
+        "forwarding: {strip_headers: [X-Original-URL, X_Tenant_Route]}",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        replaced.forwarding.strip_headers,
+        ["x-original-url", "x-tenant-route"]
+    );
+    let none =
+        parse_text(&GOOD.replacen(forwarding, "forwarding: {strip_headers: []}", 1)).unwrap();
+    assert!(none.forwarding.strip_headers.is_empty());
+}
+
+#[test]
+fn strip_headers_are_header_names_portcullis_does_not_handle_itself() {
+    let errors = errors_after(
+        "forwarding: {trusted_proxies: [10.0.0.0/8, 192.0.2.1]}",
+        r#"forwarding: {strip_headers: ["Bad Header", Host, x-forwarded-for, Cookie, X-Auth-Subject, x_auth_email, X-Rewrite-URL, x-rewrite-url]}"#,
+    );
+    assert_error(
+        &errors,
+        "forwarding.strip_headers[0]",
+        "not a valid header name",
+    );
+    assert_error(
+        &errors,
+        "forwarding.strip_headers[1]",
+        "handled by portcullis",
+    );
+    assert_error(
+        &errors,
+        "forwarding.strip_headers[2]",
+        "handled by portcullis",
+    );
+    assert_error(
+        &errors,
+        "forwarding.strip_headers[3]",
+        "handled by portcullis",
+    );
+    assert_error(&errors, "forwarding.strip_headers[4]", "identity prefix");
+    assert_error(&errors, "forwarding.strip_headers[5]", "identity prefix");
+    assert_error(&errors, "forwarding.strip_headers[7]", "listed twice");
+    assert!(!errors.contains("forwarding.strip_headers[6]", ""));
+    assert_error(
+        &errors_after(
+            "forwarding: {trusted_proxies: [10.0.0.0/8, 192.0.2.1]}",
+            "forwarding: {strip_headers: X-Original-URL}",
+        ),
+        "forwarding.strip_headers",
+        "expected a sequence",
     );
 }

@@ -520,7 +520,7 @@ pub(super) fn validate(
             hosted_paths: r.hosted_paths,
         })
         .unwrap_or_default();
-    let forwarding = forwarding(&mut c, &get("forwarding"));
+    let forwarding = forwarding(&mut c, &get("forwarding"), &identity_header_prefix);
     let limits = limits(&mut c, &get("limits"));
     let rate_limits = rate_limits(&mut c, &get("rate_limits"));
 
@@ -906,6 +906,13 @@ fn messengers(
                     hp,
                     format!("identity headers must start with the identity prefix `{identity_prefix}` so that spoofed copies are always stripped"),
                 );
+            } else if BUILT_IN_IDENTITY_HEADERS
+                .contains(&&normalize_header_name(header)[prefix_lower.len()..])
+            {
+                c.error(
+                    hp,
+                    "portcullis sends this header itself: choose another name",
+                );
             }
         }
         for (header, claim) in &m.identity_headers {
@@ -981,6 +988,14 @@ fn require(c: &mut Checker, path: &str, r: RawRequire) -> Require {
             }
         }
     }
+    // The opt-out relaxes a check that only `email_domains` makes: alone it
+    // would look like a rule while changing nothing.
+    if r.allow_unverified_email && r.email_domains.is_empty() {
+        c.error(
+            format!("{path}.allow_unverified_email"),
+            "has no effect without email_domains (only email_domains checks email_verified)",
+        );
+    }
     for (claim, v) in &r.claims {
         if matches!(v, serde_json::Value::Null) {
             c.error(
@@ -998,6 +1013,7 @@ fn require(c: &mut Checker, path: &str, r: RawRequire) -> Require {
             .into_iter()
             .map(|d| d.to_ascii_lowercase())
             .collect(),
+        allow_unverified_email: r.allow_unverified_email,
     }
 }
 
@@ -1503,7 +1519,7 @@ fn logging(c: &mut Checker, value: &Value) -> Logging {
     Logging { format, level }
 }
 
-fn forwarding(c: &mut Checker, value: &Value) -> Forwarding {
+fn forwarding(c: &mut Checker, value: &Value, identity_prefix: &str) -> Forwarding {
     let Some(raw) = c
         .decode::<Option<RawForwarding>>("forwarding", value)
         .flatten()
@@ -1523,7 +1539,48 @@ fn forwarding(c: &mut Checker, value: &Value) -> Forwarding {
             ),
         }
     }
-    Forwarding { trusted_proxies }
+    let strip_headers = match raw.strip_headers {
+        Some(names) => strip_headers(c, &names, identity_prefix),
+        None => Forwarding::default().strip_headers,
+    };
+    Forwarding {
+        trusted_proxies,
+        strip_headers,
+    }
+}
+
+/// `forwarding.strip_headers`: header names, lowercased with `_` as `-`
+/// (they are matched the way identity headers are). Names portcullis
+/// handles itself (framing, credentials, `Origin`, `X-Forwarded-*`, the
+/// identity prefix) are refused: stripping them would either break the
+/// request or do nothing, since portcullis sets them after stripping.
+fn strip_headers(c: &mut Checker, names: &[String], identity_prefix: &str) -> Vec<String> {
+    let prefix = normalize_header_name(identity_prefix);
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("forwarding.strip_headers[{i}]");
+        let normalized = normalize_header_name(name);
+        if !is_header_name(name) {
+            c.error(path, format!("`{name}` is not a valid header name"));
+        } else if RESERVED_HEADERS.contains(&normalized.as_str()) {
+            c.error(
+                path,
+                format!("`{name}` is handled by portcullis itself and cannot be stripped"),
+            );
+        } else if normalized.starts_with(&prefix) {
+            c.error(
+                path,
+                format!(
+                    "`{name}` starts with the identity prefix: the client's copies are always removed and portcullis sets its own"
+                ),
+            );
+        } else if out.contains(&normalized) {
+            c.error(path, format!("`{name}` is listed twice"));
+        } else {
+            out.push(normalized);
+        }
+    }
+    out
 }
 
 fn rate_limits(c: &mut Checker, value: &Value) -> RateLimits {

@@ -538,16 +538,20 @@ pub async fn me(state: &State, runtime: &Runtime, req: &RequestHeader) -> Respon
         let _ = header.insert_header("www-authenticate", r#"Bearer realm="portcullis""#);
         return (header, body);
     };
-    let chosen: serde_json::Map<String, serde_json::Value> = [
-        "email",
-        "email_verified",
-        "name",
-        "groups",
-        "preferred_username",
-    ]
-    .iter()
-    .filter_map(|k| session.claims.get(*k).map(|v| (k.to_string(), v.clone())))
-    .collect();
+    let mut chosen: serde_json::Map<String, serde_json::Value> =
+        ["email", "name", "groups", "preferred_username"]
+            .iter()
+            .filter_map(|k| session.claims.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+    // As the backend gets it in `X-Auth-Email-Verified`: portcullis's
+    // reading (a boolean; a missing claim or "false" is false), and only
+    // beside an email.
+    if chosen.contains_key("email") {
+        chosen.insert(
+            "email_verified".into(),
+            crate::policy::email_verified(session.claims.get("email_verified")).into(),
+        );
+    }
     let body = serde_json::json!({
         "subject": session.subject,
         "claims": chosen,

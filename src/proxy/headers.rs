@@ -1,5 +1,7 @@
 //! What goes upstream in the request header: spoofed identity headers
-//! removed, `X-Forwarded-*` set from what portcullis itself saw.
+//! removed, headers that backends trust for routing removed
+//! (`forwarding.strip_headers`), `X-Forwarded-*` set from what portcullis
+//! itself saw.
 
 use std::net::IpAddr;
 
@@ -30,6 +32,29 @@ pub fn strip_identity_headers(req: &mut RequestHeader, rules: &StripRules) -> us
         .keys()
         .map(|k| k.as_str())
         .filter(|k| is_identity_header(k, rules))
+        .map(str::to_string)
+        .collect();
+    for name in &doomed {
+        while req.remove_header(name.as_str()).is_some() {}
+    }
+    doomed.len()
+}
+
+/// Removes every header named in `names` (normalized: lowercase, `_` as
+/// `-`), in any case and with `_` for `-`, as identity headers are; returns
+/// how many names were found. These are the headers some backend framework
+/// trusts to choose the path, host or method (`X-Original-URL`,
+/// `X-HTTP-Method-Override`…): left in, they would route the request
+/// somewhere else than where portcullis admitted it.
+pub fn strip_listed_headers(req: &mut RequestHeader, names: &[String]) -> usize {
+    if names.is_empty() {
+        return 0;
+    }
+    let doomed: Vec<String> = req
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| names.contains(&crate::config::normalize_header_name(k)))
         .map(str::to_string)
         .collect();
     for name in &doomed {
@@ -203,6 +228,38 @@ mod tests {
         assert!(req.headers.get("x-authorization-other").is_some());
         assert!(req.headers.get("cookie").is_some());
         assert!(req.headers.get("x-auth").is_some());
+    }
+
+    #[test]
+    fn routing_headers_are_stripped_in_every_spelling() {
+        let defaults = crate::config::Forwarding::default().strip_headers;
+        let mut req = request(&[
+            ("X-Original-URL", "/support/admin"),
+            ("x-rewrite-url", "/support/admin"),
+            ("X_Forwarded_Prefix", "/support"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("x-http-method-override", "PUT"),
+            ("X-Method-Override", "DELETE"),
+            ("X-HOST", "evil.example"),
+            ("Host", "chat.example.com"),
+            ("X-Original", "not listed"),
+            ("Cookie", "a=b"),
+        ]);
+        let removed = strip_listed_headers(&mut req, &defaults);
+        assert_eq!(removed, 6);
+        let mut left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["cookie", "host", "x-original"]);
+
+        // A configured list replaces the default; an empty one strips nothing.
+        let mut req = request(&[("X-Original-URL", "/x"), ("X-Tenant-Route", "b")]);
+        assert_eq!(
+            strip_listed_headers(&mut req, &["x-tenant-route".to_string()]),
+            1
+        );
+        assert!(req.headers.get("x-original-url").is_some());
+        assert_eq!(strip_listed_headers(&mut req, &[]), 0);
+        assert!(req.headers.get("x-original-url").is_some());
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! upstream_peer .......... the deployment's upstream: round-robin over healthy
 //!                          servers, skipping ones that already failed to connect
 //! connected_to_upstream .. upgrade? keep a duplicate of the upstream socket
-//! upstream_request_filter  strip identity headers (any case, `_` as `-`),
+//! upstream_request_filter  strip identity headers (any case, `_` as `-`)
+//!                          and routing headers (X-Original-URL, method overrides…),
 //!                          add the verified identity and its signed assertion
 //!                          (auth disabled: X-Auth-Deployment only), remove
 //!                          the credential carriers, set X-Forwarded-*
@@ -848,7 +849,8 @@ impl ProxyHttp for Portcullis {
         Ok(())
     }
 
-    /// Removes every identity header the client sent, adds the verified
+    /// Removes every identity header the client sent and the headers
+    /// backends trust for routing (`forwarding.strip_headers`), adds the verified
     /// identity (or, on a deployment without authentication, only
     /// `X-Auth-Deployment`), and sets `X-Forwarded-*` from what portcullis
     /// saw itself.
@@ -862,6 +864,7 @@ impl ProxyHttp for Portcullis {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
+        headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
         strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
         match (&ctx.auth, &ctx.target) {
             (Some(auth), Some(target)) => {

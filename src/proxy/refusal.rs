@@ -43,8 +43,17 @@ pub enum Refusal {
     /// The request target is malformed or ambiguous (dot segments, encoded
     /// slashes, invalid UTF-8, over-long).
     BadTarget(&'static str),
+    /// The path carries a `;` parameter (raw or `%3B`), which Java backends
+    /// cut off before routing: `/public/..;/support/x` reaches
+    /// `/support/x`. A `bad_request` with its own reason.
+    PathParameter,
     /// The deployment id is missing, repeated or malformed.
     BadDeploymentId(&'static str),
+    /// The query spells the deployment id parameter another way
+    /// (`DeploymentId`, `deploymentId[]`, encoded twice, after a `;`) that a
+    /// backend may read instead of the real one. An `invalid_deployment_id`
+    /// with its own reason.
+    DeploymentIdVariant,
     UnknownDeployment,
     DeploymentInactive,
     OriginNotAllowed,
@@ -68,7 +77,10 @@ impl Refusal {
     pub fn status(self) -> u16 {
         match self {
             Refusal::NoRoute | Refusal::UnknownDeployment => 404,
-            Refusal::BadTarget(_) | Refusal::BadDeploymentId(_) => 400,
+            Refusal::BadTarget(_)
+            | Refusal::PathParameter
+            | Refusal::BadDeploymentId(_)
+            | Refusal::DeploymentIdVariant => 400,
             Refusal::DeploymentInactive | Refusal::OriginNotAllowed | Refusal::OriginMissing => 403,
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
@@ -84,6 +96,8 @@ impl Refusal {
         match self {
             Refusal::Unauthenticated(why) => why.code(),
             Refusal::Forbidden(why) => why.code(),
+            Refusal::PathParameter => "path_parameter",
+            Refusal::DeploymentIdVariant => "deployment_id_variant",
             other => other.code(),
         }
     }
@@ -92,8 +106,8 @@ impl Refusal {
     pub fn code(self) -> &'static str {
         match self {
             Refusal::NoRoute => "not_found",
-            Refusal::BadTarget(_) => "bad_request",
-            Refusal::BadDeploymentId(_) => "invalid_deployment_id",
+            Refusal::BadTarget(_) | Refusal::PathParameter => "bad_request",
+            Refusal::BadDeploymentId(_) | Refusal::DeploymentIdVariant => "invalid_deployment_id",
             Refusal::UnknownDeployment => "unknown_deployment",
             Refusal::DeploymentInactive => "deployment_inactive",
             Refusal::OriginNotAllowed => "origin_not_allowed",
@@ -113,6 +127,12 @@ impl Refusal {
         match self {
             Refusal::NoRoute => "no messaging route matches this path",
             Refusal::BadTarget(why) | Refusal::BadDeploymentId(why) => why,
+            Refusal::PathParameter => {
+                "';' path parameters (raw or %3B) are not allowed in the path"
+            }
+            Refusal::DeploymentIdVariant => {
+                "the deployment id parameter appears under another spelling (case, brackets, encoding or ';')"
+            }
             Refusal::UnknownDeployment => "no deployment has this id",
             Refusal::DeploymentInactive => "this deployment is inactive",
             Refusal::OriginNotAllowed => "this Origin is not allowed for the deployment",
@@ -180,6 +200,8 @@ mod tests {
         for r in [
             Refusal::NoRoute,
             Refusal::BadTarget("dot segments are not allowed"),
+            Refusal::PathParameter,
+            Refusal::DeploymentIdVariant,
             Refusal::BadDeploymentId("deploymentId is required"),
             Refusal::UnknownDeployment,
             Refusal::DeploymentInactive,

@@ -53,6 +53,14 @@ pub fn check_target<'a>(raw: &'a [u8], limits: &Limits) -> Result<CheckedTarget<
             "backslashes are not allowed in the path",
         ));
     }
+    if has_path_parameter(path) {
+        return Err(Refusal::PathParameter);
+    }
+    if path.contains("//") {
+        return Err(Refusal::BadTarget(
+            "empty path segments ('//') are not allowed in the path",
+        ));
+    }
     if path
         .split('/')
         .any(|segment| segment == "." || segment == "..")
@@ -66,7 +74,48 @@ pub fn check_target<'a>(raw: &'a [u8], limits: &Limits) -> Result<CheckedTarget<
             "percent-encoded '/', '\\', '.' or control characters are not allowed in the path",
         ));
     }
+    if std::str::from_utf8(&percent_decode(path)).is_err() {
+        return Err(Refusal::BadTarget(
+            "the percent-encoded path is not valid UTF-8",
+        ));
+    }
     Ok(CheckedTarget { path, query })
+}
+
+/// Whether the path carries a `;` parameter, raw or as `%3B`. Tomcat, Jetty
+/// and Spring cut `;…` off every segment before they normalize and route
+/// (`/public/..;/support/x` becomes `/support/x`, `/support;x/y` becomes
+/// `/support/y`), so any `;` in the path can move a request from the route
+/// portcullis matched to another one. `%3B` is refused too: a layer that
+/// decodes before it cuts reads it as a parameter. A `;` in the query is
+/// none of this and passes.
+pub fn has_path_parameter(path: &str) -> bool {
+    path.contains(';') || percent_decode(path).contains(&b';')
+}
+
+/// `%XX` escapes decoded (malformed ones kept as they are; those are
+/// refused on their own). Overlong or otherwise invalid UTF-8 in the
+/// result (`%c0%ae`, once read as `.` by Tomcat) is refused by the caller.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let hex = |b: &u8| (*b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            ) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Escapes that change how a path splits or normalizes: `%2f`, `%5c`, `%2e`,
@@ -119,13 +168,19 @@ pub fn select(runtime: &Runtime, target: &CheckedTarget<'_>) -> Result<Target, R
 }
 
 /// The single value of query parameter `name`. A repeated parameter is
-/// refused: the upstream might read the other copy.
+/// refused: the upstream might read the other copy. So is any other
+/// spelling of the name, beside the real one or alone (see
+/// [`has_name_variant`]).
 fn deployment_id_from_query<'q>(
     query: Option<&'q str>,
     name: &str,
 ) -> Result<std::borrow::Cow<'q, str>, Refusal> {
+    let query = query.unwrap_or("");
+    if has_name_variant(query, name) {
+        return Err(Refusal::DeploymentIdVariant);
+    }
     let mut found = None;
-    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         if key == name {
             if found.is_some() {
                 return Err(Refusal::BadDeploymentId(
@@ -142,6 +197,61 @@ fn deployment_id_from_query<'q>(
         return Err(Refusal::BadDeploymentId("the deployment id is malformed"));
     }
     Ok(id)
+}
+
+/// Whether the query names parameter `name` in a spelling other than the
+/// one portcullis reads (the exact name, once decoded, between `&`s), but
+/// that a backend may read as that parameter: in another case
+/// (`DeploymentId`: case-insensitive binders, ASP.NET's among them), with
+/// brackets (`deploymentId[]`, `deploymentId[0]`: PHP, Rails and `qs` merge
+/// them into an array), with `.` or a space for `_` (PHP), percent-encoded
+/// twice (a backend that decodes again), or after a `;` (a query separator
+/// for Python before 3.9.2 and Rack before 3). A `;` elsewhere in the query
+/// is left alone.
+pub fn has_name_variant(query: &str, name: &str) -> bool {
+    let wanted = canonical_param_name(name);
+    query.split('&').any(|pair| {
+        let pair_key = pair.split('=').next().unwrap_or("");
+        pair.split(';').enumerate().any(|(i, piece)| {
+            let raw_key = piece.split('=').next().unwrap_or("");
+            let key = url::form_urlencoded::parse(raw_key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            let exact = i == 0 && !pair_key.contains(';') && key == name;
+            !exact && canonical_param_name(&key) == wanted
+        })
+    })
+}
+
+/// A parameter name as the most lenient backend reads it: decoded until it
+/// stops changing (up to twice more), trimmed, without a trailing `[…]`,
+/// `.` and space read as `_`, and case-folded per character the way Java's
+/// `equalsIgnoreCase` does (so `ſ` is `s` and `K` is `k`).
+fn canonical_param_name(name: &str) -> String {
+    let mut name = name.to_string();
+    for _ in 0..2 {
+        let decoded = String::from_utf8_lossy(&percent_decode(&name)).into_owned();
+        if decoded == name {
+            break;
+        }
+        name = decoded;
+    }
+    let name = name.trim();
+    let base = match name.find('[') {
+        Some(i) if name.ends_with(']') => &name[..i],
+        _ => name,
+    };
+    base.trim()
+        .chars()
+        .map(|c| match c {
+            '.' | ' ' => '_',
+            c => {
+                let upper = c.to_uppercase().next().unwrap_or(c);
+                upper.to_lowercase().next().unwrap_or(upper)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -254,6 +364,126 @@ routes:
         assert_eq!(deployment_of(&long), "refused:bad_request");
         let long_query = format!("/v1?deploymentId=dep-a&pad={}", "a".repeat(5000));
         assert_eq!(deployment_of(&long_query), "refused:bad_request");
+    }
+
+    fn reason_of(raw: &str) -> String {
+        target(raw)
+            .map(|t| t.deployment.config.id.clone())
+            .unwrap_or_else(|r| format!("refused:{}:{}", r.code(), r.outcome()))
+    }
+
+    /// Tomcat, Jetty and Spring cut `;…` off each segment before routing:
+    /// every form of it is refused, raw or encoded, on dot segments or not.
+    #[test]
+    fn path_parameters_are_refused_in_every_form() {
+        for raw in [
+            "/v1/..;/special/x",
+            "/v1/.;/x?deploymentId=dep-a",
+            "/v1/..;jsessionid=x/special/x",
+            "/v1/%2e%2e;/special/x",
+            "/v1/%2E.;/special/x",
+            "/v1/.%2e;/x",
+            "/v1;x/special/x?deploymentId=dep-a",
+            "/v1/special;a=b/x",
+            "/v1/chat;jsessionid=0123",
+            "/v1/%3B/x",
+            "/v1/..%3b/special/x",
+            "/;/v1",
+        ] {
+            assert_eq!(
+                reason_of(raw),
+                "refused:bad_request:path_parameter",
+                "{raw}"
+            );
+        }
+        assert!(has_path_parameter("/a%3Bb"));
+        assert!(!has_path_parameter("/a/b%3A"));
+        // A `;` in the query is not a path parameter.
+        assert_eq!(deployment_of("/v1/chat?deploymentId=dep-a&q=a;b"), "dep-a");
+        assert_eq!(deployment_of("/v1/chat?q=%3B&deploymentId=dep-b"), "dep-b");
+    }
+
+    /// Other forms Java backends normalize away: merged slashes and
+    /// overlong UTF-8 (`%c0%ae`, once a `.` for Tomcat).
+    #[test]
+    fn empty_segments_and_invalid_encoded_utf8_are_refused() {
+        for raw in [
+            "//v1/special/x",
+            "/v1//special/x",
+            "/v1/x//",
+            "/v1/%c0%ae%c0%ae/special/x",
+            "/v1/%e0%80%ae/x",
+            "/v1/%ff",
+        ] {
+            assert_eq!(reason_of(raw), "refused:bad_request:bad_request", "{raw}");
+        }
+        // Well-formed encoded UTF-8 and a trailing slash still pass.
+        assert_eq!(deployment_of("/v1/caf%C3%A9?deploymentId=dep-a"), "dep-a");
+        assert_eq!(deployment_of("/v1/?deploymentId=dep-a"), "dep-a");
+    }
+
+    #[test]
+    fn deployment_id_variants_are_refused_beside_the_real_one_and_alone() {
+        let variant = "refused:invalid_deployment_id:deployment_id_variant";
+        for query in [
+            "deploymentId=dep-a&DeploymentId=dep-b",
+            "deploymentId=dep-a&DEPLOYMENTID=dep-b",
+            "deploymentId=dep-a&deploymentId[]=dep-b",
+            "deploymentId[0]=dep-b&deploymentId=dep-a",
+            "deploymentId=dep-a&deploymentId%5B%5D=dep-b",
+            "deploymentId=dep-a&deploymentId%5b0%5d=dep-b",
+            "deploymentId=dep-a&Deployment%49d=dep-b",
+            "deploymentId=dep-a&deployment%2549d=dep-b",
+            "deploymentId=dep-a&deploymentId+=dep-b",
+            "deploymentId=dep-a&%20deploymentId=dep-b",
+            "x=1;deploymentId=dep-b&deploymentId=dep-a",
+            "deploymentId=dep-a&x;deploymentId=dep-b",
+            "deploymentId;x=dep-b&deploymentId=dep-a",
+            // Alone, a variant is refused, not read as "no deployment id".
+            "DeploymentId=dep-b",
+            "deploymentId[]=dep-b",
+            "x=1;deploymentId=dep-b",
+        ] {
+            assert_eq!(reason_of(&format!("/v1/chat?{query}")), variant, "{query}");
+        }
+        // The configured name is the one whose variants count.
+        assert_eq!(reason_of("/custom?dep=dep-a&DEP=dep-b"), variant);
+        assert_eq!(reason_of("/custom?dep=dep-a&dep[]=dep-b"), variant);
+        assert_eq!(
+            deployment_of("/custom?dep=dep-a&deploymentId=dep-b"),
+            "dep-a"
+        );
+        // Once-encoded names are the name itself (every framework decodes
+        // them), neighbours that only look alike pass, and a fixed route
+        // reads no query.
+        assert_eq!(deployment_of("/v1?deployment%49d=dep-a"), "dep-a");
+        assert_eq!(
+            deployment_of("/v1?deploymentIds=x&deployment=y&deploymentId=dep-a"),
+            "dep-a"
+        );
+        assert_eq!(deployment_of("/v1/special/x?DeploymentId=dep-a"), "fixed-1");
+        // `deploymentId=dep-a;x=1`: the value is not a deployment id.
+        assert_eq!(
+            reason_of("/v1?deploymentId=dep-a;x=1"),
+            "refused:invalid_deployment_id:invalid_deployment_id"
+        );
+    }
+
+    #[test]
+    fn parameter_names_fold_as_lenient_backends_read_them() {
+        assert_eq!(canonical_param_name("deploymentId"), "deploymentid");
+        assert_eq!(canonical_param_name("DeploymentId[]"), "deploymentid");
+        assert_eq!(canonical_param_name("deploymentId[a][b]"), "deploymentid");
+        assert_eq!(canonical_param_name("deployment%2549d"), "deploymentid");
+        assert_eq!(canonical_param_name(" deployment.id "), "deployment_id");
+        // Java's equalsIgnoreCase: the long s is an s, the Kelvin sign a k.
+        assert_eq!(
+            canonical_param_name("ſession"),
+            canonical_param_name("session")
+        );
+        assert_eq!(canonical_param_name("\u{212a}ey"), "key");
+        assert!(!has_name_variant("deploymentId=a&b=c;d", "deploymentId"));
+        assert!(has_name_variant("a=b;DeploymentId=c", "deploymentId"));
     }
 
     #[test]

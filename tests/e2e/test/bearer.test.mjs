@@ -107,7 +107,8 @@ messengers:
     # ID tokens as bearer credentials are an opt-in (they outlive sessions).
     authentication: {enabled: true, provider: idp, accept_id_tokens: true}
     assertion: true
-    identity_headers: {X-Auth-Email-Verified: email_verified}
+    # X-Auth-Email-Verified is portcullis's own header; this maps the raw claim.
+    identity_headers: {X-Auth-Verified: email_verified}
   support-es:
     authentication: {enabled: true, provider: idp-es, accept_id_tokens: true}
   customers-only:
@@ -237,8 +238,10 @@ logging: {format: json, level: info}
     assert.equal(headers['x-auth-subject'], 'alice');
     assert.equal(headers['x-auth-email'], 'alice@example.com');
     assert.equal(headers['x-auth-name'], 'Alice Example');
-    assert.ok(headers['x-auth-groups']?.split(',').includes('customers'), headers['x-auth-groups']);
+    // A list: split at commas, percent-decode each element.
+    assert.ok(headers['x-auth-groups']?.split(',').map(decodeURIComponent).includes('customers'), headers['x-auth-groups']);
     assert.equal(headers['x-auth-email-verified'], 'true');
+    assert.equal(headers['x-auth-verified'], 'true');
     assert.equal(headers['x-auth-issuer'], idp.issuer);
     assert.equal(headers.authorization, undefined);
     assert.ok(assertion?.verified, JSON.stringify(assertion));

@@ -326,6 +326,7 @@ rate_limits: {per_client: {per_minute: 100000, burst: 10000}}
     assert.equal(seenUrl, '/v1/page?deploymentId=support&lang=en');
     assert.equal(headers['x-auth-subject'], 'alice');
     assert.equal(headers['x-auth-email'], 'alice@example.com');
+    assert.equal(headers['x-auth-email-verified'], 'true');
     assert.equal(headers['x-auth-name'], 'Alice Example');
     assert.equal(headers['x-auth-groups'], 'customers');
     assert.equal(headers['x-auth-issuer'], idp.issuer);
@@ -354,6 +355,7 @@ rate_limits: {per_client: {per_minute: 100000, burst: 10000}}
     assert.ok(ws.welcome.assertion?.verified, JSON.stringify(ws.welcome.assertion));
     assert.equal(ws.welcome.assertion.payload.sub, 'alice');
     assert.equal(ws.welcome.assertion.payload.email, 'alice@example.com');
+    assert.equal(ws.welcome.assertion.payload.email_verified, true);
     const echoed = once(ws.ws, 'message');
     ws.ws.send('hello from alice');
     assert.equal((await echoed)[0].toString(), 'hello from alice');
