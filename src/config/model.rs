@@ -98,7 +98,9 @@ pub struct JwksSettings {
     /// `Cache-Control: max-age` or `Expires` (used as-is within them).
     pub min_ttl: Duration,
     pub max_ttl: Duration,
-    /// A token with an unknown `kid` refetches the keys at most this often.
+    /// Tokens with unknown `kid`s refetch the keys at most
+    /// `provider::jwks::REFETCHES_PER_INTERVAL` (6) times per interval, at
+    /// least interval / 6 apart.
     pub refetch_interval: Duration,
     /// How long past their lifetime the last good keys keep verifying while
     /// the provider cannot be reached.

@@ -811,3 +811,75 @@ mod tests {
         assert_eq!(capitalized(""), "");
     }
 }
+
+/// Property tests (issue 13 item 10): login state from the provider's answer.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pending(state: &str, created: u64) -> PendingLogin {
+        PendingLogin {
+            state: state.into(),
+            deployment: "d".into(),
+            rd: "/".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            created,
+            max_age: None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every state `start` makes is read; anything accepted can be
+        /// sliced for the cookie name and puts nothing but base64url in it.
+        #[test]
+        fn states_as_made_are_read(bytes in prop::collection::vec(any::<u8>(), 6..48)) {
+            let state = b64(&bytes);
+            prop_assert!(is_login_state(&state));
+        }
+
+        #[test]
+        fn accepted_states_are_safe_to_slice(state in "\\PC{0,24}") {
+            if is_login_state(&state) {
+                let head = &state[..8];
+                prop_assert!(head.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                prop_assert!(!state.contains(['=', ';', ',', ' ', '/', '%']));
+            }
+        }
+
+        /// A pending login answers its own state only, only before its
+        /// timeout, and never overflows on hostile `created` values.
+        #[test]
+        fn a_pending_login_answers_only_its_state_in_time(
+            own in "[A-Za-z0-9_-]{8,16}", other in "\\PC{0,16}", created: u64, now: u64,
+        ) {
+            let p = pending(&own, created);
+            prop_assert!(!(other != own && p.answers(&other, now)));
+            let answers = p.answers(&own, now);
+            prop_assert_eq!(answers, (now as u128) < created as u128 + LOGIN_TIMEOUT_SECS as u128 || created > u64::MAX - LOGIN_TIMEOUT_SECS && now < u64::MAX);
+            if created <= u64::MAX - LOGIN_TIMEOUT_SECS {
+                prop_assert!(!p.answers(&own, created + LOGIN_TIMEOUT_SECS));
+            }
+        }
+
+        /// A sealed pending login survives the cookie round trip, and a
+        /// cookie of another state opens to nothing.
+        #[test]
+        fn pending_logins_round_trip_only_under_their_cookie(
+            state in "[A-Za-z0-9_-]{8,16}", other in "[A-Za-z0-9_-]{8,16}", created in 0u64..1 << 40,
+        ) {
+            let codec = crate::session::cookie::CookieCodec::new([3u8; 32], &[]).unwrap();
+            let name = format!("p-login-{}", &state[..8]);
+            let sealed = codec.seal(&name, &serde_json::to_vec(&pending(&state, created)).unwrap()).unwrap();
+            let opened: PendingLogin = serde_json::from_slice(&codec.open(&name, &sealed).unwrap()).unwrap();
+            prop_assert!(opened.answers(&state, created));
+            let other_name = format!("p-login-{}", &other[..8]);
+            if other_name != name {
+                prop_assert_eq!(codec.open(&other_name, &sealed), None);
+            }
+        }
+    }
+}

@@ -558,3 +558,124 @@ mod tests {
         }
     }
 }
+
+/// Property tests (issue 13 item 10): hostile `rd` values.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SELF: &str = "https://chat.example.com";
+
+    fn allowed() -> Vec<String> {
+        vec![
+            "https://app.example.com".into(),
+            "http://localhost:8080".into(),
+        ]
+    }
+
+    fn piece() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("/"),
+            Just("//"),
+            Just("\\"),
+            Just("%2f"),
+            Just("%5C"),
+            Just("%252f"),
+            Just("%09"),
+            Just("%00"),
+            Just("http:"),
+            Just("https://"),
+            Just("HTTPS://"),
+            Just("javascript:"),
+            Just("evil.com"),
+            Just("chat.example.com"),
+            Just("app.example.com"),
+            Just("localhost:8080"),
+            Just("@"),
+            Just("#"),
+            Just("?"),
+            Just("."),
+            Just(".."),
+            Just("%2e"),
+            Just(":"),
+            Just("[::1]"),
+            Just("a"),
+            Just(" "),
+            Just("\t"),
+            Just("é"),
+        ]
+    }
+
+    /// Where a browser would land: `rd` resolved against our own origin,
+    /// then (for a later hop that decodes and redirects again) decoded and
+    /// resolved once more.
+    fn landing_origins(rd: &str) -> Vec<String> {
+        let base = Url::parse(&format!("{SELF}/login")).unwrap();
+        let mut out = Vec::new();
+        if let Ok(u) = base.join(rd) {
+            out.push(u.origin().ascii_serialization());
+            if let Ok(decoded) = String::from_utf8(decode_fully(u.path()).unwrap_or_default()) {
+                if let Ok(again) = u.join(&decoded) {
+                    out.push(again.origin().ascii_serialization());
+                }
+            }
+        }
+        out
+    }
+
+    fn check_result(rd: &str) -> Result<(), TestCaseError> {
+        let allowed = allowed();
+        let got = safe_redirect(Some(rd), SELF, &allowed);
+        if got == FALLBACK_REDIRECT {
+            return Ok(());
+        }
+        prop_assert_eq!(&got, rd, "a safe value passes unchanged");
+        prop_assert!(!got.starts_with("//") && !got.contains('\\'), "{}", got);
+        prop_assert!(got.bytes().all(|b| b.is_ascii_graphic()));
+        if got.starts_with('/') {
+            let path = got.split(['?', '#']).next().unwrap_or("");
+            let decoded = decode_fully(path).unwrap();
+            prop_assert!(
+                !decoded.starts_with(b"//") && !decoded.starts_with(b"/\\"),
+                "{}",
+                got
+            );
+        } else {
+            let url = Url::parse(&got).unwrap();
+            prop_assert!(url.username().is_empty() && url.password().is_none());
+        }
+        let origins = landing_origins(&got);
+        prop_assert!(!origins.is_empty());
+        for origin in origins {
+            prop_assert!(
+                origin == SELF || allowed.contains(&origin),
+                "{} lands on {}",
+                got,
+                origin
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn assembled_values_land_on_allowed_origins(pieces in prop::collection::vec(piece(), 1..10)) {
+            check_result(&pieces.concat())?;
+        }
+
+        #[test]
+        fn arbitrary_values_land_on_allowed_origins(rd in "\\PC{0,40}") {
+            check_result(&rd)?;
+        }
+
+        /// Plain paths under our origin are kept as they are.
+        #[test]
+        fn plain_paths_pass(segments in prop::collection::vec("[A-Za-z0-9_~-]{1,8}", 0..5), q in "[a-z0-9=&]{0,8}") {
+            let rd = format!("/{}?{q}", segments.join("/"));
+            prop_assert_eq!(safe_redirect(Some(&rd), SELF, &allowed()), rd);
+        }
+    }
+}

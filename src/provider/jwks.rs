@@ -2,9 +2,19 @@
 //! lifetime the response allows (`Cache-Control: max-age` or `Expires`,
 //! clamped to configured bounds); refreshed ahead of expiry by the
 //! supervisor; fetched by one task at a time however many requests wait
-//! (single-flight); refetched for an unknown `kid` at most once per
-//! `refetch_interval`, with unknown kids remembered (negative cache); served
-//! past their lifetime, up to `max_stale`, while the provider is down.
+//! (single-flight); refetched for an unknown `kid` at most
+//! [`REFETCHES_PER_INTERVAL`] times per `refetch_interval`, evenly spaced,
+//! with kids a refetch did not find remembered for one spacing (negative
+//! cache); served past their lifetime, up to `max_stale`, while the provider
+//! is down.
+//!
+//! The refetch budget and a key rotation: whoever claims a refetch (a real
+//! token or junk), the fetch brings whatever the provider publishes, and an
+//! unknown-kid fetch never reuses a fetch that began before it was asked
+//! for. So however many made-up kids arrive, the provider sees at most
+//! `REFETCHES_PER_INTERVAL` unknown-kid fetches per `refetch_interval`, and a
+//! key it has published is accepted at most one spacing
+//! (`refetch_interval / REFETCHES_PER_INTERVAL`) plus one fetch later.
 //! A bad signature on a known `kid` never causes a fetch: that is decided
 //! by the caller, which only asks for a `kid` it has not been given.
 
@@ -28,6 +38,10 @@ const MAX_JWKS_BYTES: usize = 512 * 1024;
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Refresh this far into a key set's lifetime, so requests never wait.
 const REFRESH_AHEAD: f64 = 0.8;
+/// Unknown-kid refetches allowed per `refetch_interval`, at least
+/// `refetch_interval / REFETCHES_PER_INTERVAL` apart: the flood bound, and
+/// (its spacing) how late a rotated key can be accepted during a flood.
+pub const REFETCHES_PER_INTERVAL: u32 = 6;
 
 /// A key ready to verify signatures.
 pub struct VerifyingKey {
@@ -83,6 +97,8 @@ pub struct JwksCache {
     fetching: tokio::sync::Mutex<()>,
     /// Counts completed fetch attempts, so a waiter can tell one happened.
     attempts: AtomicU64,
+    /// When the last completed fetch attempt began.
+    last_attempt_began: Mutex<Option<Instant>>,
     backoff: Mutex<Backoff>,
     last_unknown_kid_fetch: Mutex<Option<Instant>>,
     unknown_kids: moka::sync::Cache<String, ()>,
@@ -103,11 +119,12 @@ impl JwksCache {
             keys: ArcSwapOption::empty(),
             fetching: tokio::sync::Mutex::new(()),
             attempts: AtomicU64::new(0),
+            last_attempt_began: Mutex::new(None),
             backoff: Mutex::new(Backoff::default()),
             last_unknown_kid_fetch: Mutex::new(None),
             unknown_kids: moka::sync::Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(settings.refetch_interval.max(Duration::from_secs(1)))
+                .time_to_live(refetch_spacing(&settings).max(Duration::from_millis(100)))
                 .build(),
         }
     }
@@ -150,10 +167,11 @@ impl JwksCache {
         }
     }
 
-    /// Takes the one unknown-kid fetch allowed per `refetch_interval`.
+    /// Takes an unknown-kid fetch if one spacing has passed since the last.
     fn claim_unknown_kid_fetch(&self) -> bool {
+        let spacing = refetch_spacing(&self.settings);
         let mut last = self.last_unknown_kid_fetch.lock();
-        let allowed = last.is_none_or(|t| t.elapsed() >= self.settings.refetch_interval);
+        let allowed = last.is_none_or(|t| t.elapsed() >= spacing);
         if allowed {
             *last = Some(Instant::now());
         }
@@ -227,17 +245,25 @@ impl JwksCache {
     /// Fetches unless another task is fetching (then waits for its result)
     /// or a recent failure asks to back off.
     async fn fetch(&self, jwks_uri: &str, reason: FetchReason) {
+        let asked = Instant::now();
         let seen = self.attempts.load(Ordering::Acquire);
         let _only_fetcher = self.fetching.lock().await;
         if self.attempts.load(Ordering::Acquire) != seen {
-            // Someone fetched while we waited; use their result.
-            return;
+            // Someone fetched while we waited; use their result, unless we
+            // look for an unknown kid and their fetch began before we asked
+            // (it may predate the key we look for).
+            let began = *self.last_attempt_began.lock();
+            if reason != FetchReason::UnknownKid || began.is_some_and(|b| b >= asked) {
+                return;
+            }
         }
         let backing_off = self.backoff.lock().waiting();
         if backing_off && reason != FetchReason::UnknownKid {
             return;
         }
+        let began = Instant::now();
         let result = self.fetch_once(jwks_uri).await;
+        *self.last_attempt_began.lock() = Some(began);
         self.attempts.fetch_add(1, Ordering::Release);
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics
@@ -299,6 +325,11 @@ impl JwksCache {
             ttl,
         })
     }
+}
+
+/// The least time between two unknown-kid refetches.
+pub fn refetch_spacing(settings: &JwksSettings) -> Duration {
+    settings.refetch_interval / REFETCHES_PER_INTERVAL
 }
 
 /// Parses a JWK set, keeping every signing key that can verify and skipping

@@ -340,3 +340,164 @@ mod tests {
         assert!(!is_token_subprotocol("chat.v1"));
     }
 }
+
+/// Property tests (issue 13 item 10): hostile carriers.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn auth_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"Bearer tok-h".to_vec()),
+            Just(b"bearer   tok-h ".to_vec()),
+            Just(b"Bearer ".to_vec()),
+            Just(b"Bearer".to_vec()),
+            Just(b"Basic dXNlcg==".to_vec()),
+            Just(b"Bearer \xfftok".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
+
+    fn protocol_entry() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("chat"),
+            Just("authorization.bearer.tok-p"),
+            Just("authorization.bearer."),
+            Just(" authorization.bearer.tok-p2 "),
+            Just("Authorization.Bearer.no"),
+            Just(""),
+        ]
+    }
+
+    fn query_pair() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("access_token=tok-q"),
+            Just("access_token="),
+            Just("access%5Ftoken=tok-q2"),
+            Just("Access_token=DECOY"),
+            Just("x=1"),
+            Just("access_token%3DDECOY"),
+        ]
+    }
+
+    /// What SPEC §4 says the result must be, written out case by case.
+    fn expected(
+        auth: &[Vec<u8>],
+        protocols: &[Vec<&str>],
+        query: &[&str],
+        allow_query: bool,
+    ) -> Result<Option<(String, Carrier)>, Malformed> {
+        match auth {
+            [] => {}
+            [one] => {
+                let text = std::str::from_utf8(one)
+                    .ok()
+                    .filter(|t| t.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+                    .ok_or(Malformed)?;
+                if let Some((scheme, token)) = text.split_once(' ') {
+                    if scheme.eq_ignore_ascii_case("bearer") {
+                        let token = token.trim();
+                        if token.is_empty() {
+                            return Err(Malformed);
+                        }
+                        return Ok(Some((token.into(), Carrier::AuthorizationHeader)));
+                    }
+                }
+            }
+            _ => return Err(Malformed),
+        }
+        let tokens: Vec<&str> = protocols
+            .iter()
+            .flatten()
+            .filter_map(|p| p.trim().strip_prefix(SUBPROTOCOL_PREFIX))
+            .collect();
+        match tokens.as_slice() {
+            [] => {}
+            [""] => return Err(Malformed),
+            [one] => return Ok(Some((one.to_string(), Carrier::Subprotocol))),
+            _ => return Err(Malformed),
+        }
+        if !allow_query {
+            return Ok(None);
+        }
+        let values: Vec<&str> = query
+            .iter()
+            .filter_map(|p| match *p {
+                "access_token=tok-q" => Some("tok-q"),
+                "access%5Ftoken=tok-q2" => Some("tok-q2"),
+                "access_token=" => Some(""),
+                _ => None,
+            })
+            .collect();
+        match values.as_slice() {
+            [] => Ok(None),
+            [""] => Err(Malformed),
+            [one] => Ok(Some((one.to_string(), Carrier::Query))),
+            _ => Err(Malformed),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The token comes from the documented carriers only, in the
+        /// documented order, and never from a look-alike (a cookie, another
+        /// header, another case of the parameter or subprotocol).
+        #[test]
+        fn carriers_follow_the_documented_order(
+            auth in prop::collection::vec(auth_value(), 0..3),
+            protocols in prop::collection::vec(prop::collection::vec(protocol_entry(), 0..4), 0..3),
+            query in prop::collection::vec(query_pair(), 0..4),
+            allow_query: bool,
+        ) {
+            let target = if query.is_empty() { "/v1".to_string() } else { format!("/v1?{}", query.join("&")) };
+            let mut req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            for value in &auth {
+                let value = http::HeaderValue::from_bytes(value);
+                prop_assume!(value.is_ok());
+                req.append_header("Authorization", value.unwrap()).unwrap();
+            }
+            for list in &protocols {
+                req.append_header("Sec-WebSocket-Protocol", list.join(",")).unwrap();
+            }
+            // Decoys that are no carrier.
+            req.append_header("Cookie", "access_token=DECOY").unwrap();
+            req.append_header("X-Access-Token", "DECOY").unwrap();
+            req.append_header("Sec-WebSocket-Extensions", "authorization.bearer.DECOY").unwrap();
+            let got = extract(&req, allow_query).map(|c| c.map(|c| (c.token, c.carrier)));
+            prop_assert_eq!(&got, &expected(&auth, &protocols, &query, allow_query));
+            if let Ok(Some((token, _))) = &got {
+                prop_assert!(!token.contains("DECOY"));
+            }
+        }
+
+        /// Whatever the bytes, nothing panics, and stripping leaves no
+        /// token carrier behind.
+        #[test]
+        fn arbitrary_values_never_panic_and_strip_clean(
+            auth in prop::collection::vec(any::<u8>(), 0..24),
+            protocol in prop::collection::vec(any::<u8>(), 0..24),
+            query in "[a-z_%=&;+0-9A-F.]{0,24}",
+            allow_query: bool,
+            forward: bool,
+        ) {
+            let target = format!("/v1?{query}");
+            let Ok(mut req) = RequestHeader::build("GET", target.as_bytes(), None) else {
+                return Ok(());
+            };
+            if let Ok(v) = http::HeaderValue::from_bytes(&auth) {
+                req.append_header("Authorization", v).unwrap();
+            }
+            if let Ok(v) = http::HeaderValue::from_bytes(&protocol) {
+                req.append_header("Sec-WebSocket-Protocol", v).unwrap();
+            }
+            let used = extract(&req, allow_query).ok().flatten();
+            if strip_carriers(&mut req, used.as_ref(), forward).is_ok() {
+                prop_assert!(offered_subprotocols(&req).all(|p| !p.starts_with(SUBPROTOCOL_PREFIX)));
+                prop_assert!(url::form_urlencoded::parse(query_of(&req).as_bytes())
+                    .all(|(k, _)| k != QUERY_PARAMETER));
+            }
+        }
+    }
+}

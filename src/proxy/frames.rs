@@ -212,3 +212,101 @@ mod tests {
         assert!(std::str::from_utf8(&f[4..]).is_ok());
     }
 }
+
+/// Property tests (issue 13 item 10): the tracker on arbitrary streams.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One frame header (any opcode, masked or not, every length form) and
+    /// a short payload.
+    fn frame() -> impl Strategy<Value = (Vec<u8>, bool)> {
+        (
+            0u8..16,
+            any::<bool>(),
+            prop_oneof![0usize..126, 126usize..300, Just(65536usize)],
+        )
+            .prop_map(|(opcode, masked, len)| {
+                let mut f = vec![0x80 | opcode];
+                let m = if masked { 0x80 } else { 0 };
+                if len < 126 {
+                    f.push(m | len as u8);
+                } else if len <= 0xffff {
+                    f.push(m | 126);
+                    f.extend_from_slice(&(len as u16).to_be_bytes());
+                } else {
+                    f.push(m | 127);
+                    f.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+                if masked {
+                    f.extend_from_slice(&[9, 8, 7, 6]);
+                }
+                f.extend(std::iter::repeat_n(0x81, len));
+                (f, opcode <= 2)
+            })
+    }
+
+    fn chunks(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for c in cuts.into_iter().chain([data.len()]) {
+            out.push(data[start..c].to_vec());
+            start = c;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Split anywhere, the tracker decides as it does on the whole
+        /// stream: after each chunk, as on that prefix fed at once, and
+        /// the data frames noticed are the same.
+        #[test]
+        fn splitting_never_changes_decisions(
+            data in prop::collection::vec(any::<u8>(), 0..200),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut whole = FrameTracker::new();
+            let whole_data = whole.observe(&data);
+            let mut split = FrameTracker::new();
+            let mut fed = 0;
+            let mut split_data = false;
+            for chunk in chunks(&data, &cuts) {
+                split_data |= split.observe(&chunk);
+                fed += chunk.len();
+                let mut prefix = FrameTracker::new();
+                prefix.observe(&data[..fed]);
+                prop_assert_eq!(split.at_boundary(), prefix.at_boundary(), "after {} bytes", fed);
+            }
+            prop_assert_eq!(split.at_boundary(), whole.at_boundary());
+            prop_assert_eq!(split_data, whole_data);
+        }
+
+        /// On well-formed streams fed byte by byte, the boundaries are
+        /// exactly the frame ends and the data frames are the ones noticed.
+        #[test]
+        fn boundaries_are_exactly_frame_ends(frames in prop::collection::vec(frame(), 0..6)) {
+            let mut stream = Vec::new();
+            let mut ends = vec![0];
+            for (f, _) in &frames {
+                stream.extend_from_slice(f);
+                ends.push(stream.len());
+            }
+            let mut t = FrameTracker::new();
+            let mut boundaries = vec![0];
+            for (i, b) in stream.iter().enumerate() {
+                t.observe(std::slice::from_ref(b));
+                if t.at_boundary() {
+                    boundaries.push(i + 1);
+                }
+            }
+            prop_assert_eq!(boundaries, ends);
+            let any_data = frames.iter().any(|(_, d)| *d);
+            prop_assert_eq!(FrameTracker::new().observe(&stream), any_data);
+        }
+    }
+}

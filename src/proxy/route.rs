@@ -148,11 +148,25 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Picks the most specific route and resolves its deployment.
 pub fn select(runtime: &Runtime, target: &CheckedTarget<'_>) -> Result<Target, Refusal> {
-    let route = runtime
-        .routes()
-        .iter()
-        .find(|r| prefix_matches(&r.config.path_prefix, target.path))
-        .ok_or(Refusal::NoRoute)?;
+    let route_of = |path: &str| {
+        runtime
+            .routes()
+            .iter()
+            .find(|r| prefix_matches(&r.config.path_prefix, path))
+    };
+    let route = route_of(target.path).ok_or(Refusal::NoRoute)?;
+    // Backends decode escapes of plain characters before they route
+    // (`/%61dmin` is `/admin`): a path whose decoded form falls under
+    // another route is refused, not sent to the route its raw form matched.
+    if target.path.contains('%') {
+        let decoded = String::from_utf8(percent_decode(target.path))
+            .map_err(|_| Refusal::BadTarget("the percent-encoded path is not valid UTF-8"))?;
+        if !route_of(&decoded).is_some_and(|other| Arc::ptr_eq(other, route)) {
+            return Err(Refusal::BadTarget(
+                "the percent-decoded path falls under another route",
+            ));
+        }
+    }
     let id = match &route.config.deployment {
         DeploymentSource::Fixed(id) => std::borrow::Cow::Borrowed(id.as_str()),
         DeploymentSource::Query(name) => deployment_id_from_query(target.query, name)?,
@@ -422,6 +436,25 @@ routes:
         assert_eq!(deployment_of("/v1/?deploymentId=dep-a"), "dep-a");
     }
 
+    /// Found by `props::accepted_paths_stay_under_their_route`: backends
+    /// decode `%73` to `s` before routing, so a path whose decoded form
+    /// falls under another route is refused.
+    #[test]
+    fn encoded_plain_characters_cannot_move_a_path_to_another_route() {
+        for raw in [
+            "/v1/%73pecial/x?deploymentId=dep-a",
+            "/v1/%73pecial/?deploymentId=dep-a",
+            "/v1/sp%65cial/x",
+        ] {
+            assert_eq!(reason_of(raw), "refused:bad_request:bad_request", "{raw}");
+        }
+        // A raw path under no route stays unrouted.
+        assert_eq!(deployment_of("/%76%31/special/x"), "refused:not_found");
+        // Within one route, decoded escapes change nothing and pass.
+        assert_eq!(deployment_of("/v1/%73pecial?deploymentId=dep-a"), "dep-a");
+        assert_eq!(deployment_of("/v1/special/%78"), "fixed-1");
+    }
+
     #[test]
     fn deployment_id_variants_are_refused_beside_the_real_one_and_alone() {
         let variant = "refused:invalid_deployment_id:deployment_id_variant";
@@ -495,5 +528,174 @@ routes:
         assert!(prefix_matches("/support/", "/support/x"));
         assert!(!prefix_matches("/support/", "/support"));
         assert!(prefix_matches("/", "/anything"));
+    }
+}
+
+/// Property tests (issue 13 item 10): hostile request targets.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::config;
+    use proptest::prelude::*;
+
+    const CONFIG: &str = r#"
+listen: [{address: "127.0.0.1:8080"}]
+messengers:
+  open: {authentication: {enabled: false}}
+upstreams:
+  chat: {servers: ["127.0.0.1:9000"]}
+deployments:
+  - {id: dep-a, messenger: open, upstream: chat, allow_all_origins: true}
+  - {id: fixed-1, messenger: open, upstream: chat, allow_all_origins: true}
+  - {id: fixed-2, messenger: open, upstream: chat, allow_all_origins: true}
+routes:
+  - {path_prefix: /v1}
+  - {path_prefix: /v1/special/, deployment: fixed-1}
+  - {path_prefix: /admin, deployment: fixed-2}
+  - {path_prefix: /, deployment: fixed-2, name: catch-all}
+"#;
+
+    fn runtime() -> Runtime {
+        let cfg = config::parse(CONFIG, std::path::Path::new("."), &|_: &str| None).unwrap();
+        Runtime::build(cfg, None, &Arc::new(crate::metrics::Metrics::new())).unwrap()
+    }
+
+    /// Segments chosen to hit every normalisation rule, with some plain ones.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("v1".to_string()),
+            Just("special".to_string()),
+            Just("admin".to_string()),
+            Just("x".to_string()),
+            Just("%2e".to_string()),
+            Just("%2E%2e".to_string()),
+            Just(".%2e".to_string()),
+            Just("%2f".to_string()),
+            Just("a%2Fb".to_string()),
+            Just("%5c".to_string()),
+            Just("\\".to_string()),
+            Just(";".to_string()),
+            Just("..;".to_string()),
+            Just("x;y=z".to_string()),
+            Just("%3b".to_string()),
+            Just("%252e".to_string()),
+            Just("%c0%ae".to_string()),
+            Just("%00".to_string()),
+            Just("%zz".to_string()),
+            Just("%".to_string()),
+            Just("caf%C3%A9".to_string()),
+            // Encoded unreserved characters: `%73` is `s`, `%61` is `a`.
+            Just("%73pecial".to_string()),
+            Just("%61dmin".to_string()),
+            Just("v%31".to_string()),
+            "[a-z0-9%;.\\\\/-]{0,6}",
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(segment(), 0..7).prop_map(|s| format!("/{}", s.join("/")))
+    }
+
+    fn decode(path: &str) -> Vec<u8> {
+        let b = path.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%'
+                && i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b[i + 2].is_ascii_hexdigit()
+            {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                i += 3;
+                continue;
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        out
+    }
+
+    /// What a lenient backend routes on: percent-decoded, `;…` cut off each
+    /// segment, `//` merged, `.` and `..` resolved.
+    fn backend_normalise(path: &str) -> String {
+        let decoded = String::from_utf8_lossy(&decode(path)).into_owned();
+        let mut out: Vec<&str> = Vec::new();
+        let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+        let trailing = decoded.ends_with('/');
+        for seg in segments {
+            let seg = seg.split(';').next().unwrap_or("");
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    out.pop();
+                }
+                s => out.push(s),
+            }
+        }
+        let mut p = format!("/{}", out.join("/"));
+        if trailing && p != "/" {
+            p.push('/');
+        }
+        p
+    }
+
+    fn route_for(runtime: &Runtime, path: &str) -> Option<String> {
+        runtime
+            .routes()
+            .iter()
+            .find(|r| prefix_matches(&r.config.path_prefix, path))
+            .map(|r| r.config.path_prefix.clone())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = check_target(&raw, &Limits::default());
+        }
+
+        /// An accepted path is already in normal form: nothing a backend
+        /// normalises is left in it, raw or once decoded.
+        #[test]
+        fn accepted_targets_are_already_normal(p in path(), q in "[a-z=&;%0-9]{0,8}") {
+            let raw = format!("{p}?{q}");
+            if let Ok(checked) = check_target(raw.as_bytes(), &Limits::default()) {
+                prop_assert_eq!(checked.path, p.as_str());
+                let decoded = decode(checked.path);
+                let decoded = std::str::from_utf8(&decoded).expect("accepted paths decode to UTF-8");
+                prop_assert_eq!(decoded.matches('/').count(), checked.path.matches('/').count(),
+                    "no encoded slash in {}", checked.path);
+                prop_assert!(!decoded.contains(';') && !decoded.contains('\\') && !decoded.contains("//"));
+                prop_assert!(!decoded.contains('%') || !checked.path.contains("%25"));
+                prop_assert!(decoded.split('/').all(|s| s != "." && s != ".."), "{}", decoded);
+                prop_assert!(decoded.bytes().all(|b| b > 0x20 && b != 0x7f));
+            }
+        }
+
+        /// A path accepted and routed by portcullis reaches the backend as a
+        /// path under the same route's prefix, whatever the backend
+        /// normalises.
+        #[test]
+        fn accepted_paths_stay_under_their_route(p in path()) {
+            let runtime = runtime();
+            let Ok(checked) = check_target(p.as_bytes(), &Limits::default()) else {
+                return Ok(());
+            };
+            let Ok(target) = select(&runtime, &checked) else {
+                return Ok(());
+            };
+            let normalised = backend_normalise(checked.path);
+            prop_assert_eq!(
+                Some(target.route.config.path_prefix.clone()),
+                route_for(&runtime, &normalised),
+                "{} normalises to {}", p, normalised
+            );
+        }
     }
 }

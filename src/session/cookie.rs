@@ -277,3 +277,101 @@ mod tests {
         assert!(CookieCodec::random().is_ok());
     }
 }
+
+/// Property tests (issue 13 item 10): hostile cookies.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn codec() -> CookieCodec {
+        CookieCodec::new([7u8; 32], &[]).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_values_never_open(purpose in "[ -~]{0,16}", value in "\\PC{0,200}") {
+            prop_assert_eq!(codec().open(&purpose, &value), None);
+        }
+
+        /// Well-formed base64 of the right length is no better than noise.
+        #[test]
+        fn arbitrary_well_formed_values_never_open(raw in prop::collection::vec(any::<u8>(), 0..120)) {
+            let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+            prop_assert_eq!(codec().open("p", &value), None);
+        }
+
+        #[test]
+        fn seal_then_open_round_trips(purpose in "[ -~]{0,24}", plain in prop::collection::vec(any::<u8>(), 0..256)) {
+            let c = codec();
+            let sealed = c.seal(&purpose, &plain).unwrap();
+            prop_assert!(sealed.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            prop_assert_eq!(c.open(&purpose, &sealed), Some(plain.clone()));
+            // A rotated codec that keeps this key as a previous one opens it too.
+            let rotated = CookieCodec::new([8u8; 32], &[[7u8; 32]]).unwrap();
+            prop_assert_eq!(rotated.open(&purpose, &sealed), Some(plain));
+        }
+
+        #[test]
+        fn sealed_under_one_name_never_opens_under_another(
+            a in "[ -~]{0,24}", b in "[ -~]{0,24}", plain in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            prop_assume!(a != b);
+            let c = codec();
+            let sealed = c.seal(&a, &plain).unwrap();
+            prop_assert_eq!(c.open(&b, &sealed), None);
+            prop_assert_eq!(CookieCodec::new([9u8; 32], &[]).unwrap().open(&a, &sealed), None);
+        }
+
+        /// Any one flipped bit, or any truncation, and it opens to nothing.
+        #[test]
+        fn tampered_values_never_open(plain in prop::collection::vec(any::<u8>(), 0..64), bit: usize, cut: usize) {
+            let c = codec();
+            let sealed = c.seal("p", &plain).unwrap();
+            let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&sealed).unwrap();
+            let bit = bit % (raw.len() * 8);
+            raw[bit / 8] ^= 1 << (bit % 8);
+            let flipped = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+            prop_assert_eq!(c.open("p", &flipped), None);
+            raw[bit / 8] ^= 1 << (bit % 8);
+            let cut = cut % raw.len();
+            let truncated = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw[..cut]);
+            prop_assert_eq!(c.open("p", &truncated), None);
+        }
+
+        /// Arbitrary `Cookie` bytes: every pair is trimmed, holds no `;`,
+        /// and its name holds no `=`.
+        #[test]
+        fn cookie_headers_split_into_clean_pairs(headers in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3)) {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            for h in &headers {
+                if let Ok(v) = http::HeaderValue::from_bytes(h) {
+                    req.append_header("Cookie", v).unwrap();
+                }
+            }
+            for (name, value, pair) in cookie_pairs(&req) {
+                prop_assert!(!pair.is_empty() && !pair.contains(&b';'));
+                prop_assert!(!name.contains(&b'=') && !name.contains(&b';') && !value.contains(&b';'));
+                prop_assert_eq!(name, name.trim_ascii());
+                prop_assert_eq!(value, value.trim_ascii());
+            }
+        }
+
+        /// Well-formed cookies come back exactly, in order, across headers.
+        #[test]
+        fn well_formed_cookies_read_back(pairs in prop::collection::vec(("[A-Za-z0-9_-]{1,8}", "[A-Za-z0-9_=-]{0,8}"), 0..6), split: usize) {
+            let texts: Vec<String> = pairs.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            let at = if texts.is_empty() { 0 } else { split % texts.len() };
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            for part in [&texts[..at], &texts[at..]] {
+                if !part.is_empty() {
+                    req.append_header("Cookie", part.join("; ")).unwrap();
+                }
+            }
+            let got: Vec<(String, String)> = cookies(&req).map(|(n, v)| (n.into(), v.into())).collect();
+            prop_assert_eq!(got, pairs);
+        }
+    }
+}
