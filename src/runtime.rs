@@ -32,8 +32,6 @@ use crate::token::TokenCache;
 
 /// Verified tokens kept at most (about 1 KiB each).
 const TOKEN_CACHE_CAPACITY: u64 = 100_000;
-/// Sessions the embedded store keeps at most (about 2 KiB each).
-const SESSION_CAPACITY: u64 = 1_000_000;
 
 /// The cookie codec: the configured key, or a random one (cookies then do
 /// not survive a restart, which a warning says).
@@ -439,7 +437,7 @@ pub struct ReloadSummary {
 impl State {
     pub fn new(runtime: Runtime, config_path: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Self> {
         let sessions = Arc::new(MemoryStore::with_end_observer(
-            SESSION_CAPACITY,
+            runtime.config.sessions.memory_max_bytes,
             Some(session_end_observer(metrics.clone())),
         ));
         Self::with_store(runtime, config_path, metrics, sessions)
@@ -600,6 +598,9 @@ impl State {
             || new.config.logging.level != old.config.logging.level;
         if logging_changed {
             restart_required_for.push("logging");
+        }
+        if new.config.sessions.memory_max_bytes != old.config.sessions.memory_max_bytes {
+            restart_required_for.push("sessions.memory_max_bytes");
         }
         let new = Arc::new(new);
         self.runtime.store(new.clone());
@@ -810,7 +811,7 @@ routes: [{path_prefix: /v1}]
     async fn the_keeper_closes_idle_sessions_spares_revived_ones_and_survives_a_store_outage() {
         use crate::session::store::MemoryStore;
         let metrics = Arc::new(Metrics::new());
-        let store = Arc::new(MemoryStore::new(100));
+        let store = Arc::new(MemoryStore::new(1 << 20));
         let state = State::with_store(runtime(), None, metrics.clone(), store.clone());
         let (gone, revived) = (SessionId::random().unwrap(), SessionId::random().unwrap());
         // The memory store's entries lapse by the wall clock: real times.

@@ -1077,3 +1077,37 @@ async fn at_most_four_pending_logins_are_kept_and_the_oldest_gives_way() {
     let second = choose_user(&c, &authorizes[1], "alice").await;
     assert_eq!(return_to(&c, &second, &jar).await.status(), 302);
 }
+
+#[tokio::test]
+async fn a_login_whose_claims_outgrow_the_session_limit_is_refused_and_stores_nothing() {
+    // The provider allows ID tokens up to 64 KiB, so the session limit
+    // (64 KiB of tokens and claims) is what refuses this one.
+    let (idp, proxy) = setup_with("    max_token_bytes: 65536", "").await;
+    idp.set_id_token_claims("alice", serde_json::json!({"bio": "x".repeat(36_000)}));
+    // Refused at the callback: a page, no redirect, so no session cookie.
+    let refused = login(&proxy, "support", "alice", "/").await.unwrap_err();
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    assert!(
+        refused.1.contains("larger than a session keeps"),
+        "{}",
+        refused.1
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_logins_total",
+                &[("deployment", "support"), ("result", "session_too_large")]
+            )
+            .await,
+        Some(1.0)
+    );
+    // Another user of the same provider logs in as usual.
+    let (bob, _) = login(&proxy, "support", "bob", "/").await.unwrap();
+    let me = client()
+        .get(proxy.url("/.auth/me"))
+        .header("cookie", &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+}

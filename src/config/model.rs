@@ -260,6 +260,8 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Sessions {
     pub store: SessionStore,
+    /// The memory store's budget for session records, in bytes.
+    pub memory_max_bytes: u64,
     pub cookie_name: String,
     pub cookie_domain: Option<String>,
     pub cookie_key: Option<Secret>,
@@ -267,6 +269,15 @@ pub struct Sessions {
     pub signing_key: Option<Secret>,
     pub previous_signing_keys: Vec<Secret>,
 }
+
+/// `sessions.memory_max_bytes` when unset: 256 MiB, room for about 65,000
+/// sessions of 4 KiB (a typical ID token, its claims and a refresh token),
+/// or 16,000 at the default `max_token_bytes` limit.
+pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// The smallest budget `check` accepts: sixteen sessions of the largest size.
+pub const MIN_MEMORY_MAX_BYTES: u64 = 1024 * 1024;
+/// The largest budget `check` accepts.
+pub const MAX_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub enum SessionStore {

@@ -165,6 +165,8 @@ pub struct RawDeploymentFrom {
 #[serde(deny_unknown_fields)]
 pub struct RawSessions {
     pub store: Option<String>,
+    /// Bytes, or text such as `256MiB`.
+    pub memory_max_bytes: Option<serde_yaml_ng::Value>,
     pub redis: Option<RawRedis>,
     pub cookie: Option<RawCookie>,
     pub keys: Option<RawKeys>,

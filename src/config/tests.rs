@@ -680,6 +680,44 @@ fn keys_for_what_is_not_built_are_refused() {
 }
 
 #[test]
+fn the_memory_store_budget_is_a_size_in_bounds() {
+    let budget = |text: &str| {
+        parse_text(&GOOD.replacen("store: memory", text, 1))
+            .unwrap()
+            .sessions
+            .memory_max_bytes
+    };
+    assert_eq!(budget("store: memory"), DEFAULT_MEMORY_MAX_BYTES);
+    assert_eq!(
+        budget("store: memory\n  memory_max_bytes: 512MiB"),
+        512 << 20
+    );
+    assert_eq!(budget("memory_max_bytes: 2GiB"), 2 << 30);
+    assert_eq!(budget("memory_max_bytes: 1048576"), 1 << 20);
+    for (bad, message) in [
+        ("memory_max_bytes: 512KiB", "between 1MiB and 64GiB"),
+        ("memory_max_bytes: 65GiB", "between 1MiB and 64GiB"),
+        ("memory_max_bytes: 256MB", "not a size"),
+        ("memory_max_bytes: lots", "not a size"),
+        ("memory_max_bytes: -1", "not a size"),
+    ] {
+        assert_error(
+            &errors_after("store: memory", bad),
+            "sessions.memory_max_bytes",
+            message,
+        );
+    }
+    assert_error(
+        &errors_after(
+            "store: memory",
+            "store: redis\n  memory_max_bytes: 1GiB\n  redis: {url: \"redis://127.0.0.1:6379/0\"}",
+        ),
+        "sessions.memory_max_bytes",
+        "has no effect while sessions.store is redis",
+    );
+}
+
+#[test]
 fn session_keys_and_stores_are_checked() {
     let mut vars = env();
     vars.insert("PORTCULLIS_COOKIE_KEY", "c2hvcnQ=".into());

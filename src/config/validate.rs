@@ -1353,10 +1353,12 @@ fn redis_store(c: &mut Checker, redis: Option<RawRedis>) -> SessionStore {
 
 fn sessions(c: &mut Checker, value: &Value) -> Sessions {
     let raw = c.decode::<Option<RawSessions>>("sessions", value).flatten();
-    let (store, redis, cookie, keys) = match raw {
-        Some(r) => (r.store, r.redis, r.cookie, r.keys),
-        None => (None, None, None, None),
+    let (store, memory_max_bytes, redis, cookie, keys) = match raw {
+        Some(r) => (r.store, r.memory_max_bytes, r.redis, r.cookie, r.keys),
+        None => (None, None, None, None, None),
     };
+    let memory_max_bytes_set = memory_max_bytes.is_some();
+    let memory_max_bytes = memory_budget(c, memory_max_bytes.as_ref());
     let store = match store.as_deref() {
         None | Some("memory") => {
             if redis.is_some() {
@@ -1368,6 +1370,12 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
             SessionStore::Memory
         }
         Some("redis") => {
+            if memory_max_bytes_set {
+                c.error(
+                    "sessions.memory_max_bytes",
+                    "has no effect while sessions.store is redis: remove it",
+                );
+            }
             c.error(
                 "sessions.store",
                 "the redis store is not built yet: sessions live in memory, on one instance (use memory)",
@@ -1459,6 +1467,7 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
     };
     Sessions {
         store,
+        memory_max_bytes,
         cookie_name,
         cookie_domain,
         cookie_key,
@@ -1466,6 +1475,48 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
         signing_key,
         previous_signing_keys,
     }
+}
+
+/// `sessions.memory_max_bytes`: whole bytes, or text such as `512KiB`,
+/// `256MiB`, `2GiB`.
+fn memory_budget(c: &mut Checker, value: Option<&Value>) -> u64 {
+    const PATH: &str = "sessions.memory_max_bytes";
+    let parsed = match value {
+        None | Some(Value::Null) => return DEFAULT_MEMORY_MAX_BYTES,
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(text)) => parse_bytes(text),
+        Some(_) => None,
+    };
+    match parsed {
+        Some(n) if (MIN_MEMORY_MAX_BYTES..=MAX_MEMORY_MAX_BYTES).contains(&n) => n,
+        Some(_) => {
+            c.error(PATH, "must be between 1MiB and 64GiB");
+            DEFAULT_MEMORY_MAX_BYTES
+        }
+        None => {
+            c.error(
+                PATH,
+                "not a size (use whole bytes or text such as 512KiB, 256MiB, 2GiB)",
+            );
+            DEFAULT_MEMORY_MAX_BYTES
+        }
+    }
+}
+
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 /// A cookie key: a secret that decodes from base64 to 32 bytes or more.

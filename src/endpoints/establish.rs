@@ -9,6 +9,7 @@ use crate::policy::PolicyFailure;
 use std::sync::Arc;
 
 use crate::runtime::{DeploymentRt, Runtime, State};
+use crate::session::store::StoreError;
 use crate::session::{now, Session, SessionId};
 use crate::token::{self, TokenError, TokenKind, VerifiedToken};
 
@@ -58,6 +59,9 @@ pub enum Refused {
     Forbidden(PolicyFailure),
     NoRandomness,
     StoreUnavailable,
+    /// The session (mostly the provider's tokens and claims) is larger than
+    /// a store keeps (`store::MAX_SESSION_BYTES`).
+    SessionTooLarge,
 }
 
 impl Refused {
@@ -70,6 +74,7 @@ impl Refused {
             Refused::Forbidden(why) => why.code(),
             Refused::NoRandomness => "no_randomness",
             Refused::StoreUnavailable => "store_unavailable",
+            Refused::SessionTooLarge => "session_too_large",
         }
     }
 
@@ -77,7 +82,9 @@ impl Refused {
     pub fn status(self) -> u16 {
         match self {
             Refused::Token(TokenError::ProviderUnavailable) => 503,
-            Refused::Forbidden(_) => 403,
+            // Final, and no fault of the server's or of the credentials:
+            // the same login would be refused again.
+            Refused::Forbidden(_) | Refused::SessionTooLarge => 403,
             Refused::NoRandomness | Refused::StoreUnavailable => 503,
             _ => 401,
         }
@@ -92,6 +99,10 @@ impl Refused {
             Refused::Forbidden(why) => format!("not allowed here: {}", why.description()),
             Refused::NoRandomness => "no randomness available".into(),
             Refused::StoreUnavailable => "the session could not be stored".into(),
+            Refused::SessionTooLarge => format!(
+                "the provider's tokens and claims for this user are larger than a session keeps ({} KiB)",
+                crate::session::store::MAX_SESSION_BYTES / 1024
+            ),
         }
     }
 }
@@ -168,10 +179,17 @@ pub async fn establish(
         checked_at: started,
         provider_token_lifetime_secs: proof.access_token_lifetime,
     };
-    state
-        .sessions
-        .save(&session)
-        .await
-        .map_err(|_| Refused::StoreUnavailable)?;
+    state.sessions.save(&session).await.map_err(|e| match e {
+        StoreError::TooLarge { bytes, limit } => {
+            tracing::warn!(
+                deployment = %deployment.config.id,
+                bytes,
+                limit,
+                "login refused: session too large"
+            );
+            Refused::SessionTooLarge
+        }
+        StoreError::Unavailable(_) => Refused::StoreUnavailable,
+    })?;
     Ok(session)
 }

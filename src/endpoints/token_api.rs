@@ -93,6 +93,7 @@ impl From<establish::Refused> for Failure {
     fn from(r: establish::Refused) -> Self {
         let code = match r {
             establish::Refused::Forbidden(_) => "access_denied",
+            establish::Refused::SessionTooLarge => "session_too_large",
             establish::Refused::NoRandomness | establish::Refused::StoreUnavailable => {
                 "temporarily_unavailable"
             }

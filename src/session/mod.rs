@@ -127,6 +127,21 @@ impl Session {
             .min(self.last_seen.saturating_add(self.idle_timeout_secs))
     }
 
+    /// About how many bytes the record takes in memory: its fixed part, its
+    /// strings and its claims as JSON text. An estimate (allocator slack and
+    /// the cache's own bookkeeping are not counted exactly), but it grows
+    /// byte for byte with everything the provider controls: the ID token,
+    /// the refresh token and the claims. Cheap enough for every write.
+    pub fn approximate_bytes(&self) -> usize {
+        std::mem::size_of::<Session>()
+            + self.deployment.len()
+            + self.provider.len()
+            + self.subject.len()
+            + self.refresh_token.as_ref().map_or(0, String::len)
+            + self.id_token.as_ref().map_or(0, String::len)
+            + json_map_bytes(&self.claims)
+    }
+
     /// Whether the session is still alive at `now`, and if not, why.
     pub fn check(&self, now: u64) -> Result<(), EndReason> {
         if now >= self.expires_at {
@@ -136,6 +151,25 @@ impl Session {
         } else {
             Ok(())
         }
+    }
+}
+
+/// About the length of `map` as JSON text, without writing it.
+fn json_map_bytes(map: &serde_json::Map<String, serde_json::Value>) -> usize {
+    2 + map
+        .iter()
+        .map(|(k, v)| k.len() + 4 + json_bytes(v))
+        .sum::<usize>()
+}
+
+fn json_bytes(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 20,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_bytes(v) + 1).sum::<usize>(),
+        Value::Object(map) => json_map_bytes(map),
     }
 }
 
@@ -173,6 +207,22 @@ mod tests {
         assert_eq!(s.check(4599), Ok(()));
         assert_eq!(s.check(4600), Err(EndReason::Expired));
         assert_eq!(s.check(10_000), Err(EndReason::Expired));
+    }
+
+    #[test]
+    fn a_sessions_size_follows_its_tokens_and_claims() {
+        let mut s = session(1000, 3600, 600);
+        let base = s.approximate_bytes();
+        assert!(base >= std::mem::size_of::<Session>());
+        s.id_token = Some("x".repeat(10_000));
+        s.claims
+            .insert("groups".into(), serde_json::json!(["y".repeat(5_000)]));
+        let grown = s.approximate_bytes() - base;
+        let json = serde_json::to_string(&s.claims).unwrap().len();
+        assert!(
+            (10_000 + json - 8..=10_000 + json + 8).contains(&grown),
+            "{grown} bytes for a 10000-byte token and {json} bytes of claims"
+        );
     }
 
     #[test]

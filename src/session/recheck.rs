@@ -113,7 +113,11 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     if crate::policy::authorize(&deployment.messenger.authentication.require, &claims).is_err() {
         return end(state, &session, EndReason::Revoked).await;
     }
-    let (claims, id_token, rotated) = (session.claims, session.id_token, tokens.refresh_token);
+    let (claims, id_token, rotated) = (
+        session.claims.clone(),
+        session.id_token.clone(),
+        tokens.refresh_token,
+    );
     let renew = Box::new(move |s: &mut Session| {
         s.claims = claims;
         s.id_token = id_token;
@@ -126,6 +130,13 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
         Ok(Some(_)) => Outcome::Renewed,
         // Ended meanwhile (logout, expiry): nothing to renew.
         Ok(None) => Outcome::Gone,
+        // The provider's renewed tokens and claims outgrow the session limit:
+        // the session cannot keep vouching for this user (its old refresh
+        // token may be spent), so it ends rather than retrying forever.
+        Err(e @ crate::session::store::StoreError::TooLarge { .. }) => {
+            tracing::warn!(session = %session.id.public_id(), error = %e, "session re-check refused");
+            end(state, &session, EndReason::Revoked).await
+        }
         Err(_) => Outcome::Postponed,
     }
 }

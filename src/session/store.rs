@@ -25,6 +25,40 @@ pub enum StoreError {
     /// closed (no session) and readiness reports it.
     #[error("session store unavailable: {0}")]
     Unavailable(String),
+    /// The session's record (tokens and claims, which the provider
+    /// controls) is larger than `MAX_SESSION_BYTES`: refused, never stored.
+    #[error("session record of about {bytes} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { bytes: usize, limit: usize },
+}
+
+/// The largest session record a store keeps, in bytes (as
+/// `Session::approximate_bytes` counts them). A session is mostly its ID
+/// token, that token's claims decoded, and a refresh token: at the default
+/// `max_token_bytes` (8 KiB) that is at most about 16 KiB, so this leaves
+/// room four times over, while one login can never take more than a
+/// sliver of the memory budget. A provider allowed larger ID tokens (above
+/// about 36 KiB) can issue one whose session is refused as too large.
+pub const MAX_SESSION_BYTES: usize = 64 * 1024;
+
+/// What the memory store counts for each session beyond its record: the
+/// cache's entry, its key, and the public-id index entry.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// The weight of a session in the memory store's byte budget.
+fn session_weight(session: &Session) -> usize {
+    session.approximate_bytes() + ENTRY_OVERHEAD
+}
+
+/// Refuses a session too large to store.
+pub fn check_size(session: &Session) -> Result<(), StoreError> {
+    let bytes = session.approximate_bytes();
+    if bytes > MAX_SESSION_BYTES {
+        return Err(StoreError::TooLarge {
+            bytes,
+            limit: MAX_SESSION_BYTES,
+        });
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -87,8 +121,13 @@ pub trait SessionStore: Send + Sync {
     async fn maintain(&self) {}
 }
 
-/// The embedded store: a bounded in-memory map whose entries vanish when
-/// their session ends.
+/// The embedded store: an in-memory map, bounded in bytes, whose entries
+/// vanish when their session ends. Sessions weigh what their records do
+/// (`session_weight`); past the budget the least used are evicted (and
+/// reported `Evicted`). The bookkeeping beside them (public-id index,
+/// refresh-token records, ended ID tokens) is fixed-size per entry, and each
+/// holds at most as many entries as the budget could hold of the smallest
+/// sessions.
 pub struct MemoryStore {
     sessions: moka::future::Cache<SessionId, Arc<Session>>,
     /// Public id → id, for `load_public`; entries leave with their session.
@@ -178,13 +217,16 @@ fn unix_now() -> u64 {
 }
 
 impl MemoryStore {
-    pub fn new(capacity: u64) -> Self {
-        Self::with_end_observer(capacity, None)
+    /// A store whose sessions take at most about `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        Self::with_end_observer(max_bytes, None)
     }
 
     /// A store that tells `on_end` of every session it finds ended by time:
     /// when a lookup meets one, or when the cache lets one expire.
-    pub fn with_end_observer(capacity: u64, on_end: Option<EndObserver>) -> Self {
+    pub fn with_end_observer(max_bytes: u64, on_end: Option<EndObserver>) -> Self {
+        let smallest = (std::mem::size_of::<Session>() + ENTRY_OVERHEAD) as u64;
+        let capacity = (max_bytes / smallest).max(1);
         let by_public: moka::sync::Cache<String, SessionId> =
             moka::sync::Cache::builder().max_capacity(capacity).build();
         let index = by_public.clone();
@@ -195,7 +237,10 @@ impl MemoryStore {
         let ended = ended_tokens.clone();
         let observer = on_end.clone();
         let sessions = moka::future::Cache::builder()
-            .max_capacity(capacity)
+            .max_capacity(max_bytes)
+            .weigher(|_id: &SessionId, session: &Arc<Session>| {
+                u32::try_from(session_weight(session)).unwrap_or(u32::MAX)
+            })
             .expire_after(UntilSessionEnds)
             .eviction_listener(move |_id, session: Arc<Session>, cause| {
                 use moka::notification::RemovalCause;
@@ -263,6 +308,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, session: &Session) -> Result<(), StoreError> {
+        check_size(session)?;
         self.by_public
             .insert(session.id.public_id(), session.id.clone());
         self.sessions
@@ -283,6 +329,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<Option<Arc<Session>>, StoreError> {
         use moka::ops::compute::{CompResult, Op};
         let mut ended = None;
+        let mut too_large = None;
         let result = self
             .sessions
             .entry(id.clone())
@@ -293,7 +340,14 @@ impl SessionStore for MemoryStore {
                         Ok(()) => {
                             let mut updated = (*session).clone();
                             change(&mut updated);
-                            Op::Put(Arc::new(updated))
+                            // A change that outgrows the limit is not applied.
+                            match check_size(&updated) {
+                                Ok(()) => Op::Put(Arc::new(updated)),
+                                Err(e) => {
+                                    too_large = Some(e);
+                                    Op::Nop
+                                }
+                            }
                         }
                         Err(reason) => {
                             ended = Some((session, reason));
@@ -304,6 +358,9 @@ impl SessionStore for MemoryStore {
                 std::future::ready(op)
             })
             .await;
+        if let Some(e) = too_large {
+            return Err(e);
+        }
         match result {
             CompResult::ReplacedWith(entry) => Ok(Some(entry.into_value())),
             CompResult::Removed(_) => {
@@ -393,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_round_trip_and_end() {
-        let store = MemoryStore::new(100);
+        let store = MemoryStore::new(1 << 20);
         let s = session(now(), 3600, 600);
         store.save(&s).await.unwrap();
         assert_eq!(store.load(&s.id, now()).await.unwrap().as_deref(), Some(&s));
@@ -404,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn ended_sessions_are_not_returned_and_touch_extends_idle() {
-        let store = MemoryStore::new(100);
+        let store = MemoryStore::new(1 << 20);
         let start = now();
         let s = session(start, 3600, 60);
         store.save(&s).await.unwrap();
@@ -438,7 +495,10 @@ mod tests {
         let observer: EndObserver = Arc::new(move |s: &Session, reason| {
             sink.lock().push((s.subject.clone(), reason));
         });
-        (MemoryStore::with_end_observer(100, Some(observer)), ends)
+        (
+            MemoryStore::with_end_observer(1 << 20, Some(observer)),
+            ends,
+        )
     }
 
     #[tokio::test]
@@ -536,14 +596,25 @@ mod tests {
         assert_eq!(ends.lock()[0].1, EndReason::Idle);
     }
 
+    /// A session of about `bytes` in the store's budget, mostly ID token.
+    fn session_weighing(bytes: usize) -> Session {
+        let mut s = session(now(), 3600, 600);
+        s.id_token = Some(String::new());
+        let padding = bytes - session_weight(&s);
+        s.id_token = Some("t".repeat(padding));
+        assert_eq!(session_weight(&s), bytes);
+        s
+    }
+
     #[tokio::test]
     async fn the_store_is_bounded_and_reports_what_it_drops() {
         let ends = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let sink = ends.clone();
         let observer: EndObserver = Arc::new(move |_: &Session, reason| sink.lock().push(reason));
-        let store = MemoryStore::with_end_observer(10, Some(observer));
+        // Room for ten sessions of 4 KiB.
+        let store = MemoryStore::with_end_observer(10 * 4096, Some(observer));
         for _ in 0..100 {
-            store.save(&session(now(), 3600, 600)).await.unwrap();
+            store.save(&session_weighing(4096)).await.unwrap();
             store.maintain().await;
         }
         store.maintain().await;
@@ -554,6 +625,72 @@ mod tests {
             "every session is kept or reported evicted: {} kept, {:?}",
             store.len(),
             *ends
+        );
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_in_bytes_so_larger_sessions_fit_fewer() {
+        let budget = 256 * 1024;
+        for size in [1024, 8 * 1024, 32 * 1024] {
+            let store = MemoryStore::new(budget);
+            for _ in 0..200 {
+                store.save(&session_weighing(size)).await.unwrap();
+                store.maintain().await;
+            }
+            store.maintain().await;
+            let fits = budget / size as u64;
+            assert!(
+                store.len() <= fits && store.len() * 2 >= fits,
+                "a budget of {budget} bytes holds about {fits} sessions of {size} bytes, not {}",
+                store.len()
+            );
+            assert!(store.sessions.weighted_size() <= budget);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_over_the_size_limit_is_refused_not_stored() {
+        let store = MemoryStore::new(64 << 20);
+        let at_limit = session_weighing(MAX_SESSION_BYTES + ENTRY_OVERHEAD);
+        store.save(&at_limit).await.unwrap();
+        assert!(store.load(&at_limit.id, now()).await.unwrap().is_some());
+
+        let mut huge = session(now(), 3600, 600);
+        huge.claims.insert(
+            "groups".into(),
+            serde_json::json!(vec!["g".repeat(100); 1000]),
+        );
+        let refused = store.save(&huge).await.unwrap_err();
+        assert!(
+            matches!(refused, StoreError::TooLarge { bytes, limit: MAX_SESSION_BYTES } if bytes > MAX_SESSION_BYTES),
+            "{refused:?}"
+        );
+        assert_eq!(store.load(&huge.id, now()).await.unwrap(), None);
+        assert_eq!(
+            store
+                .load_public(&huge.id.public_id(), now())
+                .await
+                .unwrap(),
+            None
+        );
+
+        // A change that would outgrow the limit is refused and not applied.
+        let small = session(now(), 3600, 600);
+        store.save(&small).await.unwrap();
+        let grown = store
+            .update(
+                &small.id,
+                now(),
+                Box::new(|s: &mut Session| s.refresh_token = Some("r".repeat(MAX_SESSION_BYTES))),
+            )
+            .await;
+        assert!(
+            matches!(grown, Err(StoreError::TooLarge { .. })),
+            "{grown:?}"
+        );
+        assert_eq!(
+            store.load(&small.id, now()).await.unwrap().as_deref(),
+            Some(&small)
         );
     }
 }
