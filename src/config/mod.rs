@@ -13,7 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
-pub use validate::{is_deployment_id, normalize_header_name, parse_origin};
+pub use validate::{is_deployment_id, normalize_header_name, parse_origin, TOP_LEVEL_KEYS};
 
 /// One problem in a configuration file, located by its YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]

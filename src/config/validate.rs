@@ -15,7 +15,8 @@ use super::model::*;
 use super::raw::*;
 use super::{ConfigError, ConfigErrors, Environment};
 
-const TOP_LEVEL_KEYS: &[&str] = &[
+/// The sections a configuration file may have, in the order they are documented.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "public_url",
     "threads",
