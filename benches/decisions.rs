@@ -45,8 +45,7 @@ const DEPLOYMENT: &str = "3f1c9a52-6a8b-4c1e-9a0e-2f4b8d7e6c10";
 const OTHER_DEPLOYMENTS: usize = 50;
 
 /// A config shaped like a production one: several routes, many deployments,
-/// origin allow-lists and a claim→header mapping (which adds names to the
-/// identity-header strip rules, a slower path of the check).
+/// origin allow-lists.
 fn config_text() -> String {
     let mut text = format!(
         r#"
@@ -54,7 +53,6 @@ listen: [{{address: "127.0.0.1:8080"}}]
 messengers:
   open:
     authentication: {{enabled: false}}
-    identity_headers: {{X-Auth-Tenant: tenant_id}}
 upstreams:
   chat: {{servers: ["127.0.0.1:9000", "127.0.0.1:9001"]}}
 routes:

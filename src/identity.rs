@@ -318,8 +318,9 @@ mod tests {
     #[test]
     fn default_and_mapped_headers() {
         let messenger: Messenger = {
-            let text = "listen: [{address: \"127.0.0.1:1\"}]\nmessengers: {m: {authentication: {enabled: false}, identity_headers: {X-Auth-Tenant: tenant_id, X-Auth-Roles: roles, X-Auth-Absent: nope}}}\n";
-            crate::config::parse(text, std::path::Path::new("."), &|_: &str| None)
+            // A mapping means something only with authentication on.
+            let text = format!("{MAPPING_PREAMBLE}messengers: {{m: {{authentication: {{enabled: true, provider: p}}, identity_headers: {{X-Auth-Tenant: tenant_id, X-Auth-Roles: roles, X-Auth-Absent: nope}}}}}}\n");
+            crate::config::parse(&text, std::path::Path::new("."), &|_: &str| None)
                 .unwrap()
                 .messengers
                 .remove("m")
@@ -353,8 +354,11 @@ mod tests {
         assert_eq!(get("X-Auth-Absent"), None);
     }
 
+    /// A listener and a provider for the messengers these tests map claims for.
+    const MAPPING_PREAMBLE: &str = "listen: [{address: \"127.0.0.1:1\"}]\nproviders: {p: {issuer: \"https://idp.example.com\", client_id: c}}\n";
+
     fn messenger_mapping(map: &str) -> Messenger {
-        let text = format!("listen: [{{address: \"127.0.0.1:1\"}}]\nmessengers: {{m: {{authentication: {{enabled: false}}, identity_headers: {map}}}}}\n");
+        let text = format!("{MAPPING_PREAMBLE}messengers: {{m: {{authentication: {{enabled: true, provider: p}}, identity_headers: {map}}}}}\n");
         crate::config::parse(&text, std::path::Path::new("."), &|_: &str| None)
             .unwrap()
             .messengers

@@ -649,6 +649,11 @@ fn keys_for_what_is_not_built_are_refused() {
             "messengers.public.assertion",
             "no identity to sign",
         ),
+        (
+            "\n    identity_headers: {X-Auth-Tenant: tenant_id}",
+            "messengers.public.identity_headers",
+            "no claims to send",
+        ),
     ] {
         assert_error(
             &errors_after(

@@ -889,6 +889,12 @@ fn messengers(
                     "has no effect while authentication is off: there is no identity to sign",
                 );
             }
+            if !m.identity_headers.is_empty() {
+                c.error(
+                    format!("{path}.identity_headers"),
+                    "has no effect while authentication is off: there are no claims to send (client copies are stripped by the identity prefix anyway)",
+                );
+            }
         }
         let require = auth
             .require
