@@ -150,20 +150,50 @@ describe('the site with the web SDK in headless Chromium, logged in at oidc-prov
     timeoutMs: TEST_MS,
   });
 
+  // What set-up is doing, so that a failure of before() says where it
+  // stopped (node's runner reports only the hook's error).
+  let stage = 'start';
   before(async () => {
-    const [proxyPort, adminPort, sitePort] = [await freePort(), await freePort(), await freePort()];
-    origin = `http://127.0.0.1:${proxyPort}`;
-    siteOrigin = `http://127.0.0.1:${sitePort}`;
+    try {
+      await setUp();
+    } catch (error) {
+      process.stderr.write(`sdk-browser set-up failed while ${stage}: ${error.stack}\n`
+        + `end of portcullis's log:\n${proxy ? proxy.log().split('\n').slice(-20).join('\n') : '(not started)'}\n`);
+      throw error;
+    }
+  }, { timeout: 600_000 }); // the binary may need building first
+
+  async function setUp() {
+    // The company site's server listens first, on a port of its own choosing
+    // (its page is rendered once portcullis's snippet is known).
+    stage = 'starting the site';
+    let html;
+    site = createServer((req, res) => {
+      if (html && req.method === 'GET' && new URL(req.url, siteOrigin).pathname === '/') {
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+        res.end(html);
+      } else {
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('not found');
+      }
+    });
+    site.listen(0, '127.0.0.1');
+    await once(site, 'listening');
+    siteOrigin = `http://127.0.0.1:${site.address().port}`;
     siteUrl = `${siteOrigin}/`;
+    const [proxyPort, adminPort] = [await freePort(), await freePort()];
+    origin = `http://127.0.0.1:${proxyPort}`;
 
     // The site's page is the redirect URI of its login at the provider (a
     // plain-http loopback URI, which oidc-provider accepts for web clients
     // using the code flow).
+    stage = 'starting oidc-provider and the backend';
     idp = await startIdp({ redirectUris: [siteUrl] });
     backend = await startBackend({ upstream: UPSTREAM });
     backend.assertionIssuer = origin;
     backend.assertionKeys = createRemoteJWKSet(new URL(`${origin}/.auth/jwks.json`));
 
+    stage = 'starting portcullis';
     proxy = await startPortcullis({
       adminPort,
       providers: ['idp'],
@@ -196,6 +226,7 @@ routes: [{path_prefix: /v1}]
 logging: {format: json, level: info}
 `,
     });
+    stage = 'reading config.json, the snippet and sdk.js';
     const config = await (await fetch(`${origin}/.auth/deployments/${DEPLOYMENT}/config.json`)).json();
     messagingUrl = config.messagingEndpoint;
     assert.equal(messagingUrl, `ws://127.0.0.1:${proxyPort}/v1?deploymentId=${DEPLOYMENT}`);
@@ -219,26 +250,17 @@ logging: {format: json, level: info}
     // As src/demo/site.rs renders it: no "<" inside the JSON's <script>.
     const siteConfig = JSON.stringify({ portcullis: origin, deploymentId: DEPLOYMENT })
       .replaceAll('<', '\\u003c');
-    const html = template
+    html = template
       .replace('PORTCULLIS_SITE_CONFIG', () => siteConfig)
       .replace('PORTCULLIS_SNIPPET', () => scriptLine);
-    site = createServer((req, res) => {
-      if (req.method === 'GET' && new URL(req.url, siteOrigin).pathname === '/') {
-        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-        res.end(html);
-      } else {
-        res.writeHead(404, { 'content-type': 'text/plain' });
-        res.end('not found');
-      }
-    });
-    site.listen(sitePort, '127.0.0.1');
-    await once(site, 'listening');
 
+    stage = 'starting chromium';
     browser = await launchChromium();
     // Nothing leaves loopback: anything else is aborted and recorded, with
     // the page that asked for it.
     watched = await watchedContext(browser, { viewport: { width: 900, height: 900 } });
     ({ context } = watched);
+    stage = 'preparing the browser context';
     // How each WebSocket of a page ended, as the browser saw it (the code of
     // the close frame received): the page's own handlers may drop a close
     // they no longer care about.
@@ -262,7 +284,8 @@ logging: {format: json, level: info}
       });
     });
     page = await context.newPage();
-  }, { timeout: 600_000 }); // the binary may need building first
+    stage = 'done';
+  }
 
   after(async () => {
     await browser?.close();
