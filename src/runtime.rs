@@ -404,6 +404,14 @@ impl Runtime {
     }
 }
 
+/// How long an ended session is remembered for handshakes in flight: far
+/// longer than any handshake takes (an upstream's 101 is bounded by its
+/// read timeout).
+const ENDED_LATELY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+/// At most this many remembered ends (a mass logout beyond it forgets the
+/// oldest, whose handshakes have long completed).
+const ENDED_LATELY_CAPACITY: u64 = 100_000;
+
 /// What outlives a reload: the current runtime, the live connections and the metrics.
 pub struct State {
     runtime: ArcSwap<Runtime>,
@@ -412,9 +420,10 @@ pub struct State {
     pub sessions: Arc<dyn SessionStore>,
     /// Sessions being re-checked with their provider.
     pub rechecks: Rechecker,
-    /// Login states already used at the callback: a replayed callback is
-    /// refused here, before its code reaches the provider.
-    pub used_logins: moka::sync::Cache<String, ()>,
+    /// Sessions that ended lately (public id → why), here or on another
+    /// instance: a handshake that was in flight when its session ended is
+    /// closed as soon as it registers (`closes_if_ended`).
+    ended_lately: moka::sync::Cache<Arc<str>, crate::session::EndReason>,
     pub metrics: Arc<Metrics>,
     /// The file reloads read again; `None` for configs built in memory.
     pub config_path: Option<PathBuf>,
@@ -455,11 +464,9 @@ impl State {
             connections: Registry::new(metrics.clone()),
             sessions,
             rechecks: Rechecker::default(),
-            used_logins: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(
-                    crate::endpoints::login::LOGIN_TIMEOUT_SECS,
-                ))
+            ended_lately: moka::sync::Cache::builder()
+                .max_capacity(ENDED_LATELY_CAPACITY)
+                .time_to_live(ENDED_LATELY_FOR)
                 .build(),
             metrics,
             config_path,
@@ -480,15 +487,64 @@ impl State {
         // A store hiccup must not keep the connections open.
         let _ = self.sessions.remove(id).await;
         let public_id = id.public_id();
-        let closed = self
-            .connections
-            .close_session(&public_id, close_reason, reason.label());
+        let closed = self.close_ended_session(&public_id, reason, close_reason);
         self.metrics
             .session_ends
             .with_label_values(&[reason.label()])
             .inc();
         tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended");
         closed
+    }
+
+    /// Closes the live connections of a session that ended (here, or on
+    /// another instance that told the shared store), and remembers the end
+    /// for `ENDED_LATELY_FOR` so that a handshake still in flight is closed
+    /// when it registers. 4001 when the session ran out of time, 4002
+    /// otherwise. Returns how many connections began closing.
+    pub fn close_ended_session(
+        &self,
+        public_id: &str,
+        reason: crate::session::EndReason,
+        close_reason: &str,
+    ) -> usize {
+        use crate::connections::close_code;
+        use crate::session::EndReason;
+        // Recorded before the pass over live connections: a connection that
+        // registers after this line finds the record, one that registered
+        // before it is found by the pass.
+        self.ended_lately.insert(Arc::from(public_id), reason);
+        let code = match reason {
+            EndReason::Expired | EndReason::Idle => close_code::SESSION_EXPIRED,
+            EndReason::Logout | EndReason::Revoked | EndReason::Evicted => {
+                close_code::SESSION_REVOKED
+            }
+        };
+        self.connections.close_where(
+            |c| c.session.as_deref() == Some(public_id),
+            code,
+            close_reason,
+            reason.label(),
+        )
+    }
+
+    /// Closes `conn` if its session ended lately (see `close_ended_session`):
+    /// called right after a connection registers. True if it began closing.
+    pub fn closes_if_ended(&self, conn: &crate::connections::LiveConnection) -> bool {
+        let Some(public_id) = conn.session.as_deref() else {
+            return false;
+        };
+        let Some(reason) = self.ended_lately.get(public_id) else {
+            return false;
+        };
+        use crate::connections::close_code;
+        use crate::session::EndReason;
+        let (code, text) = match reason {
+            EndReason::Expired | EndReason::Idle => {
+                (close_code::SESSION_EXPIRED, "session expired")
+            }
+            _ => (close_code::SESSION_REVOKED, "session ended"),
+        };
+        self.connections.close(conn.id, code, text, reason.label())
     }
 
     /// Keeps the store in step with live connections at `now`: records the
@@ -751,6 +807,26 @@ routes: [{path_prefix: /v1}]
             _: u64,
         ) -> Result<Option<crate::session::refresh::RefreshRecord>, crate::session::store::StoreError>
         {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn find(
+            &self,
+            _: &crate::session::store::SessionQuery<'_>,
+            _: u64,
+            _: usize,
+        ) -> Result<Vec<Arc<Session>>, crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn first_use(
+            &self,
+            _: crate::session::store::SingleUse,
+            _: [u8; 32],
+            _: std::time::Duration,
+        ) -> Result<bool, crate::session::store::StoreError> {
             Err(crate::session::store::StoreError::Unavailable(
                 "down".into(),
             ))

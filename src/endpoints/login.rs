@@ -15,6 +15,7 @@ use super::{establish, query_param, redirect};
 use crate::provider::client::redeem_code;
 use crate::runtime::{DeploymentRt, Runtime, State};
 use crate::session::cookie::cookies;
+use crate::session::store::SingleUse;
 use crate::session::{now, EndReason, Session, SessionId};
 
 /// Pending logins older than this are refused (and their cookies expire).
@@ -384,19 +385,39 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             "This login was not started here, has expired, or was already used. Start again.",
         );
     };
-    // One use per login: the first callback claims the state, atomically.
-    if !state
-        .used_logins
-        .entry(pending.state.clone())
-        .or_insert(())
-        .is_fresh()
-    {
-        return refused_early(
-            state,
-            &pending.deployment,
-            "state_reused",
-            "This login was already used. Start again.",
-        );
+    // One use per login: the first callback claims the state, atomically
+    // (in a shared store, on every instance).
+    let first = state
+        .sessions
+        .first_use(
+            SingleUse::LoginState,
+            crate::token::sha256(pending.state.as_bytes()),
+            std::time::Duration::from_secs(LOGIN_TIMEOUT_SECS),
+        )
+        .await;
+    match first {
+        Ok(true) => {}
+        Ok(false) => {
+            return refused_early(
+                state,
+                &pending.deployment,
+                "state_reused",
+                "This login was already used. Start again.",
+            );
+        }
+        Err(error) => {
+            state
+                .metrics
+                .logins
+                .with_label_values(&[&pending.deployment, "store_unavailable"])
+                .inc();
+            tracing::warn!(deployment = %pending.deployment, error = %error, status = 503, "login refused: session store unavailable");
+            return page(
+                503,
+                "Login failed",
+                "Sign-in is unavailable for a moment. Start again shortly.",
+            );
+        }
     }
     let fail = |status: u16, message: &str| {
         let (mut header, body) = page(status, "Login failed", message);

@@ -964,6 +964,11 @@ impl ProxyHttp for Portcullis {
                 client,
             }),
         );
+        // The session may have ended while the handshake was in flight: the
+        // pass that closed its connections did not see this one.
+        if let Some(live) = &ctx.live {
+            self.state.closes_if_ended(live.connection());
+        }
         // A reload between this request's admission and its 101 has already
         // judged the connections it found; judge this one by the new rules.
         let current = self.state.runtime();

@@ -142,6 +142,12 @@ impl Session {
             + json_map_bytes(&self.claims)
     }
 
+    /// The provider's own id of the login session (the ID token's `sid`),
+    /// which back-channel logout names.
+    pub fn provider_sid(&self) -> Option<&str> {
+        self.claims.get("sid").and_then(|v| v.as_str())
+    }
+
     /// Whether the session is still alive at `now`, and if not, why.
     pub fn check(&self, now: u64) -> Result<(), EndReason> {
         if now >= self.expires_at {

@@ -61,6 +61,65 @@ pub fn check_size(session: &Session) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Which sessions `SessionStore::find` returns: those matching every field
+/// that is set. `subject` or `provider_sid` must be set (a query for every
+/// session is not offered: it would not scale in a shared store).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionQuery<'a> {
+    /// The provider's name in config; `None` matches any provider.
+    pub provider: Option<&'a str>,
+    /// The provider's `sub`.
+    pub subject: Option<&'a str>,
+    /// The provider's session id (the ID token's `sid` claim), as
+    /// back-channel logout names it.
+    pub provider_sid: Option<&'a str>,
+}
+
+impl SessionQuery<'_> {
+    pub fn matches(&self, session: &Session) -> bool {
+        (self.subject.is_some() || self.provider_sid.is_some())
+            && self.provider.is_none_or(|p| p == session.provider)
+            && self.subject.is_none_or(|s| s == session.subject)
+            && self
+                .provider_sid
+                .is_none_or(|sid| session.provider_sid() == Some(sid))
+    }
+}
+
+/// What a single-use marker (`SessionStore::first_use`) is for: each kind is
+/// its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SingleUse {
+    /// A login's `state`, claimed by its first callback.
+    LoginState,
+    /// A back-channel `logout_token`'s `jti` (with its issuer), claimed by
+    /// its first delivery.
+    LogoutTokenId,
+}
+
+impl SingleUse {
+    pub fn label(self) -> &'static str {
+        match self {
+            SingleUse::LoginState => "login_state",
+            SingleUse::LogoutTokenId => "logout_jti",
+        }
+    }
+}
+
+/// What a shared store tells every instance about sessions ended elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Another instance ended this session (by public id): close its live
+    /// connections here, and forget any cached copy.
+    Ended {
+        public_id: String,
+        reason: EndReason,
+    },
+    /// Events may have been missed (the store's connection was lost and is
+    /// back): every live connection's session must be looked up again.
+    Resync,
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// The session, if it exists and has not ended by `now`. Shared, not
@@ -114,6 +173,27 @@ pub trait SessionStore: Send + Sync {
         hash: &[u8; 32],
         now: u64,
     ) -> Result<Option<RefreshRecord>, StoreError>;
+    /// The live sessions matching `query`, at most `limit` of them.
+    async fn find(
+        &self,
+        query: &SessionQuery<'_>,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Session>>, StoreError>;
+    /// Marks `key` used in `kind`'s namespace for `ttl`, atomically: true for
+    /// the first caller, false while the mark lasts. Keys are digests, so
+    /// the store never holds the value itself.
+    async fn first_use(
+        &self,
+        kind: SingleUse,
+        key: [u8; 32],
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Events from other instances (shared stores only): `None` for a store
+    /// that only this process sees.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
+    }
     /// About how many sessions are live (for the gauge), when the store can tell cheaply.
     fn approximate_count(&self) -> Option<u64>;
     /// Periodic housekeeping (the supervisor calls it every tick): a store
@@ -136,7 +216,22 @@ pub struct MemoryStore {
     refresh: moka::future::Cache<[u8; 32], RefreshRecord>,
     /// Digests of ended sessions' ID tokens, each until its `exp`.
     ended_tokens: moka::sync::Cache<[u8; 32], u64>,
+    /// Single-use marks, each until its own deadline.
+    used: moka::sync::Cache<(SingleUse, [u8; 32]), Instant>,
     on_end: Option<EndObserver>,
+}
+
+struct UntilDeadline;
+
+impl moka::Expiry<(SingleUse, [u8; 32]), Instant> for UntilDeadline {
+    fn expire_after_create(
+        &self,
+        _key: &(SingleUse, [u8; 32]),
+        deadline: &Instant,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(deadline.saturating_duration_since(now))
+    }
 }
 
 /// Ended sessions' ID tokens are remembered at most this long, whatever
@@ -274,6 +369,10 @@ impl MemoryStore {
                 .expire_after(UntilRecordExpires)
                 .build(),
             ended_tokens,
+            used: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilDeadline)
+                .build(),
             on_end,
         }
     }
@@ -426,6 +525,36 @@ impl SessionStore for MemoryStore {
         Ok(before)
     }
 
+    async fn find(
+        &self,
+        query: &SessionQuery<'_>,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Session>>, StoreError> {
+        // A scan: the memory store serves one instance, and its callers
+        // (admin, back-channel logout) are rare next to requests.
+        Ok(self
+            .sessions
+            .iter()
+            .map(|(_, session)| session)
+            .filter(|s| query.matches(s) && s.check(now).is_ok())
+            .take(limit)
+            .collect())
+    }
+
+    async fn first_use(
+        &self,
+        kind: SingleUse,
+        key: [u8; 32],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .used
+            .entry((kind, key))
+            .or_insert(Instant::now() + ttl)
+            .is_fresh())
+    }
+
     fn approximate_count(&self) -> Option<u64> {
         Some(self.sessions.entry_count())
     }
@@ -446,6 +575,108 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
+    }
+
+    #[tokio::test]
+    async fn find_matches_subject_provider_and_provider_sid_of_live_sessions() {
+        let store = MemoryStore::new(1 << 20);
+        let mut a = session(now(), 3600, 600);
+        a.claims.insert("sid".into(), "op-1".into());
+        let mut b = session(now(), 3600, 600);
+        b.claims.insert("sid".into(), "op-2".into());
+        let mut other = session(now(), 3600, 600);
+        other.subject = "bob".into();
+        other.claims.insert("sid".into(), "op-1".into());
+        let mut ended = session(now() - 4000, 3600, 600);
+        ended.claims.insert("sid".into(), "op-1".into());
+        for s in [&a, &b, &other, &ended] {
+            store.save(s).await.unwrap();
+        }
+        let ids = |found: Vec<Arc<Session>>| {
+            let mut ids: Vec<_> = found.iter().map(|s| s.id.public_id()).collect();
+            ids.sort();
+            ids
+        };
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let alice = SessionQuery {
+            subject: Some("alice"),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(store.find(&alice, now(), 10).await.unwrap()),
+            sorted(vec![a.id.public_id(), b.id.public_id()]),
+            "alice's live sessions, not bob's, not the ended one"
+        );
+        assert_eq!(store.find(&alice, now(), 1).await.unwrap().len(), 1);
+        let by_sid = SessionQuery {
+            provider: Some("p"),
+            provider_sid: Some("op-1"),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(store.find(&by_sid, now(), 10).await.unwrap()),
+            sorted(vec![a.id.public_id(), other.id.public_id()])
+        );
+        let both = SessionQuery {
+            subject: Some("alice"),
+            provider_sid: Some("op-1"),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(store.find(&both, now(), 10).await.unwrap()),
+            vec![a.id.public_id()]
+        );
+        let elsewhere = SessionQuery {
+            provider: Some("other"),
+            ..alice
+        };
+        assert!(store.find(&elsewhere, now(), 10).await.unwrap().is_empty());
+        assert!(
+            store
+                .find(&SessionQuery::default(), now(), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "an empty query finds nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn single_use_marks_are_first_come_per_kind_and_lapse() {
+        let store = MemoryStore::new(1 << 20);
+        let key = [3u8; 32];
+        let long = Duration::from_secs(60);
+        assert!(store
+            .first_use(SingleUse::LoginState, key, long)
+            .await
+            .unwrap());
+        assert!(!store
+            .first_use(SingleUse::LoginState, key, long)
+            .await
+            .unwrap());
+        assert!(
+            store
+                .first_use(SingleUse::LogoutTokenId, key, long)
+                .await
+                .unwrap(),
+            "another kind is another namespace"
+        );
+        let brief = [4u8; 32];
+        assert!(store
+            .first_use(SingleUse::LoginState, brief, Duration::from_millis(50))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(
+            store
+                .first_use(SingleUse::LoginState, brief, long)
+                .await
+                .unwrap(),
+            "a mark lapses after its time"
+        );
     }
 
     #[tokio::test]
