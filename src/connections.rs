@@ -83,9 +83,13 @@ pub struct LiveConnection {
     pub route: Arc<str>,
     /// The portcullis session this connection belongs to, once sessions exist.
     pub session: Option<Arc<str>>,
-    /// Unix time at which the session ends for good (its maximum lifetime):
-    /// the connection is closed with 4001 then.
+    /// Unix time at which its credential ends for good (its session's
+    /// maximum lifetime, or its bearer token's `exp`): the connection is
+    /// closed with 4001 then.
     pub expires_at: Option<u64>,
+    /// For a bearer connection allowed to outlive its token: closed with
+    /// 4001 after this long without a client data frame.
+    pub idle_close: Option<IdleClose>,
     /// The session's idle clock, for connections authenticated by a session.
     pub activity: Option<SessionActivity>,
     /// The claims the connection was authenticated with (`None`:
@@ -192,6 +196,34 @@ impl SessionActivity {
     }
 }
 
+/// The idle clock of a connection that has no session to keep one.
+#[derive(Debug)]
+pub struct IdleClose {
+    pub timeout_secs: u64,
+    /// The handshake, then the client's latest data frame (unix seconds).
+    last_frame: AtomicU64,
+}
+
+impl IdleClose {
+    pub fn new(timeout_secs: u64, opened_at: u64) -> Self {
+        IdleClose {
+            timeout_secs,
+            last_frame: AtomicU64::new(opened_at),
+        }
+    }
+
+    pub fn note_frame(&self, now: u64) {
+        self.last_frame.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn idle_at(&self, now: u64) -> bool {
+        self.last_frame
+            .load(Ordering::Relaxed)
+            .saturating_add(self.timeout_secs)
+            <= now
+    }
+}
+
 /// What the store must hear about one session with live connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionDue {
@@ -238,8 +270,10 @@ pub struct NewConnection {
     pub route: Arc<str>,
     /// The public id of the portcullis session this connection belongs to.
     pub session: Option<Arc<str>>,
-    /// When that session reaches its maximum lifetime (unix seconds).
+    /// When its credential ends for good (unix seconds).
     pub expires_at: Option<u64>,
+    /// A bearer connection's own idle clock (`bearer_connections: until_idle`).
+    pub idle_close: Option<IdleClose>,
     /// The session's idle clock, when a session authenticated the connection.
     pub activity: Option<SessionActivity>,
     /// The claims it was authenticated with; `None` when anonymous.
@@ -278,6 +312,7 @@ impl Registry {
             route: new.route,
             session: new.session,
             expires_at: new.expires_at,
+            idle_close: new.idle_close,
             activity: new.activity,
             claims: new.claims,
             started: SystemTime::now(),
@@ -424,14 +459,26 @@ impl Registry {
         list
     }
 
-    /// Closes, with 4001, connections whose session reached its maximum
-    /// lifetime by `now` (unix seconds). Returns how many began closing.
+    /// Closes, with 4001, connections whose credential ended by `now` (unix
+    /// seconds): a session's maximum lifetime, a bearer token's `exp`, or a
+    /// bearer connection's idle timeout. Returns how many began closing.
     pub fn close_expired(&self, now: u64) -> usize {
+        let expired = |c: &LiveConnection| c.expires_at.is_some_and(|t| t <= now);
         self.close_where(
-            |c| c.expires_at.is_some_and(|t| t <= now),
+            |c| c.session.is_some() && expired(c),
             close_code::SESSION_EXPIRED,
             "session expired",
             "expired",
+        ) + self.close_where(
+            |c| c.session.is_none() && expired(c),
+            close_code::SESSION_EXPIRED,
+            "token expired",
+            "expired",
+        ) + self.close_where(
+            |c| c.idle_close.as_ref().is_some_and(|i| i.idle_at(now)),
+            close_code::SESSION_EXPIRED,
+            "connection idle",
+            "idle",
         )
     }
 
@@ -570,6 +617,7 @@ mod tests {
             route: "/v1".into(),
             session: None,
             expires_at: None,
+            idle_close: None,
             activity: None,
             claims: None,
             upstream: OwnedFd::from(upstream.try_clone().unwrap()),
@@ -679,6 +727,7 @@ mod tests {
                     route: "/v1".into(),
                     session: Some(Arc::from(id.public_id().as_str())),
                     expires_at: Some(100_000),
+                    idle_close: None,
                     activity: Some(SessionActivity::new(id.clone(), 60, last_seen, last_seen)),
                     claims: None,
                     upstream: OwnedFd::from(a.try_clone().unwrap()),
@@ -754,6 +803,7 @@ mod tests {
                     route: "/v1".into(),
                     session: Some(Arc::from(format!("s-{i}").as_str())),
                     expires_at: Some(1000 + i as u64 * 100),
+                    idle_close: None,
                     activity: None,
                     claims: None,
                     upstream: OwnedFd::from(a.try_clone().unwrap()),
@@ -789,6 +839,49 @@ mod tests {
     }
 
     #[test]
+    fn bearer_connections_close_at_their_tokens_exp_or_when_idle() {
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let pairs: Vec<_> = (0..2).map(|_| socket_pair()).collect();
+        let bearer = |i: usize, expires_at, idle_close| {
+            registry.register(NewConnection {
+                deployment: "d".into(),
+                route: "/v1".into(),
+                session: None,
+                expires_at,
+                idle_close,
+                activity: None,
+                claims: None,
+                upstream: OwnedFd::from(pairs[i].0.try_clone().unwrap()),
+                client: None,
+            })
+        };
+        let at_exp = bearer(0, Some(1000), None);
+        let until_idle = bearer(1, None, Some(IdleClose::new(60, 900)));
+        assert_eq!(registry.close_expired(999), 0);
+        assert_eq!(registry.close_expired(1000), 1, "the token's exp");
+        let request = at_exp.connection().close_request().unwrap();
+        assert_eq!(
+            (request.code, request.reason.as_str()),
+            (close_code::SESSION_EXPIRED, "token expired")
+        );
+        // Frames keep an idle clock going; silence for its timeout ends it.
+        until_idle
+            .connection()
+            .idle_close
+            .as_ref()
+            .unwrap()
+            .note_frame(990);
+        assert_eq!(registry.close_expired(1049), 0);
+        assert!(until_idle.connection().close_request().is_none());
+        assert_eq!(registry.close_expired(1050), 1);
+        let request = until_idle.connection().close_request().unwrap();
+        assert_eq!(
+            (request.code, request.reason.as_str(), request.label),
+            (close_code::SESSION_EXPIRED, "connection idle", "idle")
+        );
+    }
+
+    #[test]
     fn sweeper_cuts_the_client_socket_only_after_the_grace_period() {
         let registry = Registry::new(Arc::new(Metrics::new()));
         let (up, _up_peer) = socket_pair();
@@ -798,6 +891,7 @@ mod tests {
             route: "/".into(),
             session: None,
             expires_at: None,
+            idle_close: None,
             activity: None,
             claims: None,
             upstream: OwnedFd::from(up.try_clone().unwrap()),

@@ -147,6 +147,69 @@ async fn access_tokens_open_websockets_with_identity_and_a_verifiable_assertion(
     }
 }
 
+#[tokio::test]
+async fn a_bearer_websocket_closes_at_its_tokens_exp_unless_the_messenger_keeps_it_until_idle() {
+    let idp = start_idp().await;
+    let backend = start_backend().await;
+    // The same messenger twice: the default (close at exp) and until_idle.
+    let config = config(&idp, backend, "60s", "24h")
+        .replace(
+            "  staff:\n",
+            "  lenient:\n    authentication: {enabled: true, provider: dev, bearer_connections: until_idle}\n  staff:\n",
+        )
+        .replace(
+            "  - {id: staff,",
+            &format!("  - {{id: lenient, messenger: lenient, upstream: chat, allowed_origins: [\"{ORIGIN}\"]}}\n  - {{id: staff,"),
+        );
+    let proxy = Proxy::start(&config).await;
+    // An access token with 3 s to live.
+    let mut claims = payload(&idp.mint_access_token("alice", Algorithm::RS256));
+    let exp = claims["iat"].as_u64().unwrap() + 3;
+    claims["exp"] = json!(exp);
+    let token = idp.sign(Header::new(Algorithm::RS256), &claims);
+    let mut sockets = Vec::new();
+    for deployment in ["support", "lenient"] {
+        let (mut ws, _) = open(
+            &proxy,
+            &format!("/v1/chat?deploymentId={deployment}"),
+            &[("Authorization", &bearer(&token))],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{deployment}: {e}\n{}", proxy.log_text()));
+        next_json(&mut ws).await;
+        sockets.push(ws);
+    }
+    let [mut at_exp, mut until_idle] = <[Ws; 2]>::try_from(sockets).ok().unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        closed_with(&mut at_exp, Duration::from_secs(3) + CLOSE_DEADLINE).await,
+        Some((4001, "token expired".into())),
+        "{}",
+        proxy.log_text()
+    );
+    // It closed because the token expired, not before.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now >= exp,
+        "closed {:?} after opening, before exp",
+        started.elapsed()
+    );
+    // The other messenger's connection outlives the token (its idle
+    // timeout, a minute at least, is unit-tested in connections.rs).
+    let reply = echo(&mut until_idle, "still here").await;
+    assert_eq!(reply["text"], "still here", "{reply}");
+    let closes = proxy
+        .metric(
+            "portcullis_forced_closes_total",
+            &[("deployment", "support"), ("reason", "expired")],
+        )
+        .await;
+    assert_eq!(closes, Some(1.0));
+}
+
 /// A JWT's signature segment.
 fn signature(token: &str) -> &str {
     let sig = token.rsplit('.').next().unwrap();

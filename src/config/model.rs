@@ -138,7 +138,25 @@ pub struct Authentication {
     /// Provider ID tokens as bearer credentials (off by default: an ID
     /// token outlives the session it came from, and travels in URLs).
     pub accept_id_tokens: bool,
+    /// When a WebSocket opened with a provider's bearer token closes (a
+    /// messenger token's connections live with its session instead).
+    pub bearer_connections: BearerConnections,
     pub require: Require,
+}
+
+/// The end of a live connection that a provider's bearer token opened:
+/// such a token has no session that logout or expiry could end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BearerConnections {
+    /// Closed with 4001 when the token expires (its `exp`): the client
+    /// reconnects with a fresh token.
+    #[default]
+    CloseAtExp,
+    /// Outlives the token, closed with 4001 once the client has sent no
+    /// data frame for the messenger's `session.idle_timeout` (for clients
+    /// that cannot reconnect mid-chat; the token was valid at the handshake).
+    UntilIdle,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -76,6 +76,8 @@ pub struct RawAuthentication {
     /// Whether a provider ID token is accepted as a bearer credential.
     #[serde(default)]
     pub accept_id_tokens: bool,
+    /// How long a WebSocket opened with a provider's bearer token may live.
+    pub bearer_connections: Option<super::model::BearerConnections>,
     pub require: Option<RawRequire>,
 }
 

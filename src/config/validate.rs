@@ -852,6 +852,12 @@ fn messengers(
                 );
             }
         }
+        if auth.bearer_connections.is_some() && !auth.enabled {
+            c.error(
+                format!("{path}.authentication.bearer_connections"),
+                "has no effect while authentication is off",
+            );
+        }
         if auth.accept_id_tokens && !auth.enabled {
             c.error(
                 format!("{path}.authentication.accept_id_tokens"),
@@ -939,6 +945,7 @@ fn messengers(
                     provider: auth.provider,
                     allow_session_upgrade: auth.allow_session_upgrade,
                     accept_id_tokens: auth.accept_id_tokens,
+                    bearer_connections: auth.bearer_connections.unwrap_or_default(),
                     require,
                 },
                 session,

@@ -47,7 +47,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
-use crate::connections::{ClientSocket, LiveGuard, NewConnection, SessionActivity};
+use crate::config::model::BearerConnections;
+use crate::connections::{ClientSocket, IdleClose, LiveGuard, NewConnection, SessionActivity};
 use crate::endpoints;
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
@@ -109,8 +110,12 @@ pub struct Authenticated {
     /// The portcullis session's public id, when a session authenticated
     /// (its cookie, or a messenger token naming it).
     pub session: Option<Arc<str>>,
-    /// When that session reaches its maximum lifetime (unix seconds).
-    pub session_expires_at: Option<u64>,
+    /// When a live connection it opens closes with 4001 (unix seconds):
+    /// its session's maximum lifetime, or a bearer token's `exp`.
+    pub closes_at: Option<u64>,
+    /// A bearer connection allowed to outlive its token closes after this
+    /// many seconds without a client data frame instead.
+    pub idle_close_secs: Option<u64>,
     /// The session's idle clock, handed to the live connection if the
     /// request becomes one.
     pub session_idle: Option<SessionIdle>,
@@ -232,11 +237,15 @@ pub async fn authenticate(
             rendered
         }
     };
+    let bearer_connections = deployment.messenger.authentication.bearer_connections;
     Ok(Authenticated {
         rendered,
         credential,
         session: None,
-        session_expires_at: None,
+        closes_at: (bearer_connections == BearerConnections::CloseAtExp)
+            .then_some(verified.expires_at),
+        idle_close_secs: (bearer_connections == BearerConnections::UntilIdle)
+            .then_some(deployment.messenger.session.idle_timeout.as_secs()),
         session_idle: None,
         due_for_recheck: None,
     })
@@ -378,7 +387,8 @@ async fn authenticate_session(
         session: Some(Arc::from(rendered.identity.session.as_str())),
         rendered,
         credential,
-        session_expires_at: Some(session.expires_at),
+        closes_at: Some(session.expires_at),
+        idle_close_secs: None,
         session_idle: Some(SessionIdle {
             id: session.id.clone(),
             idle_timeout_secs: session.idle_timeout_secs,
@@ -950,7 +960,12 @@ impl ProxyHttp for Portcullis {
                 deployment: target.deployment.label.clone(),
                 route: target.route.label.clone(),
                 session: ctx.auth.as_ref().and_then(|a| a.session.clone()),
-                expires_at: ctx.auth.as_ref().and_then(|a| a.session_expires_at),
+                expires_at: ctx.auth.as_ref().and_then(|a| a.closes_at),
+                idle_close: ctx
+                    .auth
+                    .as_ref()
+                    .and_then(|a| a.idle_close_secs)
+                    .map(|secs| IdleClose::new(secs, now())),
                 activity: ctx
                     .auth
                     .as_ref()
@@ -999,8 +1014,12 @@ impl ProxyHttp for Portcullis {
     ) -> Result<()> {
         if let (Some(live), Some(chunk)) = (&ctx.live, body.as_deref()) {
             if ctx.client_frames.observe(chunk) {
-                if let Some(activity) = &live.connection().activity {
+                let conn = live.connection();
+                if let Some(activity) = &conn.activity {
                     activity.note_frame(now());
+                }
+                if let Some(idle) = &conn.idle_close {
+                    idle.note_frame(now());
                 }
             }
         }

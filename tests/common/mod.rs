@@ -82,6 +82,32 @@ pub async fn start_backend() -> SocketAddr {
     addr
 }
 
+/// A relay on an ephemeral loopback port in front of `backend` that holds
+/// back everything the backend answers for `delay` (an upstream slow to
+/// send its 101), for the test's lifetime.
+pub async fn start_delaying_relay(backend: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let upward = tokio::io::copy(&mut client_read, &mut server_write);
+                let downward = async {
+                    tokio::time::sleep(delay).await;
+                    tokio::io::copy(&mut server_read, &mut client_write).await
+                };
+                let _ = tokio::join!(upward, downward);
+            });
+        }
+    });
+    addr
+}
+
 /// A running `portcullis run` process.
 pub struct Proxy {
     child: Child,
