@@ -870,6 +870,7 @@ routes: [{path_prefix: /v1}]
                 route: "/v1".into(),
                 session: Some(Arc::from(id.public_id().as_str())),
                 expires_at: Some(last_seen + 3600),
+                idle_close: None,
                 activity: Some(crate::connections::SessionActivity::new(
                     id.clone(),
                     60,
