@@ -12,6 +12,8 @@ use subtle::ConstantTimeEq;
 
 use crate::connections::close_code;
 use crate::runtime::State;
+use crate::session::store::{SessionQuery, StoreError};
+use crate::session::{now, EndReason};
 
 pub struct AdminApp {
     state: Arc<State>,
@@ -38,6 +40,20 @@ pub enum AdminRequest {
     },
     CloseConnection {
         id: u64,
+    },
+    /// The live sessions of a subject (`GET /admin/sessions?sub=`).
+    ListSessions {
+        subject: String,
+        provider: Option<String>,
+    },
+    /// Ends one session, by its public id, on every instance.
+    RevokeSession {
+        public_id: String,
+    },
+    /// Ends every session of a subject, on every instance.
+    RevokeSubject {
+        subject: String,
+        provider: Option<String>,
     },
     Reload,
     NotFound,
@@ -76,10 +92,47 @@ impl AdminRequest {
                     Err(_) => AdminRequest::BadRequest("a connection id is a number"),
                 }
             }
-            ("POST", "/admin/reload") => AdminRequest::Reload,
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/connections" | "/admin/reload") => {
-                AdminRequest::MethodNotAllowed
+            ("GET", "/admin/sessions") => match param("sub") {
+                Some(subject) if !subject.is_empty() => AdminRequest::ListSessions {
+                    subject,
+                    provider: param("provider"),
+                },
+                _ => AdminRequest::BadRequest("give ?sub=SUBJECT (and optionally &provider=NAME)"),
+            },
+            ("DELETE", p) if p.starts_with("/admin/sessions/") => {
+                let public_id = &p["/admin/sessions/".len()..];
+                if is_public_session_id(public_id) {
+                    AdminRequest::RevokeSession {
+                        public_id: public_id.to_string(),
+                    }
+                } else {
+                    AdminRequest::BadRequest(
+                        "a session is named by its public id: s- and 24 hex digits, as logs and X-Auth-Session show it",
+                    )
+                }
             }
+            (method, p) if p.starts_with("/admin/subjects/") && p.ends_with("/sessions") => {
+                let segment = &p["/admin/subjects/".len()..p.len() - "/sessions".len()];
+                let subject = percent_encoding::percent_decode_str(segment).decode_utf8();
+                match (method, subject) {
+                    ("DELETE", Ok(subject)) if !subject.is_empty() && !segment.contains('/') => {
+                        AdminRequest::RevokeSubject {
+                            subject: subject.into_owned(),
+                            provider: param("provider"),
+                        }
+                    }
+                    ("DELETE", _) => AdminRequest::BadRequest(
+                        "the subject is one percent-encoded path segment (encode '/' as %2F)",
+                    ),
+                    _ => AdminRequest::MethodNotAllowed,
+                }
+            }
+            ("POST", "/admin/reload") => AdminRequest::Reload,
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/admin/connections" | "/admin/reload"
+                | "/admin/sessions",
+            ) => AdminRequest::MethodNotAllowed,
             _ => AdminRequest::NotFound,
         }
     }
@@ -88,6 +141,22 @@ impl AdminRequest {
         matches!(self, AdminRequest::Health | AdminRequest::Ready)
     }
 }
+
+/// Whether `text` has the shape of `SessionId::public_id`.
+fn is_public_session_id(text: &str) -> bool {
+    text.len() == 26
+        && text.starts_with("s-")
+        && text[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// At most this many sessions are listed, or ended per round of a
+/// subject's revocation.
+const SESSIONS_PER_ROUND: usize = 1000;
+/// A subject's revocation stops after this many rounds (a million
+/// sessions); a subject with more is revoked again by a second call.
+const MAX_REVOCATION_ROUNDS: usize = 1000;
 
 /// Compares a presented bearer token with the configured one in constant time.
 pub fn token_matches(authorization: Option<&[u8]>, expected: &str) -> bool {
@@ -204,18 +273,28 @@ impl ServeHttp for AdminApp {
                     "session revoked",
                     "admin",
                 );
+                self.counted("close_connections", "ok");
                 json(StatusCode::OK, serde_json::json!({"closed": closed}))
             }
             AdminRequest::CloseConnection { id } => {
                 if connections.close(id, close_code::SESSION_REVOKED, "session revoked", "admin") {
+                    self.counted("close_connection", "ok");
                     json(StatusCode::OK, serde_json::json!({"closed": 1}))
                 } else {
+                    self.counted("close_connection", "not_found");
                     error(
                         StatusCode::NOT_FOUND,
                         "not_found",
                         "no open connection has this id",
                     )
                 }
+            }
+            AdminRequest::ListSessions { subject, provider } => {
+                self.list_sessions(&subject, provider.as_deref()).await
+            }
+            AdminRequest::RevokeSession { public_id } => self.revoke_session(&public_id).await,
+            AdminRequest::RevokeSubject { subject, provider } => {
+                self.revoke_subject(&subject, provider.as_deref()).await
             }
             AdminRequest::Reload => match self.state.reload().await {
                 Ok(summary) => json(
@@ -237,6 +316,142 @@ impl ServeHttp for AdminApp {
             ),
             AdminRequest::BadRequest(why) => error(StatusCode::BAD_REQUEST, "bad_request", why),
         }
+    }
+}
+
+impl AdminApp {
+    fn counted(&self, action: &str, result: &str) {
+        self.state
+            .metrics
+            .admin_actions
+            .with_label_values(&[action, result])
+            .inc();
+    }
+
+    fn store_unavailable(&self, action: &str, cause: &StoreError) -> Response<Vec<u8>> {
+        self.counted(action, "store_unavailable");
+        tracing::warn!(action, error = %cause, "admin action failed: session store unavailable");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_store_unavailable",
+            "the session store cannot be reached; nothing was changed",
+        )
+    }
+
+    async fn list_sessions(&self, subject: &str, provider: Option<&str>) -> Response<Vec<u8>> {
+        let query = SessionQuery {
+            provider,
+            subject: Some(subject),
+            provider_sid: None,
+        };
+        let found = match self
+            .state
+            .sessions
+            .find(&query, now(), SESSIONS_PER_ROUND)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => return self.store_unavailable("list_sessions", &e),
+        };
+        let mut live: std::collections::HashMap<String, usize> = Default::default();
+        for conn in self.state.connections.list(None) {
+            if let Some(session) = conn.session {
+                *live.entry(session).or_default() += 1;
+            }
+        }
+        let sessions: Vec<_> = found
+            .iter()
+            .map(|s| {
+                let public_id = s.id.public_id();
+                serde_json::json!({
+                    "id": public_id,
+                    "deployment": s.deployment,
+                    "provider": s.provider,
+                    "subject": s.subject,
+                    "created_unix": s.created_at,
+                    "last_seen_unix": s.last_seen,
+                    "ends_unix": s.ends_at(),
+                    "live_connections_here": live.get(&public_id).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "sessions": sessions,
+                "truncated": found.len() == SESSIONS_PER_ROUND,
+            }),
+        )
+    }
+
+    async fn revoke_session(&self, public_id: &str) -> Response<Vec<u8>> {
+        let session = match self.state.sessions.load_public(public_id, now()).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                self.counted("revoke_session", "not_found");
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no live session has this id",
+                );
+            }
+            Err(e) => return self.store_unavailable("revoke_session", &e),
+        };
+        let closed = self
+            .state
+            .end_session(&session.id, EndReason::Revoked, "session revoked")
+            .await;
+        self.counted("revoke_session", "ok");
+        tracing::info!(session = %public_id, closed_connections = closed, "admin revoked a session");
+        json(
+            StatusCode::OK,
+            serde_json::json!({"revoked": 1, "closed_connections_here": closed}),
+        )
+    }
+
+    async fn revoke_subject(&self, subject: &str, provider: Option<&str>) -> Response<Vec<u8>> {
+        let query = SessionQuery {
+            provider,
+            subject: Some(subject),
+            provider_sid: None,
+        };
+        let (mut revoked, mut closed) = (0usize, 0usize);
+        for _ in 0..MAX_REVOCATION_ROUNDS {
+            let found = match self
+                .state
+                .sessions
+                .find(&query, now(), SESSIONS_PER_ROUND)
+                .await
+            {
+                Ok(found) => found,
+                // Whatever was ended stays ended; the operator retries.
+                Err(e) if revoked == 0 => return self.store_unavailable("revoke_subject", &e),
+                Err(e) => {
+                    tracing::warn!(revoked, error = %e, "admin revocation of a subject stopped: session store unavailable");
+                    break;
+                }
+            };
+            if found.is_empty() {
+                break;
+            }
+            for session in found {
+                closed += self
+                    .state
+                    .end_session(&session.id, EndReason::Revoked, "session revoked")
+                    .await;
+                revoked += 1;
+            }
+        }
+        self.counted("revoke_subject", "ok");
+        tracing::info!(
+            revoked,
+            closed_connections = closed,
+            "admin revoked every session of a subject"
+        );
+        json(
+            StatusCode::OK,
+            serde_json::json!({"revoked": revoked, "closed_connections_here": closed}),
+        )
     }
 }
 
@@ -283,6 +498,68 @@ mod tests {
         assert_eq!(
             AdminRequest::parse(&Method::POST, "/admin/reload", None),
             AdminRequest::Reload
+        );
+        assert_eq!(
+            AdminRequest::parse(&get, "/admin/sessions", Some("sub=a%2Bb&provider=okta")),
+            AdminRequest::ListSessions {
+                subject: "a+b".into(),
+                provider: Some("okta".into())
+            }
+        );
+        assert!(matches!(
+            AdminRequest::parse(&get, "/admin/sessions", Some("sub=")),
+            AdminRequest::BadRequest(_)
+        ));
+        let public_id = "s-0123456789abcdef01234567";
+        assert_eq!(
+            AdminRequest::parse(&delete, &format!("/admin/sessions/{public_id}"), None),
+            AdminRequest::RevokeSession {
+                public_id: public_id.into()
+            }
+        );
+        for not_an_id in [
+            "s-0123456789ABCDEF01234567",
+            "s-0123456789abcdef0123456",
+            "0123456789abcdef0123456789",
+            "t-0123456789abcdef01234567",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    AdminRequest::parse(&delete, &format!("/admin/sessions/{not_an_id}"), None),
+                    AdminRequest::BadRequest(_)
+                ),
+                "{not_an_id:?}"
+            );
+        }
+        // A subject is one segment, percent-decoded ('/' arrives as %2F).
+        assert_eq!(
+            AdminRequest::parse(
+                &delete,
+                "/admin/subjects/auth0%7C12%2F3/sessions",
+                Some("provider=dev")
+            ),
+            AdminRequest::RevokeSubject {
+                subject: "auth0|12/3".into(),
+                provider: Some("dev".into())
+            }
+        );
+        for bad in [
+            "/admin/subjects//sessions",
+            "/admin/subjects/a/b/sessions",
+            "/admin/subjects/%FF/sessions",
+        ] {
+            assert!(
+                matches!(
+                    AdminRequest::parse(&delete, bad, None),
+                    AdminRequest::BadRequest(_)
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            AdminRequest::parse(&get, "/admin/subjects/alice/sessions", None),
+            AdminRequest::MethodNotAllowed
         );
         assert_eq!(
             AdminRequest::parse(&get, "/admin/reload", None),

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub token_api_duration: HistogramVec,
     /// Requests refused by a rate limit, by endpoint and scope (client, deployment).
     pub rate_limited: IntCounterVec,
+    /// Admin actions that change something, by action and result.
+    pub admin_actions: IntCounterVec,
 }
 
 impl Metrics {
@@ -236,6 +238,11 @@ impl Metrics {
                 "Lifetime of proxied WebSocket connections, by deployment.",
                 &["deployment"],
                 lifetime_buckets,
+            ),
+            admin_actions: counter(
+                "portcullis_admin_actions_total",
+                "Admin actions that change something, by action (close_connection, close_connections, revoke_session, revoke_subject) and result (ok, not_found, store_unavailable, ...).",
+                &["action", "result"],
             ),
             config_reloads: counter(
                 "portcullis_config_reloads_total",
