@@ -151,12 +151,8 @@ fn is_public_session_id(text: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// At most this many sessions are listed, or ended per round of a
-/// subject's revocation.
+/// At most this many sessions are listed.
 const SESSIONS_PER_ROUND: usize = 1000;
-/// A subject's revocation stops after this many rounds (a million
-/// sessions); a subject with more is revoked again by a second call.
-const MAX_REVOCATION_ROUNDS: usize = 1000;
 
 /// Compares a presented bearer token with the configured one in constant time.
 pub fn token_matches(authorization: Option<&[u8]>, expected: &str) -> bool {
@@ -415,33 +411,14 @@ impl AdminApp {
             subject: Some(subject),
             provider_sid: None,
         };
-        let (mut revoked, mut closed) = (0usize, 0usize);
-        for _ in 0..MAX_REVOCATION_ROUNDS {
-            let found = match self
-                .state
-                .sessions
-                .find(&query, now(), SESSIONS_PER_ROUND)
-                .await
-            {
-                Ok(found) => found,
-                // Whatever was ended stays ended; the operator retries.
-                Err(e) if revoked == 0 => return self.store_unavailable("revoke_subject", &e),
-                Err(e) => {
-                    tracing::warn!(revoked, error = %e, "admin revocation of a subject stopped: session store unavailable");
-                    break;
-                }
-            };
-            if found.is_empty() {
-                break;
-            }
-            for session in found {
-                closed += self
-                    .state
-                    .end_session(&session.id, EndReason::Revoked, "session revoked")
-                    .await;
-                revoked += 1;
-            }
-        }
+        let (revoked, closed) = match self
+            .state
+            .end_matching(&query, EndReason::Revoked, "session revoked")
+            .await
+        {
+            Ok(counts) => counts,
+            Err(e) => return self.store_unavailable("revoke_subject", &e),
+        };
         self.counted("revoke_subject", "ok");
         tracing::info!(
             revoked,

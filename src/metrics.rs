@@ -64,6 +64,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Admin actions that change something, by action and result.
     pub admin_actions: IntCounterVec,
+    /// Back-channel logout deliveries, by provider and result.
+    pub backchannel_logouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -238,6 +240,11 @@ impl Metrics {
                 "Lifetime of proxied WebSocket connections, by deployment.",
                 &["deployment"],
                 lifetime_buckets,
+            ),
+            backchannel_logouts: counter(
+                "portcullis_backchannel_logouts_total",
+                "Back-channel logout deliveries by provider and result (ok, or why refused: token_replayed, bad_signature, ...).",
+                &["provider", "result"],
             ),
             admin_actions: counter(
                 "portcullis_admin_actions_total",

@@ -496,6 +496,44 @@ impl State {
         closed
     }
 
+    /// Ends every live session matching `query` (as `end_session` does, one
+    /// by one), in rounds of `SESSIONS_PER_ROUND` until none is left or
+    /// `MAX_ROUNDS` passed. Returns how many sessions ended and how many
+    /// connections began closing here; an error only when the store failed
+    /// before anything ended (what ended stays ended).
+    pub async fn end_matching(
+        &self,
+        query: &crate::session::store::SessionQuery<'_>,
+        reason: crate::session::EndReason,
+        close_reason: &str,
+    ) -> Result<(usize, usize), crate::session::store::StoreError> {
+        const SESSIONS_PER_ROUND: usize = 1000;
+        const MAX_ROUNDS: usize = 1000;
+        let (mut ended, mut closed) = (0usize, 0usize);
+        for _ in 0..MAX_ROUNDS {
+            let found = match self
+                .sessions
+                .find(query, crate::session::now(), SESSIONS_PER_ROUND)
+                .await
+            {
+                Ok(found) => found,
+                Err(e) if ended == 0 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(ended, error = %e, "ending sessions stopped: session store unavailable");
+                    break;
+                }
+            };
+            if found.is_empty() {
+                break;
+            }
+            for session in found {
+                closed += self.end_session(&session.id, reason, close_reason).await;
+                ended += 1;
+            }
+        }
+        Ok((ended, closed))
+    }
+
     /// Closes the live connections of a session that ended (here, or on
     /// another instance that told the shared store), and remembers the end
     /// for `ENDED_LATELY_FOR` so that a handshake still in flight is closed
@@ -515,9 +553,10 @@ impl State {
         self.ended_lately.insert(Arc::from(public_id), reason);
         let code = match reason {
             EndReason::Expired | EndReason::Idle => close_code::SESSION_EXPIRED,
-            EndReason::Logout | EndReason::Revoked | EndReason::Evicted => {
-                close_code::SESSION_REVOKED
-            }
+            EndReason::Logout
+            | EndReason::Revoked
+            | EndReason::Evicted
+            | EndReason::ProviderLogout => close_code::SESSION_REVOKED,
         };
         self.connections.close_where(
             |c| c.session.as_deref() == Some(public_id),

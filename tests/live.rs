@@ -231,3 +231,191 @@ fn payload_sub(idp: &portcullis::devidp::DevIdp) -> String {
     .unwrap();
     claims["sub"].as_str().unwrap().to_string()
 }
+
+/// A logout token for the dev provider's client, signed by `idp`, with
+/// `claims` over the defaults (`Value::Null` removes one).
+fn logout_token(idp: &portcullis::devidp::DevIdp, claims: serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut token = serde_json::json!({
+        "iss": idp.issuer(),
+        "aud": "portcullis-demo",
+        "iat": now,
+        "exp": now + 120,
+        "jti": format!("jti-{}", rand_suffix()),
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    });
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            token.as_object_mut().unwrap().remove(k);
+        } else {
+            token[k] = v.clone();
+        }
+    }
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.typ = Some("logout+jwt".into());
+    idp.sign(header, &token)
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Delivers `token` as a provider would; the status and the JSON body.
+async fn deliver(proxy: &Proxy, token: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(proxy.url("/.auth/backchannel-logout"))
+        .form(&[("logout_token", token)])
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(
+        resp.headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_back_channel_logout_ends_the_named_sessions_once_and_refuses_everything_else() {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let proxy = Proxy::start_with_env(
+        &config(&config_with_dev_provider(&idp), start_backend().await),
+        &[("DEV_SECRET", "demo-secret")],
+    )
+    .await;
+    let subject = payload_sub(&idp);
+    // Two logins of alice at the provider (two provider sessions), one of bob.
+    idp.set_id_token_claims("alice", serde_json::json!({"sid": "op-session-1"}));
+    let (mut first, _, first_cookie) = chat_of(&proxy, "alice").await;
+    idp.set_id_token_claims("alice", serde_json::json!({"sid": "op-session-2"}));
+    let (mut second, _, second_cookie) = chat_of(&proxy, "alice").await;
+    let (mut bob, _, bob_cookie) = chat_of(&proxy, "bob").await;
+
+    // What is not a logout token, or not for us, changes nothing.
+    let id_token = idp.mint_id_token("alice", jsonwebtoken::Algorithm::RS256, None);
+    let sid_only = serde_json::json!({"sid": "op-session-1"});
+    let mut tampered = logout_token(&idp, sid_only.clone());
+    tampered.pop();
+    tampered.push('A');
+    let refusals = [
+        (id_token, "not_a_logout_token"),
+        (
+            logout_token(&idp, serde_json::json!({"sub": subject, "nonce": "n"})),
+            "nonce_not_allowed",
+        ),
+        (
+            logout_token(&idp, serde_json::json!({"sub": null, "sid": null})),
+            "no_sub_or_sid",
+        ),
+        (
+            logout_token(&idp, serde_json::json!({"sub": subject, "jti": null})),
+            "missing_jti",
+        ),
+        (
+            logout_token(
+                &idp,
+                serde_json::json!({"sub": subject, "aud": "someone-else"}),
+            ),
+            "unknown_issuer",
+        ),
+        (
+            logout_token(
+                &idp,
+                serde_json::json!({"sub": subject, "iss": "https://elsewhere.example"}),
+            ),
+            "unknown_issuer",
+        ),
+        (tampered, "bad_signature"),
+        ("not.a.jwt".to_string(), "token_malformed"),
+    ];
+    for (token, code) in &refusals {
+        let (status, body) = deliver(&proxy, token).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(*code)),
+            "{body}"
+        );
+        assert!(!body.to_string().contains(token.as_str()));
+    }
+    let not_a_form = reqwest::Client::new()
+        .post(proxy.url("/.auth/backchannel-logout"))
+        .json(&serde_json::json!({"logout_token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_a_form.status(), 400);
+    let get = reqwest::get(proxy.url("/.auth/backchannel-logout"))
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 405);
+    for cookie in [&first_cookie, &second_cookie, &bob_cookie] {
+        assert_eq!(me_status(&proxy, cookie).await, 200);
+    }
+
+    // By the provider's session id: only that session ends.
+    let by_sid = logout_token(&idp, sid_only);
+    assert_eq!(deliver(&proxy, &by_sid).await.0, 200);
+    assert_eq!(
+        closed_with(&mut first, CLOSE_DEADLINE).await,
+        Some((4002, "logged out at the provider".into()))
+    );
+    assert_eq!(me_status(&proxy, &first_cookie).await, 401);
+    assert_eq!(me_status(&proxy, &second_cookie).await, 200);
+    // The same token again is a replay.
+    let (status, body) = deliver(&proxy, &by_sid).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("token_replayed"))
+    );
+
+    // By subject: every session of alice, not bob's.
+    let by_sub = logout_token(&idp, serde_json::json!({"sub": subject}));
+    assert_eq!(deliver(&proxy, &by_sub).await.0, 200);
+    assert_eq!(
+        closed_with(&mut second, CLOSE_DEADLINE).await,
+        Some((4002, "logged out at the provider".into()))
+    );
+    assert_eq!(me_status(&proxy, &second_cookie).await, 401);
+    assert_eq!(me_status(&proxy, &bob_cookie).await, 200);
+    assert_eq!(echo(&mut bob, "still here").await["text"], "still here");
+
+    let counted = |result: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric(
+                    "portcullis_backchannel_logouts_total",
+                    &[("result", result)],
+                )
+                .await
+        }
+    };
+    assert_eq!(counted("ok").await, Some(2.0));
+    assert_eq!(counted("token_replayed").await, Some(1.0));
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_session_ends_total",
+                &[("reason", "provider_logout")]
+            )
+            .await,
+        Some(2.0)
+    );
+    let log = proxy.log_text();
+    assert!(
+        !log.contains(&by_sub[by_sub.rfind('.').unwrap()..]),
+        "no token in the log"
+    );
+}

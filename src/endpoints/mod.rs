@@ -9,6 +9,7 @@
 //! bounded body before `answer` runs. Every answer is a whole response:
 //! nothing here goes upstream.
 
+pub mod backchannel;
 pub mod cors;
 pub mod deployment;
 pub mod establish;
@@ -51,6 +52,8 @@ pub enum Endpoint {
     Callback,
     Me,
     Logout,
+    /// OpenID Connect Back-Channel Logout, called by a provider.
+    BackchannelLogout,
     Exchange(Flavor),
     Refresh(Flavor),
     Revoke(Flavor),
@@ -82,6 +85,7 @@ impl Endpoint {
                 "GET" | "POST" => Endpoint::Logout,
                 _ => Endpoint::MethodNotAllowed("GET, POST"),
             },
+            "/.auth/backchannel-logout" => only(method, "POST", Endpoint::BackchannelLogout),
             "/.auth/sdk.js" => match method {
                 "GET" | "HEAD" => Endpoint::Sdk,
                 _ => Endpoint::MethodNotAllowed("GET, HEAD"),
@@ -125,7 +129,9 @@ impl Endpoint {
     /// How much request body the endpoint reads (0: none).
     pub fn body_limit(&self) -> usize {
         match self {
-            Endpoint::Exchange(_) | Endpoint::Refresh(_) => MAX_BODY_BYTES,
+            Endpoint::Exchange(_) | Endpoint::Refresh(_) | Endpoint::BackchannelLogout => {
+                MAX_BODY_BYTES
+            }
             _ => 0,
         }
     }
@@ -183,6 +189,7 @@ pub async fn answer(
         Endpoint::Callback => login::callback(state, runtime, header).await,
         Endpoint::Me => login::me(state, runtime, header).await,
         Endpoint::Logout => login::logout(state, runtime, header).await,
+        Endpoint::BackchannelLogout => backchannel::logout(state, runtime, req).await,
         Endpoint::Exchange(flavor) => token_api::exchange(state, runtime, req, *flavor).await,
         Endpoint::Refresh(flavor) => token_api::refresh(state, runtime, req, *flavor).await,
         Endpoint::Revoke(_) => token_api::revoke(state, runtime, req).await,

@@ -76,6 +76,8 @@ pub enum EndReason {
     Revoked,
     /// Dropped by a full store to make room (raise its capacity).
     Evicted,
+    /// The provider said its user logged out (back-channel logout).
+    ProviderLogout,
 }
 
 impl EndReason {
@@ -86,6 +88,7 @@ impl EndReason {
             EndReason::Logout => "logout",
             EndReason::Revoked => "revoked",
             EndReason::Evicted => "evicted",
+            EndReason::ProviderLogout => "provider_logout",
         }
     }
 }

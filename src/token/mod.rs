@@ -7,6 +7,7 @@
 //! token's, signature, then claims (`iss` exact, `exp` required, `nbf`/`iat`
 //! within the clock skew, `aud` against the provider's audiences or client id).
 
+pub mod logout;
 pub mod messenger;
 pub mod signing;
 
@@ -222,8 +223,19 @@ pub fn recorded_expiry(token: &str) -> Option<u64> {
         .as_u64()
 }
 
-/// Verifies a provider-issued token.
-pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedToken, TokenError> {
+/// The header of a token the provider signed, and the provider's key for
+/// it: size, algorithm allow-list (never `none` or HMAC) and key lookup,
+/// before anything in the token is trusted.
+pub(crate) async fn provider_key(
+    provider: &ProviderService,
+    token: &str,
+) -> Result<
+    (
+        jsonwebtoken::Header,
+        Arc<crate::provider::jwks::VerifyingKey>,
+    ),
+    TokenError,
+> {
     let config = &provider.config;
     if token.len() > config.max_token_bytes {
         return Err(TokenError::TooLarge);
@@ -244,6 +256,13 @@ pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedT
             KeyError::UnknownKid => TokenError::UnknownKey,
             KeyError::Mismatch | KeyError::Ambiguous => TokenError::KeyMismatch,
         })?;
+    Ok((header, key))
+}
+
+/// Verifies a provider-issued token.
+pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedToken, TokenError> {
+    let config = &provider.config;
+    let (header, key) = provider_key(provider, token).await?;
     let claims = check_signature_and_time(
         token,
         &key.key,
