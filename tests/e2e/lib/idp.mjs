@@ -69,6 +69,9 @@ export async function startIdp({
   port = 0,
   redirectUris = ['http://127.0.0.1:1/.auth/callback'],
   postLogoutRedirectUris = originRoots(redirectUris),
+  // Where the provider POSTs a logout token when the user logs out at it
+  // (OpenID Connect Back-Channel Logout, with `sid`); none by default.
+  backchannelLogoutUri,
 } = {}) {
   // The issuer contains the port, so the socket is bound before the provider
   // exists; the provider then serves the already listening server.
@@ -97,6 +100,10 @@ export async function startIdp({
     grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
     token_endpoint_auth_method: 'client_secret_basic',
     id_token_signed_response_alg: alg,
+    ...(backchannelLogoutUri && {
+      backchannel_logout_uri: backchannelLogoutUri,
+      backchannel_logout_session_required: true,
+    }),
   });
 
   const provider = new Provider(issuer, {
@@ -126,6 +133,7 @@ export async function startIdp({
     enabledJWA: { idTokenSigningAlgValues: ['RS256', 'ES256'] },
     features: {
       devInteractions: { enabled: true },
+      backchannelLogout: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -155,6 +163,11 @@ export async function startIdp({
       Session: 24 * 3600,
       Grant: 24 * 3600,
     },
+    // The provider's own outgoing requests (back-channel logout deliveries)
+    // go to portcullis on loopback, which its SSRF guard refuses as a
+    // special-use address: on this all-loopback test bench the guard's
+    // dispatcher is dropped.
+    fetch: (url, { dispatcher: _ssrfGuard, ...options }) => fetch(url, options),
     // portcullis talks to the provider from the server side; browsers only
     // navigate to it, so no cross-origin calls are allowed.
     clientBasedCORS: () => false,

@@ -104,6 +104,7 @@ describe('browser login through portcullis (real provider)', () => {
   let origin;
   let discovery;
   const openSockets = new Set();
+  const backchannelErrors = []; // deliveries the provider saw fail
   // portcullis's code redemptions at the provider, in order, and whether
   // each one got a refresh token.
   const redemptions = [];
@@ -171,7 +172,11 @@ describe('browser login through portcullis (real provider)', () => {
     proxyPort = await freePort();
     const adminPort = await freePort();
     origin = `http://127.0.0.1:${proxyPort}`;
-    idp = await startIdp({ redirectUris: [`${origin}/.auth/callback`] });
+    idp = await startIdp({
+      redirectUris: [`${origin}/.auth/callback`],
+      backchannelLogoutUri: `${origin}/.auth/backchannel-logout`,
+    });
+    idp.provider.on('backchannel.error', (_ctx, err) => backchannelErrors.push(`${err.message} ${err.cause?.message ?? ''}`));
     idp.provider.on('grant.success', (ctx) => {
       if (ctx.oidc.params.grant_type === 'authorization_code') {
         redemptions.push({ refreshToken: Boolean(ctx.body?.refresh_token) });
@@ -518,6 +523,50 @@ rate_limits: {per_client: {per_minute: 100000, burst: 10000}}
     // The provider's session is over too: logging in asks for the password again.
     const again = await toCallback(alice, loginUrl('support', '/'));
     assert.equal(again.prompts[0], 'login');
+  });
+
+  test('back-channel logout: alice logs out at the provider itself; its logout token ends her session and closes her socket', async () => {
+    const bea = new Browser();
+    await logIn(bea, loginUrl('support', '/'));
+    const cookie = `${SESSION_COOKIE}=${bea.jar.get(SESSION_COOKIE)}`;
+    assert.equal((await me(cookie)).status, 200);
+    const ws = await openSocket(`ws://127.0.0.1:${proxyPort}/v1/chat?deploymentId=support`, {
+      headers: { origin, cookie: bea.jar.header(origin) },
+    });
+    assert.equal(ws.status, 101, JSON.stringify(ws.body));
+    openSockets.add(ws.ws);
+    let closedWith;
+    const closed = new Promise((resolve) => {
+      ws.ws.once('close', (code, reason) => { closedWith = { code, reason: reason.toString() }; resolve(); });
+    });
+
+    // At the provider's own logout page (no portcullis involved): confirm.
+    const ask = await bea.request(`${discovery.end_session_endpoint}?client_id=${idp.clientId}`);
+    const html = await ask.text();
+    assert.equal(ask.status, 200, html.slice(0, 300));
+    const action = /<form[^>]*\bid="op\.logoutForm"[^>]*\baction="([^"]*)"/.exec(html)?.[1];
+    const xsrf = /name="xsrf" value="([^"]*)"/.exec(html)?.[1];
+    assert.ok(action && xsrf, 'the provider asks to confirm the logout');
+    // (The RP-initiated logout of the test before also ended a provider
+    // session: that delivery found nothing left to end here.)
+    const delivered = () => proxy.metrics().then((m) => metricSum(m, 'portcullis_backchannel_logouts_total', { provider: 'idp', result: 'ok' }) ?? 0);
+    const before = await delivered();
+    // The provider delivers the logout token before it answers.
+    const confirm = await bea.request(new URL(action, discovery.end_session_endpoint).href, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', origin: idp.issuer },
+      body: new URLSearchParams({ xsrf, logout: 'yes' }).toString(),
+    });
+    assert.ok(confirm.status < 400, `${confirm.status}`);
+    assert.deepEqual(backchannelErrors, [], 'portcullis answered the delivery with 200');
+
+    await Promise.race([closed, sleep(CLOSE_DEADLINE_MS)]);
+    assert.deepEqual(closedWith, { code: 4002, reason: 'logged out at the provider' });
+    openSockets.delete(ws.ws);
+    assert.equal((await me(cookie)).status, 401, 'the session is gone');
+    assert.equal(await delivered(), before + 1);
+    const metrics = await proxy.metrics();
+    assert.equal(metricSum(metrics, 'portcullis_session_ends_total', { reason: 'provider_logout' }), 1);
   });
 
   test('unsafe rd values end at /; same-origin and allowed origins are kept', async () => {
