@@ -974,6 +974,24 @@ fn token_api_settings_are_parsed_and_bounded() {
         "messengers.public.authentication.accept_id_tokens",
         "has no effect while authentication is off",
     );
+    let c = parse_text(&GOOD.replacen(
+        "  public:\n    authentication: {enabled: false}",
+        "  public:\n    authentication: {enabled: false, bearer_connections: until_idle}",
+        1,
+    ));
+    assert_error(
+        &c.expect_err("accepted and ignored"),
+        "messengers.public.authentication.bearer_connections",
+        "has no effect while authentication is off",
+    );
+    assert_error(
+        &errors_after(
+            "      allow_session_upgrade: false\n",
+            "      allow_session_upgrade: false\n      bearer_connections: forever\n",
+        ),
+        "messengers.support.authentication.bearer_connections",
+        "unknown variant",
+    );
     assert_error(
         &errors_after(
             "    status: inactive\n    allow_all_origins: true",
@@ -981,6 +999,26 @@ fn token_api_settings_are_parsed_and_bounded() {
         ),
         "deployments[1].redirect_uris",
         "has no effect",
+    );
+}
+
+#[test]
+fn bearer_connections_close_at_exp_unless_told_otherwise() {
+    use crate::config::model::BearerConnections;
+    let c = parse_text(GOOD).unwrap();
+    assert_eq!(
+        c.messengers["support"].authentication.bearer_connections,
+        BearerConnections::CloseAtExp
+    );
+    let c = parse_text(&GOOD.replacen(
+        "      allow_session_upgrade: false\n",
+        "      allow_session_upgrade: false\n      bearer_connections: until_idle\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.messengers["support"].authentication.bearer_connections,
+        BearerConnections::UntilIdle
     );
 }
 
