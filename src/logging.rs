@@ -1,23 +1,136 @@
-//! Log output: `tracing` as JSON or text, filtered by `logging.level`.
-//! Pingora logs through the `log` crate; those records are bridged into the
-//! same subscriber so one format covers everything.
+//! Log output: `tracing` as JSON or text, filtered by `RUST_LOG` when it is
+//! set (and valid), else by `logging.level`; both take per-target
+//! directives (`info,portcullis::proxy=debug`). Pingora logs through the
+//! `log` crate; those records are bridged into the same subscriber so one
+//! format covers everything.
+//!
+//! Pingora's own targets are capped at `info` unless the filter names them:
+//! at `debug` Pingora prints whole request heads, which carry the signed
+//! assertion, the site's cookies and, where forwarding is on, a token. An
+//! operator who asks for `pingora_core=debug` by name gets it.
+
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use crate::config::{LogFormat, Logging};
+
+/// Where the filter in force came from, for the start-up line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterSource {
+    Config,
+    Environment,
+    /// `RUST_LOG` was set but is not a filter: the config's is used.
+    EnvironmentRejected,
+}
+
+/// The filter directives in force: `rust_log` when it is a valid filter,
+/// else `level` (which `check` has validated).
+pub fn directives<'a>(level: &'a str, rust_log: Option<&'a str>) -> (&'a str, FilterSource) {
+    match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(env) if EnvFilter::try_new(env).is_ok() => (env, FilterSource::Environment),
+        Some(_) => (level, FilterSource::EnvironmentRejected),
+        None => (level, FilterSource::Config),
+    }
+}
+
+/// Whether `directives` name one of Pingora's targets, and so may lift
+/// them above `info`.
+pub fn names_pingora(directives: &str) -> bool {
+    directives
+        .split(',')
+        .any(|d| d.trim_start().starts_with("pingora"))
+}
+
+/// What caps Pingora's targets (a prefix match: `pingora` covers
+/// `pingora_core`, `pingora_proxy`, ...), letting everything else through
+/// to the main filter.
+fn pingora_cap(directives: &str) -> Targets {
+    let all = Targets::new().with_default(LevelFilter::TRACE);
+    if names_pingora(directives) {
+        all
+    } else {
+        all.with_target("pingora", LevelFilter::INFO)
+    }
+}
 
 /// Installs the global subscriber. Calling it twice keeps the first one
 /// (tests start several servers in one process).
 pub fn init(logging: &Logging) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&logging.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match logging.format {
-        LogFormat::Json => builder
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (directives, source) = directives(&logging.level, rust_log.as_deref());
+    let env = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = env.and(pingora_cap(directives));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match logging.format {
+        LogFormat::Json => layer
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => layer.with_filter(filter).boxed(),
     };
+    if tracing_subscriber::registry()
+        .with(layer)
+        .try_init()
+        .is_ok()
+    {
+        match source {
+            FilterSource::Config => {}
+            FilterSource::Environment => {
+                tracing::info!(filter = directives, "log filter from RUST_LOG")
+            }
+            FilterSource::EnvironmentRejected => tracing::warn!(
+                filter = directives,
+                "RUST_LOG is not a valid filter; using logging.level"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_wins_when_it_is_a_filter() {
+        assert_eq!(directives("info", None), ("info", FilterSource::Config));
+        assert_eq!(
+            directives("info", Some("debug,hyper=warn")),
+            ("debug,hyper=warn", FilterSource::Environment)
+        );
+        assert_eq!(
+            directives("info", Some("  ")),
+            ("info", FilterSource::Config)
+        );
+        assert_eq!(
+            directives("info", Some("portcullis=[")),
+            ("info", FilterSource::EnvironmentRejected)
+        );
+    }
+
+    #[test]
+    fn pingora_is_capped_unless_named() {
+        use tracing::Level;
+        let enabled = |directives: &str, target: &str, level: Level| {
+            pingora_cap(directives).would_enable(target, &level)
+        };
+        assert!(!enabled(
+            "trace",
+            "pingora_core::protocols::http::v1::client",
+            Level::DEBUG
+        ));
+        assert!(enabled("trace", "pingora_core::server", Level::INFO));
+        assert!(enabled("trace", "portcullis::proxy", Level::TRACE));
+        assert!(enabled("trace", "hyper::proto", Level::TRACE));
+        assert!(enabled(
+            "info,pingora_core=debug",
+            "pingora_core::protocols",
+            Level::DEBUG
+        ));
+        assert!(names_pingora("warn, pingora_proxy=trace"));
+        assert!(!names_pingora("debug,portcullis=trace"));
+    }
 }
