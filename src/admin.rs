@@ -142,6 +142,38 @@ impl AdminRequest {
     }
 }
 
+/// Whether a request to an admin listener on `listener` may be served, by
+/// its `Host` header. On loopback the listener may run without a token, so
+/// a page in the operator's browser whose name an attacker re-points at
+/// 127.0.0.1 (DNS rebinding) could call it: such requests carry the
+/// attacker's name in `Host` and are refused. Only loopback names pass
+/// there (`localhost`, `127.x.y.z`, `[::1]`, any port). Off loopback the
+/// token is required and the name is the operator's business.
+pub fn host_allowed(listener: std::net::SocketAddr, host: Option<&[u8]>) -> bool {
+    if !listener.ip().is_loopback() {
+        return true;
+    }
+    // A Host header has no userinfo (RFC 9110 §7.2), which `Authority` would take.
+    let Some(host) = host
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .filter(|h| !h.contains('@'))
+    else {
+        return false;
+    };
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether `text` has the shape of `SessionId::public_id`.
 fn is_public_session_id(text: &str) -> bool {
     text.len() == 26
@@ -192,6 +224,16 @@ impl ServeHttp for AdminApp {
         let query = req.uri.query().map(str::to_string);
         let request = AdminRequest::parse(&req.method, &path, query.as_deref());
         let runtime = self.state.runtime();
+        if let Some(admin) = &runtime.config.admin {
+            let host = req.headers.get("host").map(|v| v.as_bytes());
+            if !host_allowed(admin.address, host) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_host",
+                    "the admin listener on loopback answers only to loopback host names (localhost, 127.0.0.1, [::1])",
+                );
+            }
+        }
         let token = runtime.config.admin.as_ref().and_then(|a| a.token.as_ref());
         if let (Some(token), false) = (token, request.is_public()) {
             let presented = req.headers.get("authorization").map(|v| v.as_bytes());
@@ -546,6 +588,41 @@ mod tests {
             AdminRequest::parse(&get, "/nope", None),
             AdminRequest::NotFound
         );
+    }
+
+    #[test]
+    fn on_loopback_only_loopback_host_names_are_served() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        for ok in [
+            "127.0.0.1:9090",
+            "localhost:9090",
+            "LOCALHOST",
+            "127.0.0.2:1",
+            "[::1]:9090",
+            "localhost",
+        ] {
+            assert!(host_allowed(loopback, Some(ok.as_bytes())), "{ok}");
+        }
+        for refused in [
+            "evil.example:9090",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:9090",
+            "10.0.0.1:9090",
+            "",
+            "user@localhost",
+            "local host",
+        ] {
+            assert!(
+                !host_allowed(loopback, Some(refused.as_bytes())),
+                "{refused}"
+            );
+        }
+        assert!(!host_allowed(loopback, None), "no Host, no answer");
+        assert!(!host_allowed(loopback, Some(b"\xff")));
+        // Off loopback the token guards the listener, whatever the name.
+        let public: std::net::SocketAddr = "10.0.0.5:9090".parse().unwrap();
+        assert!(host_allowed(public, Some(b"admin.internal:9090")));
+        assert!(host_allowed(public, None));
     }
 
     #[test]

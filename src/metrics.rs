@@ -263,6 +263,21 @@ impl Metrics {
             ),
             registry,
         }
+        .with_process_metrics()
+    }
+
+    /// Adds the standard `process_*` families (open and maximum
+    /// descriptors, resident and virtual memory, CPU seconds, threads,
+    /// start time): the sizing in the README is in descriptors and memory
+    /// per connection, and these show how close an instance is.
+    fn with_process_metrics(self) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            let collector = prometheus::process_collector::ProcessCollector::for_self();
+            // Registered once per registry; a failure only loses these families.
+            let _ = self.registry.register(Box::new(collector));
+        }
+        self
     }
 
     /// The registry in Prometheus text exposition format.

@@ -133,6 +133,17 @@ async fn the_admin_finds_a_users_sessions_and_ends_one_or_all_of_them() {
     let (mut bob, _, bob_cookie) = chat_of(&proxy, "bob").await;
     let subject = payload_sub(&idp);
 
+    // A page re-pointed at loopback (DNS rebinding) is not served, and
+    // ends nothing.
+    let rebound = reqwest::Client::new()
+        .delete(proxy.admin_url(&format!("/admin/subjects/{subject}/sessions")))
+        .header("host", "rebind.evil.example:9090")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    assert_eq!(me_status(&proxy, &first_cookie).await, 200);
+
     let listed = proxy
         .admin_json(
             reqwest::Method::GET,

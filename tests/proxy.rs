@@ -982,6 +982,13 @@ async fn metrics_count_decisions_and_pass_promtool() {
             >= 4.0
     );
     assert_eq!(sample(&text, "portcullis_build_info", &[]), Some(1.0));
+    // The process's own gauges: a live WebSocket holds descriptors, the
+    // process holds memory, and the limit is the one the README sizes with.
+    let process = |name: &str| sample(&text, name, &[]).unwrap_or(0.0);
+    assert!(process("process_open_fds") >= 3.0, "{text}");
+    assert!(process("process_max_fds") >= process("process_open_fds"));
+    assert!(process("process_resident_memory_bytes") > 1e6);
+    assert!(process("process_start_time_seconds") > 1.7e9);
     drop(ws);
 
     let promtool = std::process::Command::new("promtool")
