@@ -31,3 +31,14 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod token;
+
+/// Makes aws-lc-rs rustls's process-wide crypto provider, so that every TLS
+/// session portcullis has — listeners, upstreams, provider and Redis
+/// clients — runs on the one stack its JWTs and cookies use. It must run
+/// before anything else touches TLS: Pingora installs `ring` as the default
+/// when it builds its first listener or connector unless a provider is
+/// already installed, and clients built later take whichever is installed.
+/// Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -39,6 +39,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    portcullis::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {

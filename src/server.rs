@@ -27,6 +27,9 @@ const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Builds the shared state for `config`.
 pub fn build_state(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<State>> {
+    // Before the first TLS client (a provider's) is built; main did it
+    // already, an embedding program may not have.
+    crate::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::build(config, None, &metrics).map_err(anyhow::Error::msg)?;
     Ok(State::new(runtime, config_path, metrics))

@@ -1311,6 +1311,39 @@ routes: [{{path_prefix: /v1}}]
         sni_seen.lock().unwrap().first().cloned(),
         Some(Some("chat.internal".to_string()))
     );
+    // One crypto stack: the listener's TLS runs on aws-lc-rs (installed as
+    // rustls's process default before Pingora would install ring), which
+    // alone offers the post-quantum hybrid X25519MLKEM768: a client that
+    // offers nothing else completes its handshake.
+    {
+        use rustls_pki::pem::PemObject;
+        use tokio_rustls::rustls;
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768];
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pki::CertificateDer::pem_slice_iter(certs.ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(rustls_pki::ServerName::try_from("localhost").unwrap(), tcp)
+            .await;
+        let tls = tls.unwrap_or_else(|e| {
+            panic!("a post-quantum-only handshake failed (is ring serving TLS?): {e}")
+        });
+        assert_eq!(
+            tls.get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| g.name()),
+            Some(rustls::NamedGroup::X25519MLKEM768)
+        );
+    }
     // Plain HTTP is not spoken on the TLS listener.
     assert!(reqwest::get(proxy.url("/v1/echo?deploymentId=web"))
         .await
