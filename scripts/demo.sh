@@ -11,4 +11,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 ulimit -n 20000 2>/dev/null || true
-exec cargo run --bin portcullis -- demo "$@"
+exec cargo run --features demo --bin portcullis -- demo "$@"

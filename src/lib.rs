@@ -11,13 +11,15 @@
 //! | `admin`       | the admin listener: health, readiness, connections, reload    |
 //! | `metrics`     | every Prometheus metric portcullis exports                    |
 //! | `server`      | assembling listeners and services into one Pingora server     |
-//! | `demo`        | `portcullis demo`: an echo chat backend and its page          |
-//! | `devidp`      | a development OpenID provider (demo and tests; not production) |
+//! | `demo`        | `portcullis demo`: an echo chat backend and its page (feature `demo`) |
+//! | `devidp`      | a development OpenID provider (feature `demo`: demo and tests, never production) |
 
 pub mod admin;
 pub mod config;
 pub mod connections;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
 pub mod devidp;
 pub mod endpoints;
 pub mod identity;

@@ -28,7 +28,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Run the proxy in front of a built-in echo chat backend, on localhost.
+    /// Run the proxy in front of a built-in echo chat backend, on localhost
+    /// (builds with the `demo` feature only).
     Demo {
         /// A demo configuration other than the built-in conf/demo.yaml.
         #[arg(short, long, value_name = "FILE")]
@@ -89,7 +90,15 @@ fn main() -> ExitCode {
                 .and_then(portcullis::server::run);
             report(started)
         }
+        #[cfg(feature = "demo")]
         Command::Demo { config } => report(portcullis::demo::run(config.as_deref())),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "portcullis: this build has no demo (a production build): build with `--features demo` (scripts/demo.sh does)"
+            );
+            ExitCode::from(2)
+        }
     }
 }
 

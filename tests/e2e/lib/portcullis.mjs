@@ -34,7 +34,7 @@ export function portcullisBinary() {
     ?? path.resolve(REPO_ROOT, 'target/debug/portcullis');
   if (!existsSync(bin)) {
     if (process.env.PORTCULLIS_BIN) throw new Error(`PORTCULLIS_BIN=${bin} does not exist`);
-    execFileSync('cargo', ['build', '--bin', 'portcullis'], { cwd: REPO_ROOT, stdio: 'pipe' });
+    execFileSync('cargo', ['build', '--bin', 'portcullis', '--features', 'demo'], { cwd: REPO_ROOT, stdio: 'pipe' });
   }
   return bin;
 }
