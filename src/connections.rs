@@ -856,7 +856,7 @@ mod tests {
             })
         };
         let at_exp = bearer(0, Some(1000), None);
-        let until_idle = bearer(1, None, Some(IdleClose::new(60, 900)));
+        let until_idle = bearer(1, None, Some(IdleClose::new(60, 980)));
         assert_eq!(registry.close_expired(999), 0);
         assert_eq!(registry.close_expired(1000), 1, "the token's exp");
         let request = at_exp.connection().close_request().unwrap();
@@ -870,10 +870,10 @@ mod tests {
             .idle_close
             .as_ref()
             .unwrap()
-            .note_frame(990);
-        assert_eq!(registry.close_expired(1049), 0);
+            .note_frame(1000);
+        assert_eq!(registry.close_expired(1059), 0);
         assert!(until_idle.connection().close_request().is_none());
-        assert_eq!(registry.close_expired(1050), 1);
+        assert_eq!(registry.close_expired(1060), 1);
         let request = until_idle.connection().close_request().unwrap();
         assert_eq!(
             (request.code, request.reason.as_str(), request.label),
