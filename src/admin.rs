@@ -161,6 +161,18 @@ impl ServeHttp for AdminApp {
                         providers.insert(p.name().to_string(), serde_json::json!({"ok": ready}));
                     }
                 }
+                // A shared store that does not answer (or whose event
+                // stream is down) would turn every login and uncached
+                // session into a 503: unready until it recovers.
+                let store_ok = self.state.sessions.reachable();
+                all_ready &= store_ok;
+                let store = serde_json::json!({
+                    "ok": store_ok,
+                    "kind": match runtime.config.sessions.store {
+                        crate::config::SessionStore::Memory => "memory",
+                        crate::config::SessionStore::Redis(_) => "redis",
+                    },
+                });
                 let status = if all_ready {
                     StatusCode::OK
                 } else {
@@ -173,6 +185,7 @@ impl ServeHttp for AdminApp {
                         "checks": {
                             "config": {"ok": true, "loaded_unix": loaded},
                             "providers": providers,
+                            "session_store": store,
                         },
                     }),
                 )
