@@ -84,12 +84,25 @@ struct Cluster {
     _keys: SharedKeys,
 }
 
-/// Two instances on one Redis (`redis` is the `sessions.redis` block).
+/// Two instances on one Redis (`redis` is the `sessions.redis` block),
+/// each its own `public_url` (browser logins return to the instance that
+/// started them).
 async fn two_instances(redis: &str) -> Cluster {
+    two_instances_at(redis, None).await
+}
+
+/// As `two_instances`; with `public_url`, both instances share it, as
+/// instances behind one load balancer do (the issuer of messenger tokens).
+async fn two_instances_at(redis: &str, public_url: Option<&str>) -> Cluster {
     let idp = start_devidp(DevIdpOptions::default()).await;
     let backend = start_backend().await;
     let keys = SharedKeys::new();
-    let text = config(&idp, backend, redis, &keys);
+    let mut text = config(&idp, backend, redis, &keys);
+    if let Some(url) = public_url {
+        let own = "public_url: \"http://{PROXY}\"";
+        assert!(text.contains(own), "test bug: no public_url line");
+        text = text.replacen(own, &format!("public_url: \"{url}\""), 1);
+    }
     let env = [("DEV_SECRET", "demo-secret")];
     let a = Proxy::start_with_env(&text, &env).await;
     let b = Proxy::start_with_env(&text, &env).await;
@@ -266,7 +279,11 @@ async fn a_login_on_one_instance_works_on_the_other_and_its_logout_closes_chats_
 #[tokio::test]
 async fn a_messenger_token_refreshed_on_one_instance_is_good_on_the_other() {
     let redis = RedisServer::start();
-    let c = two_instances(&format!("{{url: \"{}\"}}", redis.url())).await;
+    let c = two_instances_at(
+        &format!("{{url: \"{}\"}}", redis.url()),
+        Some("https://chat.example.com"),
+    )
+    .await;
     let (status, tokens) = exchange(&c.idp, &c.a).await;
     assert_eq!(status, 200, "{tokens}");
     let first = tokens["refreshToken"].as_str().unwrap().to_string();

@@ -526,8 +526,9 @@ impl Drop for RedisStore {
     }
 }
 
-/// Builds the connection settings of one data node from the config.
-fn node_info(config: &RedisConfig) -> Result<redis::Client, String> {
+/// A client for the one server `url` names, with the configured
+/// credentials and TLS.
+fn node_client(config: &RedisConfig) -> Result<redis::Client, String> {
     let RedisTarget::Url(url) = &config.target else {
         return Err("not a URL target".into());
     };
@@ -617,33 +618,26 @@ impl RedisStore {
             .map_err(|e| format!("sessions.redis: cannot start its runtime: {e}"))?;
         let handle = runtime.handle().clone();
         let _entered = runtime.enter();
-        let mut link = Link {
-            target: Target::Direct(match &config.target {
-                RedisTarget::Url(_) => node_info(config)?,
-                // Replaced below; a placeholder never used.
-                RedisTarget::Sentinel { .. } => {
-                    redis::Client::open("redis://127.0.0.1/").map_err(|e| describe(&e))?
-                }
-            }),
+        let target = match &config.target {
+            RedisTarget::Url(_) => Target::Direct(node_client(config)?),
+            RedisTarget::Sentinel { .. } => {
+                Target::Sentinel(tokio::sync::Mutex::new(sentinel_client(config)?))
+            }
+        };
+        let link = Link {
+            target,
             manager: ArcSwapOption::empty(),
             resolving: AtomicBool::new(false),
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
         };
-        match &config.target {
-            RedisTarget::Url(_) => {
-                if let Target::Direct(client) = &link.target {
-                    let manager = ConnectionManager::new_lazy_with_config(
-                        client.clone(),
-                        link.manager_config(),
-                    )
+        // One server: a connection that reconnects by itself, made on
+        // first use. With Sentinel, one is made once a primary is named.
+        if let Target::Direct(client) = &link.target {
+            let manager =
+                ConnectionManager::new_lazy_with_config(client.clone(), link.manager_config())
                     .map_err(|e| format!("sessions.redis: {}", describe(&e)))?;
-                    link.manager.store(Some(Arc::new(manager)));
-                }
-            }
-            RedisTarget::Sentinel { .. } => {
-                link.target = Target::Sentinel(tokio::sync::Mutex::new(sentinel_client(config)?));
-            }
+            link.manager.store(Some(Arc::new(manager)));
         }
         let link = Arc::new(link);
         let mut instance = [0u8; 8];
@@ -1306,12 +1300,14 @@ impl SessionStore for RedisStore {
             (None, Some(subject)) => self.inner.keys.subject(subject),
             (None, None) => return Ok(Vec::new()),
         };
-        let members: Vec<String> = self
-            .run("find", move |inner| async move {
+        let members: Vec<String> = {
+            let index = index.clone();
+            self.run("find", move |inner| async move {
                 let mut con = inner.connection()?;
                 con.smembers(&index).await.map_err(|e| inner.failure(e))
             })
-            .await?;
+            .await?
+        };
         let ids: Vec<SessionId> = members
             .iter()
             .filter_map(|encoded| {
@@ -1322,11 +1318,6 @@ impl SessionStore for RedisStore {
                     .and_then(|bytes| SessionId::from_bytes(&bytes))
             })
             .collect();
-        let index = match (query.provider_sid, query.subject) {
-            (Some(sid), _) => self.inner.keys.provider_sid(sid),
-            (None, Some(subject)) => self.inner.keys.subject(subject),
-            (None, None) => return Ok(Vec::new()),
-        };
         let sessions: Vec<(SessionId, Option<Session>)> = self
             .run("find", move |inner| async move {
                 let mut pipe = redis::pipe();
