@@ -210,6 +210,31 @@ async fn concurrent_updates_all_apply_and_a_removed_session_is_never_revived() {
     assert_eq!(late, None);
     assert_eq!(other.touch(&s.id, start + 102).await.unwrap(), None);
     assert!(!server.keys().contains(&store.keys().session(&s.id)));
+
+    // Removed between the update's read and its write: the change runs,
+    // but the write finds the record gone and leaves it gone.
+    let raced = session(start, 3600, 600);
+    store.save(&raced).await.unwrap();
+    let key = store.keys().session(&raced.id);
+    let url = server.url();
+    let remove_meanwhile = Box::new(move |s: &mut Session| {
+        let mut con = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .unwrap();
+        let _: i64 = redis::cmd("DEL").arg(&key).query(&mut con).unwrap();
+        s.checked_at = 0;
+    });
+    assert_eq!(
+        store
+            .update(&raced.id, start + 1, remove_meanwhile)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        !server.keys().contains(&store.keys().session(&raced.id)),
+        "not revived"
+    );
 }
 
 #[tokio::test]
