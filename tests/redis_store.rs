@@ -625,3 +625,21 @@ async fn while_redis_is_down_calls_fail_fast_cached_sessions_hold_and_it_recover
         .unwrap()
         .is_some());
 }
+
+#[tokio::test]
+async fn tls_settings_fail_as_unavailable_not_a_panic() {
+    // A TLS handshake against a plain server fails; what matters is that
+    // it fails as an answer (rustls found its crypto provider: ring is in
+    // the tree too, through Pingora, so it must be named explicitly).
+    let server = RedisServer::start();
+    let mut tls = settings(&server, Duration::ZERO);
+    tls.tls = true;
+    let store = RedisStore::new(&tls, Arc::new(Metrics::new()), None).unwrap();
+    let refused = store.load(&SessionId::random().unwrap(), now()).await;
+    match refused {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(!message.contains("task failed"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

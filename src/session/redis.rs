@@ -1398,3 +1398,132 @@ impl SessionStore for RedisStore {
             && self.inner.health.subscribed.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session {
+            id: SessionId::random().unwrap(),
+            deployment: "d".into(),
+            provider: "p".into(),
+            subject: "alice".into(),
+            claims: serde_json::Map::new(),
+            created_at: 1000,
+            last_seen: 1000,
+            expires_at: 4600,
+            idle_timeout_secs: 600,
+            refresh_token: Some("r".into()),
+            id_token: None,
+            checked_at: 1000,
+            provider_token_lifetime_secs: None,
+        }
+    }
+
+    #[test]
+    fn keys_carry_the_prefix_and_hash_what_the_provider_or_client_controls() {
+        let keys = Keys::new("pc:");
+        let s = session();
+        assert_eq!(keys.session(&s.id), format!("pc:s:{}", s.id.encoded()));
+        assert_eq!(keys.session_prefix(), "pc:s:");
+        assert_eq!(
+            keys.public(&s.id.public_id()),
+            format!("pc:p:{}", s.id.public_id())
+        );
+        let subject = keys.subject("alice:with:colons");
+        assert!(subject.starts_with("pc:sub:") && subject.len() == "pc:sub:".len() + 64);
+        assert!(!subject.contains("alice"));
+        assert_ne!(keys.subject("a"), keys.provider_sid("a"), "own namespaces");
+        assert_eq!(
+            keys.refresh(&[0xab; 32]),
+            format!("pc:r:{}", "ab".repeat(32))
+        );
+        assert_eq!(keys.id_token(&[1; 32]), format!("pc:t:{}", "01".repeat(32)));
+        assert_eq!(
+            keys.single_use(SingleUse::LogoutTokenId, &[2; 32]),
+            format!("pc:once:logout_jti:{}", "02".repeat(32))
+        );
+        assert_eq!(keys.channel(), "pc:events");
+    }
+
+    #[test]
+    fn session_records_round_trip_and_take_the_later_activity() {
+        let s = session();
+        let record = encode_session(&s).unwrap();
+        assert_eq!(decode_session(&s.id, &record, None), Some(s.clone()));
+        let seen = decode_session(&s.id, &record, Some(1500)).unwrap();
+        assert_eq!(seen.last_seen, 1500);
+        let older = decode_session(&s.id, &record, Some(10)).unwrap();
+        assert_eq!(older.last_seen, 1000, "never back");
+        // Garbage, or another session's record under this id: absent.
+        assert_eq!(decode_session(&s.id, b"{not json", None), None);
+        let other = SessionId::random().unwrap();
+        assert_eq!(decode_session(&other, &record, None), None);
+    }
+
+    #[test]
+    fn refresh_records_keep_their_rotation_beside_them() {
+        let record = RefreshRecord {
+            session: SessionId::random().unwrap(),
+            deployment: "d".into(),
+            rotates: true,
+            rotated_at: Some(987_654_321),
+            expires_at: 5000,
+        };
+        let written = encode_refresh(&record).unwrap();
+        assert!(!written.contains("987654321"), "rotation is not in the record");
+        assert_eq!(
+            decode_refresh(written.as_bytes(), Some("987654321")),
+            Some(record.clone())
+        );
+        let fresh = decode_refresh(written.as_bytes(), Some("")).unwrap();
+        assert_eq!(fresh.rotated_at, None);
+        assert_eq!(decode_refresh(written.as_bytes(), Some("soon")), None);
+        assert_eq!(decode_refresh(b"[]", None), None);
+    }
+
+    #[test]
+    fn end_messages_round_trip_and_an_instance_skips_its_own() {
+        let message = EndMessage {
+            session: "s-0123456789abcdef01234567".into(),
+            reason: EndReason::Logout.label().into(),
+            from: "me".into(),
+        };
+        let payload = message.encode();
+        assert_eq!(
+            EndMessage::decode(payload.as_bytes(), "other"),
+            Some(StoreEvent::Ended {
+                public_id: message.session.clone(),
+                reason: EndReason::Logout
+            })
+        );
+        assert_eq!(EndMessage::decode(payload.as_bytes(), "me"), None);
+        for junk in [
+            "",
+            "{}",
+            r#"{"session":"s-1","reason":"bored","from":"x"}"#,
+            r#"{"session":"not-a-public-id","reason":"logout","from":"x"}"#,
+        ] {
+            assert_eq!(EndMessage::decode(junk.as_bytes(), "me"), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn the_update_check_hashes_like_lua_sha1hex() {
+        // redis.sha1hex("") and redis.sha1hex("abc").
+        assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+        assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+
+    #[test]
+    fn failures_are_described_by_kind_never_by_their_text() {
+        let refused = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "secret-password in a message",
+        ));
+        let text = describe(&refused);
+        assert!(!text.contains("secret"), "{text}");
+        assert!(needs_new_primary(&refused));
+    }
+}
