@@ -485,3 +485,51 @@ async fn sessions_saved_before_a_sentinel_failover_still_load_after_it() {
         "and new sessions are saved"
     );
 }
+
+#[tokio::test]
+async fn the_store_is_chosen_at_start_and_a_reload_that_changes_it_says_so() {
+    let redis = RedisServer::start();
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let backend = start_backend().await;
+    let keys = SharedKeys::new();
+    let block = format!("{{url: \"{}\"}}", redis.url());
+    let text = config(&idp, backend, &block, &keys);
+    let proxy = Proxy::start_with_env(&text, &[("DEV_SECRET", "demo-secret")]).await;
+    let cookie = log_in(&proxy).await;
+    let reload = |text: String| {
+        std::fs::write(&proxy.config_path, text).unwrap();
+        let admin = proxy.admin_url("/admin/reload");
+        async move {
+            let resp = reqwest::Client::new().post(admin).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<serde_json::Value>().await.unwrap()["summary"]["restart_required_for"]
+                .clone()
+        }
+    };
+    let changed = text.replacen(
+        &block,
+        &format!("{{url: \"{}\", key_prefix: \"other:\"}}", redis.url()),
+        1,
+    );
+    // As the test helper wrote the file: the chosen addresses filled in.
+    let own = |t: &str| {
+        t.replace("{PROXY}", &proxy.addr.to_string())
+            .replace("{ADMIN}", &proxy.admin.to_string())
+    };
+    assert_eq!(
+        reload(own(&changed)).await,
+        serde_json::json!(["sessions.redis"])
+    );
+    let memory = text.replacen(
+        &format!("  store: redis\n  redis: {block}\n"),
+        "  store: memory\n",
+        1,
+    );
+    assert_ne!(memory, text, "test bug: the store lines were not replaced");
+    assert_eq!(
+        reload(own(&memory)).await,
+        serde_json::json!(["sessions.store"])
+    );
+    // Still the store it started with: the session lives on.
+    assert_eq!(me_status(&proxy, &cookie).await, 200);
+}

@@ -1472,7 +1472,10 @@ mod tests {
             expires_at: 5000,
         };
         let written = encode_refresh(&record).unwrap();
-        assert!(!written.contains("987654321"), "rotation is not in the record");
+        assert!(
+            !written.contains("987654321"),
+            "rotation is not in the record"
+        );
         assert_eq!(
             decode_refresh(written.as_bytes(), Some("987654321")),
             Some(record.clone())
