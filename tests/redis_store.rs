@@ -643,3 +643,33 @@ async fn tls_settings_fail_as_unavailable_not_a_panic() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn commands_cut_off_while_the_subscription_stays_up_still_lead_to_a_resync() {
+    // CLIENT PAUSE holds every command (the probe's PING times out) but
+    // leaves the subscribed connection alone, as a partition would that
+    // sends no reset on an idle connection.
+    let server = RedisServer::start();
+    let store = store(&server);
+    until_reachable(&store).await;
+    let mut events = store.events().unwrap();
+    common::redis::command(server.port, "CLIENT PAUSE 1500 ALL").expect("paused");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.reachable() {
+        assert!(tokio::time::Instant::now() < deadline, "never unreachable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resync = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(StoreEvent::Resync) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        resync.is_ok(),
+        "ends published meanwhile may be lost: resync"
+    );
+    until_reachable(&store).await;
+}

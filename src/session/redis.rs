@@ -325,6 +325,8 @@ struct Health {
     answering: AtomicBool,
     /// The event stream is subscribed.
     subscribed: AtomicBool,
+    /// How many times the event stream was subscribed.
+    subscriptions: std::sync::atomic::AtomicU64,
 }
 
 /// Logs the first corrupt record a store meets, and only counts the rest.
@@ -865,6 +867,8 @@ impl Inner {
 /// Probes Redis every `PROBE_EVERY`: the up gauge and `/readyz` follow.
 async fn probe(inner: Arc<Inner>) {
     let mut was_up = None;
+    // The subscription in place when commands stopped getting answers.
+    let mut outage_under: Option<u64> = None;
     loop {
         let answering = match inner.link.connection() {
             Some(mut con) => {
@@ -885,6 +889,20 @@ async fn probe(inner: Arc<Inner>) {
             None => false,
         };
         inner.health.answering.store(answering, Ordering::Relaxed);
+        let subscription = inner.health.subscriptions.load(Ordering::Relaxed);
+        match (answering, outage_under) {
+            (false, None) => outage_under = Some(subscription),
+            // Commands were cut off while the subscription stayed up (a
+            // network partition leaves no reset on an idle connection):
+            // ends published meanwhile may never have arrived.
+            (true, Some(before)) => {
+                if before == subscription && inner.health.subscribed.load(Ordering::Relaxed) {
+                    resync(&inner, "the session store answers again");
+                }
+                outage_under = None;
+            }
+            _ => {}
+        }
         let up = answering && inner.health.subscribed.load(Ordering::Relaxed);
         inner
             .metrics
@@ -901,6 +919,24 @@ async fn probe(inner: Arc<Inner>) {
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
+}
+
+/// After a time in which ends may have been missed: the local cache is
+/// emptied and every live connection's session is to be looked up again.
+fn resync(inner: &Inner, why: &str) {
+    if let Some(cache) = &inner.cache {
+        cache.invalidate_all();
+    }
+    inner
+        .metrics
+        .store_resyncs
+        .with_label_values(&[STORE])
+        .inc();
+    let _ = inner.events.send(StoreEvent::Resync);
+    tracing::info!(
+        reason = why,
+        "session store: live sessions are looked up again"
+    );
 }
 
 /// Follows the event channel for as long as the store lives: ends from
@@ -939,22 +975,11 @@ async fn follow_channel(inner: Arc<Inner>) {
             }
         };
         delay = Duration::from_millis(50);
+        inner.health.subscriptions.fetch_add(1, Ordering::Relaxed);
         inner.health.subscribed.store(true, Ordering::Relaxed);
         if lost {
-            // Ends published while nobody here listened are lost: every
-            // live connection's session is looked up again.
-            if let Some(cache) = &inner.cache {
-                cache.invalidate_all();
-            }
-            inner
-                .metrics
-                .store_resyncs
-                .with_label_values(&[STORE])
-                .inc();
-            let _ = inner.events.send(StoreEvent::Resync);
-            tracing::info!(
-                "session store: event channel subscribed again; live sessions are looked up again"
-            );
+            // Ends published while nobody here listened are lost.
+            resync(&inner, "the event channel is subscribed again");
         }
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
