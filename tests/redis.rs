@@ -336,11 +336,18 @@ async fn a_redis_outage_fails_closed_and_both_instances_recover_by_themselves() 
     );
     let cached = log_in(&c.a).await;
     let uncached = log_in(&c.a).await;
+    let (status, tokens) = exchange(&c.idp, &c.a).await;
+    assert_eq!(status, 200, "{tokens}");
     let mut chat = open_chat(&c.b, &cached).await;
     assert_eq!(me_status(&c.b, &cached).await, 200, "now cached on B");
 
     redis.stop();
     let stopped = Instant::now();
+    assert_eq!(
+        me_status(&c.b, &cached).await,
+        200,
+        "served from B's local cache"
+    );
     // A session B never looked up cannot be checked: 503, never 200 or a
     // redirect to a login that would fail too.
     assert_eq!(me_status(&c.b, &uncached).await, 503);
@@ -363,6 +370,17 @@ async fn a_redis_outage_fails_closed_and_both_instances_recover_by_themselves() 
     assert_eq!(status, 503, "{body}");
     // Logout cannot promise an end it cannot store.
     assert_eq!(logout(&c.b, &uncached).await, 503);
+    // Nor can the token API refresh or revoke.
+    let (status, body) = refresh(&c.a, tokens["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, 503, "{body}");
+    let revoked = reqwest::Client::new()
+        .delete(c.a.url("/.auth/token"))
+        .header("origin", SITE)
+        .bearer_auth(tokens["jwt"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 503);
     // The session B cached keeps working, but only within local_cache.
     let mut last = 200;
     let deadline = Instant::now() + Duration::from_secs(10);
