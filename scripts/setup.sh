@@ -6,7 +6,7 @@
 #
 #   cmake, pkg-config, C compiler  build the vendored C code (zlib-ng, zstd)
 #   libssl-dev                     headers for crates that probe for OpenSSL
-#   redis-server                   the `redis` session store (tests, later)
+#   redis-server, redis-sentinel   the `redis` session store (its tests start both)
 #   chromium                       browser end-to-end tests (tests/e2e)
 #   prometheus                     `promtool check metrics` on /metrics output
 #   libfaketime                    session-expiry tests move portcullis's wall clock
@@ -43,6 +43,7 @@ if ! command -v cc >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1 || ! comm
     want build-essential
 fi
 want redis-server redis-server
+want redis-sentinel redis-sentinel
 want chromium chromium chromium-browser
 want prometheus promtool
 want libfaketime

@@ -268,6 +268,18 @@ impl ServeHttp for AdminApp {
                         providers.insert(p.name().to_string(), serde_json::json!({"ok": ready}));
                     }
                 }
+                // A shared store that does not answer (or whose event
+                // stream is down) would turn every login and uncached
+                // session into a 503: unready until it recovers.
+                let store_ok = self.state.sessions.reachable();
+                all_ready &= store_ok;
+                let store = serde_json::json!({
+                    "ok": store_ok,
+                    "kind": match runtime.config.sessions.store {
+                        crate::config::SessionStore::Memory => "memory",
+                        crate::config::SessionStore::Redis(_) => "redis",
+                    },
+                });
                 let status = if all_ready {
                     StatusCode::OK
                 } else {
@@ -280,6 +292,7 @@ impl ServeHttp for AdminApp {
                         "checks": {
                             "config": {"ok": true, "loaded_unix": loaded},
                             "providers": providers,
+                            "session_store": store,
                         },
                     }),
                 )
@@ -435,10 +448,16 @@ impl AdminApp {
             }
             Err(e) => return self.store_unavailable("revoke_session", &e),
         };
-        let closed = self
+        // Closed here either way; unless the store took the end, the
+        // session lives on elsewhere: the operator is told to retry.
+        let closed = match self
             .state
             .end_session(&session.id, EndReason::Revoked, "session revoked")
-            .await;
+            .await
+        {
+            Ok(closed) => closed,
+            Err(e) => return self.store_unavailable("revoke_session", &e),
+        };
         self.counted("revoke_session", "ok");
         tracing::info!(session = %public_id, closed_connections = closed, "admin revoked a session");
         json(

@@ -66,6 +66,21 @@ pub struct Metrics {
     pub admin_actions: IntCounterVec,
     /// Back-channel logout deliveries, by provider and result.
     pub backchannel_logouts: IntCounterVec,
+    /// Shared session store calls, by store, operation and result (ok, unavailable).
+    pub store_operations: IntCounterVec,
+    /// Time a shared session store call took, by store and operation.
+    pub store_duration: HistogramVec,
+    /// 1 while the shared session store answers and its event stream is
+    /// subscribed, else 0.
+    pub store_up: IntGaugeVec,
+    /// Session-end events on the shared store's channel, by store and
+    /// direction (published, received: from other instances only).
+    pub store_events: IntCounterVec,
+    /// Times the event stream was re-established and live sessions looked up again.
+    pub store_resyncs: IntCounterVec,
+    /// Session lookups answered by the instance's local cache of the
+    /// shared store, by result (hit, miss).
+    pub session_cache: IntCounterVec,
 }
 
 impl Metrics {
@@ -139,6 +154,37 @@ impl Metrics {
                 "Time portcullis spent on a token API call, by operation, without the provider's time.",
                 &["operation"],
                 latency_buckets.clone(),
+            ),
+            store_operations: counter(
+                "portcullis_session_store_operations_total",
+                "Shared session store calls by store, operation and result (ok, unavailable).",
+                &["store", "operation", "result"],
+            ),
+            store_duration: histogram(
+                "portcullis_session_store_operation_seconds",
+                "Time a shared session store call took, by store and operation.",
+                &["store", "operation"],
+                latency_buckets.clone(),
+            ),
+            store_up: gauge(
+                "portcullis_session_store_up",
+                "1 while the shared session store answers and its event stream is subscribed, else 0.",
+                &["store"],
+            ),
+            store_events: counter(
+                "portcullis_session_store_events_total",
+                "Session-end events on the shared store's channel, by store and direction (published, received).",
+                &["store", "direction"],
+            ),
+            store_resyncs: counter(
+                "portcullis_session_store_resyncs_total",
+                "Times the shared store's event stream came back and live sessions were looked up again.",
+                &["store"],
+            ),
+            session_cache: counter(
+                "portcullis_session_cache_total",
+                "Session lookups answered from the instance's local cache of the shared store, by result (hit, miss).",
+                &["result"],
             ),
             rate_limited: counter(
                 "portcullis_rate_limited_total",

@@ -444,12 +444,24 @@ pub struct ReloadSummary {
 }
 
 impl State {
-    pub fn new(runtime: Runtime, config_path: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let sessions = Arc::new(MemoryStore::with_end_observer(
-            runtime.config.sessions.memory_max_bytes,
-            Some(session_end_observer(metrics.clone())),
-        ));
-        Self::with_store(runtime, config_path, metrics, sessions)
+    /// A state whose session store is the one `sessions.store` names.
+    pub fn new(
+        runtime: Runtime,
+        config_path: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, String> {
+        let observer = Some(session_end_observer(metrics.clone()));
+        let sessions: Arc<dyn SessionStore> =
+            match &runtime.config.sessions.store {
+                config::SessionStore::Memory => Arc::new(MemoryStore::with_end_observer(
+                    runtime.config.sessions.memory_max_bytes,
+                    observer,
+                )),
+                config::SessionStore::Redis(redis) => Arc::new(
+                    crate::session::redis::RedisStore::new(redis, metrics.clone(), observer)?,
+                ),
+            };
+        Ok(Self::with_store(runtime, config_path, metrics, sessions))
     }
 
     /// A state whose sessions live in `sessions`.
@@ -478,21 +490,98 @@ impl State {
     /// Ends a session on purpose (logout, revocation): removes it from the
     /// store, closes its live connections with 4002 and `close_reason`, and
     /// counts and logs the end. Returns how many connections began closing.
+    ///
+    /// An error means the store could not be told: the connections here
+    /// close all the same, but the session may live on in the store (and on
+    /// other instances), so a caller that promised an end (logout, revoke)
+    /// answers 503 and the client tries again.
     pub async fn end_session(
         &self,
         id: &crate::session::SessionId,
         reason: crate::session::EndReason,
         close_reason: &str,
-    ) -> usize {
+    ) -> Result<usize, crate::session::store::StoreError> {
+        let removed = self.sessions.remove(id, reason).await;
         // A store hiccup must not keep the connections open.
-        let _ = self.sessions.remove(id).await;
         let public_id = id.public_id();
         let closed = self.close_ended_session(&public_id, reason, close_reason);
-        self.metrics
-            .session_ends
-            .with_label_values(&[reason.label()])
-            .inc();
-        tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended");
+        match &removed {
+            Ok(_) => {
+                self.metrics
+                    .session_ends
+                    .with_label_values(&[reason.label()])
+                    .inc();
+                tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended");
+            }
+            Err(error) => {
+                tracing::warn!(session = %public_id, closed_connections = closed, reason = reason.label(), %error, "session end not stored: the session store is unreachable");
+            }
+        }
+        removed.map(|_| closed)
+    }
+
+    /// Follows a shared store's events for as long as the process runs:
+    /// ends decided on other instances close the connections here, and a
+    /// resync looks every live connection's session up again.
+    pub async fn follow_store_events(
+        self: Arc<Self>,
+        mut events: tokio::sync::broadcast::Receiver<crate::session::store::StoreEvent>,
+    ) {
+        use crate::session::store::StoreEvent;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(StoreEvent::Ended { public_id, reason }) => {
+                    let closed = self.close_ended_session(&public_id, reason, "session ended");
+                    if closed > 0 {
+                        tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended on another instance");
+                    }
+                }
+                // Fell behind: some ends were dropped, so look everything up.
+                Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => {
+                    self.resync_live_sessions(crate::session::now()).await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Looks up the session of every live connection and closes, with
+    /// 4002, those whose session is gone (ended while this instance missed
+    /// the store's events). A store that does not answer closes nothing.
+    pub async fn resync_live_sessions(&self, now: u64) -> usize {
+        let mut sessions: Vec<String> = self
+            .connections
+            .list(None)
+            .into_iter()
+            .filter(|c| !c.closing)
+            .filter_map(|c| c.session)
+            .collect();
+        sessions.sort();
+        sessions.dedup();
+        let mut closed = 0;
+        for public_id in sessions {
+            match self.sessions.load_public(&public_id, now).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    closed += self.close_ended_session(
+                        &public_id,
+                        crate::session::EndReason::Revoked,
+                        "session ended",
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "session store unreachable during a resync: live connections kept until it answers");
+                    break;
+                }
+            }
+        }
+        if closed > 0 {
+            tracing::info!(
+                closed_connections = closed,
+                "resync: connections of sessions ended elsewhere closed"
+            );
+        }
         closed
     }
 
@@ -527,8 +616,19 @@ impl State {
                 break;
             }
             for session in found {
-                closed += self.end_session(&session.id, reason, close_reason).await;
-                ended += 1;
+                match self.end_session(&session.id, reason, close_reason).await {
+                    Ok(n) => {
+                        closed += n;
+                        ended += 1;
+                    }
+                    // A session the store could not end is found again
+                    // next round: stop rather than loop on it.
+                    Err(e) if ended == 0 => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(ended, error = %e, "ending sessions stopped: session store unavailable");
+                        return Ok((ended, closed));
+                    }
+                }
             }
         }
         Ok((ended, closed))
@@ -697,6 +797,18 @@ impl State {
         if new.config.sessions.memory_max_bytes != old.config.sessions.memory_max_bytes {
             restart_required_for.push("sessions.memory_max_bytes");
         }
+        // The store is built once, at start: its connections and cache
+        // outlive every reload.
+        match (&new.config.sessions.store, &old.config.sessions.store) {
+            (config::SessionStore::Redis(_), config::SessionStore::Memory)
+            | (config::SessionStore::Memory, config::SessionStore::Redis(_)) => {
+                restart_required_for.push("sessions.store");
+            }
+            (config::SessionStore::Redis(a), config::SessionStore::Redis(b)) if a != b => {
+                restart_required_for.push("sessions.redis");
+            }
+            _ => {}
+        }
         let new = Arc::new(new);
         self.runtime.store(new.clone());
         // Connections of deployments that are gone or inactive end now, as
@@ -790,6 +902,7 @@ routes: [{path_prefix: /v1}]
         async fn remove(
             &self,
             _: &SessionId,
+            _: crate::session::EndReason,
         ) -> Result<Option<Session>, crate::session::store::StoreError> {
             Err(crate::session::store::StoreError::Unavailable(
                 "down".into(),

@@ -32,7 +32,7 @@ pub fn build_state(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     crate::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::build(config, None, &metrics).map_err(anyhow::Error::msg)?;
-    Ok(State::new(runtime, config_path, metrics))
+    State::new(runtime, config_path, metrics).map_err(anyhow::Error::msg)
 }
 
 /// Runs the server until SIGTERM/SIGINT. Never returns on success.
@@ -105,6 +105,10 @@ impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(SUPERVISOR_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A shared store's events: ends decided on other instances.
+        if let Some(events) = self.state.sessions.events() {
+            tokio::spawn(self.state.clone().follow_store_events(events));
+        }
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| tracing::warn!(error = %e, "SIGHUP reload unavailable"))
             .ok();

@@ -297,15 +297,45 @@ pub const MIN_MEMORY_MAX_BYTES: u64 = 1024 * 1024;
 /// The largest budget `check` accepts.
 pub const MAX_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SessionStore {
     Memory,
-    /// Parsed so that a `redis` block's mistakes are reported, but refused
-    /// by `check` until the shared store is built.
-    Redis {
-        url: Secret,
-    },
+    Redis(Redis),
 }
+
+/// `sessions.redis`: where the shared store is and how long to wait for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redis {
+    pub target: RedisTarget,
+    /// ACL user (Redis 6+); `None`: the default user.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// TLS to the data nodes (set by a `rediss://` URL, or `tls: true`).
+    pub tls: bool,
+    pub connect_timeout: Duration,
+    /// Every store call gives up after this (the caller answers 503).
+    pub command_timeout: Duration,
+    /// Every key and the event channel start with it.
+    pub key_prefix: String,
+    /// How long an instance serves a session from memory without asking
+    /// Redis, and so how long cached sessions keep working while Redis is
+    /// unreachable. Zero: every lookup asks Redis.
+    pub local_cache: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisTarget {
+    /// `redis://`, `rediss://` or `redis+unix://`; a secret because it may
+    /// embed a password.
+    Url(Secret),
+    /// Ask these sentinels (`host:port`) which node is `master`'s primary.
+    Sentinel { master: String, nodes: Vec<String> },
+}
+
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "portcullis:";
+pub const DEFAULT_REDIS_LOCAL_CACHE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -178,7 +178,22 @@ pub struct RawSessions {
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     /// Plain, or `{env}`/`{file}` when it embeds a password.
-    pub url: RawSecret,
+    pub url: Option<RawSecret>,
+    pub sentinel: Option<RawSentinel>,
+    pub username: Option<String>,
+    pub password: Option<RawSecret>,
+    pub tls: Option<bool>,
+    pub connect_timeout: Option<RawDuration>,
+    pub command_timeout: Option<RawDuration>,
+    pub key_prefix: Option<String>,
+    pub local_cache: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    pub master: String,
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

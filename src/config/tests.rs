@@ -737,13 +737,7 @@ fn session_keys_and_stores_are_checked() {
         "sessions.keys.cookie_key",
         "not valid base64",
     );
-    // The shared store is not built yet: refused, whatever its block says.
     let errors = errors_after("store: memory", "store: redis");
-    assert_error(
-        &errors,
-        "sessions.store",
-        "the redis store is not built yet",
-    );
     assert_error(
         &errors,
         "sessions.redis",
@@ -754,16 +748,6 @@ fn session_keys_and_stores_are_checked() {
         "sessions.store",
         "not a store",
     );
-    let errors = errors_after(
-        "store: memory",
-        "store: redis\n  redis: {url: \"redis://127.0.0.1:6379/0\"}",
-    );
-    assert_error(
-        &errors,
-        "sessions.store",
-        "the redis store is not built yet",
-    );
-    assert_eq!(errors.0.len(), 1, "{errors}");
     // A redis block beside the memory store would be read by nothing.
     assert_error(
         &errors_after(
@@ -781,6 +765,185 @@ fn session_keys_and_stores_are_checked() {
         "sessions.redis.url",
         "not a Redis URL",
     );
+}
+
+/// The config with `sessions.store: redis` and `redis` as its block.
+fn with_redis(redis: &str) -> Result<Config, ConfigErrors> {
+    let mut vars = env();
+    vars.insert("REDIS_PASSWORD", "hunter2".into());
+    vars.insert("REDIS_URL", "redis://:hunter2@10.0.0.9:6379/2".into());
+    parse_with(
+        &GOOD.replacen(
+            "store: memory",
+            &format!("store: redis\n  redis: {redis}"),
+            1,
+        ),
+        &vars,
+    )
+}
+
+fn redis_settings(redis: &str) -> Redis {
+    match with_redis(redis)
+        .unwrap_or_else(|e| panic!("{redis}: {e}"))
+        .sessions
+        .store
+    {
+        SessionStore::Redis(r) => r,
+        SessionStore::Memory => panic!("{redis}: not the redis store"),
+    }
+}
+
+#[test]
+fn the_redis_store_takes_a_url_or_sentinels_with_safe_defaults() {
+    let r = redis_settings("{url: \"redis://127.0.0.1:6379/0\"}");
+    assert_eq!(
+        r.target,
+        RedisTarget::Url(Secret::new("redis://127.0.0.1:6379/0".into()))
+    );
+    assert_eq!(
+        (r.connect_timeout, r.command_timeout, r.local_cache),
+        (
+            DEFAULT_REDIS_CONNECT_TIMEOUT,
+            DEFAULT_REDIS_COMMAND_TIMEOUT,
+            DEFAULT_REDIS_LOCAL_CACHE
+        )
+    );
+    assert_eq!(r.key_prefix, "portcullis:");
+    assert!(!r.tls && r.password.is_none() && r.username.is_none());
+    assert!(
+        redis_settings("{url: \"rediss://cache.internal:6380\"}").tls,
+        "rediss is TLS"
+    );
+    assert!(redis_settings("{url: \"redis://cache.internal\", tls: true}").tls);
+
+    let r = redis_settings(
+        "{sentinel: {master: m, nodes: [\"10.0.0.1:26379\", \"[::1]:26379\"]}, username: app, \
+         password: {env: REDIS_PASSWORD}, connect_timeout: 1s, command_timeout: 250ms, \
+         key_prefix: \"chat:\", local_cache: 0s}",
+    );
+    assert_eq!(
+        r.target,
+        RedisTarget::Sentinel {
+            master: "m".into(),
+            nodes: vec!["10.0.0.1:26379".into(), "[::1]:26379".into()]
+        }
+    );
+    assert_eq!(r.username.as_deref(), Some("app"));
+    assert_eq!(r.password.as_ref().map(Secret::expose), Some("hunter2"));
+    assert_eq!(r.command_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(r.local_cache, std::time::Duration::ZERO);
+    assert_eq!(r.key_prefix, "chat:");
+    // A URL with a password comes from the environment or a file.
+    let r = redis_settings("{url: {env: REDIS_URL}}");
+    assert!(
+        !format!("{r:?}").contains("hunter2"),
+        "Debug hides secrets: {r:?}"
+    );
+}
+
+#[test]
+fn every_mistake_in_the_redis_block_is_named_by_its_path() {
+    for (block, path, message) in [
+        ("{}", "sessions.redis", "give `url`"),
+        (
+            "{url: \"redis://a\", sentinel: {master: m, nodes: [\"a:1\"]}}",
+            "sessions.redis",
+            "not both",
+        ),
+        (
+            "{url: \"http://a\"}",
+            "sessions.redis.url",
+            "not a Redis URL",
+        ),
+        (
+            "{url: \"redis://:pw@a:6379\"}",
+            "sessions.redis.url",
+            "a URL with a password is a secret",
+        ),
+        (
+            "{url: {env: REDIS_URL}, password: {env: REDIS_PASSWORD}}",
+            "sessions.redis.password",
+            "give it in one place",
+        ),
+        (
+            "{url: \"redis://a\", password: hunter2}",
+            "sessions.redis.password",
+            "not written inline",
+        ),
+        (
+            "{url: \"redis://a\", password: {env: NOPE}}",
+            "sessions.redis.password",
+            "NOPE is not set",
+        ),
+        (
+            "{url: \"rediss://a\", tls: false}",
+            "sessions.redis.tls",
+            "always uses TLS",
+        ),
+        (
+            "{url: \"redis+unix:///run/redis.sock\", tls: true}",
+            "sessions.redis.tls",
+            "Unix socket",
+        ),
+        (
+            "{sentinel: {master: \"\", nodes: [\"a:1\"]}}",
+            "sessions.redis.sentinel.master",
+            "must name",
+        ),
+        (
+            "{sentinel: {master: m, nodes: []}}",
+            "sessions.redis.sentinel.nodes",
+            "at least one",
+        ),
+        (
+            "{sentinel: {master: m, nodes: [\"a\"]}}",
+            "sessions.redis.sentinel.nodes[0]",
+            "not host:port",
+        ),
+        (
+            "{sentinel: {master: m, nodes: [\"a:1\"], extra: 1}}",
+            "sessions.redis.sentinel.extra",
+            "unknown field",
+        ),
+        (
+            "{url: \"redis://a\", command_timeout: 1ms}",
+            "sessions.redis.command_timeout",
+            "between",
+        ),
+        (
+            "{url: \"redis://a\", connect_timeout: 2m}",
+            "sessions.redis.connect_timeout",
+            "between",
+        ),
+        (
+            "{url: \"redis://a\", local_cache: 1h}",
+            "sessions.redis.local_cache",
+            "between",
+        ),
+        (
+            "{url: \"redis://a\", key_prefix: \"has space\"}",
+            "sessions.redis.key_prefix",
+            "printable",
+        ),
+        (
+            "{url: \"redis://a\", key_prefix: \"\"}",
+            "sessions.redis.key_prefix",
+            "printable",
+        ),
+        (
+            "{url: \"redis://a\", username: \"\"}",
+            "sessions.redis.username",
+            "without spaces",
+        ),
+        (
+            "{url: \"redis://a\", db: 3}",
+            "sessions.redis.db",
+            "unknown field",
+        ),
+    ] {
+        let errors = with_redis(block).expect_err(block);
+        assert_error(&errors, path, message);
+    }
 }
 
 #[test]

@@ -1343,26 +1343,182 @@ fn routes(c: &mut Checker, value: &Value, declared: &Declared) -> Vec<Route> {
     out
 }
 
-/// The `redis` block, checked so that its mistakes are reported with the
-/// refusal of the store itself.
+/// `sessions.redis`: exactly one of `url` and `sentinel`, secrets from env
+/// or file, timeouts within bounds. `None` when the block is unusable (its
+/// errors are recorded).
 fn redis_store(c: &mut Checker, redis: Option<RawRedis>) -> SessionStore {
     let Some(r) = redis else {
         c.error("sessions.redis", "required when sessions.store is redis");
         return SessionStore::Memory;
     };
-    let Some(url) = c.secret("sessions.redis.url", &r.url, true) else {
-        return SessionStore::Memory;
+    let mut usable = true;
+    let mut url_scheme = None;
+    let mut url_has_password = false;
+    let target = match (r.url, r.sentinel) {
+        (Some(url), None) => match c.secret("sessions.redis.url", &url, true) {
+            Some(secret) => {
+                match url::Url::parse(secret.expose()) {
+                    Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {
+                        url_scheme = Some(u.scheme().to_string());
+                        url_has_password = u.password().is_some();
+                        // A password written into the file in plain text.
+                        if url_has_password && matches!(url, Value::String(_)) {
+                            c.error(
+                                "sessions.redis.url",
+                                "a URL with a password is a secret: use {env: VARIABLE} or {file: PATH}, or give the password as sessions.redis.password",
+                            );
+                            usable = false;
+                        }
+                    }
+                    _ => {
+                        c.error(
+                            "sessions.redis.url",
+                            "not a Redis URL (expected redis://host:port/db, rediss://... or redis+unix:///path)",
+                        );
+                        usable = false;
+                    }
+                }
+                Some(RedisTarget::Url(secret))
+            }
+            None => None,
+        },
+        (None, Some(sentinel)) => {
+            if sentinel.master.trim().is_empty() {
+                c.error(
+                    "sessions.redis.sentinel.master",
+                    "must name the monitored primary",
+                );
+                usable = false;
+            }
+            if sentinel.nodes.is_empty() {
+                c.error(
+                    "sessions.redis.sentinel.nodes",
+                    "list at least one sentinel as host:port",
+                );
+                usable = false;
+            }
+            for (i, node) in sentinel.nodes.iter().enumerate() {
+                if !host_port(node) {
+                    c.error(
+                        format!("sessions.redis.sentinel.nodes[{i}]"),
+                        format!("`{node}` is not host:port"),
+                    );
+                    usable = false;
+                }
+            }
+            Some(RedisTarget::Sentinel {
+                master: sentinel.master,
+                nodes: sentinel.nodes,
+            })
+        }
+        (Some(_), Some(_)) => {
+            c.error(
+                "sessions.redis",
+                "give either `url` or `sentinel`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            c.error(
+                "sessions.redis",
+                "give `url` (one server) or `sentinel` (a monitored primary)",
+            );
+            None
+        }
     };
-    let scheme_ok = url::Url::parse(url.expose())
-        .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
-        .unwrap_or(false);
-    if !scheme_ok {
-        c.error(
-            "sessions.redis.url",
-            "not a Redis URL (expected redis://host:port/db or rediss://...)",
-        );
+    if let Some(name) = &r.username {
+        if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            c.error("sessions.redis.username", "a user name without spaces");
+            usable = false;
+        }
     }
-    SessionStore::Redis { url }
+    let password = r
+        .password
+        .as_ref()
+        .and_then(|v| c.secret("sessions.redis.password", v, false));
+    if r.password.is_some() && password.is_none() {
+        usable = false;
+    }
+    if password.is_some() && url_has_password {
+        c.error(
+            "sessions.redis.password",
+            "the URL already carries a password: give it in one place",
+        );
+        usable = false;
+    }
+    let tls = match (url_scheme.as_deref(), r.tls) {
+        (Some("rediss"), Some(false)) => {
+            c.error(
+                "sessions.redis.tls",
+                "a rediss:// URL always uses TLS: remove `tls: false`",
+            );
+            usable = false;
+            true
+        }
+        (Some("rediss"), _) => true,
+        (Some("redis+unix" | "unix"), Some(true)) => {
+            c.error("sessions.redis.tls", "a Unix socket does not use TLS");
+            usable = false;
+            false
+        }
+        (_, tls) => tls.unwrap_or(false),
+    };
+    let connect_timeout = c.bounded_duration(
+        "sessions.redis.connect_timeout",
+        r.connect_timeout.as_ref(),
+        DEFAULT_REDIS_CONNECT_TIMEOUT,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    );
+    let command_timeout = c.bounded_duration(
+        "sessions.redis.command_timeout",
+        r.command_timeout.as_ref(),
+        DEFAULT_REDIS_COMMAND_TIMEOUT,
+        Duration::from_millis(10),
+        Duration::from_secs(30),
+    );
+    let local_cache = c.bounded_duration(
+        "sessions.redis.local_cache",
+        r.local_cache.as_ref(),
+        DEFAULT_REDIS_LOCAL_CACHE,
+        Duration::ZERO,
+        Duration::from_secs(300),
+    );
+    let key_prefix = r
+        .key_prefix
+        .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_string());
+    let prefix_ok = !key_prefix.is_empty()
+        && key_prefix.len() <= 64
+        && key_prefix.bytes().all(|b| b.is_ascii_graphic());
+    if !prefix_ok {
+        c.error(
+            "sessions.redis.key_prefix",
+            "1 to 64 printable ASCII characters without spaces (e.g. portcullis:)",
+        );
+        usable = false;
+    }
+    match target {
+        Some(target) if usable => SessionStore::Redis(Redis {
+            target,
+            username: r.username,
+            password,
+            tls,
+            connect_timeout,
+            command_timeout,
+            key_prefix,
+            local_cache,
+        }),
+        _ => SessionStore::Memory,
+    }
+}
+
+/// `host:port` with a port number.
+fn host_port(text: &str) -> bool {
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
 }
 
 fn sessions(c: &mut Checker, value: &Value) -> Sessions {
@@ -1390,10 +1546,6 @@ fn sessions(c: &mut Checker, value: &Value) -> Sessions {
                     "has no effect while sessions.store is redis: remove it",
                 );
             }
-            c.error(
-                "sessions.store",
-                "the redis store is not built yet: sessions live in memory, on one instance (use memory)",
-            );
             redis_store(c, redis)
         }
         Some(other) => {

@@ -122,18 +122,36 @@ fn post_logout_redirect_uri(rd: &str, self_origin: &str) -> String {
     }
 }
 
-/// The session the request's cookie names, if it is intact, ours and alive.
+/// The session the request's cookie names, if it is intact, ours and
+/// alive; an error when the store cannot tell (callers answer 503).
 pub async fn session_from_cookie(
     state: &State,
     runtime: &Runtime,
     req: &RequestHeader,
-) -> Option<Session> {
+) -> Result<Option<Session>, crate::session::store::StoreError> {
     let policy = &runtime.cookie_policy;
-    let sealed = cookies(req).find(|(k, _)| *k == policy.session_name)?.1;
-    let id = runtime.cookies.open(&policy.session_name, sealed)?;
-    let id = SessionId::from_bytes(&id)?;
-    let session = state.sessions.load(&id, now()).await.ok().flatten()?;
-    Some(Arc::unwrap_or_clone(session))
+    let Some(id) = cookies(req)
+        .find(|(k, _)| *k == policy.session_name)
+        .and_then(|(_, sealed)| runtime.cookies.open(&policy.session_name, sealed))
+        .and_then(|bytes| SessionId::from_bytes(&bytes))
+    else {
+        return Ok(None);
+    };
+    let session = state.sessions.load(&id, now()).await?;
+    Ok(session.map(Arc::unwrap_or_clone))
+}
+
+/// The answer while the session store cannot be reached.
+fn store_unavailable() -> Response {
+    let body = Bytes::from(
+        r#"{"error":"session_store_unavailable","error_description":"the session store cannot be reached; try again shortly"}"#,
+    );
+    let mut header = ResponseHeader::build(503, Some(4)).expect("valid status");
+    let _ = header.insert_header("content-type", "application/json");
+    let _ = header.insert_header("content-length", body.len().to_string());
+    let _ = header.insert_header("cache-control", "no-store");
+    let _ = header.insert_header("retry-after", "1");
+    (header, body)
 }
 
 /// A refusal's description as a sentence.
@@ -550,7 +568,11 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
 
 /// `GET /.auth/me`
 pub async fn me(state: &State, runtime: &Runtime, req: &RequestHeader) -> Response {
-    let Some(session) = session_from_cookie(state, runtime, req).await else {
+    let session = match session_from_cookie(state, runtime, req).await {
+        Ok(session) => session,
+        Err(_) => return store_unavailable(),
+    };
+    let Some(session) = session else {
         let body = Bytes::from(r#"{"error":"unauthorized","error_description":"no session"}"#);
         let mut header = ResponseHeader::build(401, Some(4)).expect("valid status");
         let _ = header.insert_header("content-type", "application/json");
@@ -617,7 +639,15 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
         return confirm_logout(rd_param.as_deref());
     }
     let policy = &runtime.cookie_policy;
-    let session = session_from_cookie(state, runtime, req).await;
+    // Logging out means ending the session in the store: while it cannot
+    // be reached, say so (and keep the cookie) rather than pretend.
+    let Ok(session) = session_from_cookie(state, runtime, req).await else {
+        return page(
+            503,
+            "Logout failed",
+            "Logout is unavailable for a moment. Try again shortly.",
+        );
+    };
     let mut allowed = Vec::new();
     if let Some(s) = &session {
         if let Some(d) = runtime.deployment(&s.deployment) {
@@ -629,9 +659,17 @@ pub async fn logout(state: &State, runtime: &Runtime, req: &RequestHeader) -> Re
     let Some(session) = session else {
         return redirect_to(&rd, &[clear]);
     };
-    state
+    if state
         .end_session(&session.id, EndReason::Logout, "logged out")
-        .await;
+        .await
+        .is_err()
+    {
+        return page(
+            503,
+            "Logout failed",
+            "Logout is unavailable for a moment. Try again shortly.",
+        );
+    }
     // RP-initiated logout at the provider, returning to `rd` (absolute).
     let provider = runtime.providers.get(&session.provider);
     let end_session = provider

@@ -612,7 +612,9 @@ async fn refresh_inner(
             Presented::Reused => {
                 // Only a copy can present a token rotated this long ago: the
                 // session is no longer the user's alone.
-                state
+                // Refused either way; a store that cannot record the end
+                // leaves it to the session's own expiry (logged there).
+                let _ = state
                     .end_session(&session.id, EndReason::Revoked, "session revoked")
                     .await;
                 return Err(fail(
@@ -717,7 +719,14 @@ async fn revoke_inner(
         .ok_or_else(unauthorized)?;
     state
         .end_session(&session.id, EndReason::Logout, "logged out")
-        .await;
+        .await
+        .map_err(|_| {
+            fail(
+                503,
+                "temporarily_unavailable",
+                "the session store cannot be reached",
+            )
+        })?;
     let mut header = pingora::http::ResponseHeader::build(204, Some(2)).expect("valid status");
     let _ = header.insert_header("cache-control", "no-store");
     let _ = header.insert_header("content-length", "0");

@@ -150,7 +150,12 @@ pub async fn authenticate(
     let header_first =
         matches!(&credential, Ok(Some(c)) if c.carrier == Carrier::AuthorizationHeader);
     if !header_first {
-        if let Some(session) = session_for(runtime, sessions, req, provider.name()).await {
+        // A cookie whose session the store cannot look up is answered
+        // 503, never taken for "no session" (fail closed, and say why).
+        if let Some(session) = session_for(runtime, sessions, req, provider.name())
+            .await
+            .map_err(|_| Refusal::StoreUnavailable)?
+        {
             let cookie = Credential {
                 token: String::new(),
                 carrier: Carrier::Cookie,
@@ -321,18 +326,24 @@ fn strip_own_cookies(req: &mut RequestHeader, policy: &CookiePolicy) -> Result<(
 /// Activity is written to the store at most this often per session.
 pub const TOUCH_EVERY_SECS: u64 = 30;
 
-/// The live session the request's cookie names, if it was made with this provider.
+/// The live session the request's cookie names, if it was made with this
+/// provider; an error when the store cannot tell.
 async fn session_for(
     runtime: &Runtime,
     sessions: &dyn SessionStore,
     req: &RequestHeader,
     provider: &str,
-) -> Option<Arc<LoginSession>> {
+) -> Result<Option<Arc<LoginSession>>, crate::session::store::StoreError> {
     let policy = &runtime.cookie_policy;
-    let sealed = cookies(req).find(|(k, _)| *k == policy.session_name)?.1;
-    let id = SessionId::from_bytes(&runtime.cookies.open(&policy.session_name, sealed)?)?;
-    let session = sessions.load(&id, now()).await.ok().flatten()?;
-    (session.provider == provider).then_some(session)
+    let Some(id) = cookies(req)
+        .find(|(k, _)| *k == policy.session_name)
+        .and_then(|(_, sealed)| runtime.cookies.open(&policy.session_name, sealed))
+        .and_then(|bytes| SessionId::from_bytes(&bytes))
+    else {
+        return Ok(None);
+    };
+    let session = sessions.load(&id, now()).await?;
+    Ok(session.filter(|s| s.provider == provider))
 }
 
 async fn authenticate_session(

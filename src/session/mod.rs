@@ -4,6 +4,7 @@
 
 pub mod cookie;
 pub mod recheck;
+pub mod redis;
 pub mod refresh;
 pub mod store;
 
@@ -81,6 +82,20 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    pub const ALL: [EndReason; 5] = [
+        EndReason::Expired,
+        EndReason::Idle,
+        EndReason::Logout,
+        EndReason::Revoked,
+        EndReason::Evicted,
+    ];
+
+    /// The reason a label names: `label` is also the wire form of a shared
+    /// store's end events, so it must stay stable.
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.label() == label)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             EndReason::Expired => "expired",
@@ -202,6 +217,14 @@ mod tests {
             checked_at: created,
             provider_token_lifetime_secs: None,
         }
+    }
+
+    #[test]
+    fn end_reasons_read_back_from_their_labels() {
+        for reason in EndReason::ALL {
+            assert_eq!(EndReason::from_label(reason.label()), Some(reason));
+        }
+        assert_eq!(EndReason::from_label("nonsense"), None);
     }
 
     #[test]

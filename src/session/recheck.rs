@@ -119,10 +119,10 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
         tokens.refresh_token,
     );
     let renew = Box::new(move |s: &mut Session| {
-        s.claims = claims;
-        s.id_token = id_token;
-        if let Some(rotated) = rotated {
-            s.refresh_token = Some(rotated);
+        s.claims = claims.clone();
+        s.id_token = id_token.clone();
+        if let Some(rotated) = &rotated {
+            s.refresh_token = Some(rotated.clone());
         }
         s.checked_at = now;
     });
@@ -174,7 +174,9 @@ fn vouches_for(kind: TokenKind, subject: Option<&str>, session_subject: &str) ->
 }
 
 async fn end(state: &State, session: &Session, reason: EndReason) -> Outcome {
-    state
+    // The provider refused: ended here whatever the store says (an
+    // unreachable store is logged by `end_session`).
+    let _ = state
         .end_session(&session.id, reason, "session revoked")
         .await;
     Outcome::Ended(reason)

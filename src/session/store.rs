@@ -16,8 +16,10 @@ use super::{EndReason, Session, SessionId};
 /// Told of each session that a store found ended by time, once.
 pub type EndObserver = Arc<dyn Fn(&Session, EndReason) + Send + Sync>;
 
-/// A change to a stored session, applied by `SessionStore::update`.
-pub type SessionChange = Box<dyn FnOnce(&mut Session) + Send>;
+/// A change to a stored session, applied by `SessionStore::update`. `Fn`,
+/// not `FnOnce`: a shared store that finds the record changed by another
+/// writer applies it again to the newer record.
+pub type SessionChange = Box<dyn Fn(&mut Session) + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -127,8 +129,13 @@ pub trait SessionStore: Send + Sync {
     async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError>;
     /// Creates or replaces a session.
     async fn save(&self, session: &Session) -> Result<(), StoreError>;
-    /// Ends a session; returns it if it existed.
-    async fn remove(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
+    /// Ends a session for `reason`; returns it if it existed. A shared
+    /// store tells the other instances (`StoreEvent::Ended`).
+    async fn remove(
+        &self,
+        id: &SessionId,
+        reason: EndReason,
+    ) -> Result<Option<Session>, StoreError>;
     /// Applies `change` to the session, atomically, if it exists and has not
     /// ended by `now`; the updated session, or `None`. Never brings back a
     /// session that was removed meanwhile, and never undoes another
@@ -196,6 +203,10 @@ pub trait SessionStore: Send + Sync {
     }
     /// About how many sessions are live (for the gauge), when the store can tell cheaply.
     fn approximate_count(&self) -> Option<u64>;
+    /// Whether the store answers (for `/readyz`); an embedded store always does.
+    fn reachable(&self) -> bool {
+        true
+    }
     /// Periodic housekeeping (the supervisor calls it every tick): a store
     /// whose entries expire on their own notices them here.
     async fn maintain(&self) {}
@@ -416,7 +427,11 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn remove(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+    async fn remove(
+        &self,
+        id: &SessionId,
+        _reason: EndReason,
+    ) -> Result<Option<Session>, StoreError> {
         Ok(self.sessions.remove(id).await.map(|s| (*s).clone()))
     }
 
@@ -685,9 +700,12 @@ mod tests {
         let s = session(now(), 3600, 600);
         store.save(&s).await.unwrap();
         assert_eq!(store.load(&s.id, now()).await.unwrap().as_deref(), Some(&s));
-        assert_eq!(store.remove(&s.id).await.unwrap(), Some(s.clone()));
+        assert_eq!(
+            store.remove(&s.id, EndReason::Logout).await.unwrap(),
+            Some(s.clone())
+        );
         assert_eq!(store.load(&s.id, now()).await.unwrap(), None);
-        assert_eq!(store.remove(&s.id).await.unwrap(), None);
+        assert_eq!(store.remove(&s.id, EndReason::Logout).await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -761,7 +779,7 @@ mod tests {
         let s = session(now(), 3600, 600);
         store.save(&s).await.unwrap();
         assert!(store.load(&s.id, now()).await.unwrap().is_some());
-        store.remove(&s.id).await.unwrap();
+        store.remove(&s.id, EndReason::Logout).await.unwrap();
         store.maintain().await;
         assert!(ends.lock().is_empty());
     }
@@ -806,7 +824,7 @@ mod tests {
         let touched = store.touch(&s.id, start + 50).await.unwrap().unwrap();
         assert_eq!(touched.last_seen, start + 100);
         // Removed (logout) while someone was about to write: stays removed.
-        store.remove(&s.id).await.unwrap();
+        store.remove(&s.id, EndReason::Logout).await.unwrap();
         assert_eq!(store.touch(&s.id, start + 102).await.unwrap(), None);
         let late = store
             .update(

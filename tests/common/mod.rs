@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
