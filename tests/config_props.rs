@@ -35,6 +35,7 @@ fn check_errors(text: &str, errors: &ConfigErrors) -> Result<(), TestCaseError> 
                 e.message.starts_with("not valid YAML")
                     || e.message.starts_with("the file must be a YAML mapping")
                     || e.message.starts_with("top-level keys must be strings")
+                    || e.message.starts_with("a top-level key is empty")
                     || e.message.contains("required")
                     || e.message.contains("missing"),
                 "unlocated error: {:?}",

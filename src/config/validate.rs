@@ -482,6 +482,14 @@ pub(super) fn validate(
     for key in top.keys() {
         match key.as_str() {
             Some(k) if TOP_LEVEL_KEYS.contains(&k) => {}
+            // An empty key (`"": x`, `!!binary :`) has no path to name.
+            Some("") => c.error(
+                "",
+                format!(
+                    "a top-level key is empty; expected one of {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            ),
             Some(k) => c.error(
                 k,
                 format!("unknown key; expected one of {}", TOP_LEVEL_KEYS.join(", ")),
