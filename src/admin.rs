@@ -280,16 +280,25 @@ impl ServeHttp for AdminApp {
                         crate::config::SessionStore::Redis(_) => "redis",
                     },
                 });
+                // SIGTERM: out of the load balancer's rotation at once.
+                let draining = self.state.is_draining();
+                all_ready &= !draining;
                 let status = if all_ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
+                let word = match (all_ready, draining) {
+                    (_, true) => "draining",
+                    (true, false) => "ready",
+                    (false, false) => "not_ready",
+                };
                 json(
                     status,
                     serde_json::json!({
-                        "status": if all_ready { "ready" } else { "not_ready" },
+                        "status": word,
                         "checks": {
+                            "draining": {"ok": !draining},
                             "config": {"ok": true, "loaded_unix": loaded},
                             "providers": providers,
                             "session_store": store,

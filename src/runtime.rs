@@ -428,6 +428,9 @@ pub struct State {
     /// The file reloads read again; `None` for configs built in memory.
     pub config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Set by SIGTERM: `/readyz` answers 503 and new WebSocket upgrades are
+    /// refused while the load balancer catches up (see `server::Drain`).
+    pub draining: std::sync::atomic::AtomicBool,
     /// Set while a pass of `keep_live_sessions` runs, so passes never overlap.
     keeping_sessions: std::sync::atomic::AtomicBool,
 }
@@ -483,6 +486,7 @@ impl State {
             metrics,
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             keeping_sessions: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -734,6 +738,11 @@ impl State {
         self.sessions.maintain().await;
     }
 
+    /// Whether SIGTERM has started draining this instance.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The current runtime; hold it for the whole request.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
@@ -793,6 +802,9 @@ impl State {
             || new.config.logging.level != old.config.logging.level;
         if logging_changed {
             restart_required_for.push("logging");
+        }
+        if new.config.shutdown != old.config.shutdown {
+            restart_required_for.push("shutdown");
         }
         if new.config.sessions.memory_max_bytes != old.config.sessions.memory_max_bytes {
             restart_required_for.push("sessions.memory_max_bytes");

@@ -35,22 +35,78 @@ pub fn build_state(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     State::new(runtime, config_path, metrics).map_err(anyhow::Error::msg)
 }
 
-/// Runs the server until SIGTERM/SIGINT. Never returns on success.
+/// Runs the server until SIGTERM (drained, see `Drain`) or SIGINT (at
+/// once). Never returns on success.
 pub fn run(state: Arc<State>) -> anyhow::Result<()> {
-    let server = build_server(state)?;
-    server.run(RunArgs::default());
+    let server = build_server(state.clone())?;
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Drain { state }),
+    });
     Ok(())
+}
+
+/// The signals that end the process, as Pingora asks for them. SIGTERM
+/// drains: `/readyz` turns 503 and new WebSocket upgrades are refused at
+/// once while everything else is still served, for `shutdown.drain_grace`
+/// (the load balancer's time to notice); only then does Pingora stop
+/// accepting, and the supervisor closes live WebSockets with 1001 spread
+/// over `shutdown.close_window`. SIGINT stops at once; SIGQUIT is Pingora's
+/// graceful upgrade (listening sockets handed to a new process started with
+/// `--upgrade`), which portcullis does not offer: it drains like SIGTERM.
+struct Drain {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut quit), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot watch signals: stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = quit.recv() => {}
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                return ShutdownSignal::FastShutdown;
+            }
+        }
+        let grace = self.state.runtime().config.shutdown.drain_grace;
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            grace_seconds = grace.as_secs_f64(),
+            live_connections = self.state.connections.len(),
+            "draining: not ready, new WebSocket upgrades refused"
+        );
+        // A second SIGINT during the grace still stops at once.
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
+        }
+        ShutdownSignal::GracefulTerminate
+    }
 }
 
 /// A ready-to-run Pingora server for `state`.
 pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
     let runtime = state.runtime();
     let config = &runtime.config;
+    // After the drain grace: stop accepting, close live connections over
+    // the close window (plus a second for the last close frames and the
+    // sweeper), then give in-flight requests a few seconds.
+    let close_window = config.shutdown.close_window + SHUTDOWN_CLOSE_WAIT;
     let conf = ServerConf {
         threads: config.threads,
-        // After SIGTERM: stop accepting, give live connections their close
-        // frames, then let in-flight requests finish.
-        grace_period_seconds: Some(1),
+        grace_period_seconds: Some(close_window.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };
@@ -135,14 +191,9 @@ impl BackgroundService for Supervisor {
                     let _ = self.state.reload().await;
                 }
                 _ = shutdown.changed() => {
-                    let closed = self.state.connections.close_where(
-                        |_| true,
-                        close_code::GOING_AWAY,
-                        "server shutting down",
-                        "shutdown",
-                    );
+                    let window = self.state.runtime().config.shutdown.close_window;
+                    let closed = close_spread(&self.state, window).await;
                     if closed > 0 {
-                        tracing::info!(closed, "closing live connections for shutdown");
                         tokio::time::sleep(SHUTDOWN_CLOSE_WAIT).await;
                         self.state.connections.sweep_overdue();
                     }
@@ -152,3 +203,42 @@ impl BackgroundService for Supervisor {
         }
     }
 }
+
+/// Closes every live connection with 1001, in `CLOSE_STEPS` even batches
+/// across `window` (all at once for a zero window), sweeping overdue closes
+/// between batches. Returns how many began closing.
+async fn close_spread(state: &State, window: Duration) -> usize {
+    let ids = state.connections.ids();
+    if ids.is_empty() {
+        return 0;
+    }
+    tracing::info!(
+        connections = ids.len(),
+        window_seconds = window.as_secs_f64(),
+        "closing live connections for shutdown"
+    );
+    let steps = if window.is_zero() { 1 } else { CLOSE_STEPS };
+    let batch = ids.len().div_ceil(steps).max(1);
+    let pause = window / steps as u32;
+    let mut closed = 0;
+    for (i, chunk) in ids.chunks(batch).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+            state.connections.sweep_overdue();
+        }
+        for id in chunk {
+            if state.connections.close(
+                *id,
+                close_code::GOING_AWAY,
+                "server shutting down",
+                "shutdown",
+            ) {
+                closed += 1;
+            }
+        }
+    }
+    closed
+}
+
+/// How many batches a shutdown close window is cut into.
+const CLOSE_STEPS: usize = 50;

@@ -231,20 +231,85 @@ async fn reload_applies_a_valid_file_and_rejects_an_invalid_one() {
     );
 }
 
+/// SIGTERM drains (README, Command line): at once `/readyz` answers 503
+/// `draining` and new WebSocket upgrades are refused with 503 and
+/// `Retry-After`, while live chats and plain requests go on for
+/// `shutdown.drain_grace`; then every live WebSocket gets 1001, the closes
+/// spread over `shutdown.close_window` rather than all at once, and the
+/// process exits cleanly.
 #[tokio::test]
-async fn shutdown_sends_going_away_to_live_connections() {
+async fn sigterm_drains_then_closes_live_connections_spread_over_the_window() {
     let backend = start_backend().await;
-    let mut proxy = Proxy::start(&config(backend, "active", "")).await;
-    let (mut ws, _) = proxy
-        .open_chat("/v1/chat?deploymentId=site", "https://www.example.com")
-        .await;
-    proxy.signal("TERM");
+    let config = format!(
+        "{}shutdown: {{drain_grace: 2s, close_window: 2s}}\n",
+        config(backend, "active", "")
+    );
+    let mut proxy = Proxy::start(&config).await;
+    let mut chats = Vec::new();
+    for _ in 0..20 {
+        let (ws, _) = proxy
+            .open_chat("/v1/chat?deploymentId=site", "https://www.example.com")
+            .await;
+        chats.push(ws);
+    }
     assert_eq!(
-        closed_with(&mut ws, CLOSE_DEADLINE).await,
-        Some((1001, "server shutting down".to_string()))
+        reqwest::get(proxy.admin_url("/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    proxy.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ready = loop {
+        let ready = reqwest::get(proxy.admin_url("/readyz")).await.unwrap();
+        if ready.status() == 503 {
+            break ready.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(ready["status"], "draining", "{ready}");
+    // Within the grace: a new chat is sent elsewhere, the rest is served.
+    let refused = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=site"),
+        &[("Origin", "https://www.example.com")],
+    )
+    .await;
+    assert_eq!(refused_status(&refused), 503);
+    assert_eq!(refused_json(&refused)["error"], "draining");
+    let page = reqwest::get(proxy.url("/v1/page?deploymentId=site"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        echo(&mut chats[0], "still here").await["text"],
+        "still here"
+    );
+
+    // Then every chat closes with 1001, not all in the same instant.
+    let started = Instant::now();
+    let mut closed_at = Vec::new();
+    for ws in &mut chats {
+        assert_eq!(
+            closed_with(ws, Duration::from_secs(15)).await,
+            Some((1001, "server shutting down".to_string())),
+            "{}",
+            proxy.log_text()
+        );
+        closed_at.push(started.elapsed());
+    }
+    let spread = closed_at
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*closed_at.iter().min().unwrap());
+    assert!(
+        spread >= Duration::from_millis(500),
+        "20 closes within {spread:?}: not spread over the 2 s window"
     );
     let status = proxy
-        .wait_exit(Duration::from_secs(15))
+        .wait_exit(Duration::from_secs(20))
         .expect("portcullis exits after SIGTERM");
     // A clean exit: status 0, not death by a signal (which has no code).
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", proxy.log_text());

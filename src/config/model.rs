@@ -51,6 +51,29 @@ pub struct Config {
     pub identity_header_prefix: String,
     pub limits: Limits,
     pub rate_limits: RateLimits,
+    pub shutdown: Shutdown,
+}
+
+/// How SIGTERM drains the instance (SIGINT stops at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// After SIGTERM, `/readyz` answers 503 and new WebSocket upgrades are
+    /// refused (503, `Retry-After`), while everything else is still
+    /// served, for this long: the load balancer's time to notice.
+    pub drain_grace: std::time::Duration,
+    /// Then listeners stop accepting and live WebSockets are closed with
+    /// 1001, spread evenly over this window, so their clients do not all
+    /// reconnect to the next instance in the same instant.
+    pub close_window: std::time::Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            drain_grace: std::time::Duration::from_secs(5),
+            close_window: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

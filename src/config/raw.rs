@@ -250,6 +250,13 @@ pub struct RawLimits {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub drain_grace: Option<RawDuration>,
+    pub close_window: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawRateLimits {
     pub per_client: Option<RawRate>,
     pub per_deployment: Option<RawRate>,

@@ -33,6 +33,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "identity_header_prefix",
     "limits",
     "rate_limits",
+    "shutdown",
 ];
 
 /// Algorithms a provider may be configured to accept. HMAC and `none` are
@@ -532,6 +533,7 @@ pub(super) fn validate(
     let forwarding = forwarding(&mut c, &get("forwarding"), &identity_header_prefix);
     let limits = limits(&mut c, &get("limits"));
     let rate_limits = rate_limits(&mut c, &get("rate_limits"));
+    let shutdown = shutdown(&mut c, &get("shutdown"));
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -553,7 +555,31 @@ pub(super) fn validate(
         identity_header_prefix,
         limits,
         rate_limits,
+        shutdown,
     })
+}
+
+fn shutdown(c: &mut Checker, value: &Value) -> Shutdown {
+    let defaults = Shutdown::default();
+    let Some(raw) = c.decode::<Option<RawShutdown>>("shutdown", value).flatten() else {
+        return defaults;
+    };
+    Shutdown {
+        drain_grace: c.bounded_duration(
+            "shutdown.drain_grace",
+            raw.drain_grace.as_ref(),
+            defaults.drain_grace,
+            Duration::ZERO,
+            Duration::from_secs(300),
+        ),
+        close_window: c.bounded_duration(
+            "shutdown.close_window",
+            raw.close_window.as_ref(),
+            defaults.close_window,
+            Duration::ZERO,
+            Duration::from_secs(300),
+        ),
+    }
 }
 
 fn listeners(c: &mut Checker, value: &Value) -> Vec<Listener> {

@@ -71,6 +71,9 @@ pub enum Refusal {
     NoHealthyUpstream,
     /// The upstream could not be reached or broke the exchange.
     UpstreamFailed,
+    /// The instance is draining (SIGTERM): new WebSocket upgrades go to
+    /// another instance (503 with `Retry-After`).
+    Draining,
 }
 
 impl Refusal {
@@ -86,7 +89,7 @@ impl Refusal {
             Refusal::Forbidden(_) => 403,
             Refusal::ProviderUnavailable | Refusal::StoreUnavailable => 503,
             Refusal::UpstreamFailed => 502,
-            Refusal::NoHealthyUpstream => 503,
+            Refusal::NoHealthyUpstream | Refusal::Draining => 503,
         }
     }
 
@@ -120,6 +123,7 @@ impl Refusal {
             Refusal::StoreUnavailable => "session_store_unavailable",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
+            Refusal::Draining => "draining",
         }
     }
 
@@ -147,6 +151,9 @@ impl Refusal {
             Refusal::StoreUnavailable => "the session store cannot be reached; try again shortly",
             Refusal::NoHealthyUpstream => "no healthy upstream server is available",
             Refusal::UpstreamFailed => "the upstream server could not be reached",
+            Refusal::Draining => {
+                "this instance is shutting down; connect again (the load balancer sends you elsewhere)"
+            }
         }
     }
 
@@ -213,6 +220,7 @@ mod tests {
             Refusal::ProviderUnavailable,
             Refusal::NoHealthyUpstream,
             Refusal::UpstreamFailed,
+            Refusal::Draining,
         ] {
             let (header, body) = r.render();
             assert_eq!(header.status.as_u16(), r.status());
