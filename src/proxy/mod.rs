@@ -775,18 +775,18 @@ impl ProxyHttp for Portcullis {
                 .await?;
             return Ok(true);
         }
-        let draining = ctx.is_upgrade && self.state.is_draining();
-        let admitted =
-            resolve(&runtime, session.req_header()).and_then(|target| {
-                let admitted = check_admission(&target, session.req_header(), ctx.is_upgrade)
-                    .and_then(|()| match draining {
-                        true => Err(Refusal::Draining),
-                        false => Ok(()),
-                    });
-                // Kept even when refused, so metrics and logs name the deployment.
-                ctx.target = Some(target);
-                admitted
-            });
+        // Draining: upgrades that would pass are sent to another instance.
+        let drain = match ctx.is_upgrade && self.state.is_draining() {
+            true => Err(Refusal::Draining),
+            false => Ok(()),
+        };
+        let admitted = resolve(&runtime, session.req_header()).and_then(|target| {
+            let admitted =
+                check_admission(&target, session.req_header(), ctx.is_upgrade).and(drain);
+            // Kept even when refused, so metrics and logs name the deployment.
+            ctx.target = Some(target);
+            admitted
+        });
         let decision = match (admitted, &ctx.target) {
             (Ok(()), Some(target)) if target.deployment.requires_authentication() => {
                 let target = target.clone();
