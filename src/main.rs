@@ -37,12 +37,28 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script (e.g. `portcullis completions bash >
+    /// /etc/bash_completion.d/portcullis`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     portcullis::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Version => {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

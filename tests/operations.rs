@@ -485,3 +485,26 @@ async fn a_client_that_stops_reading_is_cut_after_a_forced_close() {
     }
     drop(stream);
 }
+
+/// `portcullis completions SHELL` prints a script the shell accepts, naming
+/// every subcommand; an unknown shell is a usage error.
+#[test]
+fn completions_are_valid_shell_naming_every_subcommand() {
+    let out = portcullis(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for sub in ["run", "check", "demo", "version", "completions"] {
+        assert!(script.contains(sub), "bash completion lacks {sub}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.bash");
+    std::fs::write(&file, &script).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(
+        syntax.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let unknown = portcullis(&["completions", "cmd.exe"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
