@@ -855,15 +855,8 @@ routes: [{path_prefix: /v1}]
     }
 
     /// A live connection of session `id`, last seen by the store at `last_seen`.
-    fn live(
-        state: &State,
-        id: &SessionId,
-        last_seen: u64,
-    ) -> (crate::connections::LiveGuard, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (peer, _) = listener.accept().unwrap();
-        let guard = state
+    fn live(state: &State, id: &SessionId, last_seen: u64) -> crate::connections::LiveGuard {
+        state
             .connections
             .register(crate::connections::NewConnection {
                 deployment: "secured".into(),
@@ -877,10 +870,9 @@ routes: [{path_prefix: /v1}]
                     last_seen,
                 )),
                 claims: None,
-                upstream: std::os::fd::OwnedFd::from(upstream),
+                tunnel: crate::connections::TunnelCloser::default(),
                 client: None,
-            });
-        (guard, peer)
+            })
     }
 
     #[tokio::test]
@@ -896,8 +888,8 @@ routes: [{path_prefix: /v1}]
         // know; another tab has since kept `revived` alive in the store.
         store.save(&session(&revived, t0)).await.unwrap();
         store.touch(&revived, t0 + 50).await.unwrap();
-        let (gone_conn, _p1) = live(&state, &gone, t0);
-        let (revived_conn, _p2) = live(&state, &revived, t0);
+        let gone_conn = live(&state, &gone, t0);
+        let revived_conn = live(&state, &revived, t0);
 
         state.keep_live_sessions(t0 + 61).await;
         let closed = gone_conn
@@ -917,7 +909,7 @@ routes: [{path_prefix: /v1}]
 
         // The store goes away: nothing is closed for it.
         let down = State::with_store(runtime(), None, metrics, Arc::new(DownStore));
-        let (conn, _p3) = live(&down, &gone, t0);
+        let conn = live(&down, &gone, t0);
         down.keep_live_sessions(t0 + 61).await;
         assert!(conn.connection().close_request().is_none());
     }

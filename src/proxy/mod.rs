@@ -13,7 +13,8 @@
 //!                 └─ refusal → one renderer: JSON body, status, metric label
 //! upstream_peer .......... the deployment's upstream: round-robin over healthy
 //!                          servers, skipping ones that already failed to connect
-//! connected_to_upstream .. upgrade? keep a duplicate of the upstream socket
+//! upgraded_tunnel_close .. upgrade? hand Pingora's tunnel loop the signal the
+//!                          live-connection registry closes it with
 //! upstream_request_filter  strip identity headers (any case, `_` as `-`)
 //!                          and routing headers (X-Original-URL, method overrides…),
 //!                          add the verified identity and its signed assertion
@@ -33,7 +34,6 @@ pub mod origin;
 pub mod refusal;
 pub mod route;
 
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
-use crate::connections::{ClientSocket, LiveGuard, NewConnection, SessionActivity};
+use crate::connections::{ClientSocket, LiveGuard, NewConnection, SessionActivity, TunnelCloser};
 use crate::endpoints;
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
@@ -414,9 +414,9 @@ pub struct RequestCtx {
     refusal: Option<Refusal>,
     /// Servers that failed to connect for this request, skipped on retry.
     tried: Vec<Backend>,
-    /// A duplicate of the upstream socket of an upgrade request, until the
-    /// live connection takes it over.
-    upstream_fd: Option<OwnedFd>,
+    /// How an upgrade request's tunnel is closed once it is a live
+    /// connection; created with the first upstream attempt.
+    tunnel: Option<TunnelCloser>,
     live: Option<LiveGuard>,
     frames: FrameTracker,
     /// Frames of the client→upstream stream, whose data frames are activity.
@@ -714,19 +714,6 @@ async fn read_body(
     }
 }
 
-/// Duplicates the upstream socket's descriptor, so that the copy stays valid
-/// for as long as portcullis holds it, whatever Pingora does with the
-/// original (it closes the upstream socket before the `logging` phase).
-fn duplicate_fd(fd: RawFd) -> Option<OwnedFd> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: Pingora passes the descriptor of a socket it keeps open for
-    // the whole call; we only borrow it long enough to dup(2) it.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    borrowed.try_clone_to_owned().ok()
-}
-
 fn client_uses_tls(digest: Option<&Digest>) -> bool {
     digest.is_some_and(|d| d.ssl_digest.is_some())
 }
@@ -770,7 +757,12 @@ impl ProxyHttp for Portcullis {
         };
         ctx.runtime = Some(runtime);
         match decision {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                if ctx.is_upgrade {
+                    ctx.tunnel = Some(TunnelCloser::default());
+                }
+                Ok(false)
+            }
             Err(refusal) => {
                 self.refuse(session, ctx, refusal).await?;
                 Ok(true)
@@ -832,21 +824,14 @@ impl ProxyHttp for Portcullis {
         e
     }
 
-    /// Keeps a duplicate of the upstream socket of an upgrade request: the
-    /// live-connection registry closes connections through it.
-    async fn connected_to_upstream(
+    /// An upgrade request's tunnel gets a close signal, which the live
+    /// connection it may become is closed with (registered on its 101).
+    fn upgraded_tunnel_close(
         &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] fd: RawFd,
-        _digest: Option<&Digest>,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        if ctx.is_upgrade {
-            ctx.upstream_fd = duplicate_fd(fd);
-        }
-        Ok(())
+        _session: &Session,
+        ctx: &Self::CTX,
+    ) -> Option<futures_util::future::BoxFuture<'static, Duration>> {
+        ctx.tunnel.as_ref().map(TunnelCloser::signal)
     }
 
     /// Removes every identity header the client sent and the headers
@@ -935,11 +920,8 @@ impl ProxyHttp for Portcullis {
             return Ok(());
         }
         self.count_handshake(ctx, "upgraded");
-        let (Some(target), Some(upstream)) = (&ctx.target, ctx.upstream_fd.take()) else {
-            return Error::e_explain(
-                InternalError,
-                "upgrade without a registrable upstream socket",
-            );
+        let (Some(target), Some(tunnel)) = (&ctx.target, ctx.tunnel.clone()) else {
+            return Error::e_explain(InternalError, "upgrade without a tunnel close signal");
         };
         let client = session
             .as_downstream()
@@ -960,7 +942,7 @@ impl ProxyHttp for Portcullis {
                     .auth
                     .as_ref()
                     .map(|a| a.rendered.identity.claims.clone()),
-                upstream,
+                tunnel,
                 client,
             }),
         );

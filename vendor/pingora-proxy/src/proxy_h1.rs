@@ -148,6 +148,10 @@ where
         // closure (the downstream half finished and dropped rx) from an unexpected one.
         let pipe_state = Arc::new(AtomicU8::new(PipeState::Active as u8));
 
+        // portcullis patch: how the tunnel may be ended from outside (see
+        // `ProxyHttp::upgraded_tunnel_close`).
+        let tunnel_close = self.inner.upgraded_tunnel_close(session, ctx);
+
         // start bi-directional streaming
         let ret = tokio::try_join!(
             self.proxy_handle_downstream(
@@ -159,7 +163,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                tunnel_close
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +261,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        mut tunnel_close: Option<BoxFuture<'static, Duration>>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -261,6 +272,9 @@ where
         let mut upstream_can_reuse = true;
         let mut send_error = None;
         let mut upgraded = false;
+        // portcullis patch: once the tunnel is asked to close, the upstream
+        // has until this deadline to end its side.
+        let mut upstream_end_deadline: Option<time::Instant> = None;
 
         /* duplex mode, wait for either to complete */
         while !request_done || !response_done {
@@ -356,6 +370,37 @@ where
                            continue
                         }
                     }
+                },
+
+                // portcullis patch: an upgraded tunnel asked to close from outside
+                // forwards no more downstream bytes and half-closes the upstream
+                // connection, so the server can finish its message and end its side.
+                drain_for = async {
+                    match tunnel_close.as_mut() {
+                        Some(close) => close.await,
+                        None => std::future::pending().await,
+                    }
+                }, if upgraded && tunnel_close.is_some() && !response_done => {
+                    tunnel_close = None;
+                    request_done = true;
+                    upstream_can_reuse = false;
+                    let deadline = time::Instant::now() + drain_for;
+                    upstream_end_deadline = Some(deadline);
+                    // A server that does not read could block the flush; the
+                    // deadline bounds it.
+                    let _ = time::timeout_at(deadline, client_session.shutdown()).await;
+                },
+
+                // portcullis patch: the upstream did not end in time; end the
+                // upgraded body here, as if it had.
+                _ = async {
+                    match upstream_end_deadline {
+                        Some(deadline) => time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                }, if upstream_end_deadline.is_some() && !response_done => {
+                    let _ = tx.send(HttpTask::UpgradedBody(None, true)).await;
+                    return Ok(false);
                 },
 
                 else => {
