@@ -15,6 +15,7 @@
 //! | `devidp`      | a development OpenID provider (demo and tests; not production) |
 
 pub mod admin;
+pub mod capacity;
 pub mod config;
 pub mod connections;
 pub mod demo;

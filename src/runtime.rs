@@ -229,6 +229,9 @@ pub struct Runtime {
     /// Rate limits of the token API, login and callback; kept across
     /// reloads that do not change them.
     pub limiters: Arc<Limiters>,
+    /// How many WebSockets this process admits (`limits.max_connections`,
+    /// or derived from the descriptor limit).
+    pub connection_ceiling: crate::capacity::Ceiling,
 }
 
 struct UntilMessengerTokenExpires;
@@ -351,6 +354,7 @@ impl Runtime {
             Some(old) if old.limiters.config() == config.rate_limits => old.limiters.clone(),
             _ => Arc::new(Limiters::new(config.rate_limits)),
         };
+        let connection_ceiling = crate::capacity::Ceiling::current(config.limits.max_connections);
         Ok(Runtime {
             config: Arc::new(config),
             deployments,
@@ -374,6 +378,7 @@ impl Runtime {
                 .build(),
             refresh_key,
             limiters,
+            connection_ceiling,
         })
     }
 
@@ -416,6 +421,8 @@ const ENDED_LATELY_CAPACITY: u64 = 100_000;
 pub struct State {
     runtime: ArcSwap<Runtime>,
     pub connections: Arc<Registry>,
+    /// Admission slots under the connection ceilings; kept across reloads.
+    pub slots: Arc<crate::capacity::Slots>,
     /// Browser sessions; kept across reloads.
     pub sessions: Arc<dyn SessionStore>,
     /// Sessions being re-checked with their provider.
@@ -462,6 +469,7 @@ impl State {
         Arc::new(State {
             runtime: ArcSwap::from_pointee(runtime),
             connections: Registry::new(metrics.clone()),
+            slots: crate::capacity::Slots::new(),
             sessions,
             rechecks: Rechecker::default(),
             ended_lately: moka::sync::Cache::builder()

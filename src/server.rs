@@ -16,6 +16,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::capacity;
 use crate::config::Config;
 use crate::connections::close_code;
 use crate::metrics::Metrics;
@@ -25,11 +26,48 @@ use crate::runtime::{Runtime, State, SUPERVISOR_TICK};
 /// How long live connections get to receive their close frame at shutdown.
 const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Builds the shared state for `config`.
+/// Builds the shared state for `config`, after raising the descriptor
+/// limit that sizes the connection ceiling.
 pub fn build_state(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<State>> {
+    raise_descriptor_limit();
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::build(config, None, &metrics).map_err(anyhow::Error::msg)?;
+    log_connection_ceiling(&runtime.connection_ceiling);
     Ok(State::new(runtime, config_path, metrics))
+}
+
+/// Raises the soft descriptor limit to the hard one: each live WebSocket
+/// holds two descriptors, and the soft limit is often far below the hard one.
+fn raise_descriptor_limit() {
+    match capacity::raise_descriptor_limit() {
+        Ok((before, after)) => tracing::info!(
+            soft_before = before.soft,
+            soft = after.soft,
+            hard = after.hard,
+            "descriptor limit (RLIMIT_NOFILE)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not raise the descriptor limit; the connection ceiling follows the current one"
+        ),
+    }
+}
+
+fn log_connection_ceiling(ceiling: &capacity::Ceiling) {
+    if let Some(warning) = ceiling.warning() {
+        tracing::warn!("{warning}");
+    }
+    let source = match ceiling.source {
+        capacity::CeilingSource::Configured => "limits.max_connections",
+        _ => "descriptor limit",
+    };
+    tracing::info!(
+        max_connections = ceiling.max_connections,
+        source,
+        descriptors = ceiling.descriptors,
+        reserve = capacity::DESCRIPTOR_RESERVE,
+        "connection ceiling: WebSocket handshakes beyond it get 503"
+    );
 }
 
 /// Runs the server until SIGTERM/SIGINT. Never returns on success.

@@ -124,6 +124,7 @@ pub struct RawDeployment {
     pub forward_token: bool,
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +230,7 @@ pub struct RawForwarding {
 pub struct RawLimits {
     pub max_path_bytes: Option<usize>,
     pub max_query_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

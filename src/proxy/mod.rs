@@ -427,6 +427,9 @@ pub struct RequestCtx {
     close_sent: Option<u16>,
     /// Whether this upgrade request's outcome was counted already.
     handshake_counted: bool,
+    /// An upgrade request's place under the connection ceilings, held until
+    /// the request (and so its live connection) ends.
+    slot: Option<crate::capacity::Slot>,
     /// Set once the request is authenticated.
     auth: Option<Authenticated>,
 }
@@ -513,6 +516,40 @@ impl Portcullis {
 }
 
 impl Portcullis {
+    /// A WebSocket handshake takes a slot under the process's and its
+    /// deployment's connection ceilings, or is refused (503) and counted.
+    /// Plain HTTP requests pass: they hold their descriptors only briefly,
+    /// out of the reserve the ceiling leaves.
+    fn take_connection_slot(
+        &self,
+        runtime: &Runtime,
+        target: &Target,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), Refusal> {
+        if !ctx.is_upgrade {
+            return Ok(());
+        }
+        let deployment = &target.deployment;
+        match self.state.slots.try_take(
+            &deployment.label,
+            runtime.connection_ceiling.max_connections,
+            deployment.config.max_connections,
+        ) {
+            Ok(slot) => {
+                ctx.slot = Some(slot);
+                Ok(())
+            }
+            Err(limit) => {
+                self.state
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&[&deployment.label, limit.label()])
+                    .inc();
+                Err(Refusal::ConnectionLimit(limit))
+            }
+        }
+    }
+
     /// Authenticates, records the decision (metrics, timing) and keeps the identity.
     async fn authenticate_request(
         &self,
@@ -748,10 +785,15 @@ impl ProxyHttp for Portcullis {
             admitted
         });
         let decision = match (admitted, &ctx.target) {
-            (Ok(()), Some(target)) if target.deployment.requires_authentication() => {
+            (Ok(()), Some(target)) => {
                 let target = target.clone();
-                self.authenticate_request(&runtime, &target, session.req_header(), ctx)
-                    .await
+                match self.take_connection_slot(&runtime, &target, ctx) {
+                    Ok(()) if target.deployment.requires_authentication() => {
+                        self.authenticate_request(&runtime, &target, session.req_header(), ctx)
+                            .await
+                    }
+                    other => other,
+                }
             }
             (result, _) => result,
         };

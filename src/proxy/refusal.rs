@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+use crate::capacity::LimitReached;
 use crate::policy::PolicyFailure;
 use crate::token::TokenError;
 
@@ -71,6 +72,9 @@ pub enum Refusal {
     NoHealthyUpstream,
     /// The upstream could not be reached or broke the exchange.
     UpstreamFailed,
+    /// A WebSocket handshake past a connection ceiling (503): the process
+    /// holds as many as its descriptors allow, or the deployment its share.
+    ConnectionLimit(LimitReached),
 }
 
 impl Refusal {
@@ -84,7 +88,9 @@ impl Refusal {
             Refusal::DeploymentInactive | Refusal::OriginNotAllowed | Refusal::OriginMissing => 403,
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
-            Refusal::ProviderUnavailable | Refusal::StoreUnavailable => 503,
+            Refusal::ProviderUnavailable
+            | Refusal::StoreUnavailable
+            | Refusal::ConnectionLimit(_) => 503,
             Refusal::UpstreamFailed => 502,
             Refusal::NoHealthyUpstream => 503,
         }
@@ -120,6 +126,7 @@ impl Refusal {
             Refusal::StoreUnavailable => "session_store_unavailable",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
+            Refusal::ConnectionLimit(_) => "connection_limit",
         }
     }
 
@@ -147,6 +154,12 @@ impl Refusal {
             Refusal::StoreUnavailable => "the session store cannot be reached; try again shortly",
             Refusal::NoHealthyUpstream => "no healthy upstream server is available",
             Refusal::UpstreamFailed => "the upstream server could not be reached",
+            Refusal::ConnectionLimit(LimitReached::Process) => {
+                "this instance holds as many live connections as it can; try again shortly"
+            }
+            Refusal::ConnectionLimit(LimitReached::Deployment) => {
+                "this deployment holds as many live connections as it may; try again shortly"
+            }
         }
     }
 
@@ -213,6 +226,8 @@ mod tests {
             Refusal::ProviderUnavailable,
             Refusal::NoHealthyUpstream,
             Refusal::UpstreamFailed,
+            Refusal::ConnectionLimit(LimitReached::Process),
+            Refusal::ConnectionLimit(LimitReached::Deployment),
         ] {
             let (header, body) = r.render();
             assert_eq!(header.status.as_u16(), r.status());
@@ -255,6 +270,9 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["reason"], "token_expired");
         let (header, _) = Refusal::ProviderUnavailable.render();
+        assert_eq!(header.headers.get("retry-after").unwrap(), "5");
+        let (header, _) = Refusal::ConnectionLimit(LimitReached::Process).render();
+        assert_eq!(header.status.as_u16(), 503);
         assert_eq!(header.headers.get("retry-after").unwrap(), "5");
         assert!(Refusal::Forbidden(PolicyFailure::Groups)
             .challenge()
