@@ -646,6 +646,9 @@ impl State {
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))??;
+        if let Some(warning) = new.connection_ceiling.warning() {
+            tracing::warn!("{warning}");
+        }
         let mut restart_required_for = Vec::new();
         if new.config.listeners != old.config.listeners {
             restart_required_for.push("listen");

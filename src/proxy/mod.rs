@@ -7,6 +7,7 @@
 //! request_filter ─┬─ /.auth/jwks.json ......................... answered here
 //!                 ├─ check the target, route → deployment (400/404), inactive (403)
 //!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
+//!                 ├─ WebSocket upgrade: a slot under the connection ceilings (503)
 //!                 ├─ authentication required? credential (header, subprotocol,
 //!                 │   opt-in query) → verified token (cache, JWKS) → 401 / 503;
 //!                 │   messenger `require` rules → 403
