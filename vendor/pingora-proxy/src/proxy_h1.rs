@@ -168,7 +168,7 @@ where
                 tx_upstream,
                 rx_downstream,
                 pipe_state,
-                tunnel_close
+                tunnel_close,
             ),
         );
 
