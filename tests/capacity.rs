@@ -35,9 +35,20 @@ logging: {{format: text, level: info}}
     )
 }
 
+/// What the silent backend does once portcullis ends its side.
+#[derive(Clone, Copy, PartialEq)]
+enum OnEnd {
+    /// Closes the connection, as a WebSocket server does.
+    Close,
+    /// Keeps the connection open (for a while), ignoring the end.
+    Linger,
+}
+
 /// A WebSocket server that answers every upgrade with a 101, sends nothing,
 /// and reports on `ended` when portcullis ends the upstream connection.
-async fn start_silent_backend() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
+async fn start_silent_backend(
+    on_end: OnEnd,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (ended, ends) = mpsc::unbounded_channel();
@@ -60,6 +71,9 @@ async fn start_silent_backend() -> (std::net::SocketAddr, mpsc::UnboundedReceive
                 // Read until portcullis ends its side of the connection.
                 while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
                 let _ = ended.send(());
+                if on_end == OnEnd::Linger {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
             });
         }
     });
@@ -159,7 +173,7 @@ async fn close_code_received(client: &mut tokio::net::TcpStream) -> Option<u16> 
 #[tokio::test]
 async fn a_forced_close_holds_no_descriptor_and_ends_the_upstream() {
     const SOCKETS: usize = 20;
-    let (backend, mut upstream_ends) = start_silent_backend().await;
+    let (backend, mut upstream_ends) = start_silent_backend(OnEnd::Close).await;
     let proxy = Proxy::start(&config(backend, "", "")).await;
     let pid = proxy.pid();
     let base = settled_sockets(pid).await;
@@ -193,6 +207,28 @@ async fn a_forced_close_holds_no_descriptor_and_ends_the_upstream() {
     }
     drop(clients);
     assert_eq!(sockets_become(pid, base).await, base);
+}
+
+/// An upstream that does not end its side after portcullis ended its own
+/// cannot hold a forced close up: the tunnel ends without it after a grace
+/// period, and the client still gets its close frame.
+#[tokio::test]
+async fn an_upstream_that_ignores_the_close_is_left_behind() {
+    let (backend, mut upstream_ends) = start_silent_backend(OnEnd::Linger).await;
+    let proxy = Proxy::start(&config(backend, "", "")).await;
+    let mut client = raw_upgrade(&proxy).await;
+    let closed = proxy
+        .admin_json(
+            reqwest::Method::DELETE,
+            "/admin/connections?deployment=site",
+        )
+        .await;
+    assert_eq!(closed["closed"], 1);
+    tokio::time::timeout(CLOSE_DEADLINE, upstream_ends.recv())
+        .await
+        .expect("portcullis ends its side of the upstream connection")
+        .unwrap();
+    assert_eq!(close_code_received(&mut client).await, Some(4002));
 }
 
 /// The connection ceiling refuses the WebSocket past it with a 503 and
