@@ -10,8 +10,9 @@
 //!
 //! 1. `LiveConnection::request_close` records the close code and reason once
 //!    and fires the connection's `TunnelCloser`.
-//! 2. The tunnel loop stops forwarding the client's bytes and shuts down the
-//!    write side of the upstream connection. A WebSocket server finishes the
+//! 2. The tunnel loop stops forwarding the client's bytes (abandoning a write
+//!    the upstream does not take) and shuts down the write side of the
+//!    upstream connection. A WebSocket server finishes the
 //!    frame it was sending and ends its side; one that does not is cut off
 //!    after `UPSTREAM_END_GRACE`. Either way the response body filter is
 //!    called with end of stream, and the proxy appends a WebSocket close

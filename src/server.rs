@@ -1,7 +1,8 @@
 //! Assembles one Pingora server from a validated config: the proxy service
 //! on every `listen` address, the admin listener, and the supervisor that
 //! runs health checks, cuts overdue closes, reloads on SIGHUP and closes live
-//! connections on shutdown.
+//! connections on shutdown. Before that, the process's descriptor limit is
+//! raised and the connection ceiling it allows is logged (`capacity`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -42,6 +42,8 @@ enum OnEnd {
     Close,
     /// Keeps the connection open (for a while), ignoring the end.
     Linger,
+    /// Never reads after the 101 (and so never sees the end).
+    Deaf,
 }
 
 /// A WebSocket server that answers every upgrade with a 101, sends nothing,
@@ -66,6 +68,10 @@ async fn start_silent_backend(
                 }
                 let reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
                 if conn.write_all(reply).await.is_err() {
+                    return;
+                }
+                if on_end == OnEnd::Deaf {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
                     return;
                 }
                 // Read until portcullis ends its side of the connection.
@@ -229,6 +235,71 @@ async fn an_upstream_that_ignores_the_close_is_left_behind() {
         .expect("portcullis ends its side of the upstream connection")
         .unwrap();
     assert_eq!(close_code_received(&mut client).await, Some(4002));
+}
+
+/// An upstream that stops reading while the client keeps sending leaves
+/// portcullis blocked writing to it; a forced close must not wait for that
+/// write: the client still gets its close frame.
+#[tokio::test]
+async fn a_forced_close_does_not_wait_for_an_upstream_that_stopped_reading() {
+    let (backend, _never) = start_silent_backend(OnEnd::Deaf).await;
+    let proxy = Proxy::start(&config(backend, "", "")).await;
+    let (mut reader, mut writer) = raw_upgrade(&proxy).await.into_split();
+    // Large masked frames until nothing more is taken: the buffers between
+    // the client, portcullis and the deaf upstream are full.
+    let payload = vec![b'a'; 64 * 1024];
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&payload);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = written.clone();
+    let filling = tokio::spawn(async move {
+        while writer.write_all(&frame).await.is_ok() {
+            progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Stalled: no whole frame taken for half a second (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (usize::MAX, Instant::now());
+    loop {
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            !filling.is_finished(),
+            "the connection broke while filling it"
+        );
+        assert!(Instant::now() < deadline, "the buffers never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed = proxy
+        .admin_json(
+            reqwest::Method::DELETE,
+            "/admin/connections?deployment=site",
+        )
+        .await;
+    assert_eq!(closed["closed"], 1);
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    filling.abort();
+    assert!(
+        received.len() >= 4 && received[0] == 0x88,
+        "no close frame: {received:?}"
+    );
+    assert_eq!(u16::from_be_bytes([received[2], received[3]]), 4002);
 }
 
 /// The connection ceiling refuses the WebSocket past it with a 503 and

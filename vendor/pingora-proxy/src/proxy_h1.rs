@@ -343,7 +343,22 @@ where
                     // known. If the 101 was read first, that plain `Body` end is not the
                     // end of the tunnel; only an `UpgradedBody` end or a closed pipe is.
                     let ends_before_upgrade = matches!(body, Some(HttpTask::Body(..)));
-                    match send_body_to1(client_session, body).await {
+                    // portcullis patch: a close requested while the upstream does not
+                    // take this write (it may be waiting for us to read) must not wait
+                    // for the write; the connection is dropped anyway.
+                    let sent = tokio::select! {
+                        sent = send_body_to1(client_session, body) => sent,
+                        drain_for = tunnel_close_requested(&mut tunnel_close),
+                            if upgraded && tunnel_close.is_some() => {
+                            tunnel_close = None;
+                            request_done = true;
+                            upstream_can_reuse = false;
+                            upstream_end_deadline =
+                                Some(begin_tunnel_close(client_session, drain_for).await);
+                            continue;
+                        }
+                    };
+                    match sent {
                         Ok(send_done) => {
                             request_done = send_done;
                             // An upgraded request is terminated when either side is done
@@ -375,20 +390,13 @@ where
                 // portcullis patch: an upgraded tunnel asked to close from outside
                 // forwards no more downstream bytes and half-closes the upstream
                 // connection, so the server can finish its message and end its side.
-                drain_for = async {
-                    match tunnel_close.as_mut() {
-                        Some(close) => close.await,
-                        None => std::future::pending().await,
-                    }
-                }, if upgraded && tunnel_close.is_some() && !response_done => {
+                drain_for = tunnel_close_requested(&mut tunnel_close),
+                    if upgraded && tunnel_close.is_some() && !response_done => {
                     tunnel_close = None;
                     request_done = true;
                     upstream_can_reuse = false;
-                    let deadline = time::Instant::now() + drain_for;
-                    upstream_end_deadline = Some(deadline);
-                    // A server that does not read could block the flush; the
-                    // deadline bounds it.
-                    let _ = time::timeout_at(deadline, client_session.shutdown()).await;
+                    upstream_end_deadline =
+                        Some(begin_tunnel_close(client_session, drain_for).await);
                 },
 
                 // portcullis patch: the upstream did not end in time; end the
@@ -1124,6 +1132,25 @@ where
 
         Ok(end_of_body)
     }
+}
+
+/// portcullis patch: completes when the tunnel is asked to close, with how long
+/// the upstream may take to end its side; never without a close signal.
+async fn tunnel_close_requested(close: &mut Option<BoxFuture<'static, Duration>>) -> Duration {
+    match close.as_mut() {
+        Some(close) => close.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// portcullis patch: shuts down the write side of the upstream connection, so
+/// that the server can finish its message and end its side; returns the
+/// deadline for that. A server that does not read could block the flush
+/// before the shutdown; the deadline bounds it.
+async fn begin_tunnel_close(client_session: &mut HttpSessionV1, drain_for: Duration) -> time::Instant {
+    let deadline = time::Instant::now() + drain_for;
+    let _ = time::timeout_at(deadline, client_session.shutdown()).await;
+    deadline
 }
 
 pub(crate) async fn send_body_to1(
