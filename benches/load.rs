@@ -26,7 +26,10 @@
 //!               [--forced-close http://ADMIN/admin/connections?...]
 //!                 with --forced-close, the held sockets are not closed by the client:
 //!                 the tool sends DELETE to that admin URL and times each socket's
-//!                 close frame from the moment the DELETE was sent
+//!                 close frame from the moment the DELETE was sent; refused
+//!                 handshakes are counted by status (`refused_503`, `bad_gateway_502`,
+//!                 `other_errors`), so a run past the server's connection ceiling
+//!                 says whether it refused cleanly
 //!
 //! Every address, listened on or connected to, must be loopback: this tool
 //! generates load, and load aimed at someone else's server is an attack.
@@ -1178,10 +1181,18 @@ async fn hold(
     let open_time = started.elapsed();
     let mut tally = Tally::default();
     let mut held = Vec::with_capacity(attempts.len());
+    let (mut refused_503, mut bad_gateway_502) = (0u64, 0u64);
     for attempt in attempts {
         match attempt {
             Ok(ws) => held.push(ws),
-            Err(e) => tally.error(e),
+            Err(e) => {
+                match refusal_status(&e) {
+                    Some(503) => refused_503 += 1,
+                    Some(502) => bad_gateway_502 += 1,
+                    _ => {}
+                }
+                tally.error(e);
+            }
         }
     }
 
@@ -1197,9 +1208,11 @@ async fn hold(
         _ => String::new(),
     };
     println!(
-        "hold opened={} errors={} open_s={:.2}{memory}",
+        "hold opened={} errors={} refused_503={refused_503} bad_gateway_502={bad_gateway_502} \
+         other_errors={} open_s={:.2}{memory}",
         held.len(),
         tally.errors,
+        tally.errors - refused_503 - bad_gateway_502,
         open_time.as_secs_f64()
     );
     if let Some(e) = &tally.first_error {
@@ -1224,6 +1237,16 @@ async fn hold(
         eprintln!("load: hold: first close error: {e:#}");
     }
     Ok(())
+}
+
+/// The HTTP status that answered a handshake instead of 101, if that is
+/// what failed it.
+fn refusal_status(e: &anyhow::Error) -> Option<u16> {
+    e.chain()
+        .find_map(|cause| match cause.downcast_ref::<WsError>() {
+            Some(WsError::Http(response)) => Some(response.status().as_u16()),
+            _ => None,
+        })
 }
 
 /// Sends DELETE to `admin` and waits for every held socket's close frame:

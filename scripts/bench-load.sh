@@ -14,7 +14,17 @@
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
 #
-# Usage: scripts/bench-load.sh
+# Usage: scripts/bench-load.sh [capacity]
+#
+# capacity: instead of all of the above, how many authenticated WebSockets
+# (the bearer-token deployment) one portcullis process holds under its
+# descriptor limit: CAPACITY_COUNT handshakes (default: 500 more than the
+# ceiling portcullis derives from the hard RLIMIT_NOFILE, at most 19 900 so
+# the load tool fits its own limit), held idle; prints how many opened, were
+# refused with 503, got 502 or failed otherwise, the RSS per idle connection,
+# portcullis's refusal counter, and whether its log mentions EMFILE.
+# Bounded: each handshake times out after 10 s, the hold lasts 5 s.
+#
 # Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
 # WS_CONCURRENCY (16), HOLD_COUNT (5000), TOKEN_COUNT (200), FORCED_COUNT (2000),
 # SERVER_LIFETIME seconds (1800),
@@ -31,6 +41,15 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+
+MODE=${1:-comparison}
+case "$MODE" in
+    comparison | capacity) ;;
+    *)
+        echo "usage: $0 [capacity]" >&2
+        exit 2
+        ;;
+esac
 
 DURATION=${DURATION:-10}
 HTTP_CONCURRENCY=${HTTP_CONCURRENCY:-32}
@@ -181,8 +200,10 @@ logging: {format: text, level: warn}
 EOF
 
 start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
-start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
-    --upstream "$HOST:$BACKEND_PORT" --threads 1
+if [ "$MODE" = comparison ]; then
+    start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
+        --upstream "$HOST:$BACKEND_PORT" --threads 1
+fi
 # The provider writes its token only once it answers, so wait for the file.
 start idp "$IDP_PORT" "${other_cpus[@]}" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token" \
     --alg RS256 --user alice
@@ -218,6 +239,42 @@ if [ "$(field "$with_token" errors)" != 0 ] || [ "$(field "$with_token" requests
     echo "  without token: $without_token" >&2
     sed 's/^/    /' "$work/preflight.log" >&2
     exit 1
+fi
+
+# capacity: fill one portcullis process with authenticated WebSockets, past
+# its connection ceiling, then stop.
+if [ "$MODE" = capacity ]; then
+    hard_limit=$(ulimit -Hn)
+    ceiling=$(((hard_limit - 1000) / 2))
+    count=${CAPACITY_COUNT:-$((ceiling + 500))}
+    if [ "$count" -gt 19900 ]; then count=19900; fi
+    echo "portcullis: capacity, $count authenticated WebSockets against a derived ceiling of $ceiling" >&2
+    capacity_result=$("${other_cpus[@]}" "$load_bin" hold \
+        --url "ws://$HOST:$PORTCULLIS_PORT$(ws_path "$AUTH_DEPLOYMENT")" --count "$count" --hold 5 \
+        --pid "$portcullis_pid" --origin "$ORIGIN" --header "$bearer" 2>>"$work/client.log")
+    capacity_line=$(grep '^hold opened=' <<<"$capacity_result")
+    close_line=$(grep '^hold closed=' <<<"$capacity_result")
+    refused_metric=$(curl -s "http://$HOST:$ADMIN_PORT/metrics" |
+        sed -n "s/^portcullis_connections_refused_total{deployment=\"$AUTH_DEPLOYMENT\",reason=\"process_limit\"} //p")
+    emfile=$(grep -ciE 'too many open files|EMFILE' "$work/portcullis.log" || true)
+    echo
+    echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores;" \
+        "RLIMIT_NOFILE hard limit $hard_limit (portcullis raises its soft limit to it); 1 server thread;" \
+        "bearer-token deployment, one RS256 token (token cache)"
+    echo
+    echo "| handshakes | opened | refused 503 | 502 | other errors | refusals counted by portcullis | EMFILE lines in its log | open time s | RSS before KiB | RSS after KiB | KiB per idle connection | closes answered | closes unanswered | close errors |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| $count | $(field "$capacity_line" opened) | $(field "$capacity_line" refused_503)" \
+        "| $(field "$capacity_line" bad_gateway_502) | $(field "$capacity_line" other_errors) | ${refused_metric:-0}" \
+        "| $emfile | $(field "$capacity_line" open_s) | $(field "$capacity_line" rss_before_kib)" \
+        "| $(field "$capacity_line" rss_after_kib) | $(field "$capacity_line" kib_per_conn)" \
+        "| $(field "$close_line" closed) | $(field "$close_line" unanswered_closes) | $(field "$close_line" close_errors) |"
+    if [ -s "$work/client.log" ]; then
+        echo
+        echo "load tool messages:"
+        sed 's/^/    /' "$work/client.log"
+    fi
+    exit 0
 fi
 
 # One browser login; the session deployment gets the same pre-flight.

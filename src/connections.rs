@@ -1,50 +1,54 @@
 //! The live-connection registry: every proxied WebSocket, from its 101 to its
 //! end, and the means to close any of them on demand.
 //!
-//! Pingora has no public hook to cancel an upgraded HTTP/1 stream from
-//! outside its task. What it does give us is the upstream socket's
-//! descriptor (in `connected_to_upstream`) and every upstream→client chunk of
-//! the upgraded body, with an end-of-stream call when the upstream side ends
-//! (`response_body_filter`). A forced close therefore works like this:
+//! Pingora's upgraded-tunnel loop runs inside the request's task, out of reach
+//! of the code that decides a session ended. The vendored `pingora-proxy`
+//! carries a small patch for this (`ProxyHttp::upgraded_tunnel_close`, see
+//! `vendor/pingora-proxy/PATCHED.md`): the tunnel loop also waits on a close
+//! signal that portcullis hands it before the tunnel starts. A forced close
+//! therefore works like this:
 //!
-//! 1. `LiveConnection::request_close` records the close code and reason once,
-//!    then `shutdown(2)`s the upstream socket through a *duplicated*
-//!    descriptor that this registry owns. Owning a duplicate (never a bare fd
-//!    number) means the descriptor cannot be closed and reused under us: the
-//!    socket stays valid until the registry entry is dropped.
-//! 2. Pingora's proxy task sees the upstream end, calls the response body
-//!    filter with end of stream, and the proxy appends a WebSocket close
-//!    frame with that code, provided the upstream→client byte stream is at a
-//!    frame boundary (`proxy::frames` tracks this). Pingora then finishes the
-//!    downstream side.
+//! 1. `LiveConnection::request_close` records the close code and reason once
+//!    and fires the connection's `TunnelCloser`.
+//! 2. The tunnel loop stops forwarding the client's bytes (abandoning a write
+//!    the upstream does not take) and shuts down the write side of the
+//!    upstream connection. A WebSocket server finishes the
+//!    frame it was sending and ends its side; one that does not is cut off
+//!    after `UPSTREAM_END_GRACE`. Either way the response body filter is
+//!    called with end of stream, and the proxy appends a WebSocket close
+//!    frame with the recorded code, provided the upstream→client byte stream
+//!    is at a frame boundary (`proxy::frames` tracks this). Pingora then
+//!    finishes the downstream side and drops the upstream connection.
 //! 3. A client that stops reading could keep the proxy task blocked on a
-//!    write forever; the sweeper (`sweep_overdue`) hard-closes the client
-//!    socket of any connection still registered `HARD_CLOSE_AFTER` after its
-//!    close was requested.
+//!    write forever (the tunnel loop is then not polling its close signal
+//!    either); the sweeper (`sweep_overdue`) hard-closes the client socket of
+//!    any connection still registered `HARD_CLOSE_AFTER` after its close was
+//!    requested, which fails that write and ends the task.
 //!
-//! The client socket is *not* duplicated: each live WebSocket already holds
-//! two descriptors, and a third per connection would cut the number of
-//! connections a process can hold under its descriptor limit by a third.
-//! Instead the registry keeps the client socket's number and its socket
-//! cookie (a kernel id never reused while the machine runs), and acts on it
-//! only while holding the entry's shard lock with the entry still present.
-//! Pingora drops the client socket only after the `logging` phase, where the
-//! guard deregisters under that same lock, so a present entry means an open
-//! socket; the cookie check guards the remaining paths (a task cancelled at
-//! shutdown drops its parts in no particular order).
+//! Nothing here holds a descriptor: a live WebSocket costs exactly two (client
+//! and upstream), which is what sets how many one process can hold under its
+//! descriptor limit (`capacity`). For the hard close the registry keeps the
+//! client socket's number and its socket cookie (a kernel id never reused
+//! while the machine runs), and acts on it only while holding the entry's
+//! shard lock with the entry still present. Pingora drops the client socket
+//! only after the `logging` phase, where the guard deregisters under that
+//! same lock, so a present entry means an open socket; the cookie check
+//! guards the remaining paths (a task cancelled at shutdown drops its parts
+//! in no particular order).
 //!
-//! The entry is removed when the request's `logging` phase drops its guard,
-//! which also closes the upstream duplicate.
+//! The entry is removed when the request's `logging` phase drops its guard.
 
 use std::collections::HashMap;
 use std::net::Shutdown;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::session::SessionId;
@@ -61,6 +65,38 @@ pub mod close_code {
 
 /// How long a requested close may take before the client socket is cut.
 pub const HARD_CLOSE_AFTER: Duration = Duration::from_millis(750);
+
+/// How long the upstream gets to end its side after a close was requested
+/// (finishing the frame it was sending), before the tunnel ends without it.
+/// Shorter than `HARD_CLOSE_AFTER`, so that the close frame still has time
+/// to reach a client that reads.
+pub const UPSTREAM_END_GRACE: Duration = Duration::from_millis(500);
+
+/// Ends one upgraded tunnel from outside its task: Pingora's tunnel loop
+/// waits on `signal` (the vendored `upgraded_tunnel_close` patch) and
+/// `close` fires it. Cloning shares the same signal.
+#[derive(Clone, Default)]
+pub struct TunnelCloser(CancellationToken);
+
+impl TunnelCloser {
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// What the tunnel loop waits on: completes once `close` was called,
+    /// with how long the upstream may take to end its side.
+    pub fn signal(&self) -> BoxFuture<'static, Duration> {
+        let token = self.0.clone();
+        Box::pin(async move {
+            token.cancelled().await;
+            UPSTREAM_END_GRACE
+        })
+    }
+}
 
 const SHARDS: usize = 16;
 
@@ -97,7 +133,7 @@ pub struct LiveConnection {
     pub claims: Option<Arc<crate::token::Claims>>,
     pub started: SystemTime,
     pub started_at: Instant,
-    upstream: OwnedFd,
+    tunnel: TunnelCloser,
     client: Option<ClientSocket>,
     close: OnceLock<CloseRequest>,
     hard_closed: OnceLock<()>,
@@ -116,9 +152,9 @@ impl LiveConnection {
         if self.close.set(request).is_err() {
             return false;
         }
-        // Ending the upstream side makes Pingora's proxy task finish the
-        // stream; the close frame is appended in the response body filter.
-        let _ = socket2::SockRef::from(&self.upstream).shutdown(Shutdown::Both);
+        // The tunnel loop ends the upstream side, then the stream; the close
+        // frame is appended in the response body filter.
+        self.tunnel.close();
         true
     }
 
@@ -278,8 +314,8 @@ pub struct NewConnection {
     pub activity: Option<SessionActivity>,
     /// The claims it was authenticated with; `None` when anonymous.
     pub claims: Option<Arc<crate::token::Claims>>,
-    /// A duplicate of the upstream socket, owned by the registry from now on.
-    pub upstream: OwnedFd,
+    /// Ends the connection's tunnel; the proxy handed its signal to Pingora.
+    pub tunnel: TunnelCloser,
     /// The client socket, for the hard-close fallback.
     pub client: Option<ClientSocket>,
 }
@@ -317,7 +353,7 @@ impl Registry {
             claims: new.claims,
             started: SystemTime::now(),
             started_at: Instant::now(),
-            upstream: new.upstream,
+            tunnel: new.tunnel,
             client: new.client,
             close: OnceLock::new(),
             hard_closed: OnceLock::new(),
@@ -590,8 +626,7 @@ impl Registry {
     }
 }
 
-/// Keeps a connection registered; dropping it deregisters the connection
-/// and releases the registry's duplicated descriptors.
+/// Keeps a connection registered; dropping it deregisters the connection.
 pub struct LiveGuard {
     registry: Arc<Registry>,
     conn: Arc<LiveConnection>,
@@ -612,7 +647,7 @@ impl Drop for LiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::net::{TcpListener, TcpStream};
 
     fn socket_pair() -> (TcpStream, TcpStream) {
@@ -622,7 +657,7 @@ mod tests {
         (client, server)
     }
 
-    fn register(registry: &Arc<Registry>, deployment: &str, upstream: &TcpStream) -> LiveGuard {
+    fn register(registry: &Arc<Registry>, deployment: &str) -> LiveGuard {
         registry.register(NewConnection {
             deployment: deployment.into(),
             route: "/v1".into(),
@@ -631,17 +666,29 @@ mod tests {
             idle_close: None,
             activity: None,
             claims: None,
-            upstream: OwnedFd::from(upstream.try_clone().unwrap()),
+            tunnel: TunnelCloser::default(),
             client: None,
         })
     }
 
-    #[test]
-    fn close_shuts_the_upstream_socket_and_records_the_reason_once() {
+    #[tokio::test]
+    async fn close_signals_the_tunnel_and_records_the_reason_once() {
         let registry = Registry::new(Arc::new(Metrics::new()));
-        let (ours, theirs) = socket_pair();
-        let guard = register(&registry, "d1", &ours);
+        let tunnel = TunnelCloser::default();
+        let signal = tunnel.signal();
+        let guard = registry.register(NewConnection {
+            deployment: "d1".into(),
+            route: "/v1".into(),
+            session: None,
+            expires_at: None,
+            idle_close: None,
+            activity: None,
+            claims: None,
+            tunnel: tunnel.clone(),
+            client: None,
+        });
         let id = guard.connection().id;
+        assert!(!tunnel.is_closed());
 
         assert!(registry.close(id, close_code::SESSION_REVOKED, "session revoked", "admin"));
         assert!(!registry.close(
@@ -653,23 +700,19 @@ mod tests {
         let pending = guard.connection().close_request().unwrap();
         assert_eq!(pending.code, close_code::SESSION_REVOKED);
 
-        // The peer sees end of stream: the socket itself was shut down.
-        let mut buf = [0u8; 8];
-        let mut theirs = theirs;
-        assert_eq!(theirs.read(&mut buf).unwrap(), 0);
-        // And our side can no longer write.
-        let mut ours = ours;
-        assert!(ours.write_all(b"x").is_err());
+        // The signal handed to the tunnel loop before the close completes,
+        // with the upstream's grace period.
+        assert!(tunnel.is_closed());
+        let grace = tokio::time::timeout(Duration::from_secs(5), signal).await;
+        assert_eq!(grace.ok(), Some(UPSTREAM_END_GRACE));
     }
 
     #[test]
     fn dropping_the_guard_deregisters_and_updates_the_gauge() {
         let metrics = Arc::new(Metrics::new());
         let registry = Registry::new(metrics.clone());
-        let (a, _b) = socket_pair();
-        let (c, _d) = socket_pair();
-        let g1 = register(&registry, "d1", &a);
-        let g2 = register(&registry, "d2", &c);
+        let g1 = register(&registry, "d1");
+        let g2 = register(&registry, "d2");
         assert_eq!(registry.len(), 2);
         assert_eq!(
             metrics.active_connections.with_label_values(&["d1"]).get(),
@@ -690,11 +733,8 @@ mod tests {
     fn close_where_selects_by_deployment_and_counts_forced_closes() {
         let metrics = Arc::new(Metrics::new());
         let registry = Registry::new(metrics.clone());
-        let pairs: Vec<_> = (0..5).map(|_| socket_pair()).collect();
-        let guards: Vec<_> = pairs
-            .iter()
-            .enumerate()
-            .map(|(i, (a, _))| register(&registry, if i < 3 { "a" } else { "b" }, a))
+        let guards: Vec<_> = (0..5)
+            .map(|i| register(&registry, if i < 3 { "a" } else { "b" }))
             .collect();
         let closed =
             registry.close_where(|c| &*c.deployment == "a", 4002, "session revoked", "admin");
@@ -723,16 +763,14 @@ mod tests {
     #[test]
     fn idle_clocks_say_which_sessions_the_store_must_hear_about() {
         let registry = Registry::new(Arc::new(Metrics::new()));
-        let pairs: Vec<_> = (0..3).map(|_| socket_pair()).collect();
         let session = SessionId::random().unwrap();
         let other = SessionId::random().unwrap();
         // Two connections of one session (last seen at 1000, idle after 60 s)
         // and one of another session (last seen at 1040).
         let sessions = [(&session, 1000), (&session, 1000), (&other, 1040)];
-        let guards: Vec<_> = pairs
-            .iter()
-            .zip(sessions)
-            .map(|((a, _), (id, last_seen))| {
+        let guards: Vec<_> = sessions
+            .into_iter()
+            .map(|(id, last_seen)| {
                 registry.register(NewConnection {
                     deployment: "d".into(),
                     route: "/v1".into(),
@@ -741,7 +779,7 @@ mod tests {
                     idle_close: None,
                     activity: Some(SessionActivity::new(id.clone(), 60, last_seen, last_seen)),
                     claims: None,
-                    upstream: OwnedFd::from(a.try_clone().unwrap()),
+                    tunnel: TunnelCloser::default(),
                     client: None,
                 })
             })
@@ -804,11 +842,8 @@ mod tests {
     fn sessions_close_at_expiry_and_by_id() {
         let metrics = Arc::new(Metrics::new());
         let registry = Registry::new(metrics.clone());
-        let pairs: Vec<_> = (0..3).map(|_| socket_pair()).collect();
-        let guards: Vec<_> = pairs
-            .iter()
-            .enumerate()
-            .map(|(i, (a, _))| {
+        let guards: Vec<_> = (0..3)
+            .map(|i| {
                 registry.register(NewConnection {
                     deployment: "d".into(),
                     route: "/v1".into(),
@@ -817,7 +852,7 @@ mod tests {
                     idle_close: None,
                     activity: None,
                     claims: None,
-                    upstream: OwnedFd::from(a.try_clone().unwrap()),
+                    tunnel: TunnelCloser::default(),
                     client: None,
                 })
             })
@@ -852,8 +887,7 @@ mod tests {
     #[test]
     fn bearer_connections_close_at_their_tokens_exp_or_when_idle() {
         let registry = Registry::new(Arc::new(Metrics::new()));
-        let pairs: Vec<_> = (0..2).map(|_| socket_pair()).collect();
-        let bearer = |i: usize, expires_at, idle_close| {
+        let bearer = |expires_at, idle_close| {
             registry.register(NewConnection {
                 deployment: "d".into(),
                 route: "/v1".into(),
@@ -862,12 +896,12 @@ mod tests {
                 idle_close,
                 activity: None,
                 claims: None,
-                upstream: OwnedFd::from(pairs[i].0.try_clone().unwrap()),
+                tunnel: TunnelCloser::default(),
                 client: None,
             })
         };
-        let at_exp = bearer(0, Some(1000), None);
-        let until_idle = bearer(1, None, Some(IdleClose::new(60, 980)));
+        let at_exp = bearer(Some(1000), None);
+        let until_idle = bearer(None, Some(IdleClose::new(60, 980)));
         assert_eq!(registry.close_expired(999), 0);
         assert_eq!(registry.close_expired(1000), 1, "the token's exp");
         let request = at_exp.connection().close_request().unwrap();
@@ -895,7 +929,6 @@ mod tests {
     #[test]
     fn sweeper_cuts_the_client_socket_only_after_the_grace_period() {
         let registry = Registry::new(Arc::new(Metrics::new()));
-        let (up, _up_peer) = socket_pair();
         let (down, down_peer) = socket_pair();
         let guard = registry.register(NewConnection {
             deployment: "d".into(),
@@ -905,7 +938,7 @@ mod tests {
             idle_close: None,
             activity: None,
             claims: None,
-            upstream: OwnedFd::from(up.try_clone().unwrap()),
+            tunnel: TunnelCloser::default(),
             client: ClientSocket::identify(std::os::fd::AsRawFd::as_raw_fd(&down)),
         });
         assert!(registry.close(guard.connection().id, 4002, "session revoked", "admin"));

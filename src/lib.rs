@@ -15,6 +15,7 @@
 //! | `devidp`      | a development OpenID provider (feature `demo`: demo and tests, never production) |
 
 pub mod admin;
+pub mod capacity;
 pub mod config;
 pub mod connections;
 #[cfg(feature = "demo")]

@@ -64,13 +64,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => match portcullis::config::load(&config) {
-            // Building the runtime also resolves upstream server names, as `run` will.
-            Ok(valid) => match portcullis::runtime::Runtime::build(
-                valid,
-                None,
-                &std::sync::Arc::new(portcullis::metrics::Metrics::new()),
-            ) {
-                Ok(_) => {
+            // Building the runtime also resolves upstream server names, as
+            // `run` will, and sizes the connection ceiling under the
+            // descriptor limit `run` raises itself to.
+            Ok(valid) => match portcullis::capacity::raise_descriptor_limit()
+                .map_err(|e| format!("cannot read the descriptor limit: {e}"))
+                .and_then(|_| {
+                    portcullis::runtime::Runtime::build(
+                        valid,
+                        None,
+                        &std::sync::Arc::new(portcullis::metrics::Metrics::new()),
+                    )
+                    .map_err(|e| e.to_string())
+                }) {
+                Ok(runtime) => {
+                    if let Some(warning) = runtime.connection_ceiling.warning() {
+                        eprintln!("{}: warning: {warning}", config.display());
+                    }
                     println!("{}: configuration is valid", config.display());
                     ExitCode::SUCCESS
                 }

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub active_connections: IntGaugeVec,
     /// Connections closed by portcullis, by deployment and reason.
     pub forced_closes: IntCounterVec,
+    /// WebSocket handshakes refused at a connection ceiling, by deployment
+    /// and reason (process_limit, deployment_limit).
+    pub connections_refused: IntCounterVec,
     /// Failures to reach or talk to an upstream, by upstream and kind.
     pub upstream_errors: IntCounterVec,
     /// Time from a request's arrival to its response header (the handshake, for WebSockets).
@@ -268,6 +271,11 @@ impl Metrics {
             forced_closes: counter(
                 "portcullis_forced_closes_total",
                 "WebSocket connections closed by portcullis, by deployment and reason.",
+                &["deployment", "reason"],
+            ),
+            connections_refused: counter(
+                "portcullis_connections_refused_total",
+                "WebSocket handshakes refused at a connection ceiling, by deployment and reason (process_limit, deployment_limit).",
                 &["deployment", "reason"],
             ),
             upstream_errors: counter(

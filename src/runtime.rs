@@ -229,6 +229,9 @@ pub struct Runtime {
     /// Rate limits of the token API, login and callback; kept across
     /// reloads that do not change them.
     pub limiters: Arc<Limiters>,
+    /// How many WebSockets this process admits (`limits.max_connections`,
+    /// or derived from the descriptor limit).
+    pub connection_ceiling: crate::capacity::Ceiling,
 }
 
 struct UntilMessengerTokenExpires;
@@ -351,6 +354,7 @@ impl Runtime {
             Some(old) if old.limiters.config() == config.rate_limits => old.limiters.clone(),
             _ => Arc::new(Limiters::new(config.rate_limits)),
         };
+        let connection_ceiling = crate::capacity::Ceiling::current(config.limits.max_connections);
         Ok(Runtime {
             config: Arc::new(config),
             deployments,
@@ -374,6 +378,7 @@ impl Runtime {
                 .build(),
             refresh_key,
             limiters,
+            connection_ceiling,
         })
     }
 
@@ -416,6 +421,8 @@ const ENDED_LATELY_CAPACITY: u64 = 100_000;
 pub struct State {
     runtime: ArcSwap<Runtime>,
     pub connections: Arc<Registry>,
+    /// Admission slots under the connection ceilings; kept across reloads.
+    pub slots: Arc<crate::capacity::Slots>,
     /// Browser sessions; kept across reloads.
     pub sessions: Arc<dyn SessionStore>,
     /// Sessions being re-checked with their provider.
@@ -477,6 +484,7 @@ impl State {
         Arc::new(State {
             runtime: ArcSwap::from_pointee(runtime),
             connections: Registry::new(metrics.clone()),
+            slots: crate::capacity::Slots::new(),
             sessions,
             rechecks: Rechecker::default(),
             ended_lately: moka::sync::Cache::builder()
@@ -786,6 +794,9 @@ impl State {
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))??;
+        if let Some(warning) = new.connection_ceiling.warning() {
+            tracing::warn!("{warning}");
+        }
         let mut restart_required_for = Vec::new();
         if new.config.listeners != old.config.listeners {
             restart_required_for.push("listen");
@@ -1019,15 +1030,8 @@ routes: [{path_prefix: /v1}]
     }
 
     /// A live connection of session `id`, last seen by the store at `last_seen`.
-    fn live(
-        state: &State,
-        id: &SessionId,
-        last_seen: u64,
-    ) -> (crate::connections::LiveGuard, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (peer, _) = listener.accept().unwrap();
-        let guard = state
+    fn live(state: &State, id: &SessionId, last_seen: u64) -> crate::connections::LiveGuard {
+        state
             .connections
             .register(crate::connections::NewConnection {
                 deployment: "secured".into(),
@@ -1042,10 +1046,9 @@ routes: [{path_prefix: /v1}]
                     last_seen,
                 )),
                 claims: None,
-                upstream: std::os::fd::OwnedFd::from(upstream),
+                tunnel: crate::connections::TunnelCloser::default(),
                 client: None,
-            });
-        (guard, peer)
+            })
     }
 
     #[tokio::test]
@@ -1061,8 +1064,8 @@ routes: [{path_prefix: /v1}]
         // know; another tab has since kept `revived` alive in the store.
         store.save(&session(&revived, t0)).await.unwrap();
         store.touch(&revived, t0 + 50).await.unwrap();
-        let (gone_conn, _p1) = live(&state, &gone, t0);
-        let (revived_conn, _p2) = live(&state, &revived, t0);
+        let gone_conn = live(&state, &gone, t0);
+        let revived_conn = live(&state, &revived, t0);
 
         state.keep_live_sessions(t0 + 61).await;
         let closed = gone_conn
@@ -1082,7 +1085,7 @@ routes: [{path_prefix: /v1}]
 
         // The store goes away: nothing is closed for it.
         let down = State::with_store(runtime(), None, metrics, Arc::new(DownStore));
-        let (conn, _p3) = live(&down, &gone, t0);
+        let conn = live(&down, &gone, t0);
         down.keep_live_sessions(t0 + 61).await;
         assert!(conn.connection().close_request().is_none());
     }

@@ -1,7 +1,8 @@
 //! Assembles one Pingora server from a validated config: the proxy service
 //! on every `listen` address, the admin listener, and the supervisor that
 //! runs health checks, cuts overdue closes, reloads on SIGHUP and closes live
-//! connections on shutdown.
+//! connections on shutdown. Before that, the process's descriptor limit is
+//! raised and the connection ceiling it allows is logged (`capacity`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::capacity;
 use crate::config::Config;
 use crate::connections::close_code;
 use crate::metrics::Metrics;
@@ -25,14 +27,51 @@ use crate::runtime::{Runtime, State, SUPERVISOR_TICK};
 /// How long live connections get to receive their close frame at shutdown.
 const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Builds the shared state for `config`.
+/// Builds the shared state for `config`, after raising the descriptor
+/// limit that sizes the connection ceiling.
 pub fn build_state(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<State>> {
     // Before the first TLS client (a provider's) is built; main did it
     // already, an embedding program may not have.
     crate::install_crypto_provider();
+    raise_descriptor_limit();
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::build(config, None, &metrics).map_err(anyhow::Error::msg)?;
+    log_connection_ceiling(&runtime.connection_ceiling);
     State::new(runtime, config_path, metrics).map_err(anyhow::Error::msg)
+}
+
+/// Raises the soft descriptor limit to the hard one: each live WebSocket
+/// holds two descriptors, and the soft limit is often far below the hard one.
+fn raise_descriptor_limit() {
+    match capacity::raise_descriptor_limit() {
+        Ok((before, after)) => tracing::info!(
+            soft_before = before.soft,
+            soft = after.soft,
+            hard = after.hard,
+            "descriptor limit (RLIMIT_NOFILE)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not raise the descriptor limit; the connection ceiling follows the current one"
+        ),
+    }
+}
+
+fn log_connection_ceiling(ceiling: &capacity::Ceiling) {
+    if let Some(warning) = ceiling.warning() {
+        tracing::warn!("{warning}");
+    }
+    let source = match ceiling.source {
+        capacity::CeilingSource::Configured => "limits.max_connections",
+        _ => "descriptor limit",
+    };
+    tracing::info!(
+        max_connections = ceiling.max_connections,
+        source,
+        descriptors = ceiling.descriptors,
+        reserve = capacity::DESCRIPTOR_RESERVE,
+        "connection ceiling: WebSocket handshakes beyond it get 503"
+    );
 }
 
 /// Runs the server until SIGTERM (drained, see `Drain`) or SIGINT (at

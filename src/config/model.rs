@@ -256,6 +256,9 @@ pub struct Deployment {
     pub access_token_query: bool,
     pub forward_token: bool,
     pub redirect_uris: Vec<url::Url>,
+    /// Live WebSockets (and handshakes in flight) this deployment admits,
+    /// within the process-wide ceiling; `None`: only that ceiling.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,6 +436,9 @@ impl Default for Forwarding {
 pub struct Limits {
     pub max_path_bytes: usize,
     pub max_query_bytes: usize,
+    /// Live WebSockets (and handshakes in flight) the process admits; `None`:
+    /// derived from the descriptor limit (`capacity`).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -440,6 +446,7 @@ impl Default for Limits {
         Limits {
             max_path_bytes: 2048,
             max_query_bytes: 4096,
+            max_connections: None,
         }
     }
 }

@@ -126,6 +126,7 @@ pub struct RawDeployment {
     pub forward_token: bool,
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +247,7 @@ pub struct RawForwarding {
 pub struct RawLimits {
     pub max_path_bytes: Option<usize>,
     pub max_query_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1252,3 +1252,46 @@ fn strip_headers_are_header_names_portcullis_does_not_handle_itself() {
         "expected a sequence",
     );
 }
+
+#[test]
+fn connection_ceilings_are_optional_and_at_least_one() {
+    let c = parse_text(GOOD).unwrap();
+    assert_eq!(
+        c.limits.max_connections, None,
+        "derived at start by default"
+    );
+    assert!(c.deployments.iter().all(|d| d.max_connections.is_none()));
+    let c = parse_text(
+        &GOOD
+            .replacen(
+                "compat: {hosted_paths: false}",
+                "compat: {hosted_paths: false}\nlimits: {max_connections: 5000}",
+                1,
+            )
+            .replacen(
+                "    upstream: chat\n    access_token_query",
+                "    upstream: chat\n    max_connections: 200\n    access_token_query",
+                1,
+            ),
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_connections, Some(5000));
+    assert_eq!(c.deployments[0].max_connections, Some(200));
+    assert_eq!(c.deployments[1].max_connections, None);
+    assert_error(
+        &errors_after(
+            "compat: {hosted_paths: false}",
+            "limits: {max_connections: 0}",
+        ),
+        "limits.max_connections",
+        "must be between 1 and",
+    );
+    assert_error(
+        &errors_after(
+            "    upstream: chat\n    access_token_query",
+            "    upstream: chat\n    max_connections: 0\n    access_token_query",
+        ),
+        "deployments[0].max_connections",
+        "make the deployment inactive",
+    );
+}

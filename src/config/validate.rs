@@ -1303,6 +1303,11 @@ fn deployments(
             access_token_query: d.access_token_query,
             forward_token: d.forward_token,
             redirect_uris,
+            max_connections: max_connections(
+                c,
+                &format!("{path}.max_connections"),
+                d.max_connections,
+            ),
         });
     }
     out
@@ -1875,6 +1880,28 @@ fn rate_limits(c: &mut Checker, value: &Value) -> RateLimits {
     }
 }
 
+/// The most connections a ceiling may name: far beyond any descriptor limit,
+/// so only a typo is refused here (what the descriptor limit allows is
+/// checked against the running process, `capacity::Ceiling`).
+const MAX_CONNECTIONS_BOUND: usize = 10_000_000;
+
+/// A connection ceiling: at least one (an inactive deployment is how to
+/// refuse every WebSocket).
+fn max_connections(c: &mut Checker, path: &str, value: Option<usize>) -> Option<usize> {
+    match value {
+        Some(n) if !(1..=MAX_CONNECTIONS_BOUND).contains(&n) => {
+            c.error(
+                path.to_string(),
+                format!(
+                    "must be between 1 and {MAX_CONNECTIONS_BOUND} (to refuse every WebSocket, make the deployment inactive)"
+                ),
+            );
+            None
+        }
+        other => other,
+    }
+}
+
 fn limits(c: &mut Checker, value: &Value) -> Limits {
     let defaults = Limits::default();
     let Some(raw) = c.decode::<Option<RawLimits>>("limits", value).flatten() else {
@@ -1899,5 +1926,6 @@ fn limits(c: &mut Checker, value: &Value) -> Limits {
             raw.max_query_bytes,
             defaults.max_query_bytes,
         ),
+        max_connections: max_connections(c, "limits.max_connections", raw.max_connections),
     }
 }

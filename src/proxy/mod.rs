@@ -7,13 +7,15 @@
 //! request_filter ─┬─ /.auth/jwks.json ......................... answered here
 //!                 ├─ check the target, route → deployment (400/404), inactive (403)
 //!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
+//!                 ├─ WebSocket upgrade: a slot under the connection ceilings (503)
 //!                 ├─ authentication required? credential (header, subprotocol,
 //!                 │   opt-in query) → verified token (cache, JWKS) → 401 / 503;
 //!                 │   messenger `require` rules → 403
 //!                 └─ refusal → one renderer: JSON body, status, metric label
 //! upstream_peer .......... the deployment's upstream: round-robin over healthy
 //!                          servers, skipping ones that already failed to connect
-//! connected_to_upstream .. upgrade? keep a duplicate of the upstream socket
+//! upgraded_tunnel_close .. upgrade? hand Pingora's tunnel loop the signal the
+//!                          live-connection registry closes it with
 //! upstream_request_filter  strip identity headers (any case, `_` as `-`)
 //!                          and routing headers (X-Original-URL, method overrides…),
 //!                          add the verified identity and its signed assertion
@@ -33,7 +35,6 @@ pub mod origin;
 pub mod refusal;
 pub mod route;
 
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
 use crate::config::model::BearerConnections;
-use crate::connections::{ClientSocket, IdleClose, LiveGuard, NewConnection, SessionActivity};
+use crate::connections::{
+    ClientSocket, IdleClose, LiveGuard, NewConnection, SessionActivity, TunnelCloser,
+};
 use crate::endpoints;
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
@@ -435,9 +438,9 @@ pub struct RequestCtx {
     refusal: Option<Refusal>,
     /// Servers that failed to connect for this request, skipped on retry.
     tried: Vec<Backend>,
-    /// A duplicate of the upstream socket of an upgrade request, until the
-    /// live connection takes it over.
-    upstream_fd: Option<OwnedFd>,
+    /// How an upgrade request's tunnel is closed once it is a live
+    /// connection; created with the first upstream attempt.
+    tunnel: Option<TunnelCloser>,
     live: Option<LiveGuard>,
     frames: FrameTracker,
     /// Frames of the client→upstream stream, whose data frames are activity.
@@ -448,6 +451,9 @@ pub struct RequestCtx {
     close_sent: Option<u16>,
     /// Whether this upgrade request's outcome was counted already.
     handshake_counted: bool,
+    /// An upgrade request's place under the connection ceilings, held until
+    /// the request (and so its live connection) ends.
+    slot: Option<crate::capacity::Slot>,
     /// Set once the request is authenticated.
     auth: Option<Authenticated>,
 }
@@ -534,6 +540,40 @@ impl Portcullis {
 }
 
 impl Portcullis {
+    /// A WebSocket handshake takes a slot under the process's and its
+    /// deployment's connection ceilings, or is refused (503) and counted.
+    /// Plain HTTP requests pass: they hold their descriptors only briefly,
+    /// out of the reserve the ceiling leaves.
+    fn take_connection_slot(
+        &self,
+        runtime: &Runtime,
+        target: &Target,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), Refusal> {
+        if !ctx.is_upgrade {
+            return Ok(());
+        }
+        let deployment = &target.deployment;
+        match self.state.slots.try_take(
+            &deployment.label,
+            runtime.connection_ceiling.max_connections,
+            deployment.config.max_connections,
+        ) {
+            Ok(slot) => {
+                ctx.slot = Some(slot);
+                Ok(())
+            }
+            Err(limit) => {
+                self.state
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&[&deployment.label, limit.label()])
+                    .inc();
+                Err(Refusal::ConnectionLimit(limit))
+            }
+        }
+    }
+
     /// Authenticates, records the decision (metrics, timing) and keeps the identity.
     async fn authenticate_request(
         &self,
@@ -735,19 +775,6 @@ async fn read_body(
     }
 }
 
-/// Duplicates the upstream socket's descriptor, so that the copy stays valid
-/// for as long as portcullis holds it, whatever Pingora does with the
-/// original (it closes the upstream socket before the `logging` phase).
-fn duplicate_fd(fd: RawFd) -> Option<OwnedFd> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: Pingora passes the descriptor of a socket it keeps open for
-    // the whole call; we only borrow it long enough to dup(2) it.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    borrowed.try_clone_to_owned().ok()
-}
-
 fn client_uses_tls(digest: Option<&Digest>) -> bool {
     digest.is_some_and(|d| d.ssl_digest.is_some())
 }
@@ -788,16 +815,26 @@ impl ProxyHttp for Portcullis {
             admitted
         });
         let decision = match (admitted, &ctx.target) {
-            (Ok(()), Some(target)) if target.deployment.requires_authentication() => {
+            (Ok(()), Some(target)) => {
                 let target = target.clone();
-                self.authenticate_request(&runtime, &target, session.req_header(), ctx)
-                    .await
+                match self.take_connection_slot(&runtime, &target, ctx) {
+                    Ok(()) if target.deployment.requires_authentication() => {
+                        self.authenticate_request(&runtime, &target, session.req_header(), ctx)
+                            .await
+                    }
+                    other => other,
+                }
             }
             (result, _) => result,
         };
         ctx.runtime = Some(runtime);
         match decision {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                if ctx.is_upgrade {
+                    ctx.tunnel = Some(TunnelCloser::default());
+                }
+                Ok(false)
+            }
             Err(refusal) => {
                 self.refuse(session, ctx, refusal).await?;
                 Ok(true)
@@ -859,21 +896,14 @@ impl ProxyHttp for Portcullis {
         e
     }
 
-    /// Keeps a duplicate of the upstream socket of an upgrade request: the
-    /// live-connection registry closes connections through it.
-    async fn connected_to_upstream(
+    /// An upgrade request's tunnel gets a close signal, which the live
+    /// connection it may become is closed with (registered on its 101).
+    fn upgraded_tunnel_close(
         &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] fd: RawFd,
-        _digest: Option<&Digest>,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        if ctx.is_upgrade {
-            ctx.upstream_fd = duplicate_fd(fd);
-        }
-        Ok(())
+        _session: &Session,
+        ctx: &Self::CTX,
+    ) -> Option<futures_util::future::BoxFuture<'static, Duration>> {
+        ctx.tunnel.as_ref().map(TunnelCloser::signal)
     }
 
     /// Removes every identity header the client sent and the headers
@@ -962,11 +992,8 @@ impl ProxyHttp for Portcullis {
             return Ok(());
         }
         self.count_handshake(ctx, "upgraded");
-        let (Some(target), Some(upstream)) = (&ctx.target, ctx.upstream_fd.take()) else {
-            return Error::e_explain(
-                InternalError,
-                "upgrade without a registrable upstream socket",
-            );
+        let (Some(target), Some(tunnel)) = (&ctx.target, ctx.tunnel.clone()) else {
+            return Error::e_explain(InternalError, "upgrade without a tunnel close signal");
         };
         let client = session
             .as_downstream()
@@ -992,7 +1019,7 @@ impl ProxyHttp for Portcullis {
                     .auth
                     .as_ref()
                     .map(|a| a.rendered.identity.claims.clone()),
-                upstream,
+                tunnel,
                 client,
             }),
         );

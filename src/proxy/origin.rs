@@ -51,6 +51,7 @@ mod tests {
             access_token_query: false,
             forward_token: false,
             redirect_uris: vec![],
+            max_connections: None,
         }
     }
 

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+use crate::capacity::LimitReached;
 use crate::policy::PolicyFailure;
 use crate::token::TokenError;
 
@@ -74,6 +75,9 @@ pub enum Refusal {
     /// The instance is draining (SIGTERM): new WebSocket upgrades go to
     /// another instance (503 with `Retry-After`).
     Draining,
+    /// A WebSocket handshake past a connection ceiling (503): the process
+    /// holds as many as its descriptors allow, or the deployment its share.
+    ConnectionLimit(LimitReached),
 }
 
 impl Refusal {
@@ -87,7 +91,9 @@ impl Refusal {
             Refusal::DeploymentInactive | Refusal::OriginNotAllowed | Refusal::OriginMissing => 403,
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
-            Refusal::ProviderUnavailable | Refusal::StoreUnavailable => 503,
+            Refusal::ProviderUnavailable
+            | Refusal::StoreUnavailable
+            | Refusal::ConnectionLimit(_) => 503,
             Refusal::UpstreamFailed => 502,
             Refusal::NoHealthyUpstream | Refusal::Draining => 503,
         }
@@ -124,6 +130,7 @@ impl Refusal {
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
             Refusal::Draining => "draining",
+            Refusal::ConnectionLimit(_) => "connection_limit",
         }
     }
 
@@ -153,6 +160,12 @@ impl Refusal {
             Refusal::UpstreamFailed => "the upstream server could not be reached",
             Refusal::Draining => {
                 "this instance is shutting down; connect again (the load balancer sends you elsewhere)"
+            }
+            Refusal::ConnectionLimit(LimitReached::Process) => {
+                "this instance holds as many live connections as it can; try again shortly"
+            }
+            Refusal::ConnectionLimit(LimitReached::Deployment) => {
+                "this deployment holds as many live connections as it may; try again shortly"
             }
         }
     }
@@ -221,6 +234,8 @@ mod tests {
             Refusal::NoHealthyUpstream,
             Refusal::UpstreamFailed,
             Refusal::Draining,
+            Refusal::ConnectionLimit(LimitReached::Process),
+            Refusal::ConnectionLimit(LimitReached::Deployment),
         ] {
             let (header, body) = r.render();
             assert_eq!(header.status.as_u16(), r.status());
@@ -263,6 +278,9 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["reason"], "token_expired");
         let (header, _) = Refusal::ProviderUnavailable.render();
+        assert_eq!(header.headers.get("retry-after").unwrap(), "5");
+        let (header, _) = Refusal::ConnectionLimit(LimitReached::Process).render();
+        assert_eq!(header.status.as_u16(), 503);
         assert_eq!(header.headers.get("retry-after").unwrap(), "5");
         assert!(Refusal::Forbidden(PolicyFailure::Groups)
             .challenge()

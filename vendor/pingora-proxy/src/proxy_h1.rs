@@ -148,6 +148,10 @@ where
         // closure (the downstream half finished and dropped rx) from an unexpected one.
         let pipe_state = Arc::new(AtomicU8::new(PipeState::Active as u8));
 
+        // portcullis patch: how the tunnel may be ended from outside (see
+        // `ProxyHttp::upgraded_tunnel_close`).
+        let tunnel_close = self.inner.upgraded_tunnel_close(session, ctx);
+
         // start bi-directional streaming
         let ret = tokio::try_join!(
             self.proxy_handle_downstream(
@@ -159,7 +163,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                tunnel_close,
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +261,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        mut tunnel_close: Option<BoxFuture<'static, Duration>>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -261,6 +272,9 @@ where
         let mut upstream_can_reuse = true;
         let mut send_error = None;
         let mut upgraded = false;
+        // portcullis patch: once the tunnel is asked to close, the upstream
+        // has until this deadline to end its side.
+        let mut upstream_end_deadline: Option<time::Instant> = None;
 
         /* duplex mode, wait for either to complete */
         while !request_done || !response_done {
@@ -329,7 +343,22 @@ where
                     // known. If the 101 was read first, that plain `Body` end is not the
                     // end of the tunnel; only an `UpgradedBody` end or a closed pipe is.
                     let ends_before_upgrade = matches!(body, Some(HttpTask::Body(..)));
-                    match send_body_to1(client_session, body).await {
+                    // portcullis patch: a close requested while the upstream does not
+                    // take this write (it may be waiting for us to read) must not wait
+                    // for the write; the connection is dropped anyway.
+                    let sent = tokio::select! {
+                        sent = send_body_to1(client_session, body) => sent,
+                        drain_for = tunnel_close_requested(&mut tunnel_close),
+                            if upgraded && tunnel_close.is_some() => {
+                            tunnel_close = None;
+                            request_done = true;
+                            upstream_can_reuse = false;
+                            upstream_end_deadline =
+                                Some(begin_tunnel_close(client_session, drain_for).await);
+                            continue;
+                        }
+                    };
+                    match sent {
                         Ok(send_done) => {
                             request_done = send_done;
                             // An upgraded request is terminated when either side is done
@@ -356,6 +385,30 @@ where
                            continue
                         }
                     }
+                },
+
+                // portcullis patch: an upgraded tunnel asked to close from outside
+                // forwards no more downstream bytes and half-closes the upstream
+                // connection, so the server can finish its message and end its side.
+                drain_for = tunnel_close_requested(&mut tunnel_close),
+                    if upgraded && tunnel_close.is_some() && !response_done => {
+                    tunnel_close = None;
+                    request_done = true;
+                    upstream_can_reuse = false;
+                    upstream_end_deadline =
+                        Some(begin_tunnel_close(client_session, drain_for).await);
+                },
+
+                // portcullis patch: the upstream did not end in time; end the
+                // upgraded body here, as if it had.
+                _ = async {
+                    match upstream_end_deadline {
+                        Some(deadline) => time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                }, if upstream_end_deadline.is_some() && !response_done => {
+                    let _ = tx.send(HttpTask::UpgradedBody(None, true)).await;
+                    return Ok(false);
                 },
 
                 else => {
@@ -1079,6 +1132,25 @@ where
 
         Ok(end_of_body)
     }
+}
+
+/// portcullis patch: completes when the tunnel is asked to close, with how long
+/// the upstream may take to end its side; never without a close signal.
+async fn tunnel_close_requested(close: &mut Option<BoxFuture<'static, Duration>>) -> Duration {
+    match close.as_mut() {
+        Some(close) => close.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// portcullis patch: shuts down the write side of the upstream connection, so
+/// that the server can finish its message and end its side; returns the
+/// deadline for that. A server that does not read could block the flush
+/// before the shutdown; the deadline bounds it.
+async fn begin_tunnel_close(client_session: &mut HttpSessionV1, drain_for: Duration) -> time::Instant {
+    let deadline = time::Instant::now() + drain_for;
+    let _ = time::timeout_at(deadline, client_session.shutdown()).await;
+    deadline
 }
 
 pub(crate) async fn send_body_to1(

@@ -708,6 +708,28 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// portcullis patch: a way to end this request's upgraded HTTP/1 tunnel
+    /// (a WebSocket, say) from outside the request's task.
+    ///
+    /// Called once per upstream attempt, before the request is sent. When the
+    /// returned future completes (only honoured once the upgrade happened),
+    /// the proxy stops forwarding downstream bytes, shuts down the write side
+    /// of the upstream connection, and keeps reading the upstream for at most
+    /// the returned duration, so that a server can finish the message it was
+    /// sending and end its side. Then the upgraded body ends:
+    /// [Self::response_body_filter] sees `end_of_stream` (and may append a
+    /// last message for the client), the downstream is finished, and the
+    /// upstream connection is dropped, never pooled.
+    ///
+    /// `None` (the default): the tunnel ends only when one of its sides does.
+    fn upgraded_tunnel_close(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+    ) -> Option<BoxFuture<'static, Duration>> {
+        None
+    }
+
     /// This callback is invoked every time request related error log needs to be generated
     ///
     /// Users can define what is important to be written about this request via the returned string.
