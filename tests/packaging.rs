@@ -92,7 +92,8 @@ fn the_compose_file_validates_with_docker_compose() {
         .args(["-f", COMPOSE, "config", "-q"])
         .env_remove("PORTCULLIS_ADMIN_TOKEN"));
     assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("PORTCULLIS_ADMIN_TOKEN"),
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("PORTCULLIS_ADMIN_TOKEN"),
         "{COMPOSE} must require PORTCULLIS_ADMIN_TOKEN: {}",
         describe(&out)
     );
@@ -365,7 +366,10 @@ fn the_keycloak_realm_matches_the_compose_portcullis_config() {
         "{REALM}: the secret must be Keycloak's placeholder for ${secret_var}"
     );
     let for_portcullis = compose_env(&compose, "portcullis", secret_var);
-    assert!(for_portcullis.is_some(), "{COMPOSE}: portcullis lacks {secret_var}");
+    assert!(
+        for_portcullis.is_some(),
+        "{COMPOSE}: portcullis lacks {secret_var}"
+    );
     assert_eq!(
         compose_env(&compose, "keycloak", secret_var),
         for_portcullis,
@@ -517,9 +521,13 @@ fn paths_the_build_needs() -> BTreeMap<String, String> {
     let mut needed = BTreeMap::new();
     needed.insert("Cargo.toml".to_string(), "the manifest".to_string());
     needed.insert("Cargo.lock".to_string(), "--locked".to_string());
-    let out = run(Command::new(env!("CARGO"))
-        .current_dir(root())
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"]));
+    let out = run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--locked",
+        "--offline",
+    ]));
     assert!(out.status.success(), "cargo metadata: {}", describe(&out));
     let metadata: Json = serde_json::from_slice(&out.stdout).unwrap();
     let manifest = read("Cargo.toml");
@@ -543,7 +551,10 @@ fn paths_the_build_needs() -> BTreeMap<String, String> {
         if manifest_path != root().join("Cargo.toml") {
             // A path dependency or a [patch] entry inside the repository.
             if let Some(dir) = top(manifest_path) {
-                needed.insert(dir, format!("the path package {name} ([patch] or path dependency)"));
+                needed.insert(
+                    dir,
+                    format!("the path package {name} ([patch] or path dependency)"),
+                );
             }
             continue;
         }
@@ -573,8 +584,7 @@ fn paths_the_build_needs() -> BTreeMap<String, String> {
         for macro_name in ["include_str!(", "include_bytes!("] {
             for (at, _) in text.match_indices(macro_name) {
                 let rest = text[at + macro_name.len()..].trim_start();
-                let Some(literal) = rest.strip_prefix('"').and_then(|r| r.split('"').next())
-                else {
+                let Some(literal) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) else {
                     panic!(
                         "{}: {macro_name} without a plain string literal; teach this test its path",
                         file.display()
@@ -599,16 +609,26 @@ fn paths_the_build_needs() -> BTreeMap<String, String> {
 #[test]
 fn the_dockerfile_copies_everything_cargo_build_needs() {
     let stages = dockerfile_stages();
-    assert!(stages.len() >= 2, "Dockerfile: a build stage and a runtime stage");
+    assert!(
+        stages.len() >= 2,
+        "Dockerfile: a build stage and a runtime stage"
+    );
     let build = &stages[0];
     let mut copied = BTreeSet::new();
     for i in build.iter().filter(|i| i.keyword == "COPY") {
         let (mut words, from_stage) = copy_words(&i.args);
-        assert!(!from_stage, "Dockerfile: the build stage copies from the context");
+        assert!(
+            !from_stage,
+            "Dockerfile: the build stage copies from the context"
+        );
         words.pop(); // the destination
         for source in words {
             let source = source.trim_start_matches("./").trim_end_matches('/');
-            copied.insert(if source.is_empty() { ".".to_string() } else { source.to_string() });
+            copied.insert(if source.is_empty() {
+                ".".to_string()
+            } else {
+                source.to_string()
+            });
         }
     }
     let needed = paths_the_build_needs();
@@ -624,7 +644,8 @@ fn the_dockerfile_copies_everything_cargo_build_needs() {
     );
     assert!(
         build.iter().any(|i| i.keyword == "RUN"
-            && i.args.contains("cargo build --locked --release --bin portcullis")),
+            && i.args
+                .contains("cargo build --locked --release --bin portcullis")),
         "Dockerfile: the build line is `cargo build --locked --release --bin portcullis`"
     );
     // Nothing the build needs is excluded from the context.
@@ -690,7 +711,10 @@ async fn the_runtime_image_runs_portcullis_unprivileged_with_a_working_health_pr
         .iter()
         .flat_map(|e| e.split_whitespace())
         .collect();
-    assert!(exposed.contains(&"8080") && exposed.contains(&"9090"), "EXPOSE {exposed:?}");
+    assert!(
+        exposed.contains(&"8080") && exposed.contains(&"9090"),
+        "EXPOSE {exposed:?}"
+    );
     assert!(find("RUN").iter().any(|r| r.contains("ca-certificates")));
     // Files copied from the context into the runtime stage exist; one is
     // the health probe.
@@ -702,13 +726,17 @@ async fn the_runtime_image_runs_portcullis_unprivileged_with_a_working_health_pr
         }
         let (dest, sources) = words.split_last().unwrap();
         for source in sources {
-            assert!(root().join(source).exists(), "Dockerfile: COPY {source}: no such file");
+            assert!(
+                root().join(source).exists(),
+                "Dockerfile: COPY {source}: no such file"
+            );
             if source.contains("healthcheck") {
                 probe = Some((source.clone(), dest.clone()));
             }
         }
     }
-    let (probe_source, probe_dest) = probe.expect("Dockerfile: the runtime stage copies a health probe");
+    let (probe_source, probe_dest) =
+        probe.expect("Dockerfile: the runtime stage copies a health probe");
     let healthcheck = find("HEALTHCHECK");
     assert!(
         healthcheck.len() == 1 && healthcheck[0].contains(&format!("CMD [\"{probe_dest}\"]")),
@@ -723,13 +751,23 @@ async fn the_runtime_image_runs_portcullis_unprivileged_with_a_working_health_pr
         run(&mut c)
     };
     let out = probe_at(proxy.admin.to_string());
-    assert!(out.status.success(), "the probe against a live portcullis: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "the probe against a live portcullis: {}",
+        describe(&out)
+    );
     // Against the proxy listener, /healthz is no route: not healthy.
     let out = probe_at(proxy.addr.to_string());
-    assert!(!out.status.success(), "the probe must want a 200 from /healthz");
+    assert!(
+        !out.status.success(),
+        "the probe must want a 200 from /healthz"
+    );
     let (_dead, port) = refused_port();
     let out = probe_at(format!("127.0.0.1:{port}"));
-    assert!(!out.status.success(), "the probe against a closed port must fail");
+    assert!(
+        !out.status.success(),
+        "the probe against a closed port must fail"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -751,7 +789,10 @@ struct Family {
 fn registered_families() -> BTreeMap<String, Family> {
     let text = read("src/metrics.rs");
     let mut families = BTreeMap::new();
-    let starts: Vec<usize> = text.match_indices("\"portcullis_").map(|(i, _)| i).collect();
+    let starts: Vec<usize> = text
+        .match_indices("\"portcullis_")
+        .map(|(i, _)| i)
+        .collect();
     for (n, &at) in starts.iter().enumerate() {
         let name: String = text[at + 1..]
             .chars()
@@ -856,7 +897,9 @@ async fn the_dashboard_and_alerts_name_only_metrics_portcullis_exports() {
     // The reading of src/metrics.rs agrees with a live portcullis.
     let backend = start_backend().await;
     let proxy = Proxy::start(&MINIMAL.replace("127.0.0.1:9", &backend.to_string())).await;
-    reqwest::get(proxy.url("/v1?deploymentId=site")).await.unwrap();
+    reqwest::get(proxy.url("/v1?deploymentId=site"))
+        .await
+        .unwrap();
     let live = proxy
         .metrics_when(std::time::Duration::from_secs(5), |t| {
             t.contains("portcullis_request_duration_seconds_bucket")
@@ -875,9 +918,15 @@ async fn the_dashboard_and_alerts_name_only_metrics_portcullis_exports() {
         seen += 1;
     }
     assert!(seen >= 3, "too few families in the live output:\n{live}");
-    for line in live.lines().filter(|l| l.starts_with("portcullis_requests_total{")) {
+    for line in live
+        .lines()
+        .filter(|l| l.starts_with("portcullis_requests_total{"))
+    {
         for label in &families["portcullis_requests_total"].labels {
-            assert!(line.contains(&format!("{label}=\"")), "{line} lacks {label}");
+            assert!(
+                line.contains(&format!("{label}=\"")),
+                "{line} lacks {label}"
+            );
         }
     }
 
@@ -895,7 +944,9 @@ async fn the_dashboard_and_alerts_name_only_metrics_portcullis_exports() {
                 if PENDING_FROM_THE_REDIS_STORE.contains(&base) {
                     pending.insert(name);
                 } else {
-                    problems.push(format!("{source}: {name} is not a metric portcullis exports"));
+                    problems.push(format!(
+                        "{source}: {name} is not a metric portcullis exports"
+                    ));
                 }
                 continue;
             };
@@ -917,7 +968,10 @@ async fn the_dashboard_and_alerts_name_only_metrics_portcullis_exports() {
     for expr in &exprs {
         check("conf/grafana/portcullis.json", expr);
     }
-    check("conf/prometheus/alerts.yml", &read("conf/prometheus/alerts.yml"));
+    check(
+        "conf/prometheus/alerts.yml",
+        &read("conf/prometheus/alerts.yml"),
+    );
     assert!(
         problems.is_empty(),
         "metrics that portcullis does not export:\n  {}",
@@ -945,7 +999,10 @@ async fn the_dashboard_and_alerts_name_only_metrics_portcullis_exports() {
         "portcullis_backchannel_logouts_total",
         "portcullis_requests_total",
     ] {
-        assert!(named.contains(wanted), "neither the dashboard nor the alerts use {wanted}");
+        assert!(
+            named.contains(wanted),
+            "neither the dashboard nor the alerts use {wanted}"
+        );
     }
 }
 
@@ -1016,7 +1073,9 @@ fn the_dashboard_is_provisioned_with_the_prometheus_datasource() {
         .map(|v| str_of(v, "volume"))
         .collect();
     assert!(
-        mounts.contains(&format!("./conf/grafana/portcullis.json:{folder}/portcullis.json:ro").as_str()),
+        mounts.contains(
+            &format!("./conf/grafana/portcullis.json:{folder}/portcullis.json:ro").as_str()
+        ),
         "{COMPOSE}: grafana must mount the dashboard into {folder}: {mounts:?}"
     );
     assert!(mounts.contains(&"./conf/grafana/provisioning:/etc/grafana/provisioning:ro"));
@@ -1031,13 +1090,26 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
         "--syntax-only",
         "conf/prometheus/prometheus.yml",
     ]));
-    assert!(out.status.success(), "promtool check config: {}", describe(&out));
-    let out = run(tool("promtool", "prometheus").args(["check", "rules", "conf/prometheus/alerts.yml"]));
-    assert!(out.status.success(), "promtool check rules: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "promtool check config: {}",
+        describe(&out)
+    );
+    let out =
+        run(tool("promtool", "prometheus").args(["check", "rules", "conf/prometheus/alerts.yml"]));
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}",
+        describe(&out)
+    );
     let out = run(tool("promtool", "prometheus")
         .current_dir(root().join("conf/prometheus"))
         .args(["test", "rules", "alerts.test.yml"]));
-    assert!(out.status.success(), "promtool test rules: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}",
+        describe(&out)
+    );
 
     let prometheus = yaml("conf/prometheus/prometheus.yml");
     for file in prometheus["rule_files"].as_sequence().unwrap() {
@@ -1056,7 +1128,10 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
     assert_eq!(job["authorization"]["type"].as_str(), Some("Bearer"));
     let compose = yaml(COMPOSE);
     let prometheus_command = format!("{:?}", compose["services"]["prometheus"]["command"]);
-    let credentials = str_of(&job["authorization"]["credentials_file"], "credentials_file");
+    let credentials = str_of(
+        &job["authorization"]["credentials_file"],
+        "credentials_file",
+    );
     assert!(
         prometheus_command.contains(credentials),
         "{COMPOSE}: the prometheus service must write the admin token to {credentials}"
@@ -1105,7 +1180,11 @@ fn the_systemd_unit_is_hardened_and_verifies() {
         ("Restart", "on-failure"),
         ("ReadOnlyPaths", "/etc/portcullis"),
     ] {
-        assert_eq!(value(key), [wanted], "conf/systemd/portcullis.service: {key}");
+        assert_eq!(
+            value(key),
+            [wanted],
+            "conf/systemd/portcullis.service: {key}"
+        );
     }
     assert_eq!(value("TimeoutStopSec").len(), 1, "TimeoutStopSec");
     assert_eq!(
@@ -1118,7 +1197,10 @@ fn the_systemd_unit_is_hardened_and_verifies() {
     let path = dir.path().join("portcullis.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/portcullis", env!("CARGO_BIN_EXE_portcullis")),
+        unit.replace(
+            "/usr/local/bin/portcullis",
+            env!("CARGO_BIN_EXE_portcullis"),
+        ),
     )
     .unwrap();
     let out = run(tool("systemd-analyze", "systemd").arg("verify").arg(&path));
