@@ -29,14 +29,14 @@ COPY vendor vendor
 # Cargo.toml declares [[bench]] targets: cargo refuses a manifest whose
 # declared targets are missing, even when building only the binary.
 COPY benches benches
-# Compiled into the binary with include_str!: web/ (chat page, site, SDK)
-# and conf/demo.yaml.
+# Compiled in with include_str!: web/sdk.js always; web/demo.html,
+# web/site.html and conf/demo.yaml with the `demo` feature only.
 COPY web web
 COPY conf conf
 COPY src src
-# The one build line. Plain `cargo build`, no --features: when the demo and
-# the development provider move behind a Cargo feature, this line decides
-# whether the image carries them.
+# The one build line: the production build, without the `demo` feature (no
+# demo, echo backend or development provider in the image). Add
+# `--features demo` here for an image that can run `portcullis demo`.
 RUN --mount=type=cache,id=portcullis-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=portcullis-target,target=/src/target \
     cargo build --locked --release --bin portcullis \
