@@ -62,8 +62,10 @@ USER portcullis:portcullis
 EXPOSE 8080 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/portcullis-healthcheck"]
-# SIGTERM: live WebSockets get a 1001 close, then the process exits.
-# SIGHUP reloads the configuration (docker kill -s HUP <container>).
+# SIGTERM drains (shutdown.drain_grace, default 5 s), then closes live
+# WebSockets with 1001 over shutdown.close_window (default 10 s): give
+# `docker stop` more than its default 10 s (`-t 30`, compose
+# stop_grace_period). SIGHUP reloads the configuration.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["portcullis"]
 CMD ["run", "-c", "/etc/portcullis/portcullis.yaml"]

@@ -64,6 +64,17 @@ fn describe(out: &Output) -> String {
     )
 }
 
+/// Seconds of a duration written as `30s` (compose and systemd both accept it).
+fn seconds(text: &str) -> u64 {
+    text.strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("`{text}`: expected a duration such as 30s"))
+}
+
+/// shutdown.drain_grace + shutdown.close_window at their defaults (5 s +
+/// 10 s), which the compose config keeps: a stop timeout must be longer.
+const DRAIN_SECONDS: u64 = 15;
+
 fn str_of<'a>(v: &'a Yaml, what: &str) -> &'a str {
     v.as_str()
         .unwrap_or_else(|| panic!("{what}: expected a string, found {v:?}"))
@@ -113,6 +124,14 @@ fn the_compose_file_validates_with_docker_compose() {
     ] {
         assert!(names.contains(wanted), "{COMPOSE}: no `{wanted}` service");
     }
+    let grace = str_of(
+        &compose["services"]["portcullis"]["stop_grace_period"],
+        "stop_grace_period",
+    );
+    assert!(
+        seconds(grace) > DRAIN_SECONDS,
+        "{COMPOSE}: stop_grace_period {grace} would SIGKILL portcullis mid-drain"
+    );
     // Keycloak shares portcullis's network namespace: that is what makes
     // localhost:8081 the same issuer for the browser and for portcullis.
     assert_eq!(
@@ -1125,7 +1144,11 @@ fn the_systemd_unit_is_hardened_and_verifies() {
             "conf/systemd/portcullis.service: {key}"
         );
     }
-    assert_eq!(value("TimeoutStopSec").len(), 1, "TimeoutStopSec");
+    let stop = value("TimeoutStopSec");
+    assert!(
+        stop.len() == 1 && seconds(stop[0]) > DRAIN_SECONDS,
+        "TimeoutStopSec {stop:?} would SIGKILL portcullis mid-drain"
+    );
     assert_eq!(
         value("ExecStart"),
         ["/usr/local/bin/portcullis run -c /etc/portcullis/portcullis.yaml"]
