@@ -8,7 +8,11 @@
 #   libssl-dev                     headers for crates that probe for OpenSSL
 #   redis-server, redis-sentinel   the `redis` session store (its tests start both)
 #   chromium                       browser end-to-end tests (tests/e2e)
-#   prometheus                     `promtool check metrics` on /metrics output
+#   prometheus                     `promtool check metrics` on /metrics output, and
+#                                  `promtool check/test` of conf/prometheus (tests/packaging.rs)
+#   docker-compose                 `docker-compose config` of docker-compose.yml (tests/packaging.rs;
+#                                  Docker itself is not needed)
+#   systemd                        `systemd-analyze verify` of conf/systemd/portcullis.service
 #   libfaketime                    session-expiry tests move portcullis's wall clock
 #   nodejs, npm                    the end-to-end test runner (only if no `node`)
 #
@@ -46,6 +50,8 @@ want redis-server redis-server
 want redis-sentinel redis-sentinel
 want chromium chromium chromium-browser
 want prometheus promtool
+want docker-compose docker-compose
+want systemd systemd-analyze
 want libfaketime
 if ! command -v node >/dev/null 2>&1; then
     missing+=(nodejs npm)
