@@ -317,9 +317,11 @@ async fn a_back_channel_logout_ends_the_named_sessions_once_and_refuses_everythi
     // What is not a logout token, or not for us, changes nothing.
     let id_token = idp.mint_id_token("alice", jsonwebtoken::Algorithm::RS256, None);
     let sid_only = serde_json::json!({"sid": "op-session-1"});
+    // The last signature character changed (to another one: a flip to the
+    // same character would leave the token valid).
     let mut tampered = logout_token(&idp, sid_only.clone());
-    tampered.pop();
-    tampered.push('A');
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
     let refusals = [
         (id_token, "not_a_logout_token"),
         (

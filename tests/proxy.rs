@@ -1019,7 +1019,10 @@ async fn metrics_count_decisions_and_pass_promtool() {
 #[tokio::test]
 async fn every_request_decision_is_one_json_log_line_without_the_query() {
     let proxy = start().await;
-    reqwest::get(proxy.url("/v1/secretpath?deploymentId=web&access_token=SHOULD-NOT-BE-LOGGED"))
+    reqwest::Client::new()
+        .get(proxy.url("/v1/secretpath?deploymentId=web&access_token=SHOULD-NOT-BE-LOGGED"))
+        .header("user-agent", format!("probe/1.0 {}", "x".repeat(400)))
+        .send()
         .await
         .unwrap();
     reqwest::get(proxy.url("/v1/x?deploymentId=ghost"))
@@ -1044,7 +1047,29 @@ async fn every_request_decision_is_one_json_log_line_without_the_query() {
     assert_eq!(lines[0]["outcome"], "allowed");
     assert_eq!(lines[0]["status"], 200);
     assert!(lines[0]["latency_ms"].as_f64().is_some());
+    assert!(
+        lines[0]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{}",
+        lines[0]
+    );
+    // The client's text is bounded in the log.
+    let agent = lines[0]["user_agent"].as_str().unwrap();
+    assert!(
+        agent.starts_with("probe/1.0 xxx") && agent.len() == 256,
+        "{agent}"
+    );
+    assert!(lines[0]["upstream"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     assert_eq!(lines[1]["outcome"], "unknown_deployment");
+    assert!(
+        lines[1]["upstream"].is_null(),
+        "refused before any upstream"
+    );
     assert_eq!(lines[1]["status"], 404);
     assert!(!proxy.log_text().contains("SHOULD-NOT-BE-LOGGED"));
 }

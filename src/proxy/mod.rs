@@ -456,6 +456,8 @@ pub struct RequestCtx {
     slot: Option<crate::capacity::Slot>,
     /// Set once the request is authenticated.
     auth: Option<Authenticated>,
+    /// The upstream server of the last attempt, for the access line.
+    upstream_server: Option<String>,
 }
 
 impl RequestCtx {
@@ -866,6 +868,7 @@ impl ProxyHttp for Portcullis {
             return Error::e_explain(HTTPStatus(503), "no healthy upstream server");
         };
         ctx.tried.push(backend.clone());
+        ctx.upstream_server = Some(backend.addr.to_string());
         let config = &upstream.config;
         let mut peer = HttpPeer::new(&backend, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
@@ -1201,10 +1204,19 @@ impl ProxyHttp for Portcullis {
             let forced_close = live
                 .as_ref()
                 .and_then(|l| l.connection().close_request().map(|c| c.label));
+            let client = session.client_addr().map(|a| a.to_string());
+            let user_agent = req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(printable_field);
             tracing::info!(
                 target: "portcullis::access",
                 method = %req.method,
                 path,
+                client,
+                user_agent,
+                upstream = ctx.upstream_server.as_deref(),
                 deployment,
                 route,
                 outcome,
@@ -1264,3 +1276,20 @@ fn status_label(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+/// A client-supplied header value as a log field: printable ASCII and
+/// spaces only (anything else becomes `?`), at most 256 characters, so a
+/// client cannot forge log lines or fill them.
+fn printable_field(value: &str) -> String {
+    value
+        .chars()
+        .take(256)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
