@@ -1475,7 +1475,11 @@ struct RevokeCloseRun {
     hold: u64,
     /// An admin URL whose DELETE ends every session at once, e.g.
     /// http://ADMIN/admin/subjects/bob/sessions.
-    #[arg(long, conflicts_with = "logout_at", required_unless_present = "logout_at")]
+    #[arg(
+        long,
+        conflicts_with = "logout_at",
+        required_unless_present = "logout_at"
+    )]
     revoke: Option<Url>,
     /// A portcullis base URL where each session logs out (POST
     /// /.auth/logout), one session at a time.
@@ -1751,7 +1755,6 @@ impl Monitor {
 
     /// The commands run since the previous mark.
     async fn mark(&mut self) -> Result<CommandCounts> {
-        use tokio::io::AsyncBufReadExt;
         self.marks += 1;
         let token = format!("portcullis-load-mark-{}", self.marks);
         let _: String = redis::cmd("ECHO")
@@ -1852,8 +1855,8 @@ async fn report_key(monitor: &mut Monitor, kind: &str, pattern: &str) -> Result<
 async fn handshake_each(url: &Url, origin: &Option<String>, cookies: &[String]) -> Result<Tally> {
     let mut tally = Tally::default();
     for cookie in cookies {
-        let target = WsTarget::new(url.clone(), origin.clone(), &[format!("Cookie: {cookie}")])
-            .await?;
+        let target =
+            WsTarget::new(url.clone(), origin.clone(), &[format!("Cookie: {cookie}")]).await?;
         let started = Instant::now();
         match timeout(IO_TIMEOUT, target.open()).await {
             Ok(Ok(ws)) => {
@@ -1906,7 +1909,12 @@ async fn redis_ops(run: RedisOpsRun) -> Result<()> {
     report_key(&mut monitor, "session", &format!("{prefix}s:*")).await?;
     report_key(&mut monitor, "public_id", &format!("{prefix}p:*")).await?;
     report_key(&mut monitor, "subject_index", &format!("{prefix}sub:*")).await?;
-    report_key(&mut monitor, "provider_sid_index", &format!("{prefix}sid:*")).await?;
+    report_key(
+        &mut monitor,
+        "provider_sid_index",
+        &format!("{prefix}sid:*"),
+    )
+    .await?;
 
     // Handshakes at A, which has not seen these sessions, then again while
     // they are in its local cache.

@@ -228,6 +228,12 @@ for run in $(seq "$RUNS"); do
     done
 done
 
+# Whether B kept up with the ends it heard (a lagging subscriber resyncs:
+# every live session looked up again).
+b_metrics=$(curl -sf "http://$HOST:$B_ADMIN/metrics" || true)
+b_received=$(awk '/^portcullis_session_store_events_total\{.*direction="received"/ { s += $NF } END { print s + 0 }' <<<"$b_metrics")
+b_resyncs=$(awk '/^portcullis_session_store_resyncs_total/ { s += $NF } END { print s + 0 }' <<<"$b_metrics")
+
 echo "Redis commands and memory per operation, $OPS_COUNT of each" >&2
 ops=$("$load_bin" redis-ops --redis "$HOST:$REDIS_PORT" --a "http://$HOST:$A_PORT" --ws-a "$(chat_url "$A_PORT")" \
     --admin-a "http://$HOST:$A_ADMIN" --b "http://$HOST:$B_PORT" --provider "http://$HOST:$IDP_PORT" \
@@ -267,6 +273,9 @@ for run in $(seq "$RUNS"); do
     done
 done
 
+echo
+echo "B heard $b_received ends from A over the whole run and resynced $b_resyncs times" \
+    "(portcullis_session_store_events_total{direction=\"received\"}, portcullis_session_store_resyncs_total)."
 echo
 echo "| operation ($OPS_COUNT each) | commands sent per operation | commands run inside scripts per operation | Redis used_memory change per operation, bytes | commands sent, in all | inside scripts, in all |"
 echo "|---|---:|---:|---:|---|---|"
