@@ -200,16 +200,15 @@ logins() {
 # revoke_close ARGS...: holds the sockets on B and ends their sessions as
 # ARGS say; prints the result line of the closes.
 revoke_close() {
-    local result
-    result=$("$load_bin" revoke-close --url "$(chat_url "$B_PORT")" --origin "$ORIGIN" \
+    local out opened
+    out=$("$load_bin" revoke-close --url "$(chat_url "$B_PORT")" --origin "$ORIGIN" \
         --cookie-file "$work/cookies" "$@" 2>>"$work/client.log")
-    local opened
-    opened=$(grep '^hold ' <<<"$result")
+    opened=$(grep '^hold ' <<<"$out")
     if [ "$(field "$opened" errors)" != 0 ]; then
         echo "opening the WebSockets failed: $opened" >&2
         exit 1
     fi
-    grep -E '^(forced|logout)-close ' <<<"$result"
+    grep -E '^(forced|logout)-close ' <<<"$out"
 }
 
 declare -A result
