@@ -31,6 +31,23 @@
 //!                 `other_errors`), so a run past the server's connection ceiling
 //!                 says whether it refused cleanly
 //!
+//! Several instances sharing a Redis session store (`scripts/bench-scale.sh`):
+//!   logins        --url http://PROXY --deployment D --count N --cookie-file PATH [--user alice]
+//!                 [--concurrency C]
+//!                 N browser logins (N sessions); their cookies, one a line, to PATH
+//!   revoke-close  --url ws://PROXY --cookie-file PATH --count N [--origin O] [--hold SECS]
+//!                 (--revoke http://ADMIN/admin/subjects/SUB/sessions | --logout-at http://PROXY)
+//!                 N WebSockets over the sessions of PATH (round robin); then either one
+//!                 DELETE to the admin URL, each socket's close frame timed from it, or one
+//!                 logout per session at another (or the same) instance, one at a time,
+//!                 each timed from the logout request to its socket's close frame
+//!   redis-ops     --redis 127.0.0.1:PORT --a http://A --admin-a http://ADMIN_A --b http://B
+//!               --provider http://IDP --session-deployment D --messenger-deployment M
+//!               --redirect-uri URI [--count N] [--origin O]
+//!                 the Redis commands (counted with MONITOR) and memory (INFO memory,
+//!                 MEMORY USAGE) of N logins, cold and warm handshakes, token exchanges,
+//!                 refreshes, per-session revocations and one subject revocation
+//!
 //! Every address, listened on or connected to, must be loopback: this tool
 //! generates load, and load aimed at someone else's server is an attack.
 
@@ -199,6 +216,29 @@ enum Command {
         #[arg(long)]
         forced_close: Option<Url>,
     },
+    /// N browser logins (sessions) through portcullis; their cookies to PATH.
+    Logins {
+        /// portcullis's base URL, e.g. http://127.0.0.1:28080.
+        #[arg(long)]
+        url: Url,
+        #[arg(long)]
+        deployment: String,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        count: u64,
+        /// Where to write the cookies (`name=value`), one a line.
+        #[arg(long)]
+        cookie_file: PathBuf,
+        /// One of the provider's users (alice, bob, carol).
+        #[arg(long, default_value = "alice")]
+        user: String,
+        /// Logins under way at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
+    },
+    /// Hold WebSockets of the sessions in a cookie file, end the sessions, time the closes.
+    RevokeClose(Box<RevokeCloseRun>),
+    /// Redis commands and memory per login, handshake, exchange, refresh and revocation.
+    RedisOps(Box<RedisOpsRun>),
 }
 
 fn main() -> ExitCode {
@@ -291,6 +331,23 @@ fn run(command: Command) -> Result<()> {
             pid,
             forced_close,
         )),
+        Command::Logins {
+            url,
+            deployment,
+            count,
+            cookie_file,
+            user,
+            concurrency,
+        } => runtime(1)?.block_on(logins(
+            url,
+            &deployment,
+            count,
+            &cookie_file,
+            &user,
+            concurrency,
+        )),
+        Command::RevokeClose(run) => runtime(1)?.block_on(revoke_close(*run)),
+        Command::RedisOps(run) => runtime(1)?.block_on(redis_ops(*run)),
     }
 }
 
@@ -1339,4 +1396,686 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("{path} has no VmRSS line"))
+}
+
+// ---------------------------------------------------------------- several instances
+
+/// `count` browser logins of `user` through portcullis at `url`, at most
+/// `concurrency` at a time: their cookies, and a tally of their latencies.
+async fn many_logins(
+    url: &Url,
+    deployment: &str,
+    user: &str,
+    count: u64,
+    concurrency: u16,
+) -> Result<(Vec<String>, Tally)> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let results: Vec<Result<(String, Duration)>> = stream::iter(0..count)
+        .map(|i| {
+            let path = dir.path().join(format!("cookie-{i}"));
+            let url = url.clone();
+            async move {
+                let started = Instant::now();
+                login(url, deployment, &path, user).await?;
+                let elapsed = started.elapsed();
+                let cookie = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Ok((cookie, elapsed))
+            }
+        })
+        .buffer_unordered(usize::from(concurrency))
+        .collect()
+        .await;
+    let mut tally = Tally::default();
+    let mut cookies = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok((cookie, elapsed)) => {
+                tally
+                    .latencies_us
+                    .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+                cookies.push(cookie);
+            }
+            Err(e) => tally.error(e),
+        }
+    }
+    Ok((cookies, tally))
+}
+
+async fn logins(
+    url: Url,
+    deployment: &str,
+    count: u64,
+    cookie_file: &Path,
+    user: &str,
+    concurrency: u16,
+) -> Result<()> {
+    let started = Instant::now();
+    let (cookies, tally) = many_logins(&url, deployment, user, count, concurrency).await?;
+    ensure!(
+        !cookies.is_empty(),
+        "no login succeeded: {}",
+        tally.first_error.as_deref().unwrap_or("?")
+    );
+    let partial = cookie_file.with_extension("partial");
+    std::fs::write(&partial, cookies.join("\n") + "\n")
+        .and_then(|()| std::fs::rename(&partial, cookie_file))
+        .with_context(|| format!("cannot write {}", cookie_file.display()))?;
+    tally.report("logins", "logins", started.elapsed(), "");
+    Ok(())
+}
+
+/// The cookies of a `logins` cookie file.
+fn read_cookies(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cookies: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    ensure!(!cookies.is_empty(), "{} holds no cookie", path.display());
+    Ok(cookies)
+}
+
+#[derive(clap::Args)]
+struct RevokeCloseRun {
+    /// The chat URL of the instance that holds the sockets (ws://...).
+    #[arg(long)]
+    url: Url,
+    /// Session cookies, one a line (`load logins`).
+    #[arg(long)]
+    cookie_file: PathBuf,
+    /// WebSockets to hold, spread over the sessions round robin.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    count: u64,
+    /// The `Origin` header of the handshakes.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Seconds to hold the sockets before ending the sessions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=600))]
+    hold: u64,
+    /// An admin URL whose DELETE ends every session at once, e.g.
+    /// http://ADMIN/admin/subjects/bob/sessions.
+    #[arg(
+        long,
+        conflicts_with = "logout_at",
+        required_unless_present = "logout_at"
+    )]
+    revoke: Option<Url>,
+    /// A portcullis base URL where each session logs out (POST
+    /// /.auth/logout), one session at a time.
+    #[arg(long)]
+    logout_at: Option<Url>,
+}
+
+async fn revoke_close(run: RevokeCloseRun) -> Result<()> {
+    if let Some(url) = run.revoke.as_ref().or(run.logout_at.as_ref()) {
+        loopback_target(url, "http").await?;
+    }
+    let fd_limit = raise_fd_limit()?;
+    ensure!(
+        run.count + FD_MARGIN <= fd_limit,
+        "--count {} needs {} descriptors, but this process may open only {fd_limit}",
+        run.count,
+        run.count + FD_MARGIN
+    );
+    let cookies = read_cookies(&run.cookie_file)?;
+    let mut targets = Vec::with_capacity(cookies.len());
+    for cookie in &cookies {
+        targets.push(
+            WsTarget::new(
+                run.url.clone(),
+                run.origin.clone(),
+                &[format!("Cookie: {cookie}")],
+            )
+            .await?,
+        );
+    }
+    let sessions = cookies.len();
+    let started = Instant::now();
+    let attempts: Vec<(usize, Result<Ws>)> = stream::iter(0..run.count)
+        .map(|i| {
+            let session = usize::try_from(i).unwrap_or(0) % sessions;
+            let target = targets[session].clone();
+            async move {
+                let opened = timeout(IO_TIMEOUT, target.open())
+                    .await
+                    .context("handshake timed out")
+                    .and_then(|r| r);
+                (session, opened)
+            }
+        })
+        .buffer_unordered(OPEN_PARALLELISM)
+        .collect()
+        .await;
+    let open_time = started.elapsed();
+    let mut tally = Tally::default();
+    let mut by_session: Vec<Vec<Ws>> = (0..sessions).map(|_| Vec::new()).collect();
+    for (session, attempt) in attempts {
+        match attempt {
+            Ok(ws) => by_session[session].push(ws),
+            Err(e) => tally.error(e),
+        }
+    }
+    let opened: usize = by_session.iter().map(Vec::len).sum();
+    println!(
+        "hold opened={opened} errors={} open_s={:.2} sessions={sessions}",
+        tally.errors,
+        open_time.as_secs_f64()
+    );
+    if let Some(e) = &tally.first_error {
+        eprintln!("load: revoke-close: first error: {e}");
+    }
+    tokio::time::sleep(Duration::from_secs(run.hold)).await;
+    match (run.revoke, run.logout_at) {
+        (Some(admin), _) => forced_closes(by_session.into_iter().flatten().collect(), admin).await,
+        (None, Some(base)) => logout_closes(by_session, &cookies, &base).await,
+        (None, None) => bail!("--revoke or --logout-at is required"),
+    }
+}
+
+/// The close code of `ws`'s close frame and when it came, counted from
+/// `started`; `None` if none came within the I/O timeout.
+async fn close_frame(mut ws: Ws, started: Instant) -> Option<(u16, Duration)> {
+    let code = timeout(IO_TIMEOUT, async {
+        while let Some(message) = ws.next().await {
+            if let Ok(Message::Close(frame)) = message {
+                return Some(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            message.ok()?;
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()?;
+    Some((code, started.elapsed()))
+}
+
+/// One session at a time: logs it out at `base` and times each of its
+/// sockets from the logout request to the socket's close frame.
+async fn logout_closes(by_session: Vec<Vec<Ws>>, cookies: &[String], base: &Url) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(IO_TIMEOUT)
+        .build()?;
+    let logout = base.join("/.auth/logout")?;
+    let origin = base.origin().ascii_serialization();
+    let mut tally = Tally::default();
+    let mut codes = std::collections::BTreeMap::<u16, usize>::new();
+    let all_started = Instant::now();
+    for (sockets, cookie) in by_session.into_iter().zip(cookies) {
+        if sockets.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let waits =
+            futures_util::future::join_all(sockets.into_iter().map(|ws| close_frame(ws, started)));
+        let post = async {
+            let resp = client
+                .post(logout.clone())
+                .header("origin", &origin)
+                .header("cookie", cookie)
+                .send()
+                .await?;
+            ensure!(
+                resp.status() == 302,
+                "the logout answered {}",
+                resp.status()
+            );
+            anyhow::Ok(())
+        };
+        let (outcomes, posted) = tokio::join!(waits, post);
+        if let Err(e) = posted {
+            tally.error(e);
+        }
+        for outcome in outcomes {
+            match outcome {
+                Some((code, elapsed)) => {
+                    *codes.entry(code).or_default() += 1;
+                    tally
+                        .latencies_us
+                        .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+                }
+                None => tally.error("no close frame within the I/O timeout"),
+            }
+        }
+    }
+    let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+    tally.report(
+        "logout-close",
+        "closed",
+        all_started.elapsed(),
+        &format!(" codes={}", codes.join(",")),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- redis ops
+
+#[derive(clap::Args)]
+struct RedisOpsRun {
+    /// The Redis server the instances share (loopback).
+    #[arg(long)]
+    redis: SocketAddr,
+    /// Instance A's base URL (handshakes, token API, revocations).
+    #[arg(long)]
+    a: Url,
+    /// Instance A's chat URL (ws://A/v1/chat?deploymentId=D, D the session deployment).
+    #[arg(long)]
+    ws_a: Url,
+    /// Instance A's admin base URL.
+    #[arg(long)]
+    admin_a: Url,
+    /// Instance B's base URL (the browser logins).
+    #[arg(long)]
+    b: Url,
+    /// The development provider's issuer URL.
+    #[arg(long)]
+    provider: Url,
+    #[arg(long)]
+    session_deployment: String,
+    #[arg(long)]
+    messenger_deployment: String,
+    /// A redirect URI the messenger deployment registers.
+    #[arg(long)]
+    redirect_uri: Url,
+    /// Operations of each kind.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    count: u64,
+    /// The `Origin` header of the handshakes.
+    #[arg(long)]
+    origin: Option<String>,
+    /// The instances' `sessions.redis.key_prefix`.
+    #[arg(long, default_value = "portcullis:")]
+    key_prefix: String,
+}
+
+/// Commands MONITOR showed, by name: sent by clients (each a round trip,
+/// or part of a pipeline) and run inside scripts.
+#[derive(Default)]
+struct CommandCounts {
+    client: std::collections::BTreeMap<String, u64>,
+    script: std::collections::BTreeMap<String, u64>,
+}
+
+/// Commands left out of the counts: the instances' reachability probes
+/// (PING every 500 ms each) and this tool's own reads and marks.
+const UNCOUNTED: &[&str] = &[
+    "PING", "ECHO", "INFO", "MEMORY", "SCAN", "SCARD", "CLIENT", "HELLO", "SELECT",
+];
+
+impl CommandCounts {
+    /// Counts one MONITOR line: `+<time> [<db> <addr>|lua] "CMD" "arg"...`.
+    fn add(&mut self, line: &str) {
+        let Some((source, rest)) = line.split_once("] \"") else {
+            return;
+        };
+        let name = rest.split('"').next().unwrap_or("").to_ascii_uppercase();
+        if name.is_empty() || UNCOUNTED.contains(&name.as_str()) {
+            return;
+        }
+        let counts = if source.ends_with(" lua") {
+            &mut self.script
+        } else {
+            &mut self.client
+        };
+        *counts.entry(name).or_default() += 1;
+    }
+
+    fn total(map: &std::collections::BTreeMap<String, u64>) -> u64 {
+        map.values().sum()
+    }
+
+    fn list(map: &std::collections::BTreeMap<String, u64>) -> String {
+        let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// A MONITOR connection, read up to marks this tool sets with ECHO, so that
+/// each phase's commands are told apart exactly.
+struct Monitor {
+    lines: tokio::io::Lines<tokio::io::BufReader<TcpStream>>,
+    control: redis::aio::MultiplexedConnection,
+    marks: u64,
+}
+
+impl Monitor {
+    async fn start(addr: SocketAddr) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        ensure_loopback(addr)?;
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+        stream.write_all(b"MONITOR\r\n").await?;
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let first = timeout(IO_TIMEOUT, lines.next_line())
+            .await
+            .context("MONITOR did not answer")??;
+        ensure!(
+            first.as_deref() == Some("+OK"),
+            "MONITOR answered {first:?}"
+        );
+        let control = redis::Client::open(format!("redis://{addr}/0"))?
+            .get_multiplexed_async_connection()
+            .await
+            .context("cannot connect to Redis")?;
+        let mut monitor = Monitor {
+            lines,
+            control,
+            marks: 0,
+        };
+        monitor.mark().await?;
+        Ok(monitor)
+    }
+
+    /// The commands run since the previous mark.
+    async fn mark(&mut self) -> Result<CommandCounts> {
+        self.marks += 1;
+        let token = format!("portcullis-load-mark-{}", self.marks);
+        let _: String = redis::cmd("ECHO")
+            .arg(&token)
+            .query_async(&mut self.control)
+            .await?;
+        let mut counts = CommandCounts::default();
+        loop {
+            let line = timeout(IO_TIMEOUT, self.lines.next_line())
+                .await
+                .context("MONITOR fell silent")??
+                .context("MONITOR connection closed")?;
+            if line.contains(&token) {
+                return Ok(counts);
+            }
+            counts.add(&line);
+        }
+    }
+
+    async fn used_memory(&mut self) -> Result<i64> {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut self.control)
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("INFO memory has no used_memory")
+    }
+
+    /// One key matching `pattern`, its `MEMORY USAGE` (all samples) and,
+    /// for a set, its members.
+    async fn key_usage(&mut self, pattern: &str) -> Result<Option<(i64, Option<i64>)>> {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut self.control)
+                .await?;
+            if let Some(key) = keys.first() {
+                let bytes: i64 = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut self.control)
+                    .await?;
+                let kind: String = redis::cmd("TYPE")
+                    .arg(key)
+                    .query_async(&mut self.control)
+                    .await?;
+                let members = if kind == "set" {
+                    Some(
+                        redis::cmd("SCARD")
+                            .arg(key)
+                            .query_async(&mut self.control)
+                            .await?,
+                    )
+                } else {
+                    None
+                };
+                return Ok(Some((bytes, members)));
+            }
+            if next == 0 {
+                return Ok(None);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Prints one phase's line: `ops phase=P count=N client_per_op=X
+/// script_per_op=Y client=CMD:n,... script=CMD:n,...`.
+fn report_ops(phase: &str, count: u64, counts: &CommandCounts, extra: &str) {
+    let per = |n: u64| n as f64 / count.max(1) as f64;
+    println!(
+        "ops phase={phase} count={count} client_per_op={:.2} script_per_op={:.2} client={} script={}{extra}",
+        per(CommandCounts::total(&counts.client)),
+        per(CommandCounts::total(&counts.script)),
+        CommandCounts::list(&counts.client),
+        CommandCounts::list(&counts.script),
+    );
+}
+
+async fn report_key(monitor: &mut Monitor, kind: &str, pattern: &str) -> Result<()> {
+    if let Some((bytes, members)) = monitor.key_usage(pattern).await? {
+        let members = members.map_or(String::new(), |m| format!(" members={m}"));
+        println!("key kind={kind} memory_usage_bytes={bytes}{members}");
+    }
+    Ok(())
+}
+
+/// One handshake (then an orderly close) per cookie, one at a time.
+async fn handshake_each(url: &Url, origin: &Option<String>, cookies: &[String]) -> Result<Tally> {
+    let mut tally = Tally::default();
+    for cookie in cookies {
+        let target =
+            WsTarget::new(url.clone(), origin.clone(), &[format!("Cookie: {cookie}")]).await?;
+        let started = Instant::now();
+        match timeout(IO_TIMEOUT, target.open()).await {
+            Ok(Ok(ws)) => {
+                tally.success(started);
+                if let Err(e) = close(ws).await {
+                    tally.error(e);
+                }
+            }
+            Ok(Err(e)) => tally.error(e),
+            Err(_) => tally.error("handshake timed out"),
+        }
+    }
+    Ok(tally)
+}
+
+async fn redis_ops(run: RedisOpsRun) -> Result<()> {
+    for url in [&run.a, &run.admin_a, &run.b, &run.provider] {
+        loopback_target(url, "http").await?;
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(IO_TIMEOUT)
+        .build()?;
+    let count = run.count;
+    let prefix = &run.key_prefix;
+    let mut monitor = Monitor::start(run.redis).await?;
+    let ensure_clean = |phase: &str, tally: &Tally| -> Result<()> {
+        ensure!(
+            tally.errors == 0,
+            "{phase}: {} errors, the first: {}",
+            tally.errors,
+            tally.first_error.as_deref().unwrap_or("?")
+        );
+        Ok(())
+    };
+
+    // Browser logins at B: sessions of alice.
+    let before = monitor.used_memory().await?;
+    monitor.mark().await?;
+    let (cookies, tally) = many_logins(&run.b, &run.session_deployment, "alice", count, 1).await?;
+    let counts = monitor.mark().await?;
+    ensure_clean("login", &tally)?;
+    let after = monitor.used_memory().await?;
+    report_ops(
+        "login",
+        count,
+        &counts,
+        &format!(" used_memory_per_op={}", (after - before) / count as i64),
+    );
+    report_key(&mut monitor, "session", &format!("{prefix}s:*")).await?;
+    report_key(&mut monitor, "public_id", &format!("{prefix}p:*")).await?;
+    report_key(&mut monitor, "subject_index", &format!("{prefix}sub:*")).await?;
+    report_key(
+        &mut monitor,
+        "provider_sid_index",
+        &format!("{prefix}sid:*"),
+    )
+    .await?;
+
+    // Handshakes at A, which has not seen these sessions, then again while
+    // they are in its local cache.
+    for phase in ["handshake_cold", "handshake_warm"] {
+        monitor.mark().await?;
+        let tally = handshake_each(&run.ws_a, &run.origin, &cookies).await?;
+        let counts = monitor.mark().await?;
+        ensure_clean(phase, &tally)?;
+        report_ops(phase, count, &counts, "");
+    }
+
+    // Token API exchanges at A: sessions of carol (the site logins at the
+    // provider touch no Redis).
+    let token_run = TokenApiRun {
+        url: run.a.clone(),
+        admin: run.admin_a.clone(),
+        provider: run.provider.clone(),
+        deployment: run.messenger_deployment.clone(),
+        redirect_uri: run.redirect_uri.clone(),
+        count,
+        jwt_file: None,
+        user: "carol".into(),
+    };
+    let exchange_url = run.a.join("/.auth/token")?;
+    let refresh_url = run.a.join("/.auth/token/refresh")?;
+    let before = monitor.used_memory().await?;
+    monitor.mark().await?;
+    let mut tally = Tally::default();
+    let mut last = None;
+    for _ in 0..count {
+        let code = site_login(&client, &token_run).await?;
+        let body = serde_json::json!({
+            "deploymentId": run.messenger_deployment,
+            "oauth": {
+                "code": code.code,
+                "redirectUri": run.redirect_uri.as_str(),
+                "codeVerifier": code.verifier,
+                "nonce": code.nonce,
+                "iss": code.iss,
+            }
+        });
+        if let Some(answer) = token_call(&client, exchange_url.clone(), &body, &mut tally).await {
+            last = Some(answer);
+        }
+    }
+    let counts = monitor.mark().await?;
+    ensure_clean("exchange", &tally)?;
+    let after = monitor.used_memory().await?;
+    report_ops(
+        "exchange",
+        count,
+        &counts,
+        &format!(" used_memory_per_op={}", (after - before) / count as i64),
+    );
+    report_key(&mut monitor, "refresh_record", &format!("{prefix}r:*")).await?;
+
+    // A chain of refreshes of the last messenger token.
+    let mut answer = last.context("no exchange succeeded")?;
+    monitor.mark().await?;
+    let mut tally = Tally::default();
+    for _ in 0..count {
+        let refresh_token = answer["refreshToken"]
+            .as_str()
+            .context("an answer without refreshToken")?
+            .to_string();
+        let body = serde_json::json!({"deploymentId": run.messenger_deployment, "refreshToken": refresh_token});
+        match token_call(&client, refresh_url.clone(), &body, &mut tally).await {
+            Some(next) => answer = next,
+            None => break,
+        }
+    }
+    let counts = monitor.mark().await?;
+    ensure_clean("refresh", &tally)?;
+    report_ops("refresh", count, &counts, "");
+
+    // alice's sessions revoked one by one through A's admin endpoint.
+    let listed: serde_json::Value = client
+        .get(run.admin_a.join("/admin/sessions?sub=alice")?)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Vec<String> = listed["sessions"]
+        .as_array()
+        .context("the session list has no sessions")?
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
+    ensure!(
+        ids.len() as u64 == count,
+        "A lists {} sessions of alice, {count} expected",
+        ids.len()
+    );
+    let before = monitor.used_memory().await?;
+    monitor.mark().await?;
+    let mut tally = Tally::default();
+    for id in &ids {
+        let started = Instant::now();
+        match client
+            .delete(run.admin_a.join(&format!("/admin/sessions/{id}"))?)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => tally.success(started),
+            Ok(resp) => tally.error(format!("status {}", resp.status())),
+            Err(e) => tally.error(e),
+        }
+    }
+    let counts = monitor.mark().await?;
+    ensure_clean("revoke_session", &tally)?;
+    let after = monitor.used_memory().await?;
+    report_ops(
+        "revoke_session",
+        count,
+        &counts,
+        &format!(" used_memory_per_op={}", (after - before) / count as i64),
+    );
+    report_key(&mut monitor, "ended_id_token", &format!("{prefix}t:*")).await?;
+
+    // carol's sessions, all at once by subject through A.
+    monitor.mark().await?;
+    let resp = client
+        .delete(run.admin_a.join("/admin/subjects/carol/sessions")?)
+        .send()
+        .await?;
+    let counts = monitor.mark().await?;
+    ensure!(
+        resp.status().is_success(),
+        "the subject revoke answered {}",
+        resp.status()
+    );
+    let answer: serde_json::Value = resp.json().await?;
+    let revoked = answer["revoked"].as_u64().unwrap_or(0);
+    report_ops(
+        "revoke_subject",
+        revoked,
+        &counts,
+        &format!(" sessions={revoked}"),
+    );
+    Ok(())
 }
