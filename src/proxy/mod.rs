@@ -6,6 +6,7 @@
 //! ```text
 //! request_filter ─┬─ /.auth/jwks.json ......................... answered here
 //!                 ├─ check the target, route → deployment (400/404), inactive (403)
+//!                 ├─ asks for an upgrade? a well-formed WebSocket handshake (400/426)
 //!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
 //!                 ├─ authentication required? credential (header, subprotocol,
 //!                 │   opt-in query) → verified token (cache, JWKS) → 401 / 503;
@@ -28,6 +29,7 @@
 
 pub mod credential;
 pub mod frames;
+pub mod handshake;
 pub mod headers;
 pub mod origin;
 pub mod refusal;
@@ -95,6 +97,7 @@ pub fn check_admission(
     if !target.deployment.is_active() {
         return Err(Refusal::DeploymentInactive);
     }
+    handshake::check(req)?;
     let mut origins = req.headers.get_all("origin").iter();
     let origin = origins.next().map(|v| v.as_bytes());
     if origins.next().is_some() {
