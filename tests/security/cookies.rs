@@ -195,7 +195,7 @@ async fn tampered_cookies_and_replayed_logins_get_nothing() {
             );
         }
     }
-    let done = return_to(&c, &callback_a, &[pending_a.clone()]).await;
+    let done = return_to(&c, &callback_a, std::slice::from_ref(&pending_a)).await;
     if done.status() != 302 {
         env.fail(
             "callback with its own cookie after the refusals",

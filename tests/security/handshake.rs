@@ -36,7 +36,7 @@ async fn malformed_handshakes_are_refused_at_the_edge() {
         ("Upgrade without Connection: upgrade", format!("{UPGRADE}{KEY}{VERSION}"), 400, "bad_handshake"),
         ("Upgrade with Connection: keep-alive", format!("{UPGRADE}Connection: keep-alive\r\n{KEY}{VERSION}"), 400, "bad_handshake"),
         ("Connection: upgrade without Upgrade", format!("{CONNECTION}{KEY}{VERSION}"), 400, "bad_handshake"),
-        ("Upgrade: h2c", format!("Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"), 400, "bad_handshake"),
+        ("Upgrade: h2c", "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n".to_string(), 400, "bad_handshake"),
         ("Upgrade: websocket, h2c", format!("Upgrade: websocket, h2c\r\n{CONNECTION}{KEY}{VERSION}"), 400, "bad_handshake"),
         ("Upgrade twice", format!("{UPGRADE}Upgrade: h2c\r\n{CONNECTION}{KEY}{VERSION}"), 400, "bad_handshake"),
     ];

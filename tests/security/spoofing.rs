@@ -1,6 +1,7 @@
 //! Identity-header spoofing: whatever `X-Auth-*` a client sends, in any
-//! spelling, the backend sees only portcullis's own values, or the request
-//! is refused 400 before it reaches the backend.
+//! well-formed spelling (any case, `_` for `-`, repeated, forged assertion),
+//! the backend sees only portcullis's own values; the malformed spellings
+//! (obs-fold, whitespace before the colon) are refused 400 before it.
 
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
@@ -133,7 +134,8 @@ async fn spoofed_identity_headers_never_reach_the_backend() {
         }
     }
 
-    // Malformed spellings, written raw: refused with 400 by the HTTP parser.
+    // Malformed spellings, written raw: refused with 400 by Pingora's HTTP
+    // parser (obs-fold, whitespace before the colon), nothing upstream.
     let addr = env.proxy.addr;
     let raw_spoofs = [
         (
@@ -164,11 +166,10 @@ async fn spoofed_identity_headers_never_reach_the_backend() {
             );
             let before = env.received.total();
             let answer = raw(addr, request.as_bytes()).await;
-            match answer.status {
-                Some(400) => env.expect_untouched(&case, before),
-                Some(200) => check_backend_view(&mut env, &case, &answer.json(), authenticated),
-                _ => env.fail(&case, format!("{answer:?}")),
+            if answer.status != Some(400) {
+                env.fail(&case, format!("not refused: {}", answer.text));
             }
+            env.expect_untouched(&case, before);
         }
     }
     env.finish("identity-header spoofing").await;
