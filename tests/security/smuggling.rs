@@ -180,6 +180,9 @@ async fn ambiguous_requests_are_refused_or_reframed() {
             format!("POST {OPEN} HTTP/1.0\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"),
             Expect::Refused(Some(400)),
         ),
+        // Not here: a raw space or tab in the target. Pingora percent-encodes
+        // an illegal request line before portcullis sees it (`b c` arrives
+        // as `b%20c` and is forwarded so), where the README promises 400.
     ];
     for (case, request, expect) in &cases {
         let before = env.received.total();
