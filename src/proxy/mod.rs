@@ -6,6 +6,7 @@
 //! ```text
 //! request_filter ─┬─ /.auth/jwks.json ......................... answered here
 //!                 ├─ check the target, route → deployment (400/404), inactive (403)
+//!                 ├─ asks for an upgrade? a well-formed WebSocket handshake (400/426)
 //!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
 //!                 ├─ WebSocket upgrade: a slot under the connection ceilings (503)
 //!                 ├─ authentication required? credential (header, subprotocol,
@@ -30,6 +31,7 @@
 
 pub mod credential;
 pub mod frames;
+pub mod handshake;
 pub mod headers;
 pub mod origin;
 pub mod refusal;
@@ -98,6 +100,7 @@ pub fn check_admission(
     if !target.deployment.is_active() {
         return Err(Refusal::DeploymentInactive);
     }
+    handshake::check(req)?;
     let mut origins = req.headers.get_all("origin").iter();
     let origin = origins.next().map(|v| v.as_bytes());
     if origins.next().is_some() {

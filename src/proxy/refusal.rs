@@ -55,6 +55,14 @@ pub enum Refusal {
     /// backend may read instead of the real one. An `invalid_deployment_id`
     /// with its own reason.
     DeploymentIdVariant,
+    /// A request asking for an upgrade that is not a well-formed WebSocket
+    /// handshake (RFC 6455 §4.2.1): no or a repeated key, a key that is not
+    /// 16 bytes, no or a repeated version, `Upgrade` without `Connection:
+    /// upgrade` or the other way round, another protocol than `websocket`.
+    BadHandshake(&'static str),
+    /// A WebSocket handshake for a version other than 13: 426 with
+    /// `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
+    UnsupportedWebSocketVersion,
     UnknownDeployment,
     DeploymentInactive,
     OriginNotAllowed,
@@ -87,7 +95,9 @@ impl Refusal {
             Refusal::BadTarget(_)
             | Refusal::PathParameter
             | Refusal::BadDeploymentId(_)
-            | Refusal::DeploymentIdVariant => 400,
+            | Refusal::DeploymentIdVariant
+            | Refusal::BadHandshake(_) => 400,
+            Refusal::UnsupportedWebSocketVersion => 426,
             Refusal::DeploymentInactive | Refusal::OriginNotAllowed | Refusal::OriginMissing => 403,
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
@@ -107,6 +117,7 @@ impl Refusal {
             Refusal::Forbidden(why) => why.code(),
             Refusal::PathParameter => "path_parameter",
             Refusal::DeploymentIdVariant => "deployment_id_variant",
+            Refusal::UnsupportedWebSocketVersion => "unsupported_websocket_version",
             other => other.code(),
         }
     }
@@ -117,6 +128,7 @@ impl Refusal {
             Refusal::NoRoute => "not_found",
             Refusal::BadTarget(_) | Refusal::PathParameter => "bad_request",
             Refusal::BadDeploymentId(_) | Refusal::DeploymentIdVariant => "invalid_deployment_id",
+            Refusal::BadHandshake(_) | Refusal::UnsupportedWebSocketVersion => "bad_handshake",
             Refusal::UnknownDeployment => "unknown_deployment",
             Refusal::DeploymentInactive => "deployment_inactive",
             Refusal::OriginNotAllowed => "origin_not_allowed",
@@ -137,7 +149,10 @@ impl Refusal {
     pub fn description(self) -> &'static str {
         match self {
             Refusal::NoRoute => "no messaging route matches this path",
-            Refusal::BadTarget(why) | Refusal::BadDeploymentId(why) => why,
+            Refusal::BadTarget(why) | Refusal::BadDeploymentId(why) | Refusal::BadHandshake(why) => {
+                why
+            }
+            Refusal::UnsupportedWebSocketVersion => "only WebSocket version 13 is supported",
             Refusal::PathParameter => {
                 "';' path parameters (raw or %3B) are not allowed in the path"
             }
@@ -207,6 +222,11 @@ impl Refusal {
         if self.status() == 503 {
             let _ = header.insert_header("retry-after", "5");
         }
+        if self == Refusal::UnsupportedWebSocketVersion {
+            let _ = header.insert_header("upgrade", "websocket");
+            let _ =
+                header.insert_header("sec-websocket-version", super::handshake::WEBSOCKET_VERSION);
+        }
         (header, body)
     }
 }
@@ -222,6 +242,8 @@ mod tests {
             Refusal::BadTarget("dot segments are not allowed"),
             Refusal::PathParameter,
             Refusal::DeploymentIdVariant,
+            Refusal::BadHandshake("Sec-WebSocket-Key must be sent once"),
+            Refusal::UnsupportedWebSocketVersion,
             Refusal::BadDeploymentId("deploymentId is required"),
             Refusal::UnknownDeployment,
             Refusal::DeploymentInactive,
