@@ -409,6 +409,10 @@ impl Runtime {
     }
 }
 
+/// How many session ends `State::end_matching` has in flight at once: a
+/// subject's thousands of sessions end in a fraction of the round trips.
+const ENDS_IN_FLIGHT: usize = 32;
+
 /// How long an ended session is remembered for handshakes in flight: far
 /// longer than any handshake takes (an upstream's 101 is bounded by its
 /// read timeout).
@@ -627,8 +631,24 @@ impl State {
             if found.is_empty() {
                 break;
             }
-            for session in found {
-                match self.end_session(&session.id, reason, close_reason).await {
+            // Connections here close first, all at once: they must not wait
+            // for the store's round trips (SPEC §5: within a second).
+            for session in &found {
+                closed += self.close_ended_session(&session.id.public_id(), reason, close_reason);
+            }
+            // Then the store (and through it the other instances), several
+            // ends in flight at a time.
+            use futures_util::StreamExt;
+            let results: Vec<_> =
+                futures_util::stream::iter(found)
+                    .map(|session| async move {
+                        self.end_session(&session.id, reason, close_reason).await
+                    })
+                    .buffer_unordered(ENDS_IN_FLIGHT)
+                    .collect()
+                    .await;
+            for result in results {
+                match result {
                     Ok(n) => {
                         closed += n;
                         ended += 1;
