@@ -111,8 +111,17 @@ impl AdminRequest {
                     )
                 }
             }
-            (method, p) if p.starts_with("/admin/subjects/") && p.ends_with("/sessions") => {
-                let segment = &p["/admin/subjects/".len()..p.len() - "/sessions".len()];
+            (method, p)
+                if p.strip_prefix("/admin/subjects/")
+                    .and_then(|rest| rest.strip_suffix("/sessions"))
+                    .is_some() =>
+            {
+                // `/admin/subjects/sessions` has no segment: the prefix and
+                // the suffix overlap, so strip them rather than slice.
+                let segment = p
+                    .strip_prefix("/admin/subjects/")
+                    .and_then(|rest| rest.strip_suffix("/sessions"))
+                    .unwrap_or_default();
                 let subject = percent_encoding::percent_decode_str(segment).decode_utf8();
                 match (method, subject) {
                     ("DELETE", Ok(subject)) if !subject.is_empty() && !segment.contains('/') => {
@@ -590,6 +599,11 @@ mod tests {
                 subject: "auth0|12/3".into(),
                 provider: Some("dev".into())
             }
+        );
+        // The prefix and suffix overlap here: no subject, and no panic.
+        assert_eq!(
+            AdminRequest::parse(&delete, "/admin/subjects/sessions", None),
+            AdminRequest::NotFound
         );
         for bad in [
             "/admin/subjects//sessions",

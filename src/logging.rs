@@ -35,24 +35,28 @@ pub fn directives<'a>(level: &'a str, rust_log: Option<&'a str>) -> (&'a str, Fi
     }
 }
 
-/// Whether `directives` name one of Pingora's targets, and so may lift
-/// them above `info`.
-pub fn names_pingora(directives: &str) -> bool {
+/// The Pingora targets `directives` name (`pingora_core=debug`,
+/// `pingora_proxy::proxy_h1`): only these may go above `info`.
+pub fn named_pingora_targets(directives: &str) -> Vec<&str> {
     directives
         .split(',')
-        .any(|d| d.trim_start().starts_with("pingora"))
+        .map(|d| d.trim().split(['=', '[']).next().unwrap_or("").trim())
+        .filter(|target| target.starts_with("pingora"))
+        .collect()
 }
 
-/// What caps Pingora's targets (a prefix match: `pingora` covers
-/// `pingora_core`, `pingora_proxy`, ...), letting everything else through
-/// to the main filter.
+/// What caps Pingora's targets at `info` (a prefix match: `pingora` covers
+/// `pingora_core`, `pingora_proxy`, ...) except those the directives name,
+/// letting everything else through to the main filter. The most specific
+/// target wins, so `pingora_proxy=warn` leaves `pingora_core` capped.
 fn pingora_cap(directives: &str) -> Targets {
-    let all = Targets::new().with_default(LevelFilter::TRACE);
-    if names_pingora(directives) {
-        all
-    } else {
-        all.with_target("pingora", LevelFilter::INFO)
+    let mut cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("pingora", LevelFilter::INFO);
+    for target in named_pingora_targets(directives) {
+        cap = cap.with_target(target, LevelFilter::TRACE);
     }
+    cap
 }
 
 /// Installs the global subscriber. Calling it twice keeps the first one
@@ -130,7 +134,23 @@ mod tests {
             "pingora_core::protocols",
             Level::DEBUG
         ));
-        assert!(names_pingora("warn, pingora_proxy=trace"));
-        assert!(!names_pingora("debug,portcullis=trace"));
+        // Naming one Pingora target lifts that one only.
+        assert!(!enabled(
+            "trace,pingora_proxy=warn",
+            "pingora_core::protocols",
+            Level::DEBUG
+        ));
+        assert!(enabled(
+            "trace,pingora_proxy=warn",
+            "pingora_proxy::proxy_h1",
+            Level::DEBUG
+        ));
+        assert_eq!(
+            named_pingora_targets(
+                "warn, pingora_proxy=trace,portcullis=debug,pingora_core[span]=debug"
+            ),
+            vec!["pingora_proxy", "pingora_core"]
+        );
+        assert!(named_pingora_targets("debug,portcullis=trace").is_empty());
     }
 }

@@ -409,6 +409,31 @@ impl Runtime {
     }
 }
 
+/// Whether a reload may bring this admin section: the listener stays bound
+/// where it started, and its rules (a token off loopback, the Host check on
+/// loopback) are the configured address's, so a new address would judge the
+/// old socket by the wrong rules, and a dropped token would leave it open.
+/// Rotating the token is fine.
+fn admin_reload_allowed(
+    old: Option<&config::Admin>,
+    new: Option<&config::Admin>,
+) -> Result<(), String> {
+    match (old, new) {
+        (None, None) => Ok(()),
+        (Some(o), Some(n)) if o.address != n.address => Err(format!(
+            "admin.address changed ({} to {}): restart to move the admin listener",
+            o.address, n.address
+        )),
+        (Some(o), Some(n)) if o.token.is_some() && n.token.is_none() => Err(
+            "admin.token removed: the running admin listener would be left without one; restart to drop it".to_string(),
+        ),
+        (Some(_), Some(_)) => Ok(()),
+        (Some(_), None) | (None, Some(_)) => {
+            Err("the admin section was added or removed: restart to change the admin listener".to_string())
+        }
+    }
+}
+
 /// How many session ends `State::end_matching` has in flight at once: a
 /// subject's thousands of sessions end in a fraction of the round trips.
 const ENDS_IN_FLIGHT: usize = 32;
@@ -604,8 +629,9 @@ impl State {
     /// Ends every live session matching `query` (as `end_session` does, one
     /// by one), in rounds of `SESSIONS_PER_ROUND` until none is left or
     /// `MAX_ROUNDS` passed. Returns how many sessions ended and how many
-    /// connections began closing here; an error only when the store failed
-    /// before anything ended (what ended stays ended).
+    /// connections began closing here; an error when the store failed for
+    /// any of them (what ended stays ended; the caller reports a failure, so
+    /// that the end is asked for again).
     pub async fn end_matching(
         &self,
         query: &crate::session::store::SessionQuery<'_>,
@@ -622,10 +648,11 @@ impl State {
                 .await
             {
                 Ok(found) => found,
-                Err(e) if ended == 0 => return Err(e),
                 Err(e) => {
-                    tracing::warn!(ended, error = %e, "ending sessions stopped: session store unavailable");
-                    break;
+                    if ended > 0 {
+                        tracing::warn!(ended, error = %e, "ending sessions stopped: session store unavailable");
+                    }
+                    return Err(e);
                 }
             };
             if found.is_empty() {
@@ -653,12 +680,11 @@ impl State {
                         closed += n;
                         ended += 1;
                     }
-                    // A session the store could not end is found again
-                    // next round: stop rather than loop on it.
-                    Err(e) if ended == 0 => return Err(e),
+                    // A session the store could not end lives on elsewhere:
+                    // the caller must not report success.
                     Err(e) => {
                         tracing::warn!(ended, error = %e, "ending sessions stopped: session store unavailable");
-                        return Ok((ended, closed));
+                        return Err(e);
                     }
                 }
             }
@@ -817,17 +843,13 @@ impl State {
         if let Some(warning) = new.connection_ceiling.warning() {
             tracing::warn!("{warning}");
         }
+        admin_reload_allowed(old.config.admin.as_ref(), new.config.admin.as_ref())?;
         let mut restart_required_for = Vec::new();
         if new.config.listeners != old.config.listeners {
             restart_required_for.push("listen");
         }
         if new.config.threads != old.config.threads {
             restart_required_for.push("threads");
-        }
-        if new.config.admin.as_ref().map(|a| a.address)
-            != old.config.admin.as_ref().map(|a| a.address)
-        {
-            restart_required_for.push("admin.address");
         }
         let logging_changed = new.config.logging.format != old.config.logging.format
             || new.config.logging.level != old.config.logging.level;
@@ -921,6 +943,35 @@ routes: [{path_prefix: /v1}]
 
     fn claims(json: serde_json::Value) -> Claims {
         Claims(serde_json::from_value(json).unwrap())
+    }
+
+    #[test]
+    fn a_reload_may_rotate_the_admin_token_but_not_move_or_open_the_listener() {
+        use crate::config::Admin;
+        let admin = |address: &str, token: Option<&str>| Admin {
+            address: address.parse().unwrap(),
+            token: token.map(|t| crate::config::Secret::new(t.to_string())),
+        };
+        let public = admin("0.0.0.0:9090", Some("a"));
+        assert!(
+            admin_reload_allowed(Some(&public), Some(&admin("0.0.0.0:9090", Some("b")))).is_ok()
+        );
+        assert!(admin_reload_allowed(None, None).is_ok());
+        for (new, why) in [
+            (
+                Some(admin("127.0.0.1:9090", None)),
+                "moved to loopback without a token",
+            ),
+            (Some(admin("0.0.0.0:9091", Some("a"))), "another port"),
+            (Some(admin("0.0.0.0:9090", None)), "token dropped"),
+            (None, "section removed"),
+        ] {
+            assert!(
+                admin_reload_allowed(Some(&public), new.as_ref()).is_err(),
+                "{why}"
+            );
+        }
+        assert!(admin_reload_allowed(None, Some(&public)).is_err());
     }
 
     /// A store that cannot be reached.
@@ -1022,6 +1073,15 @@ routes: [{path_prefix: /v1}]
             _: [u8; 32],
             _: std::time::Duration,
         ) -> Result<bool, crate::session::store::StoreError> {
+            Err(crate::session::store::StoreError::Unavailable(
+                "down".into(),
+            ))
+        }
+        async fn forget_use(
+            &self,
+            _: crate::session::store::SingleUse,
+            _: [u8; 32],
+        ) -> Result<(), crate::session::store::StoreError> {
             Err(crate::session::store::StoreError::Unavailable(
                 "down".into(),
             ))

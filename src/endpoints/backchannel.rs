@@ -131,19 +131,27 @@ async fn act(state: &State, runtime: &Runtime, req: &Request<'_>) -> Outcome {
         subject: token.subject.as_deref(),
         provider_sid: token.provider_sid.as_deref(),
     };
-    let (ended, closed) = state
+    match state
         .end_matching(
             &query,
             EndReason::ProviderLogout,
             "logged out at the provider",
         )
         .await
-        .map_err(|_| {
-            fail(Failure::Unavailable(
+    {
+        Ok((ended, closed)) => Ok((name, ended, closed)),
+        Err(_) => {
+            // Not every matching session ended: the provider's retry of
+            // this very token must not be refused as a replay.
+            let _ = state
+                .sessions
+                .forget_use(SingleUse::LogoutTokenId, replay_key)
+                .await;
+            Err(fail(Failure::Unavailable(
                 "the session store is unavailable; retry later",
-            ))
-        })?;
-    Ok((name, ended, closed))
+            )))
+        }
+    }
 }
 
 /// The one `logout_token` of a form-encoded body.

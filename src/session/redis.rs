@@ -1409,6 +1409,19 @@ impl SessionStore for RedisStore {
         .await
     }
 
+    async fn forget_use(&self, kind: SingleUse, key: [u8; 32]) -> Result<(), StoreError> {
+        self.run("forget_use", move |inner| async move {
+            let mut con = inner.connection()?;
+            let _: i64 = redis::cmd("DEL")
+                .arg(inner.keys.single_use(kind, &key))
+                .query_async(&mut con)
+                .await
+                .map_err(|e| inner.failure(e))?;
+            Ok(())
+        })
+        .await
+    }
+
     fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         Some(self.inner.events.subscribe())
     }

@@ -196,6 +196,9 @@ pub trait SessionStore: Send + Sync {
         key: [u8; 32],
         ttl: Duration,
     ) -> Result<bool, StoreError>;
+    /// Removes a single-use mark, so that what claimed it can be tried
+    /// again (a back-channel logout whose sessions could not all be ended).
+    async fn forget_use(&self, kind: SingleUse, key: [u8; 32]) -> Result<(), StoreError>;
     /// Events from other instances (shared stores only): `None` for a store
     /// that only this process sees.
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
@@ -570,6 +573,11 @@ impl SessionStore for MemoryStore {
             .is_fresh())
     }
 
+    async fn forget_use(&self, kind: SingleUse, key: [u8; 32]) -> Result<(), StoreError> {
+        self.used.invalidate(&(kind, key));
+        Ok(())
+    }
+
     fn approximate_count(&self) -> Option<u64> {
         Some(self.sessions.entry_count())
     }
@@ -679,6 +687,19 @@ mod tests {
                 .unwrap(),
             "another kind is another namespace"
         );
+        // A forgotten mark can be claimed again (a logout to retry).
+        store
+            .forget_use(SingleUse::LogoutTokenId, key)
+            .await
+            .unwrap();
+        assert!(store
+            .first_use(SingleUse::LogoutTokenId, key, long)
+            .await
+            .unwrap());
+        assert!(!store
+            .first_use(SingleUse::LoginState, key, long)
+            .await
+            .unwrap());
         let brief = [4u8; 32];
         assert!(store
             .first_use(SingleUse::LoginState, brief, Duration::from_millis(50))
