@@ -317,11 +317,14 @@ async fn a_back_channel_logout_ends_the_named_sessions_once_and_refuses_everythi
     // What is not a logout token, or not for us, changes nothing.
     let id_token = idp.mint_id_token("alice", jsonwebtoken::Algorithm::RS256, None);
     let sid_only = serde_json::json!({"sid": "op-session-1"});
-    // The last signature character changed (to another one: a flip to the
-    // same character would leave the token valid).
-    let mut tampered = logout_token(&idp, sid_only.clone());
-    let last = tampered.pop().unwrap();
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // The first signature character changed to another one (it carries six
+    // whole bits, so any letter is canonical base64url; the last one carries
+    // padding bits, and changing it can make the token malformed instead).
+    let token = logout_token(&idp, sid_only.clone());
+    let at = token.rfind('.').unwrap() + 1;
+    let first_char = token.as_bytes()[at];
+    let mut tampered = token.clone();
+    tampered.replace_range(at..at + 1, if first_char == b'A' { "B" } else { "A" });
     let refusals = [
         (id_token, "not_a_logout_token"),
         (
