@@ -467,6 +467,9 @@ pub struct State {
     /// Set by SIGTERM: `/readyz` answers 503 and new WebSocket upgrades are
     /// refused while the load balancer catches up (see `server::Drain`).
     pub draining: std::sync::atomic::AtomicBool,
+    /// Set when the shutdown close pass starts: a WebSocket whose 101
+    /// arrives after it is closed with 1001 as soon as it registers.
+    pub closing_for_shutdown: std::sync::atomic::AtomicBool,
     /// Set while a pass of `keep_live_sessions` runs, so passes never overlap.
     keeping_sessions: std::sync::atomic::AtomicBool,
 }
@@ -524,6 +527,7 @@ impl State {
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            closing_for_shutdown: std::sync::atomic::AtomicBool::new(false),
             keeping_sessions: std::sync::atomic::AtomicBool::new(false),
         })
     }

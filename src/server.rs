@@ -247,6 +247,11 @@ impl BackgroundService for Supervisor {
 /// across `window` (all at once for a zero window), sweeping overdue closes
 /// between batches. Returns how many began closing.
 async fn close_spread(state: &State, window: Duration) -> usize {
+    // Before the list is taken: a connection registering after this line
+    // closes itself (proxy `response_filter`), one before is in the list.
+    state
+        .closing_for_shutdown
+        .store(true, std::sync::atomic::Ordering::Release);
     let ids = state.connections.ids();
     if ids.is_empty() {
         return 0;

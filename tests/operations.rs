@@ -508,3 +508,71 @@ fn completions_are_valid_shell_naming_every_subcommand() {
     let unknown = portcullis(&["completions", "cmd.exe"]);
     assert_eq!(unknown.status.code(), Some(2));
 }
+
+/// A WebSocket admitted before SIGTERM whose upstream answers only after
+/// the shutdown's close pass still gets its 1001: the pass cannot see it,
+/// so it closes itself as it registers.
+#[tokio::test]
+async fn a_handshake_whose_101_comes_after_the_close_pass_still_gets_1001() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = start_backend().await;
+    // A relay that tells the test when the proxy's request arrived, then
+    // holds the backend's answer back for 2.5 s: past the drain grace (1 s)
+    // and the close pass at its end, within the close window (2 s) that
+    // the process still runs for.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut arrived_tx = Some(arrived_tx);
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(backend).await else {
+                return;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let mut first = vec![0u8; 4096];
+            let n = client_read.read(&mut first).await.unwrap_or(0);
+            let _ = server_write.write_all(&first[..n]).await;
+            if let Some(tx) = arrived_tx.take() {
+                let _ = tx.send(());
+            }
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    let config = format!(
+        "{}shutdown: {{drain_grace: 1s, close_window: 2s}}\n",
+        config(relay, "active", "")
+    );
+    let mut proxy = Proxy::start(&config).await;
+    let url = proxy.ws_url("/v1/chat?deploymentId=site");
+    let handshake =
+        tokio::spawn(
+            async move { ws_connect(&url, &[("Origin", "https://www.example.com")]).await },
+        );
+    tokio::time::timeout(Duration::from_secs(10), arrived)
+        .await
+        .expect("the handshake reached the upstream")
+        .unwrap();
+    proxy.signal("TERM");
+    let (mut ws, _) = handshake
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("admitted before SIGTERM: {e}\n{}", proxy.log_text()));
+    assert_eq!(
+        closed_with(&mut ws, CLOSE_DEADLINE).await,
+        Some((1001, "server shutting down".to_string())),
+        "{}",
+        proxy.log_text()
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(20))
+        .expect("portcullis exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", proxy.log_text());
+}

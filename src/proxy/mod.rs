@@ -1033,6 +1033,19 @@ impl ProxyHttp for Portcullis {
         // pass that closed its connections did not see this one.
         if let Some(live) = &ctx.live {
             self.state.closes_if_ended(live.connection());
+            // Likewise a handshake admitted before the shutdown's close pass.
+            if self
+                .state
+                .closing_for_shutdown
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                self.state.connections.close(
+                    live.connection().id,
+                    crate::connections::close_code::GOING_AWAY,
+                    "server shutting down",
+                    "shutdown",
+                );
+            }
         }
         // A reload between this request's admission and its 101 has already
         // judged the connections it found; judge this one by the new rules.
