@@ -366,7 +366,9 @@
         try {
           return await this._locked(() => this._refreshOnce());
         } catch (e) {
-          if (this._destroyed) throw e;
+          // A refresh that lost the race with this tab's own logout is not a
+          // token problem: no tokenError, no re-login prompt.
+          if (this._destroyed || this._loggingOut || this._loggedOut) throw e;
           this._emit("tokenError", { error: e });
           if (transient(e)) {
             // keep the tokens; try again after Retry-After, else 5 s, 10 s, ... 60 s
