@@ -82,12 +82,13 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] = [
+    pub const ALL: [EndReason; 6] = [
         EndReason::Expired,
         EndReason::Idle,
         EndReason::Logout,
         EndReason::Revoked,
         EndReason::Evicted,
+        EndReason::ProviderLogout,
     ];
 
     /// The reason a label names: `label` is also the wire form of a shared
@@ -225,6 +226,22 @@ mod tests {
             assert_eq!(EndReason::from_label(reason.label()), Some(reason));
         }
         assert_eq!(EndReason::from_label("nonsense"), None);
+        // Every variant is listed (the match fails to compile when one is
+        // added, reminding to list it in ALL too).
+        for reason in EndReason::ALL {
+            match reason {
+                EndReason::Expired
+                | EndReason::Idle
+                | EndReason::Logout
+                | EndReason::Revoked
+                | EndReason::Evicted
+                | EndReason::ProviderLogout => {}
+            }
+        }
+        assert_eq!(
+            EndReason::from_label("provider_logout"),
+            Some(EndReason::ProviderLogout)
+        );
     }
 
     #[test]

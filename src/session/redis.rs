@@ -1540,6 +1540,21 @@ mod tests {
             })
         );
         assert_eq!(EndMessage::decode(payload.as_bytes(), "me"), None);
+        // Every reason travels, back-channel logout's included.
+        for reason in EndReason::ALL {
+            let payload = EndMessage {
+                reason: reason.label().into(),
+                ..message.clone()
+            }
+            .encode();
+            assert_eq!(
+                EndMessage::decode(payload.as_bytes(), "other"),
+                Some(StoreEvent::Ended {
+                    public_id: message.session.clone(),
+                    reason
+                })
+            );
+        }
         for junk in [
             "",
             "{}",
