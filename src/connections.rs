@@ -510,16 +510,14 @@ impl Registry {
     /// seconds): a session's maximum lifetime, a bearer token's `exp`, or a
     /// bearer connection's idle timeout. Returns how many began closing.
     pub fn close_expired(&self, now: u64) -> usize {
-        let expired = |c: &LiveConnection| c.expires_at.is_some_and(|t| t <= now);
-        self.close_where(
-            |c| c.session.is_some() && expired(c),
+        self.close_each(
+            |c| {
+                c.expires_at.filter(|&t| t <= now).map(|_| match c.session {
+                    Some(_) => "session expired",
+                    None => "token expired",
+                })
+            },
             close_code::SESSION_EXPIRED,
-            "session expired",
-            "expired",
-        ) + self.close_where(
-            |c| c.session.is_none() && expired(c),
-            close_code::SESSION_EXPIRED,
-            "token expired",
             "expired",
         ) + self.close_where(
             |c| c.idle_close.as_ref().is_some_and(|i| i.idle_at(now)),

@@ -550,19 +550,30 @@ impl State {
         // A store hiccup must not keep the connections open.
         let public_id = id.public_id();
         let closed = self.close_ended_session(&public_id, reason, close_reason);
-        match &removed {
+        self.note_end(&public_id, reason, Some(closed), &removed);
+        removed.map(|_| closed)
+    }
+
+    /// Counts and logs a session's end as the store took it (or not).
+    fn note_end<T>(
+        &self,
+        public_id: &str,
+        reason: crate::session::EndReason,
+        closed_connections: Option<usize>,
+        removed: &Result<T, crate::session::store::StoreError>,
+    ) {
+        match removed {
             Ok(_) => {
                 self.metrics
                     .session_ends
                     .with_label_values(&[reason.label()])
                     .inc();
-                tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended");
+                tracing::info!(session = %public_id, closed_connections, reason = reason.label(), "session ended");
             }
             Err(error) => {
-                tracing::warn!(session = %public_id, closed_connections = closed, reason = reason.label(), %error, "session end not stored: the session store is unreachable");
+                tracing::warn!(session = %public_id, closed_connections, reason = reason.label(), %error, "session end not stored: the session store is unreachable");
             }
         }
-        removed.map(|_| closed)
     }
 
     /// Follows a shared store's events for as long as the process runs:
@@ -662,28 +673,26 @@ impl State {
             if found.is_empty() {
                 break;
             }
-            // Connections here close first, all at once: they must not wait
-            // for the store's round trips (SPEC §5: within a second).
-            for session in &found {
-                closed += self.close_ended_session(&session.id.public_id(), reason, close_reason);
-            }
+            // Connections here close first, all at once and in one pass over
+            // them: they must not wait for the store's round trips (SPEC §5:
+            // within a second).
+            let public_ids: Vec<String> = found.iter().map(|s| s.id.public_id()).collect();
+            closed += self.close_ended_sessions(&public_ids, reason, close_reason);
             // Then the store (and through it the other instances), several
             // ends in flight at a time.
             use futures_util::StreamExt;
-            let results: Vec<_> =
-                futures_util::stream::iter(found)
-                    .map(|session| async move {
-                        self.end_session(&session.id, reason, close_reason).await
-                    })
-                    .buffer_unordered(ENDS_IN_FLIGHT)
-                    .collect()
-                    .await;
+            let results: Vec<_> = futures_util::stream::iter(found.into_iter().zip(public_ids))
+                .map(|(session, public_id)| async move {
+                    let removed = self.sessions.remove(&session.id, reason).await;
+                    self.note_end(&public_id, reason, None, &removed);
+                    removed
+                })
+                .buffer_unordered(ENDS_IN_FLIGHT)
+                .collect()
+                .await;
             for result in results {
                 match result {
-                    Ok(n) => {
-                        closed += n;
-                        ended += 1;
-                    }
+                    Ok(_) => ended += 1,
                     // A session the store could not end lives on elsewhere:
                     // the caller must not report success.
                     Err(e) => {
@@ -707,22 +716,28 @@ impl State {
         reason: crate::session::EndReason,
         close_reason: &str,
     ) -> usize {
-        use crate::connections::close_code;
-        use crate::session::EndReason;
+        self.close_ended_sessions(&[public_id], reason, close_reason)
+    }
+
+    /// `close_ended_session` for several sessions that ended for the same
+    /// reason, in one pass over the live connections.
+    pub fn close_ended_sessions<S: AsRef<str>>(
+        &self,
+        public_ids: &[S],
+        reason: crate::session::EndReason,
+        close_reason: &str,
+    ) -> usize {
         // Recorded before the pass over live connections: a connection that
         // registers after this line finds the record, one that registered
         // before it is found by the pass.
-        self.ended_lately.insert(Arc::from(public_id), reason);
-        let code = match reason {
-            EndReason::Expired | EndReason::Idle => close_code::SESSION_EXPIRED,
-            EndReason::Logout
-            | EndReason::Revoked
-            | EndReason::Evicted
-            | EndReason::ProviderLogout => close_code::SESSION_REVOKED,
-        };
+        for public_id in public_ids {
+            self.ended_lately
+                .insert(Arc::from(public_id.as_ref()), reason);
+        }
+        let ended: std::collections::HashSet<&str> = public_ids.iter().map(AsRef::as_ref).collect();
         self.connections.close_where(
-            |c| c.session.as_deref() == Some(public_id),
-            code,
+            |c| c.session.as_deref().is_some_and(|s| ended.contains(s)),
+            reason.close_code(),
             close_reason,
             reason.label(),
         )
@@ -737,15 +752,12 @@ impl State {
         let Some(reason) = self.ended_lately.get(public_id) else {
             return false;
         };
-        use crate::connections::close_code;
-        use crate::session::EndReason;
-        let (code, text) = match reason {
-            EndReason::Expired | EndReason::Idle => {
-                (close_code::SESSION_EXPIRED, "session expired")
-            }
-            _ => (close_code::SESSION_REVOKED, "session ended"),
+        let text = match reason.close_code() {
+            crate::connections::close_code::SESSION_EXPIRED => "session expired",
+            _ => "session ended",
         };
-        self.connections.close(conn.id, code, text, reason.label())
+        self.connections
+            .close(conn.id, reason.close_code(), text, reason.label())
     }
 
     /// Keeps the store in step with live connections at `now`: records the

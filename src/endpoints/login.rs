@@ -143,15 +143,12 @@ pub async fn session_from_cookie(
 
 /// The answer while the session store cannot be reached.
 fn store_unavailable() -> Response {
-    let body = Bytes::from(
-        r#"{"error":"session_store_unavailable","error_description":"the session store cannot be reached; try again shortly"}"#,
-    );
-    let mut header = ResponseHeader::build(503, Some(4)).expect("valid status");
-    let _ = header.insert_header("content-type", "application/json");
-    let _ = header.insert_header("content-length", body.len().to_string());
-    let _ = header.insert_header("cache-control", "no-store");
-    let _ = header.insert_header("retry-after", "1");
-    (header, body)
+    super::error_retry_after(
+        503,
+        "session_store_unavailable",
+        "the session store cannot be reached; try again shortly",
+        1,
+    )
 }
 
 /// A refusal's description as a sentence.

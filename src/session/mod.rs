@@ -97,6 +97,19 @@ impl EndReason {
         Self::ALL.into_iter().find(|r| r.label() == label)
     }
 
+    /// The WebSocket close code the session's connections get (SPEC §5):
+    /// 4001 when it ran out of time, 4002 when something ended it.
+    pub fn close_code(self) -> u16 {
+        use crate::connections::close_code;
+        match self {
+            EndReason::Expired | EndReason::Idle => close_code::SESSION_EXPIRED,
+            EndReason::Logout
+            | EndReason::Revoked
+            | EndReason::Evicted
+            | EndReason::ProviderLogout => close_code::SESSION_REVOKED,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             EndReason::Expired => "expired",
