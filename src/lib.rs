@@ -11,6 +11,7 @@
 //! | `admin`       | the admin listener: health, readiness, connections, reload    |
 //! | `metrics`     | every Prometheus metric portcullis exports                    |
 //! | `server`      | assembling listeners and services into one Pingora server     |
+//! | `tls`         | served certificates (SNI, reload) and upstream roots           |
 //! | `demo`        | `portcullis demo`: an echo chat backend and its page (feature `demo`) |
 //! | `devidp`      | a development OpenID provider (feature `demo`: demo and tests, never production) |
 
@@ -33,6 +34,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod token;
 
 /// Makes aws-lc-rs rustls's process-wide crypto provider, so that every TLS

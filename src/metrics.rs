@@ -84,6 +84,10 @@ pub struct Metrics {
     /// Session lookups answered by the instance's local cache of the
     /// shared store, by result (hit, miss).
     pub session_cache: IntCounterVec,
+    /// When each served certificate expires, by listener and file.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// Certificate reloads (SIGHUP, `POST /admin/reload`), by result.
+    pub tls_certificate_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -315,6 +319,16 @@ impl Metrics {
                 "1 when an upstream server passes its health check, 0 when it does not.",
                 &["upstream", "server"],
             ),
+            tls_certificate_expiry: gauge(
+                "portcullis_tls_certificate_expiry_timestamp_seconds",
+                "When a certificate a TLS listener serves expires (notAfter, Unix seconds), by listener address and certificate file.",
+                &["listener", "certificate"],
+            ),
+            tls_certificate_reloads: counter(
+                "portcullis_tls_certificate_reloads_total",
+                "Certificate reloads with the configuration, by result (ok; rejected: the listeners keep their previous certificates).",
+                &["result"],
+            ),
             registry,
         }
         .with_process_metrics()
@@ -332,6 +346,30 @@ impl Metrics {
             let _ = self.registry.register(Box::new(collector));
         }
         self
+    }
+
+    /// Records a served certificate's expiry.
+    pub fn note_certificate(
+        &self,
+        listener: std::net::SocketAddr,
+        cert: &crate::tls::LoadedCertificate,
+    ) {
+        self.tls_certificate_expiry
+            .with_label_values(&[&listener.to_string(), &cert.file])
+            .set(cert.not_after);
+    }
+
+    /// Replaces the expiry series with those of the sets now served.
+    pub fn note_certificate_sets(
+        &self,
+        sets: &[(std::net::SocketAddr, std::sync::Arc<crate::tls::CertificateSet>)],
+    ) {
+        self.tls_certificate_expiry.reset();
+        for (address, set) in sets {
+            for cert in set.certificates() {
+                self.note_certificate(*address, cert);
+            }
+        }
     }
 
     /// The registry in Prometheus text exposition format.

@@ -128,11 +128,19 @@ pub struct RouteRt {
 pub struct UpstreamRt {
     pub config: Upstream,
     pub balancer: LoadBalancer<RoundRobin>,
+    /// `ca_file`'s roots, in the form Pingora verifies a peer against.
+    pub roots: Option<Arc<pingora::protocols::tls::CaType>>,
     next_health_check: Mutex<Instant>,
 }
 
 impl UpstreamRt {
     fn build(config: &Upstream) -> Result<Self, String> {
+        let roots = config
+            .ca
+            .as_ref()
+            .map(|ca| crate::tls::pingora_roots(&ca.certificates))
+            .transpose()
+            .map_err(|e| format!("upstreams.{}.ca_file: {e}", config.name))?;
         let mut balancer =
             LoadBalancer::<RoundRobin>::try_from_iter(config.servers.iter().map(String::as_str))
                 .map_err(|e| format!("upstreams.{}.servers: cannot resolve: {e}", config.name))?;
@@ -151,6 +159,7 @@ impl UpstreamRt {
             if config.tls && !config.sni.is_empty() {
                 check.peer_template.sni = config.sni.clone();
             }
+            check.peer_template.options.ca = roots.clone();
             check.peer_template.options.connection_timeout = Some(hc.timeout);
             check.peer_template.options.read_timeout = Some(hc.timeout);
             check.peer_template.options.total_connection_timeout = Some(hc.timeout);
@@ -160,6 +169,7 @@ impl UpstreamRt {
         Ok(UpstreamRt {
             config: config.clone(),
             balancer,
+            roots,
             next_health_check: Mutex::new(Instant::now()),
         })
     }
@@ -414,6 +424,19 @@ impl Runtime {
 /// loopback) are the configured address's, so a new address would judge the
 /// old socket by the wrong rules, and a dropped token would leave it open.
 /// Rotating the token is fine.
+/// Whether a config path is in a listener's or the admin's `tls` block.
+fn is_tls_path(path: &str) -> bool {
+    path.starts_with("admin.tls") || (path.starts_with("listen[") && path.contains("].tls"))
+}
+
+fn note_certificates_rejected(metrics: &Metrics) {
+    metrics
+        .tls_certificate_reloads
+        .with_label_values(&["rejected"])
+        .inc();
+    tracing::error!("TLS certificates not reloaded: the listeners keep serving their previous certificates");
+}
+
 fn admin_reload_allowed(
     old: Option<&config::Admin>,
     new: Option<&config::Admin>,
@@ -472,6 +495,8 @@ pub struct State {
     pub closing_for_shutdown: std::sync::atomic::AtomicBool,
     /// Set while a pass of `keep_live_sessions` runs, so passes never overlap.
     keeping_sessions: std::sync::atomic::AtomicBool,
+    /// The certificates TLS listeners serve, by address; reloads refill them.
+    pub certificates: crate::tls::Resolvers,
 }
 
 /// What a successful reload changed.
@@ -481,6 +506,8 @@ pub struct ReloadSummary {
     pub routes: usize,
     /// Live connections closed because their deployment was removed or deactivated.
     pub closed_connections: usize,
+    /// TLS listeners (the admin one included) given their certificates anew.
+    pub tls_listeners_reloaded: usize,
     /// Settings that only take effect after a restart.
     pub restart_required_for: Vec<&'static str>,
 }
@@ -529,6 +556,7 @@ impl State {
             draining: std::sync::atomic::AtomicBool::new(false),
             closing_for_shutdown: std::sync::atomic::AtomicBool::new(false),
             keeping_sessions: std::sync::atomic::AtomicBool::new(false),
+            certificates: crate::tls::Resolvers::default(),
         })
     }
 
@@ -850,9 +878,20 @@ impl State {
         let previous = old.clone();
         let metrics = self.metrics.clone();
         // Loading reads files and building may resolve server names: both block.
-        let new = tokio::task::spawn_blocking(move || {
-            let config = config::load(&path).map_err(|e| e.to_string())?;
-            Runtime::build(config, Some(&previous), &metrics)
+        let (new, certificates) = tokio::task::spawn_blocking(move || {
+            let config = config::load(&path).map_err(|e| {
+                if e.0.iter().any(|e| is_tls_path(&e.path)) {
+                    note_certificates_rejected(&metrics);
+                }
+                e.to_string()
+            })?;
+            // Loaded again here (validation checked them and let them go):
+            // these are the sets the listeners will serve.
+            let certificates = crate::tls::load_all(&config, crate::tls::now()).map_err(|e| {
+                note_certificates_rejected(&metrics);
+                e
+            })?;
+            Runtime::build(config, Some(&previous), &metrics).map(|r| (r, certificates))
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))??;
@@ -861,8 +900,20 @@ impl State {
         }
         admin_reload_allowed(old.config.admin.as_ref(), new.config.admin.as_ref())?;
         let mut restart_required_for = Vec::new();
-        if new.config.listeners != old.config.listeners {
+        // Certificates and HSTS change live; addresses and TLS on or off
+        // need new sockets.
+        let sockets = |c: &Config| -> Vec<(std::net::SocketAddr, bool)> {
+            c.listeners
+                .iter()
+                .map(|l| (l.address, l.tls.is_some()))
+                .collect()
+        };
+        if sockets(&new.config) != sockets(&old.config) {
             restart_required_for.push("listen");
+        }
+        let admin_tls = |c: &Config| c.admin.as_ref().map(|a| a.tls.is_some());
+        if admin_tls(&new.config) != admin_tls(&old.config) {
+            restart_required_for.push("admin.tls");
         }
         if new.config.threads != old.config.threads {
             restart_required_for.push("threads");
@@ -892,6 +943,7 @@ impl State {
         }
         let new = Arc::new(new);
         self.runtime.store(new.clone());
+        let tls_listeners_reloaded = self.replace_certificates(certificates);
         // Connections of deployments that are gone or inactive end now, as
         // a revocation would end them; so do those the new rules would refuse.
         let closed = self.connections.close_each(
@@ -903,8 +955,38 @@ impl State {
             deployments: new.deployments.len(),
             routes: new.routes.len(),
             closed_connections: closed,
+            tls_listeners_reloaded,
             restart_required_for,
         })
+    }
+
+    /// Gives each running TLS listener its newly loaded certificates (new
+    /// handshakes only; live connections keep theirs). A listener the
+    /// running process does not have (a new address) waits for a restart.
+    fn replace_certificates(
+        &self,
+        certificates: Vec<(std::net::SocketAddr, crate::tls::CertificateSet)>,
+    ) -> usize {
+        let mut replaced = 0;
+        for (address, set) in certificates {
+            if let Some(resolver) = self.certificates.get(&address) {
+                resolver.replace(set);
+                replaced += 1;
+            }
+        }
+        if replaced > 0 {
+            self.metrics
+                .tls_certificate_reloads
+                .with_label_values(&["ok"])
+                .inc();
+            self.metrics
+                .note_certificate_sets(&self.certificates.current());
+            tracing::info!(
+                listeners = replaced,
+                "TLS certificates reloaded: new handshakes get them, live connections keep theirs"
+            );
+        }
+        replaced
     }
 
     /// Runs due health checks of every upstream of the current runtime.

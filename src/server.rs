@@ -157,16 +157,20 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
         Portcullis::new(state.clone()),
         "portcullis proxy",
     );
+    // Every certificate is loaded before any listener is added: a broken
+    // file stops the start with the config path that names it.
+    let mut certificates: std::collections::HashMap<_, _> =
+        crate::tls::load_all(config, crate::tls::now())
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .collect();
     for listener in &config.listeners {
         let address = listener.address.to_string();
-        match &listener.tls {
+        match certificates.remove(&listener.address) {
             None => proxy.add_tcp(&address),
-            Some(tls) => {
-                let cert = tls.cert.to_string_lossy();
-                let key = tls.key.to_string_lossy();
-                proxy.add_tls(&address, &cert, &key).with_context(|| {
-                    format!("TLS listener {address}: cannot load {cert} / {key}")
-                })?;
+            Some(set) => {
+                let settings = tls_settings(&state, listener.address, set)?;
+                proxy.add_tls_with_settings(&address, None, settings);
             }
         }
     }
@@ -178,7 +182,13 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
             "portcullis admin".to_string(),
             HttpServer::new_app(AdminApp::new(state.clone())),
         );
-        service.add_tcp(&admin.address.to_string());
+        match certificates.remove(&admin.address) {
+            None => service.add_tcp(&admin.address.to_string()),
+            Some(set) => {
+                let settings = tls_settings(&state, admin.address, set)?;
+                service.add_tls_with_settings(&admin.address.to_string(), None, settings);
+            }
+        }
         service.threads = Some(1);
         server.add_service(service);
     }
@@ -187,6 +197,25 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
         Supervisor { state },
     ));
     Ok(server)
+}
+
+/// A TLS listener's settings: handshakes answered by a resolver registered
+/// in `state` under `address`, which reloads refill (see `crate::tls`).
+fn tls_settings(
+    state: &State,
+    address: std::net::SocketAddr,
+    set: crate::tls::CertificateSet,
+) -> anyhow::Result<pingora::listeners::tls::TlsSettings> {
+    for cert in set.certificates() {
+        state.metrics.note_certificate(address, cert);
+    }
+    let resolver = state.certificates.register(address, set);
+    // No files: the resolver alone answers (Pingora reads the paths only
+    // when no resolver is set).
+    let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+        .with_context(|| format!("TLS listener {address}"))?;
+    settings.set_cert_resolver(resolver);
+    Ok(settings)
 }
 
 /// The one background task: periodic health checks and overdue-close sweeps,

@@ -80,12 +80,49 @@ impl Default for Shutdown {
 pub struct Listener {
     pub address: SocketAddr,
     pub tls: Option<TlsFiles>,
+    /// `Strict-Transport-Security` on every response of this (TLS) listener.
+    pub hsts: Option<Hsts>,
 }
 
+/// The certificates a TLS listener serves: `cert`/`key` to a client whose
+/// SNI name matches no entry of `sni` (or that sends none), the entry
+/// naming it otherwise. Reloaded with the config (see `crate::tls`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub sni: Vec<SniCertificate>,
+}
+
+/// A certificate served to the clients asking for one of `names` (exact
+/// host names, lowercase, each covered by the certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCertificate {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// An HTTP Strict Transport Security policy for a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The `Strict-Transport-Security` header value.
+    pub fn header_value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +130,8 @@ pub struct Admin {
     pub address: SocketAddr,
     /// Required unless the admin address is loopback.
     pub token: Option<Secret>,
+    /// The admin listener's certificates, as a proxy listener's.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,9 +306,21 @@ pub struct Upstream {
     /// `host:port` strings; literal IPs or names resolved when the upstream is built.
     pub servers: Vec<String>,
     pub tls: bool,
+    /// The name sent as SNI and the one the server's certificate must be
+    /// issued for (rustls verifies the name it sends).
     pub sni: String,
+    /// The roots an upstream's certificate is verified against instead of
+    /// the system's: DER certificates read from `ca_file` (so a reload that
+    /// changes the file's content rebuilds the upstream).
+    pub ca: Option<UpstreamCa>,
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamCa {
+    pub file: PathBuf,
+    pub certificates: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

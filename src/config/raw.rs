@@ -19,6 +19,7 @@ pub type RawDuration = serde_yaml_ng::Value;
 pub struct RawListener {
     pub address: String,
     pub tls: Option<RawTls>,
+    pub hsts: Option<RawHsts>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +27,26 @@ pub struct RawListener {
 pub struct RawTls {
     pub cert: String,
     pub key: String,
+    #[serde(default)]
+    pub sni: Vec<RawSniCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCertificate {
+    pub names: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    pub max_age: Option<RawDuration>,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +54,7 @@ pub struct RawTls {
 pub struct RawAdmin {
     pub address: String,
     pub token: Option<RawSecret>,
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +158,7 @@ pub struct RawUpstream {
     #[serde(default)]
     pub tls: bool,
     pub sni: Option<String>,
+    pub ca_file: Option<String>,
     pub health_check: Option<RawHealthCheck>,
     pub connect_timeout: Option<RawDuration>,
 }

@@ -256,6 +256,73 @@ impl Checker<'_> {
         }
     }
 
+    /// A listener's `tls` block: paths resolved, every certificate loaded
+    /// and checked (`crate::tls`), each problem reported at its own path.
+    /// `None` when anything is wrong.
+    fn tls_files(&mut self, path: &str, raw: RawTls) -> Option<TlsFiles> {
+        let mut sni = Vec::new();
+        let mut names_ok = true;
+        for (i, entry) in raw.sni.into_iter().enumerate() {
+            let entry = SniCertificate {
+                names: entry
+                    .names
+                    .iter()
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .collect(),
+                cert: self.resolve_path(&entry.cert),
+                key: self.resolve_path(&entry.key),
+            };
+            for (j, message) in crate::tls::check_sni_names(&entry) {
+                names_ok = false;
+                if j == usize::MAX {
+                    self.error(format!("{path}.sni[{i}].names"), message);
+                } else {
+                    self.error(format!("{path}.sni[{i}].names[{j}]"), message);
+                }
+            }
+            sni.push(entry);
+        }
+        let files = TlsFiles {
+            cert: self.resolve_path(&raw.cert),
+            key: self.resolve_path(&raw.key),
+            sni,
+        };
+        if !names_ok {
+            return None;
+        }
+        match crate::tls::load_set(&files, crate::tls::now()) {
+            Ok(_) => Some(files),
+            Err(errors) => {
+                for e in errors {
+                    self.error(format!("{path}.{}", e.field), e.message);
+                }
+                None
+            }
+        }
+    }
+
+    fn hsts(&mut self, path: &str, raw: RawHsts) -> Hsts {
+        const YEAR: Duration = Duration::from_secs(365 * 86400);
+        let max_age = self.bounded_duration(
+            &format!("{path}.max_age"),
+            raw.max_age.as_ref(),
+            YEAR,
+            Duration::from_secs(0),
+            Duration::from_secs(2 * 365 * 86400),
+        );
+        if raw.preload && (!raw.include_subdomains || max_age < YEAR) {
+            self.error(
+                format!("{path}.preload"),
+                "preload lists require include_subdomains: true and a max_age of at least 365d",
+            );
+        }
+        Hsts {
+            max_age,
+            include_subdomains: raw.include_subdomains,
+            preload: raw.preload,
+        }
+    }
+
     fn resolve_path(&self, p: &str) -> PathBuf {
         let path = Path::new(p);
         if path.is_absolute() {
@@ -604,22 +671,16 @@ fn listeners(c: &mut Checker, value: &Value) -> Vec<Listener> {
                 format!("{address} is listed twice"),
             );
         }
-        let tls = l.tls.map(|t| {
-            let files = TlsFiles {
-                cert: c.resolve_path(&t.cert),
-                key: c.resolve_path(&t.key),
-            };
-            for (field, file) in [("cert", &files.cert), ("key", &files.key)] {
-                if !file.is_file() {
-                    c.error(
-                        format!("{path}.tls.{field}"),
-                        format!("file {} does not exist", file.display()),
-                    );
-                }
-            }
-            files
-        });
-        out.push(Listener { address, tls });
+        let has_tls = l.tls.is_some();
+        let tls = l.tls.and_then(|t| c.tls_files(&format!("{path}.tls"), t));
+        let hsts = l.hsts.map(|h| c.hsts(&format!("{path}.hsts"), h));
+        if hsts.is_some() && !has_tls {
+            c.error(
+                format!("{path}.hsts"),
+                "only on a TLS listener: browsers ignore Strict-Transport-Security over plain HTTP",
+            );
+        }
+        out.push(Listener { address, tls, hsts });
     }
     out
 }
@@ -672,7 +733,12 @@ fn admin(c: &mut Checker, value: &Value) -> Option<Admin> {
             "required when the admin address is not loopback (metrics and admin actions would be open to the network)",
         );
     }
-    Some(Admin { address, token })
+    let tls = raw.tls.and_then(|t| c.tls_files("admin.tls", t));
+    Some(Admin {
+        address,
+        token,
+        tls,
+    })
 }
 
 fn providers(c: &mut Checker, value: &Value) -> BTreeMap<String, Provider> {
@@ -1155,6 +1221,23 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
                 "required when tls is true and the servers are IP addresses: the name their certificates are issued for",
             );
         }
+        let ca = u.ca_file.as_ref().and_then(|file| {
+            if !u.tls {
+                c.error(
+                    format!("{path}.ca_file"),
+                    "only with tls: true (a plain upstream has no certificate to verify)",
+                );
+                return None;
+            }
+            let file = c.resolve_path(file);
+            match crate::tls::load_ca_file(&file) {
+                Ok(certificates) => Some(UpstreamCa { file, certificates }),
+                Err(e) => {
+                    c.error(format!("{path}.ca_file"), e);
+                    None
+                }
+            }
+        });
         let health_check = u.health_check.map(|h| {
             let hp = format!("{path}.health_check");
             let check_path = h.path.unwrap_or_else(|| "/".to_string());
@@ -1198,6 +1281,7 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
                 servers: u.servers,
                 tls: u.tls,
                 sni,
+                ca,
                 health_check,
                 connect_timeout,
             },

@@ -507,12 +507,32 @@ impl Portcullis {
             header.insert_header("location", location)?;
             header.insert_header("cache-control", "no-store")?;
             header.insert_header("content-length", "0")?;
-            return session
-                .as_downstream_mut()
-                .write_error_response(header, Bytes::new())
-                .await;
+            return self.write_own(session, header, Bytes::new()).await;
         }
         let (header, body) = refusal.render();
+        self.write_own(session, header, body).await
+    }
+
+    /// Writes one of portcullis's own responses (endpoints, refusals,
+    /// error pages), with the listener's `Strict-Transport-Security` when
+    /// it has one and the connection is TLS.
+    async fn write_own(
+        &self,
+        session: &mut Session,
+        mut header: ResponseHeader,
+        body: Bytes,
+    ) -> Result<()> {
+        let local = session
+            .as_downstream()
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .copied();
+        let tls = client_uses_tls(session.digest());
+        if let Some(value) =
+            crate::tls::hsts_header(&self.state.runtime().config.listeners, local, tls)
+        {
+            header.insert_header("strict-transport-security", value)?;
+        }
         session
             .as_downstream_mut()
             .write_error_response(header, body)
@@ -780,6 +800,15 @@ async fn read_body(
     }
 }
 
+/// Whether connecting failed in the TLS handshake (an untrusted or
+/// misnamed certificate among other causes), not in reaching the server.
+fn is_tls_handshake_failure(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
+    )
+}
+
 fn client_uses_tls(digest: Option<&Digest>) -> bool {
     digest.is_some_and(|d| d.ssl_digest.is_some())
 }
@@ -801,10 +830,7 @@ impl ProxyHttp for Portcullis {
         if let Some(endpoint) = endpoints::Endpoint::of(&runtime, session.req_header()) {
             let (header, body) = self.answer_endpoint(session, &runtime, &endpoint).await;
             ctx.runtime = Some(runtime);
-            session
-                .as_downstream_mut()
-                .write_error_response(header, body)
-                .await?;
+            self.write_own(session, header, body).await?;
             return Ok(true);
         }
         // Draining: upgrades that would pass are sent to another instance.
@@ -875,6 +901,9 @@ impl ProxyHttp for Portcullis {
         let config = &upstream.config;
         let mut peer = HttpPeer::new(&backend, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
+        // Verification stays on (Pingora's default): the certificate must
+        // chain to these roots (else the system's) and name `sni`.
+        peer.options.ca = upstream.roots.clone();
         Ok(Box::new(peer))
     }
 
@@ -889,10 +918,26 @@ impl ProxyHttp for Portcullis {
     ) -> Box<Error> {
         if let Some(target) = &ctx.target {
             let upstream = &target.deployment.upstream;
+            let tls_refused = is_tls_handshake_failure(&e);
+            if tls_refused {
+                // The server's certificate did not chain to the trusted
+                // roots, did not name `sni`, or the handshake failed
+                // otherwise: the request never reaches it (no bypass).
+                tracing::warn!(
+                    upstream = %upstream.config.name,
+                    server = ctx.upstream_server.as_deref().unwrap_or("-"),
+                    sni = %upstream.config.sni,
+                    error = %e,
+                    "upstream TLS handshake failed: its certificate is not trusted or not issued for the SNI name"
+                );
+            }
             self.state
                 .metrics
                 .upstream_errors
-                .with_label_values(&[&upstream.config.name, "connect"])
+                .with_label_values(&[
+                    upstream.config.name.as_str(),
+                    if tls_refused { "tls" } else { "connect" },
+                ])
                 .inc();
             let servers = upstream.balancer.backends().get_backend().len();
             if ctx.tried.len() < servers {
@@ -1160,11 +1205,7 @@ impl ProxyHttp for Portcullis {
             self.count_handshake(ctx, r.outcome());
             code = r.status();
             let (header, body) = r.render();
-            if let Err(write_error) = session
-                .as_downstream_mut()
-                .write_error_response(header, body)
-                .await
-            {
+            if let Err(write_error) = self.write_own(session, header, body).await {
                 tracing::debug!(error = %write_error, "could not write the error response");
             }
         }
