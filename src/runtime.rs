@@ -1049,6 +1049,7 @@ routes: [{path_prefix: /v1}]
         let admin = |address: &str, token: Option<&str>| Admin {
             address: address.parse().unwrap(),
             token: token.map(|t| crate::config::Secret::new(t.to_string())),
+            tls: None,
         };
         let public = admin("0.0.0.0:9090", Some("a"));
         assert!(

@@ -509,9 +509,19 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].0, "sni[0].names[1]");
         assert!(e[0].1.contains("not issued for `www.example.com`"), "{e:?}");
-        // Expired (checked against a clock far ahead).
-        let e = load_set(&plain(&cert, &key), now() + 100 * 365 * 86400).unwrap_err();
-        assert!(e[0].message.contains("expired on"), "{e:?}");
+        // Expired.
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["chat.example.com".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let expired = Issued {
+            cert_pem: params.signed_by(&key_pair, &ca).unwrap().pem(),
+            key_pem: key_pair.serialize_pem(),
+        };
+        let (expired_cert, expired_key) = files(dir.path(), "expired", &expired);
+        let e = errors(plain(&expired_cert, &expired_key));
+        assert_eq!(e[0].0, "cert");
+        assert!(e[0].1.contains("expired on Mon, 01 Jan 2001"), "{e:?}");
     }
 
     #[test]

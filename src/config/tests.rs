@@ -1289,3 +1289,129 @@ fn connection_ceilings_are_optional_and_at_least_one() {
         "make the deployment inactive",
     );
 }
+
+/// A CA-issued certificate for `names` written to `dir` as `<stem>.crt`
+/// and `<stem>.key`; returns their paths.
+fn write_certificate(dir: &Path, stem: &str, names: &[&str]) -> (String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let cert_path = dir.join(format!("{stem}.crt"));
+    let key_path = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}-ca.pem")), ca.pem()).unwrap();
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+#[test]
+fn tls_listeners_take_sni_certificates_checked_at_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_certificate(dir.path(), "default", &["localhost"]);
+    let (chat_cert, chat_key) = write_certificate(dir.path(), "chat", &["chat.example.com"]);
+    let (_, other_key) = write_certificate(dir.path(), "other", &["chat.example.com"]);
+    let listen = |tls: &str| {
+        GOOD.replacen(
+            "  - address: 127.0.0.1:8080\n",
+            &format!("  - address: 127.0.0.1:8080\n  - address: 127.0.0.1:8443\n    tls: {tls}\n"),
+            1,
+        )
+    };
+    let good = format!(
+        "{{cert: \"{cert}\", key: \"{key}\", sni: [{{names: [Chat.Example.com], cert: \"{chat_cert}\", key: \"{chat_key}\"}}]}}\n    hsts: {{max_age: 30d, include_subdomains: true}}"
+    );
+    let c = parse_text(&listen(&good)).unwrap();
+    let tls = c.listeners[1].tls.as_ref().unwrap();
+    assert_eq!(tls.sni[0].names, ["chat.example.com"]);
+    assert_eq!(
+        c.listeners[1].hsts.unwrap().header_value(),
+        "max-age=2592000; includeSubDomains"
+    );
+    let errors = |tls: String| parse_text(&listen(&tls)).unwrap_err();
+    assert_error(
+        &errors(format!("{{cert: \"{cert}\", key: \"{other_key}\"}}")),
+        "listen[1].tls.key",
+        "is not the key of the certificate",
+    );
+    assert_error(
+        &errors(format!("{{cert: \"{cert}\", key: \"{key}\", sni: [{{names: [www.example.com], cert: \"{chat_cert}\", key: \"{chat_key}\"}}]}}")),
+        "listen[1].tls.sni[0].names[0]",
+        "not issued for `www.example.com`",
+    );
+    assert_error(
+        &errors(format!("{{cert: \"{cert}\", key: \"{key}\", sni: [{{names: [\"*.example.com\"], cert: \"{chat_cert}\", key: \"{chat_key}\"}}]}}")),
+        "listen[1].tls.sni[0].names[0]",
+        "wildcard",
+    );
+    assert_error(
+        &errors(format!("{{cert: \"{}/missing.crt\", key: \"{key}\"}}", dir.path().display())),
+        "listen[1].tls.cert",
+        "cannot read",
+    );
+    assert_error(
+        &errors(format!("{{cert: \"{cert}\", key: \"{key}\"}}\n    hsts: {{preload: true}}")),
+        "listen[1].hsts.preload",
+        "include_subdomains",
+    );
+    // HSTS means nothing over plain HTTP.
+    assert_error(
+        &errors_after(
+            "  - address: 127.0.0.1:8080\n",
+            "  - address: 127.0.0.1:8080\n    hsts: {max_age: 1d}\n",
+        ),
+        "listen[0].hsts",
+        "only on a TLS listener",
+    );
+    // The admin listener takes the same block.
+    let c = parse_text(&GOOD.replacen(
+        "  address: 127.0.0.1:9090\n",
+        &format!("  address: 127.0.0.1:9090\n  tls: {{cert: \"{cert}\", key: \"{key}\"}}\n"),
+        1,
+    ))
+    .unwrap();
+    assert!(c.admin.unwrap().tls.is_some());
+    assert_error(
+        &errors_after(
+            "  address: 127.0.0.1:9090\n",
+            &format!("  address: 127.0.0.1:9090\n  tls: {{cert: \"{cert}\", key: \"{other_key}\"}}\n"),
+        ),
+        "admin.tls.key",
+        "is not the key",
+    );
+}
+
+#[test]
+fn upstream_ca_files_are_read_and_need_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificate(dir.path(), "up", &["chat.internal"]);
+    let ca = dir.path().join("up-ca.pem").display().to_string();
+    let c = parse_text(&GOOD.replacen(
+        "    tls: false\n",
+        &format!("    tls: true\n    ca_file: \"{ca}\"\n"),
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams["chat"].ca.as_ref().unwrap().certificates.len(), 1);
+    assert_error(
+        &errors_after("    tls: false\n", &format!("    tls: false\n    ca_file: \"{ca}\"\n")),
+        "upstreams.chat.ca_file",
+        "only with tls: true",
+    );
+    assert_error(
+        &errors_after(
+            "    tls: false\n",
+            &format!("    tls: true\n    ca_file: \"{}/none.pem\"\n", dir.path().display()),
+        ),
+        "upstreams.chat.ca_file",
+        "cannot read",
+    );
+}
