@@ -4,7 +4,8 @@
 //!
 //! Servers (run until interrupted):
 //!   backend     --listen ADDR [--threads N]                 the demo echo backend
-//!   bare-proxy  --listen ADDR --upstream ADDR [--threads N] Pingora forwarding, nothing else
+//!   bare-proxy  --listen ADDR --upstream ADDR [--threads N] [--tls-cert PEM --tls-key PEM]
+//!                 Pingora forwarding, nothing else (over TLS with a certificate)
 //!   idp         --listen ADDR --token-file PATH [--alg RS256|ES256] [--user alice]
 //!                 the development OpenID provider; writes an access token to PATH
 //!
@@ -22,6 +23,12 @@
 //!                 messenger token to PATH
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
+//!                 both also take https:// and wss:// URLs with `--ca PEM` (the roots
+//!                 to verify the server against; rustls on aws-lc-rs, no session
+//!                 resumption, so every new connection is a full TLS handshake)
+//!   certs       --dir DIR
+//!                 a test CA (ca.pem) and a certificate for localhost and 127.0.0.1
+//!                 it issued (server.crt, server.key) in DIR, for TLS runs
 //!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
 //!               [--forced-close http://ADMIN/admin/connections?...]
 //!                 with --forced-close, the held sockets are not closed by the client:
@@ -122,6 +129,11 @@ enum Command {
         listen: SocketAddr,
         #[arg(long)]
         upstream: SocketAddr,
+        /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Worker threads of the proxy service.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
@@ -157,10 +169,18 @@ enum Command {
     },
     /// Token API latency: N exchanges (each of a fresh site login), then N refreshes.
     TokenApi(Box<TokenApiRun>),
+    /// Write a test CA and a localhost certificate it issued to DIR.
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Keep-alive HTTP/1.1 GET requests from C connections for SECS seconds.
     Http {
         #[arg(long)]
         url: Url,
+        /// Roots for an https:// URL (PEM).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
         concurrency: u16,
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
@@ -176,6 +196,9 @@ enum Command {
     Handshakes {
         #[arg(long)]
         url: Url,
+        /// Roots for a wss:// URL (PEM).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
         concurrency: u16,
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
@@ -273,7 +296,10 @@ fn run(command: Command) -> Result<()> {
             listen,
             upstream,
             threads,
-        } => bare_proxy(listen, upstream, threads),
+            tls_cert,
+            tls_key,
+        } => bare_proxy(listen, upstream, threads, tls_cert.zip(tls_key)),
+        Command::Certs { dir } => certs(&dir),
         Command::Idp {
             listen,
             token_file,
@@ -289,11 +315,13 @@ fn run(command: Command) -> Result<()> {
         Command::TokenApi(run) => runtime(1)?.block_on(token_api(*run)),
         Command::Http {
             url,
+            ca,
             concurrency,
             duration,
             headers,
             threads,
         } => runtime(threads)?.block_on(http(
+            tls_client(ca.as_deref())?,
             url,
             concurrency,
             Duration::from_secs(duration),
@@ -301,12 +329,14 @@ fn run(command: Command) -> Result<()> {
         )),
         Command::Handshakes {
             url,
+            ca,
             concurrency,
             duration,
             origin,
             headers,
             threads,
         } => runtime(threads)?.block_on(handshakes(
+            tls_client(ca.as_deref())?,
             url,
             origin,
             &headers,
@@ -373,7 +403,7 @@ fn ensure_loopback(addr: SocketAddr) -> Result<()> {
 async fn loopback_target(url: &Url, scheme: &str) -> Result<SocketAddr> {
     ensure!(
         url.scheme() == scheme,
-        "{url}: expected a {scheme}:// URL (TLS is not supported)"
+        "{url}: expected a {scheme}:// URL here"
     );
     let host = url.host_str().context("the URL has no host")?;
     let port = url.port_or_known_default().context("the URL has no port")?;
@@ -437,9 +467,17 @@ impl ProxyHttp for Forward {
     }
 }
 
-fn bare_proxy(listen: SocketAddr, upstream: SocketAddr, threads: u16) -> Result<()> {
+fn bare_proxy(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    threads: u16,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Result<()> {
     ensure_loopback(listen)?;
     ensure_loopback(upstream)?;
+    // The same crypto stack as portcullis (aws-lc-rs), or the comparison
+    // would measure ring against aws-lc-rs.
+    portcullis::install_crypto_provider();
     let conf = ServerConf {
         threads: usize::from(threads),
         ..ServerConf::default()
@@ -447,7 +485,16 @@ fn bare_proxy(listen: SocketAddr, upstream: SocketAddr, threads: u16) -> Result<
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Forward { upstream });
-    proxy.add_tcp(&listen.to_string());
+    match &tls {
+        None => proxy.add_tcp(&listen.to_string()),
+        Some((cert, key)) => proxy
+            .add_tls(
+                &listen.to_string(),
+                &cert.to_string_lossy(),
+                &key.to_string_lossy(),
+            )
+            .context("cannot load the TLS certificate")?,
+    }
     server.add_service(proxy);
     eprintln!("load: bare Pingora proxy listening on {listen}, forwarding to {upstream}");
     server.run_forever()
@@ -897,16 +944,13 @@ where
 /// (a prebuilt request, httparse on the response, Content-Length bodies
 /// only) so that it costs far less CPU than the servers it measures.
 struct HttpConnection {
-    stream: TcpStream,
+    stream: Conn,
     buf: Vec<u8>,
 }
 
 impl HttpConnection {
-    async fn connect(addr: SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
+    async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<Self> {
+        let stream = Conn::connect(addr, tls).await?;
         Ok(HttpConnection {
             stream,
             buf: Vec::with_capacity(16 * 1024),
@@ -1009,35 +1053,50 @@ fn parse_header(header: &str) -> Result<(&str, &str)> {
     Ok((name, value.trim()))
 }
 
-async fn http(url: Url, concurrency: u16, run_for: Duration, headers: &[String]) -> Result<()> {
-    let addr = loopback_target(&url, "http").await?;
+async fn http(
+    tls: Option<Arc<rustls::ClientConfig>>,
+    url: Url,
+    concurrency: u16,
+    run_for: Duration,
+    headers: &[String],
+) -> Result<()> {
+    let tls = TlsTarget::for_url(tls, &url, "https")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let addr = loopback_target(&url, scheme).await?;
     let request: Arc<[u8]> = get_request(&url, headers)?.into();
     let (tally, elapsed) = drive(concurrency, run_for, |deadline| {
-        http_worker(addr, request.clone(), deadline)
+        http_worker(addr, tls.clone(), request.clone(), deadline)
     })
     .await?;
     tally.report("http", "requests", elapsed, "");
     Ok(())
 }
 
-async fn http_worker(addr: SocketAddr, request: Arc<[u8]>, deadline: Instant) -> Tally {
+async fn http_worker(
+    addr: SocketAddr,
+    tls: Option<Arc<TlsTarget>>,
+    request: Arc<[u8]>,
+    deadline: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     let mut connection: Option<HttpConnection> = None;
     while Instant::now() < deadline {
         let conn = match connection.take() {
             Some(c) => c,
-            None => match timeout(IO_TIMEOUT, HttpConnection::connect(addr)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tally.error(e);
-                    tokio::time::sleep(ERROR_BACKOFF).await;
-                    continue;
+            None => {
+                match timeout(IO_TIMEOUT, HttpConnection::connect(addr, tls.as_deref())).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tally.error(e);
+                        tokio::time::sleep(ERROR_BACKOFF).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        tally.error("connect timed out");
+                        continue;
+                    }
                 }
-                Err(_) => {
-                    tally.error("connect timed out");
-                    continue;
-                }
-            },
+            }
         };
         let conn = connection.insert(conn);
         let started = Instant::now();
@@ -1065,22 +1124,174 @@ async fn http_worker(addr: SocketAddr, request: Arc<[u8]>, deadline: Instant) ->
     tally
 }
 
+// ---------------------------------------------------------------- TLS
+
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+/// The client side of a TLS run: the roots from `--ca`, on aws-lc-rs,
+/// without session resumption (every new connection is a full handshake,
+/// the cost a proxy pays for a client it has not seen).
+fn tls_client(ca: Option<&Path>) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    let Some(ca) = ca else { return Ok(None) };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("cannot read {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("{}: not PEM", ca.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Some(Arc::new(config)))
+}
+
+/// Where a TLS connection goes: the client config and the name to verify.
+struct TlsTarget {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl TlsTarget {
+    /// TLS for a `tls_scheme` URL (which then needs `--ca`), none otherwise.
+    fn for_url(
+        config: Option<Arc<rustls::ClientConfig>>,
+        url: &Url,
+        tls_scheme: &str,
+    ) -> Result<Option<Arc<Self>>> {
+        if url.scheme() != tls_scheme {
+            return Ok(None);
+        }
+        let config = config.with_context(|| format!("{url}: a {tls_scheme}:// URL needs --ca"))?;
+        let host = url.host_str().context("the URL has no host")?;
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Some(Arc::new(TlsTarget {
+            connector: tokio_rustls::TlsConnector::from(config),
+            name: rustls::pki_types::ServerName::try_from(bare_host.to_string())
+                .with_context(|| format!("{host}: not a TLS server name"))?,
+        })))
+    }
+}
+
+/// A client connection, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        match tls {
+            None => Ok(Conn::Plain(stream)),
+            Some(t) => Ok(Conn::Tls(Box::new(
+                t.connector
+                    .connect(t.name.clone(), stream)
+                    .await
+                    .context("TLS handshake failed")?,
+            ))),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// `certs --dir DIR`: a CA and a certificate for localhost it issued.
+fn certs(dir: &Path) -> Result<()> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis load CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate()?)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
+            .signed_by(&key, &ca)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("server.crt"), cert.pem())?;
+    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- websockets
 
 /// Where and how to open WebSockets.
 struct WsTarget {
     url: Url,
     addr: SocketAddr,
+    tls: Option<Arc<TlsTarget>>,
     origin: Option<HeaderValue>,
     /// Extra handshake headers, `--header`.
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Conn>;
 
 impl WsTarget {
     async fn new(url: Url, origin: Option<String>, headers: &[String]) -> Result<Arc<Self>> {
-        let addr = loopback_target(&url, "ws").await?;
+        Self::with_tls(None, url, origin, headers).await
+    }
+
+    async fn with_tls(
+        tls: Option<Arc<rustls::ClientConfig>>,
+        url: Url,
+        origin: Option<String>,
+        headers: &[String],
+    ) -> Result<Arc<Self>> {
+        let tls = TlsTarget::for_url(tls, &url, "wss")?;
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let addr = loopback_target(&url, scheme).await?;
         let origin = origin
             .map(|o| {
                 HeaderValue::from_str(&o)
@@ -1102,6 +1313,7 @@ impl WsTarget {
         Ok(Arc::new(WsTarget {
             url,
             addr,
+            tls,
             origin,
             headers,
         }))
@@ -1109,10 +1321,7 @@ impl WsTarget {
 
     /// Connects and completes the handshake (any answer but 101 is an error).
     async fn open(&self) -> Result<Ws> {
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .with_context(|| format!("cannot connect to {}", self.addr))?;
-        stream.set_nodelay(true)?;
+        let stream = Conn::connect(self.addr, self.tls.as_deref()).await?;
         // A fresh request each time: each handshake needs its own key.
         let mut request = self.url.as_str().into_client_request()?;
         if let Some(origin) = &self.origin {
@@ -1158,13 +1367,14 @@ async fn close(mut ws: Ws) -> Result<bool> {
 }
 
 async fn handshakes(
+    tls: Option<Arc<rustls::ClientConfig>>,
     url: Url,
     origin: Option<String>,
     headers: &[String],
     concurrency: u16,
     run_for: Duration,
 ) -> Result<()> {
-    let target = WsTarget::new(url, origin, headers).await?;
+    let target = WsTarget::with_tls(tls, url, origin, headers).await?;
     let (tally, elapsed) = drive(concurrency, run_for, |deadline| {
         handshake_worker(target.clone(), deadline)
     })

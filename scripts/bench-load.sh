@@ -14,7 +14,7 @@
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
 #
-# Usage: scripts/bench-load.sh [capacity]
+# Usage: scripts/bench-load.sh [capacity | tls]
 #
 # capacity: instead of all of the above, how many authenticated WebSockets
 # (the bearer-token deployment) one portcullis process holds under its
@@ -24,6 +24,14 @@
 # refused with 503, got 502 or failed otherwise, the RSS per idle connection,
 # portcullis's refusal counter, and whether its log mentions EMFILE.
 # Bounded: each handshake times out after 10 s, the hold lasts 5 s.
+#
+# tls: instead of all of the above, the cost of TLS: HTTP req/s (keep-alive)
+# and WebSocket handshakes/s (each on a new connection, so a full TLS
+# handshake: the client resumes no session) through portcullis over plain
+# TCP and over TLS, and through the bare Pingora proxy over both, in one
+# run; the certificate comes from a test CA the load tool makes. Built with
+# the debug profile unless PROFILE=release: read the ratios, not the rates.
+# Also listens on 18443 (portcullis TLS) and 18084 (bare Pingora TLS).
 #
 # Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
 # WS_CONCURRENCY (16), HOLD_COUNT (5000), TOKEN_COUNT (200), FORCED_COUNT (2000),
@@ -44,9 +52,9 @@ cd "$(dirname "$0")/.."
 
 MODE=${1:-comparison}
 case "$MODE" in
-    comparison | capacity) ;;
+    comparison | capacity | tls) ;;
     *)
-        echo "usage: $0 [capacity]" >&2
+        echo "usage: $0 [capacity | tls]" >&2
         exit 2
         ;;
 esac
@@ -155,15 +163,106 @@ field() {
     sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
 }
 
-echo "building (release profile; the first build takes several minutes)..." >&2
-cargo build --release --bin portcullis
-load_bin=$(cargo bench --bench load --no-run --message-format=json |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
+# tls runs default to the debug profile (PROFILE=release to override).
+if [ "$MODE" = tls ]; then PROFILE=${PROFILE:-debug}; else PROFILE=${PROFILE:-release}; fi
+if [ "$PROFILE" = release ]; then
+    echo "building (release profile; the first build takes several minutes)..." >&2
+    cargo build --release --bin portcullis
+    load_bin=$(cargo bench --bench load --no-run --message-format=json |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
+    portcullis_bin=target/release/portcullis
+else
+    echo "building (debug profile)..." >&2
+    cargo build --bin portcullis
+    load_bin=$(cargo test --bench load --no-run --message-format=json |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
+    portcullis_bin=target/debug/portcullis
+fi
 if [ ! -x "${load_bin:-}" ]; then
     echo "could not locate the built load tool" >&2
     exit 1
 fi
-portcullis_bin=target/release/portcullis
+
+if [ "$MODE" = tls ]; then
+    TLS_PORT=18443
+    BARE_TLS_PORT=18084
+    "$load_bin" certs --dir "$work/certs"
+    cat >"$work/portcullis.yaml" <<EOF
+listen:
+  - {address: "$HOST:$PORTCULLIS_PORT"}
+  - {address: "$HOST:$TLS_PORT", tls: {cert: "$work/certs/server.crt", key: "$work/certs/server.key"}}
+threads: 1
+admin: {address: "$HOST:$ADMIN_PORT"}
+messengers: {open: {authentication: {enabled: false}}}
+upstreams: {backend: {servers: ["$HOST:$BACKEND_PORT"]}}
+deployments:
+  - {id: $DEPLOYMENT, messenger: open, upstream: backend, allowed_origins: ["$ORIGIN"]}
+routes: [{path_prefix: /v1, deployment_from: {query: deploymentId}}]
+logging: {format: text, level: warn}
+EOF
+    start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
+    start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
+        --upstream "$HOST:$BACKEND_PORT" --threads 1
+    start bare-pingora-tls "$BARE_TLS_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_TLS_PORT" \
+        --upstream "$HOST:$BACKEND_PORT" --threads 1 \
+        --tls-cert "$work/certs/server.crt" --tls-key "$work/certs/server.key"
+    start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "$portcullis_bin" run -c "$work/portcullis.yaml"
+    declare -A http_result ws_result
+    tls_targets=(bare-pingora bare-pingora-tls portcullis portcullis-tls)
+    declare -A url_of=([bare-pingora]="$HOST:$BARE_PORT" [bare-pingora-tls]="localhost:$BARE_TLS_PORT"
+        [portcullis]="$HOST:$PORTCULLIS_PORT" [portcullis-tls]="localhost:$TLS_PORT")
+    for target in "${tls_targets[@]}"; do
+        http_scheme=http ws_scheme=ws
+        case "$target" in *-tls) http_scheme=https ws_scheme=wss ;; esac
+        echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
+        http_result[$target]=$("${other_cpus[@]}" "$load_bin" http --ca "$work/certs/ca.pem" \
+            --url "$http_scheme://${url_of[$target]}$(request_path "$DEPLOYMENT")" \
+            --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" 2>>"$work/client.log")
+        sleep 1
+        echo "$target: handshakes, $WS_CONCURRENCY at a time, ${DURATION}s" >&2
+        ws_result[$target]=$("${other_cpus[@]}" "$load_bin" handshakes --ca "$work/certs/ca.pem" \
+            --url "$ws_scheme://${url_of[$target]}$(ws_path "$DEPLOYMENT")" \
+            --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" 2>>"$work/client.log")
+        sleep 1
+    done
+    ratio() {
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
+    }
+    # rates KIND A B: A's rate as a share of B's, this run.
+    rates() {
+        if [ "$1" = ws ]; then
+            ratio "$(field "${ws_result[$2]}" handshakes_per_s)" "$(field "${ws_result[$3]}" handshakes_per_s)"
+        else
+            ratio "$(field "${http_result[$2]}" requests_per_s)" "$(field "${http_result[$3]}" requests_per_s)"
+        fi
+    }
+    echo
+    echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores, $PROFILE profile;" \
+        "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x" \
+        "(each on a new connection, no TLS session resumption), ${DURATION}s each"
+    echo
+    echo "| target | HTTP req/s | HTTP p50 µs | HTTP p99 µs | HTTP errors | WS handshakes/s | WS p50 µs | WS p99 µs | WS errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for target in "${tls_targets[@]}"; do
+        h=${http_result[$target]}
+        w=${ws_result[$target]}
+        echo "| $target | $(field "$h" requests_per_s) | $(field "$h" p50_us) | $(field "$h" p99_us) | $(field "$h" errors)" \
+            "| $(field "$w" handshakes_per_s) | $(field "$w" p50_us) | $(field "$w" p99_us) | $(field "$w" errors) |"
+    done
+    echo
+    echo "portcullis TLS / portcullis plain: HTTP req/s $(rates http portcullis-tls portcullis)," \
+        "handshakes/s $(rates ws portcullis-tls portcullis)"
+    echo "bare Pingora TLS / bare Pingora plain: HTTP req/s $(rates http bare-pingora-tls bare-pingora)," \
+        "handshakes/s $(rates ws bare-pingora-tls bare-pingora)"
+    echo "portcullis TLS / bare Pingora TLS: HTTP req/s $(rates http portcullis-tls bare-pingora-tls)," \
+        "handshakes/s $(rates ws portcullis-tls bare-pingora-tls)"
+    if [ -s "$work/client.log" ]; then
+        echo
+        echo "load tool messages:"
+        sed 's/^/    /' "$work/client.log"
+    fi
+    exit 0
+fi
 
 cat >"$work/portcullis.yaml" <<EOF
 listen: [{address: "$HOST:$PORTCULLIS_PORT"}]

@@ -362,7 +362,10 @@ impl Metrics {
     /// Replaces the expiry series with those of the sets now served.
     pub fn note_certificate_sets(
         &self,
-        sets: &[(std::net::SocketAddr, std::sync::Arc<crate::tls::CertificateSet>)],
+        sets: &[(
+            std::net::SocketAddr,
+            std::sync::Arc<crate::tls::CertificateSet>,
+        )],
     ) {
         self.tls_certificate_expiry.reset();
         for (address, set) in sets {

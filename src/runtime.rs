@@ -434,7 +434,9 @@ fn note_certificates_rejected(metrics: &Metrics) {
         .tls_certificate_reloads
         .with_label_values(&["rejected"])
         .inc();
-    tracing::error!("TLS certificates not reloaded: the listeners keep serving their previous certificates");
+    tracing::error!(
+        "TLS certificates not reloaded: the listeners keep serving their previous certificates"
+    );
 }
 
 fn admin_reload_allowed(
@@ -887,10 +889,8 @@ impl State {
             })?;
             // Loaded again here (validation checked them and let them go):
             // these are the sets the listeners will serve.
-            let certificates = crate::tls::load_all(&config, crate::tls::now()).map_err(|e| {
-                note_certificates_rejected(&metrics);
-                e
-            })?;
+            let certificates = crate::tls::load_all(&config, crate::tls::now())
+                .inspect_err(|_| note_certificates_rejected(&metrics))?;
             Runtime::build(config, Some(&previous), &metrics).map(|r| (r, certificates))
         })
         .await

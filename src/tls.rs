@@ -303,7 +303,10 @@ pub fn load_all(
     for (path, address, files) in tls_blocks(config) {
         match load_set(files, now) {
             Ok(set) => sets.push((address, set)),
-            Err(es) => errors.extend(es.into_iter().map(|e| format!("{path}.{}: {}", e.field, e.message))),
+            Err(es) => errors.extend(
+                es.into_iter()
+                    .map(|e| format!("{path}.{}: {}", e.field, e.message)),
+            ),
         }
     }
     if errors.is_empty() {
@@ -325,8 +328,7 @@ pub fn now() -> i64 {
 /// anchor) and Pingora (which parses each again with x509-parser) will
 /// read it, so a bad file is refused by `check` and never panics later.
 pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
@@ -454,8 +456,14 @@ mod tests {
         };
         let set = load_set(&tls, now()).unwrap();
         let file = |name| set.choose(name).file.clone();
-        assert_eq!(file(Some("chat.example.com")), chat_cert.display().to_string());
-        assert_eq!(file(Some("CHAT.example.com")), chat_cert.display().to_string());
+        assert_eq!(
+            file(Some("chat.example.com")),
+            chat_cert.display().to_string()
+        );
+        assert_eq!(
+            file(Some("CHAT.example.com")),
+            chat_cert.display().to_string()
+        );
         assert_eq!(file(Some("other.example.com")), cert.display().to_string());
         assert_eq!(file(None), cert.display().to_string());
         assert_eq!(set.certificates().len(), 2);
@@ -485,7 +493,10 @@ mod tests {
         };
         let e = errors(plain(&cert, &other_key));
         assert_eq!(e[0].0, "key");
-        assert!(e[0].1.contains("is not the key of the certificate"), "{e:?}");
+        assert!(
+            e[0].1.contains("is not the key of the certificate"),
+            "{e:?}"
+        );
         let e = errors(plain(&missing, &key));
         assert_eq!(e[0].0, "cert");
         assert!(e[0].1.contains("cannot read"), "{e:?}");

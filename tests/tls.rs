@@ -178,8 +178,14 @@ routes: [{{path_prefix: /v1}}]
     let addr = proxy.addr;
 
     // SNI picks the certificate; any other name, or none, gets the default.
-    assert_eq!(served_certificate(&client, addr, "chat.example.com").await, der(&chat_pem));
-    assert_eq!(served_certificate(&client, addr, "localhost").await, der(&default_pem));
+    assert_eq!(
+        served_certificate(&client, addr, "chat.example.com").await,
+        der(&chat_pem)
+    );
+    assert_eq!(
+        served_certificate(&client, addr, "localhost").await,
+        der(&default_pem)
+    );
     {
         // An IP address sends no SNI: the default answers (and a client
         // verifying for `chat.example.com` would refuse it, so use the
@@ -191,14 +197,22 @@ routes: [{{path_prefix: /v1}}]
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("a handshake without SNI gets the default certificate");
-        assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], der(&default_pem));
+        assert_eq!(
+            tls.get_ref().1.peer_certificates().unwrap()[0],
+            der(&default_pem)
+        );
     }
 
     // A WebSocket through the TLS listener, by SNI name.
-    let tls = tls_connect(&client, addr, "chat.example.com").await.unwrap();
-    let mut request = format!("wss://chat.example.com:{}/v1/chat?deploymentId=web", addr.port())
-        .into_client_request()
+    let tls = tls_connect(&client, addr, "chat.example.com")
+        .await
         .unwrap();
+    let mut request = format!(
+        "wss://chat.example.com:{}/v1/chat?deploymentId=web",
+        addr.port()
+    )
+    .into_client_request()
+    .unwrap();
     request
         .headers_mut()
         .insert("origin", WEB_ORIGIN.parse().unwrap());
@@ -220,15 +234,26 @@ routes: [{{path_prefix: /v1}}]
     await_served(&client, addr, "chat.example.com", &der(&chat_pem2), &proxy).await;
     await_served(&client, addr, "localhost", &der(&default_pem2), &proxy).await;
     // The WebSocket opened before the reload still passes frames both ways.
-    assert_eq!(tls_ws_echo(&mut ws, "after sighup").await["text"], "after sighup");
+    assert_eq!(
+        tls_ws_echo(&mut ws, "after sighup").await["text"],
+        "after sighup"
+    );
     let reloads = proxy
         .metrics_when(Duration::from_secs(5), |m| {
-            sample(m, "portcullis_tls_certificate_reloads_total", &[("result", "ok")])
-                .is_some()
+            sample(
+                m,
+                "portcullis_tls_certificate_reloads_total",
+                &[("result", "ok")],
+            )
+            .is_some()
         })
         .await;
     assert_eq!(
-        sample(&reloads, "portcullis_tls_certificate_reloads_total", &[("result", "ok")]),
+        sample(
+            &reloads,
+            "portcullis_tls_certificate_reloads_total",
+            &[("result", "ok")]
+        ),
         Some(1.0)
     );
     assert!(
@@ -240,7 +265,9 @@ routes: [{{path_prefix: /v1}}]
     let (chat_pem3, chat_key3) = issue(&ca, &["chat.example.com"]);
     write(dir.path(), "chat.crt", &chat_pem3);
     write(dir.path(), "chat.key", &chat_key3);
-    let answer = proxy.admin_json(reqwest::Method::POST, "/admin/reload").await;
+    let answer = proxy
+        .admin_json(reqwest::Method::POST, "/admin/reload")
+        .await;
     assert_eq!(answer["reloaded"], true, "{answer}");
     assert_eq!(answer["summary"]["tls_listeners_reloaded"], 1, "{answer}");
     assert!(
@@ -250,13 +277,21 @@ routes: [{{path_prefix: /v1}}]
             .is_empty(),
         "{answer}"
     );
-    assert_eq!(served_certificate(&client, addr, "chat.example.com").await, der(&chat_pem3));
-    assert_eq!(tls_ws_echo(&mut ws, "after admin").await["text"], "after admin");
+    assert_eq!(
+        served_certificate(&client, addr, "chat.example.com").await,
+        der(&chat_pem3)
+    );
+    assert_eq!(
+        tls_ws_echo(&mut ws, "after admin").await["text"],
+        "after admin"
+    );
 
     // A key that is not the certificate's: refused, the old one kept.
     let (chat_pem4, _) = issue(&ca, &["chat.example.com"]);
     write(dir.path(), "chat.crt", &chat_pem4);
-    let answer = proxy.admin_json(reqwest::Method::POST, "/admin/reload").await;
+    let answer = proxy
+        .admin_json(reqwest::Method::POST, "/admin/reload")
+        .await;
     assert_eq!(answer["reloaded"], false, "{answer}");
     let error = answer["error_description"].as_str().unwrap();
     assert!(
@@ -264,11 +299,20 @@ routes: [{{path_prefix: /v1}}]
         "{answer}"
     );
     assert!(!error.contains("PRIVATE KEY"), "{answer}");
-    assert_eq!(served_certificate(&client, addr, "chat.example.com").await, der(&chat_pem3));
-    assert_eq!(tls_ws_echo(&mut ws, "after refusal").await["text"], "after refusal");
+    assert_eq!(
+        served_certificate(&client, addr, "chat.example.com").await,
+        der(&chat_pem3)
+    );
+    assert_eq!(
+        tls_ws_echo(&mut ws, "after refusal").await["text"],
+        "after refusal"
+    );
     assert_eq!(
         proxy
-            .metric("portcullis_tls_certificate_reloads_total", &[("result", "rejected")])
+            .metric(
+                "portcullis_tls_certificate_reloads_total",
+                &[("result", "rejected")]
+            )
             .await,
         Some(1.0)
     );
@@ -378,7 +422,9 @@ logging: {{format: json, level: info}}
 "#
     ))
     .await;
-    let resp = reqwest::get(proxy.url("/v1/echo?deploymentId=good")).await.unwrap();
+    let resp = reqwest::get(proxy.url("/v1/echo?deploymentId=good"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "{}", proxy.log_text());
     // WebSockets go through the verified connection too.
     let (mut ws, welcome) = proxy
@@ -398,8 +444,9 @@ logging: {{format: json, level: info}}
     let log = proxy.log_text();
     for upstream in ["misnamed", "foreign", "system"] {
         assert!(
-            log.lines().any(|l| l.contains("upstream TLS handshake failed")
-                && l.contains(&format!("\"upstream\":\"{upstream}\""))),
+            log.lines()
+                .any(|l| l.contains("upstream TLS handshake failed")
+                    && l.contains(&format!("\"upstream\":\"{upstream}\""))),
             "no TLS failure line for {upstream}:\n{log}"
         );
     }

@@ -1353,12 +1353,17 @@ fn tls_listeners_take_sni_certificates_checked_at_their_paths() {
         "wildcard",
     );
     assert_error(
-        &errors(format!("{{cert: \"{}/missing.crt\", key: \"{key}\"}}", dir.path().display())),
+        &errors(format!(
+            "{{cert: \"{}/missing.crt\", key: \"{key}\"}}",
+            dir.path().display()
+        )),
         "listen[1].tls.cert",
         "cannot read",
     );
     assert_error(
-        &errors(format!("{{cert: \"{cert}\", key: \"{key}\"}}\n    hsts: {{preload: true}}")),
+        &errors(format!(
+            "{{cert: \"{cert}\", key: \"{key}\"}}\n    hsts: {{preload: true}}"
+        )),
         "listen[1].hsts.preload",
         "include_subdomains",
     );
@@ -1382,7 +1387,9 @@ fn tls_listeners_take_sni_certificates_checked_at_their_paths() {
     assert_error(
         &errors_after(
             "  address: 127.0.0.1:9090\n",
-            &format!("  address: 127.0.0.1:9090\n  tls: {{cert: \"{cert}\", key: \"{other_key}\"}}\n"),
+            &format!(
+                "  address: 127.0.0.1:9090\n  tls: {{cert: \"{cert}\", key: \"{other_key}\"}}\n"
+            ),
         ),
         "admin.tls.key",
         "is not the key",
@@ -1400,16 +1407,25 @@ fn upstream_ca_files_are_read_and_need_tls() {
         1,
     ))
     .unwrap();
-    assert_eq!(c.upstreams["chat"].ca.as_ref().unwrap().certificates.len(), 1);
+    assert_eq!(
+        c.upstreams["chat"].ca.as_ref().unwrap().certificates.len(),
+        1
+    );
     assert_error(
-        &errors_after("    tls: false\n", &format!("    tls: false\n    ca_file: \"{ca}\"\n")),
+        &errors_after(
+            "    tls: false\n",
+            &format!("    tls: false\n    ca_file: \"{ca}\"\n"),
+        ),
         "upstreams.chat.ca_file",
         "only with tls: true",
     );
     assert_error(
         &errors_after(
             "    tls: false\n",
-            &format!("    tls: true\n    ca_file: \"{}/none.pem\"\n", dir.path().display()),
+            &format!(
+                "    tls: true\n    ca_file: \"{}/none.pem\"\n",
+                dir.path().display()
+            ),
         ),
         "upstreams.chat.ca_file",
         "cannot read",
