@@ -1411,6 +1411,15 @@ fn upstream_ca_files_are_read_and_need_tls() {
         c.upstreams["chat"].ca.as_ref().unwrap().certificates.len(),
         1
     );
+    // An empty SNI name would turn Pingora's verification off: refused.
+    assert_error(
+        &errors_after(
+            "    tls: false\n",
+            &format!("    tls: true\n    sni: \"\"\n    ca_file: \"{ca}\"\n"),
+        ),
+        "upstreams.chat.sni",
+        "required when tls is true",
+    );
     assert_error(
         &errors_after(
             "    tls: false\n",
