@@ -352,7 +352,7 @@ impl Metrics {
     pub fn note_certificate(
         &self,
         listener: std::net::SocketAddr,
-        cert: &crate::tls::LoadedCertificate,
+        cert: &crate::config::certificates::LoadedCertificate,
     ) {
         self.tls_certificate_expiry
             .with_label_values(&[&listener.to_string(), &cert.file])
@@ -364,7 +364,7 @@ impl Metrics {
         &self,
         sets: &[(
             std::net::SocketAddr,
-            std::sync::Arc<crate::tls::CertificateSet>,
+            std::sync::Arc<crate::config::certificates::CertificateSet>,
         )],
     ) {
         self.tls_certificate_expiry.reset();

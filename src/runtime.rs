@@ -889,7 +889,7 @@ impl State {
             })?;
             // Loaded again here (validation checked them and let them go):
             // these are the sets the listeners will serve.
-            let certificates = crate::tls::load_all(&config, crate::tls::now())
+            let certificates = crate::tls::load_all(&config, crate::config::certificates::now())
                 .inspect_err(|_| note_certificates_rejected(&metrics))?;
             Runtime::build(config, Some(&previous), &metrics).map(|r| (r, certificates))
         })
@@ -965,7 +965,10 @@ impl State {
     /// running process does not have (a new address) waits for a restart.
     fn replace_certificates(
         &self,
-        certificates: Vec<(std::net::SocketAddr, crate::tls::CertificateSet)>,
+        certificates: Vec<(
+            std::net::SocketAddr,
+            crate::config::certificates::CertificateSet,
+        )>,
     ) -> usize {
         let mut replaced = 0;
         for (address, set) in certificates {

@@ -160,7 +160,7 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
     // Every certificate is loaded before any listener is added: a broken
     // file stops the start with the config path that names it.
     let mut certificates: std::collections::HashMap<_, _> =
-        crate::tls::load_all(config, crate::tls::now())
+        crate::tls::load_all(config, crate::config::certificates::now())
             .map_err(anyhow::Error::msg)?
             .into_iter()
             .collect();
@@ -204,7 +204,7 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
 fn tls_settings(
     state: &State,
     address: std::net::SocketAddr,
-    set: crate::tls::CertificateSet,
+    set: crate::config::certificates::CertificateSet,
 ) -> anyhow::Result<pingora::listeners::tls::TlsSettings> {
     for cert in set.certificates() {
         state.metrics.note_certificate(address, cert);

@@ -1,10 +1,13 @@
 //! Configuration: one YAML file, parsed into raw serde structs (`raw`) and
-//! validated into the model the rest of the program trusts (`model`).
+//! validated into the model the rest of the program trusts (`model`); the
+//! certificate, key and CA files it names are loaded and checked by
+//! `certificates`.
 //!
 //! Validation collects every problem it can find, each with the YAML path it
 //! concerns (`deployments[2].allowed_origins[0]: not an origin`), the way
 //! `nginx -t` does, instead of stopping at the first.
 
+pub mod certificates;
 pub mod model;
 pub mod raw;
 mod validate;

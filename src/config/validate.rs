@@ -257,7 +257,7 @@ impl Checker<'_> {
     }
 
     /// A listener's `tls` block: paths resolved, every certificate loaded
-    /// and checked (`crate::tls`), each problem reported at its own path.
+    /// and checked (`certificates`), each problem reported at its own path.
     /// `None` when anything is wrong.
     fn tls_files(&mut self, path: &str, raw: RawTls) -> Option<TlsFiles> {
         let mut sni = Vec::new();
@@ -272,7 +272,7 @@ impl Checker<'_> {
                 cert: self.resolve_path(&entry.cert),
                 key: self.resolve_path(&entry.key),
             };
-            for (j, message) in crate::tls::check_sni_names(&entry) {
+            for (j, message) in super::certificates::check_sni_names(&entry) {
                 names_ok = false;
                 if j == usize::MAX {
                     self.error(format!("{path}.sni[{i}].names"), message);
@@ -290,7 +290,7 @@ impl Checker<'_> {
         if !names_ok {
             return None;
         }
-        match crate::tls::load_set(&files, crate::tls::now()) {
+        match super::certificates::load_set(&files, super::certificates::now()) {
             Ok(_) => Some(files),
             Err(errors) => {
                 for e in errors {
@@ -1230,7 +1230,7 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
                 return None;
             }
             let file = c.resolve_path(file);
-            match crate::tls::load_ca_file(&file) {
+            match super::certificates::load_ca_file(&file) {
                 Ok(certificates) => Some(UpstreamCa { file, certificates }),
                 Err(e) => {
                     c.error(format!("{path}.ca_file"), e);
