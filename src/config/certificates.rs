@@ -37,9 +37,18 @@ pub struct CertificateSet {
 impl CertificateSet {
     /// The certificate for a handshake that asked for `server_name`: the
     /// entry naming it exactly (case-insensitively), else the default.
+    /// A wildcard entry (`*.example.com`) answers one label below its
+    /// domain (`chat.example.com`, not `a.chat.example.com`), as the
+    /// certificate itself would; an exact entry wins over a wildcard.
     pub fn choose(&self, server_name: Option<&str>) -> &LoadedCertificate {
         server_name
-            .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()))
+            .map(str::to_ascii_lowercase)
+            .and_then(|name| {
+                self.by_name.get(&name).or_else(|| {
+                    let (_, parent) = name.split_once('.')?;
+                    self.by_name.get(&format!("*.{parent}"))
+                })
+            })
             .unwrap_or(&self.default)
     }
 
@@ -100,23 +109,28 @@ pub fn load_set(files: &TlsFiles, now: i64) -> Result<CertificateSet, Vec<Certif
     }
 }
 
-/// Checks an SNI entry's names before any file is read: exact host names.
+/// Checks an SNI entry's names before any file is read: host names, or
+/// wildcards (`*.example.com`: one label below a domain of two or more).
 pub fn check_sni_names(entry: &SniCertificate) -> Vec<(usize, String)> {
     let mut errors = Vec::new();
     if entry.names.is_empty() {
         errors.push((usize::MAX, "at least one name is required".to_string()));
     }
     for (i, name) in entry.names.iter().enumerate() {
-        if name.starts_with("*.") {
+        let host = name.strip_prefix("*.").unwrap_or(name);
+        if name.starts_with("*.") && !host.contains('.') {
             errors.push((
                 i,
-                "a wildcard is not an SNI name here: list each host name the certificate serves"
-                    .to_string(),
+                format!("`{name}`: a wildcard needs a domain of at least two labels"),
             ));
-        } else if rustls::pki_types::DnsName::try_from(name.as_str()).is_err()
-            || name.parse::<std::net::IpAddr>().is_ok()
+        } else if rustls::pki_types::DnsName::try_from(host).is_err()
+            || host.contains('*')
+            || host.parse::<std::net::IpAddr>().is_ok()
         {
-            errors.push((i, format!("`{name}` is not a host name")));
+            errors.push((
+                i,
+                format!("`{name}` is not a host name (or `*.` and a domain)"),
+            ));
         }
     }
     errors
@@ -194,11 +208,17 @@ fn http_date(epoch_seconds: i64) -> String {
 }
 
 /// Whether the certificate is valid for `name`, by rustls's own check (the
-/// one a client makes, wildcards included).
+/// one a client makes). For a wildcard entry, whether it is valid for any
+/// name the entry answers: checked with one such name, which only a
+/// wildcard certificate for that domain covers.
 fn covers(key: &Arc<CertifiedKey>, name: &str) -> Result<(), String> {
+    let probe_name = match name.strip_prefix("*.") {
+        Some(domain) => format!("portcullis-sni-check.{domain}"),
+        None => name.to_string(),
+    };
     let mut probe = rustls::server::ResolvesServerCertUsingSni::new();
     probe
-        .add(name, CertifiedKey::clone(key))
+        .add(&probe_name, CertifiedKey::clone(key))
         .map_err(|_| format!("the certificate is not issued for `{name}`"))
 }
 
@@ -305,6 +325,40 @@ mod tests {
         assert_eq!(file(Some("other.example.com")), cert.display().to_string());
         assert_eq!(file(None), cert.display().to_string());
         assert_eq!(set.certificates().len(), 2);
+
+        // A wildcard entry answers one label below its domain; an exact
+        // entry still wins.
+        let (wild_cert, wild_key) = files(dir.path(), "wild", &issue(&ca, &["*.example.com"]));
+        let mut tls = tls;
+        tls.sni.push(SniCertificate {
+            names: vec!["*.example.com".into()],
+            cert: wild_cert.clone(),
+            key: wild_key.clone(),
+        });
+        let set = load_set(&tls, now()).unwrap();
+        let file = |name| set.choose(name).file.clone();
+        let wild = wild_cert.display().to_string();
+        assert_eq!(file(Some("other.example.com")), wild);
+        assert_eq!(
+            file(Some("chat.example.com")),
+            chat_cert.display().to_string()
+        );
+        assert_eq!(file(Some("a.b.example.com")), cert.display().to_string());
+        assert_eq!(file(Some("example.com")), cert.display().to_string());
+        // Only a wildcard certificate covers a wildcard entry.
+        let e = load_set(
+            &TlsFiles {
+                sni: vec![SniCertificate {
+                    names: vec!["*.example.com".into()],
+                    cert: chat_cert.clone(),
+                    key: files(dir.path(), "chat", &issue(&ca, &["chat.example.com"])).1,
+                }],
+                ..tls.clone()
+            },
+            now(),
+        )
+        .unwrap_err();
+        assert!(e.iter().any(|e| e.field == "sni[0].names[0]"), "{e:?}");
     }
 
     #[test]
@@ -380,10 +434,13 @@ mod tests {
             cert: PathBuf::new(),
             key: PathBuf::new(),
         };
-        assert!(check_sni_names(&entry(&["chat.example.com"])).is_empty());
+        assert!(check_sni_names(&entry(&["chat.example.com", "*.example.com"])).is_empty());
         assert_eq!(check_sni_names(&entry(&[])).len(), 1);
-        let e = check_sni_names(&entry(&["*.example.com", "10.0.0.1", "bad name"]));
-        assert_eq!(e.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
+        let e = check_sni_names(&entry(&["*.com", "10.0.0.1", "bad name", "a.*.com", "*"]));
+        assert_eq!(
+            e.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
     }
 
     #[test]

@@ -1350,8 +1350,12 @@ fn tls_listeners_take_sni_certificates_checked_at_their_paths() {
     assert_error(
         &errors(format!("{{cert: \"{cert}\", key: \"{key}\", sni: [{{names: [\"*.example.com\"], cert: \"{chat_cert}\", key: \"{chat_key}\"}}]}}")),
         "listen[1].tls.sni[0].names[0]",
-        "wildcard",
+        "not issued for `*.example.com`",
     );
+    // A bad name does not hide a bad file.
+    let both = errors(format!("{{cert: \"{cert}\", key: \"{other_key}\", sni: [{{names: [\"*.com\"], cert: \"{chat_cert}\", key: \"{chat_key}\"}}]}}"));
+    assert_error(&both, "listen[1].tls.sni[0].names[0]", "two labels");
+    assert_error(&both, "listen[1].tls.key", "is not the key");
     assert_error(
         &errors(format!(
             "{{cert: \"{}/missing.crt\", key: \"{key}\"}}",

@@ -287,11 +287,25 @@ impl Checker<'_> {
             key: self.resolve_path(&raw.key),
             sni,
         };
-        if !names_ok {
-            return None;
-        }
-        match super::certificates::load_set(&files, super::certificates::now()) {
-            Ok(_) => Some(files),
+        // With a bad name, the files are still checked (their problems
+        // reported too), without the names.
+        let checked = match names_ok {
+            true => files.clone(),
+            false => TlsFiles {
+                sni: files
+                    .sni
+                    .iter()
+                    .map(|e| SniCertificate {
+                        names: Vec::new(),
+                        ..e.clone()
+                    })
+                    .collect(),
+                ..files.clone()
+            },
+        };
+        match super::certificates::load_set(&checked, super::certificates::now()) {
+            Ok(_) if names_ok => Some(files),
+            Ok(_) => None,
             Err(errors) => {
                 for e in errors {
                     self.error(format!("{path}.{}", e.field), e.message);
