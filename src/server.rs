@@ -209,6 +209,14 @@ fn tls_settings(
     for cert in set.certificates() {
         state.metrics.note_certificate(address, cert);
     }
+    let mut names: Vec<&str> = set.by_name.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    tracing::info!(
+        listener = %address,
+        default = %set.default.file,
+        sni_names = ?names,
+        "TLS listener: certificates loaded"
+    );
     let resolver = state.certificates.register(address, set);
     // No files: the resolver alone answers (Pingora reads the paths only
     // when no resolver is set).
