@@ -130,6 +130,12 @@ pub struct UpstreamRt {
     pub balancer: LoadBalancer<RoundRobin>,
     /// `ca_file`'s roots, in the form Pingora verifies a peer against.
     pub roots: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Which roots verified a pooled connection (0: the system's), for
+    /// `HttpPeer::group_key`: Pingora's pool key leaves the roots out, so
+    /// without it an upstream could reuse a connection to the same server
+    /// and name that was verified against another upstream's `ca_file` (or
+    /// an earlier version of its own).
+    pub roots_key: u64,
     next_health_check: Mutex<Instant>,
 }
 
@@ -166,10 +172,15 @@ impl UpstreamRt {
             balancer.set_health_check(Box::new(check));
             balancer.health_check_frequency = Some(hc.interval);
         }
+        let roots_key = config
+            .ca
+            .as_ref()
+            .map_or(0, |ca| roots_key(&ca.certificates));
         Ok(UpstreamRt {
             config: config.clone(),
             balancer,
             roots,
+            roots_key,
             next_health_check: Mutex::new(Instant::now()),
         })
     }
@@ -197,6 +208,20 @@ impl UpstreamRt {
         }
         true
     }
+}
+
+/// A key for a set of roots: the first 8 bytes of the SHA-256 of their DER
+/// certificates, never 0 (the system roots' key).
+fn roots_key(certificates: &[Vec<u8>]) -> u64 {
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for der in certificates {
+        digest.update(&(der.len() as u64).to_be_bytes());
+        digest.update(der);
+    }
+    let hash = digest.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_ref()[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 /// Identity-header stripping rules, shared by every request. Validation

@@ -426,6 +426,18 @@ logging: {{format: json, level: info}}
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", proxy.log_text());
+    // `system` names the same server and SNI name as `good`, but trusts
+    // only the system roots: it must not reuse the pooled connection that
+    // `good` verified against its `ca_file`.
+    let resp = reqwest::get(proxy.url("/v1/echo?deploymentId=system"))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        502,
+        "pooled connection reused: {}",
+        proxy.log_text()
+    );
     // WebSockets go through the verified connection too.
     let (mut ws, welcome) = proxy
         .open_chat("/v1/chat?deploymentId=good", WEB_ORIGIN)

@@ -904,6 +904,7 @@ impl ProxyHttp for Portcullis {
         // Verification stays on (Pingora's default): the certificate must
         // chain to these roots (else the system's) and name `sni`.
         peer.options.ca = upstream.roots.clone();
+        peer.group_key = upstream.roots_key;
         Ok(Box::new(peer))
     }
 
