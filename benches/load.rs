@@ -23,7 +23,11 @@
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
 //!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
-//!               [--forced-close http://ADMIN/admin/connections?...]
+//!               [--forced-close http://ADMIN/admin/connections?...] [--release-file PATH]
+//!                 with --release-file, the sockets are held until PATH exists (or
+//!                 --hold runs out), so a background holder can span another
+//!                 measurement; a socket the server closed meanwhile shows in the
+//!                 closing line (`close_errors`, `unanswered_closes`)
 //!                 with --forced-close, the held sockets are not closed by the client:
 //!                 the tool sends DELETE to that admin URL and times each socket's
 //!                 close frame from the moment the DELETE was sent; refused
@@ -41,6 +45,14 @@
 //!                 DELETE to the admin URL, each socket's close frame timed from it, or one
 //!                 logout per session at another (or the same) instance, one at a time,
 //!                 each timed from the logout request to its socket's close frame
+//!   soak          --url http://PROXY --admin http://ADMIN --provider http://IDP --pid PID
+//!                 --steady-deployment D --short-deployment S --redirect-uri URI --origin O
+//!                 [--count 9000] [--duration 600] [--idle-timeout 60] ...
+//!                 (benches/soak.sh) steady chats held for the whole run beside
+//!                 trickles of logouts (must close 4002 at once), silent sessions
+//!                 on S (must close 4001 at S's idle timeout) and refreshing
+//!                 token-API clients on S (must stay); samples the server's RSS,
+//!                 descriptors and live connections
 //!   redis-ops     --redis 127.0.0.1:PORT --a http://A --admin-a http://ADMIN_A --b http://B
 //!               --provider http://IDP --session-deployment D --messenger-deployment M
 //!               --redirect-uri URI [--count N] [--origin O]
@@ -77,6 +89,9 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
+
+#[path = "load/soak.rs"]
+mod soak;
 
 /// How long one request, handshake or close may take before it counts as an
 /// error; keeps every run bounded even against a server that stalls.
@@ -197,8 +212,11 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         count: u64,
         /// Seconds to hold every connection open before measuring again.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=7200))]
         hold: u64,
+        /// Stop holding as soon as this file exists (at most --hold seconds).
+        #[arg(long)]
+        release_file: Option<PathBuf>,
         /// The server process whose resident memory (VmRSS) is measured.
         #[arg(long)]
         pid: Option<u32>,
@@ -237,6 +255,9 @@ enum Command {
     },
     /// Hold WebSockets of the sessions in a cookie file, end the sessions, time the closes.
     RevokeClose(Box<RevokeCloseRun>),
+    /// Steady chats held for minutes beside trickles of logouts, idle expiries
+    /// and refreshing token clients; every socket's end checked (benches/soak.sh).
+    Soak(Box<soak::SoakRun>),
     /// Redis commands and memory per login, handshake, exchange, refresh and revocation.
     RedisOps(Box<RedisOpsRun>),
 }
@@ -322,12 +343,16 @@ fn run(command: Command) -> Result<()> {
             headers,
             threads,
             forced_close,
+            release_file,
         } => runtime(threads)?.block_on(hold(
             url,
             origin,
             &headers,
             count,
-            Duration::from_secs(seconds),
+            HoldFor {
+                at_most: Duration::from_secs(seconds),
+                release_file,
+            },
             pid,
             forced_close,
         )),
@@ -347,6 +372,7 @@ fn run(command: Command) -> Result<()> {
             concurrency,
         )),
         Command::RevokeClose(run) => runtime(1)?.block_on(revoke_close(*run)),
+        Command::Soak(run) => runtime(2)?.block_on(soak::soak(*run)),
         Command::RedisOps(run) => runtime(1)?.block_on(redis_ops(*run)),
     }
 }
@@ -1201,12 +1227,18 @@ async fn handshake_worker(target: Arc<WsTarget>, deadline: Instant) -> Tally {
 
 // ---------------------------------------------------------------- hold
 
+/// How long `hold` holds: `at_most`, or until `release_file` exists.
+struct HoldFor {
+    at_most: Duration,
+    release_file: Option<PathBuf>,
+}
+
 async fn hold(
     url: Url,
     origin: Option<String>,
     headers: &[String],
     count: u64,
-    hold_for: Duration,
+    hold_for: HoldFor,
     pid: Option<u32>,
     forced_close: Option<Url>,
 ) -> Result<()> {
@@ -1253,7 +1285,15 @@ async fn hold(
         }
     }
 
-    tokio::time::sleep(hold_for).await;
+    let held_until = started + open_time + hold_for.at_most;
+    match hold_for.release_file {
+        None => tokio::time::sleep(hold_for.at_most).await,
+        Some(path) => {
+            while Instant::now() < held_until && !path.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     let rss_after = pid.map(rss_kib).transpose()?;
     let memory = match (rss_before, rss_after) {
         (Some(before), Some(after)) if !held.is_empty() => {
