@@ -23,7 +23,9 @@
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
 //!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
-//!               [--forced-close http://ADMIN/admin/connections?...] [--release-file PATH]
+//!               [--forced-close http://ADMIN/admin/connections?... | --sigterm PID] [--release-file PATH]
+//!                 with --sigterm, SIGTERM goes to PID (portcullis) and each socket's
+//!                 close frame is timed from it: the drain's spread (`first_us`, p50, max)
 //!                 with --release-file, the sockets are held until PATH exists (or
 //!                 --hold runs out), so a background holder can span another
 //!                 measurement; a socket the server closed meanwhile shows in the
@@ -231,8 +233,12 @@ enum Command {
         threads: u16,
         /// An admin URL whose DELETE closes the held sockets (e.g.
         /// /admin/connections?deployment=D): time how long each takes to close.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sigterm")]
         forced_close: Option<Url>,
+        /// Send SIGTERM to this process (portcullis) instead of closing the
+        /// sockets: time each one's close frame from the signal (its drain).
+        #[arg(long)]
+        sigterm: Option<u32>,
     },
     /// N browser logins (sessions) through portcullis; their cookies to PATH.
     Logins {
@@ -343,6 +349,7 @@ fn run(command: Command) -> Result<()> {
             headers,
             threads,
             forced_close,
+            sigterm,
             release_file,
         } => runtime(threads)?.block_on(hold(
             url,
@@ -354,7 +361,9 @@ fn run(command: Command) -> Result<()> {
                 release_file,
             },
             pid,
-            forced_close,
+            forced_close
+                .map(CloseTrigger::AdminDelete)
+                .or(sigterm.map(CloseTrigger::Sigterm)),
         )),
         Command::Logins {
             url,
@@ -1240,9 +1249,9 @@ async fn hold(
     count: u64,
     hold_for: HoldFor,
     pid: Option<u32>,
-    forced_close: Option<Url>,
+    closed_by: Option<CloseTrigger>,
 ) -> Result<()> {
-    if let Some(admin) = &forced_close {
+    if let Some(CloseTrigger::AdminDelete(admin)) = &closed_by {
         loopback_target(admin, "http").await?;
     }
     let fd_limit = raise_fd_limit()?;
@@ -1316,8 +1325,8 @@ async fn hold(
         eprintln!("load: hold: first error: {e}");
     }
 
-    if let Some(admin) = forced_close {
-        return forced_closes(held, admin).await;
+    if let Some(trigger) = closed_by {
+        return forced_closes(held, trigger).await;
     }
     let closes: Vec<Result<bool>> = stream::iter(held)
         .map(close)
@@ -1349,12 +1358,28 @@ fn refusal_status(e: &anyhow::Error) -> Option<u16> {
 /// Sends DELETE to `admin` and waits for every held socket's close frame:
 /// prints how long they took, counted from the moment the DELETE was sent,
 /// and the close codes seen.
-async fn forced_closes(held: Vec<Ws>, admin: Url) -> Result<()> {
+/// What ends the held sockets in a forced-close measurement.
+enum CloseTrigger {
+    /// A DELETE to an admin URL (`--forced-close`).
+    AdminDelete(Url),
+    /// SIGTERM to the server process (`--sigterm`): its drain.
+    Sigterm(u32),
+}
+
+/// How long a socket may wait for its close frame after the trigger: a
+/// drain waits out `shutdown.drain_grace` and `shutdown.close_window` first.
+const DRAIN_WAIT: Duration = Duration::from_secs(120);
+
+async fn forced_closes(held: Vec<Ws>, trigger: CloseTrigger) -> Result<()> {
     let count = held.len();
+    let (kind, wait) = match trigger {
+        CloseTrigger::AdminDelete(_) => ("forced-close", IO_TIMEOUT),
+        CloseTrigger::Sigterm(_) => ("drain-close", DRAIN_WAIT),
+    };
     let started = Instant::now();
     let waits = stream::iter(held)
         .map(|mut ws| async move {
-            let waited = timeout(IO_TIMEOUT, async {
+            let waited = timeout(wait, async {
                 while let Some(message) = ws.next().await {
                     if let Ok(Message::Close(frame)) = message {
                         return Some(frame.map_or(1005, |f| u16::from(f.code)));
@@ -1368,40 +1393,59 @@ async fn forced_closes(held: Vec<Ws>, admin: Url) -> Result<()> {
         })
         .buffer_unordered(count.max(1))
         .collect::<Vec<_>>();
-    let delete = async {
-        let resp = reqwest::Client::new()
-            .delete(admin)
-            .timeout(IO_TIMEOUT)
-            .send()
-            .await?;
-        ensure!(
-            resp.status().is_success(),
-            "the admin close answered {}",
-            resp.status()
-        );
+    let trigger = async {
+        match trigger {
+            CloseTrigger::AdminDelete(admin) => {
+                let resp = reqwest::Client::new()
+                    .delete(admin)
+                    .timeout(IO_TIMEOUT)
+                    .send()
+                    .await?;
+                ensure!(
+                    resp.status().is_success(),
+                    "the admin close answered {}",
+                    resp.status()
+                );
+            }
+            CloseTrigger::Sigterm(pid) => {
+                let pid = libc::pid_t::try_from(pid).context("--sigterm: not a process id")?;
+                // SAFETY: kill takes plain integers and touches no memory of ours.
+                if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .context("cannot send SIGTERM to --sigterm's process");
+                }
+            }
+        }
         anyhow::Ok(())
     };
-    let (outcomes, deleted) = tokio::join!(waits, delete);
-    deleted?;
+    let (outcomes, triggered) = tokio::join!(waits, trigger);
+    triggered?;
     let mut tally = Tally::default();
     let mut codes = std::collections::BTreeMap::<u16, usize>::new();
+    let mut first = Duration::MAX;
     for (code, elapsed) in outcomes {
         match code {
             Some(code) => {
                 *codes.entry(code).or_default() += 1;
+                first = first.min(elapsed);
                 tally
                     .latencies_us
                     .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
             }
-            None => tally.error("no close frame within the I/O timeout"),
+            None => tally.error("no close frame in time"),
         }
     }
     let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+    let first_us = if first == Duration::MAX {
+        0
+    } else {
+        first.as_micros()
+    };
     tally.report(
-        "forced-close",
+        kind,
         "closed",
         started.elapsed(),
-        &format!(" codes={}", codes.join(",")),
+        &format!(" codes={} first_us={first_us}", codes.join(",")),
     );
     Ok(())
 }
@@ -1610,7 +1654,13 @@ async fn revoke_close(run: RevokeCloseRun) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(run.hold)).await;
     match (run.revoke, run.logout_at) {
-        (Some(admin), _) => forced_closes(by_session.into_iter().flatten().collect(), admin).await,
+        (Some(admin), _) => {
+            forced_closes(
+                by_session.into_iter().flatten().collect(),
+                CloseTrigger::AdminDelete(admin),
+            )
+            .await
+        }
         (None, Some(base)) => logout_closes(by_session, &cookies, &base).await,
         (None, None) => bail!("--revoke or --logout-at is required"),
     }
