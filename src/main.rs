@@ -35,6 +35,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print the JSON Schema of the configuration file, for editors
+    /// (yaml-language-server) and CI linters.
+    Schema,
     /// Print the version.
     Version,
     /// Print a shell completion script (e.g. `portcullis completions bash >
@@ -58,6 +61,19 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             );
             ExitCode::SUCCESS
+        }
+        Command::Schema => {
+            let schema = portcullis::config::schema::json_schema();
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot render the schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Version => {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));

@@ -7,6 +7,7 @@
 
 pub mod model;
 pub mod raw;
+pub mod schema;
 mod validate;
 
 use std::fmt;
