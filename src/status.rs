@@ -96,6 +96,13 @@ pub struct SessionsView {
     pub live_connections_here: usize,
 }
 
+/// What a path segment must encode: all but RFC 3986's unreserved characters.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -210,10 +217,7 @@ impl StatusSnapshot {
                     live_connections: live.get(&d.id).copied().unwrap_or(0),
                     snippet_url: format!(
                         "{base}/.auth/deployments/{}/snippet",
-                        percent_encoding::utf8_percent_encode(
-                            &d.id,
-                            percent_encoding::NON_ALPHANUMERIC
-                        )
+                        percent_encoding::utf8_percent_encode(&d.id, PATH_SEGMENT)
                     ),
                 }
             })
