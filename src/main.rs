@@ -97,6 +97,9 @@ fn main() -> ExitCode {
                     if let Some(warning) = runtime.connection_ceiling.warning() {
                         eprintln!("{}: warning: {warning}", config.display());
                     }
+                    for warning in portcullis::config::warnings(&runtime.config) {
+                        eprintln!("{}: warning: {warning}", config.display());
+                    }
                     println!("{}: configuration is valid", config.display());
                     ExitCode::SUCCESS
                 }
@@ -128,6 +131,9 @@ fn main() -> ExitCode {
                 }
             };
             portcullis::logging::init(&config.logging);
+            for warning in portcullis::config::warnings(&config) {
+                tracing::warn!(path = %warning.path, "configuration setting has no effect: {}", warning.message);
+            }
             let started = portcullis::server::build_state(config, Some(path))
                 .and_then(portcullis::server::run);
             report(started)

@@ -892,6 +892,9 @@ impl State {
         if let Some(warning) = new.connection_ceiling.warning() {
             tracing::warn!("{warning}");
         }
+        for warning in config::warnings(&new.config) {
+            tracing::warn!(path = %warning.path, "configuration setting has no effect: {}", warning.message);
+        }
         admin_reload_allowed(old.config.admin.as_ref(), new.config.admin.as_ref())?;
         let mut restart_required_for = Vec::new();
         if new.config.listeners != old.config.listeners {
