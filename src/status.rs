@@ -120,10 +120,16 @@ pub fn describe_rules(require: &Require) -> Vec<String> {
         rules.push(format!("claim {claim} = {value}"));
     }
     if !require.groups_any.is_empty() {
-        rules.push(format!("in any group of: {}", require.groups_any.join(", ")));
+        rules.push(format!(
+            "in any group of: {}",
+            require.groups_any.join(", ")
+        ));
     }
     if !require.groups_all.is_empty() {
-        rules.push(format!("in every group of: {}", require.groups_all.join(", ")));
+        rules.push(format!(
+            "in every group of: {}",
+            require.groups_all.join(", ")
+        ));
     }
     if !require.email_domains.is_empty() {
         let verified = if require.allow_unverified_email {
@@ -412,7 +418,8 @@ pub fn render(s: &StatusSnapshot) -> String {
 mod tests {
     use super::*;
 
-    const HOSTILE: &str = "https://evil.example/\"><script>alert(1)</script><img src=x onerror=alert(2)>&amp;";
+    const HOSTILE: &str =
+        "https://evil.example/\"><script>alert(1)</script><img src=x onerror=alert(2)>&amp;";
 
     fn snapshot() -> StatusSnapshot {
         StatusSnapshot {
@@ -496,7 +503,9 @@ mod tests {
         assert!(!page.contains("<img"), "{page}");
         assert!(!page.contains("<b>x</b>"));
         // The hostile string is shown, as text, quote and all.
-        assert!(page.contains("https://evil.example/&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(
+            page.contains("https://evil.example/&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;")
+        );
         assert!(page.contains("&amp;amp;"));
         assert!(page.contains("&lt;/td&gt;&lt;script&gt;k&lt;/script&gt;"));
     }
@@ -506,7 +515,9 @@ mod tests {
         let mut s = snapshot();
         s.deployments[0].snippet_url = "/.auth/deployments/web/snippet".into();
         let page = render(&s);
-        assert!(page.contains("<code>/.auth/deployments/web/snippet</code> (on the proxy listener)"));
+        assert!(
+            page.contains("<code>/.auth/deployments/web/snippet</code> (on the proxy listener)")
+        );
         assert!(!page.contains("href=\"/.auth"));
     }
 

@@ -1785,7 +1785,10 @@ async fn each_request_has_an_id_the_backend_the_client_and_the_log_share() {
         .unwrap();
     assert_eq!(response_id(&resp), "lb-1234");
     let seen: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-request-id"], serde_json::json!(["lb-1234"]));
+    assert_eq!(
+        seen["headers"]["x-request-id"],
+        serde_json::json!(["lb-1234"])
+    );
     // Even a trusted proxy's malformed id is replaced.
     let resp = client
         .get(trusted.url("/v1/echo?deploymentId=web"))
@@ -1829,7 +1832,10 @@ async fn each_request_has_an_id_the_backend_the_client_and_the_log_share() {
             assert_eq!(line["status"], 404);
             break;
         }
-        assert!(Instant::now() < deadline, "no access line with {id}:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no access line with {id}:\n{log}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

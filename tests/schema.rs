@@ -55,7 +55,9 @@ fn every_shipped_configuration_passes_the_schema() {
     config_files(&root().join("conf"), &mut files);
     config_files(&root().join("examples"), &mut files);
     assert!(
-        files.iter().any(|f| f.ends_with("conf/portcullis.example.yaml")),
+        files
+            .iter()
+            .any(|f| f.ends_with("conf/portcullis.example.yaml")),
         "found {files:?}"
     );
     for file in &files {
@@ -121,7 +123,10 @@ fn every_readme_snippet_passes_the_schema() {
             fragment["$ref"] = Value::String(format!("#/$defs/{name}"));
             fragment.as_object_mut().unwrap().remove("properties");
             fragment.as_object_mut().unwrap().remove("required");
-            fragment.as_object_mut().unwrap().remove("additionalProperties");
+            fragment
+                .as_object_mut()
+                .unwrap()
+                .remove("additionalProperties");
             jsonschema::validator_for(&fragment)
                 .unwrap()
                 .is_valid(&instance)

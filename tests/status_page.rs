@@ -100,13 +100,16 @@ sessions:
     assert_eq!(headers["cache-control"], "no-store");
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.starts_with("default-src 'none'"), "{csp}");
-    assert!(!csp.contains("script-src") && !csp.contains("unsafe"), "{csp}");
+    assert!(
+        !csp.contains("script-src") && !csp.contains("unsafe"),
+        "{csp}"
+    );
     assert_eq!(headers["x-frame-options"], "DENY");
 
     let issuer = idp.issuer();
     let text = page_when(&proxy, |t| t.contains("usable</span>, fetched")).await;
     for shown in [
-        &*issuer,
+        issuer,
         "portcullis-demo",
         "in any group of: customers",
         "support-site",
@@ -114,7 +117,10 @@ sessions:
         "any origin",
         "inactive",
         &backend.to_string(),
-        &format!("href=\"http://{}/.auth/deployments/support-site/snippet\"", proxy.addr),
+        &format!(
+            "href=\"http://{}/.auth/deployments/support-site/snippet\"",
+            proxy.addr
+        ),
         "No reload since start.",
     ] {
         assert!(text.contains(shown), "{shown:?} missing from\n{text}");

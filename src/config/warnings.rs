@@ -230,7 +230,11 @@ compat: {hosted_paths: true}
             "{id: open, messenger: public, upstream: chat, allow_all_origins: true}",
             "{id: open, messenger: public, upstream: chat, allow_all_origins: true, access_token_query: true, forward_token: true}",
         );
-        assert_warns(&w, "deployments[1].access_token_query", "authentication off");
+        assert_warns(
+            &w,
+            "deployments[1].access_token_query",
+            "authentication off",
+        );
         assert_warns(&w, "deployments[1].forward_token", "authentication off");
     }
 

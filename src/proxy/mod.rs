@@ -59,7 +59,6 @@ use crate::endpoints;
 use crate::identity::{self, Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
-use request_id::RequestId;
 use crate::runtime::{DeploymentRt, Runtime, State};
 use crate::session::cookie::{cookie_pairs, cookies, CookiePolicy};
 use crate::session::now;
@@ -68,6 +67,7 @@ use crate::session::store::SessionStore;
 use crate::session::{Session as LoginSession, SessionId};
 use crate::token::messenger::{self, MessengerClaims};
 use crate::token::{TokenError, TokenKind};
+use request_id::RequestId;
 
 use credential::{Carrier, Credential};
 use frames::FrameTracker;
