@@ -4,7 +4,8 @@
 //! without sockets.
 //!
 //! ```text
-//! request_filter ─┬─ /.auth/jwks.json ......................... answered here
+//! request_filter ─┬─ the request's id (X-Request-Id: a trusted proxy's, else new)
+//!                 ├─ /.auth/jwks.json ......................... answered here
 //!                 ├─ check the target, route → deployment (400/404), inactive (403)
 //!                 ├─ asks for an upgrade? a well-formed WebSocket handshake (400/426)
 //!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
@@ -21,7 +22,8 @@
 //!                          and routing headers (X-Original-URL, method overrides…),
 //!                          add the verified identity and its signed assertion
 //!                          (auth disabled: X-Auth-Deployment only), remove
-//!                          the credential carriers, set X-Forwarded-*
+//!                          the credential carriers, set X-Forwarded-* and
+//!                          X-Request-Id
 //! response_filter ........ 101: never echo a token subprotocol; register the
 //!                          live connection
 //! response_body_filter ... follow frame boundaries; after a forced close,
@@ -957,13 +959,15 @@ impl ProxyHttp for Portcullis {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // Whatever the client sent is replaced by the id this request was given.
-        upstream_request.insert_header(request_id::HEADER, ctx.request_id().as_str())?;
+        let id = ctx.request_id().clone();
         let Some(runtime) = &ctx.runtime else {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
         headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
+        // After the strips (an identity prefix such as `X-` would match it):
+        // whatever the client sent is replaced by the id this request was given.
+        upstream_request.insert_header(request_id::HEADER, id.as_str())?;
         strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
         match (&ctx.auth, &ctx.target) {
             (Some(auth), Some(target)) => {
