@@ -1798,6 +1798,22 @@ async fn each_request_has_an_id_the_backend_the_client_and_the_log_share() {
         .unwrap();
     assert_ne!(response_id(&resp), "two words");
 
+    // An identity prefix that also matches X-Request-Id strips the client's
+    // copy, never portcullis's own.
+    let short_prefix = Proxy::start(&format!(
+        "{}identity_header_prefix: \"X-\"\n",
+        config(backend, "")
+    ))
+    .await;
+    let resp = client
+        .get(short_prefix.url("/v1/echo?deploymentId=web"))
+        .send()
+        .await
+        .unwrap();
+    let id = response_id(&resp);
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], serde_json::json!([id]));
+
     // A refusal quotes the id, and the access line carries it.
     let resp = client
         .get(proxy.url("/v1/echo?deploymentId=nobody"))
