@@ -268,6 +268,8 @@ pub struct Upstream {
     pub servers: Vec<String>,
     pub tls: bool,
     pub sni: String,
+    /// Whether the file set `sni` (else it is derived from the servers).
+    pub sni_configured: bool,
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
 }

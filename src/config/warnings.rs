@@ -60,11 +60,18 @@ pub fn warnings(config: &Config) -> Vec<ConfigError> {
         .iter()
         .map(|d| d.upstream.as_str())
         .collect();
-    for name in config.upstreams.keys() {
+    for (name, upstream) in &config.upstreams {
         if !used_upstreams.contains(name.as_str()) {
             warn(
                 format!("upstreams.{name}"),
                 "no deployment uses this upstream (its health checks run for nothing)".into(),
+            );
+        }
+        if upstream.sni_configured && !upstream.tls {
+            warn(
+                format!("upstreams.{name}.sni"),
+                "has no effect while tls is false (the name is sent only in a TLS handshake)"
+                    .into(),
             );
         }
     }
@@ -272,6 +279,20 @@ compat: {hosted_paths: true}
         );
         assert_warns(&w, "deployments[1]", "no route leads to this deployment");
         assert!(!w.iter().any(|x| x.starts_with("deployments[0]")), "{w:#?}");
+    }
+
+    #[test]
+    fn sni_without_tls() {
+        let w = warnings_after(
+            "chat: {servers: [127.0.0.1:9000]}",
+            "chat: {servers: [127.0.0.1:9000], sni: chat.internal}",
+        );
+        assert_warns(&w, "upstreams.chat.sni", "tls is false");
+        let w = warnings_after(
+            "chat: {servers: [127.0.0.1:9000]}",
+            "chat: {servers: [127.0.0.1:9000], sni: chat.internal, tls: true}",
+        );
+        assert!(w.is_empty(), "{w:#?}");
     }
 
     #[test]
