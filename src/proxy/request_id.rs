@@ -36,7 +36,13 @@ impl RequestId {
                 .unwrap_or_default();
             bytes = nanos.to_le_bytes();
         }
-        RequestId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(32);
+        for b in bytes {
+            text.push(HEX[usize::from(b >> 4)] as char);
+            text.push(HEX[usize::from(b & 0x0f)] as char);
+        }
+        RequestId(text)
     }
 
     /// `text` as an id, if it is well-formed.
