@@ -33,6 +33,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod token;
 
 /// Makes aws-lc-rs rustls's process-wide crypto provider, so that every TLS

@@ -169,7 +169,7 @@ pub struct Authentication {
 
 /// The end of a live connection that a provider's bearer token opened:
 /// such a token has no session that logout or expiry could end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BearerConnections {
     /// Closed with 4001 when the token expires (its `exp`): the client
@@ -268,6 +268,8 @@ pub struct Upstream {
     pub servers: Vec<String>,
     pub tls: bool,
     pub sni: String,
+    /// Whether the file set `sni` (else it is derived from the servers).
+    pub sni_configured: bool,
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
 }
