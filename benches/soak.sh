@@ -102,12 +102,20 @@ field() {
     sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
 }
 
-echo "building (release profile; the first build takes several minutes)..." >&2
-cargo build --release --bin portcullis
-load_bin=$(cargo bench --bench load --no-run --message-format=json |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
-if [ ! -x "${load_bin:-}" ]; then
-    echo "could not locate the built load tool" >&2
+# BENCH_PORTCULLIS and BENCH_LOAD name prebuilt binaries (e.g. kept from an
+# earlier build of the commit under test) instead of building them here.
+if [ -n "${BENCH_PORTCULLIS:-}" ] && [ -n "${BENCH_LOAD:-}" ]; then
+    portcullis_bin=$BENCH_PORTCULLIS load_bin=$BENCH_LOAD
+    echo "using prebuilt $portcullis_bin and $load_bin" >&2
+else
+    echo "building (release profile; the first build takes several minutes)..." >&2
+    cargo build --release --bin portcullis
+    portcullis_bin=target/release/portcullis
+    load_bin=$(cargo bench --bench load --no-run --message-format=json |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
+fi
+if [ ! -x "${load_bin:-}" ] || [ ! -x "$portcullis_bin" ]; then
+    echo "could not locate the built load tool or portcullis" >&2
     exit 1
 fi
 
@@ -155,8 +163,8 @@ YAML
 
 start backend "$BACKEND_PORT" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
 start idp "$IDP_PORT" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token"
-SOAK_CLIENT_SECRET=demo-secret start portcullis "$PORT" target/release/portcullis run -c "$work/portcullis.yaml"
-portcullis_pid=$(pgrep -f -n "target/release/portcullis run -c $work/portcullis.yaml")
+SOAK_CLIENT_SECRET=demo-secret start portcullis "$PORT" "$portcullis_bin" run -c "$work/portcullis.yaml"
+portcullis_pid=$(pgrep -f -n "$portcullis_bin run -c $work/portcullis.yaml")
 
 echo "soak: $COUNT steady chats for $DURATION s (store: $STORE)..." >&2
 set +e

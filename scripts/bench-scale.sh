@@ -144,15 +144,22 @@ field() {
     sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
 }
 
-echo "building (release profile; the first build takes several minutes)..." >&2
-cargo build --release --bin portcullis
-load_bin=$(cargo bench --bench load --no-run --message-format=json |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
-if [ ! -x "${load_bin:-}" ]; then
-    echo "could not locate the built load tool" >&2
+# BENCH_PORTCULLIS and BENCH_LOAD name prebuilt binaries (e.g. kept from an
+# earlier build of the commit under test) instead of building them here.
+if [ -n "${BENCH_PORTCULLIS:-}" ] && [ -n "${BENCH_LOAD:-}" ]; then
+    portcullis_bin=$BENCH_PORTCULLIS load_bin=$BENCH_LOAD
+    echo "using prebuilt $portcullis_bin and $load_bin" >&2
+else
+    echo "building (release profile; the first build takes several minutes)..." >&2
+    cargo build --release --bin portcullis
+    portcullis_bin=target/release/portcullis
+    load_bin=$(cargo bench --bench load --no-run --message-format=json |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
+fi
+if [ ! -x "${load_bin:-}" ] || [ ! -x "$portcullis_bin" ]; then
+    echo "could not locate the built load tool or portcullis" >&2
     exit 1
 fi
-portcullis_bin=target/release/portcullis
 
 # Keys both instances share: a cookie sealed by one opens on the other.
 head -c 32 /dev/urandom | base64 >"$work/cookie.key"
