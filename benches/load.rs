@@ -30,7 +30,13 @@
 //!                 a test CA (ca.pem) and a certificate for localhost and 127.0.0.1
 //!                 it issued (server.crt, server.key) in DIR, for TLS runs
 //!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
-//!               [--forced-close http://ADMIN/admin/connections?...]
+//!               [--forced-close http://ADMIN/admin/connections?... | --sigterm PID] [--release-file PATH]
+//!                 with --sigterm, SIGTERM goes to PID (portcullis) and each socket's
+//!                 close frame is timed from it: the drain's spread (`first_us`, p50, max)
+//!                 with --release-file, the sockets are held until PATH exists (or
+//!                 --hold runs out), so a background holder can span another
+//!                 measurement; a socket the server closed meanwhile shows in the
+//!                 closing line (`close_errors`, `unanswered_closes`)
 //!                 with --forced-close, the held sockets are not closed by the client:
 //!                 the tool sends DELETE to that admin URL and times each socket's
 //!                 close frame from the moment the DELETE was sent; refused
@@ -48,6 +54,14 @@
 //!                 DELETE to the admin URL, each socket's close frame timed from it, or one
 //!                 logout per session at another (or the same) instance, one at a time,
 //!                 each timed from the logout request to its socket's close frame
+//!   soak          --url http://PROXY --admin http://ADMIN --provider http://IDP --pid PID
+//!                 --steady-deployment D --short-deployment S --redirect-uri URI --origin O
+//!                 [--count 9000] [--duration 600] [--idle-timeout 60] ...
+//!                 (benches/soak.sh) steady chats held for the whole run beside
+//!                 trickles of logouts (must close 4002 at once), silent sessions
+//!                 on S (must close 4001 at S's idle timeout) and refreshing
+//!                 token-API clients on S (must stay); samples the server's RSS,
+//!                 descriptors and live connections
 //!   redis-ops     --redis 127.0.0.1:PORT --a http://A --admin-a http://ADMIN_A --b http://B
 //!               --provider http://IDP --session-deployment D --messenger-deployment M
 //!               --redirect-uri URI [--count N] [--origin O]
@@ -84,6 +98,9 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
+
+#[path = "load/soak.rs"]
+mod soak;
 
 /// How long one request, handshake or close may take before it counts as an
 /// error; keeps every run bounded even against a server that stalls.
@@ -220,8 +237,11 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         count: u64,
         /// Seconds to hold every connection open before measuring again.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=7200))]
         hold: u64,
+        /// Stop holding as soon as this file exists (at most --hold seconds).
+        #[arg(long)]
+        release_file: Option<PathBuf>,
         /// The server process whose resident memory (VmRSS) is measured.
         #[arg(long)]
         pid: Option<u32>,
@@ -236,8 +256,12 @@ enum Command {
         threads: u16,
         /// An admin URL whose DELETE closes the held sockets (e.g.
         /// /admin/connections?deployment=D): time how long each takes to close.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sigterm")]
         forced_close: Option<Url>,
+        /// Send SIGTERM to this process (portcullis) instead of closing the
+        /// sockets: time each one's close frame from the signal (its drain).
+        #[arg(long)]
+        sigterm: Option<u32>,
     },
     /// N browser logins (sessions) through portcullis; their cookies to PATH.
     Logins {
@@ -260,6 +284,9 @@ enum Command {
     },
     /// Hold WebSockets of the sessions in a cookie file, end the sessions, time the closes.
     RevokeClose(Box<RevokeCloseRun>),
+    /// Steady chats held for minutes beside trickles of logouts, idle expiries
+    /// and refreshing token clients; every socket's end checked (benches/soak.sh).
+    Soak(Box<soak::SoakRun>),
     /// Redis commands and memory per login, handshake, exchange, refresh and revocation.
     RedisOps(Box<RedisOpsRun>),
 }
@@ -352,14 +379,21 @@ fn run(command: Command) -> Result<()> {
             headers,
             threads,
             forced_close,
+            sigterm,
+            release_file,
         } => runtime(threads)?.block_on(hold(
             url,
             origin,
             &headers,
             count,
-            Duration::from_secs(seconds),
+            HoldFor {
+                at_most: Duration::from_secs(seconds),
+                release_file,
+            },
             pid,
-            forced_close,
+            forced_close
+                .map(CloseTrigger::AdminDelete)
+                .or(sigterm.map(CloseTrigger::Sigterm)),
         )),
         Command::Logins {
             url,
@@ -377,6 +411,7 @@ fn run(command: Command) -> Result<()> {
             concurrency,
         )),
         Command::RevokeClose(run) => runtime(1)?.block_on(revoke_close(*run)),
+        Command::Soak(run) => runtime(2)?.block_on(soak::soak(*run)),
         Command::RedisOps(run) => runtime(1)?.block_on(redis_ops(*run)),
     }
 }
@@ -1411,16 +1446,22 @@ async fn handshake_worker(target: Arc<WsTarget>, deadline: Instant) -> Tally {
 
 // ---------------------------------------------------------------- hold
 
+/// How long `hold` holds: `at_most`, or until `release_file` exists.
+struct HoldFor {
+    at_most: Duration,
+    release_file: Option<PathBuf>,
+}
+
 async fn hold(
     url: Url,
     origin: Option<String>,
     headers: &[String],
     count: u64,
-    hold_for: Duration,
+    hold_for: HoldFor,
     pid: Option<u32>,
-    forced_close: Option<Url>,
+    closed_by: Option<CloseTrigger>,
 ) -> Result<()> {
-    if let Some(admin) = &forced_close {
+    if let Some(CloseTrigger::AdminDelete(admin)) = &closed_by {
         loopback_target(admin, "http").await?;
     }
     let fd_limit = raise_fd_limit()?;
@@ -1463,7 +1504,15 @@ async fn hold(
         }
     }
 
-    tokio::time::sleep(hold_for).await;
+    let held_until = started + open_time + hold_for.at_most;
+    match hold_for.release_file {
+        None => tokio::time::sleep(hold_for.at_most).await,
+        Some(path) => {
+            while Instant::now() < held_until && !path.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     let rss_after = pid.map(rss_kib).transpose()?;
     let memory = match (rss_before, rss_after) {
         (Some(before), Some(after)) if !held.is_empty() => {
@@ -1486,8 +1535,8 @@ async fn hold(
         eprintln!("load: hold: first error: {e}");
     }
 
-    if let Some(admin) = forced_close {
-        return forced_closes(held, admin).await;
+    if let Some(trigger) = closed_by {
+        return forced_closes(held, trigger).await;
     }
     let closes: Vec<Result<bool>> = stream::iter(held)
         .map(close)
@@ -1519,12 +1568,28 @@ fn refusal_status(e: &anyhow::Error) -> Option<u16> {
 /// Sends DELETE to `admin` and waits for every held socket's close frame:
 /// prints how long they took, counted from the moment the DELETE was sent,
 /// and the close codes seen.
-async fn forced_closes(held: Vec<Ws>, admin: Url) -> Result<()> {
+/// What ends the held sockets in a forced-close measurement.
+enum CloseTrigger {
+    /// A DELETE to an admin URL (`--forced-close`).
+    AdminDelete(Url),
+    /// SIGTERM to the server process (`--sigterm`): its drain.
+    Sigterm(u32),
+}
+
+/// How long a socket may wait for its close frame after the trigger: a
+/// drain waits out `shutdown.drain_grace` and `shutdown.close_window` first.
+const DRAIN_WAIT: Duration = Duration::from_secs(120);
+
+async fn forced_closes(held: Vec<Ws>, trigger: CloseTrigger) -> Result<()> {
     let count = held.len();
+    let (kind, wait) = match trigger {
+        CloseTrigger::AdminDelete(_) => ("forced-close", IO_TIMEOUT),
+        CloseTrigger::Sigterm(_) => ("drain-close", DRAIN_WAIT),
+    };
     let started = Instant::now();
     let waits = stream::iter(held)
         .map(|mut ws| async move {
-            let waited = timeout(IO_TIMEOUT, async {
+            let waited = timeout(wait, async {
                 while let Some(message) = ws.next().await {
                     if let Ok(Message::Close(frame)) = message {
                         return Some(frame.map_or(1005, |f| u16::from(f.code)));
@@ -1538,40 +1603,59 @@ async fn forced_closes(held: Vec<Ws>, admin: Url) -> Result<()> {
         })
         .buffer_unordered(count.max(1))
         .collect::<Vec<_>>();
-    let delete = async {
-        let resp = reqwest::Client::new()
-            .delete(admin)
-            .timeout(IO_TIMEOUT)
-            .send()
-            .await?;
-        ensure!(
-            resp.status().is_success(),
-            "the admin close answered {}",
-            resp.status()
-        );
+    let trigger = async {
+        match trigger {
+            CloseTrigger::AdminDelete(admin) => {
+                let resp = reqwest::Client::new()
+                    .delete(admin)
+                    .timeout(IO_TIMEOUT)
+                    .send()
+                    .await?;
+                ensure!(
+                    resp.status().is_success(),
+                    "the admin close answered {}",
+                    resp.status()
+                );
+            }
+            CloseTrigger::Sigterm(pid) => {
+                let pid = libc::pid_t::try_from(pid).context("--sigterm: not a process id")?;
+                // SAFETY: kill takes plain integers and touches no memory of ours.
+                if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .context("cannot send SIGTERM to --sigterm's process");
+                }
+            }
+        }
         anyhow::Ok(())
     };
-    let (outcomes, deleted) = tokio::join!(waits, delete);
-    deleted?;
+    let (outcomes, triggered) = tokio::join!(waits, trigger);
+    triggered?;
     let mut tally = Tally::default();
     let mut codes = std::collections::BTreeMap::<u16, usize>::new();
+    let mut first = Duration::MAX;
     for (code, elapsed) in outcomes {
         match code {
             Some(code) => {
                 *codes.entry(code).or_default() += 1;
+                first = first.min(elapsed);
                 tally
                     .latencies_us
                     .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
             }
-            None => tally.error("no close frame within the I/O timeout"),
+            None => tally.error("no close frame in time"),
         }
     }
     let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+    let first_us = if first == Duration::MAX {
+        0
+    } else {
+        first.as_micros()
+    };
     tally.report(
-        "forced-close",
+        kind,
         "closed",
         started.elapsed(),
-        &format!(" codes={}", codes.join(",")),
+        &format!(" codes={} first_us={first_us}", codes.join(",")),
     );
     Ok(())
 }
@@ -1780,7 +1864,13 @@ async fn revoke_close(run: RevokeCloseRun) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(run.hold)).await;
     match (run.revoke, run.logout_at) {
-        (Some(admin), _) => forced_closes(by_session.into_iter().flatten().collect(), admin).await,
+        (Some(admin), _) => {
+            forced_closes(
+                by_session.into_iter().flatten().collect(),
+                CloseTrigger::AdminDelete(admin),
+            )
+            .await
+        }
         (None, Some(base)) => logout_closes(by_session, &cookies, &base).await,
         (None, None) => bail!("--revoke or --logout-at is required"),
     }

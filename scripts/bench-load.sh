@@ -14,7 +14,7 @@
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
 #
-# Usage: scripts/bench-load.sh [capacity | tls]
+# Usage: scripts/bench-load.sh [capacity | drain | tls]
 #
 # capacity: instead of all of the above, how many authenticated WebSockets
 # (the bearer-token deployment) one portcullis process holds under its
@@ -24,6 +24,11 @@
 # refused with 503, got 502 or failed otherwise, the RSS per idle connection,
 # portcullis's refusal counter, and whether its log mentions EMFILE.
 # Bounded: each handshake times out after 10 s, the hold lasts 5 s.
+#
+# drain: DRAIN_COUNT (default 9000) authenticated WebSockets held, then
+# SIGTERM to portcullis: when each socket got its close frame, counted from
+# the signal (the default shutdown.drain_grace of 5 s, then 1001 spread over
+# shutdown.close_window, 10 s), and its code.
 #
 # tls: instead of all of the above, the cost of TLS: HTTP req/s (keep-alive)
 # and WebSocket handshakes/s (each on a new connection, so a full TLS
@@ -52,9 +57,9 @@ cd "$(dirname "$0")/.."
 
 MODE=${1:-comparison}
 case "$MODE" in
-    comparison | capacity | tls) ;;
+    comparison | capacity | drain | tls) ;;
     *)
-        echo "usage: $0 [capacity | tls]" >&2
+        echo "usage: $0 [capacity | drain | tls]" >&2
         exit 2
         ;;
 esac
@@ -163,23 +168,28 @@ field() {
     sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
 }
 
+# BENCH_PORTCULLIS and BENCH_LOAD name prebuilt binaries (e.g. kept from an
+# earlier build of the commit under test) instead of building them here.
 # tls runs default to the debug profile (PROFILE=release to override).
 if [ "$MODE" = tls ]; then PROFILE=${PROFILE:-debug}; else PROFILE=${PROFILE:-release}; fi
-if [ "$PROFILE" = release ]; then
+if [ -n "${BENCH_PORTCULLIS:-}" ] && [ -n "${BENCH_LOAD:-}" ]; then
+    portcullis_bin=$BENCH_PORTCULLIS load_bin=$BENCH_LOAD
+    echo "using prebuilt $portcullis_bin and $load_bin" >&2
+elif [ "$PROFILE" = release ]; then
     echo "building (release profile; the first build takes several minutes)..." >&2
     cargo build --release --bin portcullis
+    portcullis_bin=target/release/portcullis
     load_bin=$(cargo bench --bench load --no-run --message-format=json |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
-    portcullis_bin=target/release/portcullis
 else
     echo "building (debug profile)..." >&2
     cargo build --bin portcullis
+    portcullis_bin=target/debug/portcullis
     load_bin=$(cargo test --bench load --no-run --message-format=json |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
-    portcullis_bin=target/debug/portcullis
 fi
-if [ ! -x "${load_bin:-}" ]; then
-    echo "could not locate the built load tool" >&2
+if [ ! -x "${load_bin:-}" ] || [ ! -x "$portcullis_bin" ]; then
+    echo "could not locate the built load tool or portcullis" >&2
     exit 1
 fi
 
@@ -368,6 +378,34 @@ if [ "$MODE" = capacity ]; then
         "| $emfile | $(field "$capacity_line" open_s) | $(field "$capacity_line" rss_before_kib)" \
         "| $(field "$capacity_line" rss_after_kib) | $(field "$capacity_line" kib_per_conn)" \
         "| $(field "$close_line" closed) | $(field "$close_line" unanswered_closes) | $(field "$close_line" close_errors) |"
+    if [ -s "$work/client.log" ]; then
+        echo
+        echo "load tool messages:"
+        sed 's/^/    /' "$work/client.log"
+    fi
+    exit 0
+fi
+
+# drain: hold sockets, SIGTERM portcullis, time the closes from the signal.
+if [ "$MODE" = drain ]; then
+    count=${DRAIN_COUNT:-9000}
+    echo "portcullis: drain, $count authenticated WebSockets held, then SIGTERM" >&2
+    drain_result=$("${other_cpus[@]}" "$load_bin" hold \
+        --url "ws://$HOST:$PORTCULLIS_PORT$(ws_path "$AUTH_DEPLOYMENT")" --count "$count" --hold 2 \
+        --origin "$ORIGIN" --header "$bearer" --sigterm "$portcullis_pid" 2>>"$work/client.log")
+    held_line=$(grep '^hold opened=' <<<"$drain_result")
+    drain_line=$(grep '^drain-close ' <<<"$drain_result")
+    ms() { awk -v us="$1" 'BEGIN { printf "%.0f", us / 1000 }'; }
+    echo
+    echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores; 1 server thread;" \
+        "bearer-token deployment; shutdown.drain_grace 5 s and shutdown.close_window 10 s (the defaults);" \
+        "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "| held | closed | codes | no close frame in 120 s | first close ms after SIGTERM | p50 ms | p99 ms | last ms |"
+    echo "|---:|---:|---|---:|---:|---:|---:|---:|"
+    echo "| $(field "$held_line" opened) | $(field "$drain_line" closed) | $(field "$drain_line" codes)" \
+        "| $(field "$drain_line" errors) | $(ms "$(field "$drain_line" first_us)") | $(ms "$(field "$drain_line" p50_us)")" \
+        "| $(ms "$(field "$drain_line" p99_us)") | $(ms "$(field "$drain_line" max_us)") |"
     if [ -s "$work/client.log" ]; then
         echo
         echo "load tool messages:"

@@ -21,13 +21,22 @@
 # revocation and per session of one subject revocation; INFO memory deltas
 # and MEMORY USAGE of one key of each kind.
 #
+# Under load (BACKGROUND_A, BACKGROUND_B > 0): before the runs, one session of
+# the user alice holds that many idle WebSockets on A and on B for the whole
+# run (each instance's ceiling is 9 500 here: BACKGROUND_B + COUNT must stay
+# below it); at the end they must all still be open (nothing ended that
+# should stay), which the table's last lines say.
+#
 # Usage: scripts/bench-scale.sh
 # Tunables (environment): COUNT (2000), SESSIONS (COUNT), LOGOUT_COUNT (200),
-# OPS_COUNT (200), RUNS (3), SERVER_LIFETIME seconds (1200).
+# OPS_COUNT (200), RUNS (3), SERVER_LIFETIME seconds (1200), BACKGROUND_A (0),
+# BACKGROUND_B (0).
+# e.g. two instances holding ~19 000 sockets between them:
+#   BACKGROUND_A=9400 BACKGROUND_B=7400 bash scripts/bench-scale.sh
 #
 # Every server gets one worker thread and listens on loopback, on fixed
 # ports (apart from scripts/bench-load.sh's):
-#   28080 portcullis A, 28082 portcullis B, 28081 backend,
+#   28080 portcullis A, 28082 portcullis B, 28081 A's backend, 28085 B's,
 #   28083 development OpenID provider, 28084 redis-server,
 #   29090 A's admin, 29091 B's admin.
 set -euo pipefail
@@ -39,6 +48,8 @@ SESSIONS=${SESSIONS:-$COUNT}
 LOGOUT_COUNT=${LOGOUT_COUNT:-200}
 OPS_COUNT=${OPS_COUNT:-200}
 RUNS=${RUNS:-3}
+BACKGROUND_A=${BACKGROUND_A:-0}
+BACKGROUND_B=${BACKGROUND_B:-0}
 # Servers are stopped on exit; the lifetime bounds them even if this script
 # itself is killed outright and its trap never runs.
 SERVER_LIFETIME=${SERVER_LIFETIME:-1200}
@@ -49,6 +60,7 @@ BACKEND_PORT=28081
 B_PORT=28082
 IDP_PORT=28083
 REDIS_PORT=28084
+BACKEND_B_PORT=28085
 A_ADMIN=29090
 B_ADMIN=29091
 SESSION_DEPLOYMENT=scale-session
@@ -56,6 +68,9 @@ MESSENGER_DEPLOYMENT=scale-messenger
 SITE_CALLBACK=http://127.0.0.1/callback
 ORIGIN=http://bench.localhost
 chat_url() { echo "ws://$HOST:$1/v1/chat?deploymentId=$SESSION_DEPLOYMENT"; }
+
+# Each instance and each backend may need a descriptor per held socket.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 for tool in redis-server openssl; do
     if ! command -v "$tool" >/dev/null; then
@@ -66,6 +81,7 @@ done
 
 work=$(mktemp -d)
 server_pids=()
+holder_pids=()
 
 cleanup() {
     local status=$? pid
@@ -73,6 +89,9 @@ cleanup() {
         echo "load tool messages:" >&2
         sed 's/^/    /' "$work/client.log" >&2
     fi
+    for pid in "${holder_pids[@]}"; do
+        kill -INT "$pid" 2>/dev/null || true
+    done
     # SIGINT: Pingora's fast shutdown, the default end of the others.
     for pid in "${server_pids[@]}"; do
         kill -INT "$pid" 2>/dev/null || true
@@ -125,21 +144,28 @@ field() {
     sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
 }
 
-echo "building (release profile; the first build takes several minutes)..." >&2
-cargo build --release --bin portcullis
-load_bin=$(cargo bench --bench load --no-run --message-format=json |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
-if [ ! -x "${load_bin:-}" ]; then
-    echo "could not locate the built load tool" >&2
+# BENCH_PORTCULLIS and BENCH_LOAD name prebuilt binaries (e.g. kept from an
+# earlier build of the commit under test) instead of building them here.
+if [ -n "${BENCH_PORTCULLIS:-}" ] && [ -n "${BENCH_LOAD:-}" ]; then
+    portcullis_bin=$BENCH_PORTCULLIS load_bin=$BENCH_LOAD
+    echo "using prebuilt $portcullis_bin and $load_bin" >&2
+else
+    echo "building (release profile; the first build takes several minutes)..." >&2
+    cargo build --release --bin portcullis
+    portcullis_bin=target/release/portcullis
+    load_bin=$(cargo bench --bench load --no-run --message-format=json |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
+fi
+if [ ! -x "${load_bin:-}" ] || [ ! -x "$portcullis_bin" ]; then
+    echo "could not locate the built load tool or portcullis" >&2
     exit 1
 fi
-portcullis_bin=target/release/portcullis
 
 # Keys both instances share: a cookie sealed by one opens on the other.
 head -c 32 /dev/urandom | base64 >"$work/cookie.key"
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/signing.pem" 2>/dev/null
 
-# instance_config PORT ADMIN_PORT
+# instance_config PORT ADMIN_PORT BACKEND_PORT
 instance_config() {
     cat <<YAML
 listen: [{address: "$HOST:$1"}]
@@ -157,7 +183,7 @@ messengers:
   session: {authentication: {enabled: true, provider: dev}, assertion: false}
   messenger: {authentication: {enabled: true, provider: dev}, assertion: false}
 upstreams:
-  backend: {servers: ["$HOST:$BACKEND_PORT"]}
+  backend: {servers: ["$HOST:$3"]}
 deployments:
   - {id: $SESSION_DEPLOYMENT, messenger: session, upstream: backend, allowed_origins: ["$ORIGIN"]}
   - {id: $MESSENGER_DEPLOYMENT, messenger: messenger, upstream: backend, allowed_origins: ["$ORIGIN"],
@@ -175,27 +201,60 @@ sessions:
 logging: {format: text, level: warn}
 YAML
 }
-instance_config "$A_PORT" "$A_ADMIN" >"$work/a.yaml"
-instance_config "$B_PORT" "$B_ADMIN" >"$work/b.yaml"
+instance_config "$A_PORT" "$A_ADMIN" "$BACKEND_PORT" >"$work/a.yaml"
+instance_config "$B_PORT" "$B_ADMIN" "$BACKEND_B_PORT" >"$work/b.yaml"
 
 mkdir "$work/redis"
 start redis "$REDIS_PORT" redis-server --port "$REDIS_PORT" --bind "$HOST" --save '' --appendonly no \
     --dir "$work/redis"
 start backend "$BACKEND_PORT" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
+start backend-b "$BACKEND_B_PORT" "$load_bin" backend --listen "$HOST:$BACKEND_B_PORT" --threads 1
 start idp "$IDP_PORT" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token"
 BENCH_CLIENT_SECRET=demo-secret start portcullis-a "$A_PORT" "$portcullis_bin" run -c "$work/a.yaml"
 BENCH_CLIENT_SECRET=demo-secret start portcullis-b "$B_PORT" "$portcullis_bin" run -c "$work/b.yaml"
 
-# logins COUNT USER: COUNT browser logins of USER through B; cookies in $work/cookies.
+# logins COUNT USER [PORT [FILE]]: COUNT browser logins of USER through B
+# (or PORT); cookies in $work/cookies (or FILE).
 logins() {
     local line
-    line=$("$load_bin" logins --url "http://$HOST:$B_PORT" --deployment "$SESSION_DEPLOYMENT" \
-        --count "$1" --user "$2" --cookie-file "$work/cookies" 2>>"$work/client.log")
+    line=$("$load_bin" logins --url "http://$HOST:${3:-$B_PORT}" --deployment "$SESSION_DEPLOYMENT" \
+        --count "$1" --user "$2" --cookie-file "${4:-$work/cookies}" 2>>"$work/client.log")
     if [ "$(field "$line" errors)" != 0 ]; then
         echo "logins failed: $line" >&2
         exit 1
     fi
 }
+
+# live ADMIN_PORT: the WebSockets an instance has open (all deployments).
+live() {
+    curl -sf "http://$HOST:$1/metrics" |
+        awk '/^portcullis_active_connections[{ ]/ { s += $NF } END { print s + 0 }'
+}
+
+# Background load: alice's sockets on A and B, held across every run.
+background_held() {
+    local instance=$1 port=$2 admin=$3 count=$4 expected
+    if [ "$count" = 0 ]; then return 0; fi
+    echo "background: $count idle WebSockets of one alice session on $instance" >&2
+    "$load_bin" hold --url "$(chat_url "$port")" --origin "$ORIGIN" --count "$count" \
+        --header "Cookie: $(head -n1 "$work/alice")" --hold 7200 --release-file "$work/release" \
+        --threads 1 >"$work/hold-$instance.out" 2>>"$work/client.log" &
+    holder_pids+=("$!")
+    expected=$(($(live "$admin") + count))
+    for _ in $(seq 1200); do
+        if [ "$(live "$admin")" -ge "$expected" ]; then return 0; fi
+        if ! kill -0 "${holder_pids[-1]}" 2>/dev/null; then break; fi
+        sleep 0.5
+    done
+    echo "the background holder on $instance did not open $count sockets (live: $(live "$admin"))" >&2
+    cat "$work/hold-$instance.out" >&2
+    exit 1
+}
+if [ "$BACKGROUND_A" != 0 ] || [ "$BACKGROUND_B" != 0 ]; then
+    logins 1 alice "$A_PORT" "$work/alice"
+    background_held A "$A_PORT" "$A_ADMIN" "$BACKGROUND_A"
+    background_held B "$B_PORT" "$B_ADMIN" "$BACKGROUND_B"
+fi
 
 # revoke_close ARGS...: holds the sockets on B and ends their sessions as
 # ARGS say; prints the result line of the closes.
@@ -227,6 +286,22 @@ for run in $(seq "$RUNS"); do
     done
 done
 
+# The background sockets: still all open (live counts), then closed by
+# their holder, every close answered.
+background_report=""
+if ((${#holder_pids[@]} > 0)); then
+    live_a=$(live "$A_ADMIN") live_b=$(live "$B_ADMIN")
+    touch "$work/release"
+    for pid in "${holder_pids[@]}"; do wait "$pid" || true; done
+    background_report="Background: A held $BACKGROUND_A and B $BACKGROUND_B idle WebSockets of one alice session through every run
+(live on A / B after the last run: $live_a / $live_b, expected $BACKGROUND_A / $BACKGROUND_B). Their holders' lines:"
+    for instance in A B; do
+        if [ -s "$work/hold-$instance.out" ]; then
+            background_report+=$'\n'"    $instance: $(tr '\n' ' ' <"$work/hold-$instance.out")"
+        fi
+    done
+fi
+
 # Whether B kept up with the ends it heard (a lagging subscriber resyncs:
 # every live session looked up again).
 b_metrics=$(curl -sf "http://$HOST:$B_ADMIN/metrics" || true)
@@ -247,7 +322,8 @@ ratio() {
 echo
 echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores, $(date -u +%F);" \
     "two instances (1 thread each) sharing redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')" \
-    "on loopback; sockets held on B; the load tool, the backend, the provider and Redis share the same cores"
+    "on loopback; sockets held on B; the load tool, the backends, the provider and Redis share the same cores;" \
+    "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| run | ended through | how | sockets | sessions | closed | codes | not closed within 10 s | p50 ms | p99 ms | max ms | p50 / same-instance p50 |"
 echo "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
@@ -272,6 +348,10 @@ for run in $(seq "$RUNS"); do
     done
 done
 
+if [ -n "$background_report" ]; then
+    echo
+    echo "$background_report"
+fi
 echo
 echo "B heard $b_received ends from A over the whole run and resynced $b_resyncs times" \
     "(portcullis_session_store_events_total{direction=\"received\"}, portcullis_session_store_resyncs_total)."

@@ -1,6 +1,7 @@
 //! The admin listener, on its own address: health, readiness, metrics, live
-//! connections and reload. Off loopback every endpoint but `/healthz` and
-//! `/readyz` requires `Authorization: Bearer <admin token>`.
+//! connections, reload and the status page (rendered by `status`). Off
+//! loopback every endpoint but `/healthz` and `/readyz` requires
+//! `Authorization: Bearer <admin token>`.
 
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ pub enum AdminRequest {
         provider: Option<String>,
     },
     Reload,
+    /// The status page (`GET /admin/`), HTML.
+    StatusPage,
     NotFound,
     MethodNotAllowed,
     BadRequest(&'static str),
@@ -137,10 +140,11 @@ impl AdminRequest {
                 }
             }
             ("POST", "/admin/reload") => AdminRequest::Reload,
+            ("GET" | "HEAD", "/admin/" | "/admin") => AdminRequest::StatusPage,
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/admin/connections" | "/admin/reload"
-                | "/admin/sessions",
+                | "/admin/sessions" | "/admin/" | "/admin",
             ) => AdminRequest::MethodNotAllowed,
             _ => AdminRequest::NotFound,
         }
@@ -213,6 +217,25 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
         .status(status)
         .header("content-type", "application/json")
         .header("cache-control", "no-store")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// The status page: never cached, no script, not frameable.
+fn status_page(snapshot: &crate::status::StatusSnapshot) -> Response<Vec<u8>> {
+    let body = crate::status::render(snapshot).into_bytes();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("cache-control", "no-store")
+        .header(
+            "content-security-policy",
+            crate::status::content_security_policy(),
+        )
+        .header("x-content-type-options", "nosniff")
+        .header("x-frame-options", "DENY")
+        .header("referrer-policy", "no-referrer")
         .header("content-length", body.len())
         .body(body)
         .unwrap_or_default()
@@ -375,6 +398,9 @@ impl ServeHttp for AdminApp {
                     serde_json::json!({"reloaded": false, "error": "invalid_config", "error_description": e}),
                 ),
             },
+            AdminRequest::StatusPage => {
+                status_page(&crate::status::StatusSnapshot::collect(&self.state))
+            }
             AdminRequest::NotFound => {
                 error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
             }
@@ -624,6 +650,18 @@ mod tests {
         );
         assert_eq!(
             AdminRequest::parse(&get, "/admin/reload", None),
+            AdminRequest::MethodNotAllowed
+        );
+        assert_eq!(
+            AdminRequest::parse(&get, "/admin/", None),
+            AdminRequest::StatusPage
+        );
+        assert_eq!(
+            AdminRequest::parse(&get, "/admin", None),
+            AdminRequest::StatusPage
+        );
+        assert_eq!(
+            AdminRequest::parse(&Method::POST, "/admin/", None),
             AdminRequest::MethodNotAllowed
         );
         assert_eq!(

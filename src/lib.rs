@@ -34,6 +34,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod tls;
 pub mod token;
 

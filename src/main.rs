@@ -35,6 +35,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print the JSON Schema of the configuration file, for editors
+    /// (yaml-language-server) and CI linters.
+    Schema,
     /// Print the version.
     Version,
     /// Print a shell completion script (e.g. `portcullis completions bash >
@@ -59,6 +62,19 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Schema => {
+            let schema = portcullis::config::schema::json_schema();
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot render the schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Version => {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -79,6 +95,9 @@ fn main() -> ExitCode {
                 }) {
                 Ok(runtime) => {
                     if let Some(warning) = runtime.connection_ceiling.warning() {
+                        eprintln!("{}: warning: {warning}", config.display());
+                    }
+                    for warning in portcullis::config::warnings(&runtime.config) {
                         eprintln!("{}: warning: {warning}", config.display());
                     }
                     println!("{}: configuration is valid", config.display());
@@ -112,6 +131,9 @@ fn main() -> ExitCode {
                 }
             };
             portcullis::logging::init(&config.logging);
+            for warning in portcullis::config::warnings(&config) {
+                tracing::warn!(path = %warning.path, "configuration setting has no effect: {}", warning.message);
+            }
             let started = portcullis::server::build_state(config, Some(path))
                 .and_then(portcullis::server::run);
             report(started)

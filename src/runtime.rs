@@ -514,6 +514,8 @@ pub struct State {
     /// The file reloads read again; `None` for configs built in memory.
     pub config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// The last reload's time and result, for the status page.
+    pub last_reload: parking_lot::Mutex<Option<ReloadRecord>>,
     /// Set by SIGTERM: `/readyz` answers 503 and new WebSocket upgrades are
     /// refused while the load balancer catches up (see `server::Drain`).
     pub draining: std::sync::atomic::AtomicBool,
@@ -524,6 +526,14 @@ pub struct State {
     keeping_sessions: std::sync::atomic::AtomicBool,
     /// The certificates TLS listeners serve, by address; reloads refill them.
     pub certificates: crate::tls::Resolvers,
+}
+
+/// When the last reload happened and how it ended (the summary, or why the
+/// new file was rejected).
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    pub at: std::time::SystemTime,
+    pub result: Result<String, String>,
 }
 
 /// What a successful reload changed.
@@ -537,6 +547,21 @@ pub struct ReloadSummary {
     pub tls_listeners_reloaded: usize,
     /// Settings that only take effect after a restart.
     pub restart_required_for: Vec<&'static str>,
+}
+
+impl ReloadSummary {
+    /// One line for people (the status page).
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "{} deployments, {} routes, {} live connections closed",
+            self.deployments, self.routes, self.closed_connections
+        );
+        if !self.restart_required_for.is_empty() {
+            text.push_str("; takes effect at restart: ");
+            text.push_str(&self.restart_required_for.join(", "));
+        }
+        text
+    }
 }
 
 impl State {
@@ -580,6 +605,7 @@ impl State {
             metrics,
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
+            last_reload: parking_lot::Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
             closing_for_shutdown: std::sync::atomic::AtomicBool::new(false),
             keeping_sessions: std::sync::atomic::AtomicBool::new(false),
@@ -879,6 +905,13 @@ impl State {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.reload_inner().await;
         let label = if result.is_ok() { "ok" } else { "rejected" };
+        *self.last_reload.lock() = Some(ReloadRecord {
+            at: std::time::SystemTime::now(),
+            result: match &result {
+                Ok(s) => Ok(s.describe()),
+                Err(e) => Err(e.clone()),
+            },
+        });
         self.metrics
             .config_reloads
             .with_label_values(&[label])
@@ -922,6 +955,9 @@ impl State {
         .map_err(|e| format!("reload task failed: {e}"))??;
         if let Some(warning) = new.connection_ceiling.warning() {
             tracing::warn!("{warning}");
+        }
+        for warning in config::warnings(&new.config) {
+            tracing::warn!(path = %warning.path, "configuration setting has no effect: {}", warning.message);
         }
         admin_reload_allowed(old.config.admin.as_ref(), new.config.admin.as_ref())?;
         let mut restart_required_for = Vec::new();

@@ -87,6 +87,30 @@ colour: blue
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A valid file with settings that take no effect: warned about, path
+    // and all, and still valid.
+    let idle = dir.path().join("idle.yaml");
+    std::fs::write(
+        &idle,
+        std::fs::read_to_string(&good).unwrap().replace(
+            "upstreams:\n",
+            "upstreams:\n  spare: {servers: [\"127.0.0.1:9001\"]}\n",
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&["check", "-c", idle.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("idle.yaml: warning: upstreams.spare: no deployment uses this upstream"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&portcullis(&["check", "-c", good.to_str().unwrap()]).stderr)
+            .contains("warning"),
+        "the good file has nothing to warn about"
+    );
+
     let missing = portcullis(&["check", "-c", "/no/such/file.yaml"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /no/such/file.yaml"));
@@ -493,7 +517,7 @@ fn completions_are_valid_shell_naming_every_subcommand() {
     let out = portcullis(&["completions", "bash"]);
     assert!(out.status.success());
     let script = String::from_utf8(out.stdout).unwrap();
-    for sub in ["run", "check", "demo", "version", "completions"] {
+    for sub in ["run", "check", "demo", "schema", "version", "completions"] {
         assert!(script.contains(sub), "bash completion lacks {sub}");
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1743,3 +1743,115 @@ async fn routing_headers_are_stripped_before_the_backend() {
     assert!(!names.contains(&"x-tenant-route".to_string()), "{names:?}");
     assert!(names.contains(&"x-original-url".to_string()), "{names:?}");
 }
+
+/// Request ids: every answer carries `X-Request-Id`; the backend gets the
+/// same id, never the one a client chose (unless the client is a trusted
+/// proxy and the id is well-formed); refusals quote it in their body; the
+/// access line has it.
+#[tokio::test]
+async fn each_request_has_an_id_the_backend_the_client_and_the_log_share() {
+    let backend = start_backend().await;
+    let proxy = Proxy::start(&config(backend, "")).await;
+    let trusted = Proxy::start(&format!(
+        "{}forwarding: {{trusted_proxies: [127.0.0.1/32]}}\n",
+        config(backend, "")
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let response_id = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .expect("an X-Request-Id on every answer")
+    };
+
+    let resp = client
+        .get(proxy.url("/v1/echo?deploymentId=web"))
+        .header("X-Request-Id", "chosen-by-client")
+        .send()
+        .await
+        .unwrap();
+    let id = response_id(&resp);
+    assert_ne!(id, "chosen-by-client");
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], serde_json::json!([id]));
+
+    let resp = client
+        .get(trusted.url("/v1/echo?deploymentId=web"))
+        .header("X-Request-Id", "lb-1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response_id(&resp), "lb-1234");
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        seen["headers"]["x-request-id"],
+        serde_json::json!(["lb-1234"])
+    );
+    // Even a trusted proxy's malformed id is replaced.
+    let resp = client
+        .get(trusted.url("/v1/echo?deploymentId=web"))
+        .header("X-Request-Id", "two words")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response_id(&resp), "two words");
+
+    // An identity prefix that also matches X-Request-Id strips the client's
+    // copy, never portcullis's own.
+    let short_prefix = Proxy::start(&format!(
+        "{}identity_header_prefix: \"X-\"\n",
+        config(backend, "")
+    ))
+    .await;
+    let resp = client
+        .get(short_prefix.url("/v1/echo?deploymentId=web"))
+        .send()
+        .await
+        .unwrap();
+    let id = response_id(&resp);
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], serde_json::json!([id]));
+
+    // A refusal quotes the id, and the access line carries it.
+    let resp = client
+        .get(proxy.url("/v1/echo?deploymentId=nobody"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let id = response_id(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["request_id"], id);
+    // So does an endpoint's error.
+    let resp = client
+        .post(proxy.url("/.auth/token"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error());
+    let endpoint_id = response_id(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["request_id"], endpoint_id);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = proxy.log_text();
+        let access = log
+            .lines()
+            .find(|l| l.contains("portcullis::access") && l.contains(&id));
+        if let Some(line) = access {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["request_id"], id, "{line}");
+            assert_eq!(line["status"], 404);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access line with {id}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

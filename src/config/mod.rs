@@ -10,13 +10,16 @@
 pub mod certificates;
 pub mod model;
 pub mod raw;
+pub mod schema;
 mod validate;
+mod warnings;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
 pub use validate::{is_deployment_id, normalize_header_name, parse_origin, TOP_LEVEL_KEYS};
+pub use warnings::warnings;
 
 /// One problem in a configuration file, located by its YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -208,7 +208,7 @@ pub struct Authentication {
 
 /// The end of a live connection that a provider's bearer token opened:
 /// such a token has no session that logout or expiry could end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BearerConnections {
     /// Closed with 4001 when the token expires (its `exp`): the client
@@ -309,6 +309,8 @@ pub struct Upstream {
     /// The name sent as SNI and the one the server's certificate must be
     /// issued for (rustls verifies the name it sends).
     pub sni: String,
+    /// Whether the file set `sni` (else it is derived from the servers).
+    pub sni_configured: bool,
     /// The roots an upstream's certificate is verified against instead of
     /// the system's: DER certificates read from `ca_file` (so a reload that
     /// changes the file's content rebuilds the upstream).

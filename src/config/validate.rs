@@ -1295,6 +1295,7 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
                 servers: u.servers,
                 tls: u.tls,
                 sni,
+                sni_configured: u.sni.is_some(),
                 ca,
                 health_check,
                 connect_timeout,

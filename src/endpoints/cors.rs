@@ -64,7 +64,9 @@ pub fn decorate(header: &mut ResponseHeader, req: &RequestHeader, deployment: &D
     if let RequestOrigin::One(origin) = request_origin(req) {
         if allowed(deployment, origin) {
             let _ = header.insert_header("access-control-allow-origin", origin);
-            let _ = header.insert_header("access-control-expose-headers", "retry-after");
+            // X-Request-Id: so that a site can show the id a user may quote.
+            let _ =
+                header.insert_header("access-control-expose-headers", "retry-after, x-request-id");
         }
     }
 }

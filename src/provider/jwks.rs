@@ -220,6 +220,19 @@ impl JwksCache {
         self.fetch(jwks_uri, reason).await;
     }
 
+    /// When the cached set was fetched and its key ids (`None` before the
+    /// first successful fetch), for the status page.
+    pub fn key_ids(&self) -> Option<(SystemTime, Vec<String>)> {
+        self.keys.load().as_ref().map(|set| {
+            let ids = set
+                .all
+                .iter()
+                .map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into()))
+                .collect();
+            (set.fetched_wall, ids)
+        })
+    }
+
     /// Publishes the age and size of the cached set.
     pub fn report(&self) {
         let (age, count) = match self.keys.load().as_ref() {

@@ -4,7 +4,8 @@
 //! without sockets.
 //!
 //! ```text
-//! request_filter ─┬─ /.auth/jwks.json ......................... answered here
+//! request_filter ─┬─ the request's id (X-Request-Id: a trusted proxy's, else new)
+//!                 ├─ /.auth/jwks.json ......................... answered here
 //!                 ├─ check the target, route → deployment (400/404), inactive (403)
 //!                 ├─ asks for an upgrade? a well-formed WebSocket handshake (400/426)
 //!                 ├─ Origin allowed? (403; mandatory on WebSocket upgrades)
@@ -21,7 +22,8 @@
 //!                          and routing headers (X-Original-URL, method overrides…),
 //!                          add the verified identity and its signed assertion
 //!                          (auth disabled: X-Auth-Deployment only), remove
-//!                          the credential carriers, set X-Forwarded-*
+//!                          the credential carriers, set X-Forwarded-* and
+//!                          X-Request-Id
 //! response_filter ........ 101: never echo a token subprotocol; register the
 //!                          live connection
 //! response_body_filter ... follow frame boundaries; after a forced close,
@@ -35,6 +37,7 @@ pub mod handshake;
 pub mod headers;
 pub mod origin;
 pub mod refusal;
+pub mod request_id;
 pub mod route;
 
 use std::sync::Arc;
@@ -66,6 +69,7 @@ use crate::session::store::SessionStore;
 use crate::session::{Session as LoginSession, SessionId};
 use crate::token::messenger::{self, MessengerClaims};
 use crate::token::{TokenError, TokenKind};
+use request_id::RequestId;
 
 use credential::{Carrier, Credential};
 use frames::FrameTracker;
@@ -461,9 +465,17 @@ pub struct RequestCtx {
     auth: Option<Authenticated>,
     /// The upstream server of the last attempt, for the access line.
     upstream_server: Option<String>,
+    /// Assigned first thing in `request_filter`.
+    request_id: Option<RequestId>,
 }
 
 impl RequestCtx {
+    /// The request's id; one is made if the request never reached
+    /// `request_filter` (a failure before it still gets an id to quote).
+    fn request_id(&mut self) -> &RequestId {
+        self.request_id.get_or_insert_with(RequestId::generate)
+    }
+
     fn deployment_label(&self) -> &str {
         self.target
             .as_ref()
@@ -507,9 +519,11 @@ impl Portcullis {
             header.insert_header("location", location)?;
             header.insert_header("cache-control", "no-store")?;
             header.insert_header("content-length", "0")?;
+            header.insert_header(request_id::HEADER, ctx.request_id().as_str())?;
             return self.write_own(session, header, Bytes::new()).await;
         }
-        let (header, body) = refusal.render();
+        let (mut header, body) = refusal.render();
+        let body = request_id::stamp(&mut header, body, ctx.request_id());
         self.write_own(session, header, body).await
     }
 
@@ -809,6 +823,23 @@ fn is_tls_handshake_failure(e: &Error) -> bool {
     )
 }
 
+/// Whether the request's immediate peer is one of `forwarding.trusted_proxies`,
+/// whose `X-Forwarded-For` and `X-Request-Id` are believed.
+fn from_trusted_proxy(session: &Session, runtime: &Runtime) -> bool {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .is_some_and(|ip| {
+            runtime
+                .config
+                .forwarding
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&ip))
+        })
+}
+
 fn client_uses_tls(digest: Option<&Digest>) -> bool {
     digest.is_some_and(|d| d.ssl_digest.is_some())
 }
@@ -826,9 +857,14 @@ impl ProxyHttp for Portcullis {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.started = Some(Instant::now());
         let runtime = self.state.runtime();
+        ctx.request_id = Some(RequestId::assign(
+            session.req_header(),
+            from_trusted_proxy(session, &runtime),
+        ));
         ctx.is_upgrade = session.is_upgrade_req();
         if let Some(endpoint) = endpoints::Endpoint::of(&runtime, session.req_header()) {
-            let (header, body) = self.answer_endpoint(session, &runtime, &endpoint).await;
+            let (mut header, body) = self.answer_endpoint(session, &runtime, &endpoint).await;
+            let body = request_id::stamp(&mut header, body, ctx.request_id());
             ctx.runtime = Some(runtime);
             self.write_own(session, header, body).await?;
             return Ok(true);
@@ -969,11 +1005,15 @@ impl ProxyHttp for Portcullis {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        let id = ctx.request_id().clone();
         let Some(runtime) = &ctx.runtime else {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
         headers::strip_identity_headers(upstream_request, &runtime.strip);
         headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
+        // After the strips (an identity prefix such as `X-` would match it):
+        // whatever the client sent is replaced by the id this request was given.
+        upstream_request.insert_header(request_id::HEADER, id.as_str())?;
         strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
         match (&ctx.auth, &ctx.target) {
             (Some(auth), Some(target)) => {
@@ -1005,14 +1045,7 @@ impl ProxyHttp for Portcullis {
                 .map(|a| a.ip()),
             tls: client_uses_tls(session.digest()),
         };
-        let trusted = client.peer.is_some_and(|ip| {
-            runtime
-                .config
-                .forwarding
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&ip))
-        });
+        let trusted = from_trusted_proxy(session, runtime);
         let fwd = headers::forwarded(upstream_request, client, trusted);
         headers::apply_forwarded(upstream_request, &fwd);
         Ok(())
@@ -1028,6 +1061,7 @@ impl ProxyHttp for Portcullis {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.response_after = ctx.started.map(|s| s.elapsed());
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id().as_str())?;
         if !ctx.is_upgrade {
             return Ok(());
         }
@@ -1205,7 +1239,8 @@ impl ProxyHttp for Portcullis {
             ctx.refusal = Some(r);
             self.count_handshake(ctx, r.outcome());
             code = r.status();
-            let (header, body) = r.render();
+            let (mut header, body) = r.render();
+            let body = request_id::stamp(&mut header, body, ctx.request_id());
             if let Err(write_error) = self.write_own(session, header, body).await {
                 tracing::debug!(error = %write_error, "could not write the error response");
             }
@@ -1270,6 +1305,7 @@ impl ProxyHttp for Portcullis {
                 .map(printable_field);
             tracing::info!(
                 target: "portcullis::access",
+                request_id = ctx.request_id.as_ref().map(RequestId::as_str),
                 method = %req.method,
                 path,
                 client,

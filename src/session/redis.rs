@@ -143,9 +143,12 @@ impl EndMessage {
         if message.from == own || !message.session.starts_with("s-") {
             return None;
         }
+        // A reason this instance does not know (sent by a newer version
+        // during a rolling upgrade) still ends the session here: dropping
+        // the event would keep its sockets open. It closes as a revocation.
         Some(StoreEvent::Ended {
             public_id: message.session,
-            reason: EndReason::from_label(&message.reason)?,
+            reason: EndReason::from_label(&message.reason).unwrap_or(EndReason::Revoked),
         })
     }
 }
@@ -1555,10 +1558,21 @@ mod tests {
                 })
             );
         }
+        // A reason from a newer version ends the session all the same.
+        assert_eq!(
+            EndMessage::decode(
+                br#"{"session":"s-1","reason":"some_future_reason","from":"x"}"#,
+                "me"
+            ),
+            Some(StoreEvent::Ended {
+                public_id: "s-1".into(),
+                reason: EndReason::Revoked
+            })
+        );
         for junk in [
             "",
             "{}",
-            r#"{"session":"s-1","reason":"bored","from":"x"}"#,
+            r#"{"session":"s-1","from":"x"}"#,
             r#"{"session":"not-a-public-id","reason":"logout","from":"x"}"#,
         ] {
             assert_eq!(EndMessage::decode(junk.as_bytes(), "me"), None, "{junk}");
