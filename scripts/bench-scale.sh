@@ -22,7 +22,7 @@
 # and MEMORY USAGE of one key of each kind.
 #
 # Under load (BACKGROUND_A, BACKGROUND_B > 0): before the runs, one session of
-# the user alice holds that many idle WebSockets on A and on B for the whole
+# the user carol holds that many idle WebSockets on A and on B for the whole
 # run (each instance's ceiling is 9 500 here: BACKGROUND_B + COUNT must stay
 # below it); at the end they must all still be open (nothing ended that
 # should stay), which the table's last lines say.
@@ -231,16 +231,16 @@ live() {
         awk '/^portcullis_active_connections[{ ]/ { s += $NF } END { print s + 0 }'
 }
 
-# Background load: alice's sockets on A and B, held across every run.
+# Background load: carol's sockets on A and B, held across every run.
 background_held() {
     local instance=$1 port=$2 admin=$3 count=$4 expected
     if [ "$count" = 0 ]; then return 0; fi
-    echo "background: $count idle WebSockets of one alice session on $instance" >&2
+    echo "background: $count idle WebSockets of one carol session on $instance" >&2
+    expected=$(($(live "$admin") + count))
     "$load_bin" hold --url "$(chat_url "$port")" --origin "$ORIGIN" --count "$count" \
-        --header "Cookie: $(head -n1 "$work/alice")" --hold 7200 --release-file "$work/release" \
+        --header "Cookie: $(head -n1 "$work/background")" --hold 7200 --release-file "$work/release" \
         --threads 1 >"$work/hold-$instance.out" 2>>"$work/client.log" &
     holder_pids+=("$!")
-    expected=$(($(live "$admin") + count))
     for _ in $(seq 1200); do
         if [ "$(live "$admin")" -ge "$expected" ]; then return 0; fi
         if ! kill -0 "${holder_pids[-1]}" 2>/dev/null; then break; fi
@@ -251,7 +251,7 @@ background_held() {
     exit 1
 }
 if [ "$BACKGROUND_A" != 0 ] || [ "$BACKGROUND_B" != 0 ]; then
-    logins 1 alice "$A_PORT" "$work/alice"
+    logins 1 carol "$A_PORT" "$work/background"
     background_held A "$A_PORT" "$A_ADMIN" "$BACKGROUND_A"
     background_held B "$B_PORT" "$B_ADMIN" "$BACKGROUND_B"
 fi
@@ -293,7 +293,7 @@ if ((${#holder_pids[@]} > 0)); then
     live_a=$(live "$A_ADMIN") live_b=$(live "$B_ADMIN")
     touch "$work/release"
     for pid in "${holder_pids[@]}"; do wait "$pid" || true; done
-    background_report="Background: A held $BACKGROUND_A and B $BACKGROUND_B idle WebSockets of one alice session through every run
+    background_report="Background: A held $BACKGROUND_A and B $BACKGROUND_B idle WebSockets of one carol session through every run
 (live on A / B after the last run: $live_a / $live_b, expected $BACKGROUND_A / $BACKGROUND_B). Their holders' lines:"
     for instance in A B; do
         if [ -s "$work/hold-$instance.out" ]; then
