@@ -30,7 +30,8 @@
 # Usage: scripts/bench-scale.sh
 # Tunables (environment): COUNT (2000), SESSIONS (COUNT), LOGOUT_COUNT (200),
 # OPS_COUNT (200), RUNS (3), SERVER_LIFETIME seconds (1200), BACKGROUND_A (0),
-# BACKGROUND_B (0).
+# BACKGROUND_B (0), LOG_LEVEL of the instances (warn), KEEP_LOGS (a directory
+# the servers' logs are copied to at the end).
 # e.g. two instances holding ~19 000 sockets between them:
 #   BACKGROUND_A=9400 BACKGROUND_B=7400 bash scripts/bench-scale.sh
 #
@@ -107,6 +108,9 @@ cleanup() {
     for pid in "${server_pids[@]}"; do
         kill -KILL "$pid" 2>/dev/null || true
     done
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$work"/*.out "$KEEP_LOGS"/ 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -198,7 +202,7 @@ sessions:
   store: redis
   redis: {url: "redis://$HOST:$REDIS_PORT/0"}
   keys: {cookie_key: {file: "$work/cookie.key"}, signing_key: {file: "$work/signing.pem"}}
-logging: {format: text, level: warn}
+logging: {format: text, level: ${LOG_LEVEL:-warn}}
 YAML
 }
 instance_config "$A_PORT" "$A_ADMIN" "$BACKEND_PORT" >"$work/a.yaml"

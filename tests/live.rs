@@ -435,3 +435,20 @@ async fn a_back_channel_logout_ends_the_named_sessions_once_and_refuses_everythi
         "no token in the log"
     );
 }
+
+/// Pingora cuts an upgraded connection whose client sends nothing for 60 s
+/// (its default downstream read timeout), without a close frame. A chat
+/// whose user only reads must last as long as its session does.
+#[tokio::test]
+async fn a_silent_chat_outlives_pingoras_read_timeout() {
+    let idp = start_devidp(DevIdpOptions::default()).await;
+    let proxy = Proxy::start_with_env(
+        &config(&config_with_dev_provider(&idp), start_backend().await),
+        &[("DEV_SECRET", "demo-secret")],
+    )
+    .await;
+    let (mut ws, _, _) = chat_of(&proxy, "alice").await;
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let echoed = echo(&mut ws, "still here").await;
+    assert_eq!(echoed["text"], "still here", "{echoed}");
+}

@@ -772,6 +772,21 @@ impl Portcullis {
 /// How long a client may take to send an endpoint's body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a WebSocket client without a credential may send nothing
+/// before its tunnel is cut (no close frame: Pingora's read timeout).
+pub const ANONYMOUS_CLIENT_SILENCE: Duration = Duration::from_secs(30 * 60);
+
+/// The downstream read timeout of an upgraded connection. Pingora's own
+/// default (60 s) would cut every chat whose user reads without typing for
+/// a minute, without a close frame. An authenticated connection has its
+/// end already: its session's idle timeout and lifetime, or its bearer
+/// token's `exp`, each closed by portcullis with 4001/4002; so no timeout.
+/// An auth-disabled one has no credential to end it: client silence for
+/// `ANONYMOUS_CLIENT_SILENCE` does.
+pub fn client_silence_limit(authenticated: bool) -> Option<Duration> {
+    (!authenticated).then_some(ANONYMOUS_CLIENT_SILENCE)
+}
+
 /// Reads the request body up to `limit` bytes (none when `limit` is 0):
 /// a declared or actual size over the limit, a slow or broken body is a
 /// clear error, never a partial read.
@@ -899,6 +914,11 @@ impl ProxyHttp for Portcullis {
             Ok(()) => {
                 if ctx.is_upgrade {
                     ctx.tunnel = Some(TunnelCloser::default());
+                    let authenticated = ctx
+                        .target
+                        .as_ref()
+                        .is_some_and(|t| t.deployment.requires_authentication());
+                    session.set_read_timeout(client_silence_limit(authenticated));
                 }
                 Ok(false)
             }

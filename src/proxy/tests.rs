@@ -230,3 +230,14 @@ fn the_session_cookie_is_found_next_to_a_site_cookie_that_is_not_text() {
         vec![("lang", "fran\u{e7}ais"), ("portcullis", "SEALED")]
     );
 }
+
+#[test]
+fn only_connections_without_a_credential_end_on_client_silence() {
+    // Authenticated chats end with their credential (4001/4002), never by
+    // Pingora's read timeout; anonymous ones after half an hour of silence.
+    assert_eq!(client_silence_limit(true), None);
+    assert_eq!(
+        client_silence_limit(false),
+        Some(std::time::Duration::from_secs(1800))
+    );
+}
