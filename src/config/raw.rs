@@ -138,6 +138,7 @@ pub struct RawUpstream {
     pub sni: Option<String>,
     pub health_check: Option<RawHealthCheck>,
     pub connect_timeout: Option<RawDuration>,
+    pub read_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -875,6 +875,10 @@ impl ProxyHttp for Portcullis {
         let config = &upstream.config;
         let mut peer = HttpPeer::new(&backend, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
+        // Bounds an upstream that accepts and then never answers (or stalls
+        // mid-answer); the vendored pingora-proxy lifts it once a tunnel is
+        // upgraded (vendor/pingora-proxy/PATCHED.md §3).
+        peer.options.read_timeout = Some(config.read_timeout);
         Ok(Box::new(peer))
     }
 
