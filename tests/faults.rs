@@ -531,7 +531,7 @@ async fn garbage_and_oversized_key_sets_are_refused_and_the_last_good_keys_kept(
     let backend = start_backend().await;
     // Keys live 1 s: the cache refetches about every 0.8 s.
     let extra =
-        "    http_timeout: 10s\n    jwks_min_ttl: 1s\n    jwks_max_ttl: 1s\n    jwks_max_stale: 1h";
+        "    http_timeout: 3s\n    jwks_min_ttl: 1s\n    jwks_max_ttl: 1s\n    jwks_max_stale: 1h";
     let proxy = Proxy::start(&provider_config(&provider.issuer, backend, extra)).await;
     wait_ready(&proxy, 200, Duration::from_secs(20)).await;
     let mut users = 0;
