@@ -236,8 +236,31 @@ async fn a_provider_down_up_and_down_again_is_survived_and_recovered_from_alone(
     let welcome = bearer_chat(&proxy, &alice).await.unwrap();
     assert_eq!(welcome["identity"]["x-auth-subject"], "alice");
 
+    // A login that reaches its callback after the provider stopped: a 503
+    // page, no session.
+    let browser = common::browser::no_redirects();
+    let started = browser
+        .get(proxy.url("/.auth/login?deployment=support&rd=/"))
+        .send()
+        .await
+        .unwrap();
+    let pending = common::browser::set_cookies(&started).join("; ");
+    let authorize = common::browser::location(&started);
+    let callback = common::browser::choose_user(&browser, &authorize, "alice").await;
+
     // Stopped: a token never seen before still verifies with the cached keys.
     stop_idp(idp).await;
+    let answer = browser
+        .get(&callback)
+        .header("cookie", &pending)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    assert!(common::browser::set_cookies(&answer)
+        .iter()
+        .all(|c| !c.starts_with("portcullis=") && !c.starts_with("__Host-portcullis=")));
+    assert!(answer.text().await.unwrap().contains("cannot be reached"));
     let welcome = bearer_chat(&proxy, &carol)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_text()));
