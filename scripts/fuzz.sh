@@ -34,6 +34,7 @@ cargo afl build --bins
 # The machine's core_pattern and CPU governor are not ours to change.
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_NO_AFFINITY=1
+mkdir -p out
 failed=0
 for target in "${targets[@]}"; do
     out="out/$target"

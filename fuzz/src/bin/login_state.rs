@@ -5,7 +5,10 @@ fn main() {
     afl::fuzz!(|data: &[u8]| {
         let purpose = "portcullis-login-abcdefgh";
         if let Ok(text) = std::str::from_utf8(data) {
-            assert!(codec.open(purpose, text).is_none(), "a forged login state opened");
+            assert!(
+                codec.open(purpose, text).is_none(),
+                "a forged login state opened"
+            );
         }
         if let Some(sealed) = codec.seal(purpose, data) {
             assert_eq!(codec.open(purpose, &sealed).as_deref(), Some(data));
