@@ -8,8 +8,8 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # SECONDS_PER_TARGET defaults to 60; TARGET defaults to every target in
-# fuzz/src/bin/. With FUZZ_UPDATE_CORPUS=1, each target's queue is
-# minimised (afl-cmin) into fuzz/corpus/<target>/ afterwards, to commit.
+# fuzz/src/bin/. With FUZZ_UPDATE_CORPUS=1, the inputs of a run that
+# reached new code are added to fuzz/corpus/<target>/, to commit.
 #
 # Needs: `cargo install cargo-afl` once (it builds AFL++ for the installed
 # rustc; `cargo afl config --build --force` after a rustc upgrade).
@@ -51,9 +51,13 @@ for target in "${targets[@]}"; do
         failed=1
     fi
     if [ "${FUZZ_UPDATE_CORPUS:-0}" = 1 ]; then
-        rm -rf "corpus/$target.new"
-        cargo afl cmin -i "$out/default/queue" -o "corpus/$target.new" -- "target/debug/$target" >/dev/null
-        rm -rf "corpus/$target" && mv "corpus/$target.new" "corpus/$target"
+        # The inputs that reached new edges, named by their content so that
+        # a rerun adds only what is new; the seeds stay.
+        for input in "$out"/default/queue/id:*+cov*; do
+            [ -f "$input" ] || continue
+            name="$(sha256sum "$input" | cut -c1-16)"
+            cp "$input" "corpus/$target/$name"
+        done
     fi
     rm -f "out-$target.log"
 done
