@@ -317,6 +317,11 @@ pub struct Upstream {
     pub ca: Option<UpstreamCa>,
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
+    /// How long a server may stay silent while portcullis waits for its
+    /// answer (the response head, a WebSocket's 101 included) or for the
+    /// next piece of an HTTP response body. Not applied to an upgraded
+    /// WebSocket, whose quiet spells are the session's business.
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

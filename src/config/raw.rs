@@ -191,6 +191,7 @@ pub struct RawUpstream {
     #[serde(default)]
     #[schemars(schema_with = "super::schema::duration")]
     pub connect_timeout: Option<RawDuration>,
+    pub read_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

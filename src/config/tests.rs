@@ -187,7 +187,29 @@ routes: [{path_prefix: /v1}]
     assert_eq!(c.sessions.cookie_name, "portcullis");
     assert_eq!(c.logging.format, LogFormat::Text);
     assert_eq!(c.upstreams["u"].connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.upstreams["u"].read_timeout, Duration::from_secs(60));
     assert!(c.upstreams["u"].health_check.is_none());
+}
+
+#[test]
+fn an_upstream_read_timeout_is_taken_within_its_bounds() {
+    let c = parse_text(&GOOD.replacen(
+        "    tls: false\n",
+        "    tls: false\n    read_timeout: 250ms\n",
+        1,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.upstreams["chat"].read_timeout, Duration::from_millis(250));
+    for refused in ["0s", "50ms", "2h"] {
+        assert_error(
+            &errors_after(
+                "    tls: false\n",
+                &format!("    tls: false\n    read_timeout: {refused}\n"),
+            ),
+            "upstreams.chat.read_timeout",
+            "must be between",
+        );
+    }
 }
 
 #[test]

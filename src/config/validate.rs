@@ -1288,6 +1288,13 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
             Duration::from_millis(10),
             Duration::from_secs(60),
         );
+        let read_timeout = c.bounded_duration(
+            &format!("{path}.read_timeout"),
+            u.read_timeout.as_ref(),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        );
         out.insert(
             name.clone(),
             Upstream {
@@ -1299,6 +1306,7 @@ fn upstreams(c: &mut Checker, value: &Value) -> BTreeMap<String, Upstream> {
                 ca,
                 health_check,
                 connect_timeout,
+                read_timeout,
             },
         );
     }

@@ -12,7 +12,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 
 use super::{establish, query_param, redirect};
-use crate::provider::client::redeem_code;
+use crate::provider::client::{redeem_code, TokenRequestError};
 use crate::runtime::{DeploymentRt, Runtime, State};
 use crate::session::cookie::cookies;
 use crate::session::store::SingleUse;
@@ -507,11 +507,21 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
         Ok(t) => t,
         Err(error) => {
             tracing::warn!(deployment = %pending.deployment, %error, "code redemption failed");
-            return refuse(
-                "code_refused",
-                401,
-                "The identity provider did not accept the login. Start again.",
-            );
+            // A provider that cannot be reached has not refused anything:
+            // the user may retry, so it is a 503, not a failed login.
+            return if matches!(error, TokenRequestError::Unreachable(_)) {
+                refuse(
+                    "provider_unreachable",
+                    503,
+                    "The identity provider cannot be reached; try again shortly.",
+                )
+            } else {
+                refuse(
+                    "code_refused",
+                    401,
+                    "The identity provider did not accept the login. Start again.",
+                )
+            };
         }
     };
     let Some(id_token) = tokens.id_token else {

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::{Metadata, ProviderService};
+use super::{read_capped, BodyError, Metadata, ProviderService, MAX_TOKEN_RESPONSE_BYTES};
 
 /// The token endpoint's answer (code redemption or refresh).
 #[derive(Deserialize)]
@@ -79,9 +79,10 @@ pub async fn token_request(
         struct OAuthError {
             error: String,
         }
-        let error = response
-            .json::<OAuthError>()
+        let error = read_capped(response, MAX_TOKEN_RESPONSE_BYTES)
             .await
+            .ok()
+            .and_then(|body| serde_json::from_slice::<OAuthError>(&body).ok())
             .map(|e| e.error)
             .unwrap_or_default();
         return Err(if error == "invalid_grant" {
@@ -98,10 +99,14 @@ pub async fn token_request(
     if !status.is_success() {
         return Err(fail(format!("token endpoint answered {status}")));
     }
-    response
-        .json::<TokenResponse>()
+    let body = read_capped(response, MAX_TOKEN_RESPONSE_BYTES)
         .await
-        .map_err(|e| fail(format!("not a token response: {}", e.without_url())))
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => fail(format!("token endpoint: {e}")),
+            BodyError::Read(_) => TokenRequestError::Unreachable(format!("token endpoint: {e}")),
+        })?;
+    serde_json::from_slice::<TokenResponse>(&body)
+        .map_err(|e| fail(format!("not a token response: {e}")))
 }
 
 /// Redeems an authorization code (with its PKCE verifier, when the

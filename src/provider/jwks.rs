@@ -313,19 +313,9 @@ impl JwksCache {
         let ttl = ttl_from_headers(response.headers(), SystemTime::now())
             .unwrap_or(DEFAULT_TTL)
             .clamp(self.settings.min_ttl, self.settings.max_ttl);
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
-            return Err("the key set is too large".into());
-        }
-        let body = response
-            .bytes()
+        let body = super::read_capped(response, MAX_JWKS_BYTES)
             .await
-            .map_err(|e| format!("reading failed: {}", e.without_url()))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("the key set is too large".into());
-        }
+            .map_err(|e| e.to_string())?;
         let set = parse_key_set(&body)?;
         Ok(KeySet {
             by_kid: set

@@ -22,6 +22,9 @@ use jwks::{JwksCache, KeyError, VerifyingKey};
 
 /// Largest discovery document accepted.
 const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
+/// Largest token-endpoint answer accepted: three tokens of at most 64 KiB
+/// (the largest `max_token_bytes`) and a little JSON around them.
+pub(crate) const MAX_TOKEN_RESPONSE_BYTES: usize = 256 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The parts of the discovery document portcullis uses.
@@ -180,13 +183,9 @@ impl ProviderService {
         if !response.status().is_success() {
             return Err(fail(format!("answered {}", response.status())));
         }
-        let body = response
-            .bytes()
+        let body = read_capped(response, MAX_DISCOVERY_BYTES)
             .await
-            .map_err(|e| fail(format!("reading failed: {}", e.without_url())))?;
-        if body.len() > MAX_DISCOVERY_BYTES {
-            return Err(fail("the document is too large".into()));
-        }
+            .map_err(|e| fail(e.to_string()))?;
         let metadata: Metadata = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("not a discovery document: {e}")))?;
         check_metadata(&self.config, &metadata)?;
@@ -225,6 +224,42 @@ impl ProviderService {
             .set(i64::from(self.is_ready()));
         self.maintaining.store(false, Ordering::Release);
     }
+}
+
+/// Why a provider's answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("the answer is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("reading failed: {0}")]
+    Read(reqwest::Error),
+}
+
+/// Reads a provider's answer, refusing it as soon as it passes `limit`
+/// bytes: before reading when `Content-Length` says so, else while it
+/// streams in. `Response::bytes` would first gather a chunked answer
+/// whole, so a provider (or whoever answers in its name) sending an
+/// endless body would fill memory until the HTTP timeout.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    let too_large = BodyError::TooLarge { limit };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Read(e.without_url()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Checks a discovery document against the configuration (OpenID Connect

@@ -961,6 +961,10 @@ impl ProxyHttp for Portcullis {
         // chain to these roots (else the system's) and name `sni`.
         peer.options.ca = upstream.roots.clone();
         peer.group_key = upstream.roots_key;
+        // Bounds an upstream that accepts and then never answers (or stalls
+        // mid-answer); the vendored pingora-proxy lifts it once a tunnel is
+        // upgraded (vendor/pingora-proxy/PATCHED.md §3).
+        peer.options.read_timeout = Some(config.read_timeout);
         Ok(Box::new(peer))
     }
 

@@ -286,6 +286,10 @@ where
                             if !upgraded && client_session.was_upgraded() {
                                 // upgrade can only happen once
                                 upgraded = true;
+                                // portcullis patch: the peer's read timeout bounds
+                                // the wait for the upstream's answer; a tunnel's
+                                // silences are its session's business, so it ends here.
+                                client_session.read_timeout = None;
                                 if send_error.is_none() {
                                     // continue receiving from downstream after body mode change
                                     request_done = false;
