@@ -191,6 +191,8 @@ pub struct RawUpstream {
     #[serde(default)]
     #[schemars(schema_with = "super::schema::duration")]
     pub connect_timeout: Option<RawDuration>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::duration")]
     pub read_timeout: Option<RawDuration>,
 }
 
