@@ -269,7 +269,12 @@ async fn a_provider_down_up_and_down_again_is_survived_and_recovered_from_alone(
     // Stopped past max_stale: unready, and new tokens are refused with a
     // 503 that says why, never let through.
     wait_ready(&proxy, 503, Duration::from_secs(30)).await;
-    let metrics = proxy.metrics().await;
+    // The gauge follows the readiness check on the next upkeep pass.
+    let metrics = proxy
+        .metrics_when(Duration::from_secs(10), |text| {
+            sample(text, "portcullis_provider_ready", &[("provider", "dev")]) == Some(0.0)
+        })
+        .await;
     assert_eq!(
         sample(
             &metrics,
