@@ -665,20 +665,64 @@ impl State {
         mut events: tokio::sync::broadcast::Receiver<crate::session::store::StoreEvent>,
     ) {
         use crate::session::store::StoreEvent;
-        use tokio::sync::broadcast::error::RecvError;
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        /// Ends closed in one pass over the live connections at most.
+        const ENDS_PER_PASS: usize = 4096;
         loop {
-            match events.recv().await {
-                Ok(StoreEvent::Ended { public_id, reason }) => {
-                    let closed = self.close_ended_session(&public_id, reason, "session ended");
-                    if closed > 0 {
-                        tracing::info!(session = %public_id, closed_connections = closed, reason = reason.label(), "session ended on another instance");
+            let first = events.recv().await;
+            // Ends that arrived together (a subject's or a provider's sessions
+            // revoked elsewhere) are closed in one pass over the live
+            // connections rather than one pass each: with thousands of both,
+            // passes per end kept the last sockets open for seconds.
+            let mut ended: Vec<(String, crate::session::EndReason)> = Vec::new();
+            let mut resync = false;
+            let mut next = first.map_err(|e| match e {
+                RecvError::Closed => TryRecvError::Closed,
+                RecvError::Lagged(n) => TryRecvError::Lagged(n),
+            });
+            loop {
+                match next {
+                    Ok(StoreEvent::Ended { public_id, reason }) => ended.push((public_id, reason)),
+                    // Fell behind: some ends were dropped, so look everything up.
+                    Ok(StoreEvent::Resync) | Err(TryRecvError::Lagged(_)) => resync = true,
+                    Err(TryRecvError::Closed) => {
+                        self.close_ends_from_elsewhere(&ended);
+                        return;
                     }
+                    Err(TryRecvError::Empty) => break,
                 }
-                // Fell behind: some ends were dropped, so look everything up.
-                Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => {
-                    self.resync_live_sessions(crate::session::now()).await;
+                if ended.len() >= ENDS_PER_PASS {
+                    break;
                 }
-                Err(RecvError::Closed) => return,
+                next = events.try_recv();
+            }
+            self.close_ends_from_elsewhere(&ended);
+            if resync {
+                self.resync_live_sessions(crate::session::now()).await;
+            }
+        }
+    }
+
+    /// Closes the connections here of sessions that ended on other
+    /// instances: one pass over the live connections per end reason.
+    fn close_ends_from_elsewhere(&self, ended: &[(String, crate::session::EndReason)]) {
+        for reason in crate::session::EndReason::ALL {
+            let ids: Vec<&str> = ended
+                .iter()
+                .filter(|(_, r)| *r == reason)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let closed = self.close_ended_sessions(&ids, reason, "session ended");
+            if closed > 0 {
+                tracing::info!(
+                    sessions = ids.len(),
+                    closed_connections = closed,
+                    reason = reason.label(),
+                    "sessions ended on another instance"
+                );
             }
         }
     }
