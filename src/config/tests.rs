@@ -1466,3 +1466,9 @@ fn upstream_ca_files_are_read_and_need_tls() {
         "cannot read",
     );
 }
+
+#[test]
+fn the_admin_listener_needs_an_address_of_its_own() {
+    let errors = errors_after("  address: 127.0.0.1:9090", "  address: 127.0.0.1:8080");
+    assert_error(&errors, "admin.address", "also a proxy listener's address");
+}

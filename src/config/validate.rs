@@ -585,6 +585,17 @@ pub(super) fn validate(
     let public_url = public_url(&mut c, &get("public_url"));
     let threads = threads(&mut c, &get("threads"));
     let admin = admin(&mut c, &get("admin"));
+    if let Some(a) = &admin {
+        if listeners.iter().any(|l| l.address == a.address) {
+            c.error(
+                "admin.address",
+                format!(
+                    "{} is also a proxy listener's address: give the admin listener its own",
+                    a.address
+                ),
+            );
+        }
+    }
     let declared = Declared {
         providers: declared_names(&get("providers")),
         messengers: declared_names(&get("messengers")),

@@ -510,10 +510,12 @@ pub async fn callback(state: &State, runtime: &Runtime, req: &RequestHeader) -> 
             // A provider that cannot be reached has not refused anything:
             // the user may retry, so it is a 503, not a failed login.
             return if matches!(error, TokenRequestError::Unreachable(_)) {
+                // The code and this login state are spent: a retry starts
+                // the login again.
                 refuse(
                     "provider_unreachable",
                     503,
-                    "The identity provider cannot be reached; try again shortly.",
+                    "The identity provider cannot be reached. Start the login again shortly.",
                 )
             } else {
                 refuse(

@@ -778,13 +778,13 @@ pub const ANONYMOUS_CLIENT_SILENCE: Duration = Duration::from_secs(30 * 60);
 
 /// The downstream read timeout of an upgraded connection. Pingora's own
 /// default (60 s) would cut every chat whose user reads without typing for
-/// a minute, without a close frame. An authenticated connection has its
-/// end already: its session's idle timeout and lifetime, or its bearer
-/// token's `exp`, each closed by portcullis with 4001/4002; so no timeout.
-/// An auth-disabled one has no credential to end it: client silence for
-/// `ANONYMOUS_CLIENT_SILENCE` does.
-pub fn client_silence_limit(authenticated: bool) -> Option<Duration> {
-    (!authenticated).then_some(ANONYMOUS_CLIENT_SILENCE)
+/// a minute, without a close frame. A connection whose credential gives it
+/// an end (a session's idle timeout and lifetime, a bearer token's `exp`,
+/// an idle close) is closed by portcullis with 4001/4002: no timeout. One
+/// without (an auth-disabled deployment) ends after
+/// `ANONYMOUS_CLIENT_SILENCE` of client silence.
+pub fn client_silence_limit(ends_with_credential: bool) -> Option<Duration> {
+    (!ends_with_credential).then_some(ANONYMOUS_CLIENT_SILENCE)
 }
 
 /// Reads the request body up to `limit` bytes (none when `limit` is 0):
@@ -914,11 +914,6 @@ impl ProxyHttp for Portcullis {
             Ok(()) => {
                 if ctx.is_upgrade {
                     ctx.tunnel = Some(TunnelCloser::default());
-                    let authenticated = ctx
-                        .target
-                        .as_ref()
-                        .is_some_and(|t| t.deployment.requires_authentication());
-                    session.set_read_timeout(client_silence_limit(authenticated));
                 }
                 Ok(false)
             }
@@ -1105,6 +1100,12 @@ impl ProxyHttp for Portcullis {
         let (Some(target), Some(tunnel)) = (&ctx.target, ctx.tunnel.clone()) else {
             return Error::e_explain(InternalError, "upgrade without a tunnel close signal");
         };
+        // Only now, with the 101: until the upgrade is done the request is
+        // an ordinary one and keeps Pingora's read timeout.
+        let ends_with_credential = ctx.auth.as_ref().is_some_and(|a| {
+            a.session.is_some() || a.closes_at.is_some() || a.idle_close_secs.is_some()
+        });
+        session.set_read_timeout(client_silence_limit(ends_with_credential));
         let client = session
             .as_downstream()
             .stream()
