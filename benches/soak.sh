@@ -72,52 +72,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_open() {
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
-}
-
-# start NAME PORT COMMAND...: a server in the background under a lifetime
-# bound; waits until its port accepts connections.
-start() {
-    local name=$1 port=$2
-    shift 2
-    if port_open "$port"; then
-        echo "port $port is already in use; stop whatever listens there first" >&2
-        exit 1
-    fi
-    timeout -s INT "$SERVER_LIFETIME" "$@" >"$work/$name.log" 2>&1 &
-    server_pids+=("$!")
-    local wrapper=$!
-    for _ in $(seq 100); do
-        if port_open "$port"; then return 0; fi
-        if ! kill -0 "$wrapper" 2>/dev/null; then break; fi
-        sleep 0.1
-    done
-    echo "$name did not start listening on port $port; its output:" >&2
-    cat "$work/$name.log" >&2
-    exit 1
-}
-
-field() {
-    sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"
-}
-
-# BENCH_PORTCULLIS and BENCH_LOAD name prebuilt binaries (e.g. kept from an
-# earlier build of the commit under test) instead of building them here.
-if [ -n "${BENCH_PORTCULLIS:-}" ] && [ -n "${BENCH_LOAD:-}" ]; then
-    portcullis_bin=$BENCH_PORTCULLIS load_bin=$BENCH_LOAD
-    echo "using prebuilt $portcullis_bin and $load_bin" >&2
-else
-    echo "building (release profile; the first build takes several minutes)..." >&2
-    cargo build --release --bin portcullis
-    portcullis_bin=target/release/portcullis
-    load_bin=$(cargo bench --bench load --no-run --message-format=json |
-        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/load-' | tail -n1)
-fi
-if [ ! -x "${load_bin:-}" ] || [ ! -x "$portcullis_bin" ]; then
-    echo "could not locate the built load tool or portcullis" >&2
-    exit 1
-fi
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+locate_binaries release
 
 store_config="store: memory"
 if [ "$STORE" = redis ]; then
@@ -164,7 +121,7 @@ YAML
 start backend "$BACKEND_PORT" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
 start idp "$IDP_PORT" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token"
 SOAK_CLIENT_SECRET=demo-secret start portcullis "$PORT" "$portcullis_bin" run -c "$work/portcullis.yaml"
-portcullis_pid=$(pgrep -f -n "$portcullis_bin run -c $work/portcullis.yaml")
+portcullis_pid=$STARTED_PID
 
 echo "soak: $COUNT steady chats for $DURATION s (store: $STORE)..." >&2
 set +e
