@@ -1878,8 +1878,17 @@ async fn revoke_close(run: RevokeCloseRun) -> Result<()> {
 
 /// The close code of `ws`'s close frame and when it came, counted from
 /// `started`; `None` if none came within the I/O timeout.
-async fn close_frame(mut ws: Ws, started: Instant) -> Option<(u16, Duration)> {
-    let code = timeout(IO_TIMEOUT, async {
+async fn close_frame(ws: Ws, started: Instant) -> Option<(u16, Duration)> {
+    close_frame_within(ws, started, IO_TIMEOUT).await
+}
+
+/// `close_frame`, waiting up to `wait` instead of the I/O timeout.
+async fn close_frame_within(
+    mut ws: Ws,
+    started: Instant,
+    wait: Duration,
+) -> Option<(u16, Duration)> {
+    let code = timeout(wait, async {
         while let Some(message) = ws.next().await {
             if let Ok(Message::Close(frame)) = message {
                 return Some(frame.map_or(1005, |f| u16::from(f.code)));

@@ -532,26 +532,11 @@ async fn expiry_case(run: Arc<SoakRun>) -> (Outcome, Duration) {
             &[format!("Cookie: {cookie}")],
         )
         .await?;
-        let mut ws = timeout(IO_TIMEOUT, target.open())
+        let ws = timeout(IO_TIMEOUT, target.open())
             .await
             .context("handshake timed out")??;
         let wait = idle + EXPIRY_LATE_SLACK + IO_TIMEOUT;
-        let code = timeout(wait, async {
-            while let Some(message) = ws.next().await {
-                match message {
-                    Ok(Message::Close(frame)) => {
-                        return Some(frame.map_or(1005, |f| u16::from(f.code)))
-                    }
-                    Ok(_) => {}
-                    Err(_) => return None,
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        anyhow::Ok(code.map(|code| (code, logged_in.elapsed())))
+        anyhow::Ok(close_frame_within(ws, logged_in, wait).await)
     };
     match case.await {
         Ok(Some((4001, lived))) if lived + EXPIRY_EARLY_SLACK < idle => (Outcome::Early, lived),
