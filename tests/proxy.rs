@@ -1148,21 +1148,6 @@ struct TestCerts {
 
 use tokio_rustls::rustls::pki_types as rustls_pki;
 
-/// A certificate authority made for one test.
-type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
-
-fn test_ca() -> TestCa {
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "portcullis test CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap()
-}
-
 /// A new CA and a certificate it issued for `names`.
 fn test_certs(names: &[&str]) -> TestCerts {
     issue(&test_ca(), names)

@@ -20,20 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const WEB_ORIGIN: &str = "https://www.example.com";
 
-type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
-
-fn test_ca() -> TestCa {
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "portcullis TLS test CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap()
-}
-
 /// A certificate issued by `ca` for `names`: (certificate PEM, key PEM).
 fn issue(ca: &TestCa, names: &[&str]) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();

@@ -381,3 +381,19 @@ pub async fn closed_with(ws: &mut Ws, within: Duration) -> Option<(u16, String)>
         }
     }
 }
+
+/// A certificate authority made for one test.
+pub type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+/// A new CA (ECDSA P-256 key) that can issue certificates for tests.
+pub fn test_ca() -> TestCa {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
