@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -25,6 +26,16 @@ use crate::proxy::Portcullis;
 use crate::runtime::{Runtime, State, SUPERVISOR_TICK};
 
 /// How long live connections get to receive their close frame at shutdown.
+/// Plain listeners read straight from the socket. Pingora's default puts a 64 KiB read buffer
+/// in front of every accepted connection for its whole life, which on an idle WebSocket is most
+/// of what the connection costs; without TLS, nothing reads in pieces small enough to gain from
+/// it (request heads and bodies are read into buffers of their own). The write side keeps
+/// Pingora's MSS-sized buffer. TLS listeners keep the defaults: rustls reads record by record.
+const PLAIN_L4_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
+
 const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Builds the shared state for `config`, after raising the descriptor
@@ -167,7 +178,7 @@ pub fn build_server(state: Arc<State>) -> anyhow::Result<Server> {
     for listener in &config.listeners {
         let address = listener.address.to_string();
         match certificates.remove(&listener.address) {
-            None => proxy.add_tcp(&address),
+            None => proxy.add_listener(ListenerConfig::tcp(&address).l4_buffer(PLAIN_L4_BUFFERS)),
             Some(set) => {
                 let settings = tls_settings(&state, listener.address, set)?;
                 proxy.add_tls_with_settings(&address, None, settings);

@@ -412,7 +412,10 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        let client_session = self.client_upstream.get_http_session(&*peer).await;
+        // portcullis patch: boxed, because the connect future (TCP and TLS connect states, about
+        // 8.8 KiB) is over once the connection is made, yet unboxed it sizes this future, which
+        // lives as long as the request: every upgraded tunnel carried it for its whole life.
+        let client_session = Box::pin(self.client_upstream.get_http_session(&*peer)).await;
         match client_session {
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
