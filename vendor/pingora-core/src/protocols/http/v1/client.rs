@@ -284,6 +284,8 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
+                        // portcullis patch: see `freeze_head` below.
+                        let switching_protocols = resp.code == Some(101);
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
                             Some(resp.headers.len()),
@@ -305,7 +307,11 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
+                        // portcullis patch: see `freeze_head`.
+                        let buf = super::common::freeze_head(
+                            std::mem::take(&mut self.response_header_read_buf),
+                            switching_protocols,
+                        );
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);

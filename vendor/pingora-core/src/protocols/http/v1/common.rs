@@ -122,6 +122,19 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
+/// portcullis patch: the head of a message that opens an upgraded stream, frozen into a
+/// buffer of its own size when the read buffer it was parsed from (4 KiB or more) is mostly
+/// empty. The parsed header's values point into this buffer, so it lives as long as the
+/// message: for an upgrade that is the life of the tunnel, and the spare capacity of the read
+/// buffer would be held all along. Other messages keep the read buffer (no copy).
+pub(crate) fn freeze_head(buf: bytes::BytesMut, opens_upgraded_stream: bool) -> bytes::Bytes {
+    if opens_upgraded_stream && buf.capacity() >= buf.len().saturating_mul(2) {
+        bytes::Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    }
+}
+
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length

@@ -348,6 +348,11 @@ impl HttpSession {
                         // Note: req.headers has the correct number of headers
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
+                        // portcullis patch: see `freeze_head` below.
+                        let upgrade = req
+                            .headers
+                            .iter()
+                            .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
 
                         let mut request_header = Box::new(RequestHeader::build(
                             req.method.unwrap_or(""),
@@ -380,7 +385,8 @@ impl HttpSession {
                             }
                             rest
                         };
-                        let buf = buf.freeze();
+                        // portcullis patch: see `freeze_head`.
+                        let buf = super::common::freeze_head(buf, upgrade);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
