@@ -99,6 +99,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
 
+#[path = "load/chat.rs"]
+mod chat;
 #[path = "load/soak.rs"]
 mod soak;
 
@@ -289,6 +291,8 @@ enum Command {
     Soak(Box<soak::SoakRun>),
     /// Redis commands and memory per login, handshake, exchange, refresh and revocation.
     RedisOps(Box<RedisOpsRun>),
+    /// One busy WebSocket: echo throughput, round trips and the proxy's CPU time.
+    Chat(Box<chat::ChatRun>),
 }
 
 fn main() -> ExitCode {
@@ -412,6 +416,7 @@ fn run(command: Command) -> Result<()> {
         )),
         Command::RevokeClose(run) => runtime(1)?.block_on(revoke_close(*run)),
         Command::Soak(run) => runtime(2)?.block_on(soak::soak(*run)),
+        Command::Chat(run) => runtime(1)?.block_on(chat::chat(*run)),
         Command::RedisOps(run) => runtime(1)?.block_on(redis_ops(*run)),
     }
 }

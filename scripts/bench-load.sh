@@ -14,7 +14,7 @@
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
 #
-# Usage: scripts/bench-load.sh [capacity | drain | tls]
+# Usage: scripts/bench-load.sh [capacity | drain | tls | websocket]
 #
 # capacity: instead of all of the above, how many authenticated WebSockets
 # (the bearer-token deployment) one portcullis process holds under its
@@ -38,6 +38,15 @@
 # the debug profile unless PROFILE=release: read the ratios, not the rates.
 # Also listens on 18443 (portcullis TLS) and 18084 (bare Pingora TLS).
 #
+# websocket: instead of all of the above, what a WebSocket costs once open,
+# through bare Pingora and portcullis (and, with BASELINE_PORTCULLIS=PATH, a
+# second portcullis binary, e.g. a build of an earlier commit, on port 18085),
+# one target after the other in one run: the RSS per idle socket with
+# HOLD_COUNT held; one busy socket's echo throughput with 64 KiB messages
+# (1 MiB in flight); the proxy's CPU time per MB at a steady 1 MB/s (16 KiB
+# messages); and 64-byte messages per second (1 024 in flight). Release
+# profile, servers pinned as with PINNED=1.
+#
 # Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
 # WS_CONCURRENCY (16), HOLD_COUNT (5000), TOKEN_COUNT (200), FORCED_COUNT (2000),
 # SERVER_LIFETIME seconds (1800),
@@ -57,9 +66,9 @@ cd "$(dirname "$0")/.."
 
 MODE=${1:-comparison}
 case "$MODE" in
-    comparison | capacity | drain | tls) ;;
+    comparison | capacity | drain | tls | websocket) ;;
     *)
-        echo "usage: $0 [capacity | drain | tls]" >&2
+        echo "usage: $0 [capacity | drain | tls | websocket]" >&2
         exit 2
         ;;
 esac
@@ -74,6 +83,7 @@ FORCED_COUNT=${FORCED_COUNT:-2000}
 # itself is killed outright and its trap never runs.
 SERVER_LIFETIME=${SERVER_LIFETIME:-1800}
 PINNED=${PINNED:-0}
+if [ "$MODE" = websocket ]; then PINNED=1; fi
 proxy_cpus=()
 other_cpus=()
 if [ "$PINNED" = 1 ]; then
@@ -211,6 +221,85 @@ EOF
         "handshakes/s $(rates ws bare-pingora-tls bare-pingora)"
     echo "portcullis TLS / bare Pingora TLS: HTTP req/s $(rates http portcullis-tls bare-pingora-tls)," \
         "handshakes/s $(rates ws portcullis-tls bare-pingora-tls)"
+    if [ -s "$work/client.log" ]; then
+        echo
+        echo "load tool messages:"
+        sed 's/^/    /' "$work/client.log"
+    fi
+    exit 0
+fi
+
+if [ "$MODE" = websocket ]; then
+    BASELINE_PORT=18085
+    # open_config PORT: an auth-disabled deployment on PORT (the data path
+    # of a WebSocket is the same whatever admitted it).
+    open_config() {
+        cat <<EOF
+listen: [{address: "$HOST:$1"}]
+threads: 1
+messengers: {open: {authentication: {enabled: false}}}
+upstreams: {backend: {servers: ["$HOST:$BACKEND_PORT"]}}
+deployments:
+  - {id: $DEPLOYMENT, messenger: open, upstream: backend, allowed_origins: ["$ORIGIN"]}
+routes: [{path_prefix: /v1, deployment_from: {query: deploymentId}}]
+logging: {format: text, level: warn}
+EOF
+    }
+    start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
+    ws_targets=(bare-pingora portcullis)
+    declare -A port_of=([bare-pingora]=$BARE_PORT [portcullis]=$PORTCULLIS_PORT)
+    declare -A pid_of
+    start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
+        --upstream "$HOST:$BACKEND_PORT" --threads 1
+    pid_of[bare-pingora]=$STARTED_PID
+    open_config "$PORTCULLIS_PORT" >"$work/portcullis.yaml"
+    start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "$portcullis_bin" run -c "$work/portcullis.yaml"
+    pid_of[portcullis]=$STARTED_PID
+    if [ -n "${BASELINE_PORTCULLIS:-}" ]; then
+        ws_targets+=(baseline)
+        port_of[baseline]=$BASELINE_PORT
+        open_config "$BASELINE_PORT" >"$work/baseline.yaml"
+        start baseline "$BASELINE_PORT" "${proxy_cpus[@]}" "$BASELINE_PORTCULLIS" run -c "$work/baseline.yaml"
+        pid_of[baseline]=$STARTED_PID
+    fi
+    declare -A idle bulk steady small
+    for target in "${ws_targets[@]}"; do
+        url="ws://$HOST:${port_of[$target]}$(ws_path "$DEPLOYMENT")"
+        echo "$target: holding $HOLD_COUNT idle WebSockets" >&2
+        idle[$target]=$("${other_cpus[@]}" "$load_bin" hold --url "$url" --count "$HOLD_COUNT" --hold 2 \
+            --pid "${pid_of[$target]}" --origin "$ORIGIN" 2>>"$work/client.log" | grep '^hold opened=')
+        sleep 1
+        echo "$target: one busy socket, 64 KiB messages, ${DURATION}s" >&2
+        bulk[$target]=$("${other_cpus[@]}" "$load_bin" chat --url "$url" --origin "$ORIGIN" --message-size 65536 \
+            --window 1048576 --duration "$DURATION" 2>>"$work/client.log")
+        echo "$target: 1 MB/s through one socket, ${DURATION}s" >&2
+        steady[$target]=$("${other_cpus[@]}" "$load_bin" chat --url "$url" --origin "$ORIGIN" --message-size 16384 \
+            --rate 1000000 --duration "$DURATION" --pid "${pid_of[$target]}" 2>>"$work/client.log")
+        echo "$target: 64-byte messages, ${DURATION}s" >&2
+        small[$target]=$("${other_cpus[@]}" "$load_bin" chat --url "$url" --origin "$ORIGIN" --message-size 64 \
+            --window 65536 --duration "$DURATION" 2>>"$work/client.log")
+    done
+    ratio() {
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
+    }
+    echo
+    echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores, $PROFILE profile;" \
+        "proxies pinned to CPU 0, one thread each; ${DURATION}s per throughput row; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "| target | idle KiB/socket ($HOLD_COUNT held) | busy socket MB/s (64 KiB msgs) | p99 µs | CPU ms per MB at 1 MB/s | p99 µs | 64 B msgs/s | p99 µs |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for target in "${ws_targets[@]}"; do
+        echo "| $target | $(field "${idle[$target]}" kib_per_conn) | $(field "${bulk[$target]}" mb_per_s)" \
+            "| $(field "${bulk[$target]}" p99_us) | $(field "${steady[$target]}" proxy_cpu_ms_per_mb)" \
+            "| $(field "${steady[$target]}" p99_us) | $(field "${small[$target]}" messages_per_s) | $(field "${small[$target]}" p99_us) |"
+    done
+    if [ -n "${BASELINE_PORTCULLIS:-}" ]; then
+        echo
+        echo "portcullis / baseline: idle KiB $(ratio "$(field "${idle[portcullis]}" kib_per_conn)" "$(field "${idle[baseline]}" kib_per_conn)")," \
+            "busy MB/s $(ratio "$(field "${bulk[portcullis]}" mb_per_s)" "$(field "${bulk[baseline]}" mb_per_s)")," \
+            "CPU per MB $(ratio "$(field "${steady[portcullis]}" proxy_cpu_ms_per_mb)" "$(field "${steady[baseline]}" proxy_cpu_ms_per_mb)")," \
+            "small msgs/s $(ratio "$(field "${small[portcullis]}" messages_per_s)" "$(field "${small[baseline]}" messages_per_s)")"
+    fi
     if [ -s "$work/client.log" ]; then
         echo
         echo "load tool messages:"
