@@ -59,6 +59,7 @@ want prometheus promtool
 want docker-compose docker-compose
 want systemd systemd-analyze
 want libfaketime
+want curl curl
 want apache2 apache2
 want libapache2-mod-auth-openidc
 want nginx-light nginx

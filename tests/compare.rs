@@ -123,3 +123,44 @@ fn the_quick_mode_measures_every_row_of_every_proxy() {
     assert!(chart.starts_with(b"\x89PNG\r\n\x1a\n"), "chart.png is not a PNG");
     assert!(chart.len() > 10_000, "chart.png is suspiciously small: {} bytes", chart.len());
 }
+
+// ---------------------------------------------------------------- the report
+
+mod report_tests {
+    use super::report::*;
+    use std::collections::BTreeMap;
+
+    fn figures(raw: &str) -> Figures {
+        parse_raw(raw).unwrap()
+    }
+
+    #[test]
+    fn a_cell_is_the_median_with_spread_errors_and_its_special_values() {
+        let f = figures(
+            "1\tportcullis\thttp:none\t100\t0\n2\tportcullis\thttp:none\t300\t2\n3\tportcullis\thttp:none\t200\t0\n\
+             1\tnginx\thttp:cookie\tn/a\t-\n1\tapache\tlogout:close_ms\tnever:10\t0\n1\tapache\thttp:none\t\t0\n",
+        );
+        assert_eq!(cell(&f, "portcullis", "http:none", 0), "200 (±50%) (2 errors)");
+        assert_eq!(cell(&f, "nginx", "http:cookie", 0), "n/a");
+        assert_eq!(cell(&f, "apache", "logout:close_ms", 1), "never within 10 s");
+        assert_eq!(cell(&f, "apache", "http:none", 0), "missing");
+        assert_eq!(cell(&f, "bare-pingora", "http:none", 0), "missing");
+    }
+
+    #[test]
+    fn a_target_is_a_ratio_within_each_run() {
+        let f = figures(
+            "1\tportcullis\thttp:fresh-rs256\t400\t0\n2\tportcullis\thttp:fresh-rs256\t300\t0\n\
+             1\tapache\thttp:fresh-rs256\t100\t0\n2\tapache\thttp:fresh-rs256\t200\t0\n",
+        );
+        assert_eq!(ratios(&f, &TARGETS[2]), vec![(1, 4.0), (2, 1.5)]);
+        let table = markdown(&f, &BTreeMap::new(), 2);
+        assert!(table.contains("| 4.00× | 1.50× | in 1 of 2 runs |"), "{table}");
+    }
+
+    #[test]
+    fn a_malformed_raw_line_is_refused_with_its_number() {
+        let e = parse_raw("1\tportcullis\thttp:none\t100\t0\nbroken line\n").unwrap_err();
+        assert!(e.to_string().contains("raw line 2"), "{e}");
+    }
+}

@@ -8,6 +8,8 @@
 //
 // Cookies are kept per origin (host and port): the proxy and the provider
 // are both on 127.0.0.1, and only the proxy's belong in the output.
+import { request as httpRequest } from 'node:http';
+
 import { parseForm } from '../../tests/e2e/lib/tokens.mjs';
 
 const [start, user = 'alice'] = process.argv.slice(2);
@@ -24,7 +26,7 @@ const jar = (url) => {
 };
 const cookieHeader = (url) => [...jar(url)].map(([k, v]) => `${k}=${v}`).join('; ');
 const store = (res, url) => {
-  for (const line of res.headers.getSetCookie()) {
+  for (const line of res.setCookies) {
     const [pair, ...attributes] = line.split(';').map((s) => s.trim());
     const eq = pair.indexOf('=');
     const [name, value] = [pair.slice(0, eq), pair.slice(eq + 1)];
@@ -34,22 +36,51 @@ const store = (res, url) => {
   }
 };
 
+// A browser's top-level navigation: mod_auth_openidc answers what looks like
+// a script's request (`Sec-Fetch-Mode` other than navigate, no text/html in
+// Accept) with 401 instead of sending it to the provider. Node's fetch
+// always sends `Sec-Fetch-Mode: cors`, hence node:http.
+const NAVIGATION = {
+  accept: 'text/html,application/xhtml+xml',
+  'sec-fetch-mode': 'navigate',
+  'sec-fetch-dest': 'document',
+};
+
+// One request, redirects not followed: status, headers, Set-Cookie lines, body.
+function send(url, { method = 'GET', headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method, headers, timeout: 10_000 }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({
+        status: res.statusCode,
+        location: res.headers.location,
+        setCookies: res.headers['set-cookie'] ?? [],
+        text: Buffer.concat(chunks).toString(),
+      }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${url}: no answer within 10 s`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 let url = start;
 let request = { method: 'GET' };
 for (let step = 0; step < 20; step += 1) {
-  const res = await fetch(url, {
+  const res = await send(url, {
     ...request,
-    redirect: 'manual',
-    headers: { ...request.headers, cookie: cookieHeader(url) },
+    headers: { ...request.headers, ...NAVIGATION, cookie: cookieHeader(url) },
   });
   store(res, url);
-  const location = res.headers.get('location');
+  const { location } = res;
   if (res.status >= 300 && res.status < 400 && location) {
     url = new URL(location, url).href;
     request = { method: 'GET' };
     continue;
   }
-  const body = await res.text();
+  const body = res.text;
   if (new URL(url).origin === proxy) {
     if (jar(proxy).size === 0) {
       console.error(`login: the proxy answered ${res.status} and set no cookie: ${body.slice(0, 300)}`);

@@ -39,7 +39,8 @@
 # tokens minted per rate, 30000; a run ends early when they are used up),
 # HTTP_CONCURRENCY (32), WS_CONCURRENCY (16), LOGOUT_WAIT seconds (10),
 # PINNED, SERVER_LIFETIME seconds (3600), BENCH_PORTCULLIS and BENCH_LOAD
-# (prebuilt binaries), PROFILE (release | debug).
+# (prebuilt binaries), PROFILE (release | debug), APACHE_LOG_LEVEL (warn),
+# KEEP_WORK=1 (keep the temporary folder: configs, logs, keys).
 #
 # Everything listens on 127.0.0.1, on fixed ports: 38080 portcullis (39090
 # its admin), 38081 backend, 38082 bare Pingora, 38083 provider (38086
@@ -69,7 +70,7 @@ done
 
 if [ "$MODE" = quick ]; then
     DURATION=${DURATION:-1} RUNS=${RUNS:-1} HOLD_COUNT=${HOLD_COUNT:-100}
-    FRESH_COUNT=${FRESH_COUNT:-1000} LOGOUT_WAIT=${LOGOUT_WAIT:-2}
+    FRESH_COUNT=${FRESH_COUNT:-300} LOGOUT_WAIT=${LOGOUT_WAIT:-2}
     PINNED=${PINNED:-0} PROFILE=${PROFILE:-debug}
     APACHE_SERVERS=2 APACHE_THREADS=128
 else
@@ -141,7 +142,7 @@ cleanup() {
             tail -n 15 "$log" >&2
         done
     fi
-    rm -rf "$work"
+    if [ "${KEEP_WORK:-0}" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 apache_pids=()
 trap cleanup EXIT
@@ -168,7 +169,7 @@ render() {
         -e "s|@APACHE_PORT@|$APACHE_PORT|g" -e "s|@IDP_TLS_PORT@|$IDP_TLS_PORT|g" -e "s|@APACHE_USER@|$apache_user|g" \
         -e "s|@APACHE_GROUP@|$apache_group|g" -e "s|@APACHE_SECRET@|$COMPARE_APACHE_SECRET|g" \
         -e "s|@APACHE_PASSPHRASE@|$(random_secret)|g" -e "s|@APACHE_SERVERS@|$APACHE_SERVERS|g" \
-        -e "s|@APACHE_THREADS@|$APACHE_THREADS|g" \
+        -e "s|@APACHE_THREADS@|$APACHE_THREADS|g" -e "s|@APACHE_LOG_LEVEL@|${APACHE_LOG_LEVEL:-warn}|g" \
         -e "s|@APACHE_WORKERS@|$((APACHE_SERVERS * APACHE_THREADS))|g" "$1" >"$2"
     if grep -q '@[A-Z_]*@' "$2"; then
         echo "$1: unfilled placeholders: $(grep -o '@[A-Z_]*@' "$2" | sort -u | tr '\n' ' ')" >&2
@@ -309,6 +310,18 @@ credential() {
         fresh-es256) printf '%s\n' --fresh-keys "$keys" --fresh-alg ES256 --fresh-count "$FRESH_COUNT" ;;
     esac
 }
+
+# Both authenticating proxies must refuse a forged token, or their rows
+# would measure nothing: the provider's real token with its signature's
+# last characters changed.
+forged_bearer="$(sed 's/.....$/AAAAA/' "$keys/cached-token")"
+for url in "$(target portcullis cached http)" "$(target apache cached http)"; do
+    status=$(curl -s -o /dev/null -w '%{http_code}' -H "Origin: $ORIGIN" -H "Authorization: Bearer $forged_bearer" "$url")
+    if [ "$status" != 401 ]; then
+        echo "$url answered a forged bearer token with $status, not 401" >&2
+        exit 1
+    fi
+done
 
 raw=$work/raw.tsv
 : >"$raw"

@@ -221,7 +221,10 @@ pub(crate) async fn logout_close(run: LogoutCloseRun) -> Result<()> {
     } else {
         reqwest::Method::GET
     };
-    let mut request = client.request(method, run.logout.clone());
+    // A browser's same-origin logout: proxies refuse a cross-site one (CSRF).
+    let mut request = client
+        .request(method, run.logout.clone())
+        .header("origin", run.logout.origin().ascii_serialization());
     for header in &run.headers {
         let (name, value) = parse_header(header)?;
         request = request.header(name, value);

@@ -3,7 +3,7 @@
 //! Markdown table (`results.md`, with the issue's targets as ratios taken
 //! within each run) and a PNG chart (`chart.png`, grouped bars drawn with
 //! plotters). Self-contained, so that tests/compare.rs includes it too and
-//! runs its unit tests (the load tool's own target has no test harness).
+//! tests it there (the load tool's own target has no test harness).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,16 +51,16 @@ pub(crate) struct ReportRun {
 }
 
 /// One measured figure as the script recorded it.
-struct Figure {
+pub(crate) struct Figure {
     run: u32,
     value: String,
     errors: u64,
 }
 
 /// Every figure by (proxy, metric), in run order.
-type Figures = BTreeMap<(String, String), Vec<Figure>>;
+pub(crate) type Figures = BTreeMap<(String, String), Vec<Figure>>;
 
-fn parse_raw(text: &str) -> Result<Figures> {
+pub(crate) fn parse_raw(text: &str) -> Result<Figures> {
     let mut figures = Figures::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
@@ -82,7 +82,7 @@ fn parse_raw(text: &str) -> Result<Figures> {
 }
 
 /// The median of some numbers (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
@@ -95,7 +95,7 @@ fn median(values: &[f64]) -> Option<f64> {
 
 /// The numbers of a cell, one per run (a value that is not a number, e.g.
 /// `n/a` or an empty field from a failed run, is left out).
-fn numbers(figures: &Figures, proxy: &str, metric: &str) -> Vec<f64> {
+pub(crate) fn numbers(figures: &Figures, proxy: &str, metric: &str) -> Vec<f64> {
     figures
         .get(&(proxy.to_string(), metric.to_string()))
         .map(|fs| fs.iter().filter_map(|f| f.value.parse().ok()).collect())
@@ -105,7 +105,7 @@ fn numbers(figures: &Figures, proxy: &str, metric: &str) -> Vec<f64> {
 /// The table cell of a figure: its median over the runs, the runs' spread
 /// when there are several, the errors seen; `n/a` where the proxy cannot do
 /// that at all; `missing` where a figure should be and is not.
-fn cell(figures: &Figures, proxy: &str, metric: &str, decimals: usize) -> String {
+pub(crate) fn cell(figures: &Figures, proxy: &str, metric: &str, decimals: usize) -> String {
     let Some(runs) = figures.get(&(proxy.to_string(), metric.to_string())) else {
         return "missing".into();
     };
@@ -137,14 +137,14 @@ fn cell(figures: &Figures, proxy: &str, metric: &str, decimals: usize) -> String
 }
 
 /// One of the issue's targets: `a / b >= goal`, run by run.
-struct Target {
+pub(crate) struct Target {
     what: &'static str,
     a: (&'static str, &'static str),
     b: (&'static str, &'static str),
     goal: f64,
 }
 
-const TARGETS: [Target; 12] = [
+pub(crate) const TARGETS: [Target; 12] = [
     Target { what: "HTTP, cookie session / no auth (portcullis)", a: ("portcullis", "http:cookie"), b: ("portcullis", "http:none"), goal: 0.9 },
     Target { what: "HTTP, cached bearer / no auth (portcullis)", a: ("portcullis", "http:cached"), b: ("portcullis", "http:none"), goal: 0.9 },
     Target { what: "HTTP, first-seen RS256: portcullis / Apache", a: ("portcullis", "http:fresh-rs256"), b: ("apache", "http:fresh-rs256"), goal: 2.0 },
@@ -160,7 +160,7 @@ const TARGETS: [Target; 12] = [
 ];
 
 /// The ratio `a / b` in each run where both were measured.
-fn ratios(figures: &Figures, target: &Target) -> Vec<(u32, f64)> {
+pub(crate) fn ratios(figures: &Figures, target: &Target) -> Vec<(u32, f64)> {
     let by_run = |(proxy, metric): (&str, &str)| -> BTreeMap<u32, f64> {
         figures
             .get(&(proxy.to_string(), metric.to_string()))
@@ -180,7 +180,7 @@ fn ratios(figures: &Figures, target: &Target) -> Vec<(u32, f64)> {
         .collect()
 }
 
-fn markdown(figures: &Figures, meta: &BTreeMap<String, String>, runs: u32) -> String {
+pub(crate) fn markdown(figures: &Figures, meta: &BTreeMap<String, String>, runs: u32) -> String {
     let m = |key: &str| meta.get(key).map_or("?", String::as_str);
     let mut out = String::new();
     out.push_str(&format!(
@@ -318,6 +318,7 @@ fn chart(figures: &Figures, meta: &BTreeMap<String, String>, path: &Path) -> Res
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(RATE_ROWS.len())
             .x_label_formatter(&|x| {
                 let i = x.round();
@@ -384,43 +385,4 @@ pub(crate) fn compare_report(run: ReportRun) -> Result<()> {
     std::fs::write(run.out.join("results.md"), markdown(&figures, &meta, runs))?;
     chart(&figures, &meta, &run.out.join("chart.png"))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn figures(raw: &str) -> Figures {
-        parse_raw(raw).unwrap()
-    }
-
-    #[test]
-    fn a_cell_is_the_median_with_spread_errors_and_its_special_values() {
-        let f = figures(
-            "1\tportcullis\thttp:none\t100\t0\n2\tportcullis\thttp:none\t300\t2\n3\tportcullis\thttp:none\t200\t0\n\
-             1\tnginx\thttp:cookie\tn/a\t-\n1\tapache\tlogout:close_ms\tnever:10\t0\n1\tapache\thttp:none\t\t0\n",
-        );
-        assert_eq!(cell(&f, "portcullis", "http:none", 0), "200 (±50%) (2 errors)");
-        assert_eq!(cell(&f, "nginx", "http:cookie", 0), "n/a");
-        assert_eq!(cell(&f, "apache", "logout:close_ms", 1), "never within 10 s");
-        assert_eq!(cell(&f, "apache", "http:none", 0), "missing");
-        assert_eq!(cell(&f, "bare-pingora", "http:none", 0), "missing");
-    }
-
-    #[test]
-    fn a_target_is_a_ratio_within_each_run() {
-        let f = figures(
-            "1\tportcullis\thttp:fresh-rs256\t400\t0\n2\tportcullis\thttp:fresh-rs256\t300\t0\n\
-             1\tapache\thttp:fresh-rs256\t100\t0\n2\tapache\thttp:fresh-rs256\t200\t0\n",
-        );
-        assert_eq!(ratios(&f, &TARGETS[2]), vec![(1, 4.0), (2, 1.5)]);
-        let table = markdown(&f, &BTreeMap::new(), 2);
-        assert!(table.contains("| 4.00× | 1.50× | in 1 of 2 runs |"), "{table}");
-    }
-
-    #[test]
-    fn a_malformed_raw_line_is_refused_with_its_number() {
-        let e = parse_raw("1\tportcullis\thttp:none\t100\t0\nbroken line\n").unwrap_err();
-        assert!(e.to_string().contains("raw line 2"), "{e}");
-    }
 }
