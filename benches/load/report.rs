@@ -51,6 +51,7 @@ pub(crate) struct ReportRun {
 }
 
 /// One measured figure as the script recorded it.
+#[derive(Debug)]
 pub(crate) struct Figure {
     run: u32,
     value: String,
