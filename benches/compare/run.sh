@@ -224,6 +224,9 @@ fi
 
 # ---------------------------------------------------------------- servers
 
+# The machine is shared: its load before and after goes with the figures.
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
 start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
 # The provider's TLS certificate, for Apache's JWKS fetch.
 "$load_bin" certs --dir "$keys"
@@ -396,7 +399,7 @@ mode=$MODE
 date=$(date -u '+%Y-%m-%d %H:%M UTC')
 commit=$(git describe --always --dirty 2>/dev/null || echo '?')
 machine=$(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)
-load_average=$(cut -d' ' -f1-3 /proc/loadavg)
+load_average=$load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end
 profile=$PROFILE
 pinning=$pinning
 versions=portcullis $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(apache2 -v | sed -n 's/^Server version: //p'); mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null || echo '?'); $(nginx -v 2>&1 | sed 's/^nginx version: //'); oidc-provider $(node -p "require('./tests/e2e/node_modules/oidc-provider/package.json').version")

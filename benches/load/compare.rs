@@ -148,7 +148,8 @@ impl Requests {
         let mut with_token = headers.to_vec();
         with_token.push(String::new());
         while let Some(token) = fresh.take() {
-            *with_token.last_mut().expect("pushed above") = format!("Authorization: Bearer {token}");
+            *with_token.last_mut().expect("pushed above") =
+                format!("Authorization: Bearer {token}");
             requests.push(get_request(url, &with_token)?);
         }
         Ok(Requests::Fresh {
@@ -230,7 +231,11 @@ pub(crate) async fn logout_close(run: LogoutCloseRun) -> Result<()> {
         request = request.header(name, value);
     }
     let started = Instant::now();
-    let status = request.send().await.context("the logout request failed")?.status();
+    let status = request
+        .send()
+        .await
+        .context("the logout request failed")?
+        .status();
     ensure!(
         status.is_success() || status.is_redirection(),
         "the logout answered {status}"

@@ -63,10 +63,17 @@ pub(crate) type Figures = BTreeMap<(String, String), Vec<Figure>>;
 
 pub(crate) fn parse_raw(text: &str) -> Result<Figures> {
     let mut figures = Figures::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let fields: Vec<&str> = line.split('\t').collect();
         let [run, proxy, metric, value, errors] = fields[..] else {
-            bail!("raw line {}: expected 5 tab-separated fields: {line:?}", n + 1);
+            bail!(
+                "raw line {}: expected 5 tab-separated fields: {line:?}",
+                n + 1
+            );
         };
         figures
             .entry((proxy.to_string(), metric.to_string()))
@@ -146,18 +153,78 @@ pub(crate) struct Target {
 }
 
 pub(crate) const TARGETS: [Target; 12] = [
-    Target { what: "HTTP, cookie session / no auth (portcullis)", a: ("portcullis", "http:cookie"), b: ("portcullis", "http:none"), goal: 0.9 },
-    Target { what: "HTTP, cached bearer / no auth (portcullis)", a: ("portcullis", "http:cached"), b: ("portcullis", "http:none"), goal: 0.9 },
-    Target { what: "HTTP, first-seen RS256: portcullis / Apache", a: ("portcullis", "http:fresh-rs256"), b: ("apache", "http:fresh-rs256"), goal: 2.0 },
-    Target { what: "HTTP, first-seen ES256: portcullis / Apache", a: ("portcullis", "http:fresh-es256"), b: ("apache", "http:fresh-es256"), goal: 2.0 },
-    Target { what: "handshakes, first-seen RS256: portcullis / Apache", a: ("portcullis", "ws:fresh-rs256"), b: ("apache", "ws:fresh-rs256"), goal: 2.0 },
-    Target { what: "handshakes, first-seen ES256: portcullis / Apache", a: ("portcullis", "ws:fresh-es256"), b: ("apache", "ws:fresh-es256"), goal: 2.0 },
-    Target { what: "handshakes, cookie session / no auth (portcullis)", a: ("portcullis", "ws:cookie"), b: ("portcullis", "ws:none"), goal: 0.9 },
-    Target { what: "handshakes, cached bearer / no auth (portcullis)", a: ("portcullis", "ws:cached"), b: ("portcullis", "ws:none"), goal: 0.9 },
-    Target { what: "handshakes, cookie session: portcullis / Apache", a: ("portcullis", "ws:cookie"), b: ("apache", "ws:cookie"), goal: 1.5 },
-    Target { what: "handshakes, cached bearer: portcullis / Apache", a: ("portcullis", "ws:cached"), b: ("apache", "ws:cached"), goal: 1.5 },
-    Target { what: "HTTP, no auth: portcullis / bare Pingora (for reference)", a: ("portcullis", "http:none"), b: ("bare-pingora", "http:none"), goal: 0.0 },
-    Target { what: "handshakes, no auth: portcullis / bare Pingora (for reference)", a: ("portcullis", "ws:none"), b: ("bare-pingora", "ws:none"), goal: 0.0 },
+    Target {
+        what: "HTTP, cookie session / no auth (portcullis)",
+        a: ("portcullis", "http:cookie"),
+        b: ("portcullis", "http:none"),
+        goal: 0.9,
+    },
+    Target {
+        what: "HTTP, cached bearer / no auth (portcullis)",
+        a: ("portcullis", "http:cached"),
+        b: ("portcullis", "http:none"),
+        goal: 0.9,
+    },
+    Target {
+        what: "HTTP, first-seen RS256: portcullis / Apache",
+        a: ("portcullis", "http:fresh-rs256"),
+        b: ("apache", "http:fresh-rs256"),
+        goal: 2.0,
+    },
+    Target {
+        what: "HTTP, first-seen ES256: portcullis / Apache",
+        a: ("portcullis", "http:fresh-es256"),
+        b: ("apache", "http:fresh-es256"),
+        goal: 2.0,
+    },
+    Target {
+        what: "handshakes, first-seen RS256: portcullis / Apache",
+        a: ("portcullis", "ws:fresh-rs256"),
+        b: ("apache", "ws:fresh-rs256"),
+        goal: 2.0,
+    },
+    Target {
+        what: "handshakes, first-seen ES256: portcullis / Apache",
+        a: ("portcullis", "ws:fresh-es256"),
+        b: ("apache", "ws:fresh-es256"),
+        goal: 2.0,
+    },
+    Target {
+        what: "handshakes, cookie session / no auth (portcullis)",
+        a: ("portcullis", "ws:cookie"),
+        b: ("portcullis", "ws:none"),
+        goal: 0.9,
+    },
+    Target {
+        what: "handshakes, cached bearer / no auth (portcullis)",
+        a: ("portcullis", "ws:cached"),
+        b: ("portcullis", "ws:none"),
+        goal: 0.9,
+    },
+    Target {
+        what: "handshakes, cookie session: portcullis / Apache",
+        a: ("portcullis", "ws:cookie"),
+        b: ("apache", "ws:cookie"),
+        goal: 1.5,
+    },
+    Target {
+        what: "handshakes, cached bearer: portcullis / Apache",
+        a: ("portcullis", "ws:cached"),
+        b: ("apache", "ws:cached"),
+        goal: 1.5,
+    },
+    Target {
+        what: "HTTP, no auth: portcullis / bare Pingora (for reference)",
+        a: ("portcullis", "http:none"),
+        b: ("bare-pingora", "http:none"),
+        goal: 0.0,
+    },
+    Target {
+        what: "handshakes, no auth: portcullis / bare Pingora (for reference)",
+        a: ("portcullis", "ws:none"),
+        b: ("bare-pingora", "ws:none"),
+        goal: 0.0,
+    },
 ];
 
 /// The ratio `a / b` in each run where both were measured.
@@ -185,7 +252,7 @@ pub(crate) fn markdown(figures: &Figures, meta: &BTreeMap<String, String>, runs:
     let m = |key: &str| meta.get(key).map_or("?", String::as_str);
     let mut out = String::new();
     out.push_str(&format!(
-        "Cross-proxy benchmark, {}: commit {}, {}; {} profile; {}; load average {} at the end.\n\
+        "Cross-proxy benchmark, {}: commit {}, {}; {} profile; {}; load average {}.\n\
          Versions: {}.\nSettings: {}.\nCommand: `{}`.\n\n",
         m("date"),
         m("commit"),
@@ -213,12 +280,20 @@ pub(crate) fn markdown(figures: &Figures, meta: &BTreeMap<String, String>, runs:
     };
     for (kind, noun) in [("http", "HTTP req/s"), ("ws", "WebSocket handshakes/s")] {
         for (suffix, description) in RATE_ROWS {
-            row(format!("{noun}, {description}"), &format!("{kind}:{suffix}"), 0);
+            row(
+                format!("{noun}, {description}"),
+                &format!("{kind}:{suffix}"),
+                0,
+            );
         }
     }
     row("idle WebSockets held".into(), "hold:opened", 0);
     row("RSS per idle WebSocket, KiB".into(), "hold:kib_per_conn", 1);
-    row("logout → live WebSocket closed, ms".into(), "logout:close_ms", 1);
+    row(
+        "logout → live WebSocket closed, ms".into(),
+        "logout:close_ms",
+        1,
+    );
     out.push_str(
         "\nMedians over the runs, (±x%) half the runs' spread; n/a: the proxy has no such \
          authentication. \"first-seen\": a distinct token on every request, each used once.\n\n",
@@ -315,7 +390,10 @@ fn chart(figures: &Figures, meta: &BTreeMap<String, String>, path: &Path) -> Res
             .x_label_area_size(40)
             .y_label_area_size(80)
             .caption(label, ("sans-serif", 22))
-            .build_cartesian_2d(-0.5f64..(RATE_ROWS.len() as f64 - 0.5), 0f64..top_value * 1.15)?;
+            .build_cartesian_2d(
+                -0.5f64..(RATE_ROWS.len() as f64 - 0.5),
+                0f64..top_value * 1.15,
+            )?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -351,7 +429,9 @@ fn chart(figures: &Figures, meta: &BTreeMap<String, String>, path: &Path) -> Res
             chart
                 .draw_series(bars)?
                 .label(*heading)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -376,12 +456,7 @@ pub(crate) fn compare_report(run: ReportRun) -> Result<()> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let runs = figures
-        .values()
-        .flatten()
-        .map(|f| f.run)
-        .max()
-        .unwrap_or(0);
+    let runs = figures.values().flatten().map(|f| f.run).max().unwrap_or(0);
     std::fs::create_dir_all(&run.out)?;
     std::fs::write(run.out.join("results.md"), markdown(&figures, &meta, runs))?;
     chart(&figures, &meta, &run.out.join("chart.png"))?;
