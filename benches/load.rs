@@ -23,10 +23,13 @@
 //!                 messenger token to PATH
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
-//!                 both take [--fresh-keys DIR [--fresh-alg RS256|ES256] [--fresh-count N]]:
-//!                 N distinct access tokens minted with the provider's keys in DIR
-//!                 before the clock starts, one per request or handshake (first-seen
-//!                 bearer tokens, never a cache hit); the run ends when they run out
+//!                 both take [--fresh-keys DIR [--fresh-alg RS256|ES256] | --fresh-file PATH]
+//!                 [--fresh-count N]: N distinct access tokens minted with the provider's
+//!                 keys in DIR before the clock starts (or read from PATH), one per
+//!                 request or handshake (first-seen bearer tokens, never a cache hit);
+//!                 the run ends when they run out
+//!   mint        --fresh-keys DIR [--fresh-alg RS256|ES256] [--fresh-count N] --out PATH
+//!                 those tokens, one a line, to PATH (for several runs' use)
 //!                 both also take https:// and wss:// URLs with `--ca PEM` (the roots
 //!                 to verify the server against; rustls on aws-lc-rs, no session
 //!                 resumption, so every new connection is a full TLS handshake)
@@ -316,6 +319,8 @@ enum Command {
     LogoutClose(Box<compare::LogoutCloseRun>),
     /// The cross-proxy benchmark's table and chart from its raw figures.
     CompareReport(report::ReportRun),
+    /// Mint first-seen access tokens with a provider's keys, one a line, to a file.
+    Mint(compare::MintRun),
 }
 
 fn main() -> ExitCode {
@@ -452,6 +457,7 @@ fn run(command: Command) -> Result<()> {
         Command::RedisOps(run) => runtime(1)?.block_on(redis_ops(*run)),
         Command::LogoutClose(run) => runtime(1)?.block_on(compare::logout_close(*run)),
         Command::CompareReport(run) => report::compare_report(run),
+        Command::Mint(run) => compare::mint(run),
     }
 }
 

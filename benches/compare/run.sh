@@ -36,7 +36,8 @@
 #                    portcullis check), then stop
 #
 # Tunables (environment): DURATION, RUNS, HOLD_COUNT, FRESH_COUNT (first-seen
-# tokens minted per rate, 30000; a run ends early when they are used up),
+# tokens per rate, 20000: a rate ends early when they are used up; minted
+# per run, two batches per algorithm shared by portcullis and Apache),
 # HTTP_CONCURRENCY (32), WS_CONCURRENCY (16), LOGOUT_WAIT seconds (10),
 # PINNED, SERVER_LIFETIME seconds (3600), BENCH_PORTCULLIS and BENCH_LOAD
 # (prebuilt binaries), PROFILE (release | debug), APACHE_LOG_LEVEL (warn),
@@ -75,7 +76,7 @@ if [ "$MODE" = quick ]; then
     APACHE_SERVERS=2 APACHE_THREADS=128
 else
     DURATION=${DURATION:-10} RUNS=${RUNS:-3} HOLD_COUNT=${HOLD_COUNT:-5000}
-    FRESH_COUNT=${FRESH_COUNT:-30000} LOGOUT_WAIT=${LOGOUT_WAIT:-10}
+    FRESH_COUNT=${FRESH_COUNT:-20000} LOGOUT_WAIT=${LOGOUT_WAIT:-10}
     PINNED=${PINNED:-1} PROFILE=${PROFILE:-release}
     # Room for HOLD_COUNT idle WebSockets, each holding a worker thread.
     APACHE_SERVERS=6 APACHE_THREADS=$(((HOLD_COUNT + 500) / 6 + 1))
@@ -303,14 +304,14 @@ target() {
     echo "$scheme://$HOST:${port_of[$1]}$path"
 }
 
-# credential PROXY ROW: the load tool's arguments for the row's credential.
+# credential PROXY ROW KIND: the load tool's arguments for the row's credential.
 credential() {
     case "$2" in
         none) ;;
         cookie) printf '%s\n' --header "${cookie_of[$1]}" ;;
         cached) printf '%s\n' --header "$cached_bearer" ;;
-        fresh-rs256) printf '%s\n' --fresh-keys "$keys" --fresh-alg RS256 --fresh-count "$FRESH_COUNT" ;;
-        fresh-es256) printf '%s\n' --fresh-keys "$keys" --fresh-alg ES256 --fresh-count "$FRESH_COUNT" ;;
+        fresh-rs256) printf '%s\n' --fresh-file "$work/tokens-RS256-$3" --fresh-count "$FRESH_COUNT" ;;
+        fresh-es256) printf '%s\n' --fresh-file "$work/tokens-ES256-$3" --fresh-count "$FRESH_COUNT" ;;
     esac
 }
 
@@ -334,6 +335,17 @@ record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$raw"; }
 # ---------------------------------------------------------------- rates
 
 for run in $(seq "$RUNS"); do
+    # This run's first-seen tokens, one batch for the HTTP rates and one for
+    # the handshakes: each proxy sees each token once (portcullis and Apache
+    # keep their own caches, so they share a batch). Minted on every CPU,
+    # while the proxies are idle; the RS256 ones take a while.
+    echo "run $run/$RUNS: minting first-seen tokens" >&2
+    for alg in RS256 ES256; do
+        for kind in http ws; do
+            "$load_bin" mint --fresh-keys "$keys" --fresh-alg "$alg" --fresh-count "$FRESH_COUNT" \
+                --out "$work/tokens-$alg-$kind" 2>>"$work/client.log"
+        done
+    done
     for proxy in "${proxies[@]}"; do
         for row in "${rows[@]}"; do
             if ! supports "$proxy" "$row"; then
@@ -341,12 +353,13 @@ for run in $(seq "$RUNS"); do
                 record "$run" "$proxy" "ws:$row" n/a -
                 continue
             fi
-            mapfile -t extra < <(credential "$proxy" "$row")
+            mapfile -t extra < <(credential "$proxy" "$row" http)
             echo "run $run/$RUNS: $proxy $row: http ${DURATION}s, handshakes ${DURATION}s" >&2
             line=$("${other_cpus[@]}" "$load_bin" http --url "$(target "$proxy" "$row" http)" \
                 --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
                 "${extra[@]}" 2>>"$work/client.log")
             record "$run" "$proxy" "http:$row" "$(field "$line" requests_per_s)" "$(field "$line" errors)"
+            mapfile -t extra < <(credential "$proxy" "$row" ws)
             line=$("${other_cpus[@]}" "$load_bin" handshakes --url "$(target "$proxy" "$row" ws)" \
                 --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" \
                 "${extra[@]}" 2>>"$work/client.log")
@@ -403,7 +416,7 @@ load_average=$load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at th
 profile=$PROFILE
 pinning=$pinning
 versions=portcullis $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(apache2 -v | sed -n 's/^Server version: //p'); mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null || echo '?'); $(nginx -v 2>&1 | sed 's/^nginx version: //'); oidc-provider $(node -p "require('./tests/e2e/node_modules/oidc-provider/package.json').version")
-settings=${DURATION}s per rate, $RUNS run(s); HTTP $HTTP_CONCURRENCY keep-alive connections; handshakes $WS_CONCURRENCY at a time, each on a new connection; first-seen tokens: up to $FRESH_COUNT per rate; $HOLD_COUNT idle sockets; logout wait ${LOGOUT_WAIT}s; one worker thread for portcullis, bare Pingora and nginx, Apache event MPM $APACHE_SERVERS x $APACHE_THREADS threads
+settings=${DURATION}s per rate, $RUNS run(s); HTTP $HTTP_CONCURRENCY keep-alive connections; handshakes $WS_CONCURRENCY at a time, each on a new connection; first-seen tokens: up to $FRESH_COUNT per rate (a rate ends early when they run out); $HOLD_COUNT idle sockets; logout wait ${LOGOUT_WAIT}s; one worker thread for portcullis, bare Pingora and nginx, Apache event MPM $APACHE_SERVERS x $APACHE_THREADS threads
 command=benches/compare/run.sh $( [ "$MODE" = quick ] && echo --quick)
 EOF
 cp "$raw" "$OUT/raw.tsv"

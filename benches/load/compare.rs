@@ -2,11 +2,13 @@
 //! load tool beyond the portcullis-only modes:
 //!
 //! - first-seen bearer tokens: `http` and `handshakes` with `--fresh-keys`
-//!   send a distinct access token on every request, each used once, so a
-//!   proxy can never answer from a token cache. The tokens are minted here,
-//!   before the clock starts, with the provider's own private keys (written
-//!   by `benches/compare/idp.mjs`): asking the provider for tens of
-//!   thousands of tokens would take longer than the measurement;
+//!   (or `--fresh-file`) send a distinct access token on every request, each
+//!   used once, so a proxy can never answer from a token cache. The tokens
+//!   are minted here, before the clock starts, with the provider's own
+//!   private keys (written by `benches/compare/idp.mjs`): asking the
+//!   provider for tens of thousands of tokens would take longer than the
+//!   measurement. `mint` writes them to a file instead, so that one slow
+//!   RS256 batch serves two proxies (each has its own token cache);
 //! - `logout-close`: how long after a logout a live WebSocket of that session
 //!   is closed, or that it was not within the wait.
 
@@ -23,8 +25,12 @@ pub(crate) struct FreshTokenArgs {
     /// `ES256.pem`, `ES256.kid`, PKCS#8) and `issuer` and `audience`
     /// files: every request then carries its own newly minted access token
     /// (`Authorization: Bearer`), and the run ends when they are used up.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fresh_file")]
     fresh_keys: Option<PathBuf>,
+    /// Tokens minted earlier (`load mint`), one a line: used like
+    /// --fresh-keys' (the first --fresh-count of them).
+    #[arg(long)]
+    fresh_file: Option<PathBuf>,
     /// The fresh tokens' signing algorithm.
     #[arg(long, default_value = "RS256", value_parser = ["RS256", "ES256"])]
     fresh_alg: String,
@@ -40,8 +46,29 @@ pub(crate) struct FreshTokens {
 }
 
 impl FreshTokens {
-    /// Mints the tokens `args` asks for (none without `--fresh-keys`).
+    /// Mints (or reads) the tokens `args` asks for; none without
+    /// `--fresh-keys` or `--fresh-file`.
     pub(crate) fn mint(args: &FreshTokenArgs) -> Result<Option<Arc<Self>>> {
+        let count = usize::try_from(args.fresh_count)?;
+        if let Some(path) = &args.fresh_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--fresh-file: cannot read {}", path.display()))?;
+            let tokens: Vec<String> = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .take(count)
+                .map(str::to_string)
+                .collect();
+            ensure!(
+                !tokens.is_empty(),
+                "--fresh-file {}: no tokens",
+                path.display()
+            );
+            return Ok(Some(Arc::new(FreshTokens {
+                tokens,
+                next: AtomicUsize::new(0),
+            })));
+        }
         let Some(dir) = &args.fresh_keys else {
             return Ok(None);
         };
@@ -70,7 +97,6 @@ impl FreshTokens {
             .as_secs();
         // A per-run prefix keeps two runs' token ids apart too.
         let run_id = format!("{:x}", now ^ u64::from(std::process::id()) << 20);
-        let count = usize::try_from(args.fresh_count)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = count.div_ceil(threads);
         let started = Instant::now();
@@ -127,6 +153,29 @@ impl FreshTokens {
     pub(crate) fn len(&self) -> usize {
         self.tokens.len()
     }
+}
+
+/// `mint --fresh-keys DIR [--fresh-alg ALG] [--fresh-count N] --out FILE`:
+/// the tokens, one a line.
+#[derive(clap::Args)]
+pub(crate) struct MintRun {
+    #[command(flatten)]
+    tokens: FreshTokenArgs,
+    /// Where to write them (replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn mint(run: MintRun) -> Result<()> {
+    ensure!(run.tokens.fresh_keys.is_some(), "mint needs --fresh-keys");
+    let tokens = FreshTokens::mint(&run.tokens)?.context("nothing minted")?;
+    let mut text = tokens.tokens.join("\n");
+    text.push('\n');
+    let partial = run.out.with_extension("partial");
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, &run.out))
+        .with_context(|| format!("cannot write {}", run.out.display()))?;
+    Ok(())
 }
 
 /// Where an HTTP worker gets its next request: always the same bytes, or a
