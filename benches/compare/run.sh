@@ -417,7 +417,7 @@ profile=$PROFILE
 pinning=$pinning
 versions=portcullis $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(apache2 -v | sed -n 's/^Server version: //p'); mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc 2>/dev/null || echo '?'); $(nginx -v 2>&1 | sed 's/^nginx version: //'); oidc-provider $(node -p "require('./tests/e2e/node_modules/oidc-provider/package.json').version")
 settings=${DURATION}s per rate, $RUNS run(s); HTTP $HTTP_CONCURRENCY keep-alive connections; handshakes $WS_CONCURRENCY at a time, each on a new connection; first-seen tokens: up to $FRESH_COUNT per rate (a rate ends early when they run out); $HOLD_COUNT idle sockets; logout wait ${LOGOUT_WAIT}s; one worker thread for portcullis, bare Pingora and nginx, Apache event MPM $APACHE_SERVERS x $APACHE_THREADS threads
-command=benches/compare/run.sh $( [ "$MODE" = quick ] && echo --quick)
+command=benches/compare/run.sh$( [ "$MODE" = quick ] && echo " --quick")
 EOF
 cp "$raw" "$OUT/raw.tsv"
 "$load_bin" compare-report --raw "$raw" --meta "$work/meta" --out "$OUT"
