@@ -23,13 +23,20 @@
 //!                 messenger token to PATH
 //!   http        --url http://... [--concurrency C] [--duration SECS] [--header 'Name: value']...
 //!   handshakes  --url ws://...   [--concurrency C] [--duration SECS] [--origin O] [--header 'Name: value']...
+//!                 both take [--fresh-keys DIR [--fresh-alg RS256|ES256] | --fresh-file PATH]
+//!                 [--fresh-count N]: N distinct access tokens minted with the provider's
+//!                 keys in DIR before the clock starts (or read from PATH), one per
+//!                 request or handshake (first-seen bearer tokens, never a cache hit);
+//!                 the run ends when they run out
+//!   mint        --fresh-keys DIR [--fresh-alg RS256|ES256] [--fresh-count N] --out PATH
+//!                 those tokens, one a line, to PATH (for several runs' use)
 //!                 both also take https:// and wss:// URLs with `--ca PEM` (the roots
 //!                 to verify the server against; rustls on aws-lc-rs, no session
 //!                 resumption, so every new connection is a full TLS handshake)
 //!   certs       --dir DIR
 //!                 a test CA (ca.pem) and a certificate for localhost and 127.0.0.1
 //!                 it issued (server.crt, server.key) in DIR, for TLS runs
-//!   hold        --url ws://...   --count N [--hold SECS] [--pid PID] [--origin O] [--header 'Name: value']...
+//!   hold        --url ws://...   --count N [--hold SECS] [--pid PID]... [--origin O] [--header 'Name: value']...
 //!               [--forced-close http://ADMIN/admin/connections?... | --sigterm PID] [--release-file PATH]
 //!                 with --sigterm, SIGTERM goes to PID (portcullis) and each socket's
 //!                 close frame is timed from it: the drain's spread (`first_us`, p50, max)
@@ -43,6 +50,14 @@
 //!                 handshakes are counted by status (`refused_503`, `bad_gateway_502`,
 //!                 `other_errors`), so a run past the server's connection ceiling
 //!                 says whether it refused cleanly
+//!
+//!   logout-close --url ws://PROXY --header 'Cookie: ...' --logout http://PROXY/... [--method GET|POST]
+//!               [--origin O] [--wait SECS]
+//!                 one WebSocket of the session, then its logout; when (whether) the
+//!                 proxy closed the socket (benches/compare/run.sh)
+//!
+//!   compare-report --raw TSV --meta FILE --out DIR
+//!                 results.md and chart.png of benches/compare/run.sh from its raw figures
 //!
 //! Several instances sharing a Redis session store (`scripts/bench-scale.sh`):
 //!   logins        --url http://PROXY --deployment D --count N --cookie-file PATH [--user alice]
@@ -103,6 +118,12 @@ use url::Url;
 mod chat;
 #[path = "load/soak.rs"]
 mod soak;
+
+#[path = "load/compare.rs"]
+mod compare;
+
+#[path = "load/report.rs"]
+mod report;
 
 /// How long one request, handshake or close may take before it counts as an
 /// error; keeps every run bounded even against a server that stalls.
@@ -210,6 +231,8 @@ enum Command {
         /// Worker threads of this client.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
+        #[command(flatten)]
+        fresh: compare::FreshTokenArgs,
     },
     /// Repeated WebSocket handshakes (connect, then close) from C tasks for SECS seconds.
     Handshakes {
@@ -231,6 +254,8 @@ enum Command {
         /// Worker threads of this client.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
+        #[command(flatten)]
+        fresh: compare::FreshTokenArgs,
     },
     /// Open N WebSockets, hold them idle, report the server's memory per connection.
     Hold {
@@ -244,9 +269,10 @@ enum Command {
         /// Stop holding as soon as this file exists (at most --hold seconds).
         #[arg(long)]
         release_file: Option<PathBuf>,
-        /// The server process whose resident memory (VmRSS) is measured.
-        #[arg(long)]
-        pid: Option<u32>,
+        /// The server process whose resident memory (VmRSS) is measured;
+        /// repeatable (a server of several processes: their sum).
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
         /// The `Origin` header to send.
         #[arg(long)]
         origin: Option<String>,
@@ -293,6 +319,12 @@ enum Command {
     RedisOps(Box<RedisOpsRun>),
     /// One busy WebSocket: echo throughput, round trips and the proxy's CPU time.
     Chat(Box<chat::ChatRun>),
+    /// Hold one WebSocket of a session, log the session out, time the socket's close.
+    LogoutClose(Box<compare::LogoutCloseRun>),
+    /// The cross-proxy benchmark's table and chart from its raw figures.
+    CompareReport(report::ReportRun),
+    /// Mint first-seen access tokens with a provider's keys, one a line, to a file.
+    Mint(compare::MintRun),
 }
 
 fn main() -> ExitCode {
@@ -351,13 +383,18 @@ fn run(command: Command) -> Result<()> {
             duration,
             headers,
             threads,
-        } => runtime(threads)?.block_on(http(
-            tls_client(ca.as_deref())?,
-            url,
-            concurrency,
-            Duration::from_secs(duration),
-            &headers,
-        )),
+            fresh,
+        } => {
+            let fresh = compare::FreshTokens::mint(&fresh)?;
+            runtime(threads)?.block_on(http(
+                tls_client(ca.as_deref())?,
+                url,
+                concurrency,
+                Duration::from_secs(duration),
+                &headers,
+                fresh.as_deref(),
+            ))
+        }
         Command::Handshakes {
             url,
             ca,
@@ -366,19 +403,24 @@ fn run(command: Command) -> Result<()> {
             origin,
             headers,
             threads,
-        } => runtime(threads)?.block_on(handshakes(
-            tls_client(ca.as_deref())?,
-            url,
-            origin,
-            &headers,
-            concurrency,
-            Duration::from_secs(duration),
-        )),
+            fresh,
+        } => {
+            let fresh = compare::FreshTokens::mint(&fresh)?;
+            runtime(threads)?.block_on(handshakes(
+                tls_client(ca.as_deref())?,
+                url,
+                origin,
+                &headers,
+                concurrency,
+                Duration::from_secs(duration),
+                fresh,
+            ))
+        }
         Command::Hold {
             url,
             count,
             hold: seconds,
-            pid,
+            pids,
             origin,
             headers,
             threads,
@@ -394,7 +436,7 @@ fn run(command: Command) -> Result<()> {
                 at_most: Duration::from_secs(seconds),
                 release_file,
             },
-            pid,
+            &pids,
             forced_close
                 .map(CloseTrigger::AdminDelete)
                 .or(sigterm.map(CloseTrigger::Sigterm)),
@@ -418,6 +460,9 @@ fn run(command: Command) -> Result<()> {
         Command::Soak(run) => runtime(2)?.block_on(soak::soak(*run)),
         Command::Chat(run) => runtime(1)?.block_on(chat::chat(*run)),
         Command::RedisOps(run) => runtime(1)?.block_on(redis_ops(*run)),
+        Command::LogoutClose(run) => runtime(1)?.block_on(compare::logout_close(*run)),
+        Command::CompareReport(run) => report::compare_report(run),
+        Command::Mint(run) => compare::mint(run),
     }
 }
 
@@ -1099,13 +1144,14 @@ async fn http(
     concurrency: u16,
     run_for: Duration,
     headers: &[String],
+    fresh: Option<&compare::FreshTokens>,
 ) -> Result<()> {
     let tls = TlsTarget::for_url(tls, &url, "https")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = loopback_target(&url, scheme).await?;
-    let request: Arc<[u8]> = get_request(&url, headers)?.into();
+    let requests = Arc::new(compare::Requests::new(&url, headers, fresh)?);
     let (tally, elapsed) = drive(concurrency, run_for, |deadline| {
-        http_worker(addr, tls.clone(), request.clone(), deadline)
+        http_worker(addr, tls.clone(), requests.clone(), deadline)
     })
     .await?;
     tally.report("http", "requests", elapsed, "");
@@ -1115,7 +1161,7 @@ async fn http(
 async fn http_worker(
     addr: SocketAddr,
     tls: Option<Arc<TlsTarget>>,
-    request: Arc<[u8]>,
+    requests: Arc<compare::Requests>,
     deadline: Instant,
 ) -> Tally {
     let mut tally = Tally::default();
@@ -1139,8 +1185,11 @@ async fn http_worker(
             }
         };
         let conn = connection.insert(conn);
+        let Some(request) = requests.next() else {
+            break;
+        };
         let started = Instant::now();
-        match timeout(IO_TIMEOUT, conn.exchange(&request)).await {
+        match timeout(IO_TIMEOUT, conn.exchange(request)).await {
             Ok(Ok((status, keep_alive))) => {
                 if (200..300).contains(&status) {
                     tally.success(started);
@@ -1361,6 +1410,11 @@ impl WsTarget {
 
     /// Connects and completes the handshake (any answer but 101 is an error).
     async fn open(&self) -> Result<Ws> {
+        self.open_with_token(None).await
+    }
+
+    /// `open`, with `Authorization: Bearer <token>` when a token is given.
+    async fn open_with_token(&self, bearer: Option<&str>) -> Result<Ws> {
         let stream = Conn::connect(self.addr, self.tls.as_deref()).await?;
         // A fresh request each time: each handshake needs its own key.
         let mut request = self.url.as_str().into_client_request()?;
@@ -1369,6 +1423,12 @@ impl WsTarget {
         }
         for (name, value) in &self.headers {
             request.headers_mut().append(name.clone(), value.clone());
+        }
+        if let Some(token) = bearer {
+            request.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}"))?,
+            );
         }
         let (ws, _response) = tokio_tungstenite::client_async(request, stream)
             .await
@@ -1413,10 +1473,11 @@ async fn handshakes(
     headers: &[String],
     concurrency: u16,
     run_for: Duration,
+    fresh: Option<Arc<compare::FreshTokens>>,
 ) -> Result<()> {
     let target = WsTarget::with_tls(tls, url, origin, headers).await?;
     let (tally, elapsed) = drive(concurrency, run_for, |deadline| {
-        handshake_worker(target.clone(), deadline)
+        handshake_worker(target.clone(), fresh.clone(), deadline)
     })
     .await?;
     let unanswered = format!(" unanswered_closes={}", tally.unanswered_closes);
@@ -1426,11 +1487,22 @@ async fn handshakes(
 
 /// Handshakes in a loop; the latency is the handshake's alone, the close
 /// is part of the cycle but not of the measurement.
-async fn handshake_worker(target: Arc<WsTarget>, deadline: Instant) -> Tally {
+async fn handshake_worker(
+    target: Arc<WsTarget>,
+    fresh: Option<Arc<compare::FreshTokens>>,
+    deadline: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     while Instant::now() < deadline {
+        let bearer = match &fresh {
+            None => None,
+            Some(tokens) => match tokens.take() {
+                Some(token) => Some(token),
+                None => break,
+            },
+        };
         let started = Instant::now();
-        match timeout(IO_TIMEOUT, target.open()).await {
+        match timeout(IO_TIMEOUT, target.open_with_token(bearer)).await {
             Ok(Ok(ws)) => {
                 tally.success(started);
                 match close(ws).await {
@@ -1463,7 +1535,7 @@ async fn hold(
     headers: &[String],
     count: u64,
     hold_for: HoldFor,
-    pid: Option<u32>,
+    pids: &[u32],
     closed_by: Option<CloseTrigger>,
 ) -> Result<()> {
     if let Some(CloseTrigger::AdminDelete(admin)) = &closed_by {
@@ -1476,7 +1548,7 @@ async fn hold(
         count + FD_MARGIN
     );
     let target = WsTarget::new(url, origin, headers).await?;
-    let rss_before = pid.map(rss_kib).transpose()?;
+    let rss_before = rss_sum_kib(pids)?;
 
     let started = Instant::now();
     let attempts: Vec<Result<Ws>> = stream::iter(0..count)
@@ -1518,7 +1590,7 @@ async fn hold(
             }
         }
     }
-    let rss_after = pid.map(rss_kib).transpose()?;
+    let rss_after = rss_sum_kib(pids)?;
     let memory = match (rss_before, rss_after) {
         (Some(before), Some(after)) if !held.is_empty() => {
             let per_connection = (after as f64 - before as f64) / held.len() as f64;
@@ -1684,6 +1756,17 @@ fn raise_fd_limit() -> Result<u64> {
         }
     }
     Ok(limit.rlim_cur)
+}
+
+/// The summed resident set size of `pids`, `None` for no process.
+fn rss_sum_kib(pids: &[u32]) -> Result<Option<u64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    pids.iter()
+        .map(|&pid| rss_kib(pid))
+        .sum::<Result<u64>>()
+        .map(Some)
 }
 
 /// The resident set size of process `pid`, from `/proc/<pid>/status`.

@@ -15,6 +15,12 @@
 #   systemd                        `systemd-analyze verify` of conf/systemd/portcullis.service
 #   libfaketime                    session-expiry tests move portcullis's wall clock
 #   nodejs, npm                    the end-to-end test runner (only if no `node`)
+#   apache2, libapache2-mod-auth-openidc, nginx-light
+#                                  the cross-proxy benchmark (benches/compare; tests/compare.rs
+#                                  checks its configs and runs its --quick mode). Installed
+#                                  with services kept from starting: no system Apache or
+#                                  nginx is left listening on port 80
+#   fonts-dejavu-core              the text of that benchmark's PNG chart
 #
 # Runs as root without a terminal. Not root: uses sudo when it exists.
 set -euo pipefail
@@ -53,6 +59,11 @@ want prometheus promtool
 want docker-compose docker-compose
 want systemd systemd-analyze
 want libfaketime
+want curl curl
+want apache2 apache2
+want libapache2-mod-auth-openidc
+want nginx-light nginx
+want fonts-dejavu-core
 if ! command -v node >/dev/null 2>&1; then
     missing+=(nodejs npm)
 elif ! command -v npm >/dev/null 2>&1; then
@@ -74,8 +85,21 @@ else
         fi
     fi
     echo "setup: installing ${missing[*]}"
-    "${sudo[@]}" apt-get update -q
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # Debian's maintainer scripts start the services they install (apache2,
+    # nginx on port 80): a policy-rc.d that refuses (exit 101) keeps them
+    # from starting, and is removed again unless it was there before.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# scripts/setup.sh: no service starts during its install\nexit 101\n' |
+            "${sudo[@]}" tee "$policy" >/dev/null
+        "${sudo[@]}" chmod 755 "$policy"
+        own_policy=1
+    fi
+    status=0
+    "${sudo[@]}" apt-get update -q && "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
+    if [ "$own_policy" = 1 ]; then "${sudo[@]}" rm -f "$policy"; fi
+    if [ "$status" != 0 ]; then exit "$status"; fi
     echo "setup: installed ${missing[*]}"
 fi
 
