@@ -652,45 +652,6 @@ impl Portcullis {
         ctx.auth = Some(authenticated);
         Ok(())
     }
-
-    /// The verified identity as headers, plus the signed assertion when the
-    /// messenger asks for one.
-    fn add_identity(
-        &self,
-        runtime: &Runtime,
-        target: &Target,
-        auth: &Authenticated,
-        req: &mut RequestHeader,
-    ) -> Result<()> {
-        let prefix = &runtime.config.identity_header_prefix;
-        let messenger = &target.deployment.messenger;
-        for (name, value) in &auth.rendered.headers {
-            req.insert_header(name.clone(), value.clone())?;
-        }
-        if messenger.assertion {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let assertion = auth
-                .rendered
-                .assertion(now, |now| {
-                    let claims = identity::assertion_claims(
-                        &auth.rendered.identity,
-                        &runtime.issuer,
-                        &target.deployment.upstream.config.name,
-                        now,
-                    );
-                    runtime
-                        .keys
-                        .current
-                        .sign(crate::token::signing::ASSERTION_TYP, &claims)
-                })
-                .or_else(|e| Error::e_explain(InternalError, e))?;
-            req.insert_header(format!("{prefix}Assertion"), assertion)?;
-        }
-        Ok(())
-    }
 }
 
 impl Portcullis {
@@ -859,6 +820,93 @@ fn client_uses_tls(digest: Option<&Digest>) -> bool {
     digest.is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// The request header as it goes upstream: what the client may not say
+/// (identity headers, `forwarding.strip_headers`, portcullis's own cookies,
+/// the credential's carriers unless `forward_token`) removed, then what
+/// portcullis vouches for added: the request id, the identity (or, for a
+/// deployment without authentication, only the deployment), and
+/// `X-Forwarded-*` from what it saw of the client.
+pub fn prepare_upstream_request(
+    upstream_request: &mut RequestHeader,
+    runtime: &Runtime,
+    target: Option<&Target>,
+    auth: Option<&Authenticated>,
+    id: &RequestId,
+    client: headers::ClientInfo,
+    from_trusted_proxy: bool,
+) -> Result<()> {
+    headers::strip_identity_headers(upstream_request, &runtime.strip);
+    headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
+    // After the strips (an identity prefix such as `X-` would match it):
+    // whatever the client sent is replaced by the id this request was given.
+    upstream_request.insert_header(request_id::HEADER, id.as_str())?;
+    strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
+    match (auth, target) {
+        (Some(auth), Some(target)) => {
+            add_identity(runtime, target, auth, upstream_request)?;
+            credential::strip_carriers(
+                upstream_request,
+                Some(&auth.credential),
+                target.deployment.config.forward_token,
+            )
+            .or_else(|credential::RewriteFailed| {
+                Error::e_explain(InternalError, "could not remove the credential carriers")
+            })?;
+        }
+        // A deployment without authentication still tells the backend
+        // which deployment admitted the request (SPEC §4), and nothing else.
+        (None, Some(target)) => {
+            let (name, value) = identity::deployment_header(
+                &target.deployment.label,
+                &runtime.config.identity_header_prefix,
+            );
+            upstream_request.insert_header(name, value)?;
+        }
+        (_, None) => {}
+    }
+    let fwd = headers::forwarded(upstream_request, client, from_trusted_proxy);
+    headers::apply_forwarded(upstream_request, &fwd);
+    Ok(())
+}
+
+/// The verified identity as headers, plus the signed assertion when the
+/// messenger asks for one.
+fn add_identity(
+    runtime: &Runtime,
+    target: &Target,
+    auth: &Authenticated,
+    req: &mut RequestHeader,
+) -> Result<()> {
+    let prefix = &runtime.config.identity_header_prefix;
+    let messenger = &target.deployment.messenger;
+    for (name, value) in &auth.rendered.headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    if messenger.assertion {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let assertion = auth
+            .rendered
+            .assertion(now, |now| {
+                let claims = identity::assertion_claims(
+                    &auth.rendered.identity,
+                    &runtime.issuer,
+                    &target.deployment.upstream.config.name,
+                    now,
+                );
+                runtime
+                    .keys
+                    .current
+                    .sign(crate::token::signing::ASSERTION_TYP, &claims)
+            })
+            .or_else(|e| Error::e_explain(InternalError, e))?;
+        req.insert_header(format!("{prefix}Assertion"), assertion)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProxyHttp for Portcullis {
     type CTX = RequestCtx;
@@ -1024,39 +1072,10 @@ impl ProxyHttp for Portcullis {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let id = ctx.request_id().clone();
+        ctx.request_id();
         let Some(runtime) = &ctx.runtime else {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
-        headers::strip_identity_headers(upstream_request, &runtime.strip);
-        headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
-        // After the strips (an identity prefix such as `X-` would match it):
-        // whatever the client sent is replaced by the id this request was given.
-        upstream_request.insert_header(request_id::HEADER, id.as_str())?;
-        strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
-        match (&ctx.auth, &ctx.target) {
-            (Some(auth), Some(target)) => {
-                self.add_identity(runtime, target, auth, upstream_request)?;
-                credential::strip_carriers(
-                    upstream_request,
-                    Some(&auth.credential),
-                    target.deployment.config.forward_token,
-                )
-                .or_else(|credential::RewriteFailed| {
-                    Error::e_explain(InternalError, "could not remove the credential carriers")
-                })?;
-            }
-            // A deployment without authentication still tells the backend
-            // which deployment admitted the request (SPEC §4), and nothing else.
-            (None, Some(target)) => {
-                let (name, value) = identity::deployment_header(
-                    &target.deployment.label,
-                    &runtime.config.identity_header_prefix,
-                );
-                upstream_request.insert_header(name, value)?;
-            }
-            (_, None) => {}
-        }
         let client = headers::ClientInfo {
             peer: session
                 .client_addr()
@@ -1065,9 +1084,16 @@ impl ProxyHttp for Portcullis {
             tls: client_uses_tls(session.digest()),
         };
         let trusted = from_trusted_proxy(session, runtime);
-        let fwd = headers::forwarded(upstream_request, client, trusted);
-        headers::apply_forwarded(upstream_request, &fwd);
-        Ok(())
+        let id = ctx.request_id.as_ref().expect("assigned above");
+        prepare_upstream_request(
+            upstream_request,
+            runtime,
+            ctx.target.as_ref(),
+            ctx.auth.as_ref(),
+            id,
+            client,
+            trusted,
+        )
     }
 
     /// On a 101, the request became a live WebSocket: register it so it can
