@@ -243,13 +243,17 @@ const AUTH_DEPLOYMENT: &str = "7d2e4b10-3c5a-4f8e-b1d6-9a0c2e4f6b81";
 const AUTH_ORIGIN: &str = "https://www.example.com";
 /// Distinct tokens per algorithm for the first-seen benches, used in turn,
 /// so that no iteration sees the exact bytes of the one before.
-const FRESH_TOKENS: usize = 64;
+const FRESH_TOKENS: usize = 256;
 
 /// A development provider on loopback, and a runtime whose provider `dev`
 /// points at it. Fields drop in order: the runtime (and its HTTP client)
 /// before the provider, the async runtime last.
 struct AuthBench {
     runtime: Runtime,
+    /// The config `runtime` was built from, to build fresh runtimes (empty
+    /// token and identity caches, the same provider and its cached keys).
+    config: portcullis::config::Config,
+    metrics: Arc<portcullis::metrics::Metrics>,
     idp: DevIdp,
     tokio: tokio::runtime::Runtime,
 }
@@ -303,10 +307,13 @@ fn auth_bench() -> AuthBench {
         &|_: &str| None,
     )
     .unwrap_or_else(|e| panic!("token benchmark config is invalid:\n{e}"));
-    let runtime = Runtime::build(config, None, &Arc::new(portcullis::metrics::Metrics::new()))
+    let metrics = Arc::new(portcullis::metrics::Metrics::new());
+    let runtime = Runtime::build(config.clone(), None, &metrics)
         .unwrap_or_else(|e| panic!("token benchmark runtime: {e}"));
     AuthBench {
         runtime,
+        config,
+        metrics,
         idp,
         tokio,
     }
@@ -375,6 +382,39 @@ fn split_jws(token: &str) -> (&[u8], Vec<u8>) {
             .decode(signature)
             .expect("signature base64url"),
     )
+}
+
+/// What the proxy does for a bearer request to a deployment with
+/// `assertion: true`: `authenticate` (the token check, the identity), then
+/// the `X-Auth-Assertion` value as `upstream_request_filter` gets it (reused
+/// while fresh, else signed). True when both succeed.
+async fn bearer_request(
+    runtime: &Runtime,
+    sessions: &portcullis::session::store::MemoryStore,
+    target: &route::Target,
+    request: &RequestHeader,
+) -> bool {
+    let Ok(auth) = authenticate(runtime, sessions, target, request).await else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    auth.rendered
+        .assertion(now, |now| {
+            let claims = portcullis::identity::assertion_claims(
+                &auth.rendered.identity,
+                &runtime.issuer,
+                &target.deployment.upstream.config.name,
+                now,
+            );
+            runtime
+                .keys
+                .current
+                .sign(portcullis::token::signing::ASSERTION_TYP, &claims)
+        })
+        .is_ok()
 }
 
 /// Runs `op` `iters` times inside one `block_on`, timing only the loop.
@@ -452,6 +492,8 @@ async fn session_and_messenger_token(
 fn bench_tokens(c: &mut Criterion) {
     let AuthBench {
         runtime,
+        config,
+        metrics,
         idp,
         tokio,
     } = &auth_bench();
@@ -508,6 +550,16 @@ fn bench_tokens(c: &mut Criterion) {
                     .verify(black_box(provider), black_box(&repeat))
                     .await
                     .is_ok()
+            })
+        })
+    });
+    // The whole bearer request for a token seen before: cached verdict,
+    // cached identity, the assertion reused while it is fresh.
+    assert!(tokio.block_on(bearer_request(runtime, &sessions, &target, &request)));
+    group.bench_function("cached_request", |b| {
+        b.iter_custom(|iters| {
+            time_async(tokio, iters, |_| async {
+                bearer_request(black_box(runtime), &sessions, &target, black_box(&request)).await
             })
         })
     });
@@ -685,6 +737,61 @@ fn bench_tokens(c: &mut Criterion) {
                 i += 1;
                 check_signature_and_time(black_box(&fresh[nth(i)]), &key.key, alg, issuer, skew)
                     .is_ok()
+            })
+        });
+        // The whole bearer request for tokens never seen before, through the
+        // function the proxy calls (`authenticate`) and the assertion: each
+        // pass over the distinct tokens runs on a fresh runtime (empty token
+        // and identity caches; the same provider and cached key set), built
+        // outside the timed loop, so no token is ever a cache hit.
+        let requests: Vec<RequestHeader> = fresh
+            .iter()
+            .map(|token| {
+                let mut request = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
+                request
+                    .append_header("Authorization", format!("Bearer {token}"))
+                    .expect("header");
+                request
+            })
+            .collect();
+        let fresh_runtime = || {
+            let fresh = Runtime::build(config.clone(), Some(runtime), metrics)
+                .unwrap_or_else(|e| panic!("token benchmark runtime: {e}"));
+            assert!(
+                Arc::ptr_eq(&fresh.providers["dev"], &runtime.providers["dev"]),
+                "the fresh runtime keeps the provider and its keys"
+            );
+            fresh
+        };
+        {
+            let fresh = fresh_runtime();
+            for request in &requests {
+                assert!(
+                    tokio.block_on(bearer_request(&fresh, &sessions, &target, request)),
+                    "{alg:?} first-seen request"
+                );
+            }
+        }
+        group.bench_function(format!("first_seen_request_{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let fresh = fresh_runtime();
+                    let pass = (iters - done).min(FRESH_TOKENS as u64);
+                    timed += time_async(tokio, pass, |i| {
+                        let request = &requests[i as usize];
+                        let fresh = &fresh;
+                        let sessions = &sessions;
+                        let target = &target;
+                        async move {
+                            bearer_request(black_box(fresh), sessions, target, black_box(request))
+                                .await
+                        }
+                    });
+                    done += pass;
+                }
+                timed
             })
         });
         // The whole verification of a token not in the token cache: header
