@@ -9,6 +9,7 @@
 
 pub mod logout;
 pub mod messenger;
+pub mod prepared;
 pub mod signing;
 
 use std::collections::BTreeMap;
@@ -263,13 +264,17 @@ pub(crate) async fn provider_key(
 pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedToken, TokenError> {
     let config = &provider.config;
     let (header, key) = provider_key(provider, token).await?;
-    let claims = check_signature_and_time(
-        token,
-        &key.key,
-        header.alg,
-        &config.issuer,
-        config.clock_skew,
-    )?;
+    // The key as parsed when its set was fetched (`token::prepared`); the
+    // rest of the check is jsonwebtoken's, as for any other key.
+    let claims = prepared::with_verifier(&key.key, key.prepared(header.alg), || {
+        check_signature_and_time(
+            token,
+            &key.key,
+            header.alg,
+            &config.issuer,
+            config.clock_skew,
+        )
+    })?;
     let kind = audience_kind(&claims, &config.audiences, &config.client_id)?;
     let expires_at = claims.number("exp").ok_or(TokenError::MissingClaim)?;
     Ok(VerifiedToken {
