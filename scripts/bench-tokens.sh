@@ -14,9 +14,14 @@
 #   CPU      the core both openssl and the benches are pinned to (default 1)
 #   SECONDS_PER_BENCH  criterion measurement time and openssl's -seconds (default 5)
 #
+# Both count per second of CPU time (openssl speed by default, the token
+# benches by the thread's CPU clock), so other work on the shared core
+# moves the figures less than wall-clock rates would.
+#
 # Each row: one bench, its rate (verifications or requests per second, one
 # core) and its share of the openssl verify rate for its algorithm
-# (rs256 → rsa2048, es256 → ecdsap256; the cached rows against rsa2048).
+# (rs256 → rsa2048, es256 → ecdsap256; the cached rows have none), and with
+# BEFORE, the change from before to after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +32,7 @@ FILTER='^token/(crypto_(rs|es)256|first_seen_(rs|es)256|first_seen_request_(rs|e
 
 echo "# building the bench (release profile)" >&2
 AFTER=$(cargo bench --bench decisions --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
+    sed -n 's/.*"executable":"\([^"]*\/decisions-[^"]*\)".*/\1/p' | tail -n1)
 [[ -x "$AFTER" ]] || { echo "could not build the decisions bench" >&2; exit 1; }
 
 # verify/s of the last line `openssl speed` prints for one key type: the
@@ -62,27 +67,30 @@ criterion_rates() {
             }'
 }
 
-declare -A SUM
 for run in $(seq 1 "$RUNS"); do
     echo "# run $run of $RUNS ($(date -u +%FT%TZ), core $CPU)" >&2
     rsa=$(openssl_verify rsa2048)
     ec=$(openssl_verify ecdsap256)
-    declare -A before=() after=()
+    unset before after
+    declare -A before after
     if [[ -n "${BEFORE:-}" ]]; then
         while read -r name rate; do before[$name]=$rate; done < <(criterion_rates "$BEFORE")
     fi
     while read -r name rate; do after[$name]=$rate; done < <(criterion_rates "$AFTER")
     echo
     echo "run $run: openssl speed rsa2048 verify/s = $rsa, ecdsap256 verify/s = $ec (taskset -c $CPU, -seconds $SECS)"
-    printf '| %-32s | %12s | %7s | %12s | %7s |\n' bench "before /s" "ratio" "after /s" "ratio"
-    printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..34})" "--------------" "---------" "--------------" "---------"
+    printf '| %-32s | %12s | %7s | %12s | %7s | %7s |\n' bench "before /s" "ratio" "after /s" "ratio" "change"
+    printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..34})" "--------------" "---------" "--------------" "---------" "---------"
     for name in $(printf '%s\n' "${!after[@]}" | sort); do
-        ceiling=$rsa
+        # Ratios only where an openssl figure is the ceiling of the row.
+        ceiling=
+        [[ $name == *rs256* ]] && ceiling=$rsa
         [[ $name == *es256* ]] && ceiling=$ec
         b=${before[$name]:-}
         a=${after[$name]}
-        ratio() { [[ -n $1 ]] && awk -v r="$1" -v c="$ceiling" 'BEGIN { printf "%.0f %%", 100 * r / c }' || echo "-"; }
-        printf '| %-32s | %12s | %7s | %12s | %7s |\n' "$name" "${b:--}" "$(ratio "$b")" "$a" "$(ratio "$a")"
+        ratio() { [[ -n $1 && -n $ceiling ]] && awk -v r="$1" -v c="$ceiling" 'BEGIN { printf "%.0f %%", 100 * r / c }' || echo "-"; }
+        change=-
+        [[ -n $b ]] && change=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%+.0f %%", 100 * (a - b) / b }')
+        printf '| %-32s | %12s | %7s | %12s | %7s | %7s |\n' "$name" "${b:--}" "$(ratio "$b")" "$a" "$(ratio "$a")" "$change"
     done
-    unset before after
 done

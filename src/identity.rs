@@ -300,7 +300,10 @@ impl Rendered {
         let mut cached = self.assertion.lock();
         if let Some(signed) = cached.as_ref() {
             let fresh = signed.expires > now + ASSERTION_LIFETIME_SECS / 2;
-            if fresh && signed.kid == key.kid && signed.issuer == issuer && signed.audience == audience
+            if fresh
+                && signed.kid == key.kid
+                && signed.issuer == issuer
+                && signed.audience == audience
             {
                 return Ok(signed.value.clone());
             }
@@ -540,7 +543,9 @@ mod tests {
             .iter()
             .any(|(k, v)| k == "x-auth-subject" && v == "u"));
         let key = SigningKey::generate().unwrap();
-        let first = rendered.assertion(1000, &key, "portcullis", "chat").unwrap();
+        let first = rendered
+            .assertion(1000, &key, "portcullis", "chat")
+            .unwrap();
         let claims = |value: &http::HeaderValue| {
             let token = value.to_str().unwrap();
             let header = jsonwebtoken::decode_header(token).unwrap();
@@ -548,11 +553,20 @@ mod tests {
             (header.kid.unwrap(), claims)
         };
         assert_eq!(claims(&first), (key.kid.clone(), 1060));
-        let again = rendered.assertion(1029, &key, "portcullis", "chat").unwrap();
-        assert_eq!(again, first, "reused while more than half its minute is left");
-        let renewed = rendered.assertion(1031, &key, "portcullis", "chat").unwrap();
+        let again = rendered
+            .assertion(1029, &key, "portcullis", "chat")
+            .unwrap();
+        assert_eq!(
+            again, first,
+            "reused while more than half its minute is left"
+        );
+        let renewed = rendered
+            .assertion(1031, &key, "portcullis", "chat")
+            .unwrap();
         assert_eq!(claims(&renewed), (key.kid.clone(), 1091));
-        let elsewhere = rendered.assertion(1032, &key, "portcullis", "other").unwrap();
+        let elsewhere = rendered
+            .assertion(1032, &key, "portcullis", "other")
+            .unwrap();
         assert_ne!(elsewhere, renewed, "another audience gets its own");
     }
 
@@ -567,12 +581,23 @@ mod tests {
                 .unwrap()
         };
         let rendered = Rendered::new(identity(json!({"sub": "u"})), &messenger, "X-Auth-").unwrap();
-        let (old, new) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
-        let before = rendered.assertion(1000, &old, "portcullis", "chat").unwrap();
+        let (old, new) = (
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+        );
+        let before = rendered
+            .assertion(1000, &old, "portcullis", "chat")
+            .unwrap();
         // One second later, well within the old assertion's reuse window.
-        let after = rendered.assertion(1001, &new, "portcullis", "chat").unwrap();
+        let after = rendered
+            .assertion(1001, &new, "portcullis", "chat")
+            .unwrap();
         assert_ne!(after, before);
-        let kid = |v: &http::HeaderValue| jsonwebtoken::decode_header(v.to_str().unwrap()).unwrap().kid;
+        let kid = |v: &http::HeaderValue| {
+            jsonwebtoken::decode_header(v.to_str().unwrap())
+                .unwrap()
+                .kid
+        };
         assert_eq!(kid(&after), Some(new.kid.clone()), "signed by the new key");
         // The signature (times aside: these are made-up clocks) is the new key's.
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);

@@ -367,7 +367,10 @@ impl JwksCache {
         let body = super::read_capped(response, MAX_JWKS_BYTES)
             .await
             .map_err(|e| e.to_string())?;
-        let ParsedSet { keys: set, unusable } = parse_key_set_reporting(&body)?;
+        let ParsedSet {
+            keys: set,
+            unusable,
+        } = parse_key_set_reporting(&body)?;
         if !unusable.is_empty() {
             tracing::warn!(provider = %self.provider, kids = ?unusable, "the provider's key set has keys that cannot verify; tokens naming them are refused as key_mismatch");
         }
@@ -397,7 +400,8 @@ pub fn parse_key_set(body: &[u8]) -> Result<Vec<Arc<VerifyingKey>>, String> {
 }
 
 /// A parsed key set: the keys that verify, and the kids of signing keys
-/// that were skipped because their key cannot verify.
+/// that were skipped because their key cannot verify (a skipped key
+/// without a kid is only logged: no token can name it).
 pub struct ParsedSet {
     pub keys: Vec<Arc<VerifyingKey>>,
     pub unusable: Vec<String>,
@@ -431,9 +435,9 @@ pub fn parse_key_set_reporting(body: &[u8]) -> Result<ParsedSet, String> {
         match VerifyingKey::from_jwk(jwk) {
             Ok(key) => keys.push(Arc::new(key)),
             Err(e) => {
-                let kid = kid.unwrap_or_else(|| "(no kid)".into());
-                tracing::warn!(kid = %kid, error = %e, "skipping a JWK that cannot verify");
-                unusable.push(kid);
+                let named = kid.as_deref().unwrap_or("(no kid)");
+                tracing::warn!(kid = %named, error = %e, "skipping a JWK that cannot verify");
+                unusable.extend(kid);
             }
         }
     }

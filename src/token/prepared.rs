@@ -418,6 +418,9 @@ mod tests {
         assert!(verifies(&b_public, &by_b), "the prepared key signed");
         assert!(!verifies(&a_public, &by_b));
         let by_a = sign(&a).unwrap();
-        assert!(verifies(&a_public, &by_a), "outside the scope: the default path");
+        assert!(
+            verifies(&a_public, &by_a),
+            "outside the scope: the default path"
+        );
     }
 }

@@ -381,7 +381,10 @@ fn keys_are_parsed_at_fetch_and_one_that_cannot_verify_is_skipped_by_kid() {
     // Each kept key is ready for exactly the algorithms it fits.
     let (rsa, ec) = (&parsed.keys[0], &parsed.keys[1]);
     assert!(rsa.prepared(Algorithm::RS256).is_some());
-    assert!(rsa.prepared(Algorithm::PS256).is_none(), "its JWK says RS256");
+    assert!(
+        rsa.prepared(Algorithm::PS256).is_none(),
+        "its JWK says RS256"
+    );
     assert!(ec.prepared(Algorithm::ES256).is_some());
     assert!(ec.prepared(Algorithm::RS256).is_none());
 }
@@ -394,9 +397,15 @@ async fn a_token_naming_a_skipped_key_is_a_mismatch_without_a_refetch() {
         false,
     )
     .await;
-    assert!(cache.key_for(&uri, Some("r1"), Algorithm::RS256).await.is_ok());
+    assert!(cache
+        .key_for(&uri, Some("r1"), Algorithm::RS256)
+        .await
+        .is_ok());
     assert_eq!(
-        cache.key_for(&uri, Some("weak"), Algorithm::RS256).await.err(),
+        cache
+            .key_for(&uri, Some("weak"), Algorithm::RS256)
+            .await
+            .err(),
         Some(KeyError::Mismatch)
     );
     assert_eq!(fetches(&metrics, "initial", "ok"), 1);
