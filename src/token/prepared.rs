@@ -67,24 +67,9 @@ impl JwtVerifier for PreparedVerifier {
     }
 }
 
-/// The aws-lc-rs verification parameters jsonwebtoken's own aws-lc-rs
-/// verifiers use for `alg` (RSA: 2048 to 8192 bits), so a prepared key
-/// accepts exactly what the per-token one did. `None` for HMAC.
-fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn aws::VerificationAlgorithm> {
-    Some(match alg {
-        Algorithm::RS256 => &aws::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &aws::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &aws::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &aws::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &aws::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &aws::RSA_PSS_2048_8192_SHA512,
-        Algorithm::ES256 => &aws::ECDSA_P256_SHA256_FIXED,
-        Algorithm::ES384 => &aws::ECDSA_P384_SHA384_FIXED,
-        Algorithm::EdDSA => &aws::ED25519,
-        _ => return None,
-    })
-}
-
+/// The aws-lc-rs RSA parameters jsonwebtoken's own aws-lc-rs verifiers use
+/// for `alg` (2048 to 8192 bits), so a prepared key accepts exactly what the
+/// per-token one did.
 fn rsa_parameters(alg: Algorithm) -> Option<&'static aws::RsaParameters> {
     Some(match alg {
         Algorithm::RS256 => &aws::RSA_PKCS1_2048_8192_SHA256,
@@ -140,8 +125,12 @@ pub fn verifier_for(jwk: &Jwk, alg: Algorithm) -> Result<PreparedVerifier, Strin
             let mut point = vec![0x04];
             point.extend(b64("x", &ec.x)?);
             point.extend(b64("y", &ec.y)?);
-            ParsedPublicKey::new(verification_algorithm(alg).expect("EC"), point)
-                .map_err(refused)?
+            let params: &'static dyn aws::VerificationAlgorithm = if alg == Algorithm::ES256 {
+                &aws::ECDSA_P256_SHA256_FIXED
+            } else {
+                &aws::ECDSA_P384_SHA384_FIXED
+            };
+            ParsedPublicKey::new(params, point).map_err(refused)?
         }
         (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA)
             if okp.curve == EllipticCurve::Ed25519 =>
