@@ -9,15 +9,21 @@
 //! `authenticate_cached`), and the cost of a token seen for the first time,
 //! layer by layer, from the bare signature check that compares with
 //! `openssl speed` (`crypto_*`) up to `portcullis::token::verify`
-//! (`first_seen_*`). Every `token` bench counts one verification per
-//! iteration, so criterion's `thrpt` line reads as verifications per second.
+//! (`first_seen_*`), and the whole bearer request as the proxy makes it
+//! (`authenticate` and the `X-Auth-Assertion`) for tokens never seen
+//! before (`first_seen_request_*`) and for one seen before
+//! (`cached_request`). Every `token` bench counts one verification per
+//! iteration, so criterion's `thrpt` line reads as verifications per second
+//! of this thread's CPU time (as `openssl speed` counts by default).
 //!
-//! Run with `cargo bench --bench decisions` (`-- token` for that group only).
+//! Run with `cargo bench --bench decisions` (`-- token` for that group
+//! only); `scripts/bench-tokens.sh` runs the token rows beside `openssl
+//! speed` on one core and prints the ratios.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::signature::{
     ParsedPublicKey, RsaPublicKeyComponents, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
@@ -243,13 +249,17 @@ const AUTH_DEPLOYMENT: &str = "7d2e4b10-3c5a-4f8e-b1d6-9a0c2e4f6b81";
 const AUTH_ORIGIN: &str = "https://www.example.com";
 /// Distinct tokens per algorithm for the first-seen benches, used in turn,
 /// so that no iteration sees the exact bytes of the one before.
-const FRESH_TOKENS: usize = 64;
+const FRESH_TOKENS: usize = 256;
 
 /// A development provider on loopback, and a runtime whose provider `dev`
 /// points at it. Fields drop in order: the runtime (and its HTTP client)
 /// before the provider, the async runtime last.
 struct AuthBench {
     runtime: Runtime,
+    /// The config `runtime` was built from, to build fresh runtimes (empty
+    /// token and identity caches, the same provider and its cached keys).
+    config: portcullis::config::Config,
+    metrics: Arc<portcullis::metrics::Metrics>,
     idp: DevIdp,
     tokio: tokio::runtime::Runtime,
 }
@@ -303,10 +313,13 @@ fn auth_bench() -> AuthBench {
         &|_: &str| None,
     )
     .unwrap_or_else(|e| panic!("token benchmark config is invalid:\n{e}"));
-    let runtime = Runtime::build(config, None, &Arc::new(portcullis::metrics::Metrics::new()))
+    let metrics = Arc::new(portcullis::metrics::Metrics::new());
+    let runtime = Runtime::build(config.clone(), None, &metrics)
         .unwrap_or_else(|e| panic!("token benchmark runtime: {e}"));
     AuthBench {
         runtime,
+        config,
+        metrics,
         idp,
         tokio,
     }
@@ -377,18 +390,89 @@ fn split_jws(token: &str) -> (&[u8], Vec<u8>) {
     )
 }
 
-/// Runs `op` `iters` times inside one `block_on`, timing only the loop.
+/// What the proxy does for a bearer request to a deployment with
+/// `assertion: true`: `authenticate` (the token check, the identity), then
+/// the `X-Auth-Assertion` value as `upstream_request_filter` gets it (reused
+/// while fresh, else signed). True when both succeed.
+async fn bearer_request(
+    runtime: &Runtime,
+    sessions: &portcullis::session::store::MemoryStore,
+    target: &route::Target,
+    request: &RequestHeader,
+) -> bool {
+    let Ok(auth) = authenticate(runtime, sessions, target, request).await else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    auth.rendered
+        .assertion(
+            now,
+            &runtime.keys.current,
+            &runtime.issuer,
+            &target.deployment.upstream.config.name,
+        )
+        .is_ok()
+}
+
+/// This thread's CPU time (user and system), as `openssl speed` counts its
+/// operations per second of CPU time by default: on a machine whose cores
+/// are shared, wall-clock rates move with whatever else runs there, CPU-time
+/// rates much less, and both sides of a ratio are counted the same way.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Criterion measuring [`thread_cpu_time`] (the `token` and `identity`
+/// groups); reported like wall time.
+struct ThreadCpuTime;
+
+impl criterion::measurement::Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+    fn end(&self, started: Duration) -> Duration {
+        thread_cpu_time().saturating_sub(started)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn criterion::measurement::ValueFormatter {
+        static WALL: criterion::measurement::WallTime = criterion::measurement::WallTime;
+        WALL.formatter()
+    }
+}
+
+/// Runs `op` `iters` times inside one `block_on`, timing (in this thread's
+/// CPU time) only the loop.
 fn time_async<F, Fut>(tokio: &tokio::runtime::Runtime, iters: u64, mut op: F) -> Duration
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     tokio.block_on(async {
-        let started = Instant::now();
+        let started = thread_cpu_time();
         for i in 0..iters {
             black_box(op(i).await);
         }
-        started.elapsed()
+        thread_cpu_time().saturating_sub(started)
     })
 }
 
@@ -449,9 +533,18 @@ async fn session_and_messenger_token(
     (request, target, by_jwt)
 }
 
-fn bench_tokens(c: &mut Criterion) {
+fn bench_tokens(c: &mut Criterion<ThreadCpuTime>) {
+    // As the binary does first thing: jsonwebtoken's provider is fixed by
+    // its first use, and the development provider signs tokens below.
+    portcullis::install_crypto_provider();
+    assert!(
+        portcullis::token::prepared::is_installed(),
+        "keys parsed once are in use"
+    );
     let AuthBench {
         runtime,
+        config,
+        metrics,
         idp,
         tokio,
     } = &auth_bench();
@@ -508,6 +601,16 @@ fn bench_tokens(c: &mut Criterion) {
                     .verify(black_box(provider), black_box(&repeat))
                     .await
                     .is_ok()
+            })
+        })
+    });
+    // The whole bearer request for a token seen before: cached verdict,
+    // cached identity, the assertion reused while it is fresh.
+    assert!(tokio.block_on(bearer_request(runtime, &sessions, &target, &request)));
+    group.bench_function("cached_request", |b| {
+        b.iter_custom(|iters| {
+            time_async(tokio, iters, |_| async {
+                bearer_request(black_box(runtime), &sessions, &target, black_box(&request)).await
             })
         })
     });
@@ -687,6 +790,61 @@ fn bench_tokens(c: &mut Criterion) {
                     .is_ok()
             })
         });
+        // The whole bearer request for tokens never seen before, through the
+        // function the proxy calls (`authenticate`) and the assertion: each
+        // pass over the distinct tokens runs on a fresh runtime (empty token
+        // and identity caches; the same provider and cached key set), built
+        // outside the timed loop, so no token is ever a cache hit.
+        let requests: Vec<RequestHeader> = fresh
+            .iter()
+            .map(|token| {
+                let mut request = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
+                request
+                    .append_header("Authorization", format!("Bearer {token}"))
+                    .expect("header");
+                request
+            })
+            .collect();
+        let fresh_runtime = || {
+            let fresh = Runtime::build(config.clone(), Some(runtime), metrics)
+                .unwrap_or_else(|e| panic!("token benchmark runtime: {e}"));
+            assert!(
+                Arc::ptr_eq(&fresh.providers["dev"], &runtime.providers["dev"]),
+                "the fresh runtime keeps the provider and its keys"
+            );
+            fresh
+        };
+        {
+            let fresh = fresh_runtime();
+            for request in &requests {
+                assert!(
+                    tokio.block_on(bearer_request(&fresh, &sessions, &target, request)),
+                    "{alg:?} first-seen request"
+                );
+            }
+        }
+        group.bench_function(format!("first_seen_request_{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let fresh = fresh_runtime();
+                    let pass = (iters - done).min(FRESH_TOKENS as u64);
+                    timed += time_async(tokio, pass, |i| {
+                        let request = &requests[i as usize];
+                        let fresh = &fresh;
+                        let sessions = &sessions;
+                        let target = &target;
+                        async move {
+                            bearer_request(black_box(fresh), sessions, target, black_box(request))
+                                .await
+                        }
+                    });
+                    done += pass;
+                }
+                timed
+            })
+        });
         // The whole verification of a token not in the token cache: header
         // and algorithm checks, key lookup (the JWKS is cached), signature,
         // claims, audience. `token::verify` keeps no cache of its own.
@@ -711,7 +869,11 @@ criterion_group!(
     bench_admit,
     bench_check_target,
     bench_strip,
-    bench_frames,
-    bench_tokens
+    bench_frames
 );
-criterion_main!(benches);
+criterion_group! {
+    name = token_benches;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = bench_tokens
+}
+criterion_main!(benches, token_benches);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::Messenger;
+use crate::token::signing::{SigningKey, ASSERTION_TYP};
 use crate::token::Claims;
 
 /// The longest value portcullis puts in an identity header.
@@ -242,10 +243,27 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 /// deployment and shared by every request presenting that token: the
 /// headers are ready to insert, and the signed assertion is reused while it
 /// has more than half its minute left.
+///
+/// The assertion is not shared across tokens, even of one person: for a
+/// bearer token its `sid` is the token's own id (`t-…`, the
+/// `X-Auth-Session` of the same request), and a backend may rely on the
+/// two being equal and on `sid` naming the credential that opened the
+/// connection. Reusing another token's assertion would break that, so a
+/// first-seen token costs one signature; the signature is made with a key
+/// parsed once (`token::prepared`).
 pub struct Rendered {
     pub identity: Identity,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    assertion: parking_lot::Mutex<Option<(http::HeaderValue, u64)>>,
+    assertion: parking_lot::Mutex<Option<SignedAssertion>>,
+}
+
+/// A signed assertion and what it was signed for, besides the identity.
+struct SignedAssertion {
+    value: http::HeaderValue,
+    expires: u64,
+    kid: String,
+    issuer: String,
+    audience: String,
 }
 
 impl Rendered {
@@ -267,22 +285,39 @@ impl Rendered {
         })
     }
 
-    /// The assertion header value: the cached one while it has more than
-    /// half its lifetime left, else a new one from `sign(now)`.
+    /// The `X-Auth-Assertion` value for a request to the upstream named
+    /// `audience`: the cached one while it was signed by `key` for this
+    /// issuer and audience and has more than half its lifetime left, else a
+    /// new one. A signing key rotation (a new current key) therefore never
+    /// serves an assertion signed by the old key.
     pub fn assertion(
         &self,
         now: u64,
-        sign: impl FnOnce(u64) -> Result<String, String>,
+        key: &SigningKey,
+        issuer: &str,
+        audience: &str,
     ) -> Result<http::HeaderValue, String> {
         let mut cached = self.assertion.lock();
-        if let Some((value, expires)) = cached.as_ref() {
-            if *expires > now + ASSERTION_LIFETIME_SECS / 2 {
-                return Ok(value.clone());
+        if let Some(signed) = cached.as_ref() {
+            let fresh = signed.expires > now + ASSERTION_LIFETIME_SECS / 2;
+            if fresh
+                && signed.kid == key.kid
+                && signed.issuer == issuer
+                && signed.audience == audience
+            {
+                return Ok(signed.value.clone());
             }
         }
-        let token = sign(now)?;
+        let claims = assertion_claims(&self.identity, issuer, audience, now);
+        let token = key.sign(ASSERTION_TYP, &claims)?;
         let value = http::HeaderValue::from_str(&token).map_err(|e| e.to_string())?;
-        *cached = Some((value.clone(), now + ASSERTION_LIFETIME_SECS));
+        *cached = Some(SignedAssertion {
+            value: value.clone(),
+            expires: now + ASSERTION_LIFETIME_SECS,
+            kid: key.kid.clone(),
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+        });
         Ok(value)
     }
 }
@@ -507,15 +542,74 @@ mod tests {
             .headers
             .iter()
             .any(|(k, v)| k == "x-auth-subject" && v == "u"));
-        let signs = std::cell::Cell::new(0);
-        let sign = |now: u64| {
-            signs.set(signs.get() + 1);
-            Ok(format!("token-{now}"))
+        let key = SigningKey::generate().unwrap();
+        let first = rendered
+            .assertion(1000, &key, "portcullis", "chat")
+            .unwrap();
+        let claims = |value: &http::HeaderValue| {
+            let token = value.to_str().unwrap();
+            let header = jsonwebtoken::decode_header(token).unwrap();
+            let claims = crate::token::recorded_expiry(token).unwrap();
+            (header.kid.unwrap(), claims)
         };
-        assert_eq!(rendered.assertion(1000, sign).unwrap(), "token-1000");
-        assert_eq!(rendered.assertion(1029, sign).unwrap(), "token-1000");
-        assert_eq!(rendered.assertion(1031, sign).unwrap(), "token-1031");
-        assert_eq!(signs.get(), 2);
+        assert_eq!(claims(&first), (key.kid.clone(), 1060));
+        let again = rendered
+            .assertion(1029, &key, "portcullis", "chat")
+            .unwrap();
+        assert_eq!(
+            again, first,
+            "reused while more than half its minute is left"
+        );
+        let renewed = rendered
+            .assertion(1031, &key, "portcullis", "chat")
+            .unwrap();
+        assert_eq!(claims(&renewed), (key.kid.clone(), 1091));
+        let elsewhere = rendered
+            .assertion(1032, &key, "portcullis", "other")
+            .unwrap();
+        assert_ne!(elsewhere, renewed, "another audience gets its own");
+    }
+
+    #[test]
+    fn a_signing_key_rotation_never_serves_an_assertion_of_the_old_key() {
+        let messenger: Messenger = {
+            let text = "listen: [{address: \"127.0.0.1:1\"}]\nmessengers: {m: {authentication: {enabled: false}}}\n";
+            crate::config::parse(text, std::path::Path::new("."), &|_: &str| None)
+                .unwrap()
+                .messengers
+                .remove("m")
+                .unwrap()
+        };
+        let rendered = Rendered::new(identity(json!({"sub": "u"})), &messenger, "X-Auth-").unwrap();
+        let (old, new) = (
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+        );
+        let before = rendered
+            .assertion(1000, &old, "portcullis", "chat")
+            .unwrap();
+        // One second later, well within the old assertion's reuse window.
+        let after = rendered
+            .assertion(1001, &new, "portcullis", "chat")
+            .unwrap();
+        assert_ne!(after, before);
+        let kid = |v: &http::HeaderValue| {
+            jsonwebtoken::decode_header(v.to_str().unwrap())
+                .unwrap()
+                .kid
+        };
+        assert_eq!(kid(&after), Some(new.kid.clone()), "signed by the new key");
+        // The signature (times aside: these are made-up clocks) is the new key's.
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.validate_exp = false;
+        validation.set_required_spec_claims::<&str>(&[]);
+        validation.set_audience(&["chat"]);
+        let verifies = |key: &SigningKey| {
+            jsonwebtoken::decode::<Value>(after.to_str().unwrap(), &key.decoding, &validation)
+                .is_ok()
+        };
+        assert!(verifies(&new));
+        assert!(!verifies(&old));
     }
 
     #[test]

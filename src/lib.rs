@@ -44,7 +44,10 @@ pub mod token;
 /// before anything else touches TLS: Pingora installs `ring` as the default
 /// when it builds its first listener or connector unless a provider is
 /// already installed, and clients built later take whichever is installed.
+/// Also installs jsonwebtoken's provider (aws-lc-rs, with keys parsed once:
+/// `token::prepared`) before anything signs or verifies a JWT.
 /// Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    token::prepared::ensure_installed();
 }

@@ -18,7 +18,7 @@
 //! A bad signature on a known `kid` never causes a fetch: that is decided
 //! by the caller, which only asks for a `kid` it has not been given.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use super::Backoff;
 use crate::config::JwksSettings;
 use crate::metrics::Metrics;
+use crate::token::prepared::{self, PreparedVerifier};
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 512 * 1024;
@@ -48,11 +49,57 @@ pub struct VerifyingKey {
     pub kid: Option<String>,
     pub jwk: Jwk,
     pub key: DecodingKey,
+    /// The key parsed for each algorithm it may verify, once, when its set
+    /// was fetched (see `token::prepared`), so a token costs a signature
+    /// check and not a key construction too.
+    prepared: Vec<PreparedVerifier>,
 }
+
+impl VerifyingKey {
+    /// A signing key from the provider's set, parsed for every algorithm
+    /// it fits. A key aws-lc-rs refuses (an RSA modulus under 2048 bits, a
+    /// point not on its curve) is an error: it could never verify a token.
+    pub fn from_jwk(jwk: Jwk) -> Result<Self, String> {
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        let prepared = SIGNATURE_ALGORITHMS
+            .iter()
+            .filter(|&&alg| fits(&jwk, alg))
+            .map(|&alg| prepared::verifier_for(&jwk, alg))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VerifyingKey {
+            kid: jwk.common.key_id.clone(),
+            jwk,
+            key,
+            prepared,
+        })
+    }
+
+    /// The key parsed for `alg`, if it fits `alg`.
+    pub fn prepared(&self, alg: Algorithm) -> Option<&PreparedVerifier> {
+        self.prepared.iter().find(|p| p.algorithm() == alg)
+    }
+}
+
+/// Every asymmetric algorithm a provider's key may be for.
+const SIGNATURE_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 
 struct KeySet {
     by_kid: HashMap<String, Arc<VerifyingKey>>,
     all: Vec<Arc<VerifyingKey>>,
+    /// Kids of signing keys in the set that cannot verify (skipped while
+    /// parsing): a token naming one is refused as a key mismatch, without
+    /// an unknown-kid refetch (the provider does publish that kid).
+    unusable: HashSet<String>,
     fetched_at: Instant,
     fetched_wall: SystemTime,
     ttl: Duration,
@@ -147,6 +194,9 @@ impl JwksCache {
         if let Some(key) = set.by_kid.get(kid) {
             return check_compatible(key, alg).map(|()| key.clone());
         }
+        if set.unusable.contains(kid) {
+            return Err(KeyError::Mismatch);
+        }
         if self.unknown_kids.contains_key(kid) {
             self.count_kid_miss("negative_cached");
             return Err(KeyError::UnknownKid);
@@ -160,6 +210,7 @@ impl JwksCache {
         let set = self.usable_set().ok_or(KeyError::Unavailable)?;
         match set.by_kid.get(kid) {
             Some(key) => check_compatible(key, alg).map(|()| key.clone()),
+            None if set.unusable.contains(kid) => Err(KeyError::Mismatch),
             None => {
                 self.unknown_kids.insert(kid.to_string(), ());
                 Err(KeyError::UnknownKid)
@@ -316,13 +367,20 @@ impl JwksCache {
         let body = super::read_capped(response, MAX_JWKS_BYTES)
             .await
             .map_err(|e| e.to_string())?;
-        let set = parse_key_set(&body)?;
+        let ParsedSet {
+            keys: set,
+            unusable,
+        } = parse_key_set_reporting(&body)?;
+        if !unusable.is_empty() {
+            tracing::warn!(provider = %self.provider, kids = ?unusable, "the provider's key set has keys that cannot verify; tokens naming them are refused as key_mismatch");
+        }
         Ok(KeySet {
             by_kid: set
                 .iter()
                 .filter_map(|k| k.kid.clone().map(|kid| (kid, k.clone())))
                 .collect(),
             all: set,
+            unusable: unusable.into_iter().collect(),
             fetched_at: Instant::now(),
             fetched_wall: SystemTime::now(),
             ttl,
@@ -338,12 +396,26 @@ pub fn refetch_spacing(settings: &JwksSettings) -> Duration {
 /// Parses a JWK set, keeping every signing key that can verify and skipping
 /// (with a log line) the ones that cannot, so one odd key does not hide the rest.
 pub fn parse_key_set(body: &[u8]) -> Result<Vec<Arc<VerifyingKey>>, String> {
+    parse_key_set_reporting(body).map(|set| set.keys)
+}
+
+/// A parsed key set: the keys that verify, and the kids of signing keys
+/// that were skipped because their key cannot verify (a skipped key
+/// without a kid is only logged: no token can name it).
+pub struct ParsedSet {
+    pub keys: Vec<Arc<VerifyingKey>>,
+    pub unusable: Vec<String>,
+}
+
+/// As [`parse_key_set`], also naming the skipped signing keys.
+pub fn parse_key_set_reporting(body: &[u8]) -> Result<ParsedSet, String> {
     #[derive(serde::Deserialize)]
     struct RawSet {
         keys: Vec<serde_json::Value>,
     }
     let raw: RawSet = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
     let mut keys = Vec::new();
+    let mut unusable = Vec::new();
     for value in raw.keys {
         let jwk: Jwk = match serde_json::from_value(value) {
             Ok(j) => j,
@@ -359,30 +431,39 @@ pub fn parse_key_set(body: &[u8]) -> Result<Vec<Arc<VerifyingKey>>, String> {
             // A symmetric key has no place in a public key set.
             continue;
         }
-        match DecodingKey::from_jwk(&jwk) {
-            Ok(key) => keys.push(Arc::new(VerifyingKey {
-                kid: jwk.common.key_id.clone(),
-                jwk,
-                key,
-            })),
-            Err(e) => tracing::debug!(error = %e, "skipping a JWK that cannot verify"),
+        let kid = jwk.common.key_id.clone();
+        match VerifyingKey::from_jwk(jwk) {
+            Ok(key) => keys.push(Arc::new(key)),
+            Err(e) => {
+                let named = kid.as_deref().unwrap_or("(no kid)");
+                tracing::warn!(kid = %named, error = %e, "skipping a JWK that cannot verify");
+                unusable.extend(kid);
+            }
         }
     }
     if keys.is_empty() {
         return Err("the key set has no usable signing key".into());
     }
-    Ok(keys)
+    Ok(ParsedSet { keys, unusable })
 }
 
 /// Whether this key may verify a token signed with `alg`: its type (and
 /// curve) must fit the algorithm, and its own `alg`, when given, must equal it.
 pub fn check_compatible(key: &VerifyingKey, alg: Algorithm) -> Result<(), KeyError> {
-    if let Some(key_alg) = key.jwk.common.key_algorithm {
+    if fits(&key.jwk, alg) {
+        Ok(())
+    } else {
+        Err(KeyError::Mismatch)
+    }
+}
+
+fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
+    if let Some(key_alg) = jwk.common.key_algorithm {
         if key_algorithm_name(key_alg) != Some(alg) {
-            return Err(KeyError::Mismatch);
+            return false;
         }
     }
-    let fits = match (&key.jwk.algorithm, alg) {
+    match (&jwk.algorithm, alg) {
         (
             AlgorithmParameters::RSA(_),
             Algorithm::RS256
@@ -402,11 +483,6 @@ pub fn check_compatible(key: &VerifyingKey, alg: Algorithm) -> Result<(), KeyErr
             okp.curve == EllipticCurve::Ed25519
         }
         _ => false,
-    };
-    if fits {
-        Ok(())
-    } else {
-        Err(KeyError::Mismatch)
     }
 }
 

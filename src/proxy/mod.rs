@@ -889,18 +889,12 @@ fn add_identity(
             .unwrap_or(0);
         let assertion = auth
             .rendered
-            .assertion(now, |now| {
-                let claims = identity::assertion_claims(
-                    &auth.rendered.identity,
-                    &runtime.issuer,
-                    &target.deployment.upstream.config.name,
-                    now,
-                );
-                runtime
-                    .keys
-                    .current
-                    .sign(crate::token::signing::ASSERTION_TYP, &claims)
-            })
+            .assertion(
+                now,
+                &runtime.keys.current,
+                &runtime.issuer,
+                &target.deployment.upstream.config.name,
+            )
             .or_else(|e| Error::e_explain(InternalError, e))?;
         req.insert_header(format!("{prefix}Assertion"), assertion)?;
     }

@@ -2,13 +2,14 @@
 //! result), and signing portcullis's own (`signing`).
 //!
 //! Verification order, cheapest and most hostile-input-proof first: size,
-//! shape and header, algorithm allow-list (`none` and HMAC never), key by
+//! header (one parse), algorithm allow-list (`none` and HMAC never), key by
 //! `kid` from the JWKS cache, the key's own type and `alg` against the
 //! token's, signature, then claims (`iss` exact, `exp` required, `nbf`/`iat`
 //! within the clock skew, `aud` against the provider's audiences or client id).
 
 pub mod logout;
 pub mod messenger;
+pub mod prepared;
 pub mod signing;
 
 use std::collections::BTreeMap;
@@ -240,14 +241,35 @@ pub(crate) async fn provider_key(
     if token.len() > config.max_token_bytes {
         return Err(TokenError::TooLarge);
     }
-    let alg_name = header_algorithm(token)?;
-    if alg_name.eq_ignore_ascii_case("none") || alg_name.to_ascii_uppercase().starts_with("HS") {
+    // One parse of the header on the way in (jsonwebtoken's). A header it
+    // cannot read is read again by name only, so that `none` (which
+    // jsonwebtoken does not know) and HMAC in any spelling are refused as
+    // algorithms, never taken for mere malformation.
+    let header = match jsonwebtoken::decode_header(token) {
+        Ok(header) => header,
+        Err(_) => {
+            let alg_name = header_algorithm(token)?;
+            let refused = alg_name.eq_ignore_ascii_case("none")
+                || alg_name.to_ascii_uppercase().starts_with("HS")
+                || !config.algorithms.contains(&alg_name);
+            return Err(if refused {
+                TokenError::AlgorithmNotAllowed
+            } else {
+                TokenError::Malformed
+            });
+        }
+    };
+    let hmac = matches!(
+        header.alg,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    );
+    let allowed = config
+        .algorithms
+        .iter()
+        .any(|name| name.parse::<Algorithm>().is_ok_and(|a| a == header.alg));
+    if hmac || !allowed {
         return Err(TokenError::AlgorithmNotAllowed);
     }
-    if !config.algorithms.contains(&alg_name) {
-        return Err(TokenError::AlgorithmNotAllowed);
-    }
-    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let key = provider
         .key_for(header.kid.as_deref(), header.alg)
         .await
@@ -263,13 +285,17 @@ pub(crate) async fn provider_key(
 pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedToken, TokenError> {
     let config = &provider.config;
     let (header, key) = provider_key(provider, token).await?;
-    let claims = check_signature_and_time(
-        token,
-        &key.key,
-        header.alg,
-        &config.issuer,
-        config.clock_skew,
-    )?;
+    // The key as parsed when its set was fetched (`token::prepared`); the
+    // rest of the check is jsonwebtoken's, as for any other key.
+    let claims = prepared::with_verifier(&key.key, key.prepared(header.alg), || {
+        check_signature_and_time(
+            token,
+            &key.key,
+            header.alg,
+            &config.issuer,
+            config.clock_skew,
+        )
+    })?;
     let kind = audience_kind(&claims, &config.audiences, &config.client_id)?;
     let expires_at = claims.number("exp").ok_or(TokenError::MissingClaim)?;
     Ok(VerifiedToken {
@@ -283,12 +309,15 @@ pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedT
 }
 
 fn token_session_id(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let hex: String = digest.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("t-{hex}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = sha256(token.as_bytes());
+    let mut id = String::with_capacity(2 + 24);
+    id.push_str("t-");
+    for byte in &digest[..12] {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    id
 }
 
 /// Signature, `iss`, `exp`, `nbf` and `iat`; shared with portcullis's own tokens.

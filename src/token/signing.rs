@@ -6,6 +6,8 @@
 //! configured key one is generated at startup (with a warning: backends
 //! verifying assertions must refetch the JWKS after every restart).
 
+use std::sync::Arc;
+
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
@@ -16,6 +18,7 @@ use aws_lc_rs::signature::{
 };
 
 use crate::config::Secret;
+use crate::token::prepared::{self, PreparedSigner};
 
 /// The `typ` of the `X-Auth-Assertion` portcullis hands backends: not a
 /// credential anywhere (see `token::messenger`).
@@ -26,6 +29,9 @@ pub struct SigningKey {
     pub kid: String,
     pub alg: Algorithm,
     encoding: EncodingKey,
+    /// The private key parsed once (`token::prepared`): jsonwebtoken would
+    /// parse and check the PKCS#8 on every signature.
+    prepared: PreparedSigner,
     /// The public half, for verifying what portcullis signed itself.
     pub decoding: jsonwebtoken::DecodingKey,
     pub public_jwk: serde_json::Value,
@@ -78,6 +84,7 @@ impl SigningKey {
                 kid,
                 alg: Algorithm::ES256,
                 encoding: EncodingKey::from_ec_der(der),
+                prepared: PreparedSigner::Es256(Arc::new(pair)),
                 decoding: decoding_key(&jwk)?,
                 public_jwk: jwk,
             });
@@ -94,6 +101,7 @@ impl SigningKey {
                 kid,
                 alg: Algorithm::EdDSA,
                 encoding: EncodingKey::from_ed_der(der),
+                prepared: PreparedSigner::EdDsa(Arc::new(pair)),
                 decoding: decoding_key(&jwk)?,
                 public_jwk: jwk,
             });
@@ -128,8 +136,10 @@ impl SigningKey {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         header.typ = Some(typ.into());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| format!("signing failed: {e}"))
+        prepared::with_signer(&self.encoding, &self.prepared, || {
+            jsonwebtoken::encode(&header, claims, &self.encoding)
+        })
+        .map_err(|e| format!("signing failed: {e}"))
     }
 }
 
@@ -182,6 +192,7 @@ impl KeyRing {
             kid: key.kid.clone(),
             alg: key.alg,
             encoding: key.encoding.clone(),
+            prepared: key.prepared.clone(),
             decoding: key.decoding.clone(),
             public_jwk: key.public_jwk.clone(),
         })

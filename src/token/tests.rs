@@ -656,3 +656,31 @@ fn a_cached_verification_lives_until_the_token_expires_or_five_minutes() {
         Some(Duration::ZERO)
     );
 }
+
+#[tokio::test]
+async fn a_header_jsonwebtoken_cannot_read_is_malformed_when_its_alg_is_allowed() {
+    // The header is read once, by jsonwebtoken; only a header it refuses is
+    // read again for its `alg` by name. An allowed `alg` beside a member of
+    // the wrong type is malformed, not an algorithm refusal, and no key is
+    // fetched for it.
+    let f = fixture().await;
+    let payload = b64(claims(&f.idp).to_string().as_bytes());
+    let odd = format!("{}.{payload}.c2ln", b64(br#"{"alg":"RS256","kid":7}"#));
+    assert_eq!(
+        verify(&f.provider, &odd).await.unwrap_err(),
+        TokenError::Malformed
+    );
+    let lower_hmac = format!("{}.{payload}.c2ln", b64(br#"{"alg":"hs256"}"#));
+    assert_eq!(
+        verify(&f.provider, &lower_hmac).await.unwrap_err(),
+        TokenError::AlgorithmNotAllowed
+    );
+    assert_eq!(f.jwks_hits(), 0);
+}
+
+#[test]
+fn a_bearer_session_id_is_t_and_the_first_24_hex_digits_of_the_token_sha256() {
+    // What backends have seen as X-Auth-Session for a bearer token; the
+    // faster rendering must not change it.
+    assert_eq!(token_session_id("abc"), "t-ba7816bf8f01cfea414140de");
+}

@@ -103,6 +103,7 @@ fn without_a_kid_only_an_unambiguous_key_is_used() {
         fetched_at: Instant::now(),
         fetched_wall: SystemTime::now(),
         ttl: Duration::from_secs(60),
+        unusable: HashSet::new(),
     };
     assert_eq!(
         select_without_kid(&key_set, Algorithm::ES256)
@@ -190,6 +191,7 @@ fn store_aged_set(cache: &JwksCache, age: Duration, ttl: Duration) {
         fetched_at: Instant::now().checked_sub(age).unwrap(),
         fetched_wall: SystemTime::now() - age,
         ttl,
+        unusable: HashSet::new(),
     })));
 }
 
@@ -361,4 +363,55 @@ async fn a_key_set_larger_than_512_kib_is_refused() {
         assert_eq!(fetches(&metrics, "initial", "ok"), 1);
         assert_eq!(fetches(&metrics_over, "initial", "error"), 1);
     }
+}
+
+/// An RSA key of 1024 bits (aws-lc-rs verifies 2048 to 8192, as
+/// jsonwebtoken's verifiers ask) and a P-256 "point" off the curve: keys
+/// that parse as JWKs but could never verify a token.
+const WEAK_RSA_JWK: &str = r#"{"kty":"RSA","kid":"weak","use":"sig","alg":"RS256","e":"AQAB","n":"wVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVVQE"}"#;
+const OFF_CURVE_JWK: &str = r#"{"kty":"EC","kid":"off-curve","crv":"P-256","x":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE","y":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI"}"#;
+
+#[test]
+fn keys_are_parsed_at_fetch_and_one_that_cannot_verify_is_skipped_by_kid() {
+    let body = format!("{{\"keys\":[{WEAK_RSA_JWK},{RSA_JWK},{OFF_CURVE_JWK},{EC_JWK}]}}");
+    let parsed = parse_key_set_reporting(body.as_bytes()).unwrap();
+    let kids: Vec<_> = parsed.keys.iter().map(|k| k.kid.clone().unwrap()).collect();
+    assert_eq!(kids, vec!["r1", "e1"], "the others still work");
+    assert_eq!(parsed.unusable, vec!["weak", "off-curve"]);
+    // Each kept key is ready for exactly the algorithms it fits.
+    let (rsa, ec) = (&parsed.keys[0], &parsed.keys[1]);
+    assert!(rsa.prepared(Algorithm::RS256).is_some());
+    assert!(
+        rsa.prepared(Algorithm::PS256).is_none(),
+        "its JWK says RS256"
+    );
+    assert!(ec.prepared(Algorithm::ES256).is_some());
+    assert!(ec.prepared(Algorithm::RS256).is_none());
+}
+
+#[tokio::test]
+async fn a_token_naming_a_skipped_key_is_a_mismatch_without_a_refetch() {
+    let (cache, metrics) = new_cache(JwksSettings::default());
+    let uri = serve_body(
+        format!("{{\"keys\":[{WEAK_RSA_JWK},{RSA_JWK}]}}").into_bytes(),
+        false,
+    )
+    .await;
+    assert!(cache
+        .key_for(&uri, Some("r1"), Algorithm::RS256)
+        .await
+        .is_ok());
+    assert_eq!(
+        cache
+            .key_for(&uri, Some("weak"), Algorithm::RS256)
+            .await
+            .err(),
+        Some(KeyError::Mismatch)
+    );
+    assert_eq!(fetches(&metrics, "initial", "ok"), 1);
+    assert_eq!(
+        fetches(&metrics, "unknown_kid", "ok"),
+        0,
+        "the provider does publish the kid: nothing to refetch"
+    );
 }
