@@ -28,7 +28,7 @@ providers:
   idp:
     issuer: "https://idp.example.com"
     client_id: chat
-    client_secret: "not-a-real-secret-but-long-enough"
+    client_secret: {env: BENCH_CLIENT_SECRET}
     audiences: ["api://messaging"]
 messengers:
   open: {authentication: {enabled: false}}
@@ -43,7 +43,8 @@ deployments:
 "#;
 
 fn runtime() -> Runtime {
-    let config = portcullis::config::parse(CONFIG, Path::new("."), &|_: &str| None)
+    let secret = |name: &str| (name == "BENCH_CLIENT_SECRET").then(|| "s".repeat(32));
+    let config = portcullis::config::parse(CONFIG, Path::new("."), &secret)
         .unwrap_or_else(|e| panic!("benchmark config is invalid:\n{e}"));
     Runtime::build(config, None, &Arc::new(portcullis::metrics::Metrics::new()))
         .unwrap_or_else(|e| panic!("benchmark runtime: {e}"))

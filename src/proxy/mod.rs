@@ -519,7 +519,7 @@ impl Portcullis {
             header.insert_header("location", location)?;
             header.insert_header("cache-control", "no-store")?;
             header.insert_header("content-length", "0")?;
-            header.insert_header(request_id::HEADER, ctx.request_id().as_str())?;
+            header.insert_header(request_id::HEADER, ctx.request_id().header_value())?;
             return self.write_own(session, header, Bytes::new()).await;
         }
         let (mut header, body) = refusal.render();
@@ -839,7 +839,7 @@ pub fn prepare_upstream_request(
     headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
     // After the strips (an identity prefix such as `X-` would match it):
     // whatever the client sent is replaced by the id this request was given.
-    upstream_request.insert_header(request_id::HEADER, id.as_str())?;
+    upstream_request.insert_header(request_id::HEADER, id.header_value())?;
     strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
     match (auth, target) {
         (Some(auth), Some(target)) => {
@@ -1100,7 +1100,7 @@ impl ProxyHttp for Portcullis {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.response_after = ctx.started.map(|s| s.elapsed());
-        upstream_response.insert_header(request_id::HEADER, ctx.request_id().as_str())?;
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id().header_value())?;
         if !ctx.is_upgrade {
             return Ok(());
         }
