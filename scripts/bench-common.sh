@@ -23,6 +23,9 @@ start() {
     for _ in $(seq 100); do
         if port_open "$port"; then
             STARTED_PID=$(pgrep -P "$wrapper")
+            # The server itself too: a cleanup's KILL must reach it even
+            # when `timeout` (which only forwards signals) is gone first.
+            server_pids+=("$STARTED_PID")
             return 0
         fi
         if ! kill -0 "$wrapper" 2>/dev/null; then break; fi

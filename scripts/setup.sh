@@ -86,8 +86,11 @@ else
     fi
     echo "setup: installing ${missing[*]}"
     # Debian's maintainer scripts start the services they install (apache2,
-    # nginx on port 80): a policy-rc.d that refuses (exit 101) keeps them
-    # from starting, and is removed again unless it was there before.
+    # nginx on port 80; also redis-server and prometheus): a policy-rc.d that
+    # refuses (exit 101) keeps every one of them from starting during the
+    # install (the tests start their own, on loopback ports of their own),
+    # and is removed again, even if this script is killed, unless it was
+    # there before.
     policy=/usr/sbin/policy-rc.d
     own_policy=0
     if [ ! -e "$policy" ]; then
@@ -95,11 +98,25 @@ else
             "${sudo[@]}" tee "$policy" >/dev/null
         "${sudo[@]}" chmod 755 "$policy"
         own_policy=1
+        trap '"${sudo[@]}" rm -f "$policy"' EXIT
     fi
     status=0
     "${sudo[@]}" apt-get update -q && "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
-    if [ "$own_policy" = 1 ]; then "${sudo[@]}" rm -f "$policy"; fi
+    if [ "$own_policy" = 1 ]; then
+        "${sudo[@]}" rm -f "$policy"
+        trap - EXIT
+    fi
     if [ "$status" != 0 ]; then exit "$status"; fi
+    # Nor at the next boot: the benchmark (benches/compare) runs its own
+    # Apache and nginx from generated configs; the system's would take port 80.
+    for service in apache2 apache-htcacheclean nginx; do
+        if [ -e "/etc/init.d/$service" ]; then
+            "${sudo[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
+            if command -v systemctl >/dev/null 2>&1; then
+                "${sudo[@]}" systemctl disable "$service" >/dev/null 2>&1 || true
+            fi
+        fi
+    done
     echo "setup: installed ${missing[*]}"
 fi
 
@@ -118,3 +135,12 @@ add_component() {
 }
 cargo fmt --version >/dev/null 2>&1 || add_component rustfmt
 cargo clippy --version >/dev/null 2>&1 || add_component clippy
+
+# The npm packages of the end-to-end suite (oidc-provider, the WebSocket and
+# browser clients), which the cross-proxy benchmark's test (tests/compare.rs)
+# uses as well during `cargo test`: installed here, before any test runs.
+e2e="$(dirname "$0")/../tests/e2e"
+if [ -f "$e2e/package-lock.json" ] && [ ! -d "$e2e/node_modules/oidc-provider" ]; then
+    echo "setup: installing the end-to-end suite's npm packages"
+    (cd "$e2e" && PUPPETEER_SKIP_DOWNLOAD=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi

@@ -25,7 +25,6 @@ use crate::metrics::Metrics;
 use crate::proxy::Portcullis;
 use crate::runtime::{Runtime, State, SUPERVISOR_TICK};
 
-/// How long live connections get to receive their close frame at shutdown.
 /// Plain listeners read straight from the socket. Pingora's default puts a 64 KiB read buffer
 /// in front of every accepted connection for its whole life, which on an idle WebSocket is most
 /// of what the connection costs; without TLS, nothing reads in pieces small enough to gain from
@@ -36,6 +35,7 @@ const PLAIN_L4_BUFFERS: L4BufferSettings = L4BufferSettings {
     write: None,
 };
 
+/// How long live connections get to receive their close frame at shutdown.
 const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Builds the shared state for `config`, after raising the descriptor

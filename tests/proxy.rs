@@ -72,6 +72,71 @@ async fn websocket_upgrade_passes_with_subprotocol_negotiation() {
     assert_eq!(back, Message::Binary(vec![0u8, 1, 2, 255].into()));
 }
 
+/// The vendored pingora-core reads an upgraded tunnel into a buffer that
+/// starts at 1 KiB, doubles while reads fill it and drops back when the
+/// socket is drained (vendor/pingora-core/PATCHED.md §1): frames of every
+/// size around those steps, alone and in bursts, must come back byte for
+/// byte and in order.
+#[tokio::test]
+async fn frames_of_every_size_cross_the_tunnel_intact() {
+    use futures_util::SinkExt;
+    let proxy = start().await;
+    let (mut ws, _) = ws_connect(
+        &proxy.ws_url("/v1/chat?deploymentId=web"),
+        &[("Origin", WEB_ORIGIN)],
+    )
+    .await
+    .expect("the upgrade passes");
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome");
+    let payload = |seq: usize, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| (seq.wrapping_mul(31).wrapping_add(i)) as u8)
+            .collect()
+    };
+    let sizes = [
+        1, 1023, 1024, 1025, 2048, 4095, 4096, 16_384, 65_535, 65_536, 65_537, 200_000, 3, 131_077,
+        2,
+    ];
+    let mut seq = 0;
+    // One at a time (the buffer drains between frames), then in bursts
+    // (reads fill and the buffer grows), twice, so a grown buffer is also
+    // shrunk and grown again.
+    for burst in [1, 1, sizes.len(), 4, sizes.len()] {
+        for chunk in sizes.chunks(burst) {
+            let first = seq;
+            for &len in chunk {
+                ws.feed(Message::Binary(payload(seq, len).into()))
+                    .await
+                    .unwrap();
+                seq += 1;
+            }
+            ws.flush().await.unwrap();
+            for (i, &len) in chunk.iter().enumerate() {
+                let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .expect("an echo within 10 s")
+                    .expect("the tunnel is open")
+                    .expect("a frame");
+                let Message::Binary(data) = back else {
+                    panic!("expected the binary echo of frame {}", first + i)
+                };
+                assert_eq!(
+                    data.len(),
+                    len,
+                    "frame {} came back with another length",
+                    first + i
+                );
+                assert!(
+                    data[..] == payload(first + i, len)[..],
+                    "frame {} came back with other bytes",
+                    first + i
+                );
+            }
+        }
+    }
+}
+
 /// The identity headers the backend received (names compared
 /// case-insensitively with `_` read as `-`, as the stripping does).
 fn identity_headers_seen(headers: &serde_json::Value) -> Vec<(String, serde_json::Value)> {

@@ -74,6 +74,9 @@ if [ "$MODE" = quick ]; then
     FRESH_COUNT=${FRESH_COUNT:-300} LOGOUT_WAIT=${LOGOUT_WAIT:-2}
     PINNED=${PINNED:-0} PROFILE=${PROFILE:-debug}
     APACHE_SERVERS=2 APACHE_THREADS=128
+    # A quick run is over in a minute: servers orphaned by a killed harness
+    # free the fixed ports soon.
+    SERVER_LIFETIME=${SERVER_LIFETIME:-300}
 else
     DURATION=${DURATION:-10} RUNS=${RUNS:-3} HOLD_COUNT=${HOLD_COUNT:-5000}
     FRESH_COUNT=${FRESH_COUNT:-20000} LOGOUT_WAIT=${LOGOUT_WAIT:-10}
@@ -98,6 +101,8 @@ ORIGIN=http://bench.localhost
 ISSUER=http://$HOST:$IDP_PORT
 folder=benches/compare
 
+# apache2 and nginx live in /usr/sbin, which a non-root PATH may lack.
+PATH="$PATH:/usr/sbin:/sbin"
 for tool in apache2 nginx node taskset; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "$tool is missing: run scripts/setup.sh (it installs apache2, libapache2-mod-auth-openidc, nginx-light)" >&2

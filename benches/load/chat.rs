@@ -40,28 +40,35 @@ pub(crate) struct ChatRun {
     pid: Option<u32>,
 }
 
-/// Seconds of CPU (user and system) process `pid` has used, from `/proc/<pid>/stat`.
+/// Seconds of CPU process `pid` has used, summed over its threads from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds; `/proc/<pid>/stat` counts
+/// 10 ms ticks, too coarse for a run that uses a few hundred ms).
 fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after it are
-    // counted from its closing parenthesis.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("unexpected /proc stat format")?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .context("short /proc stat line")?
-            .parse::<f64>()
-            .context("non-numeric /proc stat field")
-    };
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) / per_second)
+    let mut nanos = 0_u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing /proc/{pid}/task"))?
+    {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing is simply gone.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        nanos += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("unexpected {}", path.display()))?;
+    }
+    Ok(nanos as f64 / 1e9)
+}
+
+/// A message's bytes after its sequence number and send stamp: a pattern
+/// that depends on the sequence number, so an echo that lost, repeated or
+/// reordered bytes is caught.
+fn fill_pattern(sequence: u64, body: &mut [u8]) {
+    for (i, byte) in body.iter_mut().enumerate() {
+        *byte = (sequence as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
 }
 
 pub(crate) async fn chat(run: ChatRun) -> Result<()> {
@@ -94,6 +101,7 @@ pub(crate) async fn chat(run: ChatRun) -> Result<()> {
                 let permit = window.acquire_many(size as u32).await?;
                 permit.forget();
                 payload[..8].copy_from_slice(&sequence.to_le_bytes());
+                fill_pattern(sequence, &mut payload[16..]);
                 let stamp = started.elapsed().as_nanos() as u64;
                 payload[8..16].copy_from_slice(&stamp.to_le_bytes());
                 sink.send(Message::binary(payload.clone())).await?;
@@ -134,6 +142,11 @@ pub(crate) async fn chat(run: ChatRun) -> Result<()> {
         let stamp = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
         if sequence != echoed {
             out_of_order += 1;
+        }
+        let mut expected = vec![0_u8; size - 16];
+        fill_pattern(sequence, &mut expected);
+        if data[16..] != expected[..] {
+            bail!("the echo of message {sequence} differs from what was sent");
         }
         let now = started.elapsed().as_nanos() as u64;
         round_trips_us.push(u32::try_from(now.saturating_sub(stamp) / 1_000).unwrap_or(u32::MAX));

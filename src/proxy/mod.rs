@@ -1066,7 +1066,7 @@ impl ProxyHttp for Portcullis {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        ctx.request_id();
+        let id = ctx.request_id().clone();
         let Some(runtime) = &ctx.runtime else {
             return Error::e_explain(InternalError, "no runtime snapshot");
         };
@@ -1078,13 +1078,12 @@ impl ProxyHttp for Portcullis {
             tls: client_uses_tls(session.digest()),
         };
         let trusted = from_trusted_proxy(session, runtime);
-        let id = ctx.request_id.as_ref().expect("assigned above");
         prepare_upstream_request(
             upstream_request,
             runtime,
             ctx.target.as_ref(),
             ctx.auth.as_ref(),
-            id,
+            &id,
             client,
             trusted,
         )

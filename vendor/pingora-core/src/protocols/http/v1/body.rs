@@ -148,35 +148,18 @@ impl ParseState {
     }
 }
 
-/// portcullis patch: reads of a close-delimited body in a row that used less than a quarter of
-/// their buffer before the next read is halved.
-const UNTIL_CLOSE_SMALL_READS_BEFORE_SHRINK: u8 = 8;
-
-/// portcullis patch: the size of the next read of a close-delimited body and the count of small
-/// reads in a row, given the last read's size, what it returned and the count before it. A read
-/// that filled its buffer doubles the next (up to `max`, the reader's `body_buf_size`), so a busy
-/// stream reaches full-size reads after a few; after `UNTIL_CLOSE_SMALL_READS_BEFORE_SHRINK`
-/// reads in a row that each used less than a quarter, the next is halved (not below
-/// `UNTIL_CLOSE_MIN_READ_SIZE`). Shrinking only after a run of small reads keeps a stream whose
-/// messages alternate between sizes from reallocating on every message.
-fn next_until_close_read_size(
-    last: usize,
-    returned: usize,
-    small_reads: u8,
-    max: usize,
-) -> (usize, u8) {
+/// portcullis patch: the size of the next read of a close-delimited body, given the size of the
+/// last one and what it returned. A read that filled its buffer doubles the next (up to `max`,
+/// the reader's `body_buf_size`): more is probably waiting, and a busy stream reaches full-size
+/// reads after a few. Any other read means the socket was drained, so the next read, which may
+/// wait for hours, goes back to `UNTIL_CLOSE_MIN_READ_SIZE`: a quiet stream never waits on more
+/// than that, whatever it carried before.
+fn next_until_close_read_size(last: usize, returned: usize, max: usize) -> usize {
     let min = UNTIL_CLOSE_MIN_READ_SIZE.min(max);
     if returned >= last {
-        (last.saturating_mul(2).clamp(min, max), 0)
-    } else if returned < last / 4 {
-        let small_reads = small_reads.saturating_add(1);
-        if small_reads >= UNTIL_CLOSE_SMALL_READS_BEFORE_SHRINK {
-            ((last / 2).clamp(min, max), 0)
-        } else {
-            (last.clamp(min, max), small_reads)
-        }
+        last.saturating_mul(2).clamp(min, max)
     } else {
-        (last.clamp(min, max), 0)
+        min
     }
 }
 
@@ -187,10 +170,9 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
-    // portcullis patch: the size of the next read of a close-delimited body and how many small
-    // reads came in a row (see `next_until_close_read_size`).
+    // portcullis patch: the size of the next read of a close-delimited body
+    // (see `next_until_close_read_size`).
     until_close_read_size: usize,
-    until_close_small_reads: u8,
 }
 
 impl BodyReader {
@@ -203,7 +185,6 @@ impl BodyReader {
             upstream,
             body_buf_overread: None,
             until_close_read_size: UNTIL_CLOSE_MIN_READ_SIZE,
-            until_close_small_reads: 0,
         }
     }
 
@@ -531,12 +512,8 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
-            (self.until_close_read_size, self.until_close_small_reads) = next_until_close_read_size(
-                read_size,
-                n,
-                self.until_close_small_reads,
-                self.body_buf_size,
-            );
+            self.until_close_read_size =
+                next_until_close_read_size(read_size, n, self.body_buf_size);
         }
         match self.body_state {
             PS::UntilClose(read) => {
