@@ -148,19 +148,31 @@ impl ParseState {
     }
 }
 
-/// portcullis patch: the size of the next read of a close-delimited body, given the size of the
-/// last one and what it returned. A read that filled its buffer doubles the next (up to `max`,
-/// the reader's `body_buf_size`): more is probably waiting, and a busy stream reaches full-size
-/// reads after a few. Any other read means the socket was drained, so the next read, which may
-/// wait for hours, goes back to `UNTIL_CLOSE_MIN_READ_SIZE`: a quiet stream never waits on more
-/// than that, whatever it carried before.
-fn next_until_close_read_size(last: usize, returned: usize, max: usize) -> usize {
+/// portcullis patch: the size of the next read of a close-delimited body, and the largest read
+/// size the stream has needed so far, given the last read's size, what it returned, and that
+/// largest size. A read that does not fill its buffer means the socket was drained, so the next
+/// read, which may wait for hours, goes back to `UNTIL_CLOSE_MIN_READ_SIZE`: a quiet stream never
+/// waits on more than that, whatever it carried before. A read that fills its buffer means more
+/// is waiting: the next goes straight back to the largest size needed before (a stream of
+/// messages pays one small read per pause, not a ramp of doublings), or doubles past it, up to
+/// `max` (the reader's `body_buf_size`).
+fn next_until_close_read_size(
+    last: usize,
+    returned: usize,
+    largest: usize,
+    max: usize,
+) -> (usize, usize) {
     let min = UNTIL_CLOSE_MIN_READ_SIZE.min(max);
-    if returned >= last {
-        last.saturating_mul(2).clamp(min, max)
-    } else {
-        min
+    if returned < last {
+        return (min, largest);
     }
+    let next = if last < largest {
+        largest
+    } else {
+        last.saturating_mul(2)
+    }
+    .clamp(min, max);
+    (next, largest.max(next))
 }
 
 pub struct BodyReader {
@@ -170,9 +182,10 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
-    // portcullis patch: the size of the next read of a close-delimited body
-    // (see `next_until_close_read_size`).
+    // portcullis patch: the size of the next read of a close-delimited body, and the largest
+    // one it has needed (see `next_until_close_read_size`).
     until_close_read_size: usize,
+    until_close_largest_read_size: usize,
 }
 
 impl BodyReader {
@@ -185,6 +198,7 @@ impl BodyReader {
             upstream,
             body_buf_overread: None,
             until_close_read_size: UNTIL_CLOSE_MIN_READ_SIZE,
+            until_close_largest_read_size: UNTIL_CLOSE_MIN_READ_SIZE,
         }
     }
 
@@ -512,8 +526,13 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
-            self.until_close_read_size =
-                next_until_close_read_size(read_size, n, self.body_buf_size);
+            (self.until_close_read_size, self.until_close_largest_read_size) =
+                next_until_close_read_size(
+                    read_size,
+                    n,
+                    self.until_close_largest_read_size,
+                    self.body_buf_size,
+                );
         }
         match self.body_state {
             PS::UntilClose(read) => {
