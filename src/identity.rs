@@ -527,16 +527,19 @@ mod tests {
         );
     }
 
+    /// A messenger without authentication, as the config parser builds it.
+    fn open_messenger() -> Messenger {
+        let text = "listen: [{address: \"127.0.0.1:1\"}]\nmessengers: {m: {authentication: {enabled: false}}}\n";
+        crate::config::parse(text, std::path::Path::new("."), &|_: &str| None)
+            .unwrap()
+            .messengers
+            .remove("m")
+            .unwrap()
+    }
+
     #[test]
     fn rendered_assertions_are_reused_for_half_their_lifetime() {
-        let messenger: Messenger = {
-            let text = "listen: [{address: \"127.0.0.1:1\"}]\nmessengers: {m: {authentication: {enabled: false}}}\n";
-            crate::config::parse(text, std::path::Path::new("."), &|_: &str| None)
-                .unwrap()
-                .messengers
-                .remove("m")
-                .unwrap()
-        };
+        let messenger = open_messenger();
         let rendered = Rendered::new(identity(json!({"sub": "u"})), &messenger, "X-Auth-").unwrap();
         assert!(rendered
             .headers
@@ -572,14 +575,7 @@ mod tests {
 
     #[test]
     fn a_signing_key_rotation_never_serves_an_assertion_of_the_old_key() {
-        let messenger: Messenger = {
-            let text = "listen: [{address: \"127.0.0.1:1\"}]\nmessengers: {m: {authentication: {enabled: false}}}\n";
-            crate::config::parse(text, std::path::Path::new("."), &|_: &str| None)
-                .unwrap()
-                .messengers
-                .remove("m")
-                .unwrap()
-        };
+        let messenger = open_messenger();
         let rendered = Rendered::new(identity(json!({"sub": "u"})), &messenger, "X-Auth-").unwrap();
         let (old, new) = (
             SigningKey::generate().unwrap(),
