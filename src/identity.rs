@@ -253,7 +253,11 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 /// parsed once (`token::prepared`).
 pub struct Rendered {
     pub identity: Identity,
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Names as configured (`X-Auth-Subject`: the case the backend sees),
+    /// checked to be valid header names when rendered. Kept as bytes so a
+    /// request inserts them without a copy (Pingora takes them as the
+    /// header's case as is).
+    pub headers: Vec<(bytes::Bytes, http::HeaderValue)>,
     assertion: parking_lot::Mutex<Option<SignedAssertion>>,
 }
 
@@ -271,11 +275,11 @@ impl Rendered {
         let headers = upstream_headers(&identity, messenger, prefix)
             .into_iter()
             .map(|(name, value)| {
-                let name = http::HeaderName::from_bytes(name.as_bytes())
+                http::HeaderName::from_bytes(name.as_bytes())
                     .map_err(|e| format!("{name}: {e}"))?;
                 let value =
                     http::HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?;
-                Ok((name, value))
+                Ok((bytes::Bytes::from(name), value))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Rendered {
@@ -544,7 +548,7 @@ mod tests {
         assert!(rendered
             .headers
             .iter()
-            .any(|(k, v)| k == "x-auth-subject" && v == "u"));
+            .any(|(k, v)| k == "X-Auth-Subject" && v == "u"));
         let key = SigningKey::generate().unwrap();
         let first = rendered
             .assertion(1000, &key, "portcullis", "chat")

@@ -3,9 +3,13 @@
 //! (configured deployment ids, fixed outcome names), never client input,
 //! so a scanner cannot blow up the series count.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::proxy::credential::Carrier;
 
 /// The label used when a request names no known deployment.
 pub const NO_DEPLOYMENT: &str = "-";
@@ -37,6 +41,9 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     /// Time spent authenticating a request (token verification, key lookups).
     pub auth_duration: HistogramVec,
+    /// `auth_duration` by credential carrier, and "none" last, resolved on
+    /// first use: `auth_duration_of` is on every authenticated request.
+    auth_duration_by_method: [OnceLock<Histogram>; Carrier::COUNT + 1],
     /// Verified-token cache lookups, by result (hit, miss).
     pub token_cache: IntCounterVec,
     /// Discovery document fetches, by provider and result.
@@ -329,9 +336,21 @@ impl Metrics {
                 "Certificate reloads with the configuration, by result (ok; rejected: the listeners keep their previous certificates).",
                 &["result"],
             ),
+            auth_duration_by_method: Default::default(),
             registry,
         }
         .with_process_metrics()
+    }
+
+    /// `auth_duration` for requests that presented `carrier` (`None`: no
+    /// credential).
+    pub fn auth_duration_of(&self, carrier: Option<Carrier>) -> &Histogram {
+        let (slot, method) = match carrier {
+            Some(c) => (c as usize, c.label()),
+            None => (Carrier::COUNT, "none"),
+        };
+        self.auth_duration_by_method[slot]
+            .get_or_init(|| self.auth_duration.with_label_values(&[method]))
     }
 
     /// Adds the standard `process_*` families (open and maximum

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,6 +21,7 @@ use crate::config::{self, Config, Deployment, DeploymentStatus, Messenger, Route
 use crate::connections::{close_code, Registry};
 use crate::identity::Rendered;
 use crate::metrics::Metrics;
+use crate::proxy::credential::Carrier;
 use crate::provider::ProviderService;
 use crate::ratelimit::Limiters;
 use crate::session::cookie::CookieCodec;
@@ -85,6 +86,14 @@ pub struct DeploymentRt {
     pub provider: Option<Arc<ProviderService>>,
     /// The id as a shared string, for metric labels and the registry.
     pub label: Arc<str>,
+    /// `X-Auth-Deployment` (under the configured prefix) as it goes
+    /// upstream on every request, rendered once.
+    pub deployment_header: (bytes::Bytes, http::HeaderValue),
+    /// `portcullis_auth_decisions_total{deployment, method, outcome="allowed"}`
+    /// per credential carrier, resolved on first use (a series appears only
+    /// once it counts something) and then kept: the label lookup would be
+    /// on every authenticated request.
+    allowed: [OnceLock<prometheus::IntCounter>; Carrier::COUNT],
 }
 
 impl DeploymentRt {
@@ -93,6 +102,15 @@ impl DeploymentRt {
     }
     pub fn requires_authentication(&self) -> bool {
         self.messenger.authentication.enabled
+    }
+
+    /// The counter of requests to this deployment allowed with `carrier`.
+    pub fn allowed_counter(&self, carrier: Carrier, metrics: &Metrics) -> &prometheus::IntCounter {
+        self.allowed[carrier as usize].get_or_init(|| {
+            metrics
+                .auth_decisions
+                .with_label_values(&[&self.label, carrier.label(), "allowed"])
+        })
     }
 
     /// Whether a live connection opened with `claims` (`None`: anonymous)
@@ -362,6 +380,8 @@ impl Runtime {
                         .and_then(|p| providers.get(p))
                         .cloned(),
                     label: Arc::from(d.id.as_str()),
+                    deployment_header: deployment_header(&d.id, &config.identity_header_prefix)?,
+                    allowed: Default::default(),
                 }),
             );
         }
@@ -452,6 +472,14 @@ impl Runtime {
 /// Whether a config path is in a listener's or the admin's `tls` block.
 fn is_tls_path(path: &str) -> bool {
     path.starts_with("admin.tls") || (path.starts_with("listen[") && path.contains("].tls"))
+}
+
+/// `X-Auth-Deployment` for `id` under `prefix`, as sent upstream.
+fn deployment_header(id: &str, prefix: &str) -> Result<(bytes::Bytes, http::HeaderValue), String> {
+    let (name, value) = crate::identity::deployment_header(id, prefix);
+    http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+    let value = http::HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?;
+    Ok((bytes::Bytes::from(name), value))
 }
 
 fn note_certificates_rejected(metrics: &Metrics) {

@@ -22,6 +22,14 @@ pub enum Carrier {
 }
 
 impl Carrier {
+    pub const COUNT: usize = 4;
+    pub const ALL: [Carrier; Carrier::COUNT] = [
+        Carrier::AuthorizationHeader,
+        Carrier::Cookie,
+        Carrier::Subprotocol,
+        Carrier::Query,
+    ];
+
     /// The `method` label of auth metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -201,6 +209,16 @@ pub fn is_token_subprotocol(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carriers_index_their_metric_slots_in_order() {
+        // Per-carrier metric handles are kept in arrays indexed by `as usize`.
+        for (slot, carrier) in Carrier::ALL.into_iter().enumerate() {
+            assert_eq!(carrier as usize, slot, "{carrier:?}");
+        }
+        let labels: std::collections::HashSet<_> = Carrier::ALL.map(Carrier::label).into();
+        assert_eq!(labels.len(), Carrier::COUNT);
+    }
 
     fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();

@@ -58,7 +58,7 @@ use crate::connections::{
     ClientSocket, IdleClose, LiveGuard, NewConnection, SessionActivity, TunnelCloser,
 };
 use crate::endpoints;
-use crate::identity::{self, Identity, Rendered};
+use crate::identity::{Identity, Rendered};
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
 use crate::runtime::{DeploymentRt, Runtime, State};
@@ -623,23 +623,28 @@ impl Portcullis {
     ) -> std::result::Result<(), Refusal> {
         let started = Instant::now();
         let result = authenticate(runtime, self.state.sessions.as_ref(), target, req).await;
-        let method = match &result {
-            Ok(a) => a.credential.carrier.label(),
-            Err(Refusal::Unauthenticated(AuthFailure::NoCredentials)) => "none",
+        let carrier = match &result {
+            Ok(a) => Some(a.credential.carrier),
+            Err(Refusal::Unauthenticated(AuthFailure::NoCredentials)) => None,
             Err(_) => credential::extract(req, target.deployment.config.access_token_query)
                 .ok()
                 .flatten()
-                .map_or("none", |c| c.carrier.label()),
+                .map(|c| c.carrier),
         };
-        let outcome = result.as_ref().map_or_else(|r| r.outcome(), |_| "allowed");
         let metrics = &self.state.metrics;
+        match (&result, carrier) {
+            (Ok(_), Some(carrier)) => target.deployment.allowed_counter(carrier, metrics).inc(),
+            (result, carrier) => metrics
+                .auth_decisions
+                .with_label_values(&[
+                    &*target.deployment.label,
+                    carrier.map_or("none", Carrier::label),
+                    result.as_ref().map_or_else(|r| r.outcome(), |_| "allowed"),
+                ])
+                .inc(),
+        }
         metrics
-            .auth_decisions
-            .with_label_values(&[&target.deployment.label, method, outcome])
-            .inc();
-        metrics
-            .auth_duration
-            .with_label_values(&[method])
+            .auth_duration_of(carrier)
             .observe(started.elapsed().as_secs_f64());
         let mut authenticated = result?;
         if let Some(session) = authenticated.due_for_recheck.take() {
@@ -856,11 +861,8 @@ pub fn prepare_upstream_request(
         // A deployment without authentication still tells the backend
         // which deployment admitted the request (SPEC §4), and nothing else.
         (None, Some(target)) => {
-            let (name, value) = identity::deployment_header(
-                &target.deployment.label,
-                &runtime.config.identity_header_prefix,
-            );
-            upstream_request.insert_header(name, value)?;
+            let (name, value) = &target.deployment.deployment_header;
+            upstream_request.insert_header(name.clone(), value.clone())?;
         }
         (_, None) => {}
     }
