@@ -1155,6 +1155,11 @@ impl ProxyHttp for Portcullis {
                 client,
             }),
         );
+        // Past the 101 no retry sends the request again, so the bearer token
+        // (up to `max_token_bytes`) is not kept for the connection's life.
+        if let Some(auth) = ctx.auth.as_mut() {
+            auth.credential.token = String::new();
+        }
         // The session may have ended while the handshake was in flight: the
         // pass that closed its connections did not see this one.
         if let Some(live) = &ctx.live {
