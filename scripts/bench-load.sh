@@ -9,7 +9,10 @@
 # request: local verification plus the session lookup); the token API's own
 # latency (TOKEN_COUNT exchanges and refreshes, one at a time); then the
 # memory portcullis spends per idle WebSocket, and how long it takes to close
-# FORCED_COUNT live WebSockets at once. Prints markdown tables.
+# FORCED_COUNT live WebSockets at once. Prints markdown tables. Each HTTP row
+# also gives the proxy's own CPU time per request (from its threads'
+# schedstat): what each path costs, whether or not the proxy was the
+# bottleneck of that run.
 #
 # "closes unanswered": the client sent a close frame and the server hung up
 # without its own close frame (an RFC 6455 lapse, not a failed handshake).
@@ -346,6 +349,7 @@ start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$
 if [ "$MODE" = comparison ]; then
     start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
         --upstream "$HOST:$BACKEND_PORT" --threads 1
+    bare_pid=$STARTED_PID
 fi
 # The provider writes its token only once it answers, so wait for the file.
 start idp "$IDP_PORT" "${other_cpus[@]}" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token" \
@@ -487,7 +491,12 @@ if [ "$(field "$with_jwt" errors)" != 0 ] || [ "$(field "$with_jwt" requests)" =
     exit 1
 fi
 
-declare -A http_result ws_result
+# cpu_ns PID: the CPU time PID's threads have run so far, in nanoseconds.
+cpu_ns() {
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s }'
+}
+
+declare -A http_result ws_result http_cpu
 targets=(direct-backend bare-pingora portcullis portcullis-bearer portcullis-session portcullis-messenger)
 declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT
     [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT
@@ -503,10 +512,23 @@ for target in "${targets[@]}"; do
     if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
     if [ "$target" = portcullis-session ]; then extra=(--header "$session_cookie"); fi
     if [ "$target" = portcullis-messenger ]; then extra=(--header "$messenger_jwt"); fi
+    # The proxy's own CPU time per request: what each path costs, whether or
+    # not the proxy was the bottleneck (on two cores the load tool and the
+    # backend share the other one).
+    case "$target" in
+        direct-backend) proxy_pid= ;;
+        bare-pingora) proxy_pid=$bare_pid ;;
+        *) proxy_pid=$portcullis_pid ;;
+    esac
+    cpu_before=$([ -n "$proxy_pid" ] && cpu_ns "$proxy_pid" || true)
     echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
     http_result[$target]=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
+    if [ -n "$proxy_pid" ]; then
+        http_cpu[$target]=$(awk -v a="$cpu_before" -v b="$(cpu_ns "$proxy_pid")" \
+            -v n="$(field "${http_result[$target]}" requests)" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / 1000 / n }')
+    fi
     sleep 1
     echo "$target: handshakes, $WS_CONCURRENCY at a time, ${DURATION}s" >&2
     ws_result[$target]=$("${other_cpus[@]}" "$load_bin" handshakes --url "ws://$HOST:$port$(ws_path "$deployment")" \
@@ -534,6 +556,11 @@ forced_line=$(grep '^forced-close ' <<<"$forced_result")
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
 }
+# cpu_ratio TARGET: the auth-disabled deployment's proxy CPU per request as a
+# share of TARGET's (so, like the rates, 100% means "costs nothing more").
+cpu_ratio() {
+    ratio "${http_cpu[portcullis]:-0}" "${http_cpu[$1]:-0}"
+}
 # rate_ratio KIND TARGET: TARGET's rate as a share of the auth-disabled
 # portcullis deployment's, measured in this same run.
 rate_ratio() {
@@ -553,12 +580,13 @@ echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(n
     "portcullis-session: one session cookie on every request;" \
     "portcullis-messenger: one messenger token (token API) on every request"
 echo
-echo "| target | HTTP req/s | vs auth-disabled | HTTP p50 µs | HTTP p99 µs | HTTP max µs | HTTP errors | WS handshakes/s | vs auth-disabled | WS p50 µs | WS p99 µs | WS errors | WS closes unanswered |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| target | HTTP req/s | vs auth-disabled | proxy CPU µs/request | vs auth-disabled | HTTP p50 µs | HTTP p99 µs | HTTP max µs | HTTP errors | WS handshakes/s | vs auth-disabled | WS p50 µs | WS p99 µs | WS errors | WS closes unanswered |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for target in "${targets[@]}"; do
     h=${http_result[$target]}
     w=${ws_result[$target]}
-    echo "| $target | $(field "$h" requests_per_s) | $(rate_ratio http "$target") | $(field "$h" p50_us) | $(field "$h" p99_us)" \
+    echo "| $target | $(field "$h" requests_per_s) | $(rate_ratio http "$target") | ${http_cpu[$target]:-—} | $(cpu_ratio "$target")" \
+        "| $(field "$h" p50_us) | $(field "$h" p99_us)" \
         "| $(field "$h" max_us) | $(field "$h" errors) | $(field "$w" handshakes_per_s) | $(rate_ratio ws "$target")" \
         "| $(field "$w" p50_us) | $(field "$w" p99_us) | $(field "$w" errors) | $(field "$w" unanswered_closes) |"
 done
@@ -567,11 +595,11 @@ echo
 echo "portcullis / bare Pingora: HTTP req/s" \
     "$(ratio "$(field "${http_result[portcullis]}" requests_per_s)" "$(field "${http_result[bare-pingora]}" requests_per_s)"), handshakes/s" \
     "$(ratio "$(field "${ws_result[portcullis]}" handshakes_per_s)" "$(field "${ws_result[bare-pingora]}" handshakes_per_s)")"
-echo "portcullis bearer (cached token) / auth-disabled: HTTP req/s $(rate_ratio http portcullis-bearer)," \
+echo "portcullis bearer (cached token) / auth-disabled: HTTP req/s $(rate_ratio http portcullis-bearer) (proxy CPU per request: $(cpu_ratio portcullis-bearer))," \
     "handshakes/s $(rate_ratio ws portcullis-bearer)"
-echo "portcullis session cookie / auth-disabled: HTTP req/s $(rate_ratio http portcullis-session)," \
+echo "portcullis session cookie / auth-disabled: HTTP req/s $(rate_ratio http portcullis-session) (proxy CPU per request: $(cpu_ratio portcullis-session))," \
     "handshakes/s $(rate_ratio ws portcullis-session)"
-echo "portcullis messenger token / auth-disabled: HTTP req/s $(rate_ratio http portcullis-messenger)," \
+echo "portcullis messenger token / auth-disabled: HTTP req/s $(rate_ratio http portcullis-messenger) (proxy CPU per request: $(cpu_ratio portcullis-messenger))," \
     "handshakes/s $(rate_ratio ws portcullis-messenger)"
 echo
 echo "| token API, one call at a time | calls | errors | client p50 µs | client p99 µs | client mean µs | portcullis's own mean µs (provider time left out) |"
