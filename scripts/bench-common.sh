@@ -36,6 +36,11 @@ start() {
     exit 1
 }
 
+# ratio A B: A as a percentage of B ("n/a" when B is zero or missing).
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
+}
+
 # field LINE KEY: the value of KEY=value in a result line.
 field() {
     sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"

@@ -151,16 +151,14 @@ trap 'exit 130' INT TERM
 if [ "$MODE" = tls ]; then PROFILE=${PROFILE:-debug}; else PROFILE=${PROFILE:-release}; fi
 locate_binaries "$PROFILE"
 
-if [ "$MODE" = tls ]; then
-    TLS_PORT=18443
-    BARE_TLS_PORT=18084
-    "$load_bin" certs --dir "$work/certs"
-    cat >"$work/portcullis.yaml" <<EOF
-listen:
-  - {address: "$HOST:$PORTCULLIS_PORT"}
-  - {address: "$HOST:$TLS_PORT", tls: {cert: "$work/certs/server.crt", key: "$work/certs/server.key"}}
+# open_config PORT [LISTENER]: one thread, an auth-disabled deployment
+# listening on PORT and on LISTENER (a YAML flow map) if given; the tls and
+# websocket modes need nothing more (the data path of a WebSocket is the same
+# whatever admitted it).
+open_config() {
+    cat <<EOF
+listen: [{address: "$HOST:$1"}${2:+, $2}]
 threads: 1
-admin: {address: "$HOST:$ADMIN_PORT"}
 messengers: {open: {authentication: {enabled: false}}}
 upstreams: {backend: {servers: ["$HOST:$BACKEND_PORT"]}}
 deployments:
@@ -168,6 +166,15 @@ deployments:
 routes: [{path_prefix: /v1, deployment_from: {query: deploymentId}}]
 logging: {format: text, level: warn}
 EOF
+}
+
+if [ "$MODE" = tls ]; then
+    TLS_PORT=18443
+    BARE_TLS_PORT=18084
+    "$load_bin" certs --dir "$work/certs"
+    open_config "$PORTCULLIS_PORT" \
+        "{address: \"$HOST:$TLS_PORT\", tls: {cert: \"$work/certs/server.crt\", key: \"$work/certs/server.key\"}}" \
+        >"$work/portcullis.yaml"
     start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
     start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
         --upstream "$HOST:$BACKEND_PORT" --threads 1
@@ -193,9 +200,6 @@ EOF
             --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" 2>>"$work/client.log")
         sleep 1
     done
-    ratio() {
-        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
-    }
     # rates KIND A B: A's rate as a share of B's, this run.
     rates() {
         if [ "$1" = ws ]; then
@@ -234,20 +238,6 @@ fi
 
 if [ "$MODE" = websocket ]; then
     BASELINE_PORT=18085
-    # open_config PORT: an auth-disabled deployment on PORT (the data path
-    # of a WebSocket is the same whatever admitted it).
-    open_config() {
-        cat <<EOF
-listen: [{address: "$HOST:$1"}]
-threads: 1
-messengers: {open: {authentication: {enabled: false}}}
-upstreams: {backend: {servers: ["$HOST:$BACKEND_PORT"]}}
-deployments:
-  - {id: $DEPLOYMENT, messenger: open, upstream: backend, allowed_origins: ["$ORIGIN"]}
-routes: [{path_prefix: /v1, deployment_from: {query: deploymentId}}]
-logging: {format: text, level: warn}
-EOF
-    }
     start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
     ws_targets=(bare-pingora portcullis)
     declare -A port_of=([bare-pingora]=$BARE_PORT [portcullis]=$PORTCULLIS_PORT)
@@ -282,9 +272,6 @@ EOF
         small[$target]=$("${other_cpus[@]}" "$load_bin" chat --url "$url" --origin "$ORIGIN" --message-size 64 \
             --window 65536 --duration "$DURATION" 2>>"$work/client.log")
     done
-    ratio() {
-        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
-    }
     echo
     echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores, $PROFILE profile;" \
         "proxies pinned to CPU 0, one thread each; ${DURATION}s per throughput row; load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -553,9 +540,6 @@ forced_result=$("$load_bin" hold --url "ws://$HOST:$PORTCULLIS_PORT$(ws_path "$S
     --forced-close "http://$HOST:$ADMIN_PORT/admin/connections?deployment=$SESSION_DEPLOYMENT" 2>>"$work/client.log")
 forced_line=$(grep '^forced-close ' <<<"$forced_result")
 
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'
-}
 # cpu_ratio TARGET: the auth-disabled deployment's proxy CPU per request as a
 # share of TARGET's (so, like the rates, 100% means "costs nothing more").
 cpu_ratio() {
