@@ -274,7 +274,7 @@ ops=$("$load_bin" redis-ops --redis "$HOST:$REDIS_PORT" --a "http://$HOST:$A_POR
     --redirect-uri "$SITE_CALLBACK" --count "$OPS_COUNT" --origin "$ORIGIN" 2>>"$work/client.log")
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.1f", us / 1000 }'; }
-ratio() {
+factor() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
 }
 
@@ -302,7 +302,7 @@ for run in $(seq "$RUNS"); do
             fi
             echo "| $run | $label | $what | $sockets | $sessions | $(field "$line" closed) | $(field "$line" codes)" \
                 "| $(field "$line" errors) | $(ms "$(field "$line" p50_us)") | $(ms "$(field "$line" p99_us)")" \
-                "| $(ms "$(field "$line" max_us)") | $(ratio "$(field "$line" p50_us)" "$(field "$same" p50_us)") |"
+                "| $(ms "$(field "$line" max_us)") | $(factor "$(field "$line" p50_us)" "$(field "$same" p50_us)") |"
         done
     done
 done

@@ -6,10 +6,13 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
-use crate::proxy::credential::Carrier;
+/// How many values the `method` label of the auth metrics takes: the
+/// credential carriers and "none".
+pub const AUTH_METHODS: usize = 5;
 
 /// The label used when a request names no known deployment.
 pub const NO_DEPLOYMENT: &str = "-";
@@ -41,9 +44,10 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     /// Time spent authenticating a request (token verification, key lookups).
     pub auth_duration: HistogramVec,
-    /// `auth_duration` by credential carrier, and "none" last, resolved on
-    /// first use: `auth_duration_of` is on every authenticated request.
-    auth_duration_by_method: [OnceLock<Histogram>; Carrier::COUNT + 1],
+    /// `auth_duration` by method (a credential carrier's slot, "none"
+    /// last), resolved on first use: `auth_duration_of` is on every
+    /// authenticated request.
+    auth_duration_by_method: [OnceLock<Histogram>; AUTH_METHODS],
     /// Verified-token cache lookups, by result (hit, miss).
     pub token_cache: IntCounterVec,
     /// Discovery document fetches, by provider and result.
@@ -342,13 +346,9 @@ impl Metrics {
         .with_process_metrics()
     }
 
-    /// `auth_duration` for requests that presented `carrier` (`None`: no
-    /// credential).
-    pub fn auth_duration_of(&self, carrier: Option<Carrier>) -> &Histogram {
-        let (slot, method) = match carrier {
-            Some(c) => (c as usize, c.label()),
-            None => (Carrier::COUNT, "none"),
-        };
+    /// `auth_duration{method}` for the method in `slot` (below
+    /// `AUTH_METHODS`; each slot always names the same method).
+    pub fn auth_duration_of(&self, slot: usize, method: &str) -> &Histogram {
         self.auth_duration_by_method[slot]
             .get_or_init(|| self.auth_duration.with_label_values(&[method]))
     }

@@ -20,8 +20,7 @@ use pingora::lb::LoadBalancer;
 use crate::config::{self, Config, Deployment, DeploymentStatus, Messenger, Route, Upstream};
 use crate::connections::{close_code, Registry};
 use crate::identity::Rendered;
-use crate::metrics::Metrics;
-use crate::proxy::credential::Carrier;
+use crate::metrics::{Metrics, AUTH_METHODS};
 use crate::provider::ProviderService;
 use crate::ratelimit::Limiters;
 use crate::session::cookie::CookieCodec;
@@ -93,7 +92,7 @@ pub struct DeploymentRt {
     /// per credential carrier, resolved on first use (a series appears only
     /// once it counts something) and then kept: the label lookup would be
     /// on every authenticated request.
-    allowed: [OnceLock<prometheus::IntCounter>; Carrier::COUNT],
+    allowed: [OnceLock<prometheus::IntCounter>; AUTH_METHODS],
 }
 
 impl DeploymentRt {
@@ -104,12 +103,19 @@ impl DeploymentRt {
         self.messenger.authentication.enabled
     }
 
-    /// The counter of requests to this deployment allowed with `carrier`.
-    pub fn allowed_counter(&self, carrier: Carrier, metrics: &Metrics) -> &prometheus::IntCounter {
-        self.allowed[carrier as usize].get_or_init(|| {
+    /// The counter of requests to this deployment allowed with the method
+    /// in `slot` (below `AUTH_METHODS`; each slot always names the same
+    /// method). `metrics` is the process's: it is read on first use only.
+    pub fn allowed_counter(
+        &self,
+        slot: usize,
+        method: &str,
+        metrics: &Metrics,
+    ) -> &prometheus::IntCounter {
+        self.allowed[slot].get_or_init(|| {
             metrics
                 .auth_decisions
-                .with_label_values(&[&self.label, carrier.label(), "allowed"])
+                .with_label_values(&[&self.label, method, "allowed"])
         })
     }
 

@@ -30,6 +30,17 @@ impl Carrier {
         Carrier::Query,
     ];
 
+    /// Where this carrier's metric handles sit in arrays of
+    /// `metrics::AUTH_METHODS` (the slot after the carriers is "none").
+    pub fn slot(self) -> usize {
+        match self {
+            Carrier::AuthorizationHeader => 0,
+            Carrier::Cookie => 1,
+            Carrier::Subprotocol => 2,
+            Carrier::Query => 3,
+        }
+    }
+
     /// The `method` label of auth metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -40,6 +51,9 @@ impl Carrier {
         }
     }
 }
+
+// Every carrier has a metric slot, and "none" the one after them.
+const _: () = assert!(Carrier::COUNT + 1 == crate::metrics::AUTH_METHODS);
 
 /// A carrier that is present but unusable: empty, repeated, or not text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,10 +225,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn carriers_index_their_metric_slots_in_order() {
-        // Per-carrier metric handles are kept in arrays indexed by `as usize`.
+    fn every_carrier_has_its_own_metric_slot_and_label() {
+        // Per-carrier metric handles are kept in arrays indexed by `slot`.
         for (slot, carrier) in Carrier::ALL.into_iter().enumerate() {
-            assert_eq!(carrier as usize, slot, "{carrier:?}");
+            assert_eq!(carrier.slot(), slot, "{carrier:?}");
         }
         let labels: std::collections::HashSet<_> = Carrier::ALL.map(Carrier::label).into();
         assert_eq!(labels.len(), Carrier::COUNT);

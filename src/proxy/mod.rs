@@ -633,7 +633,10 @@ impl Portcullis {
         };
         let metrics = &self.state.metrics;
         match (&result, carrier) {
-            (Ok(_), Some(carrier)) => target.deployment.allowed_counter(carrier, metrics).inc(),
+            (Ok(_), Some(carrier)) => target
+                .deployment
+                .allowed_counter(carrier.slot(), carrier.label(), metrics)
+                .inc(),
             (result, carrier) => metrics
                 .auth_decisions
                 .with_label_values(&[
@@ -643,8 +646,9 @@ impl Portcullis {
                 ])
                 .inc(),
         }
+        let (slot, method) = carrier.map_or((Carrier::COUNT, "none"), |c| (c.slot(), c.label()));
         metrics
-            .auth_duration_of(carrier)
+            .auth_duration_of(slot, method)
             .observe(started.elapsed().as_secs_f64());
         let mut authenticated = result?;
         if let Some(session) = authenticated.due_for_recheck.take() {
@@ -1155,10 +1159,12 @@ impl ProxyHttp for Portcullis {
                 client,
             }),
         );
-        // Past the 101 no retry sends the request again, so the bearer token
-        // (up to `max_token_bytes`) is not kept for the connection's life.
+        // Past the 101 no retry sends the request again, so the credential's
+        // own copy of a bearer token (up to `max_token_bytes`) is dropped
+        // rather than kept for the connection's life. The request head that
+        // Pingora keeps until the tunnel ends still holds the token.
         if let Some(auth) = ctx.auth.as_mut() {
-            auth.credential.token = String::new();
+            drop(std::mem::take(&mut auth.credential.token));
         }
         // The session may have ended while the handshake was in flight: the
         // pass that closed its connections did not see this one.

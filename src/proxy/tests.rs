@@ -241,3 +241,93 @@ fn only_connections_without_a_credential_end_on_client_silence() {
         Some(std::time::Duration::from_secs(1800))
     );
 }
+
+#[test]
+fn identity_headers_reach_the_wire_under_their_configured_names() {
+    let runtime = runtime();
+    let client = headers::ClientInfo {
+        peer: Some("203.0.113.7".parse().unwrap()),
+        tls: false,
+    };
+    let wire = |req: &RequestHeader| {
+        let mut buf = bytes::BytesMut::new();
+        req.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf.to_vec()).unwrap()
+    };
+
+    // Auth-disabled: the deployment, and nothing else of the identity.
+    let mut open = request("/v1/chat?deploymentId=open-web", WEB);
+    let target = admit(&runtime, &open, false).unwrap();
+    let id = RequestId::assign(&open, false);
+    prepare_upstream_request(&mut open, &runtime, Some(&target), None, &id, client, false).unwrap();
+    let sent = wire(&open);
+    assert!(sent.contains("X-Auth-Deployment: open-web\r\n"), "{sent}");
+    assert!(!sent.contains("X-Auth-Subject"), "{sent}");
+
+    // Authenticated: every identity header as configured, and the bearer
+    // token gone.
+    let mut secure = request("/v1/chat?deploymentId=secure", None);
+    secure
+        .append_header("Authorization", "Bearer aaa.bbb.ccc")
+        .unwrap();
+    let target = admit(&runtime, &secure, false).unwrap();
+    let claims: crate::token::Claims = serde_json::from_value(serde_json::json!({
+        "iss": "https://idp.example.com",
+        "sub": "248289761001",
+        "email": "jane@example.com",
+        "email_verified": true,
+        "name": "Jane",
+        "groups": ["customers"],
+    }))
+    .unwrap();
+    let identity = Identity::from_claims(
+        &Arc::new(claims),
+        target.deployment.label.clone(),
+        "t-1".into(),
+    );
+    let rendered = Rendered::new(
+        identity,
+        &target.deployment.messenger,
+        &runtime.config.identity_header_prefix,
+    )
+    .unwrap();
+    let auth = Authenticated {
+        rendered: Arc::new(rendered),
+        credential: Credential {
+            token: "aaa.bbb.ccc".into(),
+            carrier: Carrier::AuthorizationHeader,
+        },
+        session: None,
+        closes_at: None,
+        idle_close_secs: None,
+        session_idle: None,
+        due_for_recheck: None,
+    };
+    prepare_upstream_request(
+        &mut secure,
+        &runtime,
+        Some(&target),
+        Some(&auth),
+        &id,
+        client,
+        false,
+    )
+    .unwrap();
+    let sent = wire(&secure);
+    for line in [
+        "X-Auth-Subject: 248289761001\r\n",
+        "X-Auth-Issuer: https://idp.example.com\r\n",
+        "X-Auth-Deployment: secure\r\n",
+        "X-Auth-Session: t-1\r\n",
+        "X-Auth-Email: jane@example.com\r\n",
+        "X-Auth-Email-Verified: true\r\n",
+        "X-Auth-Name: Jane\r\n",
+        "X-Auth-Groups: customers\r\n",
+    ] {
+        assert!(sent.contains(line), "{line:?} not in {sent}");
+    }
+    assert!(
+        !sent.to_ascii_lowercase().contains("authorization"),
+        "{sent}"
+    );
+}
