@@ -43,6 +43,13 @@ impl PreparedVerifier {
     pub fn algorithm(&self) -> Algorithm {
         self.alg
     }
+
+    /// Whether `signature` is this key's over `message`: the call
+    /// jsonwebtoken makes through [`Verifier::verify`], for callers that
+    /// check a token's parts themselves (`token::check_prepared`).
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.key.verify_sig(message, signature).is_ok()
+    }
 }
 
 impl std::fmt::Debug for PreparedVerifier {
