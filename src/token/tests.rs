@@ -1028,3 +1028,44 @@ async fn one_pass_edge_cases_match_jsonwebtoken() {
         assert_eq!(ours.map(|_| ()), expected, "{what}");
     }
 }
+
+#[test]
+fn the_quick_header_read_agrees_with_jsonwebtoken() {
+    let headers = [
+        r#"{"alg":"RS256","kid":"k1"}"#,
+        r#"{"alg":"RS256","kid":"k1","typ":"at+jwt"}"#,
+        r#"{"typ":"JWT","alg":"ES256"}"#,
+        r#"{"alg":"RS256","kid":null}"#,
+        r#"{"alg":"RS256","typ":null}"#,
+        r#"{"alg":null}"#,
+        r#"{"alg":"none","kid":"k1"}"#,
+        r#"{"alg":"rs256"}"#,
+        r#"{"alg":"RS256","kid":"k1","kid":"k2"}"#,
+        r#"{"alg":"RS256","alg":"HS256"}"#,
+        r#"{"alg":"RS256","k\u0069d":"k1"}"#,
+        r#"{"alg":"RS256","kid":"k\u00e9"}"#,
+        r#"{"alg":"RS256","kid":5}"#,
+        r#"{"alg":"RS256","cty":"x"}"#,
+        r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#,
+        r#"{"alg":"RS256","jwk":5}"#,
+        r#" { "alg" : "RS256" } "#,
+        r#"{"alg":"RS256"} x"#,
+        r#"{"kid":"k1"}"#,
+        r#"["RS256"]"#,
+        "",
+    ];
+    let long_kid = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "k".repeat(400));
+    for header in headers.iter().copied().chain([long_kid.as_str()]) {
+        for token in [
+            format!("{}.e30.c2ln", b64(header.as_bytes())),
+            format!("x.{}.e30.c2ln", b64(header.as_bytes())),
+            format!("{}.e30", b64(header.as_bytes())),
+            format!("{}=.e30.c2ln", b64(header.as_bytes())),
+        ] {
+            let ours = decode_header(&token).map_err(|e| e.to_string());
+            let theirs = jsonwebtoken::decode_header(&token).map_err(|e| e.to_string());
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{header} in {token}");
+            assert_eq!(ours.ok(), theirs.ok(), "{header} in {token}");
+        }
+    }
+}
