@@ -319,6 +319,13 @@ static SHARED: std::sync::LazyLock<SharedAssertions> =
             .build(),
     });
 
+/// Forgets every shared bearer assertion: the next request of each
+/// identity signs afresh. For benchmarks that measure identities not seen
+/// before (`benches/decisions.rs`); nothing in the proxy calls it.
+pub fn forget_shared_assertions() {
+    SHARED.cache.invalidate_all();
+}
+
 impl SharedAssertions {
     fn key(identity: &Identity, key: &SigningKey, issuer: &str, audience: &str) -> [u8; 32] {
         let claims = assertion_claims(identity, issuer, audience, 0);
