@@ -228,9 +228,6 @@ pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: 
     let mut claims = serde_json::json!({
         "iss": issuer,
         "aud": audience,
-        "iat": now,
-        "nbf": now,
-        "exp": now + ASSERTION_LIFETIME_SECS,
         "sub": identity.subject,
         "deployment": &*identity.deployment,
         "idp": identity.issuer,
@@ -250,7 +247,15 @@ pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: 
     if !identity.groups.is_empty() {
         claims["groups"] = Value::from(identity.groups.clone());
     }
+    set_times(&mut claims, now);
     claims
+}
+
+/// An assertion's `iat`, `nbf` and `exp`: valid from `now`, for its lifetime.
+fn set_times(claims: &mut Value, now: u64) {
+    claims["iat"] = Value::from(now);
+    claims["nbf"] = Value::from(now);
+    claims["exp"] = Value::from(now + ASSERTION_LIFETIME_SECS);
 }
 
 pub const ASSERTION_LIFETIME_SECS: u64 = 60;
@@ -327,8 +332,9 @@ pub fn forget_shared_assertions() {
 }
 
 impl SharedAssertions {
-    fn key(identity: &Identity, key: &SigningKey, issuer: &str, audience: &str) -> [u8; 32] {
-        let claims = assertion_claims(identity, issuer, audience, 0);
+    /// The entry of `claims` (made at time 0: `assertion_claims(…, 0)`)
+    /// signed with `key`.
+    fn key(claims: &Value, key: &SigningKey) -> [u8; 32] {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(key.kid.as_bytes());
         ctx.update(&[0]);
@@ -380,17 +386,20 @@ impl Rendered {
                 return Ok(signed.value.clone());
             }
         }
+        // Made once at time 0: the shared entry's key leaves the times out;
+        // they are set below if a new assertion is signed.
+        let mut claims = assertion_claims(&self.identity, issuer, audience, 0);
         let shared = self
             .identity
             .is_bearer()
-            .then(|| SharedAssertions::key(&self.identity, key, issuer, audience));
+            .then(|| SharedAssertions::key(&claims, key));
         if let Some(found) = shared.and_then(|k| SHARED.cache.get(&k)) {
             if found.serves(now, key, issuer, audience) {
                 *cached = Some(SignedAssertion::clone(&found));
                 return Ok(found.value.clone());
             }
         }
-        let claims = assertion_claims(&self.identity, issuer, audience, now);
+        set_times(&mut claims, now);
         let token = key.sign(ASSERTION_TYP, &claims)?;
         let value = http::HeaderValue::from_str(&token).map_err(|e| e.to_string())?;
         let signed = SignedAssertion {
