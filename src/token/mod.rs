@@ -6,6 +6,8 @@
 //! `kid` from the JWKS cache, the key's own type and `alg` against the
 //! token's, signature, then claims (`iss` exact, `exp` required, `nbf`/`iat`
 //! within the clock skew, `aud` against the provider's audiences or client id).
+//! With a key prepared at fetch time, signature and claims are checked in
+//! one pass over the token (`check_prepared`), by jsonwebtoken's rules.
 
 pub mod logout;
 pub mod messenger;
