@@ -11,7 +11,9 @@
 //! `openssl speed` (`crypto_*`) up to `portcullis::token::verify`
 //! (`first_seen_*`), and the whole bearer request as the proxy makes it
 //! (`authenticate` and the `X-Auth-Assertion`) for tokens never seen
-//! before (`first_seen_request_*`) and for one seen before
+//! before, all of one person (`first_seen_request_*`: their assertion is
+//! shared) or each of another (`first_seen_request_distinct_*`: one
+//! assertion signed per token), and for one seen before
 //! (`cached_request`). Every `token` bench counts one verification per
 //! iteration, so criterion's `thrpt` line reads as verifications per second
 //! of this thread's CPU time (as `openssl speed` counts by default).
@@ -391,9 +393,11 @@ fn split_jws(token: &str) -> (&[u8], Vec<u8>) {
 }
 
 /// What the proxy does for a bearer request to a deployment with
-/// `assertion: true`: `authenticate` (the token check, the identity), then
-/// the `X-Auth-Assertion` value as `upstream_request_filter` gets it (reused
-/// while fresh, else signed). True when both succeed.
+/// `assertion: true` (whatever the bench config's messenger says, the
+/// assertion is always made here): `authenticate` (the token check, the
+/// identity), then the `X-Auth-Assertion` value as `upstream_request_filter`
+/// gets it (reused while fresh, also across tokens of one identity, else
+/// signed). True when both succeed.
 async fn bearer_request(
     runtime: &Runtime,
     sessions: &portcullis::session::store::MemoryStore,
@@ -795,16 +799,34 @@ fn bench_tokens(c: &mut Criterion<ThreadCpuTime>) {
         // pass over the distinct tokens runs on a fresh runtime (empty token
         // and identity caches; the same provider and cached key set), built
         // outside the timed loop, so no token is ever a cache hit.
-        let requests: Vec<RequestHeader> = fresh
+        let to_requests = |tokens: &[String]| -> Vec<RequestHeader> {
+            tokens
+                .iter()
+                .map(|token| {
+                    let mut request = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
+                    request
+                        .append_header("Authorization", format!("Bearer {token}"))
+                        .expect("header");
+                    request
+                })
+                .collect()
+        };
+        let requests = to_requests(&fresh);
+        // The same tokens, each of another person (its own `sub`): no two
+        // share an identity, so no assertion is shared between them.
+        let distinct: Vec<String> = fresh
             .iter()
-            .map(|token| {
-                let mut request = handshake(AUTH_DEPLOYMENT, AUTH_ORIGIN);
-                request
-                    .append_header("Authorization", format!("Bearer {token}"))
-                    .expect("header");
-                request
+            .enumerate()
+            .map(|(i, token)| {
+                let payload = token.split('.').nth(1).expect("payload");
+                let mut claims: serde_json::Value =
+                    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64"))
+                        .expect("claims");
+                claims["sub"] = serde_json::Value::from(format!("user-{i}"));
+                idp.sign(jsonwebtoken::Header::new(alg), &claims)
             })
             .collect();
+        let distinct_requests = to_requests(&distinct);
         let fresh_runtime = || {
             let fresh = Runtime::build(config.clone(), Some(runtime), metrics)
                 .unwrap_or_else(|e| panic!("token benchmark runtime: {e}"));
@@ -814,37 +836,49 @@ fn bench_tokens(c: &mut Criterion<ThreadCpuTime>) {
             );
             fresh
         };
-        {
-            let fresh = fresh_runtime();
-            for request in &requests {
-                assert!(
-                    tokio.block_on(bearer_request(&fresh, &sessions, &target, request)),
-                    "{alg:?} first-seen request"
-                );
-            }
-        }
-        group.bench_function(format!("first_seen_request_{name}"), |b| {
-            b.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let fresh = fresh_runtime();
-                    let pass = (iters - done).min(FRESH_TOKENS as u64);
-                    timed += time_async(tokio, pass, |i| {
-                        let request = &requests[i as usize];
-                        let fresh = &fresh;
-                        let sessions = &sessions;
-                        let target = &target;
-                        async move {
-                            bearer_request(black_box(fresh), sessions, target, black_box(request))
-                                .await
-                        }
-                    });
-                    done += pass;
+        for (row, requests) in [
+            ("first_seen_request", &requests),
+            ("first_seen_request_distinct", &distinct_requests),
+        ] {
+            {
+                let fresh = fresh_runtime();
+                for request in requests {
+                    assert!(
+                        tokio.block_on(bearer_request(&fresh, &sessions, &target, request)),
+                        "{alg:?} {row}"
+                    );
                 }
-                timed
-            })
-        });
+            }
+            group.bench_function(format!("{row}_{name}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let fresh = fresh_runtime();
+                        // Nor is any identity's assertion known yet.
+                        portcullis::identity::forget_shared_assertions();
+                        let pass = (iters - done).min(FRESH_TOKENS as u64);
+                        timed += time_async(tokio, pass, |i| {
+                            let request = &requests[i as usize];
+                            let fresh = &fresh;
+                            let sessions = &sessions;
+                            let target = &target;
+                            async move {
+                                bearer_request(
+                                    black_box(fresh),
+                                    sessions,
+                                    target,
+                                    black_box(request),
+                                )
+                                .await
+                            }
+                        });
+                        done += pass;
+                    }
+                    timed
+                })
+            });
+        }
         // The whole verification of a token not in the token cache: header
         // and algorithm checks, key lookup (the JWKS is cached), signature,
         // claims, audience. `token::verify` keeps no cache of its own.

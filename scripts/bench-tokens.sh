@@ -28,7 +28,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 CPU=${CPU:-1}
 SECS=${SECONDS_PER_BENCH:-5}
-FILTER='^token/(crypto_(rs|es)256|first_seen_(rs|es)256|first_seen_request_(rs|es)256|cached_check|cached_request)$'
+FILTER='^token/(crypto_(rs|es)256|first_seen_(rs|es)256|first_seen_request_(distinct_)?(rs|es)256|cached_check|cached_request)$'
 
 echo "# building the bench (release profile)" >&2
 AFTER=$(cargo bench --bench decisions --no-run --message-format=json 2>/dev/null |

@@ -31,6 +31,14 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether a bearer token (not a login session) authenticated: its
+    /// session id is the token's (`t-…`, `token::BEARER_SESSION_PREFIX`);
+    /// a login session's, also behind a messenger token, is `s-…`.
+    pub fn is_bearer(&self) -> bool {
+        self.session
+            .starts_with(crate::token::BEARER_SESSION_PREFIX)
+    }
+
     pub fn from_claims(claims: &Arc<Claims>, deployment: Arc<str>, session: String) -> Self {
         Identity {
             subject: claims.str("sub").unwrap_or_default().to_string(),
@@ -208,20 +216,25 @@ pub fn upstream_headers(
     headers
 }
 
-/// The claims of `X-Auth-Assertion`: who, for which deployment and session,
-/// for which upstream, for at most a minute.
+/// The claims of `X-Auth-Assertion`: who, for which deployment (and, for a
+/// login session, which session), for which upstream, for at most a minute.
+///
+/// `sid` names a login session (`s-…`: a cookie, or a messenger token
+/// bound to one) and is left out for a bearer token: a token's id names
+/// one credential, and an assertion without it can be shared by every
+/// token of the same identity (see [`Rendered::assertion`]). The token's
+/// id still reaches the backend in `X-Auth-Session`.
 pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: u64) -> Value {
     let mut claims = serde_json::json!({
         "iss": issuer,
         "aud": audience,
-        "iat": now,
-        "nbf": now,
-        "exp": now + ASSERTION_LIFETIME_SECS,
         "sub": identity.subject,
         "deployment": &*identity.deployment,
-        "sid": identity.session,
         "idp": identity.issuer,
     });
+    if !identity.is_bearer() {
+        claims["sid"] = Value::from(identity.session.as_str());
+    }
     // Absent claims are left out, not sent as null or empty.
     if let Some(email) = &identity.email {
         claims["email"] = Value::from(email.as_str());
@@ -234,23 +247,31 @@ pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: 
     if !identity.groups.is_empty() {
         claims["groups"] = Value::from(identity.groups.clone());
     }
+    set_times(&mut claims, now);
     claims
+}
+
+/// An assertion's `iat`, `nbf` and `exp`: valid from `now`, for its lifetime.
+fn set_times(claims: &mut Value, now: u64) {
+    claims["iat"] = Value::from(now);
+    claims["nbf"] = Value::from(now);
+    claims["exp"] = Value::from(now + ASSERTION_LIFETIME_SECS);
 }
 
 pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 
-/// An identity rendered for one deployment, built once per token and
-/// deployment and shared by every request presenting that token: the
+/// An identity rendered for one deployment, built once per token (or
+/// session) and deployment and shared by every request presenting it: the
 /// headers are ready to insert, and the signed assertion is reused while it
 /// has more than half its minute left.
 ///
-/// The assertion is not shared across tokens, even of one person: for a
-/// bearer token its `sid` is the token's own id (`t-…`, the
-/// `X-Auth-Session` of the same request), and a backend may rely on the
-/// two being equal and on `sid` naming the credential that opened the
-/// connection. Reusing another token's assertion would break that, so a
-/// first-seen token costs one signature; the signature is made with a key
-/// parsed once (`token::prepared`).
+/// A bearer token's assertion carries no `sid` (see [`assertion_claims`]),
+/// so it is also shared across tokens: every token of the same identity
+/// (every claim the assertion carries), deployment, upstream, issuer and
+/// signing key gets the same assertion while it is fresh enough
+/// ([`SharedAssertions`]), and a first-seen token of a known identity costs
+/// no signature. A login session's assertion names its session and stays
+/// its own.
 pub struct Rendered {
     pub identity: Identity,
     /// Names as configured (`X-Auth-Subject`: the case the backend sees),
@@ -262,12 +283,72 @@ pub struct Rendered {
 }
 
 /// A signed assertion and what it was signed for, besides the identity.
+#[derive(Clone)]
 struct SignedAssertion {
     value: http::HeaderValue,
     expires: u64,
     kid: String,
     issuer: String,
     audience: String,
+}
+
+impl SignedAssertion {
+    /// Whether this may be served at `now` for `key`, `issuer` and
+    /// `audience`: signed for them, by the current key (a rotation never
+    /// serves the old key's), with more than half its lifetime left.
+    fn serves(&self, now: u64, key: &SigningKey, issuer: &str, audience: &str) -> bool {
+        self.expires > now + ASSERTION_LIFETIME_SECS / 2
+            && self.kid == key.kid
+            && self.issuer == issuer
+            && self.audience == audience
+    }
+}
+
+/// Bearer assertions shared across tokens, process-wide. The key is a
+/// SHA-256 of the signing key's id and of the assertion's claims with its
+/// times left out (`assertion_claims` at time 0), so two identities share
+/// an entry only when every claim they would be signed with is the same,
+/// for the same deployment, upstream (`aud`) and issuer: nothing of one
+/// identity can reach another's backend. Entries live one assertion
+/// lifetime and are served only while `SignedAssertion::serves`; at most
+/// `SHARED_ASSERTIONS` are kept (the least used go first).
+struct SharedAssertions {
+    cache: moka::sync::Cache<[u8; 32], Arc<SignedAssertion>>,
+}
+
+/// How many bearer assertions are kept for reuse across tokens (each a few
+/// hundred bytes).
+pub const SHARED_ASSERTIONS: u64 = 10_000;
+
+static SHARED: std::sync::LazyLock<SharedAssertions> =
+    std::sync::LazyLock::new(|| SharedAssertions {
+        cache: moka::sync::Cache::builder()
+            .max_capacity(SHARED_ASSERTIONS)
+            .time_to_live(std::time::Duration::from_secs(ASSERTION_LIFETIME_SECS))
+            .build(),
+    });
+
+/// Forgets every shared bearer assertion: the next request of each
+/// identity signs afresh. For benchmarks that measure identities not seen
+/// before (`benches/decisions.rs`); nothing in the proxy calls it.
+pub fn forget_shared_assertions() {
+    SHARED.cache.invalidate_all();
+}
+
+impl SharedAssertions {
+    /// The entry of `claims` (made at time 0: `assertion_claims(…, 0)`)
+    /// signed with `key`.
+    fn key(claims: &Value, key: &SigningKey) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(key.kid.as_bytes());
+        ctx.update(&[0]);
+        // serde_json's map is ordered by name: the same claims, the same bytes.
+        ctx.update(claims.to_string().as_bytes());
+        let digest = ctx.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
 }
 
 impl Rendered {
@@ -290,9 +371,11 @@ impl Rendered {
     }
 
     /// The `X-Auth-Assertion` value for a request to the upstream named
-    /// `audience`: the cached one while it was signed by `key` for this
-    /// issuer and audience and has more than half its lifetime left, else a
-    /// new one. A signing key rotation (a new current key) therefore never
+    /// `audience`: the one this identity was last given while it
+    /// `serves` (signed by `key` for this issuer and audience, more than
+    /// half its lifetime left); for a bearer identity, else one another
+    /// token of the same identity was given, on the same terms; else a new
+    /// one. A signing key rotation (a new current key) therefore never
     /// serves an assertion signed by the old key.
     pub fn assertion(
         &self,
@@ -303,25 +386,37 @@ impl Rendered {
     ) -> Result<http::HeaderValue, String> {
         let mut cached = self.assertion.lock();
         if let Some(signed) = cached.as_ref() {
-            let fresh = signed.expires > now + ASSERTION_LIFETIME_SECS / 2;
-            if fresh
-                && signed.kid == key.kid
-                && signed.issuer == issuer
-                && signed.audience == audience
-            {
+            if signed.serves(now, key, issuer, audience) {
                 return Ok(signed.value.clone());
             }
         }
-        let claims = assertion_claims(&self.identity, issuer, audience, now);
+        // Made once at time 0: the shared entry's key leaves the times out;
+        // they are set below if a new assertion is signed.
+        let mut claims = assertion_claims(&self.identity, issuer, audience, 0);
+        let shared = self
+            .identity
+            .is_bearer()
+            .then(|| SharedAssertions::key(&claims, key));
+        if let Some(found) = shared.and_then(|k| SHARED.cache.get(&k)) {
+            if found.serves(now, key, issuer, audience) {
+                *cached = Some(SignedAssertion::clone(&found));
+                return Ok(found.value.clone());
+            }
+        }
+        set_times(&mut claims, now);
         let token = key.sign(ASSERTION_TYP, &claims)?;
         let value = http::HeaderValue::from_str(&token).map_err(|e| e.to_string())?;
-        *cached = Some(SignedAssertion {
+        let signed = SignedAssertion {
             value: value.clone(),
             expires: now + ASSERTION_LIFETIME_SECS,
             kid: key.kid.clone(),
             issuer: issuer.to_string(),
             audience: audience.to_string(),
-        });
+        };
+        if let Some(k) = shared {
+            SHARED.cache.insert(k, Arc::new(signed.clone()));
+        }
+        *cached = Some(signed);
         Ok(value)
     }
 }
@@ -332,8 +427,12 @@ mod tests {
     use serde_json::json;
 
     fn identity(claims: Value) -> Identity {
+        identity_at(claims, "dep-1", "s-123")
+    }
+
+    fn identity_at(claims: Value, deployment: &str, session: &str) -> Identity {
         let claims: Claims = serde_json::from_value(claims).unwrap();
-        Identity::from_claims(&Arc::new(claims), Arc::from("dep-1"), "s-123".into())
+        Identity::from_claims(&Arc::new(claims), Arc::from(deployment), session.into())
     }
 
     #[test]
@@ -625,5 +724,129 @@ mod tests {
         let claims = assertion_claims(&person, "portcullis", "chat", 1000);
         assert_eq!(claims["email"], "a@b.c");
         assert_eq!(claims["groups"], json!(["g"]));
+    }
+
+    fn bearer(claims: Value, token_id: &str) -> Rendered {
+        Rendered::new(
+            identity_at(claims, "dep-1", token_id),
+            &open_messenger(),
+            "X-Auth-",
+        )
+        .unwrap()
+    }
+
+    fn payload(value: &http::HeaderValue) -> Value {
+        use base64::Engine;
+        let part = value.to_str().unwrap().split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sid_is_in_assertions_of_login_sessions_only() {
+        let session = identity(json!({"sub": "u"}));
+        assert!(!session.is_bearer());
+        assert_eq!(
+            assertion_claims(&session, "portcullis", "chat", 1000)["sid"],
+            "s-123"
+        );
+        let token = bearer(json!({"sub": "u"}), "t-0123456789abcdef01234567");
+        assert!(token.identity.is_bearer());
+        let claims = assertion_claims(&token.identity, "portcullis", "chat", 1000);
+        assert!(claims.get("sid").is_none(), "{claims}");
+        let key = SigningKey::generate().unwrap();
+        let signed = token.assertion(1000, &key, "portcullis", "chat").unwrap();
+        assert!(payload(&signed).get("sid").is_none());
+        assert_eq!(payload(&signed)["sub"], "u");
+    }
+
+    #[test]
+    fn tokens_of_one_identity_share_an_assertion_and_no_one_else_gets_it() {
+        // Subjects of this test only: the shared cache is process-wide.
+        let claims = json!({"sub": "shared-1", "email": "a@example.com", "groups": ["g1"]});
+        let key = SigningKey::generate().unwrap();
+        let a = bearer(claims.clone(), "t-aaaaaaaaaaaaaaaaaaaaaaaa");
+        let b = bearer(claims.clone(), "t-bbbbbbbbbbbbbbbbbbbbbbbb");
+        let first = a.assertion(1000, &key, "portcullis", "chat").unwrap();
+        assert_eq!(
+            b.assertion(1010, &key, "portcullis", "chat").unwrap(),
+            first,
+            "another token of the same identity reuses it"
+        );
+        // Any claim of the assertion that differs: not shared.
+        for (what, other) in [
+            (
+                "groups",
+                json!({"sub": "shared-1", "email": "a@example.com", "groups": ["g2"]}),
+            ),
+            (
+                "email",
+                json!({"sub": "shared-1", "email": "b@example.com", "groups": ["g1"]}),
+            ),
+            (
+                "subject",
+                json!({"sub": "shared-2", "email": "a@example.com", "groups": ["g1"]}),
+            ),
+            (
+                "email_verified",
+                json!({"sub": "shared-1", "email": "a@example.com", "email_verified": true, "groups": ["g1"]}),
+            ),
+            (
+                "idp",
+                json!({"sub": "shared-1", "email": "a@example.com", "groups": ["g1"], "iss": "https://other"}),
+            ),
+        ] {
+            let c = bearer(other, "t-cccccccccccccccccccccccc");
+            assert_ne!(
+                c.assertion(1010, &key, "portcullis", "chat").unwrap(),
+                first,
+                "{what} differs"
+            );
+        }
+        let other_deployment = Rendered::new(
+            identity_at(claims.clone(), "dep-2", "t-dddddddddddddddddddddddd"),
+            &open_messenger(),
+            "X-Auth-",
+        )
+        .unwrap();
+        assert_ne!(
+            other_deployment
+                .assertion(1010, &key, "portcullis", "chat")
+                .unwrap(),
+            first,
+            "another deployment"
+        );
+        let d = bearer(claims.clone(), "t-eeeeeeeeeeeeeeeeeeeeeeee");
+        assert_ne!(
+            d.assertion(1010, &key, "portcullis", "other").unwrap(),
+            first,
+            "another audience"
+        );
+        assert_ne!(
+            d.assertion(1010, &key, "other-issuer", "chat").unwrap(),
+            first,
+            "another issuer"
+        );
+        let rotated = SigningKey::generate().unwrap();
+        let new = d.assertion(1010, &rotated, "portcullis", "chat").unwrap();
+        assert_ne!(new, first, "a new signing key");
+        assert_eq!(
+            jsonwebtoken::decode_header(new.to_str().unwrap())
+                .unwrap()
+                .kid,
+            Some(rotated.kid.clone())
+        );
+        // Half the lifetime gone: a new token of the identity gets a new one.
+        let late = bearer(claims, "t-ffffffffffffffffffffffff");
+        let renewed = late.assertion(1031, &key, "portcullis", "chat").unwrap();
+        assert_ne!(
+            renewed, first,
+            "not served with less than half its lifetime left"
+        );
+        assert_eq!(payload(&renewed)["exp"], 1091);
     }
 }

@@ -43,6 +43,15 @@
 # (prebuilt binaries), PROFILE (release | debug), APACHE_LOG_LEVEL (warn),
 # KEEP_WORK=1 (keep the temporary folder: configs, logs, keys).
 #
+# Partial runs (environment; the memory and logout sections and the report
+# are then skipped, and the raw figures are printed): PROXIES (a subset of
+# `portcullis bare-pingora nginx apache`), ROWS (a subset of `none cookie
+# cached fresh-rs256 fresh-es256`), and BASELINE_PORTCULLIS=BINARY: another
+# portcullis build (e.g. of the commit before a change) as the proxy
+# `portcullis-before`, pinned with the others and driven right after
+# `portcullis` in every run, with the same config on port 38087 (no
+# cookie row: the provider knows only one callback).
+#
 # Everything listens on 127.0.0.1, on fixed ports: 38080 portcullis (39090
 # its admin), 38081 backend, 38082 bare Pingora, 38083 provider (38086
 # over TLS), 38084 nginx, 38085 Apache. Every server runs under `timeout` (SERVER_LIFETIME),
@@ -97,6 +106,8 @@ IDP_PORT=38083
 IDP_TLS_PORT=38086
 NGINX_PORT=38084
 APACHE_PORT=38085
+BASELINE_PORT=38087
+BASELINE_ADMIN_PORT=39091
 ORIGIN=http://bench.localhost
 ISSUER=http://$HOST:$IDP_PORT
 folder=benches/compare
@@ -187,6 +198,11 @@ mkdir -p "$keys"
 render "$folder/apache.conf.in" "$work/apache.conf"
 render "$folder/nginx.conf.in" "$work/nginx.conf"
 render "$folder/portcullis.yaml.in" "$work/portcullis.yaml"
+if [ -n "${BASELINE_PORTCULLIS:-}" ]; then
+    PORTCULLIS_PORT=$BASELINE_PORT ADMIN_PORT=$BASELINE_ADMIN_PORT
+    render "$folder/portcullis.yaml.in" "$work/portcullis-before.yaml"
+    PORTCULLIS_PORT=38080 ADMIN_PORT=39090
+fi
 mkdir -p "$work/apache-run" "$work/nginx-tmp"
 
 if [ "$MODE" = check ]; then
@@ -213,7 +229,9 @@ if [ ! -d tests/e2e/node_modules/oidc-provider ]; then
 fi
 
 locate_binaries "$PROFILE"
-if [ "$MODE" = full ] && [ -z "$OUT" ]; then OUT=$folder/results; fi
+if [ "$MODE" = full ] && [ -z "$OUT" ] && [ -z "${PROXIES:-}${ROWS:-}${BASELINE_PORTCULLIS:-}" ]; then
+    OUT=$folder/results
+fi
 if [ -z "$OUT" ]; then OUT=$work/results; fi
 mkdir -p "$OUT"
 
@@ -249,6 +267,9 @@ if [ ! -f "$keys/ready" ]; then
 fi
 start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "$portcullis_bin" run -c "$work/portcullis.yaml"
 portcullis_pid=$STARTED_PID
+if [ -n "${BASELINE_PORTCULLIS:-}" ]; then
+    start portcullis-before "$BASELINE_PORT" "${proxy_cpus[@]}" "$BASELINE_PORTCULLIS" run -c "$work/portcullis-before.yaml"
+fi
 start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
     --upstream "$HOST:$BACKEND_PORT" --threads 1
 bare_pid=$STARTED_PID
@@ -282,14 +303,25 @@ cookie_of[portcullis]=$(portcullis_login)
 cookie_of[apache]=$(apache_login)
 cached_bearer="Authorization: Bearer $(cat "$keys/cached-token")"
 
-proxies=(portcullis bare-pingora nginx apache)
-rows=(none cookie cached fresh-rs256 fresh-es256)
-declare -A port_of=([portcullis]=$PORTCULLIS_PORT [bare-pingora]=$BARE_PORT [nginx]=$NGINX_PORT [apache]=$APACHE_PORT)
+read -ra proxies <<<"${PROXIES:-portcullis bare-pingora nginx apache}"
+read -ra rows <<<"${ROWS:-none cookie cached fresh-rs256 fresh-es256}"
+partial=0
+if [ -n "${PROXIES:-}${ROWS:-}${BASELINE_PORTCULLIS:-}" ]; then partial=1; fi
+if [ -n "${BASELINE_PORTCULLIS:-}" ]; then
+    for i in "${!proxies[@]}"; do
+        if [ "${proxies[$i]}" = portcullis ]; then
+            proxies=("${proxies[@]:0:$((i + 1))}" portcullis-before "${proxies[@]:$((i + 1))}")
+            break
+        fi
+    done
+fi
+declare -A port_of=([portcullis]=$PORTCULLIS_PORT [portcullis-before]=$BASELINE_PORT [bare-pingora]=$BARE_PORT [nginx]=$NGINX_PORT [apache]=$APACHE_PORT)
 
 # supports PROXY ROW: whether PROXY can authenticate that way at all.
 supports() {
     case "$1:$2" in
-        *:none | portcullis:* | apache:*) return 0 ;;
+        portcullis-before:cookie) return 1 ;;
+        *:none | portcullis:* | portcullis-before:* | apache:*) return 0 ;;
         *) return 1 ;;
     esac
 }
@@ -299,8 +331,8 @@ target() {
     local scheme=http resource=ping path
     if [ "$3" = ws ]; then scheme=ws resource=chat; fi
     case "$1:$2" in
-        portcullis:none) path="/v1/$resource?deploymentId=open" ;;
-        portcullis:*) path="/v1/$resource?deploymentId=authenticated" ;;
+        portcullis:none | portcullis-before:none) path="/v1/$resource?deploymentId=open" ;;
+        portcullis:* | portcullis-before:*) path="/v1/$resource?deploymentId=authenticated" ;;
         apache:none) path="/open/v1/$resource?deploymentId=open" ;;
         apache:cookie) path="/cookie/v1/$resource?deploymentId=open" ;;
         apache:*) path="/bearer/v1/$resource?deploymentId=open" ;;
@@ -372,6 +404,13 @@ for run in $(seq "$RUNS"); do
         done
     done
 done
+
+if [ "$partial" = 1 ]; then
+    cp "$raw" "$OUT/raw.tsv"
+    echo "partial run (PROXIES / ROWS / BASELINE_PORTCULLIS): raw figures, run proxy metric value errors; load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+    cat "$raw"
+    exit 0
+fi
 
 # ---------------------------------------------------------------- memory
 

@@ -6,6 +6,8 @@
 //! `kid` from the JWKS cache, the key's own type and `alg` against the
 //! token's, signature, then claims (`iss` exact, `exp` required, `nbf`/`iat`
 //! within the clock skew, `aud` against the provider's audiences or client id).
+//! With a key prepared at fetch time, signature and claims are checked in
+//! one pass over the token (`check_prepared`), by jsonwebtoken's rules.
 
 pub mod logout;
 pub mod messenger;
@@ -203,6 +205,44 @@ fn header_algorithm(token: &str) -> Result<String, TokenError> {
         .ok_or(TokenError::Malformed)
 }
 
+/// `jsonwebtoken::decode_header`, with the same result, faster for the
+/// usual header (`alg`, and `kid` and `typ` if any, nothing else): that one
+/// is read into a small struct, without jsonwebtoken's buffering of every
+/// member for its `extras`. Any other header (another member, a
+/// repetition, a `null`…) is read by jsonwebtoken itself.
+fn decode_header(token: &str) -> jsonwebtoken::errors::Result<jsonwebtoken::Header> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Usual {
+        alg: Algorithm,
+        kid: Option<String>,
+        typ: Option<String>,
+    }
+    // Where jsonwebtoken finds the header: before the second-to-last dot.
+    let part = token
+        .rsplit_once('.')
+        .and_then(|(message, _)| message.rsplit_once('.'))
+        .map(|(header, _)| header);
+    let mut buf = [0u8; 256];
+    let usual = part.and_then(|part| {
+        let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(part, &mut buf)
+            .ok()?;
+        serde_json::from_slice::<Usual>(&buf[..len]).ok()
+    });
+    match usual {
+        // `null` reads as absent in both; a header without those members
+        // is what jsonwebtoken would make of it too.
+        Some(Usual { alg, kid, typ }) => {
+            let mut header = jsonwebtoken::Header::new(alg);
+            header.kid = kid;
+            header.typ = typ;
+            Ok(header)
+        }
+        None => jsonwebtoken::decode_header(token),
+    }
+}
+
 /// SHA-256 of `data`, as a fixed-size key (cache keys, stored hashes).
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
@@ -245,7 +285,7 @@ pub(crate) async fn provider_key(
     // cannot read is read again by name only, so that `none` (which
     // jsonwebtoken does not know) and HMAC in any spelling are refused as
     // algorithms, never taken for mere malformation.
-    let header = match jsonwebtoken::decode_header(token) {
+    let header = match decode_header(token) {
         Ok(header) => header,
         Err(_) => {
             let alg_name = header_algorithm(token)?;
@@ -282,42 +322,192 @@ pub(crate) async fn provider_key(
 }
 
 /// Verifies a provider-issued token.
+///
+/// The header is parsed once (`provider_key`) and, when the key
+/// was parsed at fetch time, the signature and claims are checked in one
+/// pass over the token ([`check_prepared`]) instead of through
+/// `jsonwebtoken::decode`, which parses the header again and the claims
+/// twice. The rules are jsonwebtoken's, in its order; a token whose
+/// registered claims have an unusual type takes jsonwebtoken's own path,
+/// so its verdict stays exactly what it was.
 pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedToken, TokenError> {
     let config = &provider.config;
     let (header, key) = provider_key(provider, token).await?;
-    // The key as parsed when its set was fetched (`token::prepared`); the
-    // rest of the check is jsonwebtoken's, as for any other key.
-    let claims = prepared::with_verifier(&key.key, key.prepared(header.alg), || {
-        check_signature_and_time(
-            token,
-            &key.key,
-            header.alg,
-            &config.issuer,
-            config.clock_skew,
-        )
-    })?;
+    let issuer = config.issuer.as_str();
+    let skew = config.clock_skew;
+    let fast = match key.prepared(header.alg) {
+        Some(prepared) => check_prepared(token, &header, prepared, issuer, skew)?,
+        None => None,
+    };
+    let claims = match fast {
+        Some(claims) => claims,
+        None => prepared::with_verifier(&key.key, key.prepared(header.alg), || {
+            check_signature_and_time(token, &key.key, header.alg, issuer, skew)
+        })?,
+    };
     let kind = audience_kind(&claims, &config.audiences, &config.client_id)?;
     let expires_at = claims.number("exp").ok_or(TokenError::MissingClaim)?;
+    let digest = TokenCache::key(&config.name, token);
     Ok(VerifiedToken {
         claims: Arc::new(claims),
         session_id: token_session_id(token),
-        digest: TokenCache::key(&config.name, token),
+        digest,
         kind,
         expires_at,
         provider: Arc::from(config.name.as_str()),
     })
 }
 
+/// What every bearer session id starts with (a login session's starts
+/// with `s-`).
+pub const BEARER_SESSION_PREFIX: &str = "t-";
+
+/// `t-` and the first 24 hex digits of the token's SHA-256: opaque, stable
+/// per token (backends have seen these ids; the cache key, which also
+/// hashes the provider's name, cannot stand in for it).
 fn token_session_id(token: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = sha256(token.as_bytes());
     let mut id = String::with_capacity(2 + 24);
-    id.push_str("t-");
+    id.push_str(BEARER_SESSION_PREFIX);
     for byte in &digest[..12] {
         id.push(char::from(HEX[usize::from(byte >> 4)]));
         id.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     id
+}
+
+/// `check_signature_and_time` for a token whose header `provider_key`
+/// parsed and whose key was parsed when its set was fetched, in one pass:
+/// the same checks as `jsonwebtoken::decode` with the same `Validation`,
+/// in the same order, with the same outcome, but the header not parsed
+/// again and the claims parsed once (into the map portcullis keeps).
+///
+/// `Ok(None)` when a registered claim jsonwebtoken reads (`exp`, `nbf`,
+/// `sub`, `iss`) is there with a type other than the usual one (a number
+/// that is not a `u64`, a `sub` that is not a string, a `null`…): how
+/// jsonwebtoken treats those depends on its parser's details, so the
+/// caller hands such a token to jsonwebtoken itself.
+pub(crate) fn check_prepared(
+    token: &str,
+    header: &jsonwebtoken::Header,
+    verifier: &prepared::PreparedVerifier,
+    issuer: &str,
+    skew: Duration,
+) -> Result<Option<Claims>, TokenError> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // As jsonwebtoken splits: the signature after the last dot, the
+    // payload after the one before. `provider_key` read a header without
+    // a dot (base64url has none), so these are the token's three parts.
+    let (message, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let (_, payload) = message.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    // jsonwebtoken's `Header::from_encoded` checks (RFC 7515 `b64` and
+    // `crit`), which `decode_header` leaves out.
+    header_extensions_supported(header)?;
+    // `verify_signature_body`: the algorithm is the verifier's (the caller
+    // found the key by it); the signature's base64, then the signature.
+    debug_assert_eq!(verifier.algorithm(), header.alg);
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed)?;
+    if !verifier.verifies(message.as_bytes(), &signature) {
+        return Err(TokenError::BadSignature);
+    }
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed)?;
+    let claims: Claims = serde_json::from_slice(&payload).map_err(|e| {
+        if e.to_string().contains(DUPLICATE_CLAIM) {
+            TokenError::DuplicateClaim
+        } else {
+            TokenError::Malformed
+        }
+    })?;
+    // jsonwebtoken's `validate`, for the registered claims it reads, when
+    // each is absent or of its usual type.
+    let exp = match numeric_claim(&claims, "exp") {
+        Spec::Absent => None,
+        Spec::Usual(exp) => Some(exp),
+        Spec::Unusual => return Ok(None),
+    };
+    let nbf = match numeric_claim(&claims, "nbf") {
+        Spec::Absent => None,
+        Spec::Usual(nbf) => Some(nbf),
+        Spec::Unusual => return Ok(None),
+    };
+    let (sub, iss) = match (string_claim(&claims, "sub"), string_claim(&claims, "iss")) {
+        (Spec::Unusual, _) | (_, Spec::Unusual) => return Ok(None),
+        (sub, iss) => (sub, iss),
+    };
+    // Required: `exp`, `iss`, `sub`.
+    let (Some(exp), Spec::Usual(iss), Spec::Usual(sub)) = (exp, iss, sub) else {
+        return Err(TokenError::MissingClaim);
+    };
+    let now = jsonwebtoken::get_current_timestamp();
+    let leeway = skew.as_secs();
+    if exp < now.saturating_sub(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(TokenError::NotYetValid);
+    }
+    if iss != issuer {
+        return Err(TokenError::WrongIssuer);
+    }
+    // portcullis's own rules on top, as `check_signature_and_time` has them.
+    if sub.is_empty() {
+        return Err(TokenError::MissingClaim);
+    }
+    if claims
+        .number("iat")
+        .is_some_and(|iat| iat > now_unix() + leeway)
+    {
+        return Err(TokenError::IssuedInFuture);
+    }
+    Ok(Some(claims))
+}
+
+/// A registered claim as jsonwebtoken reads it: absent, of its usual type
+/// (with the value), or anything else.
+enum Spec<T> {
+    Absent,
+    Usual(T),
+    Unusual,
+}
+
+fn numeric_claim(claims: &Claims, name: &str) -> Spec<u64> {
+    match claims.get(name) {
+        None => Spec::Absent,
+        Some(value) => value.as_u64().map_or(Spec::Unusual, Spec::Usual),
+    }
+}
+
+fn string_claim<'a>(claims: &'a Claims, name: &str) -> Spec<&'a str> {
+    match claims.get(name) {
+        None => Spec::Absent,
+        Some(Value::String(s)) => Spec::Usual(s.as_str()),
+        Some(_) => Spec::Unusual,
+    }
+}
+
+/// The header checks `jsonwebtoken::decode` makes besides the algorithm:
+/// `b64`, if present, must be `true`, and `crit` may only be `["b64"]`
+/// with `b64` present (RFC 7515 §4.1.11, RFC 7797). Malformed otherwise,
+/// as jsonwebtoken's `InvalidToken` is.
+fn header_extensions_supported(header: &jsonwebtoken::Header) -> Result<(), TokenError> {
+    let b64 = header
+        .extras
+        .get::<bool>("b64")
+        .map_err(|_| TokenError::Malformed)?;
+    if b64 == Some(false) {
+        return Err(TokenError::Malformed);
+    }
+    if let Some(crit) = &header.crit {
+        if crit.len() != 1 || crit[0] != "b64" || b64.is_none() {
+            return Err(TokenError::Malformed);
+        }
+    }
+    Ok(())
 }
 
 /// Signature, `iss`, `exp`, `nbf` and `iat`; shared with portcullis's own tokens.

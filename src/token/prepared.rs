@@ -12,12 +12,16 @@
 //! a verifier (signer) asked for *that very key* (the same `DecodingKey`,
 //! by address, borrowed for the whole call) and *that algorithm* is the one
 //! parsed earlier. Every other request goes to aws-lc-rs's default factory
-//! unchanged. Everything else of a JWT — header, algorithm allow-list,
-//! base64, claims, `exp`/`nbf`/`iss` — stays in `jsonwebtoken::decode`; only
-//! the call into aws-lc-rs uses a key parsed once instead of per token. The
-//! signature check itself is aws-lc-rs's (`ParsedPublicKey::verify_sig`),
-//! with the same algorithm parameters (key sizes, padding, hash) that
-//! jsonwebtoken's aws-lc-rs verifiers use.
+//! unchanged. The signature check itself is aws-lc-rs's
+//! (`ParsedPublicKey::verify_sig`), with the same algorithm parameters (key
+//! sizes, padding, hash) that jsonwebtoken's aws-lc-rs verifiers use.
+//!
+//! A provider token with usual claims does not go through
+//! `jsonwebtoken::decode` at all: `token::check_prepared` calls
+//! [`PreparedVerifier::verifies`] itself and checks the claims in one pass,
+//! by jsonwebtoken's rules. The scoped provider above serves the tokens
+//! that still do (unusual claim types, and the other callers of
+//! `jsonwebtoken::decode` with a provider key).
 
 use std::cell::RefCell;
 use std::sync::{Arc, LazyLock, Once};
@@ -42,6 +46,13 @@ pub struct PreparedVerifier {
 impl PreparedVerifier {
     pub fn algorithm(&self) -> Algorithm {
         self.alg
+    }
+
+    /// Whether `signature` is this key's over `message`: the call
+    /// jsonwebtoken makes through [`Verifier::verify`], for callers that
+    /// check a token's parts themselves (`token::check_prepared`).
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.key.verify_sig(message, signature).is_ok()
     }
 }
 

@@ -684,3 +684,388 @@ fn a_bearer_session_id_is_t_and_the_first_24_hex_digits_of_the_token_sha256() {
     // faster rendering must not change it.
     assert_eq!(token_session_id("abc"), "t-ba7816bf8f01cfea414140de");
 }
+
+// ---------------------------------------------------------------------
+// The one-pass check (`check_prepared`) against jsonwebtoken's own path.
+
+/// `verify` as it was before the one-pass check: every token through
+/// `jsonwebtoken::decode` (with the prepared key). The reference the
+/// one-pass check must agree with, verdict for verdict.
+async fn verify_through_jsonwebtoken(
+    provider: &ProviderService,
+    token: &str,
+) -> Result<(Claims, TokenKind, u64), TokenError> {
+    let config = &provider.config;
+    let (header, key) = provider_key(provider, token).await?;
+    let claims = prepared::with_verifier(&key.key, key.prepared(header.alg), || {
+        check_signature_and_time(
+            token,
+            &key.key,
+            header.alg,
+            &config.issuer,
+            config.clock_skew,
+        )
+    })?;
+    let kind = audience_kind(&claims, &config.audiences, &config.client_id)?;
+    let exp = claims.number("exp").ok_or(TokenError::MissingClaim)?;
+    Ok((claims, kind, exp))
+}
+
+async fn verify_one_pass(
+    provider: &ProviderService,
+    token: &str,
+) -> Result<(Claims, TokenKind, u64), TokenError> {
+    verify(provider, token)
+        .await
+        .map(|v| ((*v.claims).clone(), v.kind, v.expires_at))
+}
+
+#[tokio::test]
+async fn a_usual_token_takes_the_one_pass_check() {
+    let f = fixture().await;
+    for token in [
+        rs256(&f.idp, &claims(&f.idp)),
+        es256(&f.idp, &claims(&f.idp)),
+    ] {
+        let (header, key) = provider_key(&f.provider, &token).await.unwrap();
+        let prepared = key
+            .prepared(header.alg)
+            .expect("keys are prepared at fetch");
+        let claims = check_prepared(
+            &token,
+            &header,
+            prepared,
+            &f.provider.config.issuer,
+            f.provider.config.clock_skew,
+        )
+        .unwrap()
+        .expect("no fallback to jsonwebtoken for usual claims");
+        assert_eq!(claims.str("sub"), Some("alice"));
+    }
+}
+
+/// A JSON value for a registered claim: every type, and the number
+/// spellings whose reading differs between parsers.
+fn claim_text(kind: u8, usual: &str, offset_base: u64) -> Option<String> {
+    Some(match kind {
+        0 => return None,
+        1 => usual.to_string(),
+        2 => "null".into(),
+        3 => "\"1700000000\"".into(),
+        4 => "-5".into(),
+        5 => format!("{offset_base}.0"),
+        6 => "1e3".into(),
+        7 => "18446744073709551616".into(),
+        8 => "18446744073709551615".into(),
+        9 => "[]".into(),
+        10 => "[1]".into(),
+        11 => "{}".into(),
+        12 => "{\"a\":1}".into(),
+        13 => "true".into(),
+        14 => "\"\"".into(),
+        15 => "[\"a\",\"b\"]".into(),
+        _ => format!("{}", offset_base),
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Shape {
+    exp: (u8, i64),
+    nbf: (u8, i64),
+    iat: (u8, i64),
+    sub: u8,
+    iss: (u8, bool),
+    aud: u8,
+    duplicate: Option<usize>,
+    header_extra: u8,
+    mutation: u8,
+    es256: bool,
+}
+
+fn shape() -> impl proptest::strategy::Strategy<Value = Shape> {
+    use proptest::prelude::*;
+    // Times around the 30 s skew, never within a second of a boundary (the
+    // two checks run a moment apart).
+    let offset = prop::sample::select(vec![-1000i64, -32, -28, 0, 28, 32, 1000]);
+    // Mostly the usual type, so that valid tokens and the time and issuer
+    // rules get their share of the cases.
+    let kind = || prop_oneof![6 => Just(1u8), 1 => Just(0u8), 3 => 2u8..17];
+    (
+        (kind(), offset.clone()),
+        (kind(), offset.clone()),
+        (kind(), offset),
+        kind(),
+        (kind(), prop::bool::weighted(0.8)),
+        0u8..6,
+        prop::option::of(0usize..6),
+        prop_oneof![3 => Just(0u8), 1 => 1u8..9],
+        prop_oneof![3 => Just(0u8), 1 => 1u8..10],
+        any::<bool>(),
+    )
+        .prop_map(
+            |(exp, nbf, iat, sub, iss, aud, duplicate, header_extra, mutation, es256)| Shape {
+                exp,
+                nbf,
+                iat,
+                sub,
+                iss,
+                aud,
+                duplicate,
+                header_extra,
+                mutation,
+                es256,
+            },
+        )
+}
+
+fn token_of(f: &Fixture, s: &Shape) -> String {
+    let now = now() as i64;
+    let time = |(kind, offset): (u8, i64)| {
+        let at = (now + offset) as u64;
+        claim_text(kind, &at.to_string(), at)
+    };
+    let issuer = f.idp.issuer();
+    let iss = match s.iss {
+        (1, true) => Some(format!("\"{issuer}\"")),
+        (1, false) => Some("\"https://elsewhere.example\"".into()),
+        (kind, _) => claim_text(kind, "", 0),
+    };
+    let aud = match s.aud {
+        0 => None,
+        1 => Some("\"api://messaging\"".into()),
+        2 => Some(format!("\"{}\"", client_id(&f.idp))),
+        3 => Some("[\"api://messaging\", \"x\"]".into()),
+        4 => Some("[1]".into()),
+        _ => Some("\"other\"".into()),
+    };
+    let mut members: Vec<(&str, String)> = [
+        ("exp", time(s.exp)),
+        ("nbf", time(s.nbf)),
+        ("iat", time(s.iat)),
+        ("sub", claim_text(s.sub, "\"alice\"", 0)),
+        ("iss", iss),
+        ("aud", aud),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| (name, v)))
+    .collect();
+    members.push(("email", "\"alice@example.com\"".into()));
+    if let Some(i) = s.duplicate {
+        let again = members[i % members.len()].clone();
+        members.push(again);
+    }
+    let payload = format!(
+        "{{{}}}",
+        members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let (alg, name, kid) = if s.es256 {
+        (Algorithm::ES256, "ES256", f.idp.current_kids().1)
+    } else {
+        (Algorithm::RS256, "RS256", f.rsa_kid())
+    };
+    let extra = match s.header_extra {
+        0 => "",
+        1 => ",\"b64\":true",
+        2 => ",\"b64\":false",
+        3 => ",\"b64\":\"yes\"",
+        4 => ",\"b64\":true,\"crit\":[\"b64\"]",
+        5 => ",\"crit\":[\"b64\"]",
+        6 => ",\"b64\":true,\"crit\":[]",
+        7 => ",\"b64\":true,\"crit\":[\"b64\",\"b64\"]",
+        _ => ",\"typ\":\"JWT\",\"cty\":\"x\"",
+    };
+    let header = format!("{{\"alg\":\"{name}\",\"kid\":\"{kid}\"{extra}}}");
+    let token = f.idp.sign_raw(alg, &header, &payload);
+    let (h, rest) = token.split_once('.').unwrap();
+    let (p, sig) = rest.split_once('.').unwrap();
+    match s.mutation {
+        1 => format!("{h}.{p}.{}", flip_last(sig)),
+        2 => format!("{h}.{p}.{sig}="),
+        3 => format!("{h}.{p}=.{sig}"),
+        4 => format!("{h}.{p}.{sig}.x"),
+        5 => format!("{h}.{}.{sig}", flip_last(p)),
+        6 => format!("{h}.{p}*.{sig}"),
+        7 => format!("{h}.{p}.{}", &sig[..sig.len() - 4]),
+        8 => format!("{h}.{p} .{sig}"),
+        _ => token,
+    }
+}
+
+/// The last base64url character replaced by another (possibly one whose
+/// unused bits are not zero, which a strict decoder refuses).
+fn flip_last(part: &str) -> String {
+    let (head, last) = part.split_at(part.len() - 1);
+    let replacement = if last == "A" { "B" } else { "A" };
+    format!("{head}{replacement}")
+}
+
+#[test]
+fn the_one_pass_check_agrees_with_jsonwebtoken_on_every_shape() {
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = runtime.block_on(fixture());
+    let mut runner = TestRunner::new(Config {
+        cases: 1500,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&shape(), |s| {
+            let token = token_of(&f, &s);
+            let ours = runtime.block_on(verify_one_pass(&f.provider, &token));
+            let reference = runtime.block_on(verify_through_jsonwebtoken(&f.provider, &token));
+            proptest::prop_assert_eq!(ours, reference, "{:?}", s);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(f.jwks_hits(), 1, "no shape refetched the keys");
+}
+
+#[tokio::test]
+async fn one_pass_edge_cases_match_jsonwebtoken() {
+    // Cases named on their own, beside the generated ones: each must give
+    // the same verdict (and claims) both ways, and the verdict listed.
+    let f = fixture().await;
+    let kid = f.rsa_kid();
+    let issuer = f.idp.issuer().to_string();
+    let exp = now() + 300;
+    let header = format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#);
+    let good = format!(r#""iss":"{issuer}","sub":"alice","aud":"api://messaging","exp":{exp}"#);
+    let cases: Vec<(&str, String, Result<(), TokenError>)> = vec![
+        ("usual", format!("{{{good}}}"), Ok(())),
+        (
+            "duplicate sub",
+            format!(r#"{{{good},"sub":"admin"}}"#),
+            Err(TokenError::DuplicateClaim),
+        ),
+        (
+            "duplicate exp",
+            format!(r#"{{{good},"exp":{exp}}}"#),
+            Err(TokenError::DuplicateClaim),
+        ),
+        (
+            "exp as float",
+            format!(r#"{{"iss":"{issuer}","sub":"a","aud":"api://messaging","exp":{exp}.0}}"#),
+            Err(TokenError::MissingClaim),
+        ),
+        (
+            "exp beyond u64",
+            format!(
+                r#"{{"iss":"{issuer}","sub":"a","aud":"api://messaging","exp":18446744073709551616}}"#
+            ),
+            Err(TokenError::MissingClaim),
+        ),
+        (
+            "exp null",
+            format!(r#"{{"iss":"{issuer}","sub":"a","aud":"api://messaging","exp":null}}"#),
+            Err(TokenError::MissingClaim),
+        ),
+        (
+            "sub an object",
+            format!(r#"{{"iss":"{issuer}","sub":{{"a":1}},"aud":"api://messaging","exp":{exp}}}"#),
+            Err(TokenError::Malformed),
+        ),
+        (
+            "sub a number",
+            format!(r#"{{"iss":"{issuer}","sub":7,"aud":"api://messaging","exp":{exp}}}"#),
+            Err(TokenError::MissingClaim),
+        ),
+        (
+            "sub empty",
+            format!(r#"{{"iss":"{issuer}","sub":"","aud":"api://messaging","exp":{exp}}}"#),
+            Err(TokenError::MissingClaim),
+        ),
+        (
+            "iss an array",
+            format!(r#"{{"iss":["{issuer}"],"sub":"a","aud":"api://messaging","exp":{exp}}}"#),
+            Ok(()),
+        ),
+        (
+            "aud a number",
+            format!(r#"{{"iss":"{issuer}","sub":"a","aud":5,"exp":{exp}}}"#),
+            Err(TokenError::WrongAudience),
+        ),
+        (
+            "nbf a string",
+            format!(r#"{{{good},"nbf":"0"}}"#),
+            Err(TokenError::Malformed),
+        ),
+        (
+            "iat far ahead",
+            format!(r#"{{{good},"iat":{}}}"#, now() + 1000),
+            Err(TokenError::IssuedInFuture),
+        ),
+        (
+            "escaped name",
+            format!(
+                r#"{{"iss":"{issuer}","s\u0075b":"alice","aud":"api://messaging","exp":{exp}}}"#
+            ),
+            Ok(()),
+        ),
+        (
+            "not an object",
+            "[1,2]".to_string(),
+            Err(TokenError::Malformed),
+        ),
+        (
+            "trailing text",
+            format!("{{{good}}} x"),
+            Err(TokenError::Malformed),
+        ),
+    ];
+    for (what, payload, expected) in cases {
+        let token = f.idp.sign_raw(Algorithm::RS256, &header, &payload);
+        let ours = verify_one_pass(&f.provider, &token).await;
+        let reference = verify_through_jsonwebtoken(&f.provider, &token).await;
+        assert_eq!(ours, reference, "{what}");
+        assert_eq!(ours.map(|_| ()), expected, "{what}");
+    }
+}
+
+#[test]
+fn the_quick_header_read_agrees_with_jsonwebtoken() {
+    let headers = [
+        r#"{"alg":"RS256","kid":"k1"}"#,
+        r#"{"alg":"RS256","kid":"k1","typ":"at+jwt"}"#,
+        r#"{"typ":"JWT","alg":"ES256"}"#,
+        r#"{"alg":"RS256","kid":null}"#,
+        r#"{"alg":"RS256","typ":null}"#,
+        r#"{"alg":null}"#,
+        r#"{"alg":"none","kid":"k1"}"#,
+        r#"{"alg":"rs256"}"#,
+        r#"{"alg":"RS256","kid":"k1","kid":"k2"}"#,
+        r#"{"alg":"RS256","alg":"HS256"}"#,
+        r#"{"alg":"RS256","k\u0069d":"k1"}"#,
+        r#"{"alg":"RS256","kid":"k\u00e9"}"#,
+        r#"{"alg":"RS256","kid":5}"#,
+        r#"{"alg":"RS256","cty":"x"}"#,
+        r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#,
+        r#"{"alg":"RS256","jwk":5}"#,
+        r#" { "alg" : "RS256" } "#,
+        r#"{"alg":"RS256"} x"#,
+        r#"{"kid":"k1"}"#,
+        r#"["RS256"]"#,
+        "",
+    ];
+    let long_kid = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "k".repeat(400));
+    for header in headers.iter().copied().chain([long_kid.as_str()]) {
+        for token in [
+            format!("{}.e30.c2ln", b64(header.as_bytes())),
+            format!("x.{}.e30.c2ln", b64(header.as_bytes())),
+            format!("{}.e30", b64(header.as_bytes())),
+            format!("{}=.e30.c2ln", b64(header.as_bytes())),
+        ] {
+            let ours = decode_header(&token).map_err(|e| e.to_string());
+            let theirs = jsonwebtoken::decode_header(&token).map_err(|e| e.to_string());
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{header} in {token}");
+            assert_eq!(ours.ok(), theirs.ok(), "{header} in {token}");
+        }
+    }
+}
