@@ -311,19 +311,25 @@ impl SignedAssertion {
 /// for the same deployment, upstream (`aud`) and issuer: nothing of one
 /// identity can reach another's backend. Entries live one assertion
 /// lifetime and are served only while `SignedAssertion::serves`; at most
-/// `SHARED_ASSERTIONS` are kept (the least used go first).
+/// `SHARED_ASSERTION_BYTES` of them are kept (the least used go first).
 struct SharedAssertions {
     cache: moka::sync::Cache<[u8; 32], Arc<SignedAssertion>>,
 }
 
-/// How many bearer assertions are kept for reuse across tokens (each a few
-/// hundred bytes).
-pub const SHARED_ASSERTIONS: u64 = 10_000;
+/// How many bytes of bearer assertions are kept for reuse across tokens:
+/// 16 MiB, some 20 000 assertions of a usual identity (a few hundred bytes
+/// each), far fewer of identities with very many groups.
+pub const SHARED_ASSERTION_BYTES: u64 = 16 << 20;
 
 static SHARED: std::sync::LazyLock<SharedAssertions> =
     std::sync::LazyLock::new(|| SharedAssertions {
         cache: moka::sync::Cache::builder()
-            .max_capacity(SHARED_ASSERTIONS)
+            // Weighed in bytes: an assertion carries the groups whole, and
+            // tokens may be up to 64 KiB.
+            .weigher(|_, assertion: &Arc<SignedAssertion>| {
+                u32::try_from(assertion.value.len()).unwrap_or(u32::MAX)
+            })
+            .max_capacity(SHARED_ASSERTION_BYTES)
             .time_to_live(std::time::Duration::from_secs(ASSERTION_LIFETIME_SECS))
             .build(),
     });

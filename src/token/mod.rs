@@ -228,7 +228,13 @@ fn decode_header(token: &str) -> jsonwebtoken::errors::Result<jsonwebtoken::Head
         let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode_slice(part, &mut buf)
             .ok()?;
-        serde_json::from_slice::<Usual>(&buf[..len]).ok()
+        let json = &buf[..len];
+        // A derived struct would also read a JSON array (`["RS256","k1"]`),
+        // which jsonwebtoken refuses: only an object is a usual header.
+        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice::<Usual>(json).ok()
     });
     match usual {
         // `null` reads as absent in both; a header without those members
@@ -406,7 +412,9 @@ pub(crate) fn check_prepared(
     header_extensions_supported(header)?;
     // `verify_signature_body`: the algorithm is the verifier's (the caller
     // found the key by it); the signature's base64, then the signature.
-    debug_assert_eq!(verifier.algorithm(), header.alg);
+    if verifier.algorithm() != header.alg {
+        return Err(TokenError::KeyMismatch);
+    }
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| TokenError::Malformed)?;
@@ -539,6 +547,11 @@ pub fn check_signature_and_time(
             _ => TokenError::Malformed,
         })?;
     let claims = data.claims;
+    // jsonwebtoken also passes an `iss` array holding the issuer; SPEC §4
+    // wants the issuer itself (and the identity reads it as a string).
+    if claims.str("iss") != Some(issuer) {
+        return Err(TokenError::WrongIssuer);
+    }
     if claims.str("sub").is_none_or(str::is_empty) {
         return Err(TokenError::MissingClaim);
     }

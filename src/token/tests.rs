@@ -985,7 +985,7 @@ async fn one_pass_edge_cases_match_jsonwebtoken() {
         (
             "iss an array",
             format!(r#"{{"iss":["{issuer}"],"sub":"a","aud":"api://messaging","exp":{exp}}}"#),
-            Ok(()),
+            Err(TokenError::WrongIssuer),
         ),
         (
             "aud a number",
@@ -1052,6 +1052,9 @@ fn the_quick_header_read_agrees_with_jsonwebtoken() {
         r#"{"alg":"RS256"} x"#,
         r#"{"kid":"k1"}"#,
         r#"["RS256"]"#,
+        r#"["RS256","k1",null]"#,
+        r#"["RS256",null,null]"#,
+        r#" ["RS256","k1","JWT"]"#,
         "",
     ];
     let long_kid = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "k".repeat(400));
