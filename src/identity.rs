@@ -179,6 +179,15 @@ pub fn deployment_header(deployment: &str, prefix: &str) -> (String, String) {
     (format!("{prefix}Deployment"), header_value(deployment))
 }
 
+/// A header as portcullis hands it to Pingora: the name as configured (the
+/// case the backend sees) as shared bytes, once it is known to be a valid
+/// name, and the value checked.
+pub fn wire_header(name: String, value: &str) -> Result<(bytes::Bytes, http::HeaderValue), String> {
+    http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+    let value = http::HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?;
+    Ok((bytes::Bytes::from(name), value))
+}
+
 /// The identity headers for the upstream request, names as configured
 /// (the prefix is `identity_header_prefix`, default `X-Auth-`).
 pub fn upstream_headers(
@@ -361,13 +370,7 @@ impl Rendered {
     pub fn new(identity: Identity, messenger: &Messenger, prefix: &str) -> Result<Self, String> {
         let headers = upstream_headers(&identity, messenger, prefix)
             .into_iter()
-            .map(|(name, value)| {
-                http::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|e| format!("{name}: {e}"))?;
-                let value =
-                    http::HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?;
-                Ok((bytes::Bytes::from(name), value))
-            })
+            .map(|(name, value)| wire_header(name, &value))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Rendered {
             identity,

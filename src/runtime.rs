@@ -483,9 +483,7 @@ fn is_tls_path(path: &str) -> bool {
 /// `X-Auth-Deployment` for `id` under `prefix`, as sent upstream.
 fn deployment_header(id: &str, prefix: &str) -> Result<(bytes::Bytes, http::HeaderValue), String> {
     let (name, value) = crate::identity::deployment_header(id, prefix);
-    http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-    let value = http::HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?;
-    Ok((bytes::Bytes::from(name), value))
+    crate::identity::wire_header(name, &value)
 }
 
 fn note_certificates_rejected(metrics: &Metrics) {

@@ -631,22 +631,19 @@ impl Portcullis {
                 .flatten()
                 .map(|c| c.carrier),
         };
+        // The metric slot and `method` label; "none" sits after the carriers.
+        let (slot, method) = carrier.map_or((Carrier::COUNT, "none"), |c| (c.slot(), c.label()));
         let metrics = &self.state.metrics;
-        match (&result, carrier) {
-            (Ok(_), Some(carrier)) => target
+        match &result {
+            Ok(_) => target
                 .deployment
-                .allowed_counter(carrier.slot(), carrier.label(), metrics)
+                .allowed_counter(slot, method, metrics)
                 .inc(),
-            (result, carrier) => metrics
+            Err(refusal) => metrics
                 .auth_decisions
-                .with_label_values(&[
-                    &*target.deployment.label,
-                    carrier.map_or("none", Carrier::label),
-                    result.as_ref().map_or_else(|r| r.outcome(), |_| "allowed"),
-                ])
+                .with_label_values(&[&*target.deployment.label, method, refusal.outcome()])
                 .inc(),
         }
-        let (slot, method) = carrier.map_or((Carrier::COUNT, "none"), |c| (c.slot(), c.label()));
         metrics
             .auth_duration_of(slot, method)
             .observe(started.elapsed().as_secs_f64());

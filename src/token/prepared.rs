@@ -263,9 +263,14 @@ pub fn with_signer<R>(key: &EncodingKey, prepared: &PreparedSigner, f: impl FnOn
     )
 }
 
-fn prepared_verifier(alg: Algorithm, key: &DecodingKey) -> Option<PreparedVerifier> {
-    let address = key as *const DecodingKey as usize;
-    VERIFYING.with(|slot| {
+/// What `slot` holds for this very `key` object and `alg`, if anything.
+fn slotted<K, T: Clone + 'static>(
+    slot: &'static std::thread::LocalKey<RefCell<Option<Slot<T>>>>,
+    alg: Algorithm,
+    key: &K,
+) -> Option<T> {
+    let address = key as *const K as usize;
+    slot.with(|slot| {
         slot.borrow()
             .as_ref()
             .filter(|s| s.address == address && s.alg == alg)
@@ -273,14 +278,12 @@ fn prepared_verifier(alg: Algorithm, key: &DecodingKey) -> Option<PreparedVerifi
     })
 }
 
+fn prepared_verifier(alg: Algorithm, key: &DecodingKey) -> Option<PreparedVerifier> {
+    slotted(&VERIFYING, alg, key)
+}
+
 fn prepared_signer(alg: Algorithm, key: &EncodingKey) -> Option<PreparedSigner> {
-    let address = key as *const EncodingKey as usize;
-    SIGNING.with(|slot| {
-        slot.borrow()
-            .as_ref()
-            .filter(|s| s.address == address && s.alg == alg)
-            .map(|s| s.prepared.clone())
-    })
+    slotted(&SIGNING, alg, key)
 }
 
 fn new_verifier(
