@@ -415,37 +415,48 @@ where
         // portcullis patch: boxed, because the connect future (TCP and TLS connect states, about
         // 8.8 KiB) is over once the connection is made, yet unboxed it sizes this future, which
         // lives as long as the request: every upgraded tunnel carried it for its whole life.
-        let client_session = Box::pin(self.client_upstream.get_http_session(&*peer)).await;
+        // portcullis patch: the connection is boxed too, and so is the release future, both for
+        // the same reason: an unboxed session sat in this future three times over (as the
+        // result, the match and the borrowed binding), 1.5 KiB for each tunnel's whole life.
+        let client_session = Box::pin(async {
+            let (session, reused) = self.client_upstream.get_http_session(&*peer).await?;
+            Ok::<_, Box<Error>>((Box::new(session), reused))
+        })
+        .await;
         match client_session {
-            Ok((client_session, client_reused)) => {
-                let (server_reused, error) = match client_session {
-                    ClientSession::H1(mut h1) => {
+            Ok((mut client_session, client_reused)) => {
+                let (server_reused, error) = match &mut *client_session {
+                    ClientSession::H1(h1) => {
                         let (server_reused, client_reuse, error) = self
-                            .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
+                            .proxy_to_h1_upstream(session, h1, client_reused, &peer, ctx)
                             .await;
                         if client_reuse {
-                            let session = ClientSession::H1(h1);
-                            self.client_upstream
-                                .release_http_session(session, &*peer, peer.idle_timeout())
-                                .await;
+                            Box::pin(self.client_upstream.release_http_session(
+                                *client_session,
+                                &*peer,
+                                peer.idle_timeout(),
+                            ))
+                            .await;
                         }
                         (server_reused, error)
                     }
-                    ClientSession::H2(mut h2) => {
+                    ClientSession::H2(h2) => {
                         // portcullis patch: boxed, like the connect future above: an HTTP/2
                         // upstream's future would otherwise size every HTTP/1 tunnel's too.
                         let (server_reused, mut error) = Box::pin(self.proxy_to_h2_upstream(
                             session,
-                            &mut h2,
+                            h2,
                             client_reused,
                             &peer,
                             ctx,
                         ))
                         .await;
-                        let session = ClientSession::H2(h2);
-                        self.client_upstream
-                            .release_http_session(session, &*peer, peer.idle_timeout())
-                            .await;
+                        Box::pin(self.client_upstream.release_http_session(
+                            *client_session,
+                            &*peer,
+                            peer.idle_timeout(),
+                        ))
+                        .await;
 
                         if let Some(e) = error.as_mut() {
                             // try to downgrade if A. origin says so or B. origin sends an invalid
@@ -467,20 +478,22 @@ where
 
                         (server_reused, error)
                     }
-                    ClientSession::Custom(mut c) => {
+                    ClientSession::Custom(c) => {
                         // portcullis patch: boxed, see above.
                         let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
                             session,
-                            &mut c,
+                            c,
                             client_reused,
                             &peer,
                             ctx,
                         ))
                         .await;
-                        let session = ClientSession::Custom(c);
-                        self.client_upstream
-                            .release_http_session(session, &*peer, peer.idle_timeout())
-                            .await;
+                        Box::pin(self.client_upstream.release_http_session(
+                            *client_session,
+                            &*peer,
+                            peer.idle_timeout(),
+                        ))
+                        .await;
                         (server_reused, error)
                     }
                 };
@@ -536,7 +549,7 @@ where
 
     async fn finish(
         &self,
-        mut session: Session,
+        mut session: Box<Session>,
         ctx: &mut SV::CTX,
         reuse: bool,
         error: Option<Box<Error>>,
@@ -1161,10 +1174,15 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    // portcullis patch: the session and the context come boxed, and every future here that ends
+    // before the upstream is reached or after it is done (errors, `finish`) is boxed too. An
+    // async fn keeps each by-value argument twice (as captured and as bound), and its size is
+    // that of its largest await: this future lives as long as the request, so an upgraded
+    // tunnel carried all of that for its whole life.
     async fn process_request(
         self: &Arc<Self>,
-        mut session: Session,
-        mut ctx: <SV as ProxyHttp>::CTX,
+        mut session: Box<Session>,
+        mut ctx: Box<<SV as ProxyHttp>::CTX>,
     ) -> Option<ReusedHttpStream>
     where
         SV: ProxyHttp + Send + Sync + 'static,
@@ -1175,9 +1193,13 @@ where
             .early_request_filter(&mut session, &mut ctx)
             .await
         {
-            return self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
-                .await;
+            return Box::pin(self.handle_error(
+                session,
+                &mut ctx,
+                e,
+                "Fail to early filter request:",
+            ))
+            .await;
         }
 
         if self.inner.allow_spawning_subrequest(&session, &ctx) {
@@ -1192,14 +1214,13 @@ where
             .request_header_filter(req)
             .await
         {
-            return self
-                .handle_error(
-                    session,
-                    &mut ctx,
-                    e,
-                    "Failed in downstream modules request filter:",
-                )
-                .await;
+            return Box::pin(self.handle_error(
+                session,
+                &mut ctx,
+                e,
+                "Failed in downstream modules request filter:",
+            ))
+            .await;
         }
 
         match self.inner.request_filter(&mut session, &mut ctx).await {
@@ -1212,9 +1233,7 @@ where
                     if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
                         persistent_settings.set_user_context(uc);
                     }
-                    return session
-                        .downstream_session
-                        .finish()
+                    return Box::pin(session.downstream_session.finish())
                         .await
                         .ok()
                         .flatten()
@@ -1223,15 +1242,19 @@ where
                 /* else continue */
             }
             Err(e) => {
-                return self
-                    .handle_error(session, &mut ctx, e, "Fail to filter request:")
-                    .await;
+                return Box::pin(self.handle_error(
+                    session,
+                    &mut ctx,
+                    e,
+                    "Fail to filter request:",
+                ))
+                .await;
             }
         }
 
         if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
             // cache hit
-            return self.finish(session, &mut ctx, reuse, err).await;
+            return Box::pin(self.finish(session, &mut ctx, reuse, err)).await;
         }
         // either uncacheable, or cache miss
 
@@ -1256,19 +1279,18 @@ where
                         match session.write_response_header_ref(&BAD_GATEWAY, true).await {
                             Ok(()) => {}
                             Err(e) => {
-                                return self
-                                    .handle_error(
-                                        session,
-                                        &mut ctx,
-                                        e,
-                                        "Error responding with Bad Gateway:",
-                                    )
-                                    .await;
+                                return Box::pin(self.handle_error(
+                                    session,
+                                    &mut ctx,
+                                    e,
+                                    "Error responding with Bad Gateway:",
+                                ))
+                                .await;
                             }
                         }
                     }
 
-                    return self.finish(session, &mut ctx, true, None).await;
+                    return Box::pin(self.finish(session, &mut ctx, true, None)).await;
                 }
                 /* else continue */
             }
@@ -1277,14 +1299,13 @@ where
                     session.cache.disable(NoCacheReason::InternalError);
                 }
 
-                return self
-                    .handle_error(
-                        session,
-                        &mut ctx,
-                        e,
-                        "Error deciding if we should proxy to upstream:",
-                    )
-                    .await;
+                return Box::pin(self.handle_error(
+                    session,
+                    &mut ctx,
+                    e,
+                    "Error deciding if we should proxy to upstream:",
+                ))
+                .await;
             }
         }
 
@@ -1376,13 +1397,12 @@ where
         }
 
         // logging() will be called in finish()
-        self.finish(session, &mut ctx, server_reuse, final_error)
-            .await
+        Box::pin(self.finish(session, &mut ctx, server_reuse, final_error)).await
     }
 
     async fn handle_error(
         &self,
-        mut session: Session,
+        mut session: Box<Session>,
         ctx: &mut <SV as ProxyHttp>::CTX,
         e: Box<Error>,
         context: &str,
@@ -1456,13 +1476,13 @@ where
         debug!("starting subrequest");
 
         let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
+            Some(downstream_session) => Box::new(Session::new(
                 downstream_session,
                 &self.downstream_modules,
                 #[cfg(feature = "upstream_modules")]
                 &self.upstream_modules,
                 self.shutdown_flag.clone(),
-            ),
+            )),
             None => return, // bad request
         };
 
@@ -1472,7 +1492,7 @@ where
 
         session.subrequest_ctx.replace(sub_req_ctx);
         trace!("processing subrequest");
-        let ctx = self.inner.new_ctx();
+        let ctx = Box::new(self.inner.new_ctx());
         self.process_request(session, ctx).await;
         trace!("subrequest done");
     }
@@ -1575,23 +1595,27 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         // Extract user context from the previous request before the session is moved into the Box
-        let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
+        // portcullis patch: in a block, so that no borrowed copy of the unboxed session keeps a
+        // place in this future (see `process_request`).
+        let (session, prev_user_ctx) = {
+            let mut session = session;
+            let prev_user_ctx = session.take_connection_user_context();
+            (Box::new(session), prev_user_ctx)
+        };
 
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
+            Some(downstream_session) => Box::new(Session::new(
                 downstream_session,
                 &self.downstream_modules,
                 #[cfg(feature = "upstream_modules")]
                 &self.upstream_modules,
                 self.shutdown_flag.clone(),
-            ),
+            )),
             None => return None, // bad request
         };
 
@@ -1600,7 +1624,7 @@ where
             session.set_keepalive(None);
         }
 
-        let mut ctx = self.inner.new_ctx();
+        let mut ctx = Box::new(self.inner.new_ctx());
 
         // Deliver user context from the previous request on this reused connection
         if let Some(prev_ctx) = prev_user_ctx {
