@@ -1443,6 +1443,49 @@ where
     }
 }
 
+impl<SV, C> HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    /// The body of [`HttpServerApp::process_new_http`] (portcullis patch: split out so that the
+    /// downstream session is boxed before the request's future captures it).
+    async fn process_new_http_boxed(
+        self: &Arc<Self>,
+        session: Box<HttpSession>,
+        prev_user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // TODO: keepalive pool, use stack
+        let mut session = match self.handle_new_request(session).await {
+            Some(downstream_session) => Box::new(Session::new(
+                downstream_session,
+                &self.downstream_modules,
+                #[cfg(feature = "upstream_modules")]
+                &self.upstream_modules,
+                self.shutdown_flag.clone(),
+            )),
+            None => return None, // bad request
+        };
+
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = Box::new(self.inner.new_ctx());
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+
+        self.process_request(session, ctx).await
+    }
+}
+
 /* Make process_subrequest() a trait to workaround https://github.com/rust-lang/rust/issues/78649
    if process_subrequest() is implemented as a member of HttpProxy, rust complains
 
@@ -1593,46 +1636,24 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // portcullis patch: written out as `#[async_trait]` would expand it, except that the session
+    // is boxed before the future is made. An async block keeps what it captures for its whole life,
+    // so the 696-byte session it no longer needs once boxed would stay in every request's future,
+    // an upgraded tunnel's included.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         session: HttpSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let mut session = Box::new(session);
         // Extract user context from the previous request before the session is moved into the Box
-        // portcullis patch: in a block, so that no borrowed copy of the unboxed session keeps a
-        // place in this future (see `process_request`).
-        let (session, prev_user_ctx) = {
-            let mut session = session;
-            let prev_user_ctx = session.take_connection_user_context();
-            (Box::new(session), prev_user_ctx)
-        };
-
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Box::new(Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            )),
-            None => return None, // bad request
-        };
-
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
-
-        let mut ctx = Box::new(self.inner.new_ctx());
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        self.process_request(session, ctx).await
+        let prev_user_ctx = session.take_connection_user_context();
+        Box::pin(self.process_new_http_boxed(session, prev_user_ctx, shutdown))
     }
 
     async fn http_cleanup(&self) {
