@@ -992,6 +992,9 @@ impl ProxyHttp for Portcullis {
             });
             return Error::e_explain(HTTPStatus(503), "no healthy upstream server");
         };
+        // Room for this one only: retries are rare, and the request (a tunnel's for its whole
+        // life) would otherwise hold a first allocation of four backends.
+        ctx.tried.reserve_exact(1);
         ctx.tried.push(backend.clone());
         ctx.upstream_server = Some(backend.addr.to_string());
         let config = &upstream.config;

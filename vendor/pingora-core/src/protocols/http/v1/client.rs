@@ -151,7 +151,14 @@ impl HttpSession {
             .or_err(WriteError, "flushing request header")?;
 
         // write was successful
-        self.request_written = Some(req);
+        // portcullis patch: an upgrade request is kept for as long as its tunnel lives, and the
+        // header filters that added to it may have left its maps up to twice the size of their
+        // contents (a clone fits them exactly); other requests are kept as they are.
+        self.request_written = Some(if is_upgrade_req(&req) {
+            Box::new(RequestHeader::clone(&req))
+        } else {
+            req
+        });
         Ok(to_wire.len())
     }
 

@@ -676,6 +676,20 @@ impl HttpSession {
                         .await
                         .or_err(WriteError, "flushing response header")?;
                 }
+                if self.upgraded {
+                    // portcullis patch: the `101` is flushed (it is informational), and every
+                    // write of the tunnel that follows is flushed at once: the L4 write buffer
+                    // would only be held for the tunnel's life. Through the vtable, so that the
+                    // concrete stream is reached rather than the box.
+                    let io: &mut dyn crate::protocols::IO = &mut *self.underlying_stream;
+                    if let Some(l4) = io.as_any_mut().downcast_mut::<crate::protocols::l4::stream::Stream>() {
+                        l4.release_write_buffer();
+                    }
+                    // portcullis patch: the `101` is kept as long as the tunnel lives, and the
+                    // filters that added to it may have left its maps up to twice the size of
+                    // their contents; a clone fits them exactly.
+                    header = Box::new(ResponseHeader::clone(&header));
+                }
                 self.response_written = Some(header);
                 Ok(())
             }
