@@ -32,12 +32,15 @@ use crate::token::TokenCache;
 
 /// Bytes of verified provider tokens kept at most, as
 /// `token::entry_weight` weighs them (the token, its parsed claims and the
-/// identity kept with it: some 7 KiB for a usual 1 KiB token, so about
-/// 37 000 of those). 256 MiB is about what the 100 000 entries it replaces
-/// took with usual tokens (claims and, in `identities`, the rendered
-/// identity, without the token), and far less than they could take with
-/// tokens of the 8 to 64 KiB `max_token_bytes` allows.
-const TOKEN_CACHE_BYTES: u64 = 256 << 20;
+/// identity kept with it): a usual 1.3 KB access token weighs about 9 KiB,
+/// so some 58 000 of those fit. Measured (with a counting allocator) for
+/// such a token: claims 3.7 KiB, rendered identity 1.9 KiB before its
+/// assertion, moka's entry 0.35 KiB, the token itself as the key. The
+/// 100 000 entries this replaces took about 4.2 KiB each of those tokens
+/// (without the token), and `identities` up to 100 000 rendered identities
+/// more: some 650 MiB together, and several GiB with tokens near the 8 to
+/// 64 KiB `max_token_bytes` allows, which the byte bound now caps too.
+const TOKEN_CACHE_BYTES: u64 = 512 << 20;
 
 /// Entries kept at most in the other per-token caches (rendered
 /// identities, messenger tokens).
