@@ -32,14 +32,14 @@ use crate::token::TokenCache;
 
 /// Bytes of verified provider tokens kept at most, as
 /// `token::entry_weight` weighs them (the token, its parsed claims and the
-/// identity kept with it): a usual 1.3 KB access token weighs about 9 KiB,
-/// so some 58 000 of those fit. Measured (with a counting allocator) for
+/// identity kept with it): a usual 1.3 KB access token weighs 8.7 KiB,
+/// so some 60 000 of those fit. Measured (with a counting allocator) for
 /// such a token: claims 3.7 KiB, rendered identity 1.9 KiB before its
-/// assertion, moka's entry 0.35 KiB, the token itself as the key. The
-/// 100 000 entries this replaces took about 4.2 KiB each of those tokens
-/// (without the token), and `identities` up to 100 000 rendered identities
-/// more: some 650 MiB together, and several GiB with tokens near the 8 to
-/// 64 KiB `max_token_bytes` allows, which the byte bound now caps too.
+/// assertion, moka's entry 0.35 KiB, and the token itself as the key. The
+/// 100 000 entries this bound replaces took some 4.2 KiB for each such
+/// token (without the token), and `identities` up to 100 000 rendered
+/// identities more: about 650 MiB together, and several GiB with tokens
+/// near the 8 to 64 KiB `max_token_bytes` allows, which bytes now bound.
 const TOKEN_CACHE_BYTES: u64 = 512 << 20;
 
 /// Entries kept at most in the other per-token caches (rendered
