@@ -30,8 +30,21 @@ use crate::token::messenger::MessengerClaims;
 use crate::token::signing::KeyRing;
 use crate::token::TokenCache;
 
-/// Verified tokens kept at most (about 1 KiB each).
-const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// Bytes of verified provider tokens kept at most, as
+/// `token::entry_weight` weighs them (the token, its parsed claims and the
+/// identity kept with it): a usual 1.3 KB access token weighs 8.7 KiB,
+/// so some 60 000 of those fit. Measured (with a counting allocator) for
+/// such a token: claims 3.7 KiB, rendered identity 1.9 KiB before its
+/// assertion, moka's entry 0.35 KiB, and the token itself as the key. The
+/// 100 000 entries this bound replaces took some 4.2 KiB for each such
+/// token (without the token), and `identities` up to 100 000 rendered
+/// identities more: about 650 MiB together, and several GiB with tokens
+/// near the 8 to 64 KiB `max_token_bytes` allows, which bytes now bound.
+const TOKEN_CACHE_BYTES: u64 = 512 << 20;
+
+/// Entries kept at most in the other per-token caches (rendered
+/// identities, messenger tokens).
+const PER_TOKEN_CACHE_ENTRIES: u64 = 100_000;
 
 /// The cookie codec: the configured key, or a random one (cookies then do
 /// not survive a restart, which a warning says).
@@ -270,10 +283,14 @@ pub struct Runtime {
     pub cookies: Arc<CookieCodec>,
     /// Names and attributes of portcullis's cookies.
     pub cookie_policy: crate::session::cookie::CookiePolicy,
-    /// Verified provider tokens. Rebuilt with the runtime, so a reload that
-    /// changes a provider's audiences or keys never serves an old verdict.
-    pub tokens: TokenCache,
-    /// Identities rendered per token and deployment (see `identity::Rendered`).
+    /// Verified provider tokens, each with the identity rendered for the
+    /// first deployment whose policy allowed it. Rebuilt with the runtime,
+    /// so a reload that changes a provider's audiences or keys, or a
+    /// deployment's policy or headers, never serves an old verdict.
+    pub tokens: TokenCache<Rendered>,
+    /// Identities rendered per token (or session) and deployment, where
+    /// the token's own slot holds another deployment's (see
+    /// `identity::Rendered`).
     pub identities: moka::sync::Cache<([u8; 32], Arc<str>), Arc<Rendered>>,
     /// When this runtime was built (config loads and reloads).
     pub loaded_at: std::time::SystemTime,
@@ -426,15 +443,15 @@ impl Runtime {
             keys,
             cookies,
             cookie_policy,
-            tokens: TokenCache::new(TOKEN_CACHE_CAPACITY, metrics.clone()),
+            tokens: TokenCache::new(TOKEN_CACHE_BYTES, metrics.clone()),
             identities: moka::sync::Cache::builder()
-                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .max_capacity(PER_TOKEN_CACHE_ENTRIES)
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
             loaded_at: std::time::SystemTime::now(),
             issuer,
             messenger_tokens: moka::sync::Cache::builder()
-                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .max_capacity(PER_TOKEN_CACHE_ENTRIES)
                 .expire_after(UntilMessengerTokenExpires)
                 .build(),
             refresh_key,

@@ -68,7 +68,7 @@ use crate::session::recheck::Rechecker;
 use crate::session::store::SessionStore;
 use crate::session::{Session as LoginSession, SessionId};
 use crate::token::messenger::{self, MessengerClaims};
-use crate::token::{TokenError, TokenKind};
+use crate::token::{CachedToken, TokenError, TokenKind};
 use request_id::RequestId;
 
 use credential::{Carrier, Credential};
@@ -229,29 +229,7 @@ pub async fn authenticate(
             )));
         }
     }
-    policy::authorize(
-        &deployment.messenger.authentication.require,
-        &verified.claims,
-    )
-    .map_err(Refusal::Forbidden)?;
-    let key = (verified.digest, deployment.label.clone());
-    let rendered = match runtime.identities.get(&key) {
-        Some(r) => r,
-        None => {
-            let identity = Identity::from_claims(
-                &verified.claims,
-                deployment.label.clone(),
-                verified.session_id.clone(),
-            );
-            let prefix = &runtime.config.identity_header_prefix;
-            // Sanitized values always make valid headers; fail closed if not.
-            let rendered = Rendered::new(identity, &deployment.messenger, prefix)
-                .map(Arc::new)
-                .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?;
-            runtime.identities.insert(key, rendered.clone());
-            rendered
-        }
-    };
+    let rendered = bearer_identity(runtime, deployment, &verified)?;
     let bearer_connections = deployment.messenger.authentication.bearer_connections;
     Ok(Authenticated {
         rendered,
@@ -264,6 +242,58 @@ pub async fn authenticate(
         session_idle: None,
         due_for_recheck: None,
     })
+}
+
+/// The identity a verified provider token presents to `deployment`, once
+/// the deployment's policy allowed it. The first deployment's is kept with
+/// the token in the token cache, so the token's next request there is one
+/// lookup; any other's is kept per token and deployment in `identities`.
+/// Both caches live with the runtime, and a token's claims never change:
+/// a kept identity stands for a policy check that would pass again, until
+/// a reload (which may change the policy) starts both caches afresh.
+fn bearer_identity(
+    runtime: &Runtime,
+    deployment: &DeploymentRt,
+    verified: &CachedToken<Rendered>,
+) -> Result<Arc<Rendered>, Refusal> {
+    if let Some(kept) = verified.kept_for(&deployment.label) {
+        return Ok(kept.clone());
+    }
+    policy::authorize(
+        &deployment.messenger.authentication.require,
+        &verified.claims,
+    )
+    .map_err(Refusal::Forbidden)?;
+    let key = (verified.digest, deployment.label.clone());
+    // In `identities` only if this token's slot (this verification's or an
+    // earlier one's, since expired) held another deployment's.
+    let found = runtime.identities.get(&key);
+    let rendered = match &found {
+        Some(r) => r.clone(),
+        None => {
+            let identity = Identity::from_claims(
+                &verified.claims,
+                deployment.label.clone(),
+                verified.session_id.clone(),
+            );
+            let prefix = &runtime.config.identity_header_prefix;
+            // Sanitized values always make valid headers; fail closed if not.
+            Rendered::new(identity, &deployment.messenger, prefix)
+                .map(Arc::new)
+                .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?
+        }
+    };
+    // Kept with the token when its slot is free (or what a concurrent
+    // request here kept first, so that they share one assertion).
+    match verified.keep_for(deployment.label.clone(), rendered.clone()) {
+        Some(kept) => Ok(kept.clone()),
+        None => {
+            if found.is_none() {
+                runtime.identities.insert(key, rendered.clone());
+            }
+            Ok(rendered)
+        }
+    }
 }
 
 /// What a bearer token is, as far as portcullis's own tokens go.

@@ -331,3 +331,100 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
         "{sent}"
     );
 }
+
+/// A runtime whose provider is a development provider on loopback, with an
+/// `open` deployment (any user) and a `staff` one (the staff group only).
+async fn bearer_runtime() -> (crate::devidp::DevIdp, Runtime) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp = crate::devidp::start(listener, crate::devidp::DevIdpOptions::default())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+listen: [{{address: "127.0.0.1:8080"}}]
+providers:
+  dev: {{issuer: "{}", client_id: portcullis-demo, audiences: ["api://messaging"], algorithms: [RS256, ES256]}}
+messengers:
+  open: {{authentication: {{enabled: true, provider: dev}}}}
+  staff: {{authentication: {{enabled: true, provider: dev, require: {{groups_any: [staff]}}}}}}
+upstreams:
+  chat: {{servers: ["127.0.0.1:9000"]}}
+deployments:
+  - {{id: open, messenger: open, upstream: chat, allow_all_origins: true}}
+  - {{id: staff, messenger: staff, upstream: chat, allow_all_origins: true}}
+routes:
+  - {{path_prefix: /v1}}
+"#,
+        idp.issuer()
+    );
+    (idp, runtime_of(&text))
+}
+
+async fn bearer_to(
+    runtime: &Runtime,
+    deployment: &str,
+    token: &str,
+) -> Result<Arc<Rendered>, Refusal> {
+    let mut req = request(&format!("/v1/chat?deploymentId={deployment}"), None);
+    req.append_header("Authorization", format!("Bearer {token}"))
+        .unwrap();
+    let target = admit(runtime, &req, false)?;
+    let sessions = crate::session::store::MemoryStore::new(1);
+    authenticate(runtime, &sessions, &target, &req)
+        .await
+        .map(|a| a.rendered)
+}
+
+#[tokio::test]
+async fn a_token_allowed_on_one_deployment_is_judged_again_on_another() {
+    use jsonwebtoken::Algorithm;
+    let (idp, runtime) = bearer_runtime().await;
+    // alice is in no group: `open` lets her in, `staff` does not, however
+    // often she comes back and whichever came first.
+    let alice = idp.mint_access_token("alice", Algorithm::RS256);
+    for _ in 0..2 {
+        let rendered = bearer_to(&runtime, "open", &alice).await.unwrap();
+        assert_eq!(&*rendered.identity.deployment, "open");
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            bearer_to(&runtime, "staff", &alice).await.err(),
+            Some(Refusal::Forbidden(policy::PolicyFailure::Groups))
+        );
+    }
+    assert!(bearer_to(&runtime, "open", &alice).await.is_ok());
+    // carol is staff: each deployment gets its own identity (its own
+    // X-Auth-Deployment), the first's kept with the token, the second's in
+    // `identities`, each the same on every request.
+    let carol = idp.mint_access_token("carol", Algorithm::ES256);
+    let open = bearer_to(&runtime, "open", &carol).await.unwrap();
+    let staff = bearer_to(&runtime, "staff", &carol).await.unwrap();
+    assert_eq!(&*open.identity.deployment, "open");
+    assert_eq!(&*staff.identity.deployment, "staff");
+    let open_again = bearer_to(&runtime, "open", &carol).await.unwrap();
+    let staff_again = bearer_to(&runtime, "staff", &carol).await.unwrap();
+    assert!(Arc::ptr_eq(&open, &open_again));
+    assert!(Arc::ptr_eq(&staff, &staff_again));
+    // A runtime built afresh (a reload) judges afresh: a tightened policy
+    // refuses the token the old runtime kept an identity for.
+    let tightened = {
+        let mut config = (*runtime.config).clone();
+        config
+            .messengers
+            .get_mut("open")
+            .unwrap()
+            .authentication
+            .require
+            .groups_any = vec!["staff".into()];
+        Runtime::build(
+            config,
+            Some(&runtime),
+            &Arc::new(crate::metrics::Metrics::new()),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        bearer_to(&tightened, "open", &alice).await.err(),
+        Some(Refusal::Forbidden(policy::PolicyFailure::Groups))
+    );
+}

@@ -15,7 +15,7 @@ pub mod prepared;
 pub mod signing;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -94,7 +94,8 @@ pub struct VerifiedToken {
     /// An opaque id derived from the token's hash (`t-` + 24 hex digits):
     /// the session id of a bearer-authenticated request, stable per token.
     pub session_id: String,
-    /// SHA-256 of provider and token: the key of every per-token cache.
+    /// SHA-256 of provider and token (`TokenCache::key`): the key of the
+    /// per-token records (ended ID tokens, rendered identities).
     pub digest: [u8; 32],
     pub kind: TokenKind,
     pub expires_at: u64,
@@ -587,20 +588,80 @@ pub fn audience_kind(
     Err(TokenError::WrongAudience)
 }
 
-/// Verified tokens, keyed by a hash of provider and token, kept no longer
-/// than the token lives, so a repeated handshake costs a hash and a lookup.
-pub struct TokenCache {
-    cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+/// Verified tokens, keyed by the token itself and kept no longer than the
+/// token lives, so a repeated request costs one lookup: moka hashes the
+/// token with a randomly keyed hasher and compares keys by equality, so a
+/// hit is the very token verified, whatever the hash.
+///
+/// One cache serves every provider: an entry is a hit only for the
+/// provider that verified it (a token names its issuer, so in practice it
+/// verifies under one provider; two providers sharing an issuer and keys
+/// would take turns with such a token's entry, never share it).
+///
+/// Each entry has room for one thing the caller derives from the token for
+/// one deployment (`R`: the proxy keeps the identity it rendered there,
+/// once the deployment's policy allowed the token; see
+/// [`CachedToken::kept_for`]).
+pub struct TokenCache<R = ()> {
+    cache: moka::sync::Cache<Box<str>, Arc<CachedToken<R>>, ahash::RandomState>,
     metrics: Arc<Metrics>,
+    /// `portcullis_token_cache_total{result}`, resolved on first use (a
+    /// series appears only once it counts something) and then kept: the
+    /// label lookup would be on every bearer request.
+    hits: OnceLock<prometheus::IntCounter>,
+    misses: OnceLock<prometheus::IntCounter>,
+}
+
+/// A verification as the token cache keeps it (it reads as the
+/// [`VerifiedToken`]), with its slot for one deployment.
+pub struct CachedToken<R> {
+    pub verified: VerifiedToken,
+    /// The first deployment that asked to keep something, and that thing.
+    kept: OnceLock<(Arc<str>, Arc<R>)>,
+}
+
+impl<R> std::ops::Deref for CachedToken<R> {
+    type Target = VerifiedToken;
+    fn deref(&self) -> &VerifiedToken {
+        &self.verified
+    }
+}
+
+impl<R> CachedToken<R> {
+    pub fn new(verified: VerifiedToken) -> Self {
+        CachedToken {
+            verified,
+            kept: OnceLock::new(),
+        }
+    }
+
+    /// What was kept for `deployment` (by its label), if anything.
+    pub fn kept_for(&self, deployment: &str) -> Option<&Arc<R>> {
+        self.kept
+            .get()
+            .filter(|(label, _)| **label == *deployment)
+            .map(|(_, value)| value)
+    }
+
+    /// Keeps `value` for `deployment` if nothing is kept yet (the slot is
+    /// set once: a token used on several deployments keeps the first's),
+    /// and returns what is now kept for `deployment`: `value`, or what a
+    /// concurrent request kept for it first; `None` when the slot holds
+    /// another deployment's.
+    pub fn keep_for(&self, deployment: Arc<str>, value: Arc<R>) -> Option<&Arc<R>> {
+        let label = Arc::clone(&deployment);
+        let _ = self.kept.set((deployment, value));
+        self.kept_for(&label)
+    }
 }
 
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExpiry {
+impl<R> moka::Expiry<Box<str>, Arc<CachedToken<R>>> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
-        value: &Arc<VerifiedToken>,
+        _key: &Box<str>,
+        value: &Arc<CachedToken<R>>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
         Some(
@@ -614,17 +675,27 @@ impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExpiry {
 /// from the provider's set stops working within this time.
 const MAX_CACHE_LIFETIME: Duration = Duration::from_secs(300);
 
-impl TokenCache {
-    pub fn new(capacity: u64, metrics: Arc<Metrics>) -> Self {
-        TokenCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(UntilExpiry)
-                .build(),
-            metrics,
-        }
-    }
+/// What an entry of the token cache is weighed at, in bytes: six times
+/// the token's length and 1 KiB. Measured for tokens of 1.3 to 12 KB: the
+/// token (the key) once, its claims parsed about 2 to 3 times its length,
+/// the identity kept in its slot about 1.5 times before its assertion
+/// (which carries the claims again), and under 1 KiB of fixed parts (the
+/// session id, the provider's name, moka's entry).
+pub(crate) fn entry_weight(token: &str) -> u32 {
+    let bytes = token
+        .len()
+        .saturating_mul(WEIGHT_PER_TOKEN_BYTE)
+        .saturating_add(ENTRY_FIXED_BYTES);
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
 
+const WEIGHT_PER_TOKEN_BYTE: usize = 6;
+const ENTRY_FIXED_BYTES: usize = 1024;
+
+impl TokenCache {
+    /// SHA-256 of provider and token: the token's `digest`, the key of the
+    /// per-token records (ended ID tokens in the session stores, rendered
+    /// identities). Computed once per verification, never per request.
     pub fn key(provider: &str, token: &str) -> [u8; 32] {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(provider.as_bytes());
@@ -635,32 +706,59 @@ impl TokenCache {
         out.copy_from_slice(digest.as_ref());
         out
     }
+}
+
+impl<R: Send + Sync + 'static> TokenCache<R> {
+    /// A cache of at most `max_bytes` of entries, as [`entry_weight`]
+    /// weighs them.
+    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        TokenCache {
+            cache: moka::sync::Cache::<Box<str>, Arc<CachedToken<R>>>::builder()
+                .weigher(|token, _| entry_weight(token))
+                .max_capacity(max_bytes)
+                .expire_after(UntilExpiry)
+                // Keyed at random per cache (HashDoS), and quicker than
+                // std's SipHash on keys this long.
+                .build_with_hasher(ahash::RandomState::new()),
+            metrics,
+            hits: OnceLock::new(),
+            misses: OnceLock::new(),
+        }
+    }
+
+    fn count(&self, slot: &OnceLock<prometheus::IntCounter>, result: &str) {
+        slot.get_or_init(|| self.metrics.token_cache.with_label_values(&[result]))
+            .inc();
+    }
 
     /// A cached verification of `token`, or a fresh one (cached on success).
     pub async fn verify(
         &self,
         provider: &ProviderService,
         token: &str,
-    ) -> Result<Arc<VerifiedToken>, TokenError> {
+    ) -> Result<Arc<CachedToken<R>>, TokenError> {
         match self.cached(provider, token) {
             Some(hit) => Ok(hit),
             None => self.verify_uncached(provider, token).await,
         }
     }
 
-    /// The cached verification of `token`, without verifying on a miss (a
-    /// hit is counted; `verify_uncached` counts the miss if it follows).
-    /// Oversize tokens are not even hashed.
-    pub fn cached(&self, provider: &ProviderService, token: &str) -> Option<Arc<VerifiedToken>> {
+    /// The cached verification of `token` by `provider`, without verifying
+    /// on a miss (a hit is counted; `verify_uncached` counts the miss if it
+    /// follows). Oversize tokens are not even looked up.
+    pub fn cached(&self, provider: &ProviderService, token: &str) -> Option<Arc<CachedToken<R>>> {
         if token.len() > provider.config.max_token_bytes {
             return None;
         }
-        let hit = self.cache.get(&Self::key(provider.name(), token))?;
+        let hit = self.cache.get(token)?;
+        if *hit.provider != *provider.name() {
+            return None;
+        }
         // An entry lives until its token's exp; the skew is not extended here.
         if hit.expires_at <= now_unix() {
             return None;
         }
-        self.metrics.token_cache.with_label_values(&["hit"]).inc();
+        self.count(&self.hits, "hit");
         Some(hit)
     }
 
@@ -669,13 +767,13 @@ impl TokenCache {
         &self,
         provider: &ProviderService,
         token: &str,
-    ) -> Result<Arc<VerifiedToken>, TokenError> {
+    ) -> Result<Arc<CachedToken<R>>, TokenError> {
         if token.len() > provider.config.max_token_bytes {
             return Err(TokenError::TooLarge);
         }
-        self.metrics.token_cache.with_label_values(&["miss"]).inc();
-        let verified = Arc::new(verify(provider, token).await?);
-        self.cache.insert(verified.digest, verified.clone());
+        self.count(&self.misses, "miss");
+        let verified = Arc::new(CachedToken::new(verify(provider, token).await?));
+        self.cache.insert(Box::from(token), verified.clone());
         Ok(verified)
     }
 

@@ -35,14 +35,24 @@ fn provider_for(
     jwks: JwksSettings,
     metrics: Arc<Metrics>,
 ) -> Arc<ProviderService> {
+    provider_named("p", idp, algorithms, jwks, metrics)
+}
+
+fn provider_named(
+    name: &str,
+    idp: &DevIdp,
+    algorithms: &str,
+    jwks: JwksSettings,
+    metrics: Arc<Metrics>,
+) -> Arc<ProviderService> {
     let text = format!(
-        "listen: [{{address: \"127.0.0.1:1\"}}]\nproviders:\n  p: {{issuer: \"{}\", client_id: {}, audiences: [\"{}\"], algorithms: {algorithms}, clock_skew: 30s}}\n",
+        "listen: [{{address: \"127.0.0.1:1\"}}]\nproviders:\n  {name}: {{issuer: \"{}\", client_id: {}, audiences: [\"{}\"], algorithms: {algorithms}, clock_skew: 30s}}\n",
         idp.issuer(),
         client_id(idp),
         idp.options().access_token_audience,
     );
     let mut config = config::parse(&text, std::path::Path::new("."), &|_: &str| None).unwrap();
-    let mut p = config.providers.remove("p").unwrap();
+    let mut p = config.providers.remove(name).unwrap();
     p.jwks = jwks;
     ProviderService::new(p, metrics)
 }
@@ -611,31 +621,127 @@ async fn duplicate_claims_are_refused() {
 async fn the_cache_skips_verification_for_a_repeated_token() {
     let f = fixture().await;
     let metrics = Arc::new(Metrics::new());
-    let cache = TokenCache::new(100, metrics.clone());
+    let cache: TokenCache = TokenCache::new(1 << 20, metrics.clone());
+    let hits = || metrics.token_cache.with_label_values(&["hit"]).get();
     let token = es256(&f.idp, &claims(&f.idp));
+    let first = cache.verify(&f.provider, &token).await.unwrap();
+    // No series before it counts something.
+    let rendered = String::from_utf8(metrics.render()).unwrap();
+    assert!(!rendered.contains(r#"result="hit""#), "{rendered}");
+    let again = cache.verify(&f.provider, &token).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(hits(), 1);
+    // The counter kept after the first hit counts every later one.
     cache.verify(&f.provider, &token).await.unwrap();
-    cache.verify(&f.provider, &token).await.unwrap();
-    assert_eq!(metrics.token_cache.with_label_values(&["hit"]).get(), 1);
+    assert!(cache.cached(&f.provider, &token).is_some());
+    assert_eq!(hits(), 3);
     assert_eq!(metrics.token_cache.with_label_values(&["miss"]).get(), 1);
     // Failures are not cached: a bad token is judged again every time.
     let bad = format!("{token}x");
     assert!(cache.verify(&f.provider, &bad).await.is_err());
     assert!(cache.verify(&f.provider, &bad).await.is_err());
     assert_eq!(metrics.token_cache.with_label_values(&["miss"]).get(), 3);
+    assert_eq!(hits(), 3);
 }
 
-/// How long the token cache keeps a verification of a token expiring at `exp`.
-fn cache_lifetime(exp: u64) -> Option<Duration> {
-    use moka::Expiry;
-    let verified = Arc::new(VerifiedToken {
+#[tokio::test]
+async fn only_the_very_token_hits_its_cache_entry() {
+    // Keyed by the token itself: anything but the same bytes misses,
+    // however alike (a prefix, one byte changed, one byte more).
+    let f = fixture().await;
+    let cache: TokenCache = TokenCache::new(1 << 20, Arc::new(Metrics::new()));
+    let token = rs256(&f.idp, &claims(&f.idp));
+    cache.verify(&f.provider, &token).await.unwrap();
+    assert!(cache.cached(&f.provider, &token).is_some());
+    let mut changed = token.clone().into_bytes();
+    for at in [0, token.len() / 2, token.len() - 1] {
+        changed[at] ^= 1;
+        let other = std::str::from_utf8(&changed).unwrap();
+        assert!(cache.cached(&f.provider, other).is_none(), "byte {at}");
+        changed[at] ^= 1;
+    }
+    for len in [1, token.len() / 2, token.len() - 1] {
+        assert!(cache.cached(&f.provider, &token[..len]).is_none(), "{len}");
+    }
+    assert!(cache.cached(&f.provider, &format!("{token}A")).is_none());
+    assert!(cache.cached(&f.provider, "").is_none());
+}
+
+#[tokio::test]
+async fn a_token_cached_for_one_provider_is_no_hit_for_another() {
+    // Two providers trusting the same issuer and keys: each verification
+    // stands for its own provider's audiences and settings only.
+    let f = fixture().await;
+    let other = provider_named(
+        "q",
+        &f.idp,
+        "[RS256, ES256]",
+        JwksSettings::default(),
+        f.metrics.clone(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let cache: TokenCache = TokenCache::new(1 << 20, metrics.clone());
+    let token = rs256(&f.idp, &claims(&f.idp));
+    let by_p = cache.verify(&f.provider, &token).await.unwrap();
+    assert_eq!(&*by_p.provider, "p");
+    assert!(cache.cached(&other, &token).is_none());
+    let by_q = cache.verify(&other, &token).await.unwrap();
+    assert_eq!(&*by_q.provider, "q");
+    assert_eq!(metrics.token_cache.with_label_values(&["miss"]).get(), 2);
+    assert_eq!(metrics.token_cache.with_label_values(&["hit"]).get(), 0);
+    // The entry is now q's: p verifies again rather than take it.
+    assert!(cache.cached(&f.provider, &token).is_none());
+    assert_eq!(&*cache.cached(&other, &token).unwrap().provider, "q");
+}
+
+#[test]
+fn a_cached_token_keeps_one_deployment_s_value_and_only_for_it() {
+    let cached: CachedToken<&str> = CachedToken::new(verified_until(now() + 60));
+    assert!(cached.kept_for("a").is_none());
+    assert_eq!(
+        cached
+            .keep_for(Arc::from("a"), Arc::new("first"))
+            .map(|v| **v),
+        Some("first")
+    );
+    // Set once: a concurrent request of `a` gets the value kept first, and
+    // another deployment gets nothing kept.
+    assert_eq!(
+        cached
+            .keep_for(Arc::from("a"), Arc::new("second"))
+            .map(|v| **v),
+        Some("first")
+    );
+    assert!(cached.keep_for(Arc::from("b"), Arc::new("b's")).is_none());
+    assert!(cached.kept_for("b").is_none());
+    assert!(cached.kept_for("ab").is_none());
+    assert_eq!(cached.kept_for("a").map(|v| **v), Some("first"));
+}
+
+#[test]
+fn entries_weigh_their_token_and_what_it_parses_into() {
+    assert_eq!(entry_weight(""), 1024);
+    assert_eq!(entry_weight(&"a".repeat(1024)), 7 * 1024);
+    // The largest token a provider may allow (64 KiB) fits in the weight.
+    assert_eq!(entry_weight(&"a".repeat(65536)), 6 * 65536 + 1024);
+}
+
+fn verified_until(exp: u64) -> VerifiedToken {
+    VerifiedToken {
         claims: Arc::new(Claims::default()),
         session_id: "t-0".into(),
         digest: [0; 32],
         kind: TokenKind::Access,
         expires_at: exp,
         provider: Arc::from("p"),
-    });
-    UntilExpiry.expire_after_create(&[0; 32], &verified, std::time::Instant::now())
+    }
+}
+
+/// How long the token cache keeps a verification of a token expiring at `exp`.
+fn cache_lifetime(exp: u64) -> Option<Duration> {
+    use moka::Expiry;
+    let cached: Arc<CachedToken<()>> = Arc::new(CachedToken::new(verified_until(exp)));
+    UntilExpiry.expire_after_create(&Box::from("t"), &cached, std::time::Instant::now())
 }
 
 #[test]
