@@ -31,19 +31,18 @@ use crate::token::signing::KeyRing;
 use crate::token::TokenCache;
 
 /// Bytes of verified provider tokens kept at most, as
-/// `token::entry_weight` weighs them (the token, its parsed claims and the
-/// identity kept with it): a usual 1.3 KB access token weighs 8.7 KiB,
-/// so some 60 000 of those fit. Measured (with a counting allocator) for
-/// such a token: claims 3.7 KiB, rendered identity 1.9 KiB before its
-/// assertion, moka's entry 0.35 KiB, and the token itself as the key. The
-/// 100 000 entries this bound replaces took some 4.2 KiB for each such
-/// token (without the token), and `identities` up to 100 000 rendered
-/// identities more: about 650 MiB together, and several GiB with tokens
-/// near the 8 to 64 KiB `max_token_bytes` allows, which bytes now bound.
+/// `token::entry_weight` weighs them: about, since the weight is an
+/// estimate from the token's length (the token, its parsed claims and the
+/// identity kept with it, not counting that identity's assertion). A
+/// usual 1.3 KB access token weighs 8.7 KiB, so some 60 000 of those fit;
+/// a count bound would let tokens near the 64 KiB `max_token_bytes` allows
+/// take several GiB.
 const TOKEN_CACHE_BYTES: u64 = 512 << 20;
 
-/// Entries kept at most in the other per-token caches (rendered
-/// identities, messenger tokens).
+/// Entries kept at most in the other per-token caches: rendered identities
+/// (of login sessions, and of tokens on a deployment other than the one
+/// kept with the token; 2 to 4 KiB each with their assertion) and
+/// messenger tokens.
 const PER_TOKEN_CACHE_ENTRIES: u64 = 100_000;
 
 /// The cookie codec: the configured key, or a random one (cookies then do
@@ -327,6 +326,20 @@ impl moka::Expiry<[u8; 32], Arc<MessengerClaims>> for UntilMessengerTokenExpires
 }
 
 impl Runtime {
+    /// Empties the caches of verified tokens and rendered identities. A
+    /// replaced runtime lives on while any request made under it does (a
+    /// tunnel keeps its runtime for its whole life), but no new request
+    /// looks anything up in it, and moka frees entries only as a cache is
+    /// used: its caches would otherwise hold up to the token cache's bound
+    /// for as long as the oldest such tunnel.
+    pub fn release_caches(&self) {
+        self.tokens.clear();
+        self.identities.invalidate_all();
+        self.identities.run_pending_tasks();
+        self.messenger_tokens.invalidate_all();
+        self.messenger_tokens.run_pending_tasks();
+    }
+
     /// Compiles a validated config, reusing unchanged upstreams and
     /// providers (with their health state and key caches) of `previous`.
     pub fn build(
@@ -1097,6 +1110,7 @@ impl State {
         }
         let new = Arc::new(new);
         self.runtime.store(new.clone());
+        old.release_caches();
         let tls_listeners_reloaded = self.replace_certificates(certificates);
         // Connections of deployments that are gone or inactive end now, as
         // a revocation would end them; so do those the new rules would refuse.

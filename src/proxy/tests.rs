@@ -428,3 +428,21 @@ async fn a_token_allowed_on_one_deployment_is_judged_again_on_another() {
         Some(Refusal::Forbidden(policy::PolicyFailure::Groups))
     );
 }
+
+#[tokio::test]
+async fn a_replaced_runtime_lets_go_of_what_it_cached() {
+    use jsonwebtoken::Algorithm;
+    let (idp, runtime) = bearer_runtime().await;
+    let carol = idp.mint_access_token("carol", Algorithm::ES256);
+    // The token cache keeps `open`'s identity; `staff`'s goes to `identities`.
+    bearer_to(&runtime, "open", &carol).await.unwrap();
+    bearer_to(&runtime, "staff", &carol).await.unwrap();
+    runtime.identities.run_pending_tasks();
+    assert_eq!(runtime.tokens.len(), 1);
+    assert_eq!(runtime.identities.entry_count(), 1);
+    // What a reload does to the runtime it replaces, which a tunnel made
+    // under it may keep alive for hours.
+    runtime.release_caches();
+    assert!(runtime.tokens.is_empty());
+    assert_eq!(runtime.identities.entry_count(), 0);
+}

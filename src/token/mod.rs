@@ -777,8 +777,17 @@ impl<R: Send + Sync + 'static> TokenCache<R> {
         Ok(verified)
     }
 
+    /// Entries held, once pending inserts and removals are applied.
     pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
+    }
+
+    /// Drops every entry now (moka would otherwise free them only as the
+    /// cache is used).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks();
     }
 
     pub fn is_empty(&self) -> bool {

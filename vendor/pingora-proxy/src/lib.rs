@@ -412,12 +412,11 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        // portcullis patch: boxed, because the connect future (TCP and TLS connect states, about
-        // 8.8 KiB) is over once the connection is made, yet unboxed it sizes this future, which
-        // lives as long as the request: every upgraded tunnel carried it for its whole life.
-        // portcullis patch: the connection is boxed too, and so is the release future, both for
-        // the same reason: an unboxed session sat in this future three times over (as the
-        // result, the match and the borrowed binding), 1.5 KiB for each tunnel's whole life.
+        // portcullis patch: the connect future (TCP and TLS connect states, about 8.8 KiB) is
+        // boxed, and so are the connection it makes and the release future below. This future
+        // lives as long as the request, an upgraded tunnel's too: unboxed, the connect states
+        // sized it, and the connection sat in it three times over (the result, the match and
+        // the borrowed binding: 1.5 KiB).
         let client_session = Box::pin(async {
             let (session, reused) = self.client_upstream.get_http_session(&*peer).await?;
             Ok::<_, Box<Error>>((Box::new(session), reused))
@@ -425,20 +424,14 @@ where
         .await;
         match client_session {
             Ok((mut client_session, client_reused)) => {
-                let (server_reused, error) = match &mut *client_session {
+                // portcullis patch: each arm says whether the connection goes back to the pool,
+                // and it is released once, after the match (the box is borrowed inside it).
+                let (server_reused, error, release) = match &mut *client_session {
                     ClientSession::H1(h1) => {
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, h1, client_reused, &peer, ctx)
                             .await;
-                        if client_reuse {
-                            Box::pin(self.client_upstream.release_http_session(
-                                *client_session,
-                                &*peer,
-                                peer.idle_timeout(),
-                            ))
-                            .await;
-                        }
-                        (server_reused, error)
+                        (server_reused, error, client_reuse)
                     }
                     ClientSession::H2(h2) => {
                         // portcullis patch: boxed, like the connect future above: an HTTP/2
@@ -449,12 +442,6 @@ where
                             client_reused,
                             &peer,
                             ctx,
-                        ))
-                        .await;
-                        Box::pin(self.client_upstream.release_http_session(
-                            *client_session,
-                            &*peer,
-                            peer.idle_timeout(),
                         ))
                         .await;
 
@@ -476,7 +463,7 @@ where
                             }
                         }
 
-                        (server_reused, error)
+                        (server_reused, error, true)
                     }
                     ClientSession::Custom(c) => {
                         // portcullis patch: boxed, see above.
@@ -488,15 +475,17 @@ where
                             ctx,
                         ))
                         .await;
-                        Box::pin(self.client_upstream.release_http_session(
-                            *client_session,
-                            &*peer,
-                            peer.idle_timeout(),
-                        ))
-                        .await;
-                        (server_reused, error)
+                        (server_reused, error, true)
                     }
                 };
+                if release {
+                    Box::pin(self.client_upstream.release_http_session(
+                        *client_session,
+                        &*peer,
+                        peer.idle_timeout(),
+                    ))
+                    .await;
+                }
                 (
                     server_reused,
                     error.map(|e| {
@@ -1651,7 +1640,6 @@ where
         Self: 'async_trait,
     {
         let mut session = Box::new(session);
-        // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
         Box::pin(self.process_new_http_boxed(session, prev_user_ctx, shutdown))
     }

@@ -627,19 +627,15 @@ impl Stream {
     /// straight to the socket from now on. Used once a connection is upgraded: every write of a
     /// tunnel is flushed at once anyway, and the buffer (1 460 bytes by default) would otherwise
     /// be held for the tunnel's whole life. Only done when nothing is buffered either way (the
-    /// write buffer is flushed, and there is no read buffer whose bytes could be lost); returns
-    /// whether it was done.
-    pub fn release_write_buffer(&mut self) -> bool {
-        match self.stream.take() {
-            Some(BufferedStream::UnbufferedRead(writer)) if writer.buffer().is_empty() => {
-                self.stream = Some(BufferedStream::with_capacity(0, 0, writer.into_inner()));
-                true
-            }
-            other => {
-                self.stream = other;
-                false
-            }
-        }
+    /// write buffer is flushed, and there is no read buffer whose bytes could be lost);
+    /// otherwise the stream is left as it is.
+    pub fn release_write_buffer(&mut self) {
+        self.stream = match self.stream.take() {
+            Some(BufferedStream::UnbufferedRead(writer)) if writer.buffer().is_empty() => Some(
+                BufferedStream::with_capacity(0, 0, writer.into_inner()),
+            ),
+            other => other,
+        };
     }
 
     /// Set the read and write buffer sizes

@@ -152,8 +152,9 @@ impl HttpSession {
 
         // write was successful
         // portcullis patch: an upgrade request is kept for as long as its tunnel lives, and the
-        // header filters that added to it may have left its maps up to twice the size of their
-        // contents (a clone fits them exactly); other requests are kept as they are.
+        // header filters that added to it may have left its maps' entries up to twice the size
+        // of their contents (a clone fits the entries exactly); other requests are kept as they
+        // are.
         self.request_written = Some(if is_upgrade_req(&req) {
             Box::new(RequestHeader::clone(&req))
         } else {

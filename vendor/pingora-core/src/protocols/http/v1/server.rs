@@ -680,14 +680,15 @@ impl HttpSession {
                     // portcullis patch: the `101` is flushed (it is informational), and every
                     // write of the tunnel that follows is flushed at once: the L4 write buffer
                     // would only be held for the tunnel's life. Through the vtable, so that the
-                    // concrete stream is reached rather than the box.
+                    // concrete stream is reached rather than the box; a TLS stream is not an
+                    // L4 stream, so only plain connections give their buffer back.
                     let io: &mut dyn crate::protocols::IO = &mut *self.underlying_stream;
                     if let Some(l4) = io.as_any_mut().downcast_mut::<crate::protocols::l4::stream::Stream>() {
                         l4.release_write_buffer();
                     }
                     // portcullis patch: the `101` is kept as long as the tunnel lives, and the
-                    // filters that added to it may have left its maps up to twice the size of
-                    // their contents; a clone fits them exactly.
+                    // filters that added to it may have left its maps' entries up to twice the
+                    // size of their contents; a clone fits the entries exactly.
                     header = Box::new(ResponseHeader::clone(&header));
                 }
                 self.response_written = Some(header);
