@@ -14,7 +14,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
-use portcullis::identity::{Identity, Rendered};
 use portcullis::proxy::credential::{Carrier, Credential};
 use portcullis::proxy::headers::ClientInfo;
 use portcullis::proxy::request_id::RequestId;
@@ -93,17 +92,13 @@ fn authenticated(runtime: &Runtime, target: &portcullis::proxy::route::Target) -
         "groups": ["customers", "premium"],
     }))
     .expect("claims");
-    let identity = Identity::from_claims(
-        &Arc::new(claims),
-        target.deployment.label.clone(),
-        "b-4f1c2a9d0e7b".into(),
-    );
-    let rendered = Rendered::new(
-        identity,
-        &target.deployment.messenger,
-        &runtime.config.identity_header_prefix,
-    )
-    .expect("rendered identity");
+    let rendered = runtime
+        .render_identity(
+            &target.deployment,
+            &Arc::new(claims),
+            "b-4f1c2a9d0e7b".into(),
+        )
+        .expect("rendered identity");
     Authenticated {
         rendered: Arc::new(rendered),
         credential: Credential {

@@ -326,6 +326,24 @@ impl moka::Expiry<[u8; 32], Arc<MessengerClaims>> for UntilMessengerTokenExpires
 }
 
 impl Runtime {
+    /// The identity `claims` present to `deployment`, rendered as the headers
+    /// its messenger sends upstream; `session` is the id the backend sees in
+    /// `X-Auth-Session`. An error when a value cannot make a header.
+    pub fn render_identity(
+        &self,
+        deployment: &DeploymentRt,
+        claims: &Arc<crate::token::Claims>,
+        session: String,
+    ) -> Result<Rendered, String> {
+        let identity =
+            crate::identity::Identity::from_claims(claims, deployment.label.clone(), session);
+        Rendered::new(
+            identity,
+            &deployment.messenger,
+            &self.config.identity_header_prefix,
+        )
+    }
+
     /// Empties the caches of verified tokens and rendered identities. A
     /// replaced runtime lives on while any request made under it does (a
     /// tunnel keeps its runtime for its whole life), but no new request

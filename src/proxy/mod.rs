@@ -58,7 +58,7 @@ use crate::connections::{
     ClientSocket, IdleClose, LiveGuard, NewConnection, SessionActivity, TunnelCloser,
 };
 use crate::endpoints;
-use crate::identity::{Identity, Rendered};
+use crate::identity::Rendered;
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
 use crate::runtime::{DeploymentRt, Runtime, State};
@@ -271,14 +271,9 @@ fn bearer_identity(
     let rendered = match &found {
         Some(r) => r.clone(),
         None => {
-            let identity = Identity::from_claims(
-                &verified.claims,
-                deployment.label.clone(),
-                verified.session_id.clone(),
-            );
-            let prefix = &runtime.config.identity_header_prefix;
             // Sanitized values always make valid headers; fail closed if not.
-            Rendered::new(identity, &deployment.messenger, prefix)
+            runtime
+                .render_identity(deployment, &verified.claims, verified.session_id.clone())
                 .map(Arc::new)
                 .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?
         }
@@ -410,15 +405,10 @@ async fn authenticate_session(
             ));
             policy::authorize(&deployment.messenger.authentication.require, &claims)
                 .map_err(Refusal::Forbidden)?;
-            let identity =
-                Identity::from_claims(&claims, deployment.label.clone(), session.id.public_id());
-            let rendered = Rendered::new(
-                identity,
-                &deployment.messenger,
-                &runtime.config.identity_header_prefix,
-            )
-            .map(Arc::new)
-            .map_err(|_| Refusal::Unauthenticated(AuthFailure::NoCredentials))?;
+            let rendered = runtime
+                .render_identity(deployment, &claims, session.id.public_id())
+                .map(Arc::new)
+                .map_err(|_| Refusal::Unauthenticated(AuthFailure::NoCredentials))?;
             runtime.identities.insert(key, rendered.clone());
             rendered
         }

@@ -280,17 +280,9 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
         "groups": ["customers"],
     }))
     .unwrap();
-    let identity = Identity::from_claims(
-        &Arc::new(claims),
-        target.deployment.label.clone(),
-        "t-1".into(),
-    );
-    let rendered = Rendered::new(
-        identity,
-        &target.deployment.messenger,
-        &runtime.config.identity_header_prefix,
-    )
-    .unwrap();
+    let rendered = runtime
+        .render_identity(&target.deployment, &Arc::new(claims), "t-1".into())
+        .unwrap();
     let auth = Authenticated {
         rendered: Arc::new(rendered),
         credential: Credential {
