@@ -354,15 +354,8 @@ impl SharedAssertions {
     /// The entry of `claims` (made at time 0: `assertion_claims(…, 0)`)
     /// signed with `key`.
     fn key(claims: &Value, key: &SigningKey) -> [u8; 32] {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(key.kid.as_bytes());
-        ctx.update(&[0]);
         // serde_json's map is ordered by name: the same claims, the same bytes.
-        ctx.update(claims.to_string().as_bytes());
-        let digest = ctx.finish();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
-        out
+        crate::token::sha256_scoped(key.kid.as_bytes(), claims.to_string().as_bytes())
     }
 }
 

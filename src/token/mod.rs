@@ -252,7 +252,20 @@ fn decode_header(token: &str) -> jsonwebtoken::errors::Result<jsonwebtoken::Head
 
 /// SHA-256 of `data`, as a fixed-size key (cache keys, stored hashes).
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    digest_bytes(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
+}
+
+/// SHA-256 of two fields with a zero byte between them (`scope` a name:
+/// a provider's, a key's id), as a fixed-size key.
+pub fn sha256_scoped(scope: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(scope);
+    ctx.update(&[0]);
+    ctx.update(data);
+    digest_bytes(ctx.finish())
+}
+
+fn digest_bytes(digest: aws_lc_rs::digest::Digest) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
@@ -697,14 +710,7 @@ impl TokenCache {
     /// per-token records (ended ID tokens in the session stores, rendered
     /// identities). Computed once per verification, never per request.
     pub fn key(provider: &str, token: &str) -> [u8; 32] {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(provider.as_bytes());
-        ctx.update(&[0]);
-        ctx.update(token.as_bytes());
-        let digest = ctx.finish();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
-        out
+        sha256_scoped(provider.as_bytes(), token.as_bytes())
     }
 }
 
