@@ -220,7 +220,7 @@ pub async fn authenticate(
             )));
         }
         if sessions
-            .token_ended(&verified.digest)
+            .token_ended(&verified.digest(&credential.token))
             .await
             .map_err(|_| Refusal::StoreUnavailable)?
         {
@@ -229,7 +229,7 @@ pub async fn authenticate(
             )));
         }
     }
-    let rendered = bearer_identity(runtime, deployment, &verified)?;
+    let rendered = bearer_identity(runtime, deployment, &verified, &credential.token)?;
     let bearer_connections = deployment.messenger.authentication.bearer_connections;
     Ok(Authenticated {
         rendered,
@@ -255,6 +255,7 @@ fn bearer_identity(
     runtime: &Runtime,
     deployment: &DeploymentRt,
     verified: &CachedToken<Rendered>,
+    token: &str,
 ) -> Result<Arc<Rendered>, Refusal> {
     if let Some(kept) = verified.kept_for(&deployment.label) {
         return Ok(kept.clone());
@@ -264,7 +265,7 @@ fn bearer_identity(
         &verified.claims,
     )
     .map_err(Refusal::Forbidden)?;
-    let key = (verified.digest, deployment.label.clone());
+    let key = (verified.digest(token), deployment.label.clone());
     // In `identities` only if this token's slot (this verification's or an
     // earlier one's, since expired) held another deployment's.
     let found = runtime.identities.get(&key);

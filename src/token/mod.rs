@@ -94,9 +94,8 @@ pub struct VerifiedToken {
     /// An opaque id derived from the token's hash (`t-` + 24 hex digits):
     /// the session id of a bearer-authenticated request, stable per token.
     pub session_id: String,
-    /// SHA-256 of provider and token (`TokenCache::key`): the key of the
-    /// per-token records (ended ID tokens, rendered identities).
-    pub digest: [u8; 32],
+    /// SHA-256 of provider and token, once asked for ([`Self::digest`]).
+    digest: OnceLock<[u8; 32]>,
     pub kind: TokenKind,
     pub expires_at: u64,
     pub provider: Arc<str>,
@@ -359,23 +358,43 @@ pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedT
         Some(prepared) => check_prepared(token, &header, prepared, issuer, skew)?,
         None => None,
     };
-    let claims = match fast {
-        Some(claims) => claims,
-        None => prepared::with_verifier(&key.key, key.prepared(header.alg), || {
-            check_signature_and_time(token, &key.key, header.alg, issuer, skew)
-        })?,
+    let (claims, token_sha256) = match fast {
+        Some(Checked {
+            claims,
+            token_sha256,
+        }) => (claims, token_sha256),
+        None => {
+            let claims = prepared::with_verifier(&key.key, key.prepared(header.alg), || {
+                check_signature_and_time(token, &key.key, header.alg, issuer, skew)
+            })?;
+            (claims, sha256(token.as_bytes()))
+        }
     };
     let kind = audience_kind(&claims, &config.audiences, &config.client_id)?;
     let expires_at = claims.number("exp").ok_or(TokenError::MissingClaim)?;
-    let digest = TokenCache::key(&config.name, token);
     Ok(VerifiedToken {
         claims: Arc::new(claims),
-        session_id: token_session_id(token),
-        digest,
+        session_id: bearer_session_id(&token_sha256),
+        digest: OnceLock::new(),
         kind,
         expires_at,
         provider: Arc::from(config.name.as_str()),
     })
+}
+
+impl VerifiedToken {
+    /// SHA-256 of provider and token (`TokenCache::key`): the key of the
+    /// per-token records (ended ID tokens in the session stores, identities
+    /// kept per token and deployment). Hashed on first use, since an access
+    /// token presented to one deployment needs neither. `token` is the
+    /// token this is the verification of (the token cache hands a
+    /// verification out only for that very token).
+    pub fn digest(&self, token: &str) -> [u8; 32] {
+        debug_assert_eq!(bearer_session_id(&sha256(token.as_bytes())), self.session_id);
+        *self
+            .digest
+            .get_or_init(|| TokenCache::key(&self.provider, token))
+    }
 }
 
 /// What every bearer session id starts with (a login session's starts
@@ -385,9 +404,16 @@ pub const BEARER_SESSION_PREFIX: &str = "t-";
 /// `t-` and the first 24 hex digits of the token's SHA-256: opaque, stable
 /// per token (backends have seen these ids; the cache key, which also
 /// hashes the provider's name, cannot stand in for it).
+#[cfg(test)]
 fn token_session_id(token: &str) -> String {
+    bearer_session_id(&sha256(token.as_bytes()))
+}
+
+/// [`token_session_id`] from the token's SHA-256 (`token_sha256`), which
+/// the signature check may have computed on its way.
+fn bearer_session_id(token_sha256: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = sha256(token.as_bytes());
+    let digest = token_sha256;
     let mut id = String::with_capacity(2 + 24);
     id.push_str(BEARER_SESSION_PREFIX);
     for byte in &digest[..12] {
@@ -414,7 +440,7 @@ pub(crate) fn check_prepared(
     verifier: &prepared::PreparedVerifier,
     issuer: &str,
     skew: Duration,
-) -> Result<Option<Claims>, TokenError> {
+) -> Result<Option<Checked>, TokenError> {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     // As jsonwebtoken splits: the signature after the last dot, the
     // payload after the one before. `provider_key` read a header without
@@ -429,12 +455,26 @@ pub(crate) fn check_prepared(
     if verifier.algorithm() != header.alg {
         return Err(TokenError::KeyMismatch);
     }
-    let signature = URL_SAFE_NO_PAD
+    let signature_bytes = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| TokenError::Malformed)?;
-    if !verifier.verifies(message.as_bytes(), &signature) {
-        return Err(TokenError::BadSignature);
-    }
+    let token_sha256 = if verifier.hashes_with_sha256() {
+        // The token's own SHA-256 (its session id) begins with the signing
+        // input's: hash that once, check the signature over it, go on.
+        let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        hash.update(message.as_bytes());
+        if !verifier.verifies_digest(&hash.clone().finish(), &signature_bytes) {
+            return Err(TokenError::BadSignature);
+        }
+        hash.update(b".");
+        hash.update(signature.as_bytes());
+        digest_bytes(hash.finish())
+    } else {
+        if !verifier.verifies(message.as_bytes(), &signature_bytes) {
+            return Err(TokenError::BadSignature);
+        }
+        sha256(token.as_bytes())
+    };
     let payload = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| TokenError::Malformed)?;
@@ -486,7 +526,17 @@ pub(crate) fn check_prepared(
     {
         return Err(TokenError::IssuedInFuture);
     }
-    Ok(Some(claims))
+    Ok(Some(Checked {
+        claims,
+        token_sha256,
+    }))
+}
+
+/// What [`check_prepared`] found in a token that passed.
+pub(crate) struct Checked {
+    pub claims: Claims,
+    /// The whole token's SHA-256, hashed on the way.
+    pub token_sha256: [u8; 32],
 }
 
 /// A registered claim as jsonwebtoken reads it: absent, of its usual type
@@ -708,7 +758,8 @@ const ENTRY_FIXED_BYTES: usize = 1024;
 impl TokenCache {
     /// SHA-256 of provider and token: the token's `digest`, the key of the
     /// per-token records (ended ID tokens in the session stores, rendered
-    /// identities). Computed once per verification, never per request.
+    /// identities). Computed at most once per verification, never per
+    /// request ([`VerifiedToken::digest`]).
     pub fn key(provider: &str, token: &str) -> [u8; 32] {
         sha256_scoped(provider.as_bytes(), token.as_bytes())
     }

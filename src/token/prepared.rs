@@ -54,6 +54,24 @@ impl PreparedVerifier {
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         self.key.verify_sig(message, signature).is_ok()
     }
+
+    /// Whether the algorithm hashes its message with SHA-256 (RS256, PS256,
+    /// ES256): then a caller may hash the message itself, check the
+    /// signature over that digest ([`Self::verifies_digest`]) and keep
+    /// hashing from there.
+    pub fn hashes_with_sha256(&self) -> bool {
+        matches!(
+            self.alg,
+            Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256
+        )
+    }
+
+    /// Whether `signature` is this key's over the message `digest` is of:
+    /// [`Self::verifies`] with the message hashed by the caller (false for a
+    /// digest of another hash than the algorithm's).
+    pub fn verifies_digest(&self, digest: &aws_lc_rs::digest::Digest, signature: &[u8]) -> bool {
+        self.key.verify_digest_sig(digest, signature).is_ok()
+    }
 }
 
 impl std::fmt::Debug for PreparedVerifier {

@@ -2,7 +2,7 @@
 //! provider (`crate::devidp`), which serves discovery and the JWKS on
 //! loopback and counts its JWKS hits.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -730,7 +730,7 @@ fn verified_until(exp: u64) -> VerifiedToken {
     VerifiedToken {
         claims: Arc::new(Claims::default()),
         session_id: "t-0".into(),
-        digest: [0; 32],
+        digest: OnceLock::new(),
         kind: TokenKind::Access,
         expires_at: exp,
         provider: Arc::from("p"),
