@@ -80,6 +80,8 @@ impl Backoff {
 /// One configured provider, kept across reloads while its config is unchanged.
 pub struct ProviderService {
     pub config: Provider,
+    /// `config.name`, shared by every token this provider's keys verified.
+    shared_name: Arc<str>,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     metadata: ArcSwapOption<Metadata>,
@@ -102,6 +104,7 @@ impl ProviderService {
             .unwrap_or_else(|_| reqwest::Client::new());
         let jwks = JwksCache::new(&config.name, config.jwks, http.clone(), metrics.clone());
         Arc::new(ProviderService {
+            shared_name: Arc::from(config.name.as_str()),
             config,
             http,
             metrics,
@@ -115,6 +118,11 @@ impl ProviderService {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The name as the records of its verified tokens share it.
+    pub fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.shared_name)
     }
 
     /// The HTTP client for this provider (timeouts as configured).

@@ -304,6 +304,12 @@ enum MessengerToken {
 
 /// Recognizes and verifies portcullis's own tokens (cached until `exp`).
 fn messenger_token(runtime: &Runtime, token: &str, deployment: &DeploymentRt) -> MessengerToken {
+    // A provider's token is told by its header's key id alone, before it is
+    // hashed for the lookup below (where it could never be: only tokens
+    // under this runtime's own keys are kept there).
+    if messenger::kid_is_foreign(token, &runtime.keys) {
+        return MessengerToken::NotOurs;
+    }
     let digest = crate::token::sha256(token.as_bytes());
     if let Some(claims) = runtime.messenger_tokens.get(&digest) {
         if claims.exp <= now() {

@@ -74,7 +74,8 @@ pub fn origin(token: &str, keys: &KeyRing) -> Origin {
 /// Whether the header of `token` (the part before the second-to-last
 /// dot, as jsonwebtoken reads it) is base64url JSON whose one `kid`, a
 /// string or absent, names no key of `keys`. False when it cannot tell.
-fn kid_is_foreign(token: &str, keys: &KeyRing) -> bool {
+/// True settles that the token is not ours ([`origin`] says `Foreign`).
+pub fn kid_is_foreign(token: &str, keys: &KeyRing) -> bool {
     use base64::Engine;
     #[derive(Deserialize)]
     struct KidOnly<'a> {

@@ -378,7 +378,7 @@ pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedT
         digest: OnceLock::new(),
         kind,
         expires_at,
-        provider: Arc::from(config.name.as_str()),
+        provider: provider.shared_name(),
     })
 }
 
@@ -390,7 +390,10 @@ impl VerifiedToken {
     /// token this is the verification of (the token cache hands a
     /// verification out only for that very token).
     pub fn digest(&self, token: &str) -> [u8; 32] {
-        debug_assert_eq!(bearer_session_id(&sha256(token.as_bytes())), self.session_id);
+        debug_assert_eq!(
+            bearer_session_id(&sha256(token.as_bytes())),
+            self.session_id
+        );
         *self
             .digest
             .get_or_init(|| TokenCache::key(&self.provider, token))
