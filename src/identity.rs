@@ -179,13 +179,33 @@ pub fn deployment_header(deployment: &str, prefix: &str) -> (String, String) {
     (format!("{prefix}Deployment"), header_value(deployment))
 }
 
-/// A header as portcullis hands it to Pingora: the name as configured (the
-/// case the backend sees) as shared bytes, once it is known to be a valid
-/// name, and the value checked.
-pub fn wire_header(name: String, value: &str) -> Result<(bytes::Bytes, http::HeaderValue), String> {
-    http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-    let value = http::HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?;
-    Ok((bytes::Bytes::from(name), value))
+/// A header as portcullis hands it to Pingora, made once and inserted into
+/// many requests: the name parsed (a request inserts a clone, parsed no
+/// more), its spelling as configured (the case the backend sees), and the
+/// value checked.
+#[derive(Debug, Clone)]
+pub struct WireHeader {
+    pub name: http::HeaderName,
+    pub spelling: bytes::Bytes,
+    pub value: http::HeaderValue,
+}
+
+impl WireHeader {
+    pub fn new(name: String, value: &str) -> Result<Self, String> {
+        let parsed =
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+        let value = http::HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?;
+        Ok(WireHeader {
+            name: parsed,
+            spelling: bytes::Bytes::from(name),
+            value,
+        })
+    }
+
+    /// Sets this header on `req`, replacing any of the same name.
+    pub fn insert_into(&self, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+        req.insert_parsed_header(&self.name, self.spelling.clone(), self.value.clone())
+    }
 }
 
 /// The identity headers for the upstream request, names as configured
@@ -284,10 +304,8 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 pub struct Rendered {
     pub identity: Identity,
     /// Names as configured (`X-Auth-Subject`: the case the backend sees),
-    /// checked to be valid header names when rendered. Kept as bytes so a
-    /// request inserts them without a copy (Pingora takes them as the
-    /// header's case as is).
-    pub headers: Vec<(bytes::Bytes, http::HeaderValue)>,
+    /// parsed once, when rendered.
+    pub headers: Vec<WireHeader>,
     assertion: parking_lot::Mutex<Option<SignedAssertion>>,
 }
 
@@ -363,7 +381,7 @@ impl Rendered {
     pub fn new(identity: Identity, messenger: &Messenger, prefix: &str) -> Result<Self, String> {
         let headers = upstream_headers(&identity, messenger, prefix)
             .into_iter()
-            .map(|(name, value)| wire_header(name, &value))
+            .map(|(name, value)| WireHeader::new(name, &value))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Rendered {
             identity,
@@ -649,7 +667,9 @@ mod tests {
         assert!(rendered
             .headers
             .iter()
-            .any(|(k, v)| k == "X-Auth-Subject" && v == "u"));
+            .any(|h| h.spelling == "X-Auth-Subject"
+                && h.name == "x-auth-subject"
+                && h.value == "u"));
         let key = SigningKey::generate().unwrap();
         let first = rendered
             .assertion(1000, &key, "portcullis", "chat")

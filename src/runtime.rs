@@ -99,7 +99,7 @@ pub struct DeploymentRt {
     pub label: Arc<str>,
     /// `X-Auth-Deployment` (under the configured prefix) as it goes
     /// upstream on every request, rendered once.
-    pub deployment_header: (bytes::Bytes, http::HeaderValue),
+    pub deployment_header: crate::identity::WireHeader,
     /// `portcullis_auth_decisions_total{deployment, method, outcome="allowed"}`
     /// per credential carrier, resolved on first use (a series appears only
     /// once it counts something) and then kept: the label lookup would be
@@ -529,9 +529,9 @@ fn is_tls_path(path: &str) -> bool {
 }
 
 /// `X-Auth-Deployment` for `id` under `prefix`, as sent upstream.
-fn deployment_header(id: &str, prefix: &str) -> Result<(bytes::Bytes, http::HeaderValue), String> {
+fn deployment_header(id: &str, prefix: &str) -> Result<crate::identity::WireHeader, String> {
     let (name, value) = crate::identity::deployment_header(id, prefix);
-    crate::identity::wire_header(name, &value)
+    crate::identity::WireHeader::new(name, &value)
 }
 
 fn note_certificates_rejected(metrics: &Metrics) {

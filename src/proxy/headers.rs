@@ -156,12 +156,23 @@ pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
         while req.remove_header(name).is_some() {}
     }
     if let Some(v) = &fwd.for_ {
-        let _ = req.insert_header("x-forwarded-for", v.as_str());
+        insert_lowercase(req, "x-forwarded-for", v);
     }
     let proto = fwd.proto_passthrough.as_deref().unwrap_or(fwd.proto);
-    let _ = req.insert_header("x-forwarded-proto", proto);
+    insert_lowercase(req, "x-forwarded-proto", proto);
     if let Some(h) = &fwd.host {
-        let _ = req.insert_header("x-forwarded-host", h.as_str());
+        insert_lowercase(req, "x-forwarded-host", h);
+    }
+}
+
+/// Sets header `name` (lower case, as it is sent) to `value`, or leaves it
+/// out if `value` cannot be a header value. The name is taken as it is
+/// (`from_static`: checked, not copied).
+fn insert_lowercase(req: &mut RequestHeader, name: &'static str, value: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(value) {
+        let parsed = http::HeaderName::from_static(name);
+        let _ =
+            req.insert_parsed_header(&parsed, bytes::Bytes::from_static(name.as_bytes()), value);
     }
 }
 

@@ -870,9 +870,17 @@ pub fn prepare_upstream_request(
 ) -> Result<()> {
     headers::strip_identity_headers(upstream_request, &runtime.strip);
     headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
+    // Room for what is added below (request id, identity or deployment,
+    // assertion, `X-Forwarded-*`), so that each header map grows once.
+    let identity_headers = auth.map_or(1, |a| a.rendered.headers.len() + 1);
+    upstream_request.reserve_headers(identity_headers + ADDED_HEADERS)?;
     // After the strips (an identity prefix such as `X-` would match it):
     // whatever the client sent is replaced by the id this request was given.
-    upstream_request.insert_header(request_id::HEADER, id.header_value())?;
+    upstream_request.insert_parsed_header(
+        &http::HeaderName::from_static(request_id::HEADER),
+        bytes::Bytes::from_static(request_id::HEADER.as_bytes()),
+        id.header_value(),
+    )?;
     strip_own_cookies(upstream_request, &runtime.cookie_policy)?;
     match (auth, target) {
         (Some(auth), Some(target)) => {
@@ -888,16 +896,20 @@ pub fn prepare_upstream_request(
         }
         // A deployment without authentication still tells the backend
         // which deployment admitted the request (SPEC §4), and nothing else.
-        (None, Some(target)) => {
-            let (name, value) = &target.deployment.deployment_header;
-            upstream_request.insert_header(name.clone(), value.clone())?;
-        }
+        (None, Some(target)) => target
+            .deployment
+            .deployment_header
+            .insert_into(upstream_request)?,
         (_, None) => {}
     }
     let fwd = headers::forwarded(upstream_request, client, from_trusted_proxy);
     headers::apply_forwarded(upstream_request, &fwd);
     Ok(())
 }
+
+/// Headers `prepare_upstream_request` adds besides the identity's: the
+/// request id and up to three `X-Forwarded-*`.
+const ADDED_HEADERS: usize = 4;
 
 /// The verified identity as headers, plus the signed assertion when the
 /// messenger asks for one.
@@ -909,8 +921,8 @@ fn add_identity(
 ) -> Result<()> {
     let prefix = &runtime.config.identity_header_prefix;
     let messenger = &target.deployment.messenger;
-    for (name, value) in &auth.rendered.headers {
-        req.insert_header(name.clone(), value.clone())?;
+    for header in &auth.rendered.headers {
+        header.insert_into(req)?;
     }
     if messenger.assertion {
         let now = std::time::SystemTime::now()

@@ -270,6 +270,10 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
     secure
         .append_header("Authorization", "Bearer aaa.bbb.ccc")
         .unwrap();
+    secure.append_header("x-auth-subject", "spoofed").unwrap();
+    secure
+        .append_header("X-Forwarded-For", "198.51.100.1")
+        .unwrap();
     let target = admit(&runtime, &secure, false).unwrap();
     let claims: crate::token::Claims = serde_json::from_value(serde_json::json!({
         "iss": "https://idp.example.com",
@@ -322,6 +326,82 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
         !sent.to_ascii_lowercase().contains("authorization"),
         "{sent}"
     );
+    // The client's copy is gone, not sent beside the verified one; the
+    // request id and `X-Forwarded-*` go as they always have, lower case.
+    assert!(!sent.contains("spoofed"), "{sent}");
+    assert_eq!(
+        sent.to_ascii_lowercase().matches("x-auth-subject").count(),
+        1
+    );
+    assert!(
+        sent.contains(&format!("x-request-id: {}\r\n", id.as_str())),
+        "{sent}"
+    );
+    assert!(sent.contains("x-forwarded-for: 203.0.113.7\r\n"), "{sent}");
+    assert!(sent.contains("x-forwarded-proto: http\r\n"), "{sent}");
+    assert_eq!(sent.matches("\r\n").count(), secure.headers.len(), "{sent}");
+}
+
+/// `insert_parsed_header` (vendor/pingora-http/PATCHED.md) takes a name
+/// parsed beforehand and the spelling to send: a spelling of another name
+/// would put one name in the header map and another on the wire, so it is
+/// refused and the head is left as it was.
+#[test]
+fn a_parsed_header_must_spell_its_own_name() {
+    let name = http::HeaderName::from_static("x-auth-subject");
+    let value = http::HeaderValue::from_static("alice");
+    let mut req = request("/v1/chat", WEB);
+    let before = req.headers.clone();
+    let refused = req.insert_parsed_header(
+        &name,
+        bytes::Bytes::from_static(b"X-Auth-Subjekt"),
+        value.clone(),
+    );
+    assert!(refused.is_err());
+    assert_eq!(req.headers, before);
+    req.insert_parsed_header(
+        &name,
+        bytes::Bytes::from_static(b"X-AUTH-Subject"),
+        value.clone(),
+    )
+    .unwrap();
+    req.insert_parsed_header(&name, bytes::Bytes::from_static(b"X-Auth-Subject"), value)
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    req.header_to_h1_wire(&mut buf);
+    let sent = String::from_utf8(buf.to_vec()).unwrap();
+    // Inserted, not appended: the second replaced the first, spelling too.
+    assert!(sent.contains("X-Auth-Subject: alice\r\n"), "{sent}");
+    assert!(!sent.contains("X-AUTH"), "{sent}");
+}
+
+#[test]
+fn reserved_room_changes_nothing_on_the_wire() {
+    let wire_after = |reserve: Option<usize>| {
+        let mut req = request("/v1/chat", WEB);
+        req.append_header("Cookie", "a=1").unwrap();
+        if let Some(n) = reserve {
+            req.reserve_headers(n).unwrap();
+        }
+        for (name, value) in [("X-One", "1"), ("x-two", "2"), ("X-Three", "3")] {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            req.insert_parsed_header(
+                &parsed,
+                bytes::Bytes::from_static(name.as_bytes()),
+                http::HeaderValue::from_static(value),
+            )
+            .unwrap();
+        }
+        let mut buf = bytes::BytesMut::new();
+        req.header_to_h1_wire(&mut buf);
+        buf
+    };
+    let plain = wire_after(None);
+    assert_eq!(wire_after(Some(3)), plain);
+    assert_eq!(wire_after(Some(40)), plain);
+    assert!(plain.ends_with(b"X-One: 1\r\nx-two: 2\r\nX-Three: 3\r\n"));
+    // More than a header map may ever hold is an error, not a panic.
+    assert!(request("/v1", WEB).reserve_headers(usize::MAX).is_err());
 }
 
 /// A runtime whose provider is a development provider on loopback, with an

@@ -837,7 +837,7 @@ async fn a_usual_token_takes_the_one_pass_check() {
         let prepared = key
             .prepared(header.alg)
             .expect("keys are prepared at fetch");
-        let claims = check_prepared(
+        let checked = check_prepared(
             &token,
             &header,
             prepared,
@@ -846,7 +846,16 @@ async fn a_usual_token_takes_the_one_pass_check() {
         )
         .unwrap()
         .expect("no fallback to jsonwebtoken for usual claims");
-        assert_eq!(claims.str("sub"), Some("alice"));
+        assert_eq!(checked.claims.str("sub"), Some("alice"));
+        // Hashed on the way (RS256 and ES256 continue the signing input's
+        // SHA-256): the whole token's, as its session id needs.
+        assert_eq!(checked.token_sha256, sha256(token.as_bytes()));
+        let verified = verify(&f.provider, &token).await.unwrap();
+        assert_eq!(verified.session_id, token_session_id(&token));
+        // The per-token records' key, hashed when first asked for.
+        let key = TokenCache::key(&f.provider.config.name, &token);
+        assert_eq!(verified.digest(&token), key);
+        assert_eq!(verified.digest(&token), key);
     }
 }
 
