@@ -185,9 +185,9 @@ pub fn deployment_header(deployment: &str, prefix: &str) -> (String, String) {
 /// value checked.
 #[derive(Debug, Clone)]
 pub struct WireHeader {
-    pub name: http::HeaderName,
-    pub spelling: bytes::Bytes,
-    pub value: http::HeaderValue,
+    name: http::HeaderName,
+    spelling: bytes::Bytes,
+    value: http::HeaderValue,
 }
 
 impl WireHeader {
@@ -200,6 +200,15 @@ impl WireHeader {
             spelling: bytes::Bytes::from(name),
             value,
         })
+    }
+
+    /// The name as configured (the case the backend sees).
+    pub fn spelling(&self) -> &[u8] {
+        &self.spelling
+    }
+
+    pub fn value(&self) -> &http::HeaderValue {
+        &self.value
     }
 
     /// Sets this header on `req`, replacing any of the same name.

@@ -297,7 +297,8 @@ pub struct Runtime {
     /// slash), or `portcullis` without one.
     pub issuer: String,
     /// Verified messenger tokens by SHA-256, until their `exp` (at most 5
-    /// minutes): a repeated handshake costs a hash, a lookup and the session's.
+    /// minutes): a repeated handshake costs a look at the header's key id,
+    /// a hash, a lookup and the session's.
     pub messenger_tokens: moka::sync::Cache<[u8; 32], Arc<MessengerClaims>>,
     /// Derives a rotated refresh token's successor (see `session::refresh`).
     pub refresh_key: Arc<aws_lc_rs::hmac::Key>,

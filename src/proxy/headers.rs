@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use http::HeaderName;
 use pingora::http::RequestHeader;
 
 use crate::runtime::StripRules;
@@ -155,25 +156,40 @@ pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
     ] {
         while req.remove_header(name).is_some() {}
     }
+    let mut set = |name: &'static HeaderName, value: &str| {
+        // A value that cannot be a header value is left out.
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            let _ = insert_static(req, name, value);
+        }
+    };
     if let Some(v) = &fwd.for_ {
-        insert_lowercase(req, "x-forwarded-for", v);
+        set(&X_FORWARDED_FOR, v);
     }
-    let proto = fwd.proto_passthrough.as_deref().unwrap_or(fwd.proto);
-    insert_lowercase(req, "x-forwarded-proto", proto);
+    set(
+        &X_FORWARDED_PROTO,
+        fwd.proto_passthrough.as_deref().unwrap_or(fwd.proto),
+    );
     if let Some(h) = &fwd.host {
-        insert_lowercase(req, "x-forwarded-host", h);
+        set(&X_FORWARDED_HOST, h);
     }
 }
 
-/// Sets header `name` (lower case, as it is sent) to `value`, or leaves it
-/// out if `value` cannot be a header value. The name is taken as it is
-/// (`from_static`: checked, not copied).
-fn insert_lowercase(req: &mut RequestHeader, name: &'static str, value: &str) {
-    if let Ok(value) = http::HeaderValue::from_str(value) {
-        let parsed = http::HeaderName::from_static(name);
-        let _ =
-            req.insert_parsed_header(&parsed, bytes::Bytes::from_static(name.as_bytes()), value);
-    }
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Sets header `name` to `value`, sent spelled as the name is (lower
+/// case), without parsing the name again.
+pub fn insert_static(
+    req: &mut RequestHeader,
+    name: &'static HeaderName,
+    value: http::HeaderValue,
+) -> pingora::Result<()> {
+    req.insert_parsed_header(
+        name,
+        bytes::Bytes::from_static(name.as_str().as_bytes()),
+        value,
+    )
 }
 
 #[cfg(test)]

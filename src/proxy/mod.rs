@@ -220,7 +220,7 @@ pub async fn authenticate(
             )));
         }
         if sessions
-            .token_ended(&verified.digest(&credential.token))
+            .token_ended(&verified.digest())
             .await
             .map_err(|_| Refusal::StoreUnavailable)?
         {
@@ -229,7 +229,7 @@ pub async fn authenticate(
             )));
         }
     }
-    let rendered = bearer_identity(runtime, deployment, &verified, &credential.token)?;
+    let rendered = bearer_identity(runtime, deployment, &verified)?;
     let bearer_connections = deployment.messenger.authentication.bearer_connections;
     Ok(Authenticated {
         rendered,
@@ -255,7 +255,6 @@ fn bearer_identity(
     runtime: &Runtime,
     deployment: &DeploymentRt,
     verified: &CachedToken<Rendered>,
-    token: &str,
 ) -> Result<Arc<Rendered>, Refusal> {
     if let Some(kept) = verified.kept_for(&deployment.label) {
         return Ok(kept.clone());
@@ -265,7 +264,7 @@ fn bearer_identity(
         &verified.claims,
     )
     .map_err(Refusal::Forbidden)?;
-    let key = (verified.digest(token), deployment.label.clone());
+    let key = (verified.digest(), deployment.label.clone());
     // In `identities` only if this token's slot (this verification's or an
     // earlier one's, since expired) held another deployment's.
     let found = runtime.identities.get(&key);
@@ -320,7 +319,7 @@ fn messenger_token(runtime: &Runtime, token: &str, deployment: &DeploymentRt) ->
         }
         return MessengerToken::Claims(claims);
     }
-    match messenger::origin(token, &runtime.keys) {
+    match messenger::origin_by_full_header(token, &runtime.keys) {
         messenger::Origin::Foreign => MessengerToken::NotOurs,
         messenger::Origin::OtherOfOurs => MessengerToken::Refused(TokenError::WrongTokenType),
         messenger::Origin::Messenger => {
@@ -876,9 +875,9 @@ pub fn prepare_upstream_request(
     upstream_request.reserve_headers(identity_headers + ADDED_HEADERS)?;
     // After the strips (an identity prefix such as `X-` would match it):
     // whatever the client sent is replaced by the id this request was given.
-    upstream_request.insert_parsed_header(
-        &http::HeaderName::from_static(request_id::HEADER),
-        bytes::Bytes::from_static(request_id::HEADER.as_bytes()),
+    headers::insert_static(
+        upstream_request,
+        &request_id::HEADER_NAME,
         id.header_value(),
     )?;
     strip_own_cookies(upstream_request, &runtime.cookie_policy)?;

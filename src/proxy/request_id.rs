@@ -14,6 +14,8 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 pub const HEADER: &str = "x-request-id";
+/// [`HEADER`], parsed.
+pub static HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 
 /// The longest id kept from a trusted proxy.
 const MAX_LEN: usize = 128;

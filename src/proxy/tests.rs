@@ -377,8 +377,12 @@ fn a_parsed_header_must_spell_its_own_name() {
 
 #[test]
 fn reserved_room_changes_nothing_on_the_wire() {
-    let wire_after = |reserve: Option<usize>| {
-        let mut req = request("/v1/chat", WEB);
+    let wire_after = |keep_case: bool, reserve: Option<usize>| {
+        let mut req = if keep_case {
+            request("/v1/chat", WEB)
+        } else {
+            RequestHeader::build_no_case("GET", b"/v1/chat", None).unwrap()
+        };
         req.append_header("Cookie", "a=1").unwrap();
         if let Some(n) = reserve {
             req.reserve_headers(n).unwrap();
@@ -396,11 +400,21 @@ fn reserved_room_changes_nothing_on_the_wire() {
         req.header_to_h1_wire(&mut buf);
         buf
     };
-    let plain = wire_after(None);
-    assert_eq!(wire_after(Some(3)), plain);
-    assert_eq!(wire_after(Some(40)), plain);
-    assert!(plain.ends_with(b"X-One: 1\r\nx-two: 2\r\nX-Three: 3\r\n"));
+    for keep_case in [true, false] {
+        let plain = wire_after(keep_case, None);
+        assert_eq!(wire_after(keep_case, Some(3)), plain);
+        assert_eq!(wire_after(keep_case, Some(40)), plain);
+        // Without kept case, Pingora sends names outside its short list of
+        // titled ones in lower case.
+        let expected: &[u8] = if keep_case {
+            b"X-One: 1\r\nx-two: 2\r\nX-Three: 3\r\n"
+        } else {
+            b"x-one: 1\r\nx-two: 2\r\nx-three: 3\r\n"
+        };
+        assert!(plain.ends_with(expected), "{plain:?}");
+    }
     // More than a header map may ever hold is an error, not a panic.
+    assert!(request("/v1", WEB).reserve_headers(40_000).is_err());
     assert!(request("/v1", WEB).reserve_headers(usize::MAX).is_err());
 }
 

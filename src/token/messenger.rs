@@ -57,6 +57,11 @@ pub fn origin(token: &str, keys: &KeyRing) -> Origin {
     if kid_is_foreign(token, keys) {
         return Origin::Foreign;
     }
+    origin_by_full_header(token, keys)
+}
+
+/// [`origin`] for a token whose header [`kid_is_foreign`] did not settle.
+pub fn origin_by_full_header(token: &str, keys: &KeyRing) -> Origin {
     let Ok(header) = jsonwebtoken::decode_header(token) else {
         return Origin::Foreign;
     };

@@ -94,8 +94,6 @@ pub struct VerifiedToken {
     /// An opaque id derived from the token's hash (`t-` + 24 hex digits):
     /// the session id of a bearer-authenticated request, stable per token.
     pub session_id: String,
-    /// SHA-256 of provider and token, once asked for ([`Self::digest`]).
-    digest: OnceLock<[u8; 32]>,
     pub kind: TokenKind,
     pub expires_at: u64,
     pub provider: Arc<str>,
@@ -375,29 +373,10 @@ pub async fn verify(provider: &ProviderService, token: &str) -> Result<VerifiedT
     Ok(VerifiedToken {
         claims: Arc::new(claims),
         session_id: bearer_session_id(&token_sha256),
-        digest: OnceLock::new(),
         kind,
         expires_at,
         provider: provider.shared_name(),
     })
-}
-
-impl VerifiedToken {
-    /// SHA-256 of provider and token (`TokenCache::key`): the key of the
-    /// per-token records (ended ID tokens in the session stores, identities
-    /// kept per token and deployment). Hashed on first use, since an access
-    /// token presented to one deployment needs neither. `token` is the
-    /// token this is the verification of (the token cache hands a
-    /// verification out only for that very token).
-    pub fn digest(&self, token: &str) -> [u8; 32] {
-        debug_assert_eq!(
-            bearer_session_id(&sha256(token.as_bytes())),
-            self.session_id
-        );
-        *self
-            .digest
-            .get_or_init(|| TokenCache::key(&self.provider, token))
-    }
 }
 
 /// What every bearer session id starts with (a login session's starts
@@ -669,7 +648,7 @@ pub fn audience_kind(
 /// once the deployment's policy allowed the token; see
 /// [`CachedToken::kept_for`]).
 pub struct TokenCache<R = ()> {
-    cache: moka::sync::Cache<Box<str>, Arc<CachedToken<R>>, ahash::RandomState>,
+    cache: moka::sync::Cache<Arc<str>, Arc<CachedToken<R>>, ahash::RandomState>,
     metrics: Arc<Metrics>,
     /// `portcullis_token_cache_total{result}`, resolved on first use (a
     /// series appears only once it counts something) and then kept: the
@@ -679,9 +658,14 @@ pub struct TokenCache<R = ()> {
 }
 
 /// A verification as the token cache keeps it (it reads as the
-/// [`VerifiedToken`]), with its slot for one deployment.
+/// [`VerifiedToken`]), with the token it is of and its slot for one
+/// deployment.
 pub struct CachedToken<R> {
     pub verified: VerifiedToken,
+    /// The token, shared with the cache's key.
+    token: Arc<str>,
+    /// SHA-256 of provider and token, once asked for ([`Self::digest`]).
+    digest: OnceLock<[u8; 32]>,
     /// The first deployment that asked to keep something, and that thing.
     kept: OnceLock<(Arc<str>, Arc<R>)>,
 }
@@ -694,11 +678,23 @@ impl<R> std::ops::Deref for CachedToken<R> {
 }
 
 impl<R> CachedToken<R> {
-    pub fn new(verified: VerifiedToken) -> Self {
+    pub fn new(token: Arc<str>, verified: VerifiedToken) -> Self {
         CachedToken {
             verified,
+            token,
+            digest: OnceLock::new(),
             kept: OnceLock::new(),
         }
+    }
+
+    /// SHA-256 of provider and token (`TokenCache::key`): the key of the
+    /// per-token records (ended ID tokens in the session stores, identities
+    /// kept per token and deployment). Hashed on first use, since an access
+    /// token presented to one deployment needs neither.
+    pub fn digest(&self) -> [u8; 32] {
+        *self
+            .digest
+            .get_or_init(|| TokenCache::key(&self.verified.provider, &self.token))
     }
 
     /// What was kept for `deployment` (by its label), if anything.
@@ -723,10 +719,10 @@ impl<R> CachedToken<R> {
 
 struct UntilExpiry;
 
-impl<R> moka::Expiry<Box<str>, Arc<CachedToken<R>>> for UntilExpiry {
+impl<R> moka::Expiry<Arc<str>, Arc<CachedToken<R>>> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &Box<str>,
+        _key: &Arc<str>,
         value: &Arc<CachedToken<R>>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
@@ -773,7 +769,7 @@ impl<R: Send + Sync + 'static> TokenCache<R> {
     /// weighs them.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
         TokenCache {
-            cache: moka::sync::Cache::<Box<str>, Arc<CachedToken<R>>>::builder()
+            cache: moka::sync::Cache::<Arc<str>, Arc<CachedToken<R>>>::builder()
                 .weigher(|token, _| entry_weight(token))
                 .max_capacity(max_bytes)
                 .expire_after(UntilExpiry)
@@ -832,8 +828,10 @@ impl<R: Send + Sync + 'static> TokenCache<R> {
             return Err(TokenError::TooLarge);
         }
         self.count(&self.misses, "miss");
-        let verified = Arc::new(CachedToken::new(verify(provider, token).await?));
-        self.cache.insert(Box::from(token), verified.clone());
+        let verified = verify(provider, token).await?;
+        let token: Arc<str> = Arc::from(token);
+        let verified = Arc::new(CachedToken::new(token.clone(), verified));
+        self.cache.insert(token, verified.clone());
         Ok(verified)
     }
 

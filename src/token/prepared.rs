@@ -17,9 +17,10 @@
 //! sizes, padding, hash) that jsonwebtoken's aws-lc-rs verifiers use.
 //!
 //! A provider token with usual claims does not go through
-//! `jsonwebtoken::decode` at all: `token::check_prepared` calls
-//! [`PreparedVerifier::verifies`] itself and checks the claims in one pass,
-//! by jsonwebtoken's rules. The scoped provider above serves the tokens
+//! `jsonwebtoken::decode` at all: `token::check_prepared` checks the
+//! signature itself ([`PreparedVerifier::verifies_digest`] over the SHA-256
+//! it computed for RS256, PS256 and ES256, [`PreparedVerifier::verifies`]
+//! for the others) and the claims in one pass, by jsonwebtoken's rules. The scoped provider above serves the tokens
 //! that still do (unusual claim types, and the other callers of
 //! `jsonwebtoken::decode` with a provider key).
 

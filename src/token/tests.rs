@@ -2,7 +2,7 @@
 //! provider (`crate::devidp`), which serves discovery and the JWKS on
 //! loopback and counts its JWKS hits.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -696,7 +696,7 @@ async fn a_token_cached_for_one_provider_is_no_hit_for_another() {
 
 #[test]
 fn a_cached_token_keeps_one_deployment_s_value_and_only_for_it() {
-    let cached: CachedToken<&str> = CachedToken::new(verified_until(now() + 60));
+    let cached: CachedToken<&str> = CachedToken::new(Arc::from("t"), verified_until(now() + 60));
     assert!(cached.kept_for("a").is_none());
     assert_eq!(
         cached
@@ -730,7 +730,6 @@ fn verified_until(exp: u64) -> VerifiedToken {
     VerifiedToken {
         claims: Arc::new(Claims::default()),
         session_id: "t-0".into(),
-        digest: OnceLock::new(),
         kind: TokenKind::Access,
         expires_at: exp,
         provider: Arc::from("p"),
@@ -740,8 +739,9 @@ fn verified_until(exp: u64) -> VerifiedToken {
 /// How long the token cache keeps a verification of a token expiring at `exp`.
 fn cache_lifetime(exp: u64) -> Option<Duration> {
     use moka::Expiry;
-    let cached: Arc<CachedToken<()>> = Arc::new(CachedToken::new(verified_until(exp)));
-    UntilExpiry.expire_after_create(&Box::from("t"), &cached, std::time::Instant::now())
+    let cached: Arc<CachedToken<()>> =
+        Arc::new(CachedToken::new(Arc::from("t"), verified_until(exp)));
+    UntilExpiry.expire_after_create(&Arc::from("t"), &cached, std::time::Instant::now())
 }
 
 #[test]
@@ -853,9 +853,12 @@ async fn a_usual_token_takes_the_one_pass_check() {
         let verified = verify(&f.provider, &token).await.unwrap();
         assert_eq!(verified.session_id, token_session_id(&token));
         // The per-token records' key, hashed when first asked for.
-        let key = TokenCache::key(&f.provider.config.name, &token);
-        assert_eq!(verified.digest(&token), key);
-        assert_eq!(verified.digest(&token), key);
+        let cache: TokenCache = TokenCache::new(1 << 20, Arc::new(Metrics::new()));
+        let cached = cache.verify(&f.provider, &token).await.unwrap();
+        assert_eq!(
+            cached.digest(),
+            TokenCache::key(&f.provider.config.name, &token)
+        );
     }
 }
 

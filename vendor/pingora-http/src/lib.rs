@@ -29,6 +29,7 @@ use http::request::Parts as ReqParts;
 use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
+// portcullis patch (PATCHED.md §1): `Error` added
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use std::borrow::Cow;
 use std::ops::Deref;
@@ -956,7 +957,7 @@ fn insert_header_value<T>(
 
 // portcullis patch (PATCHED.md §1)
 fn insert_parsed_header_value<T>(
-    name_map: Option<&mut CaseMap>,
+    mut name_map: Option<&mut CaseMap>,
     value_map: &mut HMap<T>,
     name: &HeaderName,
     case: impl IntoCaseHeaderName,
@@ -969,6 +970,9 @@ fn insert_parsed_header_value<T>(
     {
         return Error::e_explain(InvalidHTTPHeader, "header case spells another name");
     }
+    // Room in both maps first, so that the two stay in step (a later
+    // `header_to_h1_wire` zips them) even when the second could not grow.
+    reserve_headers(name_map.as_deref_mut(), value_map, 1)?;
     if let Some(name_map) = name_map {
         name_map
             .try_insert(name.clone(), case_header_name)
