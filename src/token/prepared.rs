@@ -380,6 +380,64 @@ mod tests {
         (message, signature.as_ref().to_vec())
     }
 
+    /// `check_prepared` checks RS256, PS256 and ES256 over a SHA-256 it
+    /// computed itself: that check must say what the check over the message
+    /// says, for a good signature, a tampered one, and a message that is not
+    /// the one signed; and a digest of another hash never verifies.
+    #[test]
+    fn the_digest_check_agrees_with_the_message_check() {
+        use aws_lc_rs::digest::{digest, SHA256, SHA384};
+        use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let parts: PublicKeyComponents<Vec<u8>> = rsa.public_key().into();
+        let rsa_jwk: Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "RSA", "n": b64(&parts.n), "e": b64(&parts.e),
+        }))
+        .unwrap();
+        let message = b"header.payload";
+        let rsa_signed = |padding: &'static dyn aws::RsaEncoding| {
+            let mut signature = vec![0; rsa.public_modulus_len()];
+            rsa.sign(padding, &SystemRandom::new(), message, &mut signature)
+                .unwrap();
+            signature
+        };
+        let (ec_private, ec_jwk, _) = ec_key();
+        let cases = [
+            (
+                Algorithm::RS256,
+                &rsa_jwk,
+                rsa_signed(&aws::RSA_PKCS1_SHA256),
+            ),
+            (Algorithm::PS256, &rsa_jwk, rsa_signed(&aws::RSA_PSS_SHA256)),
+            (Algorithm::ES256, &ec_jwk, signed_by(&ec_private).1),
+        ];
+        for (alg, jwk, signature) in cases {
+            let verifier = verifier_for(jwk, alg).unwrap();
+            assert!(verifier.hashes_with_sha256(), "{alg:?}");
+            let mut tampered = signature.clone();
+            tampered[9] ^= 1;
+            for (text, signature, good) in [
+                (&message[..], &signature, true),
+                (&message[..], &tampered, false),
+                (&b"header.payloaD"[..], &signature, false),
+            ] {
+                assert_eq!(verifier.verifies(text, signature), good, "{alg:?}");
+                assert_eq!(
+                    verifier.verifies_digest(&digest(&SHA256, text), signature),
+                    good,
+                    "{alg:?}"
+                );
+            }
+            assert!(
+                !verifier.verifies_digest(&digest(&SHA384, message), &signature),
+                "{alg:?}: a SHA-384 digest"
+            );
+        }
+        let rs384 = verifier_for(&rsa_jwk, Algorithm::RS384).unwrap();
+        assert!(!rs384.hashes_with_sha256());
+    }
+
     #[test]
     fn a_prepared_key_stands_in_only_for_its_own_key_and_algorithm() {
         let (a_private, _, a) = ec_key();
