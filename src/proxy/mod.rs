@@ -870,7 +870,8 @@ pub fn prepare_upstream_request(
     headers::strip_identity_headers(upstream_request, &runtime.strip);
     headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
     // Room for what is added below (request id, identity or deployment,
-    // assertion, `X-Forwarded-*`), so that each header map grows once.
+    // assertion, `X-Forwarded-*`), so that each header map's index table
+    // is rebuilt at most once.
     let identity_headers = auth.map_or(1, |a| a.rendered.headers.len() + 1);
     upstream_request.reserve_headers(identity_headers + ADDED_HEADERS)?;
     // After the strips (an identity prefix such as `X-` would match it):
