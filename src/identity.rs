@@ -202,15 +202,6 @@ impl WireHeader {
         })
     }
 
-    /// The name as configured (the case the backend sees).
-    pub fn spelling(&self) -> &[u8] {
-        &self.spelling
-    }
-
-    pub fn value(&self) -> &http::HeaderValue {
-        &self.value
-    }
-
     /// Sets this header on `req`, replacing any of the same name.
     pub fn insert_into(&self, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
         req.insert_parsed_header(&self.name, self.spelling.clone(), self.value.clone())

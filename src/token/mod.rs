@@ -395,10 +395,9 @@ fn token_session_id(token: &str) -> String {
 /// the signature check may have computed on its way.
 fn bearer_session_id(token_sha256: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = token_sha256;
     let mut id = String::with_capacity(2 + 24);
     id.push_str(BEARER_SESSION_PREFIX);
-    for byte in &digest[..12] {
+    for byte in &token_sha256[..12] {
         id.push(char::from(HEX[usize::from(byte >> 4)]));
         id.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
@@ -758,7 +757,7 @@ impl TokenCache {
     /// SHA-256 of provider and token: the token's `digest`, the key of the
     /// per-token records (ended ID tokens in the session stores, rendered
     /// identities). Computed at most once per verification, never per
-    /// request ([`VerifiedToken::digest`]).
+    /// request ([`CachedToken::digest`]).
     pub fn key(provider: &str, token: &str) -> [u8; 32] {
         sha256_scoped(provider.as_bytes(), token.as_bytes())
     }

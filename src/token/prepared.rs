@@ -20,9 +20,10 @@
 //! `jsonwebtoken::decode` at all: `token::check_prepared` checks the
 //! signature itself ([`PreparedVerifier::verifies_digest`] over the SHA-256
 //! it computed for RS256, PS256 and ES256, [`PreparedVerifier::verifies`]
-//! for the others) and the claims in one pass, by jsonwebtoken's rules. The scoped provider above serves the tokens
-//! that still do (unusual claim types, and the other callers of
-//! `jsonwebtoken::decode` with a provider key).
+//! for the others) and the claims in one pass, by jsonwebtoken's rules.
+//! The scoped provider above serves the tokens that still do (unusual
+//! claim types, and the other callers of `jsonwebtoken::decode` with a
+//! provider key).
 
 use std::cell::RefCell;
 use std::sync::{Arc, LazyLock, Once};
