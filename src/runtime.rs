@@ -1230,7 +1230,7 @@ routes: [{path_prefix: /v1}]
     }
 
     fn claims(json: serde_json::Value) -> Claims {
-        Claims(serde_json::from_value(json).unwrap())
+        serde_json::from_value(json).unwrap()
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub async fn establish(
         deployment: deployment.config.id.clone(),
         provider: verified.provider.to_string(),
         subject: verified.claims.str("sub").unwrap_or_default().to_string(),
-        claims: verified.claims.0.clone().into_iter().collect(),
+        claims: verified.claims.to_map(),
         created_at: started,
         last_seen: started,
         expires_at: if ends_with_id_token {

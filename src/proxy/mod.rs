@@ -406,9 +406,8 @@ async fn authenticate_session(
     let rendered = match runtime.identities.get(&key) {
         Some(r) => r,
         None => {
-            let claims = Arc::new(crate::token::Claims(
-                session.claims.clone().into_iter().collect(),
-            ));
+            let claims: Arc<crate::token::Claims> =
+                Arc::new(session.claims.clone().into_iter().collect());
             policy::authorize(&deployment.messenger.authentication.require, &claims)
                 .map_err(Refusal::Forbidden)?;
             let rendered = runtime

@@ -101,7 +101,7 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
     if let Some(id_token) = &tokens.id_token {
         match token::verify(provider, id_token).await {
             Ok(v) if vouches_for(v.kind, v.claims.str("sub"), &session.subject) => {
-                session.claims = v.claims.0.clone().into_iter().collect();
+                session.claims = v.claims.to_map();
                 session.id_token = Some(id_token.clone());
             }
             // A token for someone else, or one that does not verify: the
@@ -109,7 +109,11 @@ pub async fn recheck(state: &State, mut session: Session, deployment: &Deploymen
             _ => return end(state, &session, EndReason::Revoked).await,
         }
     }
-    let claims = token::Claims(session.claims.clone().into_iter().collect());
+    let claims = session
+        .claims
+        .clone()
+        .into_iter()
+        .collect::<token::Claims>();
     if crate::policy::authorize(&deployment.messenger.authentication.require, &claims).is_err() {
         return end(state, &session, EndReason::Revoked).await;
     }

@@ -190,7 +190,7 @@ mod tests {
     use serde_json::json;
 
     fn claims(value: serde_json::Value) -> Claims {
-        Claims(serde_json::from_value(value).unwrap())
+        serde_json::from_value(value).unwrap()
     }
 
     fn good(now: u64) -> serde_json::Value {

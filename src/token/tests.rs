@@ -1190,3 +1190,58 @@ fn the_quick_header_read_agrees_with_jsonwebtoken() {
         }
     }
 }
+
+#[test]
+fn claims_are_found_by_name_in_any_order() {
+    let claims: Claims = serde_json::from_str(
+        r#"{"sub":"ada","aud":["a","b"],"exp":7,"zz":null,"iss":"https://op","a":1}"#,
+    )
+    .unwrap();
+    assert_eq!(claims.str("sub"), Some("ada"));
+    assert_eq!(claims.str("iss"), Some("https://op"));
+    assert_eq!(claims.number("exp"), Some(7));
+    assert_eq!(claims.number("a"), Some(1));
+    assert_eq!(claims.get("zz"), Some(&Value::Null));
+    assert_eq!(claims.get("nope"), None);
+    assert_eq!(claims.get(""), None);
+    assert_eq!(claims.audiences(), ["a", "b"]);
+    let names: Vec<&str> = claims.iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["a", "aud", "exp", "iss", "sub", "zz"]);
+}
+
+#[test]
+fn a_claim_named_twice_is_refused_wherever_the_two_stand() {
+    for json in [
+        r#"{"sub":"a","sub":"b"}"#,
+        r#"{"sub":"a","x":1,"y":2,"sub":"b"}"#,
+        r#"{"x":1,"y":2,"z":3,"y":4}"#,
+        r#"{"m":1,"a":1,"z":1,"m":2,"b":3}"#,
+    ] {
+        let error = serde_json::from_str::<Claims>(json).unwrap_err();
+        assert!(
+            error.to_string().contains(DUPLICATE_CLAIM),
+            "{json}: {error}"
+        );
+    }
+    assert!(serde_json::from_str::<Claims>(r#"{"sub":"a","Sub":"b"}"#).is_ok());
+    assert!(serde_json::from_str::<Claims>(r#"["sub","a"]"#).is_err());
+}
+
+#[test]
+fn claims_collected_from_pairs_keep_the_last_of_one_name() {
+    let claims: Claims = [
+        ("sub".to_string(), json!("first")),
+        ("aud".to_string(), json!("x")),
+        ("sub".to_string(), json!("second")),
+        ("exp".to_string(), json!(1)),
+        ("sub".to_string(), json!("last")),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(claims.str("sub"), Some("last"));
+    let names: Vec<&str> = claims.iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["aud", "exp", "sub"]);
+    let map = claims.to_map();
+    assert_eq!(map.len(), 3);
+    assert_eq!(claims, map.into_iter().collect::<Claims>());
+}
