@@ -175,71 +175,155 @@ fn claim_header_value(value: &Value) -> Option<String> {
 /// Which deployment admitted the request: the one identity header every
 /// deployment sends, with or without authentication (the only one an
 /// auth-disabled deployment sends, since nobody was identified).
-pub fn deployment_header(deployment: &str, prefix: &str) -> (String, String) {
-    (format!("{prefix}Deployment"), header_value(deployment))
+pub fn deployment_header(
+    deployment: &str,
+    names: &HeaderNames<WireName>,
+) -> Result<WireHeader, String> {
+    WireHeader::new(&names.deployment, &header_value(deployment))
 }
 
-/// A header as portcullis hands it to Pingora, made once and inserted into
-/// many requests: the name parsed (a request inserts a clone, parsed no
-/// more), its spelling as configured (the case the backend sees), and the
-/// value checked.
+/// A header name as portcullis hands it to Pingora: parsed once, when the
+/// configuration is compiled, with its spelling as configured (the case the
+/// backend sees). Clones share both (`HeaderName` and `Bytes` count
+/// references), so every identity rendered for a deployment carries its
+/// names without copying or parsing them again.
 #[derive(Debug, Clone)]
-pub struct WireHeader {
+pub struct WireName {
     name: http::HeaderName,
     spelling: bytes::Bytes,
+}
+
+impl WireName {
+    pub fn new(spelling: String) -> Result<Self, String> {
+        let name = http::HeaderName::from_bytes(spelling.as_bytes())
+            .map_err(|e| format!("{spelling}: {e}"))?;
+        Ok(WireName {
+            name,
+            spelling: bytes::Bytes::from(spelling),
+        })
+    }
+
+    pub fn spelling(&self) -> &str {
+        // Made from a `String` in `new`.
+        std::str::from_utf8(&self.spelling).unwrap_or_default()
+    }
+}
+
+/// A header made once and inserted into many requests: its [`WireName`]
+/// and the value, checked.
+#[derive(Debug, Clone)]
+pub struct WireHeader {
+    name: WireName,
     value: http::HeaderValue,
 }
 
 impl WireHeader {
-    pub fn new(name: String, value: &str) -> Result<Self, String> {
-        let parsed =
-            http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-        let value = http::HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?;
+    pub fn new(name: &WireName, value: &str) -> Result<Self, String> {
+        let value =
+            http::HeaderValue::from_str(value).map_err(|e| format!("{}: {e}", name.spelling()))?;
         Ok(WireHeader {
-            name: parsed,
-            spelling: bytes::Bytes::from(name),
+            name: name.clone(),
             value,
         })
     }
 
     /// Sets this header on `req`, replacing any of the same name.
     pub fn insert_into(&self, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
-        req.insert_parsed_header(&self.name, self.spelling.clone(), self.value.clone())
+        req.insert_parsed_header(
+            &self.name.name,
+            self.name.spelling.clone(),
+            self.value.clone(),
+        )
     }
 }
 
-/// The identity headers for the upstream request, names as configured
-/// (the prefix is `identity_header_prefix`, default `X-Auth-`).
-pub fn upstream_headers(
+/// The names of the identity headers one messenger sends under one prefix
+/// (`identity_header_prefix`, default `X-Auth-`), in the order they are
+/// sent: as spelled (`HeaderNames<String>`, [`HeaderNames::spelled`]) or
+/// parsed for the wire (`HeaderNames<WireName>`, made once per deployment
+/// when the configuration is compiled).
+#[derive(Debug, Clone)]
+pub struct HeaderNames<N> {
+    subject: N,
+    issuer: N,
+    deployment: N,
+    session: N,
+    email: N,
+    email_verified: N,
+    name: N,
+    groups: N,
+    /// `identity_headers`: a header and the claim it carries.
+    mapped: Vec<(N, String)>,
+}
+
+impl HeaderNames<String> {
+    pub fn spelled(messenger: &Messenger, prefix: &str) -> Self {
+        HeaderNames {
+            subject: format!("{prefix}Subject"),
+            issuer: format!("{prefix}Issuer"),
+            deployment: format!("{prefix}Deployment"),
+            session: format!("{prefix}Session"),
+            email: format!("{prefix}Email"),
+            email_verified: format!("{prefix}Email-Verified"),
+            name: format!("{prefix}Name"),
+            groups: format!("{prefix}Groups"),
+            mapped: messenger
+                .identity_headers
+                .iter()
+                .map(|(header, claim)| (header.clone(), claim.clone()))
+                .collect(),
+        }
+    }
+
+    /// Each name parsed for the wire; an error names the first that is
+    /// not a header name (`check` refuses such a configuration first).
+    pub fn parsed(self) -> Result<HeaderNames<WireName>, String> {
+        Ok(HeaderNames {
+            subject: WireName::new(self.subject)?,
+            issuer: WireName::new(self.issuer)?,
+            deployment: WireName::new(self.deployment)?,
+            session: WireName::new(self.session)?,
+            email: WireName::new(self.email)?,
+            email_verified: WireName::new(self.email_verified)?,
+            name: WireName::new(self.name)?,
+            groups: WireName::new(self.groups)?,
+            mapped: self
+                .mapped
+                .into_iter()
+                .map(|(header, claim)| Ok((WireName::new(header)?, claim)))
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
+/// The identity headers for the upstream request, each with its name from
+/// `names`: which are sent and with what values.
+pub fn identity_headers<'n, N>(
     identity: &Identity,
-    messenger: &Messenger,
-    prefix: &str,
-) -> Vec<(String, String)> {
+    names: &'n HeaderNames<N>,
+) -> Vec<(&'n N, String)> {
     let mut headers = vec![
-        (format!("{prefix}Subject"), header_value(&identity.subject)),
-        (format!("{prefix}Issuer"), header_value(&identity.issuer)),
-        deployment_header(&identity.deployment, prefix),
-        (format!("{prefix}Session"), header_value(&identity.session)),
+        (&names.subject, header_value(&identity.subject)),
+        (&names.issuer, header_value(&identity.issuer)),
+        (&names.deployment, header_value(&identity.deployment)),
+        (&names.session, header_value(&identity.session)),
     ];
     if let Some(email) = &identity.email {
-        headers.push((format!("{prefix}Email"), header_value(email)));
+        headers.push((&names.email, header_value(email)));
         // Beside the address, never alone: the backend needs both to trust
         // it, and a verification flag for no address would mean nothing.
-        headers.push((
-            format!("{prefix}Email-Verified"),
-            identity.email_verified.to_string(),
-        ));
+        headers.push((&names.email_verified, identity.email_verified.to_string()));
     }
     if let Some(name) = &identity.name {
-        headers.push((format!("{prefix}Name"), header_value(name)));
+        headers.push((&names.name, header_value(name)));
     }
     let groups = list_header_value(identity.groups.iter().map(String::as_str));
     if !groups.is_empty() {
-        headers.push((format!("{prefix}Groups"), groups));
+        headers.push((&names.groups, groups));
     }
-    for (header, claim) in &messenger.identity_headers {
+    for (header, claim) in &names.mapped {
         if let Some(value) = identity.claims.get(claim).and_then(claim_header_value) {
-            headers.push((header.clone(), value));
+            headers.push((header, value));
         }
     }
     headers
@@ -304,7 +388,7 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 pub struct Rendered {
     pub identity: Identity,
     /// Names as configured (`X-Auth-Subject`: the case the backend sees),
-    /// parsed once, when rendered.
+    /// shared with the deployment's [`HeaderNames`].
     pub headers: Vec<WireHeader>,
     assertion: parking_lot::Mutex<Option<SignedAssertion>>,
 }
@@ -378,8 +462,8 @@ impl SharedAssertions {
 }
 
 impl Rendered {
-    pub fn new(identity: Identity, messenger: &Messenger, prefix: &str) -> Result<Self, String> {
-        let headers = upstream_headers(&identity, messenger, prefix)
+    pub fn new(identity: Identity, names: &HeaderNames<WireName>) -> Result<Self, String> {
+        let headers = identity_headers(&identity, names)
             .into_iter()
             .map(|(name, value)| WireHeader::new(name, &value))
             .collect::<Result<Vec<_>, String>>()?;
@@ -448,6 +532,19 @@ mod tests {
 
     fn identity(claims: Value) -> Identity {
         identity_at(claims, "dep-1", "s-123")
+    }
+
+    /// The identity headers as spelled for `messenger` under `prefix`.
+    fn upstream_headers(
+        identity: &Identity,
+        messenger: &Messenger,
+        prefix: &str,
+    ) -> Vec<(String, String)> {
+        let names = HeaderNames::spelled(messenger, prefix);
+        identity_headers(identity, &names)
+            .into_iter()
+            .map(|(name, value)| (name.clone(), value))
+            .collect()
     }
 
     fn identity_at(claims: Value, deployment: &str, session: &str) -> Identity {
@@ -638,16 +735,29 @@ mod tests {
 
     #[test]
     fn an_anonymous_request_names_only_its_deployment() {
-        assert_eq!(
-            deployment_header("web-1", "X-Auth-"),
-            ("X-Auth-Deployment".to_string(), "web-1".to_string())
-        );
-        // The configured prefix is used, and the value is sanitized like
-        // every identity header.
-        assert_eq!(
-            deployment_header("d\r\n", "X-Edge-"),
-            ("X-Edge-Deployment".to_string(), "d".to_string())
-        );
+        // The configured prefix is used, spelled as configured, and the
+        // value is sanitized like every identity header.
+        for (id, prefix, wire) in [
+            ("web-1", "X-Auth-", "X-Auth-Deployment: web-1\r\n"),
+            ("d\r\n", "X-Edge-", "X-Edge-Deployment: d\r\n"),
+        ] {
+            let names = wire_names(prefix);
+            let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+            deployment_header(id, &names)
+                .unwrap()
+                .insert_into(&mut req)
+                .unwrap();
+            let mut buf = Vec::new();
+            req.header_to_h1_wire(&mut buf);
+            assert_eq!(String::from_utf8(buf).unwrap(), wire);
+        }
+    }
+
+    /// The wire names of an open messenger's headers under `prefix`.
+    fn wire_names(prefix: &str) -> HeaderNames<WireName> {
+        HeaderNames::spelled(&open_messenger(), prefix)
+            .parsed()
+            .unwrap()
     }
 
     /// A messenger without authentication, as the config parser builds it.
@@ -662,14 +772,18 @@ mod tests {
 
     #[test]
     fn rendered_assertions_are_reused_for_half_their_lifetime() {
-        let messenger = open_messenger();
-        let rendered = Rendered::new(identity(json!({"sub": "u"})), &messenger, "X-Auth-").unwrap();
-        assert!(rendered
-            .headers
-            .iter()
-            .any(|h| h.spelling == "X-Auth-Subject"
-                && h.name == "x-auth-subject"
-                && h.value == "u"));
+        let rendered =
+            Rendered::new(identity(json!({"sub": "u"})), &wire_names("X-Auth-")).unwrap();
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        for header in &rendered.headers {
+            header.insert_into(&mut req).unwrap();
+        }
+        assert_eq!(req.headers.get("x-auth-subject").unwrap(), "u");
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        assert!(String::from_utf8(wire)
+            .unwrap()
+            .starts_with("X-Auth-Subject: u\r\n"));
         let key = SigningKey::generate().unwrap();
         let first = rendered
             .assertion(1000, &key, "portcullis", "chat")
@@ -700,8 +814,8 @@ mod tests {
 
     #[test]
     fn a_signing_key_rotation_never_serves_an_assertion_of_the_old_key() {
-        let messenger = open_messenger();
-        let rendered = Rendered::new(identity(json!({"sub": "u"})), &messenger, "X-Auth-").unwrap();
+        let rendered =
+            Rendered::new(identity(json!({"sub": "u"})), &wire_names("X-Auth-")).unwrap();
         let (old, new) = (
             SigningKey::generate().unwrap(),
             SigningKey::generate().unwrap(),
@@ -751,8 +865,7 @@ mod tests {
     fn bearer(claims: Value, token_id: &str) -> Rendered {
         Rendered::new(
             identity_at(claims, "dep-1", token_id),
-            &open_messenger(),
-            "X-Auth-",
+            &wire_names("X-Auth-"),
         )
         .unwrap()
     }
@@ -831,8 +944,7 @@ mod tests {
         }
         let other_deployment = Rendered::new(
             identity_at(claims.clone(), "dep-2", "t-dddddddddddddddddddddddd"),
-            &open_messenger(),
-            "X-Auth-",
+            &wire_names("X-Auth-"),
         )
         .unwrap();
         assert_ne!(

@@ -97,6 +97,9 @@ pub struct DeploymentRt {
     pub provider: Option<Arc<ProviderService>>,
     /// The id as a shared string, for metric labels and the registry.
     pub label: Arc<str>,
+    /// The identity headers' names, parsed once: every identity rendered
+    /// for this deployment shares them.
+    pub identity_names: crate::identity::HeaderNames<crate::identity::WireName>,
     /// `X-Auth-Deployment` (under the configured prefix) as it goes
     /// upstream on every request, rendered once.
     pub deployment_header: crate::identity::WireHeader,
@@ -338,11 +341,7 @@ impl Runtime {
     ) -> Result<Rendered, String> {
         let identity =
             crate::identity::Identity::from_claims(claims, deployment.label.clone(), session);
-        Rendered::new(
-            identity,
-            &deployment.messenger,
-            &self.config.identity_header_prefix,
-        )
+        Rendered::new(identity, &deployment.identity_names)
     }
 
     /// Empties the caches of verified tokens and rendered identities. A
@@ -422,6 +421,9 @@ impl Runtime {
             ) else {
                 return Err(format!("deployment {}: unresolved reference", d.id));
             };
+            let identity_names =
+                crate::identity::HeaderNames::spelled(messenger, &config.identity_header_prefix)
+                    .parsed()?;
             deployments.insert(
                 d.id.clone(),
                 Arc::new(DeploymentRt {
@@ -435,7 +437,8 @@ impl Runtime {
                         .and_then(|p| providers.get(p))
                         .cloned(),
                     label: Arc::from(d.id.as_str()),
-                    deployment_header: deployment_header(&d.id, &config.identity_header_prefix)?,
+                    deployment_header: crate::identity::deployment_header(&d.id, &identity_names)?,
+                    identity_names,
                     allowed: Default::default(),
                 }),
             );
@@ -527,12 +530,6 @@ impl Runtime {
 /// Whether a config path is in a listener's or the admin's `tls` block.
 fn is_tls_path(path: &str) -> bool {
     path.starts_with("admin.tls") || (path.starts_with("listen[") && path.contains("].tls"))
-}
-
-/// `X-Auth-Deployment` for `id` under `prefix`, as sent upstream.
-fn deployment_header(id: &str, prefix: &str) -> Result<crate::identity::WireHeader, String> {
-    let (name, value) = crate::identity::deployment_header(id, prefix);
-    crate::identity::WireHeader::new(name, &value)
 }
 
 fn note_certificates_rejected(metrics: &Metrics) {
