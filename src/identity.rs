@@ -207,6 +207,15 @@ impl WireName {
         // Made from a `String` in `new`.
         std::str::from_utf8(&self.spelling).unwrap_or_default()
     }
+
+    /// Sets a header of this name on `req`, replacing any of the same name.
+    pub fn insert_into(
+        &self,
+        req: &mut pingora::http::RequestHeader,
+        value: http::HeaderValue,
+    ) -> pingora::Result<()> {
+        req.insert_parsed_header(&self.name, self.spelling.clone(), value)
+    }
 }
 
 /// A header made once and inserted into many requests: its [`WireName`]
@@ -229,11 +238,7 @@ impl WireHeader {
 
     /// Sets this header on `req`, replacing any of the same name.
     pub fn insert_into(&self, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
-        req.insert_parsed_header(
-            &self.name.name,
-            self.name.spelling.clone(),
-            self.value.clone(),
-        )
+        self.name.insert_into(req, self.value.clone())
     }
 }
 
@@ -252,6 +257,8 @@ pub struct HeaderNames<N> {
     email_verified: N,
     name: N,
     groups: N,
+    /// `X-Auth-Assertion`, sent where the messenger signs one.
+    pub assertion: N,
     /// `identity_headers`: a header and the claim it carries.
     mapped: Vec<(N, String)>,
 }
@@ -267,6 +274,7 @@ impl HeaderNames<String> {
             email_verified: format!("{prefix}Email-Verified"),
             name: format!("{prefix}Name"),
             groups: format!("{prefix}Groups"),
+            assertion: format!("{prefix}Assertion"),
             mapped: messenger
                 .identity_headers
                 .iter()
@@ -287,6 +295,7 @@ impl HeaderNames<String> {
             email_verified: WireName::new(self.email_verified)?,
             name: WireName::new(self.name)?,
             groups: WireName::new(self.groups)?,
+            assertion: WireName::new(self.assertion)?,
             mapped: self
                 .mapped
                 .into_iter()
@@ -719,11 +728,12 @@ mod tests {
         let id = identity(json!({
             "sub": "u", "iss": "i", "email": "a@b.c", "name": "n", "groups": ["g"]
         }));
-        let mut names: Vec<String> = upstream_headers(&id, &messenger_mapping("{}"), "X-Auth-")
+        let messenger = messenger_mapping("{}");
+        let mut names: Vec<String> = upstream_headers(&id, &messenger, "X-Auth-")
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        names.push("X-Auth-Assertion".into());
+        names.push(HeaderNames::spelled(&messenger, "X-Auth-").assertion);
         for name in names {
             let suffix = crate::config::normalize_header_name(&name["X-Auth-".len()..]);
             assert!(

@@ -423,7 +423,8 @@ impl Runtime {
             };
             let identity_names =
                 crate::identity::HeaderNames::spelled(messenger, &config.identity_header_prefix)
-                    .parsed()?;
+                    .parsed()
+                    .map_err(|e| format!("deployment {}: identity header {e}", d.id))?;
             deployments.insert(
                 d.id.clone(),
                 Arc::new(DeploymentRt {

@@ -564,6 +564,51 @@ fn identity_headers_may_not_replace_the_built_in_ones() {
 }
 
 #[test]
+fn identity_headers_may_not_share_a_name() {
+    // Alike as a backend may read them: any case, `_` as `-`.
+    for other in ["x-auth-tenant", "X_Auth_Tenant"] {
+        let errors = errors_after(
+            "identity_headers: {X-Auth-Tenant: tenant_id}",
+            &format!("identity_headers: {{X-Auth-Tenant: tenant_id, {other}: org}}"),
+        );
+        assert_error(
+            &errors,
+            &format!("messengers.support.identity_headers.{other}"),
+            "another identity header has the same name",
+        );
+    }
+    let c = parse_text(&GOOD.replacen(
+        "identity_headers: {X-Auth-Tenant: tenant_id}",
+        "identity_headers: {X-Auth-Tenant: tenant_id, X-Auth-Tenants: org}",
+        1,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.messengers["support"].identity_headers.len(), 2);
+}
+
+#[test]
+fn the_identity_prefix_has_a_length() {
+    let with_prefix = |prefix: &str| {
+        GOOD.replacen(
+            "public_url: https://chat.example.com",
+            &format!("public_url: https://chat.example.com\nidentity_header_prefix: {prefix}"),
+            1,
+        )
+        .replacen(
+            "identity_headers: {X-Auth-Tenant: tenant_id}",
+            &format!("identity_headers: {{{prefix}Tenant: tenant_id}}"),
+            1,
+        )
+    };
+    let longest = format!("X-{}", "a".repeat(62));
+    assert!(parse_text(&with_prefix(&longest)).is_ok());
+    let errors = parse_text(&with_prefix(&format!("{longest}a"))).unwrap_err();
+    assert_error(&errors, "identity_header_prefix", "2 to 64 characters");
+    let errors = parse_text(&with_prefix("X")).unwrap_err();
+    assert_error(&errors, "identity_header_prefix", "2 to 64 characters");
+}
+
+#[test]
 fn unverified_emails_are_an_opt_out_beside_email_domains_only() {
     let c = parse_text(GOOD).unwrap();
     assert!(

@@ -937,14 +937,18 @@ fn identity_prefix(c: &mut Checker, value: &Value) -> String {
         .decode::<Option<String>>("identity_header_prefix", value)
         .flatten()
         .unwrap_or_else(|| "X-Auth-".to_string());
-    if prefix.len() < 2 || !is_header_name(&prefix) {
+    if prefix.len() < 2 || prefix.len() > MAX_IDENTITY_PREFIX || !is_header_name(&prefix) {
         c.error(
             "identity_header_prefix",
-            "must be the start of a header name, at least 2 characters (default X-Auth-)",
+            format!("must be the start of a header name, 2 to {MAX_IDENTITY_PREFIX} characters (default X-Auth-)"),
         );
     }
     prefix
 }
+
+/// The longest `identity_header_prefix`: room for any header name a
+/// backend would take, far below what a header name may be.
+const MAX_IDENTITY_PREFIX: usize = 64;
 
 fn messengers(
     c: &mut Checker,
@@ -1033,6 +1037,7 @@ fn messengers(
             .unwrap_or_default();
         let session = session_lifetimes(c, &format!("{path}.session"), m.session);
         let prefix_lower = normalize_header_name(identity_prefix);
+        let mut mapped_names = HashSet::new();
         for header in m.identity_headers.keys() {
             let hp = format!("{path}.identity_headers.{header}");
             if !is_header_name(header) {
@@ -1050,6 +1055,13 @@ fn messengers(
                 c.error(
                     hp,
                     "portcullis sends this header itself: choose another name",
+                );
+            } else if !mapped_names.insert(normalize_header_name(header)) {
+                // Header names ignore case, and many servers read `_` as `-`:
+                // a backend could see two values under one name.
+                c.error(
+                    hp,
+                    "another identity header has the same name (up to case and `_`/`-`)",
                 );
             }
         }

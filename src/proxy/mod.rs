@@ -918,7 +918,6 @@ fn add_identity(
     auth: &Authenticated,
     req: &mut RequestHeader,
 ) -> Result<()> {
-    let prefix = &runtime.config.identity_header_prefix;
     let messenger = &target.deployment.messenger;
     for header in &auth.rendered.headers {
         header.insert_into(req)?;
@@ -937,7 +936,11 @@ fn add_identity(
                 &target.deployment.upstream.config.name,
             )
             .or_else(|e| Error::e_explain(InternalError, e))?;
-        req.insert_header(format!("{prefix}Assertion"), assertion)?;
+        target
+            .deployment
+            .identity_names
+            .assertion
+            .insert_into(req, assertion)?;
     }
     Ok(())
 }

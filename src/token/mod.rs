@@ -66,7 +66,9 @@ impl Claims {
     }
     /// Every claim as a JSON object (a session record keeps them so).
     pub fn to_map(&self) -> serde_json::Map<String, Value> {
-        self.0.iter().cloned().collect()
+        self.iter()
+            .map(|(name, value)| (name.to_owned(), value.clone()))
+            .collect()
     }
 }
 

@@ -1216,6 +1216,8 @@ fn a_claim_named_twice_is_refused_wherever_the_two_stand() {
         r#"{"sub":"a","x":1,"y":2,"sub":"b"}"#,
         r#"{"x":1,"y":2,"z":3,"y":4}"#,
         r#"{"m":1,"a":1,"z":1,"m":2,"b":3}"#,
+        // The same name behind a JSON escape is the same name.
+        r#"{"sub":"a","s\u0075b":"b"}"#,
     ] {
         let error = serde_json::from_str::<Claims>(json).unwrap_err();
         assert!(
