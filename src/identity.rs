@@ -1,6 +1,7 @@
 //! Who the request is from, as the backend learns it: the identity built
 //! from verified claims, and the headers (and signed assertion) that carry
-//! it upstream. Header values are sanitized here, once.
+//! it upstream, under names each deployment parses once (`HeaderNames`).
+//! Header values are sanitized here, once.
 
 use std::sync::Arc;
 
