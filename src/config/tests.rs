@@ -102,6 +102,12 @@ fn errors_after(from: &str, to: &str) -> ConfigErrors {
     parse_text(&GOOD.replacen(from, to, 1)).expect_err("the edited file should be invalid")
 }
 
+/// GOOD with `from` replaced by `to`, which must still be valid.
+fn parsed_after(from: &str, to: &str) -> Config {
+    assert!(GOOD.contains(from), "test bug: {from:?} not in GOOD");
+    parse_text(&GOOD.replacen(from, to, 1)).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn assert_error(errors: &ConfigErrors, path: &str, message: &str) {
     assert!(
         errors.contains(path, message),
@@ -193,12 +199,10 @@ routes: [{path_prefix: /v1}]
 
 #[test]
 fn an_upstream_read_timeout_is_taken_within_its_bounds() {
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "    tls: false\n",
         "    tls: false\n    read_timeout: 250ms\n",
-        1,
-    ))
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert_eq!(c.upstreams["chat"].read_timeout, Duration::from_millis(250));
     for refused in ["0s", "50ms", "2h"] {
         assert_error(
@@ -418,12 +422,10 @@ fn admin_off_loopback_needs_a_token() {
         "admin.token",
         "required when the admin address is not loopback",
     );
-    let ok = parse_text(&GOOD.replacen(
+    let ok = parsed_after(
         "address: 127.0.0.1:9090",
         "address: 0.0.0.0:9090\n  token: {env: PORTCULLIS_ADMIN_TOKEN}",
-        1,
-    ))
-    .unwrap();
+    );
     assert_eq!(ok.admin.unwrap().token.unwrap().expose(), "admin-token");
 }
 
@@ -478,7 +480,7 @@ fn durations_are_parsed_and_bounded() {
         "messengers.support.session.idle_timeout",
         "must not exceed max_lifetime",
     );
-    let c = parse_text(&GOOD.replacen("clock_skew: 60s", "clock_skew: 30", 1)).unwrap();
+    let c = parsed_after("clock_skew: 60s", "clock_skew: 30");
     assert_eq!(c.providers["okta"].clock_skew, Duration::from_secs(30));
 }
 
@@ -492,12 +494,10 @@ fn urls_are_https_except_on_loopback() {
         "providers.okta.issuer",
         "must use https",
     );
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "issuer: https://example.okta.com",
         "issuer: http://127.0.0.1:3000",
-        1,
-    ))
-    .unwrap();
+    );
     assert_eq!(
         c.providers["okta"].issuer,
         "http://127.0.0.1:3000/oauth2/default"
@@ -554,12 +554,10 @@ fn identity_headers_may_not_replace_the_built_in_ones() {
         );
     }
     // Longer names that start like one are the operator's.
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "identity_headers: {X-Auth-Tenant: tenant_id}",
         "identity_headers: {X-Auth-Email-Verified-At: verified_at}",
-        1,
-    ))
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert_eq!(c.messengers["support"].identity_headers.len(), 1);
 }
 
@@ -577,12 +575,10 @@ fn identity_headers_may_not_share_a_name() {
             "another identity header has the same name",
         );
     }
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "identity_headers: {X-Auth-Tenant: tenant_id}",
         "identity_headers: {X-Auth-Tenant: tenant_id, X-Auth-Tenants: org}",
-        1,
-    ))
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert_eq!(c.messengers["support"].identity_headers.len(), 2);
 }
 
@@ -618,12 +614,10 @@ fn unverified_emails_are_an_opt_out_beside_email_domains_only() {
             .allow_unverified_email,
         "verified addresses by default"
     );
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "email_domains: [Example.com]",
         "email_domains: [Example.com]\n        allow_unverified_email: true",
-        1,
-    ))
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert!(
         c.messengers["support"]
             .authentication
@@ -741,12 +735,10 @@ fn keys_for_what_is_not_built_are_refused() {
     );
     // The hosted product's paths are built (the token API serves them):
     // accepted, and carried into the model the endpoints read.
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "compat: {hosted_paths: false}",
         "compat: {hosted_paths: true}",
-        1,
-    ))
-    .unwrap();
+    );
     assert!(c.compat.hosted_paths);
     assert!(!parse_text(GOOD).unwrap().compat.hosted_paths);
 }
@@ -754,8 +746,7 @@ fn keys_for_what_is_not_built_are_refused() {
 #[test]
 fn the_memory_store_budget_is_a_size_in_bounds() {
     let budget = |text: &str| {
-        parse_text(&GOOD.replacen("store: memory", text, 1))
-            .unwrap()
+        parsed_after("store: memory", text)
             .sessions
             .memory_max_bytes
     };
@@ -1057,7 +1048,7 @@ fn previous_cookie_keys_are_checked_like_the_current_one() {
 
 #[test]
 fn tls_upstreams_on_ip_addresses_need_a_server_name() {
-    let c = parse_text(&GOOD.replacen("    tls: false\n", "    tls: true\n", 1)).unwrap();
+    let c = parsed_after("    tls: false\n", "    tls: true\n");
     assert_eq!(
         c.upstreams["chat"].sni, "chat-backend.internal",
         "the first server given by name"
@@ -1067,12 +1058,10 @@ fn tls_upstreams_on_ip_addresses_need_a_server_name() {
         "servers: [10.0.0.5:8080]\n    tls: true",
     );
     assert_error(&errors, "upstreams.chat.sni", "required when tls is true");
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "servers: [10.0.0.5:8080, \"chat-backend.internal:8080\"]\n    tls: false",
         "servers: [10.0.0.5:8080]\n    tls: true\n    sni: chat.internal",
-        1,
-    ))
-    .unwrap();
+    );
     assert_eq!(c.upstreams["chat"].sni, "chat.internal");
     assert_error(
         &errors_after(
@@ -1140,12 +1129,7 @@ fn token_api_settings_are_parsed_and_bounded() {
         c.messengers["support"].session.refresh_reuse_grace,
         Duration::from_secs(10)
     );
-    let c = parse_text(&GOOD.replacen(
-        "compat: {hosted_paths: false}",
-        "compat: {hosted_paths: true}\nrate_limits: {per_client: {per_minute: 30}, per_deployment: {per_minute: 900, burst: 50}}",
-        1,
-    ))
-    .unwrap();
+    let c = parsed_after("compat: {hosted_paths: false}", "compat: {hosted_paths: true}\nrate_limits: {per_client: {per_minute: 30}, per_deployment: {per_minute: 900, burst: 50}}");
     assert!(c.compat.hosted_paths);
     assert_eq!(
         c.rate_limits.per_client,
@@ -1234,12 +1218,10 @@ fn bearer_connections_close_at_exp_unless_told_otherwise() {
         c.messengers["support"].authentication.bearer_connections,
         BearerConnections::CloseAtExp
     );
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "      allow_session_upgrade: false\n",
         "      allow_session_upgrade: false\n      bearer_connections: until_idle\n",
-        1,
-    ))
-    .unwrap();
+    );
     assert_eq!(
         c.messengers["support"].authentication.bearer_connections,
         BearerConnections::UntilIdle
@@ -1259,18 +1241,15 @@ fn strip_headers_default_and_replace() {
     assert!(defaults.contains(&"x-original-url".to_string()));
     assert!(defaults.contains(&"x-http-method-override".to_string()));
     let forwarding = "forwarding: {trusted_proxies: [10.0.0.0/8, 192.0.2.1]}";
-    let replaced = parse_text(&GOOD.replacen(
+    let replaced = parsed_after(
         forwarding,
         "forwarding: {strip_headers: [X-Original-URL, X_Tenant_Route]}",
-        1,
-    ))
-    .unwrap();
+    );
     assert_eq!(
         replaced.forwarding.strip_headers,
         ["x-original-url", "x-tenant-route"]
     );
-    let none =
-        parse_text(&GOOD.replacen(forwarding, "forwarding: {strip_headers: []}", 1)).unwrap();
+    let none = parsed_after(forwarding, "forwarding: {strip_headers: []}");
     assert!(none.forwarding.strip_headers.is_empty());
 }
 
@@ -1448,12 +1427,10 @@ fn tls_listeners_take_sni_certificates_checked_at_their_paths() {
         "only on a TLS listener",
     );
     // The admin listener takes the same block.
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "  address: 127.0.0.1:9090\n",
         &format!("  address: 127.0.0.1:9090\n  tls: {{cert: \"{cert}\", key: \"{key}\"}}\n"),
-        1,
-    ))
-    .unwrap();
+    );
     assert!(c.admin.unwrap().tls.is_some());
     assert_error(
         &errors_after(
@@ -1472,12 +1449,10 @@ fn upstream_ca_files_are_read_and_need_tls() {
     let dir = tempfile::tempdir().unwrap();
     write_certificate(dir.path(), "up", &["chat.internal"]);
     let ca = dir.path().join("up-ca.pem").display().to_string();
-    let c = parse_text(&GOOD.replacen(
+    let c = parsed_after(
         "    tls: false\n",
         &format!("    tls: true\n    ca_file: \"{ca}\"\n"),
-        1,
-    ))
-    .unwrap();
+    );
     assert_eq!(
         c.upstreams["chat"].ca.as_ref().unwrap().certificates.len(),
         1
