@@ -117,7 +117,7 @@ pub struct Forwarded {
 /// in front of portcullis) has its values extended; anyone else's are
 /// replaced by what portcullis observed.
 pub fn forwarded(req: &RequestHeader, client: ClientInfo, trusted: bool) -> Forwarded {
-    let header = |name: &str| {
+    let header = |name: &HeaderName| {
         req.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -126,16 +126,16 @@ pub fn forwarded(req: &RequestHeader, client: ClientInfo, trusted: bool) -> Forw
             .map(str::to_string)
     };
     let peer = client.peer.map(|ip| ip.to_string());
-    let for_ = match (trusted, header("x-forwarded-for"), peer) {
+    let for_ = match (trusted, header(&X_FORWARDED_FOR), peer) {
         (true, Some(chain), Some(peer)) => Some(format!("{chain}, {peer}")),
         (_, _, peer) => peer,
     };
     let proto = if client.tls { "https" } else { "http" };
     let proto_passthrough =
-        header("x-forwarded-proto").filter(|p| trusted && (p == "http" || p == "https"));
-    let host = match (trusted, header("x-forwarded-host")) {
+        header(&X_FORWARDED_PROTO).filter(|p| trusted && (p == "http" || p == "https"));
+    let host = match (trusted, header(&X_FORWARDED_HOST)) {
         (true, Some(h)) => Some(h),
-        _ => header("host").or_else(|| req.uri.authority().map(|a| a.to_string())),
+        _ => header(&http::header::HOST).or_else(|| req.uri.authority().map(|a| a.to_string())),
     };
     Forwarded {
         for_,
@@ -148,11 +148,11 @@ pub fn forwarded(req: &RequestHeader, client: ClientInfo, trusted: bool) -> Forw
 /// Writes the forwarded headers, removing the client's own untrusted variants.
 pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
     for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-real-ip",
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &http::header::FORWARDED,
+        &X_REAL_IP,
     ] {
         while req.remove_header(name).is_some() {}
     }
@@ -177,6 +177,7 @@ pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Sets header `name` to `value`, sent spelled as the name is (lower
 /// case), without parsing the name again.
