@@ -49,12 +49,14 @@
 # cached fresh-rs256 fresh-es256`), and BASELINE_PORTCULLIS=BINARY: another
 # portcullis build (e.g. of the commit before a change) as the proxy
 # `portcullis-before`, pinned with the others and driven right after
-# `portcullis` in every run, with the same config on port 38087 (no
+# `portcullis` in every run, with the same config on port 27087 (no
 # cookie row: the provider knows only one callback).
 #
-# Everything listens on 127.0.0.1, on fixed ports: 38080 portcullis (39090
-# its admin), 38081 backend, 38082 bare Pingora, 38083 provider (38086
-# over TLS), 38084 nginx, 38085 Apache. Every server runs under `timeout` (SERVER_LIFETIME),
+# Everything listens on 127.0.0.1, on fixed ports: 27080 portcullis (27090
+# its admin), 27081 backend, 27082 bare Pingora, 27083 provider (27086
+# over TLS), 27084 nginx, 27085 Apache (all below the kernel's ephemeral
+# range, 32768 and up by default, so that no client socket of this or any
+# other test already holds one). Every server runs under `timeout` (SERVER_LIFETIME),
 # and the script stops exactly the processes it started.
 set -euo pipefail
 
@@ -98,16 +100,16 @@ WS_CONCURRENCY=${WS_CONCURRENCY:-16}
 SERVER_LIFETIME=${SERVER_LIFETIME:-3600}
 
 HOST=127.0.0.1
-PORTCULLIS_PORT=38080
-ADMIN_PORT=39090
-BACKEND_PORT=38081
-BARE_PORT=38082
-IDP_PORT=38083
-IDP_TLS_PORT=38086
-NGINX_PORT=38084
-APACHE_PORT=38085
-BASELINE_PORT=38087
-BASELINE_ADMIN_PORT=39091
+PORTCULLIS_PORT=27080
+ADMIN_PORT=27090
+BACKEND_PORT=27081
+BARE_PORT=27082
+IDP_PORT=27083
+IDP_TLS_PORT=27086
+NGINX_PORT=27084
+APACHE_PORT=27085
+BASELINE_PORT=27087
+BASELINE_ADMIN_PORT=27091
 ORIGIN=http://bench.localhost
 ISSUER=http://$HOST:$IDP_PORT
 folder=benches/compare
@@ -201,7 +203,7 @@ render "$folder/portcullis.yaml.in" "$work/portcullis.yaml"
 if [ -n "${BASELINE_PORTCULLIS:-}" ]; then
     PORTCULLIS_PORT=$BASELINE_PORT ADMIN_PORT=$BASELINE_ADMIN_PORT
     render "$folder/portcullis.yaml.in" "$work/portcullis-before.yaml"
-    PORTCULLIS_PORT=38080 ADMIN_PORT=39090
+    PORTCULLIS_PORT=27080 ADMIN_PORT=27090
 fi
 mkdir -p "$work/apache-run" "$work/nginx-tmp"
 
