@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use pingora::http::PrewrittenHeaders;
+
 use crate::config::Messenger;
 use crate::token::signing::{SigningKey, ASSERTION_TYP};
 use crate::token::Claims;
@@ -179,8 +181,26 @@ fn claim_header_value(value: &Value) -> Option<String> {
 pub fn deployment_header(
     deployment: &str,
     names: &HeaderNames<WireName>,
-) -> Result<WireHeader, String> {
-    WireHeader::new(&names.deployment, &header_value(deployment))
+) -> Result<PrewrittenHeaders, String> {
+    prewritten([(&names.deployment, header_value(deployment))])
+}
+
+/// Headers rendered once, as Pingora writes them on every request that
+/// carries them (vendor/pingora-http/PATCHED.md §2): their HTTP/1 lines
+/// made here, not per request; an error names the header whose value
+/// cannot be sent.
+fn prewritten<'n>(
+    headers: impl IntoIterator<Item = (&'n WireName, String)>,
+) -> Result<PrewrittenHeaders, String> {
+    let lines = headers
+        .into_iter()
+        .map(|(name, value)| {
+            http::HeaderValue::try_from(value)
+                .map(|value| (name.spelling.clone(), value))
+                .map_err(|e| format!("{}: {e}", name.spelling()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    PrewrittenHeaders::new(lines).map_err(|e| e.to_string())
 }
 
 /// A header name as portcullis hands it to Pingora: parsed once, when the
@@ -216,30 +236,6 @@ impl WireName {
         value: http::HeaderValue,
     ) -> pingora::Result<()> {
         req.insert_parsed_header(&self.name, self.spelling.clone(), value)
-    }
-}
-
-/// A header made once and inserted into many requests: its [`WireName`]
-/// and the value, checked.
-#[derive(Debug, Clone)]
-pub struct WireHeader {
-    name: WireName,
-    value: http::HeaderValue,
-}
-
-impl WireHeader {
-    pub fn new(name: &WireName, value: &str) -> Result<Self, String> {
-        let value =
-            http::HeaderValue::from_str(value).map_err(|e| format!("{}: {e}", name.spelling()))?;
-        Ok(WireHeader {
-            name: name.clone(),
-            value,
-        })
-    }
-
-    /// Sets this header on `req`, replacing any of the same name.
-    pub fn insert_into(&self, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
-        self.name.insert_into(req, self.value.clone())
     }
 }
 
@@ -397,9 +393,9 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 /// its own.
 pub struct Rendered {
     pub identity: Identity,
-    /// Names as configured (`X-Auth-Subject`: the case the backend sees),
-    /// shared with the deployment's [`HeaderNames`].
-    pub headers: Vec<WireHeader>,
+    /// The identity headers, names as configured (`X-Auth-Subject`: the
+    /// case the backend sees), their lines written once.
+    pub headers: PrewrittenHeaders,
     assertion: parking_lot::Mutex<Option<SignedAssertion>>,
 }
 
@@ -473,10 +469,7 @@ impl SharedAssertions {
 
 impl Rendered {
     pub fn new(identity: Identity, names: &HeaderNames<WireName>) -> Result<Self, String> {
-        let headers = identity_headers(&identity, names)
-            .into_iter()
-            .map(|(name, value)| WireHeader::new(name, &value))
-            .collect::<Result<Vec<_>, String>>()?;
+        let headers = prewritten(identity_headers(&identity, names))?;
         Ok(Rendered {
             identity,
             headers,
@@ -754,10 +747,7 @@ mod tests {
         ] {
             let names = wire_names(prefix);
             let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
-            deployment_header(id, &names)
-                .unwrap()
-                .insert_into(&mut req)
-                .unwrap();
+            req.set_prewritten_headers(deployment_header(id, &names).unwrap());
             let mut buf = Vec::new();
             req.header_to_h1_wire(&mut buf);
             assert_eq!(String::from_utf8(buf).unwrap(), wire);
@@ -786,10 +776,11 @@ mod tests {
         let rendered =
             Rendered::new(identity(json!({"sub": "u"})), &wire_names("X-Auth-")).unwrap();
         let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
-        for header in &rendered.headers {
-            header.insert_into(&mut req).unwrap();
-        }
-        assert_eq!(req.headers.get("x-auth-subject").unwrap(), "u");
+        req.set_prewritten_headers(rendered.headers.clone());
+        assert_eq!(
+            req.as_owned_parts().headers.get("x-auth-subject").unwrap(),
+            "u"
+        );
         let mut wire = Vec::new();
         req.header_to_h1_wire(&mut wire);
         assert!(String::from_utf8(wire)

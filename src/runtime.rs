@@ -102,7 +102,7 @@ pub struct DeploymentRt {
     pub identity_names: crate::identity::HeaderNames<crate::identity::WireName>,
     /// `X-Auth-Deployment` (under the configured prefix) as it goes
     /// upstream on every request, rendered once.
-    pub deployment_header: crate::identity::WireHeader,
+    pub deployment_header: pingora::http::PrewrittenHeaders,
     /// `portcullis_auth_decisions_total{deployment, method, outcome="allowed"}`
     /// per credential carrier, resolved on first use (a series appears only
     /// once it counts something) and then kept: the label lookup would be

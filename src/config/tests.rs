@@ -530,6 +530,26 @@ fn identity_headers_must_be_strippable() {
         "messengers.support.identity_headers.Cookie",
         "cannot carry identity",
     );
+    // Names portcullis sets on every upstream request, in any spelling a
+    // backend may fold into them, even under a prefix they start with.
+    for name in ["X-Request-Id", "x-real-ip", "X_Forwarded_For"] {
+        let text = GOOD
+            .replacen(
+                "public_url: https://chat.example.com",
+                "public_url: https://chat.example.com\nidentity_header_prefix: X-",
+                1,
+            )
+            .replacen(
+                "identity_headers: {X-Auth-Tenant: tenant_id}",
+                &format!("identity_headers: {{{name}: tenant_id}}"),
+                1,
+            );
+        assert_error(
+            &parse_text(&text).expect_err("a reserved name"),
+            &format!("messengers.support.identity_headers.{name}"),
+            "cannot carry identity",
+        );
+    }
     assert_error(
         &errors_after(
             "identity_headers: {X-Auth-Tenant: tenant_id}",

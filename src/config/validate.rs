@@ -65,6 +65,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "forwarded",
+    // Set (or, `X-Real-IP`, removed) by portcullis on every upstream
+    // request: an identity header of either name would be sent beside it.
+    "x-request-id",
+    "x-real-ip",
 ];
 
 const MIN_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -1042,7 +1046,9 @@ fn messengers(
             let hp = format!("{path}.identity_headers.{header}");
             if !is_header_name(header) {
                 c.error(hp, "not a valid header name");
-            } else if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+            } else if RESERVED_HEADERS.contains(&normalize_header_name(header).as_str()) {
+                // Normalized as for stripping: a backend that reads `_` as
+                // `-` would take `X_Forwarded_For` for the real one.
                 c.error(hp, "this header cannot carry identity");
             } else if !normalize_header_name(header).starts_with(&prefix_lower) {
                 c.error(

@@ -868,11 +868,11 @@ pub fn prepare_upstream_request(
 ) -> Result<()> {
     headers::strip_identity_headers(upstream_request, &runtime.strip);
     headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
-    // Room for what is added below (request id, identity or deployment,
-    // assertion, `X-Forwarded-*`), so that each header map's index table
-    // is rebuilt at most once.
-    let identity_headers = auth.map_or(1, |a| a.rendered.headers.len() + 1);
-    upstream_request.reserve_headers(identity_headers + ADDED_HEADERS)?;
+    // Room for what is added below to the header maps (request id,
+    // assertion, `X-Forwarded-*`), so that each map's index table is
+    // rebuilt at most once. The identity headers go beside the maps, their
+    // lines written once per identity (`set_prewritten_headers`).
+    upstream_request.reserve_headers(ADDED_HEADERS + usize::from(auth.is_some()))?;
     // After the strips (an identity prefix such as `X-` would match it):
     // whatever the client sent is replaced by the id this request was given.
     headers::insert_static(
@@ -895,10 +895,9 @@ pub fn prepare_upstream_request(
         }
         // A deployment without authentication still tells the backend
         // which deployment admitted the request (SPEC §4), and nothing else.
-        (None, Some(target)) => target
-            .deployment
-            .deployment_header
-            .insert_into(upstream_request)?,
+        (None, Some(target)) => {
+            upstream_request.set_prewritten_headers(target.deployment.deployment_header.clone())
+        }
         (_, None) => {}
     }
     let fwd = headers::forwarded(upstream_request, client, from_trusted_proxy);
@@ -919,9 +918,10 @@ fn add_identity(
     req: &mut RequestHeader,
 ) -> Result<()> {
     let messenger = &target.deployment.messenger;
-    for header in &auth.rendered.headers {
-        header.insert_into(req)?;
-    }
+    // Every name here starts with the identity prefix, so the client's
+    // copies are gone (`strip_identity_headers`), and none is one that
+    // portcullis adds itself (`check` refuses those: `RESERVED_HEADERS`).
+    req.set_prewritten_headers(auth.rendered.headers.clone());
     if messenger.assertion {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -339,7 +339,105 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
     );
     assert!(sent.contains("x-forwarded-for: 203.0.113.7\r\n"), "{sent}");
     assert!(sent.contains("x-forwarded-proto: http\r\n"), "{sent}");
-    assert_eq!(sent.matches("\r\n").count(), secure.headers.len(), "{sent}");
+    // One line per header: those in the map and the identity's, each once.
+    assert_eq!(
+        sent.matches("\r\n").count(),
+        secure.headers.len() + secure.prewritten_headers().len(),
+        "{sent}"
+    );
+    // Every header in the request's parts (the view HTTP/2 sends), the
+    // identity's among them.
+    let parts = secure.as_owned_parts();
+    assert_eq!(parts.headers.get("x-auth-subject").unwrap(), "248289761001");
+    assert_eq!(parts.headers.get_all("x-auth-subject").iter().count(), 1);
+    assert_eq!(sent.matches("\r\n").count(), parts.headers.len(), "{sent}");
+}
+
+fn h1_wire(req: &RequestHeader) -> String {
+    let mut buf = bytes::BytesMut::new();
+    req.header_to_h1_wire(&mut buf);
+    String::from_utf8(buf.to_vec()).unwrap()
+}
+
+fn prewritten(headers: &[(&'static str, &'static str)]) -> pingora::http::PrewrittenHeaders {
+    pingora::http::PrewrittenHeaders::new(
+        headers
+            .iter()
+            .map(|(name, value)| (*name, http::HeaderValue::from_static(value))),
+    )
+    .unwrap()
+}
+
+/// `set_prewritten_headers` (vendor/pingora-http/PATCHED.md §2): the lines
+/// rendered once go after the map's headers, spelled as given, and replace
+/// every header of their names, in either map, and whatever was
+/// prewritten before; a clone keeps them and the parts hold them.
+#[test]
+fn prewritten_headers_replace_their_names_and_follow_the_map() {
+    for keep_case in [true, false] {
+        let mut req = if keep_case {
+            request("/v1/chat", WEB)
+        } else {
+            RequestHeader::build_no_case("GET", b"/v1/chat", None).unwrap()
+        };
+        req.append_header("X-Auth-Subject", "spoofed").unwrap();
+        req.append_header("x-auth-subject", "again").unwrap();
+        req.append_header("X-Other", "kept").unwrap();
+        req.set_prewritten_headers(prewritten(&[("X-Auth-Name", "first")]));
+        req.set_prewritten_headers(prewritten(&[
+            ("X-Auth-Subject", "alice"),
+            ("X-AUTH-Groups", "a,b"),
+        ]));
+        let sent = h1_wire(&req);
+        assert!(
+            sent.ends_with("X-Auth-Subject: alice\r\nX-AUTH-Groups: a,b\r\n"),
+            "{sent}"
+        );
+        for gone in ["spoofed", "again", "first"] {
+            assert!(!sent.contains(gone), "{sent}");
+        }
+        assert!(
+            sent.to_ascii_lowercase().contains("x-other: kept\r\n"),
+            "{sent}"
+        );
+        // The two maps still in step: every other header once.
+        assert_eq!(
+            sent.matches("\r\n").count(),
+            req.headers.len() + 2,
+            "{sent}"
+        );
+        assert_eq!(h1_wire(&req.clone()), sent);
+        let parts = req.as_owned_parts();
+        assert_eq!(parts.headers.get("x-auth-groups").unwrap(), "a,b");
+        assert_eq!(parts.headers.len(), req.headers.len() + 2);
+        // A clone's parts are the map alone: cloning twice sends each
+        // prewritten header once, not once per clone.
+        assert_eq!(req.clone().clone().headers.len(), req.headers.len());
+    }
+}
+
+#[test]
+fn prewritten_headers_refuse_what_frames_the_message() {
+    let value = || http::HeaderValue::from_static("1");
+    for name in [
+        "Content-Length",
+        "transfer-encoding",
+        "Host",
+        "Connection",
+        "Upgrade",
+        "TE",
+        "Trailer",
+        "Keep-Alive",
+        "Proxy-Connection",
+    ] {
+        let refused = pingora::http::PrewrittenHeaders::new([("X-Fine", value()), (name, value())]);
+        let error = refused.expect_err(name).to_string();
+        assert!(error.contains("cannot be prewritten"), "{error}");
+    }
+    let refused = pingora::http::PrewrittenHeaders::new([("Bad Name", value())]);
+    assert!(refused.unwrap_err().to_string().contains("invalid"));
+    let none = pingora::http::PrewrittenHeaders::new(Vec::<(&str, _)>::new()).unwrap();
+    assert!(none.is_empty() && none.h1_lines().is_empty());
 }
 
 /// `insert_parsed_header` (vendor/pingora-http/PATCHED.md) takes a name

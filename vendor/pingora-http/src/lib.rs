@@ -89,6 +89,8 @@ pub struct RequestHeader {
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
+    // portcullis patch (PATCHED.md §2)
+    prewritten: PrewrittenHeaders,
 }
 
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
@@ -156,6 +158,7 @@ impl RequestHeader {
             header_name_map: None,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            prewritten: PrewrittenHeaders::default(),
         }
     }
 
@@ -274,7 +277,29 @@ impl RequestHeader {
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
+        // portcullis patch (PATCHED.md §2)
+        buf.put_slice(self.prewritten.h1_lines());
+    }
+
+    // portcullis patch (PATCHED.md §2): headers rendered once for many requests.
+    /// Adds `headers` to this request, replacing any header of the same names (as
+    /// [Self::insert_header()] does) and any headers prewritten before.
+    ///
+    /// They are kept apart from [Self::headers]: HTTP/1 writes their prewritten lines after
+    /// the other headers, and [Self::as_owned_parts()] (the HTTP/2 path) adds them to the
+    /// parts' map. Set them last: a header of the same name inserted afterwards would be sent
+    /// beside them.
+    pub fn set_prewritten_headers(&mut self, headers: PrewrittenHeaders) {
+        for (name, _) in headers.iter() {
+            remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name);
+        }
+        self.prewritten = headers;
+    }
+
+    /// The headers set by [Self::set_prewritten_headers()], empty if none were.
+    pub fn prewritten_headers(&self) -> &PrewrittenHeaders {
+        &self.prewritten
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -428,18 +453,27 @@ impl RequestHeader {
     /// URI, so an absolute-form or CONNECT target does not survive the conversion:
     /// rebuilding a [RequestHeader] from the result serializes the URI's origin-form path
     /// instead of the original bytes. [Clone] keeps it; [Self::set_raw_path()] restores it.
+    ///
+    /// portcullis patch (PATCHED.md §2): the parts' map holds the prewritten headers too.
     pub fn as_owned_parts(&self) -> ReqParts {
-        clone_req_parts(&self.base)
+        let mut parts = clone_req_parts(&self.base);
+        for (name, value) in self.prewritten.iter() {
+            parts.headers.append(name.clone(), value.clone());
+        }
+        parts
     }
 }
 
 impl Clone for RequestHeader {
     fn clone(&self) -> Self {
         Self {
-            base: self.as_owned_parts(),
+            // portcullis patch (PATCHED.md §2): the parts alone; the prewritten headers stay
+            // apart in the clone too.
+            base: clone_req_parts(&self.base),
             header_name_map: self.header_name_map.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
+            prewritten: self.prewritten.clone(),
         }
     }
 }
@@ -456,6 +490,7 @@ impl From<ReqParts> for RequestHeader {
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            prewritten: PrewrittenHeaders::default(),
         }
     }
 }
@@ -854,6 +889,93 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
             Cow::Owned(_) => RawTarget::Lossy(target.into()),
         },
     })
+}
+
+// portcullis patch (PATCHED.md §2)
+/// Request headers checked and rendered once, to be added to many requests with
+/// [RequestHeader::set_prewritten_headers()]: an HTTP/1 request gets their lines as
+/// rendered here, with no name parsed, no map entry made and no header map grown per request.
+///
+/// Cloning shares them (one reference count). Names keep the spelling given, for HTTP/1.
+#[derive(Debug, Clone, Default)]
+pub struct PrewrittenHeaders {
+    // None when empty, so that a request without prewritten headers allocates nothing.
+    rendered: Option<std::sync::Arc<RenderedHeaders>>,
+}
+
+#[derive(Debug)]
+struct RenderedHeaders {
+    /// `Name: value\r\n` for each header, in order.
+    h1_lines: Box<[u8]>,
+    parsed: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl PrewrittenHeaders {
+    /// Checks and renders `headers`, each a name as spelled on HTTP/1 and its value.
+    ///
+    /// A name that is not a header name is refused, and so is any header that frames or
+    /// routes the message or governs the connection (`Host`, `Content-Length`,
+    /// `Transfer-Encoding`, `Connection`, `Upgrade`, `TE`, `Trailer`, `Keep-Alive`,
+    /// `Proxy-Connection`): the HTTP/1 writer reads those from [RequestHeader::headers],
+    /// which does not hold prewritten headers.
+    pub fn new<N: AsRef<[u8]>>(headers: impl IntoIterator<Item = (N, HeaderValue)>) -> Result<Self> {
+        let mut h1_lines = Vec::new();
+        let mut parsed = Vec::new();
+        for (spelling, value) in headers {
+            let spelling = spelling.as_ref();
+            let name = HeaderName::from_bytes(spelling)
+                .explain_err(InvalidHTTPHeader, |_| "a prewritten header's name is invalid")?;
+            if is_framing_or_hop_by_hop(&name) {
+                return Error::e_explain(
+                    InvalidHTTPHeader,
+                    format!("`{name}` frames or routes the message and cannot be prewritten"),
+                );
+            }
+            h1_lines.extend_from_slice(spelling);
+            h1_lines.extend_from_slice(b": ");
+            h1_lines.extend_from_slice(value.as_bytes());
+            h1_lines.extend_from_slice(b"\r\n");
+            parsed.push((name, value));
+        }
+        if parsed.is_empty() {
+            return Ok(Self::default());
+        }
+        Ok(PrewrittenHeaders {
+            rendered: Some(std::sync::Arc::new(RenderedHeaders {
+                h1_lines: h1_lines.into_boxed_slice(),
+                parsed: parsed.into_boxed_slice(),
+            })),
+        })
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.rendered.as_ref().map_or(0, |r| r.parsed.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rendered.is_none()
+    }
+
+    /// Each header's name (parsed, lower case) and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.rendered
+            .iter()
+            .flat_map(|r| r.parsed.iter().map(|(name, value)| (name, value)))
+    }
+
+    /// The HTTP/1 lines, `Name: value\r\n` each, names as spelled.
+    pub fn h1_lines(&self) -> &[u8] {
+        self.rendered.as_ref().map_or(&[], |r| &r.h1_lines)
+    }
+}
+
+// portcullis patch (PATCHED.md §2)
+fn is_framing_or_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    [CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
