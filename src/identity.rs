@@ -196,18 +196,20 @@ fn prewritten<'n>(
         .into_iter()
         .map(|(name, value)| {
             http::HeaderValue::try_from(value)
-                .map(|value| (name.spelling.clone(), value))
+                .map(|value| (name.name.clone(), name.spelling.clone(), value))
                 .map_err(|e| format!("{}: {e}", name.spelling()))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    PrewrittenHeaders::new(lines).map_err(|e| e.to_string())
+    // The names as parsed when the configuration was compiled: none parsed
+    // again for a newly seen identity.
+    PrewrittenHeaders::from_parsed(lines).map_err(|e| e.to_string())
 }
 
 /// A header name as portcullis hands it to Pingora: parsed once, when the
 /// configuration is compiled, with its spelling as configured (the case the
 /// backend sees). Clones share both (`HeaderName` and `Bytes` count
-/// references), so every identity rendered for a deployment carries its
-/// names without copying or parsing them again.
+/// references), so rendering an identity's headers for a deployment
+/// (`PrewrittenHeaders::from_parsed`) neither copies nor parses a name.
 #[derive(Debug, Clone)]
 pub struct WireName {
     name: http::HeaderName,

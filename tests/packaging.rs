@@ -494,18 +494,37 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The triple rustc builds for by default, from `rustc -vV`.
+fn host_triple() -> String {
+    let out = run(Command::new("rustc").arg("-vV"));
+    assert!(out.status.success(), "rustc -vV: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc -vV names its host")
+        .trim()
+        .to_string()
+}
+
 /// Top-level paths of the repository that `cargo build --locked --release
 /// --bin portcullis` reads, each with why.
 fn paths_the_build_needs() -> BTreeMap<String, String> {
     let mut needed = BTreeMap::new();
     needed.insert("Cargo.toml".to_string(), "the manifest".to_string());
     needed.insert("Cargo.lock".to_string(), "--locked".to_string());
+    // Filtered to the host, whose packages the build has already fetched:
+    // unfiltered, `cargo metadata` resolves every platform's dependencies
+    // and, offline on a fresh machine, fails on a Windows-only crate it never
+    // downloaded (a CI run failed on `anstyle-wincon` so).
+    let host = host_triple();
     let out = run(Command::new(env!("CARGO")).current_dir(root()).args([
         "metadata",
         "--format-version",
         "1",
         "--locked",
         "--offline",
+        "--filter-platform",
+        &host,
     ]));
     assert!(out.status.success(), "cargo metadata: {}", describe(&out));
     let metadata: Json = serde_json::from_slice(&out.stdout).unwrap();

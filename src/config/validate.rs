@@ -55,6 +55,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "te",
     "trailer",
     "keep-alive",
+    "proxy-connection",
     "proxy-authorization",
     "sec-websocket-key",
     "sec-websocket-version",

@@ -407,9 +407,16 @@ fn prewritten_headers_replace_their_names_and_follow_the_map() {
             "{sent}"
         );
         assert_eq!(h1_wire(&req.clone()), sent);
-        let parts = req.as_owned_parts();
-        assert_eq!(parts.headers.get("x-auth-groups").unwrap(), "a,b");
-        assert_eq!(parts.headers.len(), req.headers.len() + 2);
+        // Both ways Pingora turns a request into parts for HTTP/2 (the
+        // upstream path converts by value) carry them.
+        for parts in [
+            req.as_owned_parts(),
+            http::request::Parts::from(req.clone()),
+        ] {
+            assert_eq!(parts.headers.get("x-auth-groups").unwrap(), "a,b");
+            assert_eq!(parts.headers.get("x-auth-subject").unwrap(), "alice");
+            assert_eq!(parts.headers.len(), req.headers.len() + 2);
+        }
         // A clone's parts are the map alone: cloning twice sends each
         // prewritten header once, not once per clone.
         assert_eq!(req.clone().clone().headers.len(), req.headers.len());
@@ -438,6 +445,43 @@ fn prewritten_headers_refuse_what_frames_the_message() {
     assert!(refused.unwrap_err().to_string().contains("invalid"));
     let none = pingora::http::PrewrittenHeaders::new(Vec::<(&str, _)>::new()).unwrap();
     assert!(none.is_empty() && none.h1_lines().is_empty());
+}
+
+/// Prewritten headers are set last; one of their names inserted afterwards
+/// would go out twice, which debug builds (every test) catch.
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "inserted after they were set")]
+fn a_header_named_like_a_prewritten_one_set_afterwards_is_caught() {
+    let mut req = request("/v1/chat", WEB);
+    req.set_prewritten_headers(prewritten(&[("X-Auth-Subject", "alice")]));
+    req.insert_header("x-auth-subject", "again").unwrap();
+    h1_wire(&req);
+}
+
+/// `PrewrittenHeaders::from_parsed` takes names parsed beforehand: the
+/// spelling sent must be the same name, and what frames the message stays
+/// refused.
+#[test]
+fn prewritten_headers_from_parsed_names_keep_name_and_spelling_one() {
+    let value = || http::HeaderValue::from_static("1");
+    let name = http::HeaderName::from_static("x-auth-subject");
+    let made =
+        pingora::http::PrewrittenHeaders::from_parsed([(name.clone(), "X-AUTH-Subject", value())])
+            .unwrap();
+    assert_eq!(made.h1_lines(), b"X-AUTH-Subject: 1\r\n");
+    assert_eq!(made.iter().next().unwrap().0, &name);
+    let refused = pingora::http::PrewrittenHeaders::from_parsed([(name, "X-Auth-Subjec", value())]);
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("spells another name"));
+    let refused =
+        pingora::http::PrewrittenHeaders::from_parsed([(http::header::HOST, "Host", value())]);
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("cannot be prewritten"));
 }
 
 /// `insert_parsed_header` (vendor/pingora-http/PATCHED.md) takes a name

@@ -279,6 +279,7 @@ impl RequestHeader {
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
         header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
         // portcullis patch (PATCHED.md §2)
+        debug_assert_prewritten_stand_alone(&self.base.headers, &self.prewritten);
         buf.put_slice(self.prewritten.h1_lines());
     }
 
@@ -457,9 +458,7 @@ impl RequestHeader {
     /// portcullis patch (PATCHED.md §2): the parts' map holds the prewritten headers too.
     pub fn as_owned_parts(&self) -> ReqParts {
         let mut parts = clone_req_parts(&self.base);
-        for (name, value) in self.prewritten.iter() {
-            parts.headers.append(name.clone(), value.clone());
-        }
+        append_prewritten(&mut parts.headers, &self.prewritten);
         parts
     }
 }
@@ -495,9 +494,13 @@ impl From<ReqParts> for RequestHeader {
     }
 }
 
+/// portcullis patch (PATCHED.md §2): the parts' map holds the prewritten headers too, as
+/// with [RequestHeader::as_owned_parts()] (Pingora's HTTP/2 upstream path converts so).
 impl From<RequestHeader> for ReqParts {
-    fn from(resp: RequestHeader) -> ReqParts {
-        resp.base
+    fn from(req: RequestHeader) -> ReqParts {
+        let mut parts = req.base;
+        append_prewritten(&mut parts.headers, &req.prewritten);
+        parts
     }
 }
 
@@ -897,13 +900,14 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
 /// rendered here, with no name parsed, no map entry made and no header map grown per request.
 ///
 /// Cloning shares them (one reference count). Names keep the spelling given, for HTTP/1.
-#[derive(Debug, Clone, Default)]
+/// [RequestHeader::headers] (and so `map()` and the case-preserving iterators) does not see
+/// them: [RequestHeader::prewritten_headers()] does.
+#[derive(Clone, Default)]
 pub struct PrewrittenHeaders {
     // None when empty, so that a request without prewritten headers allocates nothing.
     rendered: Option<std::sync::Arc<RenderedHeaders>>,
 }
 
-#[derive(Debug)]
 struct RenderedHeaders {
     /// `Name: value\r\n` for each header, in order.
     h1_lines: Box<[u8]>,
@@ -918,13 +922,43 @@ impl PrewrittenHeaders {
     /// `Transfer-Encoding`, `Connection`, `Upgrade`, `TE`, `Trailer`, `Keep-Alive`,
     /// `Proxy-Connection`): the HTTP/1 writer reads those from [RequestHeader::headers],
     /// which does not hold prewritten headers.
-    pub fn new<N: AsRef<[u8]>>(headers: impl IntoIterator<Item = (N, HeaderValue)>) -> Result<Self> {
+    pub fn new<N: AsRef<[u8]>>(
+        headers: impl IntoIterator<Item = (N, HeaderValue)>,
+    ) -> Result<Self> {
+        Self::render(headers.into_iter().map(|(spelling, value)| {
+            let name = HeaderName::from_bytes(spelling.as_ref())
+                .explain_err(InvalidHTTPHeader, |_| {
+                    "a prewritten header's name is invalid"
+                })?;
+            Ok((name, spelling, value))
+        }))
+    }
+
+    /// [Self::new()] for names parsed once and reused (as
+    /// [RequestHeader::insert_parsed_header()] takes them): each `name` is cloned, not parsed
+    /// again, and its `spelling`, sent on HTTP/1, must be `name` up to ASCII case.
+    pub fn from_parsed<N: AsRef<[u8]>>(
+        headers: impl IntoIterator<Item = (HeaderName, N, HeaderValue)>,
+    ) -> Result<Self> {
+        Self::render(headers.into_iter().map(|(name, spelling, value)| {
+            if !spelling
+                .as_ref()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+            {
+                return Error::e_explain(InvalidHTTPHeader, "header case spells another name");
+            }
+            Ok((name, spelling, value))
+        }))
+    }
+
+    fn render<N: AsRef<[u8]>>(
+        headers: impl Iterator<Item = Result<(HeaderName, N, HeaderValue)>>,
+    ) -> Result<Self> {
         let mut h1_lines = Vec::new();
         let mut parsed = Vec::new();
-        for (spelling, value) in headers {
+        for header in headers {
+            let (name, spelling, value) = header?;
             let spelling = spelling.as_ref();
-            let name = HeaderName::from_bytes(spelling)
-                .explain_err(InvalidHTTPHeader, |_| "a prewritten header's name is invalid")?;
             if is_framing_or_hop_by_hop(&name) {
                 return Error::e_explain(
                     InvalidHTTPHeader,
@@ -971,9 +1005,44 @@ impl PrewrittenHeaders {
 }
 
 // portcullis patch (PATCHED.md §2)
+impl std::fmt::Debug for PrewrittenHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+// portcullis patch (PATCHED.md §2)
+fn append_prewritten(headers: &mut http::HeaderMap, prewritten: &PrewrittenHeaders) {
+    debug_assert_prewritten_stand_alone(headers, prewritten);
+    for (name, value) in prewritten.iter() {
+        headers.append(name.clone(), value.clone());
+    }
+}
+
+// portcullis patch (PATCHED.md §2): a header inserted after the prewritten ones were set,
+// under one of their names, would be sent twice.
+fn debug_assert_prewritten_stand_alone(headers: &http::HeaderMap, prewritten: &PrewrittenHeaders) {
+    debug_assert!(
+        prewritten
+            .iter()
+            .all(|(name, _)| !headers.contains_key(name)),
+        "a header named like a prewritten one was inserted after they were set"
+    );
+}
+
+// portcullis patch (PATCHED.md §2)
 fn is_framing_or_hop_by_hop(name: &HeaderName) -> bool {
     use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-    [CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
+    [
+        CONNECTION,
+        CONTENT_LENGTH,
+        HOST,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ]
+    .contains(name)
         || name.as_str() == "keep-alive"
         || name.as_str() == "proxy-connection"
 }
@@ -1100,9 +1169,10 @@ fn insert_parsed_header_value<T>(
             .try_insert(name.clone(), case_header_name)
             .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
     }
-    value_map
-        .try_insert(name.clone(), value)
-        .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
+    value_map.try_insert(name.clone(), value).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )?;
     Ok(())
 }
 
@@ -1117,9 +1187,10 @@ fn reserve_headers<T>(
             .try_reserve(additional)
             .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
     }
-    value_map
-        .try_reserve(additional)
-        .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")
+    value_map.try_reserve(additional).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )
 }
 
 // the &N here is to avoid clone(). None Copy type like String can impl AsHeaderName
