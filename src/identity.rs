@@ -283,9 +283,10 @@ impl HeaderNames<String> {
     }
 
     /// Each name parsed for the wire; an error names the first that is
-    /// not a header name (`check` refuses such a configuration first).
+    /// not a header name, or one Pingora will not prewrite (`check` refuses
+    /// such a configuration first).
     pub fn parsed(self) -> Result<HeaderNames<WireName>, String> {
-        Ok(HeaderNames {
+        let names = HeaderNames {
             subject: WireName::new(self.subject)?,
             issuer: WireName::new(self.issuer)?,
             deployment: WireName::new(self.deployment)?,
@@ -300,7 +301,31 @@ impl HeaderNames<String> {
                 .into_iter()
                 .map(|(header, claim)| Ok((WireName::new(header)?, claim)))
                 .collect::<Result<_, String>>()?,
-        })
+        };
+        // Every name prewritten once with a placeholder: a name that cannot
+        // be (one that frames the message) fails the configuration here,
+        // not every identity at run time, should `check` ever let one by.
+        prewritten(names.every().map(|name| (name, String::from("-"))))?;
+        Ok(names)
+    }
+}
+
+impl<N> HeaderNames<N> {
+    /// Every name, the built-in ones first.
+    fn every(&self) -> impl Iterator<Item = &N> {
+        [
+            &self.subject,
+            &self.issuer,
+            &self.deployment,
+            &self.session,
+            &self.email,
+            &self.email_verified,
+            &self.name,
+            &self.groups,
+            &self.assertion,
+        ]
+        .into_iter()
+        .chain(self.mapped.iter().map(|(name, _)| name))
     }
 }
 
@@ -757,6 +782,23 @@ mod tests {
     }
 
     /// The wire names of an open messenger's headers under `prefix`.
+    /// A name that passed `check` by mistake but cannot be prewritten fails
+    /// when the deployment's names are compiled, not per identity.
+    #[test]
+    fn names_that_cannot_be_prewritten_fail_compilation() {
+        let mut messenger = open_messenger();
+        messenger
+            .identity_headers
+            .insert("Proxy-Connection".into(), "sub".into());
+        let error = HeaderNames::spelled(&messenger, "X-Auth-")
+            .parsed()
+            .unwrap_err();
+        assert!(error.contains("cannot be prewritten"), "{error}");
+        assert!(HeaderNames::spelled(&open_messenger(), "X-Auth-")
+            .parsed()
+            .is_ok());
+    }
+
     fn wire_names(prefix: &str) -> HeaderNames<WireName> {
         HeaderNames::spelled(&open_messenger(), prefix)
             .parsed()

@@ -1282,6 +1282,17 @@ fn strip_headers_default_and_replace() {
     assert!(none.forwarding.strip_headers.is_empty());
 }
 
+/// Names that may not carry identity but that operators could always strip
+/// (portcullis sets its own request id after stripping).
+#[test]
+fn strip_headers_may_name_what_identity_may_not() {
+    let c = parsed_after(
+        "forwarding: {trusted_proxies: [10.0.0.0/8, 192.0.2.1]}",
+        "forwarding: {strip_headers: [X-Real-IP, X_Request_Id, Proxy-Connection]}",
+    );
+    assert_eq!(c.forwarding.strip_headers.len(), 3);
+}
+
 #[test]
 fn strip_headers_are_header_names_portcullis_does_not_handle_itself() {
     let errors = errors_after(

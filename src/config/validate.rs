@@ -55,7 +55,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "te",
     "trailer",
     "keep-alive",
-    "proxy-connection",
     "proxy-authorization",
     "sec-websocket-key",
     "sec-websocket-version",
@@ -66,10 +65,19 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "forwarded",
+];
+
+/// Names that, beyond [`RESERVED_HEADERS`], cannot carry identity (though
+/// `forwarding.strip_headers` may name them, as it always could).
+const NOT_IDENTITY_HEADERS: &[&str] = &[
     // Set (or, `X-Real-IP`, removed) by portcullis on every upstream
-    // request: an identity header of either name would be sent beside it.
+    // request: an identity header of the name would replace portcullis's
+    // request id, or send the `X-Real-IP` it promises to remove.
     "x-request-id",
     "x-real-ip",
+    // Governs the connection: Pingora will not prewrite it
+    // (vendor/pingora-http/PATCHED.md §2).
+    "proxy-connection",
 ];
 
 const MIN_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -1047,7 +1055,11 @@ fn messengers(
             let hp = format!("{path}.identity_headers.{header}");
             if !is_header_name(header) {
                 c.error(hp, "not a valid header name");
-            } else if RESERVED_HEADERS.contains(&normalize_header_name(header).as_str()) {
+            } else if RESERVED_HEADERS
+                .iter()
+                .chain(NOT_IDENTITY_HEADERS)
+                .any(|reserved| *reserved == normalize_header_name(header))
+            {
                 // Normalized as for stripping: a backend that reads `_` as
                 // `-` would take `X_Forwarded_For` for the real one.
                 c.error(hp, "this header cannot carry identity");

@@ -275,7 +275,10 @@ fn bearer_identity(
             runtime
                 .render_identity(deployment, &verified.claims, verified.session_id.clone())
                 .map(Arc::new)
-                .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?
+                .map_err(|e| {
+                    tracing::error!(deployment = %deployment.label, error = %e, "identity headers could not be rendered");
+                    Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed))
+                })?
         }
     };
     // Kept with the token when its slot is free (or what a concurrent
@@ -413,7 +416,10 @@ async fn authenticate_session(
             let rendered = runtime
                 .render_identity(deployment, &claims, session.id.public_id())
                 .map(Arc::new)
-                .map_err(|_| Refusal::Unauthenticated(AuthFailure::NoCredentials))?;
+                .map_err(|e| {
+                    tracing::error!(deployment = %deployment.label, error = %e, "identity headers could not be rendered");
+                    Refusal::Unauthenticated(AuthFailure::NoCredentials)
+                })?;
             runtime.identities.insert(key, rendered.clone());
             rendered
         }
@@ -872,7 +878,8 @@ pub fn prepare_upstream_request(
     // assertion, `X-Forwarded-*`), so that each map's index table is
     // rebuilt at most once. The identity headers go beside the maps, their
     // lines written once per identity (`set_prewritten_headers`).
-    upstream_request.reserve_headers(ADDED_HEADERS + usize::from(auth.is_some()))?;
+    let assertion = auth.is_some() && target.is_some_and(|t| t.deployment.messenger.assertion);
+    upstream_request.reserve_headers(ADDED_HEADERS + usize::from(assertion))?;
     // After the strips (an identity prefix such as `X-` would match it):
     // whatever the client sent is replaced by the id this request was given.
     headers::insert_static(
@@ -920,7 +927,7 @@ fn add_identity(
     let messenger = &target.deployment.messenger;
     // Every name here starts with the identity prefix, so the client's
     // copies are gone (`strip_identity_headers`), and none is one that
-    // portcullis adds itself (`check` refuses those: `RESERVED_HEADERS`).
+    // portcullis adds itself (`check` refuses those).
     req.set_prewritten_headers(auth.rendered.headers.clone());
     if messenger.assertion {
         let now = std::time::SystemTime::now()

@@ -46,7 +46,9 @@ where
         // phase 2 send to upstream
 
         // portcullis patch: boxed from the start (the upstream write takes a box anyway), so
-        // that the 352-byte header does not keep a place in this future for the tunnel's life.
+        // that the request header (352 bytes; 360 with pingora-http's prewritten headers, see
+        // vendor/pingora-http/PATCHED.md §2) does not keep a place in this future for the
+        // tunnel's life.
         let mut req = Box::new(session.req_header().clone());
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
