@@ -65,10 +65,13 @@ impl Identity {
 
 /// Makes a claim safe as a header value: control characters (CR, LF, NUL…)
 /// dropped, non-ASCII and `%` percent-encoded as UTF-8 (so `Zoë` arrives as
-/// `Zo%C3%AB`, reversible by the backend), cut to `MAX_HEADER_VALUE` bytes
-/// without splitting an escape.
+/// `Zo%C3%AB`, reversible by the backend), spaces at either end as `%20`
+/// (HTTP trims them: ` admin` would arrive as `admin`), cut to
+/// `MAX_HEADER_VALUE` bytes without splitting an escape.
 pub fn header_value(text: &str) -> String {
     let plain = text.len() <= MAX_HEADER_VALUE
+        && !text.starts_with(' ')
+        && !text.ends_with(' ')
         && text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%');
     if plain {
         return text.to_string();
@@ -105,27 +108,24 @@ pub fn list_header_value<'a>(items: impl IntoIterator<Item = &'a str>) -> String
     out
 }
 
-/// `text` without control characters, with non-ASCII and `%` (and, for a
-/// list element, `,`, `"` and spaces at either end) percent-encoded, cut at
+/// `text` without control characters, with non-ASCII, `%` and spaces at
+/// either end (and, for a list element, `,` and `"`) percent-encoded, cut at
 /// `limit` bytes without splitting an escape.
 fn escape(text: &str, list_element: bool, limit: usize) -> String {
     let clean: Vec<char> = text.chars().filter(|c| !c.is_ascii_control()).collect();
-    let (lead, trail) = if list_element {
-        let lead = clean.iter().take_while(|&&c| c == ' ').count();
-        let trail = clean[lead..]
+    let lead = clean.iter().take_while(|&&c| c == ' ').count();
+    let trail = clean.len()
+        - clean[lead..]
             .iter()
             .rev()
             .take_while(|&&c| c == ' ')
             .count();
-        (lead, clean.len() - trail)
-    } else {
-        (0, clean.len())
-    };
     let mut out = String::with_capacity(clean.len().min(limit));
     for (i, &c) in clean.iter().enumerate() {
         let encode = !c.is_ascii()
             || c == '%'
-            || (list_element && (c == ',' || c == '"' || (c == ' ' && (i < lead || i >= trail))));
+            || (c == ' ' && (i < lead || i >= trail))
+            || (list_element && (c == ',' || c == '"'));
         if !encode {
             if out.len() + 1 > limit {
                 break;
@@ -143,6 +143,11 @@ fn escape(text: &str, list_element: bool, limit: usize) -> String {
             out.push(char::from(HEX[usize::from(b >> 4)]));
             out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
+    }
+    // Cut inside a run of spaces, the value would end in one that HTTP
+    // trims: the value is cut anyway, so it ends before them.
+    while out.ends_with(' ') {
+        out.pop();
     }
     out
 }
@@ -592,12 +597,20 @@ mod tests {
         assert_eq!(header_value("Zoë"), "Zo%C3%AB");
         assert_eq!(header_value("100%"), "100%25");
         assert_eq!(header_value("\u{0}\u{7f}x"), "x");
+        // HTTP trims a value's ends: spaces there are kept as escapes, and
+        // only there.
+        assert_eq!(header_value(" admin "), "%20admin%20");
+        assert_eq!(header_value("Ada  Lovelace"), "Ada  Lovelace");
+        assert_eq!(header_value("  "), "%20%20");
         let long = "é".repeat(1000);
         let v = header_value(&long);
         assert!(
             v.len() <= MAX_HEADER_VALUE && v.len() % 6 == 0,
             "escapes are never split"
         );
+        // A cut inside spaces leaves none at the end.
+        let spaced = format!("{}  {}", "a".repeat(MAX_HEADER_VALUE - 1), "b");
+        assert_eq!(header_value(&spaced), "a".repeat(MAX_HEADER_VALUE - 1));
     }
 
     #[test]
