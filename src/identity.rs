@@ -794,7 +794,6 @@ mod tests {
         }
     }
 
-    /// The wire names of an open messenger's headers under `prefix`.
     /// A name that passed `check` by mistake but cannot be prewritten fails
     /// when the deployment's names are compiled, not per identity.
     #[test]
@@ -812,6 +811,7 @@ mod tests {
             .is_ok());
     }
 
+    /// The wire names of an open messenger's headers under `prefix`.
     fn wire_names(prefix: &str) -> HeaderNames<WireName> {
         HeaderNames::spelled(&open_messenger(), prefix)
             .parsed()

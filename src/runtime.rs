@@ -341,7 +341,10 @@ impl Runtime {
     ) -> Result<Rendered, String> {
         let identity =
             crate::identity::Identity::from_claims(claims, deployment.label.clone(), session);
-        Rendered::new(identity, &deployment.identity_names)
+        // Both callers refuse the request; this says why (names only, no values).
+        Rendered::new(identity, &deployment.identity_names).inspect_err(|e| {
+            tracing::error!(deployment = %deployment.label, error = %e, "identity headers could not be rendered");
+        })
     }
 
     /// Empties the caches of verified tokens and rendered identities. A

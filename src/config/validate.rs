@@ -1053,29 +1053,28 @@ fn messengers(
         let mut mapped_names = HashSet::new();
         for header in m.identity_headers.keys() {
             let hp = format!("{path}.identity_headers.{header}");
+            let normalized = normalize_header_name(header);
             if !is_header_name(header) {
                 c.error(hp, "not a valid header name");
             } else if RESERVED_HEADERS
                 .iter()
                 .chain(NOT_IDENTITY_HEADERS)
-                .any(|reserved| *reserved == normalize_header_name(header))
+                .any(|reserved| *reserved == normalized)
             {
                 // Normalized as for stripping: a backend that reads `_` as
                 // `-` would take `X_Forwarded_For` for the real one.
                 c.error(hp, "this header cannot carry identity");
-            } else if !normalize_header_name(header).starts_with(&prefix_lower) {
+            } else if !normalized.starts_with(&prefix_lower) {
                 c.error(
                     hp,
                     format!("identity headers must start with the identity prefix `{identity_prefix}` so that spoofed copies are always stripped"),
                 );
-            } else if BUILT_IN_IDENTITY_HEADERS
-                .contains(&&normalize_header_name(header)[prefix_lower.len()..])
-            {
+            } else if BUILT_IN_IDENTITY_HEADERS.contains(&&normalized[prefix_lower.len()..]) {
                 c.error(
                     hp,
                     "portcullis sends this header itself: choose another name",
                 );
-            } else if !mapped_names.insert(normalize_header_name(header)) {
+            } else if !mapped_names.insert(normalized) {
                 // Header names ignore case, and many servers read `_` as `-`:
                 // a backend could see two values under one name.
                 c.error(

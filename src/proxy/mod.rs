@@ -275,10 +275,7 @@ fn bearer_identity(
             runtime
                 .render_identity(deployment, &verified.claims, verified.session_id.clone())
                 .map(Arc::new)
-                .map_err(|e| {
-                    tracing::error!(deployment = %deployment.label, error = %e, "identity headers could not be rendered");
-                    Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed))
-                })?
+                .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?
         }
     };
     // Kept with the token when its slot is free (or what a concurrent
@@ -416,10 +413,7 @@ async fn authenticate_session(
             let rendered = runtime
                 .render_identity(deployment, &claims, session.id.public_id())
                 .map(Arc::new)
-                .map_err(|e| {
-                    tracing::error!(deployment = %deployment.label, error = %e, "identity headers could not be rendered");
-                    Refusal::Unauthenticated(AuthFailure::NoCredentials)
-                })?;
+                .map_err(|_| Refusal::Unauthenticated(AuthFailure::NoCredentials))?;
             runtime.identities.insert(key, rendered.clone());
             rendered
         }

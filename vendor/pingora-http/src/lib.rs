@@ -941,12 +941,7 @@ impl PrewrittenHeaders {
         headers: impl IntoIterator<Item = (HeaderName, N, HeaderValue)>,
     ) -> Result<Self> {
         Self::render(headers.into_iter().map(|(name, spelling, value)| {
-            if !spelling
-                .as_ref()
-                .eq_ignore_ascii_case(name.as_str().as_bytes())
-            {
-                return Error::e_explain(InvalidHTTPHeader, "header case spells another name");
-            }
+            check_spelling(&name, spelling.as_ref())?;
             Ok((name, spelling, value))
         }))
     }
@@ -1155,12 +1150,7 @@ fn insert_parsed_header_value<T>(
     value: T,
 ) -> Result<()> {
     let case_header_name = case.into_case_header_name();
-    if !case_header_name
-        .as_slice()
-        .eq_ignore_ascii_case(name.as_str().as_bytes())
-    {
-        return Error::e_explain(InvalidHTTPHeader, "header case spells another name");
-    }
+    check_spelling(name, case_header_name.as_slice())?;
     // Room in both maps first, so that the two stay in step (a later
     // `header_to_h1_wire` zips them) even when the second could not grow.
     reserve_headers(name_map.as_deref_mut(), value_map, 1)?;
@@ -1173,6 +1163,15 @@ fn insert_parsed_header_value<T>(
         InvalidHTTPHeader,
         "header value map size overflows MAX_SIZE",
     )?;
+    Ok(())
+}
+
+// portcullis patch (PATCHED.md §1): a parsed name and the spelling sent for it must be
+// one name, or the map would hold one and the wire carry another.
+fn check_spelling(name: &HeaderName, spelling: &[u8]) -> Result<()> {
+    if !spelling.eq_ignore_ascii_case(name.as_str().as_bytes()) {
+        return Error::e_explain(InvalidHTTPHeader, "header case spells another name");
+    }
     Ok(())
 }
 
