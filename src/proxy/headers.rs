@@ -145,15 +145,9 @@ pub fn forwarded(req: &RequestHeader, client: ClientInfo, trusted: bool) -> Forw
     }
 }
 
-/// Writes the forwarded headers, removing the client's own untrusted variants.
+/// Writes the forwarded headers, removing the client's own.
 pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
-    for name in [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_HOST,
-        &http::header::FORWARDED,
-        &X_REAL_IP,
-    ] {
+    for name in FORWARDING {
         while req.remove_header(name).is_some() {}
     }
     let mut set = |name: &'static HeaderName, value: &str| {
@@ -172,6 +166,43 @@ pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
     if let Some(h) = &fwd.host {
         set(&X_FORWARDED_HOST, h);
     }
+}
+
+/// Every header that says where a request came from: the client's are
+/// never passed on.
+pub static FORWARDING: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &http::header::FORWARDED,
+    &X_REAL_IP,
+];
+
+/// Removes the client's headers spelled as one of `names` with `_` for
+/// `-` (`X_Real_IP`): a backend that folds them together (CGI's
+/// `HTTP_X_REAL_IP`, PHP behind FastCGI) would take the client's for the
+/// one portcullis sets. Only names with an `_` are looked at.
+pub fn strip_underscore_spellings(req: &mut RequestHeader, names: &[&HeaderName]) {
+    let underscored: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && names.iter().any(|n| folds_to(k, n)))
+        .cloned()
+        .collect();
+    for name in &underscored {
+        while req.remove_header(name).is_some() {}
+    }
+}
+
+/// Whether `name` reads as `canonical` to a backend that takes `_` for `-`
+/// (both lower case, as `HeaderName`s are).
+fn folds_to(name: &HeaderName, canonical: &HeaderName) -> bool {
+    let (name, canonical) = (name.as_str().as_bytes(), canonical.as_str().as_bytes());
+    name.len() == canonical.len()
+        && name
+            .iter()
+            .zip(canonical)
+            .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -317,6 +348,43 @@ mod tests {
             "chat.example.com"
         );
         assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn forwarded_headers_spelled_with_underscores_are_removed() {
+        let mut req = request(&[
+            ("Host", "chat.example.com"),
+            ("X_Real_IP", "1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("X-Forwarded_Host", "evil.example"),
+            ("X_Forwarded-Proto", "https"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("X_Request_Id", "kept: not a forwarding header"),
+            ("X_Real_IPv6", "kept: another name"),
+        ]);
+        let client = ClientInfo {
+            peer: Some("192.0.2.7".parse().unwrap()),
+            tls: true,
+        };
+        let f = forwarded(&req, client, false);
+        strip_underscore_spellings(&mut req, &FORWARDING);
+        apply_forwarded(&mut req, &f);
+        let mut left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x_real_ipv6",
+                "x_request_id"
+            ]
+        );
+        assert!(!format!("{:?}", req.headers).contains("1.2.3.4"));
+        assert_eq!(req.headers.get("x-forwarded-proto").unwrap(), "https");
     }
 
     #[test]

@@ -274,6 +274,11 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
     secure
         .append_header("X-Forwarded-For", "198.51.100.1")
         .unwrap();
+    // Read as X-Real-IP and X-Request-Id by a backend that takes `_` for `-`.
+    secure.append_header("X_Real_IP", "198.51.100.66").unwrap();
+    secure
+        .append_header("x_request_id", "198.51.100.66")
+        .unwrap();
     let target = admit(&runtime, &secure, false).unwrap();
     let claims: crate::token::Claims = serde_json::from_value(serde_json::json!({
         "iss": "https://idp.example.com",
@@ -329,6 +334,7 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
     // The client's copy is gone, not sent beside the verified one; the
     // request id and `X-Forwarded-*` go as they always have, lower case.
     assert!(!sent.contains("spoofed"), "{sent}");
+    assert!(!sent.contains("198.51.100"), "{sent}");
     assert_eq!(
         sent.to_ascii_lowercase().matches("x-auth-subject").count(),
         1
@@ -351,6 +357,69 @@ fn identity_headers_reach_the_wire_under_their_configured_names() {
     assert_eq!(parts.headers.get("x-auth-subject").unwrap(), "248289761001");
     assert_eq!(parts.headers.get_all("x-auth-subject").iter().count(), 1);
     assert_eq!(sent.matches("\r\n").count(), parts.headers.len(), "{sent}");
+}
+
+#[test]
+fn a_trusted_proxys_forwarded_chain_survives_an_identity_prefix_that_matches_it() {
+    // `X-` as the identity prefix strips every `X-*` header the client
+    // sent; what a trusted proxy said of the client is read before that.
+    let runtime = runtime_of(&format!("identity_header_prefix: \"X-\"\n{CONFIG}"));
+    let client = headers::ClientInfo {
+        peer: Some("10.0.0.2".parse().unwrap()),
+        tls: false,
+    };
+    let forwarded_request = || {
+        let mut req = request("/v1/chat?deploymentId=open-web", WEB);
+        req.append_header("X-Forwarded-For", "198.51.100.1")
+            .unwrap();
+        req.append_header("X-Forwarded-Proto", "https").unwrap();
+        req.append_header("X-Forwarded-Host", "chat.example.com")
+            .unwrap();
+        req.append_header("X-Tenant", "spoofed").unwrap();
+        req
+    };
+    let mut trusted = forwarded_request();
+    let target = admit(&runtime, &trusted, false).unwrap();
+    let id = RequestId::assign(&trusted, true);
+    prepare_upstream_request(
+        &mut trusted,
+        &runtime,
+        Some(&target),
+        None,
+        &id,
+        client,
+        true,
+    )
+    .unwrap();
+    let sent = h1_wire(&trusted);
+    assert!(
+        sent.contains("x-forwarded-for: 198.51.100.1, 10.0.0.2\r\n"),
+        "{sent}"
+    );
+    assert!(sent.contains("x-forwarded-proto: https\r\n"), "{sent}");
+    assert!(
+        sent.contains("x-forwarded-host: chat.example.com\r\n"),
+        "{sent}"
+    );
+    assert!(!sent.contains("spoofed"), "{sent}");
+    // From anyone else, the same headers say nothing.
+    let mut untrusted = forwarded_request();
+    let id = RequestId::assign(&untrusted, false);
+    prepare_upstream_request(
+        &mut untrusted,
+        &runtime,
+        Some(&target),
+        None,
+        &id,
+        client,
+        false,
+    )
+    .unwrap();
+    let sent = h1_wire(&untrusted);
+    assert!(sent.contains("x-forwarded-for: 10.0.0.2\r\n"), "{sent}");
+    assert!(sent.contains("x-forwarded-proto: http\r\n"), "{sent}");
+    assert!(!sent.contains("198.51.100.1"), "{sent}");
+    assert!(!sent.contains("chat.example.com"), "{sent}");
 }
 
 fn h1_wire(req: &RequestHeader) -> String {
