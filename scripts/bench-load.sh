@@ -54,7 +54,11 @@
 # SERVER_LIFETIME seconds (1800),
 # PINNED (0; 1: the proxy under test alone on CPU 0, the backend, provider and
 # load tool on the other CPUs, so the proxies' rates measure their own costs
-# rather than their share of CPUs they contend for with the backend).
+# rather than their share of CPUs they contend for with the backend),
+# PERF_DIR (unset; a directory: `perf record -g` of the proxy during each
+# HTTP run, one `<target>.data` each, to compare where the paths spend their
+# CPU with `perf report -i`; the recording costs CPU, so read that run's
+# ratios as disturbed).
 #
 # Every server gets one worker thread: on a two-core machine that leaves the
 # other core to the load tool, and gives the bare proxy and portcullis the
@@ -511,9 +515,20 @@ for target in "${targets[@]}"; do
     esac
     cpu_before=$([ -n "$proxy_pid" ] && cpu_ns "$proxy_pid" || true)
     echo "$target: http, $HTTP_CONCURRENCY connections, ${DURATION}s" >&2
+    perf_pid=
+    if [ -n "${PERF_DIR:-}" ] && [ -n "$proxy_pid" ]; then
+        mkdir -p "$PERF_DIR"
+        "${other_cpus[@]}" perf record -q -g -p "$proxy_pid" -o "$PERF_DIR/$target.data" 2>>"$work/client.log" &
+        perf_pid=$!
+        sleep 0.5
+    fi
     http_result[$target]=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid"
+        wait "$perf_pid" || true
+    fi
     if [ -n "$proxy_pid" ]; then
         http_cpu[$target]=$(awk -v a="$cpu_before" -v b="$(cpu_ns "$proxy_pid")" \
             -v n="$(field "${http_result[$target]}" requests)" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / 1000 / n }')

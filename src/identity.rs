@@ -29,7 +29,7 @@ pub struct Identity {
     pub deployment: Arc<str>,
     /// An opaque id for the session (or, for bearer tokens, derived from the
     /// token's hash): stable per login, and it grants nothing.
-    pub session: String,
+    pub session: Arc<str>,
     pub claims: Arc<Claims>,
 }
 
@@ -42,7 +42,7 @@ impl Identity {
             .starts_with(crate::token::BEARER_SESSION_PREFIX)
     }
 
-    pub fn from_claims(claims: &Arc<Claims>, deployment: Arc<str>, session: String) -> Self {
+    pub fn from_claims(claims: &Arc<Claims>, deployment: Arc<str>, session: Arc<str>) -> Self {
         Identity {
             subject: claims.str("sub").unwrap_or_default().to_string(),
             email: claims.str("email").map(str::to_string),
@@ -384,7 +384,7 @@ pub fn assertion_claims(identity: &Identity, issuer: &str, audience: &str, now: 
         "idp": identity.issuer,
     });
     if !identity.is_bearer() {
-        claims["sid"] = Value::from(identity.session.as_str());
+        claims["sid"] = Value::from(&*identity.session);
     }
     // Absent claims are left out, not sent as null or empty.
     if let Some(email) = &identity.email {

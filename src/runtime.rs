@@ -337,7 +337,7 @@ impl Runtime {
         &self,
         deployment: &DeploymentRt,
         claims: &Arc<crate::token::Claims>,
-        session: String,
+        session: Arc<str>,
     ) -> Result<Rendered, String> {
         let identity =
             crate::identity::Identity::from_claims(claims, deployment.label.clone(), session);

@@ -273,7 +273,11 @@ fn bearer_identity(
         None => {
             // Sanitized values always make valid headers; fail closed if not.
             runtime
-                .render_identity(deployment, &verified.claims, verified.session_id.clone())
+                .render_identity(
+                    deployment,
+                    &verified.claims,
+                    verified.session_id.as_str().into(),
+                )
                 .map(Arc::new)
                 .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?
         }
@@ -411,7 +415,7 @@ async fn authenticate_session(
             policy::authorize(&deployment.messenger.authentication.require, &claims)
                 .map_err(Refusal::Forbidden)?;
             let rendered = runtime
-                .render_identity(deployment, &claims, session.id.public_id())
+                .render_identity(deployment, &claims, session.id.public_id().into())
                 .map(Arc::new)
                 .map_err(|_| Refusal::Unauthenticated(AuthFailure::NoCredentials))?;
             runtime.identities.insert(key, rendered.clone());
@@ -430,7 +434,7 @@ async fn authenticate_session(
         }
     }
     Ok(Authenticated {
-        session: Some(Arc::from(rendered.identity.session.as_str())),
+        session: Some(rendered.identity.session.clone()),
         rendered,
         credential,
         closes_at: Some(session.expires_at),

@@ -240,15 +240,21 @@ impl Proxy {
     }
 
     /// An admin call answered with JSON.
+    /// A failure says what the proxy logged meanwhile (a panic in the
+    /// handler shows as a connection closed without an answer).
     pub async fn admin_json(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        let call = format!("{method} {path}");
+        let fail = |e: reqwest::Error| -> ! {
+            panic!("{call}: {e:?}; portcullis's log:\n{}", self.log_text())
+        };
         reqwest::Client::new()
             .request(method, self.admin_url(path))
             .send()
             .await
-            .unwrap()
+            .unwrap_or_else(|e| fail(e))
             .json()
             .await
-            .unwrap()
+            .unwrap_or_else(|e| fail(e))
     }
 
     pub async fn metrics(&self) -> String {
