@@ -55,6 +55,17 @@
 # PINNED (0; 1: the proxy under test alone on CPU 0, the backend, provider and
 # load tool on the other CPUs, so the proxies' rates measure their own costs
 # rather than their share of CPUs they contend for with the backend),
+# ROUNDS (0; N: after the table, N more rounds of HTTP runs of DURATION
+# seconds over the four portcullis targets, each round starting at the next
+# target, and every authenticated target's req/s as a share of the
+# auth-disabled one's in the same round, with the median: the machine's
+# drift moves whole rounds, not one target's run against another's),
+# CALLGRIND_DIR (unset; a directory: portcullis runs under valgrind's
+# callgrind, and the script prints, instead of all of the above tables, the
+# instructions portcullis executed per HTTP request for each of its
+# targets (valgrind's `Ir`, user space only): a count that the machine's
+# drift does not move, where req/s and CPU time move by ±20 % here; one
+# `portcullis.out.N` profile per run, for `callgrind_annotate`),
 # PERF_DIR (unset; a directory: `perf record -g` of the proxy during each
 # HTTP run, one `<target>.data` each, to compare where the paths spend their
 # CPU with `perf report -i`; the recording costs CPU, so read that run's
@@ -355,7 +366,14 @@ if [ ! -s "$work/token" ]; then
 fi
 bearer="Authorization: Bearer $(cat "$work/token")"
 # The development provider's client secret for this client id.
-BENCH_CLIENT_SECRET=demo-secret start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "$portcullis_bin" run -c "$work/portcullis.yaml"
+proxy_runner=()
+if [ -n "${CALLGRIND_DIR:-}" ]; then
+    mkdir -p "$CALLGRIND_DIR"
+    rm -f "$CALLGRIND_DIR"/portcullis.out*
+    proxy_runner=(valgrind -q --tool=callgrind --callgrind-out-file="$CALLGRIND_DIR/portcullis.out")
+fi
+BENCH_CLIENT_SECRET=demo-secret start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "${proxy_runner[@]}" \
+    "$portcullis_bin" run -c "$work/portcullis.yaml"
 portcullis_pid=$STARTED_PID
 
 # Pre-flight for the authenticating deployment, which also makes portcullis
@@ -489,7 +507,7 @@ cpu_ns() {
     awk -v hz="$CLOCK_TICKS" '{ sub(/.*\) /, ""); printf "%.0f", ($12 + $13) * 1e9 / hz }' /proc/"$1"/stat
 }
 
-declare -A http_result ws_result http_cpu
+declare -A http_result ws_result http_cpu http_ir
 targets=(direct-backend bare-pingora portcullis portcullis-bearer portcullis-session portcullis-messenger)
 declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT
     [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT
@@ -522,9 +540,20 @@ for target in "${targets[@]}"; do
         perf_pid=$!
         sleep 0.5
     fi
+    if [ -n "${CALLGRIND_DIR:-}" ]; then
+        case "$target" in portcullis*) ;; *) continue ;; esac
+        # Counting starts afresh for this run: what came before is dumped.
+        callgrind_control -z "$portcullis_pid" >/dev/null 2>&1
+    fi
     http_result[$target]=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
+    if [ -n "${CALLGRIND_DIR:-}" ]; then
+        callgrind_control -d "$target" "$portcullis_pid" >/dev/null 2>&1
+        dump=$(ls -t "$CALLGRIND_DIR"/portcullis.out.* | head -1)
+        http_ir[$target]=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dump")
+        continue
+    fi
     if [ -n "$perf_pid" ]; then
         kill -INT "$perf_pid"
         wait "$perf_pid" || true
@@ -539,6 +568,45 @@ for target in "${targets[@]}"; do
         --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
     sleep 1
+done
+
+if [ -n "${CALLGRIND_DIR:-}" ]; then
+    echo
+    echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') under callgrind; http ${HTTP_CONCURRENCY}x keep-alive GET, ${DURATION}s each;" \
+        "instructions executed by portcullis (user space) per request; profiles in $CALLGRIND_DIR"
+    echo
+    echo "| target | requests | instructions per request | vs auth-disabled |"
+    echo "|---|---:|---:|---:|"
+    per_request() { awk -v ir="${http_ir[$1]:-0}" -v n="$(field "${http_result[$1]}" requests)" \
+        'BEGIN { if (n > 0) printf "%.0f", ir / n; else print 0 }'; }
+    for target in portcullis portcullis-bearer portcullis-session portcullis-messenger; do
+        echo "| $target | $(field "${http_result[$target]}" requests) | $(per_request "$target")" \
+            "| $(ratio "$(per_request "$target")" "$(per_request portcullis)") |"
+    done
+    exit 0
+fi
+
+# Interleaved rounds (ROUNDS): the ratios with drift between targets'
+# runs taken out as far as it goes.
+ROUNDS=${ROUNDS:-0}
+round_targets=(portcullis portcullis-bearer portcullis-session portcullis-messenger)
+declare -A round_rates round_cpu
+for round in $(seq 1 "$ROUNDS"); do
+    for i in "${!round_targets[@]}"; do
+        target=${round_targets[$(((i + round - 1) % ${#round_targets[@]}))]}
+        extra=()
+        if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
+        if [ "$target" = portcullis-session ]; then extra=(--header "$session_cookie"); fi
+        if [ "$target" = portcullis-messenger ]; then extra=(--header "$messenger_jwt"); fi
+        echo "round $round/$ROUNDS, $target: http, ${DURATION}s" >&2
+        cpu_before=$(cpu_ns "$portcullis_pid")
+        result=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$PORTCULLIS_PORT$(request_path "${deployment_of[$target]}")" \
+            --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
+            "${extra[@]}" 2>>"$work/client.log")
+        round_rates[$target,$round]=$(field "$result" requests_per_s)
+        round_cpu[$target,$round]=$(awk -v a="$cpu_before" -v b="$(cpu_ns "$portcullis_pid")" \
+            -v n="$(field "$result" requests)" 'BEGIN { if (n > 0) printf "%.2f", (b - a) / 1000 / n }')
+    done
 done
 
 echo "portcullis: holding $HOLD_COUNT WebSockets" >&2
@@ -602,6 +670,34 @@ echo "portcullis session cookie / auth-disabled: HTTP req/s $(rate_ratio http po
     "handshakes/s $(rate_ratio ws portcullis-session)"
 echo "portcullis messenger token / auth-disabled: HTTP req/s $(rate_ratio http portcullis-messenger) (proxy CPU per request: $(cpu_ratio portcullis-messenger))," \
     "handshakes/s $(rate_ratio ws portcullis-messenger)"
+if [ "$ROUNDS" -gt 0 ]; then
+    echo
+    echo "Interleaved: $ROUNDS rounds of ${DURATION}s HTTP runs over the portcullis targets, each round starting at the next;" \
+        "req/s as a share of auth-disabled's in the same round"
+    echo
+    echo "| target | measure | per round | median |"
+    echo "|---|---|---|---:|"
+    for target in portcullis-bearer portcullis-session portcullis-messenger; do
+        for measure in req/s cpu; do
+            shares=()
+            for round in $(seq 1 "$ROUNDS"); do
+                if [ "$measure" = cpu ]; then
+                    # As above: auth-disabled's CPU per request over TARGET's.
+                    shares+=("$(ratio "${round_cpu[portcullis,$round]:-0}" "${round_cpu[$target,$round]:-0}")")
+                else
+                    shares+=("$(ratio "${round_rates[$target,$round]:-0}" "${round_rates[portcullis,$round]:-0}")")
+                fi
+            done
+            median=$(printf '%s\n' "${shares[@]}" | tr -d '%' | sort -g | awk '{ v[NR] = $1 } END {
+                if (NR % 2) printf "%.1f%%", v[(NR + 1) / 2]; else printf "%.1f%%", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+            label=$([ "$measure" = cpu ] && echo "proxy CPU per request (auth-disabled's ÷ this)" || echo "HTTP req/s")
+            echo "| $target | $label | $(printf '%s · ' "${shares[@]}" | sed 's/ · $//') | $median |"
+        done
+    done
+    echo
+    echo "auth-disabled per round: $(for round in $(seq 1 "$ROUNDS"); do printf '%s req/s at %s µs · ' \
+        "${round_rates[portcullis,$round]}" "${round_cpu[portcullis,$round]}"; done | sed 's/ · $//')"
+fi
 echo
 echo "| token API, one call at a time | calls | errors | client p50 µs | client p99 µs | client mean µs | portcullis's own mean µs (provider time left out) |"
 echo "|---|---:|---:|---:|---:|---:|---:|"

@@ -39,10 +39,9 @@ use crate::token::TokenCache;
 /// take several GiB.
 const TOKEN_CACHE_BYTES: u64 = 512 << 20;
 
-/// Entries kept at most in the other per-token caches: rendered identities
-/// (of login sessions, and of tokens on a deployment other than the one
-/// kept with the token; 2 to 4 KiB each with their assertion) and
-/// messenger tokens.
+/// Entries kept at most in `identities`: rendered identities (of login
+/// sessions, and of tokens on a deployment other than the one kept with
+/// the token; 2 to 4 KiB each with their assertion).
 const PER_TOKEN_CACHE_ENTRIES: u64 = 100_000;
 
 /// The cookie codec: the configured key, or a random one (cookies then do
@@ -293,16 +292,18 @@ pub struct Runtime {
     /// Identities rendered per token (or session) and deployment, where
     /// the token's own slot holds another deployment's (see
     /// `identity::Rendered`).
-    pub identities: moka::sync::Cache<([u8; 32], Arc<str>), Arc<Rendered>>,
+    pub identities: moka::sync::Cache<(IdentityKey, Arc<str>), Arc<Rendered>, ahash::RandomState>,
     /// When this runtime was built (config loads and reloads).
     pub loaded_at: std::time::SystemTime,
     /// `iss` of what portcullis signs: `public_url` (without a trailing
     /// slash), or `portcullis` without one.
     pub issuer: String,
-    /// Verified messenger tokens by SHA-256, until their `exp` (at most 5
-    /// minutes): a repeated handshake costs a look at the header's key id,
-    /// a hash, a lookup and the session's.
-    pub messenger_tokens: moka::sync::Cache<[u8; 32], Arc<MessengerClaims>>,
+    /// Verified messenger tokens by the token itself, until their `exp` (at
+    /// most 5 minutes): a repeated request costs a look at the header's key
+    /// id, a lookup and the session's. Keyed by the text, as the token cache
+    /// is, not by a SHA-256 of it, which took more than the rest of the
+    /// lookup; only tokens that verified get in, and they weigh their bytes.
+    pub messenger_tokens: moka::sync::Cache<Arc<str>, Arc<MessengerClaims>, ahash::RandomState>,
     /// Derives a rotated refresh token's successor (see `session::refresh`).
     pub refresh_key: Arc<aws_lc_rs::hmac::Key>,
     /// Rate limits of the token API, login and callback; kept across
@@ -313,12 +314,44 @@ pub struct Runtime {
     pub connection_ceiling: crate::capacity::Ceiling,
 }
 
+/// Whose identity an `identities` entry is, beside the deployment's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdentityKey {
+    /// A provider token's, by `CachedToken::digest`.
+    Token([u8; 32]),
+    /// A login session's, by its id and `checked_at`, which moves whenever
+    /// a re-check may have changed the claims.
+    Session([u8; 16], u64),
+}
+
+/// How much a cached messenger token weighs: its text, its claims' and a
+/// share for the entry around them.
+fn messenger_token_weight(token: &Arc<str>, claims: &Arc<MessengerClaims>) -> u32 {
+    let claims_bytes = [
+        &claims.iss,
+        &claims.sub,
+        &claims.aud,
+        &claims.client_id,
+        &claims.sid,
+        &claims.jti,
+    ]
+    .iter()
+    .map(|s| s.len())
+    .sum::<usize>();
+    u32::try_from(token.len() + claims_bytes + 256).unwrap_or(u32::MAX)
+}
+
+/// The most the messenger-token cache holds, as `messenger_token_weight`
+/// weighs its entries: some 65 000 of the usual (a 530-byte token, about
+/// 1 KiB with its claims and entry).
+const MESSENGER_TOKEN_CACHE_BYTES: u64 = 64 << 20;
+
 struct UntilMessengerTokenExpires;
 
-impl moka::Expiry<[u8; 32], Arc<MessengerClaims>> for UntilMessengerTokenExpires {
+impl moka::Expiry<Arc<str>, Arc<MessengerClaims>> for UntilMessengerTokenExpires {
     fn expire_after_create(
         &self,
-        _: &[u8; 32],
+        _: &Arc<str>,
         claims: &Arc<MessengerClaims>,
         _now: Instant,
     ) -> Option<Duration> {
@@ -486,13 +519,14 @@ impl Runtime {
             identities: moka::sync::Cache::builder()
                 .max_capacity(PER_TOKEN_CACHE_ENTRIES)
                 .time_to_live(std::time::Duration::from_secs(300))
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             loaded_at: std::time::SystemTime::now(),
             issuer,
             messenger_tokens: moka::sync::Cache::builder()
-                .max_capacity(PER_TOKEN_CACHE_ENTRIES)
+                .weigher(messenger_token_weight)
+                .max_capacity(MESSENGER_TOKEN_CACHE_BYTES)
                 .expire_after(UntilMessengerTokenExpires)
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             refresh_key,
             limiters,
             connection_ceiling,

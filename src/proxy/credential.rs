@@ -72,6 +72,15 @@ pub struct Credential {
 /// The first credential the request carries, if any. An empty or repeated
 /// carrier is a malformed credential, not an absent one.
 pub fn extract(req: &RequestHeader, allow_query: bool) -> Result<Option<Credential>, Malformed> {
+    match authorization_header(req)? {
+        Some(credential) => Ok(Some(credential)),
+        None => other_carriers(req, allow_query),
+    }
+}
+
+/// The bearer token in the `Authorization` header, the first carrier in
+/// SPEC §4's order (a session cookie comes next, then the others).
+pub fn authorization_header(req: &RequestHeader) -> Result<Option<Credential>, Malformed> {
     let mut authorizations = req.headers.get_all(http::header::AUTHORIZATION).iter();
     if let Some(value) = authorizations.next() {
         if authorizations.next().is_some() {
@@ -92,6 +101,15 @@ pub fn extract(req: &RequestHeader, allow_query: bool) -> Result<Option<Credenti
         }
         // Another scheme (Basic for the backend, say) is not ours to judge.
     }
+    Ok(None)
+}
+
+/// A token in the subprotocol or the query (where the deployment allows
+/// it): the carriers after the `Authorization` header and the cookie.
+pub fn other_carriers(
+    req: &RequestHeader,
+    allow_query: bool,
+) -> Result<Option<Credential>, Malformed> {
     let mut from_protocol =
         offered_subprotocols(req).filter_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX));
     if let Some(token) = from_protocol.next() {

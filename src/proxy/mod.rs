@@ -61,7 +61,7 @@ use crate::endpoints;
 use crate::identity::Rendered;
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
-use crate::runtime::{DeploymentRt, Runtime, State};
+use crate::runtime::{DeploymentRt, IdentityKey, Runtime, State};
 use crate::session::cookie::{cookie_pairs, cookies, CookiePolicy};
 use crate::session::now;
 use crate::session::recheck::Rechecker;
@@ -154,12 +154,11 @@ pub async fn authenticate(
         // Validation makes an authenticating messenger name a provider.
         return Err(Refusal::ProviderUnavailable);
     };
-    let credential = credential::extract(req, deployment.config.access_token_query);
     // SPEC §4 order: the Authorization header, then the session cookie, then
-    // the subprotocol and query carriers.
-    let header_first =
-        matches!(&credential, Ok(Some(c)) if c.carrier == Carrier::AuthorizationHeader);
-    if !header_first {
+    // the subprotocol and query carriers (looked for only without a session:
+    // a cookie request's query is not parsed again here).
+    let from_header = credential::authorization_header(req);
+    if !matches!(from_header, Ok(Some(_))) {
         // A cookie whose session the store cannot look up is answered
         // 503, never taken for "no session" (fail closed, and say why).
         if let Some(session) = session_for(runtime, sessions, req, provider.name())
@@ -173,6 +172,10 @@ pub async fn authenticate(
             return authenticate_session(runtime, sessions, deployment, session, cookie).await;
         }
     }
+    let credential = match from_header {
+        Ok(None) => credential::other_carriers(req, deployment.config.access_token_query),
+        found => found,
+    };
     let credential = match credential {
         Ok(Some(c)) => c,
         Ok(None) => return Err(Refusal::Unauthenticated(AuthFailure::NoCredentials)),
@@ -264,7 +267,10 @@ fn bearer_identity(
         &verified.claims,
     )
     .map_err(Refusal::Forbidden)?;
-    let key = (verified.digest(), deployment.label.clone());
+    let key = (
+        IdentityKey::Token(verified.digest()),
+        deployment.label.clone(),
+    );
     // In `identities` only if this token's slot (this verification's or an
     // earlier one's, since expired) held another deployment's.
     let found = runtime.identities.get(&key);
@@ -307,14 +313,13 @@ enum MessengerToken {
 
 /// Recognizes and verifies portcullis's own tokens (cached until `exp`).
 fn messenger_token(runtime: &Runtime, token: &str, deployment: &DeploymentRt) -> MessengerToken {
-    // A provider's token is told by its header's key id alone, before it is
-    // hashed for the lookup below (where it could never be: only tokens
-    // under this runtime's own keys are kept there).
+    // A provider's token is told by its header's key id alone, before the
+    // lookup below (where it could never be: only tokens under this
+    // runtime's own keys are kept there).
     if messenger::kid_is_foreign(token, &runtime.keys) {
         return MessengerToken::NotOurs;
     }
-    let digest = crate::token::sha256(token.as_bytes());
-    if let Some(claims) = runtime.messenger_tokens.get(&digest) {
+    if let Some(claims) = runtime.messenger_tokens.get(token) {
         if claims.exp <= now() {
             return MessengerToken::Refused(TokenError::Expired);
         }
@@ -335,7 +340,9 @@ fn messenger_token(runtime: &Runtime, token: &str, deployment: &DeploymentRt) ->
             ) {
                 Ok(claims) => {
                     let claims = Arc::new(claims);
-                    runtime.messenger_tokens.insert(digest, claims.clone());
+                    runtime
+                        .messenger_tokens
+                        .insert(Arc::from(token), claims.clone());
                     MessengerToken::Claims(claims)
                 }
                 Err(e) => MessengerToken::Refused(e),
@@ -403,10 +410,10 @@ async fn authenticate_session(
     // claims), and only ever after the policy allowed them: a hit skips
     // both. The cache lives with the runtime, so a reload that changes the
     // policy starts afresh.
-    let mut keyed = [0u8; 24];
-    keyed[..16].copy_from_slice(session.id.as_bytes());
-    keyed[16..].copy_from_slice(&session.checked_at.to_be_bytes());
-    let key = (crate::token::sha256(&keyed), deployment.label.clone());
+    let key = (
+        IdentityKey::Session(*session.id.as_bytes(), session.checked_at),
+        deployment.label.clone(),
+    );
     let rendered = match runtime.identities.get(&key) {
         Some(r) => r,
         None => {

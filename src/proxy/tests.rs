@@ -743,3 +743,74 @@ async fn a_replaced_runtime_lets_go_of_what_it_cached() {
     assert!(runtime.tokens.is_empty());
     assert_eq!(runtime.identities.entry_count(), 0);
 }
+
+#[tokio::test]
+async fn a_messenger_token_is_verified_once_and_its_session_identity_rendered_per_check() {
+    use crate::session::store::{MemoryStore, SessionStore};
+    use crate::session::{Session, SessionId};
+    let (_idp, runtime) = bearer_runtime().await;
+    let store = MemoryStore::new(1000);
+    let now = crate::session::now();
+    let id = SessionId::random().unwrap();
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), "alice".into());
+    let mut session = Session {
+        id: id.clone(),
+        deployment: "open".into(),
+        provider: "dev".into(),
+        subject: "alice".into(),
+        claims,
+        created_at: now,
+        last_seen: now,
+        expires_at: now + 3600,
+        idle_timeout_secs: 3600,
+        refresh_token: None,
+        id_token: None,
+        checked_at: now,
+        provider_token_lifetime_secs: None,
+    };
+    store.save(&session).await.unwrap();
+    let (jwt, _) = crate::token::messenger::issue(
+        &runtime.keys,
+        &runtime.issuer,
+        "alice",
+        "open",
+        &id.public_id(),
+        now,
+        3600,
+    )
+    .unwrap();
+    let with_token = |token: &str| {
+        let mut req = request("/v1/chat?deploymentId=open", None);
+        req.append_header("Authorization", format!("Bearer {token}"))
+            .unwrap();
+        req
+    };
+    let req = with_token(&jwt);
+    let target = admit(&runtime, &req, false).unwrap();
+    let first = authenticate(&runtime, &store, &target, &req).await.unwrap();
+    assert_eq!(first.session.as_deref(), Some(id.public_id().as_str()));
+    runtime.messenger_tokens.run_pending_tasks();
+    assert_eq!(runtime.messenger_tokens.entry_count(), 1);
+    assert!(runtime.messenger_tokens.get(jwt.as_str()).is_some());
+    // Again: the same identity, from the session's entry.
+    let again = authenticate(&runtime, &store, &target, &req).await.unwrap();
+    assert!(Arc::ptr_eq(&first.rendered, &again.rendered));
+    // A re-check moves `checked_at`: the identity is rendered afresh.
+    session.checked_at += 1;
+    store.save(&session).await.unwrap();
+    let rechecked = authenticate(&runtime, &store, &target, &req).await.unwrap();
+    assert!(!Arc::ptr_eq(&first.rendered, &rechecked.rendered));
+    // One character changed anywhere is another text: verified, refused,
+    // and not kept.
+    let (head, signature) = jwt.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{head}.{flipped}{}", &signature[1..]);
+    let req = with_token(&forged);
+    assert!(matches!(
+        authenticate(&runtime, &store, &target, &req).await,
+        Err(Refusal::Unauthenticated(_))
+    ));
+    runtime.messenger_tokens.run_pending_tasks();
+    assert_eq!(runtime.messenger_tokens.entry_count(), 1);
+}
