@@ -121,8 +121,8 @@ pub fn other_carriers(
             carrier: Carrier::Subprotocol,
         }));
     }
-    if allow_query {
-        let query = query_of(req);
+    let query = if allow_query { query_of(req) } else { "" };
+    if may_name_token_parameter(query) {
         let mut tokens =
             url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == QUERY_PARAMETER);
         if let Some((_, token)) = tokens.next() {
@@ -146,6 +146,13 @@ fn offered_subprotocols(req: &RequestHeader) -> impl Iterator<Item = &str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|p| !p.is_empty())
+}
+
+/// Whether `query` could hold the token parameter in some spelling: its
+/// name as is, or anything percent-encoded (`acc%65ss_token`). Most
+/// queries are neither, and skip the decoding parse.
+fn may_name_token_parameter(query: &str) -> bool {
+    query.contains(QUERY_PARAMETER) || query.contains('%')
 }
 
 fn query_of(req: &RequestHeader) -> &str {
@@ -184,7 +191,9 @@ pub fn strip_carriers(
         }
     }
     let query = query_of(req);
-    if url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == QUERY_PARAMETER) {
+    if may_name_token_parameter(query)
+        && url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == QUERY_PARAMETER)
+    {
         let raw = std::str::from_utf8(req.raw_path()).map_err(|_| RewriteFailed)?;
         let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
         let rest: Vec<&str> = query
@@ -325,6 +334,21 @@ mod tests {
         )
         .is_err());
         assert!(extract(&req("/v1?access_token=a&access_token=b", &[]), true).is_err());
+    }
+
+    #[test]
+    fn a_percent_encoded_token_parameter_is_found_and_removed() {
+        for query in ["acc%65ss_token=secret", "access%5Ftoken=secret"] {
+            let mut r = req(&format!("/v1/chat?deploymentId=d&{query}&x=1"), &[]);
+            let used = extract(&r, true).unwrap();
+            assert_eq!(used.as_ref().map(|c| c.token.as_str()), Some("secret"));
+            strip_carriers(&mut r, used.as_ref(), false).unwrap();
+            assert_eq!(
+                std::str::from_utf8(r.raw_path()).unwrap(),
+                "/v1/chat?deploymentId=d&x=1",
+                "{query}"
+            );
+        }
     }
 
     #[test]
