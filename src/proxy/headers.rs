@@ -51,11 +51,13 @@ pub fn strip_listed_headers(req: &mut RequestHeader, names: &[String]) -> usize 
     if names.is_empty() {
         return 0;
     }
+    // Header names are lower case already: only `_` is left to fold,
+    // compared in place rather than normalized into a new string per name.
     let doomed: Vec<String> = req
         .headers
         .keys()
         .map(|k| k.as_str())
-        .filter(|k| names.contains(&crate::config::normalize_header_name(k)))
+        .filter(|k| names.iter().any(|n| folds_to_str(k, n)))
         .map(str::to_string)
         .collect();
     for name in &doomed {
@@ -197,7 +199,12 @@ pub fn strip_underscore_spellings(req: &mut RequestHeader, names: &[&HeaderName]
 /// Whether `name` reads as `canonical` to a backend that takes `_` for `-`
 /// (both lower case, as `HeaderName`s are).
 fn folds_to(name: &HeaderName, canonical: &HeaderName) -> bool {
-    let (name, canonical) = (name.as_str().as_bytes(), canonical.as_str().as_bytes());
+    folds_to_str(name.as_str(), canonical.as_str())
+}
+
+/// `folds_to` for names as text, both lower case.
+fn folds_to_str(name: &str, canonical: &str) -> bool {
+    let (name, canonical) = (name.as_bytes(), canonical.as_bytes());
     name.len() == canonical.len()
         && name
             .iter()
