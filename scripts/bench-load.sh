@@ -99,6 +99,23 @@ FORCED_COUNT=${FORCED_COUNT:-2000}
 # Servers are stopped on exit; the lifetime bounds them even if this script
 # itself is killed outright and its trap never runs.
 SERVER_LIFETIME=${SERVER_LIFETIME:-1800}
+ROUNDS=${ROUNDS:-0}
+# The messenger token the rounds send lives 15 minutes from its issue.
+if [ $((ROUNDS * 4 * DURATION)) -gt 600 ]; then
+    echo "ROUNDS × 4 × DURATION is over 600 s: the messenger token would expire mid-run" >&2
+    exit 1
+fi
+if [ -n "${CALLGRIND_DIR:-}" ] && [ -n "${PERF_DIR:-}" ]; then
+    echo "CALLGRIND_DIR and PERF_DIR measure the same runs two ways at once: give one" >&2
+    exit 1
+fi
+for tool in ${CALLGRIND_DIR:+valgrind callgrind_control} ${PERF_DIR:+perf}; do
+    if ! command -v "$tool" >/dev/null; then
+        package=$([ "$tool" = perf ] && echo linux-perf || echo valgrind)
+        echo "$tool is not installed (apt-get install $package)" >&2
+        exit 1
+    fi
+done
 PINNED=${PINNED:-0}
 if [ "$MODE" = websocket ]; then PINNED=1; fi
 proxy_cpus=()
@@ -539,23 +556,37 @@ for target in "${targets[@]}"; do
         "${other_cpus[@]}" perf record -q -g -p "$proxy_pid" -o "$PERF_DIR/$target.data" 2>>"$work/client.log" &
         perf_pid=$!
         sleep 0.5
+        if ! kill -0 "$perf_pid" 2>/dev/null; then
+            echo "perf record could not attach to the proxy (perf_event_paranoid?); its output:" >&2
+            cat "$work/client.log" >&2
+            exit 1
+        fi
     fi
     if [ -n "${CALLGRIND_DIR:-}" ]; then
         case "$target" in portcullis*) ;; *) continue ;; esac
         # Counting starts afresh for this run: what came before is dumped.
-        callgrind_control -z "$portcullis_pid" >/dev/null 2>&1
+        if ! callgrind_control -z "$portcullis_pid" >/dev/null 2>>"$work/client.log"; then
+            echo "callgrind_control could not reset portcullis's counts; see $work/client.log" >&2
+            exit 1
+        fi
     fi
     http_result[$target]=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$port$(request_path "$deployment")" \
         --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
     if [ -n "${CALLGRIND_DIR:-}" ]; then
-        callgrind_control -d "$target" "$portcullis_pid" >/dev/null 2>&1
-        dump=$(ls -t "$CALLGRIND_DIR"/portcullis.out.* | head -1)
+        dump=
+        if callgrind_control -d "$target" "$portcullis_pid" >/dev/null 2>>"$work/client.log"; then
+            dump=$(ls -t "$CALLGRIND_DIR"/portcullis.out.* 2>/dev/null | head -1)
+        fi
+        if [ -z "$dump" ] || ! grep -q "^desc: Trigger: dump $target\$" "$dump"; then
+            echo "callgrind wrote no counts for $target; see $work/client.log" >&2
+            exit 1
+        fi
         http_ir[$target]=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dump")
         continue
     fi
     if [ -n "$perf_pid" ]; then
-        kill -INT "$perf_pid"
+        kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" || true
     fi
     if [ -n "$proxy_pid" ]; then
@@ -575,22 +606,21 @@ if [ -n "${CALLGRIND_DIR:-}" ]; then
     echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') under callgrind; http ${HTTP_CONCURRENCY}x keep-alive GET, ${DURATION}s each;" \
         "instructions executed by portcullis (user space) per request; profiles in $CALLGRIND_DIR"
     echo
-    echo "| target | requests | instructions per request | vs auth-disabled |"
-    echo "|---|---:|---:|---:|"
+    echo "| target | requests | errors | instructions per request | auth-disabled's ÷ this |"
+    echo "|---|---:|---:|---:|---:|"
     per_request() { awk -v ir="${http_ir[$1]:-0}" -v n="$(field "${http_result[$1]}" requests)" \
         'BEGIN { if (n > 0) printf "%.0f", ir / n; else print 0 }'; }
     for target in portcullis portcullis-bearer portcullis-session portcullis-messenger; do
-        echo "| $target | $(field "${http_result[$target]}" requests) | $(per_request "$target")" \
-            "| $(ratio "$(per_request "$target")" "$(per_request portcullis)") |"
+        echo "| $target | $(field "${http_result[$target]}" requests) | $(field "${http_result[$target]}" errors)" \
+            "| $(per_request "$target") | $(ratio "$(per_request portcullis)" "$(per_request "$target")") |"
     done
     exit 0
 fi
 
 # Interleaved rounds (ROUNDS): the ratios with drift between targets'
 # runs taken out as far as it goes.
-ROUNDS=${ROUNDS:-0}
 round_targets=(portcullis portcullis-bearer portcullis-session portcullis-messenger)
-declare -A round_rates round_cpu
+declare -A round_rates round_cpu round_errors
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!round_targets[@]}"; do
         target=${round_targets[$(((i + round - 1) % ${#round_targets[@]}))]}
@@ -604,6 +634,8 @@ for round in $(seq 1 "$ROUNDS"); do
             --concurrency "$HTTP_CONCURRENCY" --duration "$DURATION" --header "Origin: $ORIGIN" \
             "${extra[@]}" 2>>"$work/client.log")
         round_rates[$target,$round]=$(field "$result" requests_per_s)
+        errors=$(field "$result" errors)
+        round_errors[$target]=$((${round_errors[$target]:-0} + ${errors:-1}))
         round_cpu[$target,$round]=$(awk -v a="$cpu_before" -v b="$(cpu_ns "$portcullis_pid")" \
             -v n="$(field "$result" requests)" 'BEGIN { if (n > 0) printf "%.2f", (b - a) / 1000 / n }')
     done
@@ -675,8 +707,8 @@ if [ "$ROUNDS" -gt 0 ]; then
     echo "Interleaved: $ROUNDS rounds of ${DURATION}s HTTP runs over the portcullis targets, each round starting at the next;" \
         "req/s as a share of auth-disabled's in the same round"
     echo
-    echo "| target | measure | per round | median |"
-    echo "|---|---|---|---:|"
+    echo "| target | measure | per round | median | errors |"
+    echo "|---|---|---|---:|---:|"
     for target in portcullis-bearer portcullis-session portcullis-messenger; do
         for measure in req/s cpu; do
             shares=()
@@ -688,10 +720,12 @@ if [ "$ROUNDS" -gt 0 ]; then
                     shares+=("$(ratio "${round_rates[$target,$round]:-0}" "${round_rates[portcullis,$round]:-0}")")
                 fi
             done
-            median=$(printf '%s\n' "${shares[@]}" | tr -d '%' | sort -g | awk '{ v[NR] = $1 } END {
-                if (NR % 2) printf "%.1f%%", v[(NR + 1) / 2]; else printf "%.1f%%", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+            # A round without requests ("n/a") has no share to take part.
+            median=$(printf '%s\n' "${shares[@]}" | grep '%$' | tr -d '%' | sort -g | awk '{ v[NR] = $1 } END {
+                if (NR == 0) print "n/a"; else if (NR % 2) printf "%.1f%%", v[(NR + 1) / 2];
+                else printf "%.1f%%", (v[NR / 2] + v[NR / 2 + 1]) / 2 }' || true)
             label=$([ "$measure" = cpu ] && echo "proxy CPU per request (auth-disabled's ÷ this)" || echo "HTTP req/s")
-            echo "| $target | $label | $(printf '%s · ' "${shares[@]}" | sed 's/ · $//') | $median |"
+            echo "| $target | $label | $(printf '%s · ' "${shares[@]}" | sed 's/ · $//') | $median | ${round_errors[$target]:-0} |"
         done
     done
     echo
