@@ -268,6 +268,10 @@ fn roots_key(certificates: &[Vec<u8>]) -> u64 {
 pub struct StripRules {
     /// Normalized (lowercase, `_` as `-`) prefix.
     pub prefix: String,
+    /// Normalized names removed in every spelling
+    /// (`headers::strip_listed_headers`): `forwarding.strip_headers`, and
+    /// the headers portcullis sets under fixed names.
+    pub listed: Vec<String>,
 }
 
 pub struct Runtime {
@@ -491,8 +495,15 @@ impl Runtime {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
+        let mut listed = config.forwarding.strip_headers.clone();
+        for name in crate::proxy::headers::set_by_portcullis() {
+            if !listed.iter().any(|n| n == name) {
+                listed.push(name.to_string());
+            }
+        }
         let strip = StripRules {
             prefix: config::normalize_header_name(&config.identity_header_prefix),
+            listed,
         };
         let cookie_policy = crate::session::cookie::CookiePolicy::from_config(&config);
         let issuer = config.public_url.as_ref().map_or_else(

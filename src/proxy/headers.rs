@@ -28,42 +28,40 @@ pub fn is_identity_header(name: &str, rules: &StripRules) -> bool {
 
 /// Removes every identity header the client sent; returns how many.
 pub fn strip_identity_headers(req: &mut RequestHeader, rules: &StripRules) -> usize {
-    let doomed: Vec<String> = req
-        .headers
-        .keys()
-        .map(|k| k.as_str())
-        .filter(|k| is_identity_header(k, rules))
-        .map(str::to_string)
-        .collect();
-    for name in &doomed {
-        while req.remove_header(name.as_str()).is_some() {}
-    }
-    doomed.len()
+    remove_headers_where(req, |name| is_identity_header(name, rules))
 }
 
 /// Removes every header named in `names` (normalized: lowercase, `_` as
 /// `-`), in any case and with `_` for `-`, as identity headers are; returns
-/// how many names were found. These are the headers some backend framework
-/// trusts to choose the path, host or method (`X-Original-URL`,
-/// `X-HTTP-Method-Override`…): left in, they would route the request
-/// somewhere else than where portcullis admitted it.
+/// how many names were found. `StripRules::listed` holds two kinds: the
+/// headers some backend framework trusts to choose the path, host or
+/// method (`forwarding.strip_headers`: `X-Original-URL`,
+/// `X-HTTP-Method-Override`…), which left in would route the request
+/// somewhere else than where portcullis admitted it; and the headers
+/// portcullis sets itself, whose `_` spellings (`X_Real_IP`) a backend
+/// that folds `_` into `-` (CGI's `HTTP_X_REAL_IP`, PHP behind FastCGI)
+/// would take for portcullis's.
 pub fn strip_listed_headers(req: &mut RequestHeader, names: &[String]) -> usize {
     if names.is_empty() {
         return 0;
     }
     // Header names are lower case already: only `_` is left to fold,
     // compared in place rather than normalized into a new string per name.
-    let doomed: Vec<String> = req
+    remove_headers_where(req, |name| names.iter().any(|n| folds_to(name, n)))
+}
+
+/// Removes every header whose name `doomed` picks; returns how many names.
+fn remove_headers_where(req: &mut RequestHeader, doomed: impl Fn(&str) -> bool) -> usize {
+    let names: Vec<HeaderName> = req
         .headers
         .keys()
-        .map(|k| k.as_str())
-        .filter(|k| names.iter().any(|n| folds_to_str(k, n)))
-        .map(str::to_string)
+        .filter(|k| doomed(k.as_str()))
+        .cloned()
         .collect();
-    for name in &doomed {
-        while req.remove_header(name.as_str()).is_some() {}
+    for name in &names {
+        while req.remove_header(name).is_some() {}
     }
-    doomed.len()
+    names.len()
 }
 
 /// What portcullis knows about the client connection.
@@ -172,7 +170,7 @@ pub fn apply_forwarded(req: &mut RequestHeader, fwd: &Forwarded) {
 
 /// Every header that says where a request came from: the client's are
 /// never passed on.
-pub static FORWARDING: [&HeaderName; 5] = [
+static FORWARDING: [&HeaderName; 5] = [
     &X_FORWARDED_FOR,
     &X_FORWARDED_PROTO,
     &X_FORWARDED_HOST,
@@ -180,30 +178,19 @@ pub static FORWARDING: [&HeaderName; 5] = [
     &X_REAL_IP,
 ];
 
-/// Removes the client's headers spelled as one of `names` with `_` for
-/// `-` (`X_Real_IP`): a backend that folds them together (CGI's
-/// `HTTP_X_REAL_IP`, PHP behind FastCGI) would take the client's for the
-/// one portcullis sets. Only names with an `_` are looked at.
-pub fn strip_underscore_spellings(req: &mut RequestHeader, names: &[&HeaderName]) {
-    let underscored: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| k.as_str().contains('_') && names.iter().any(|n| folds_to(k, n)))
-        .cloned()
-        .collect();
-    for name in &underscored {
-        while req.remove_header(name).is_some() {}
-    }
+/// The headers `prepare_upstream_request` sets under fixed names (the
+/// identity's go under the identity prefix, stripped in every spelling by
+/// `strip_identity_headers`), lower case.
+pub fn set_by_portcullis() -> impl Iterator<Item = &'static str> {
+    FORWARDING
+        .iter()
+        .map(|name| name.as_str())
+        .chain([super::request_id::HEADER_NAME.as_str()])
 }
 
 /// Whether `name` reads as `canonical` to a backend that takes `_` for `-`
 /// (both lower case, as `HeaderName`s are).
-fn folds_to(name: &HeaderName, canonical: &HeaderName) -> bool {
-    folds_to_str(name.as_str(), canonical.as_str())
-}
-
-/// `folds_to` for names as text, both lower case.
-fn folds_to_str(name: &str, canonical: &str) -> bool {
+fn folds_to(name: &str, canonical: &str) -> bool {
     let (name, canonical) = (name.as_bytes(), canonical.as_bytes());
     name.len() == canonical.len()
         && name
@@ -264,6 +251,7 @@ mod tests {
     fn rules() -> StripRules {
         StripRules {
             prefix: "x-auth-".into(),
+            listed: Vec::new(),
         }
     }
 
@@ -375,7 +363,8 @@ mod tests {
             tls: true,
         };
         let f = forwarded(&req, client, false);
-        strip_underscore_spellings(&mut req, &FORWARDING);
+        let forwarding: Vec<String> = FORWARDING.iter().map(|n| n.to_string()).collect();
+        strip_listed_headers(&mut req, &forwarding);
         apply_forwarded(&mut req, &f);
         let mut left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();

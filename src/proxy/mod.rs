@@ -882,8 +882,7 @@ pub fn prepare_upstream_request(
     // what the client sent, and a trusted proxy's chain must survive that.
     let fwd = headers::forwarded(upstream_request, client, from_trusted_proxy);
     headers::strip_identity_headers(upstream_request, &runtime.strip);
-    headers::strip_listed_headers(upstream_request, &runtime.config.forwarding.strip_headers);
-    headers::strip_underscore_spellings(upstream_request, &SET_HERE);
+    headers::strip_listed_headers(upstream_request, &runtime.strip.listed);
     // Room for what is added below to the header maps (request id,
     // assertion, `X-Forwarded-*`), so that each map's index table is
     // rebuilt at most once. The identity headers go beside the maps, their
@@ -920,17 +919,6 @@ pub fn prepare_upstream_request(
     headers::apply_forwarded(upstream_request, &fwd);
     Ok(())
 }
-
-/// The headers `prepare_upstream_request` sets (besides the identity's,
-/// whose every spelling `strip_identity_headers` removes).
-static SET_HERE: [&http::HeaderName; 6] = [
-    headers::FORWARDING[0],
-    headers::FORWARDING[1],
-    headers::FORWARDING[2],
-    headers::FORWARDING[3],
-    headers::FORWARDING[4],
-    &request_id::HEADER_NAME,
-];
 
 /// Headers `prepare_upstream_request` adds besides the identity's: the
 /// request id and up to three `X-Forwarded-*`.

@@ -747,28 +747,14 @@ async fn a_replaced_runtime_lets_go_of_what_it_cached() {
 #[tokio::test]
 async fn a_messenger_token_is_verified_once_and_its_session_identity_rendered_per_check() {
     use crate::session::store::{MemoryStore, SessionStore};
-    use crate::session::{Session, SessionId};
     let (_idp, runtime) = bearer_runtime().await;
     let store = MemoryStore::new(1000);
     let now = crate::session::now();
-    let id = SessionId::random().unwrap();
-    let mut claims = serde_json::Map::new();
-    claims.insert("sub".into(), "alice".into());
-    let mut session = Session {
-        id: id.clone(),
-        deployment: "open".into(),
-        provider: "dev".into(),
-        subject: "alice".into(),
-        claims,
-        created_at: now,
-        last_seen: now,
-        expires_at: now + 3600,
-        idle_timeout_secs: 3600,
-        refresh_token: None,
-        id_token: None,
-        checked_at: now,
-        provider_token_lifetime_secs: None,
-    };
+    let mut session = crate::session::tests::session(now, 3600, 3600);
+    session.deployment = "open".into();
+    session.provider = "dev".into();
+    session.claims.insert("sub".into(), "alice".into());
+    let id = session.id.clone();
     store.save(&session).await.unwrap();
     let (jwt, _) = crate::token::messenger::issue(
         &runtime.keys,

@@ -212,7 +212,7 @@ fn json_bytes(value: &serde_json::Value) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn session(created: u64, max: u64, idle: u64) -> Session {
