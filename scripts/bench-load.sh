@@ -60,12 +60,17 @@
 # target, and every authenticated target's req/s as a share of the
 # auth-disabled one's in the same round, with the median: the machine's
 # drift moves whole rounds, not one target's run against another's),
-# CALLGRIND_DIR (unset; a directory: portcullis runs under valgrind's
-# callgrind, and the script prints, instead of all of the above tables, the
-# instructions portcullis executed per HTTP request for each of its
-# targets (valgrind's `Ir`, user space only): a count that the machine's
-# drift does not move, where req/s and CPU time move by ±20 % here; one
-# `portcullis.out.N` profile per run, for `callgrind_annotate`),
+# CALLGRIND_DIR (unset; a directory: portcullis and the bare Pingora proxy
+# run under valgrind's callgrind, and the script prints, instead of all of
+# the above tables, the instructions each executed per HTTP request for
+# each of its targets (valgrind's `Ir`, user space only): a count that the
+# machine's drift does not move, where req/s and CPU time move by ±20 %
+# here; one `portcullis.out.N` or `bare-pingora.out.N` profile per run, for
+# `callgrind_annotate`. glibc's memcpy is told to keep to its vector loop:
+# its `rep movsb`, which it picks from 2 KiB up and which the hardware runs
+# at tens of bytes a cycle, counts one instruction per byte under valgrind,
+# so a future that grows past 2 KiB would add thousands of instructions a
+# request that cost next to nothing),
 # PERF_DIR (unset; a directory: `perf record -g` of the proxy during each
 # HTTP run, one `<target>.data` each, to compare where the paths spend their
 # CPU with `perf report -i`; the recording costs CPU, so read that run's
@@ -363,10 +368,22 @@ rate_limits:
 logging: {format: text, level: warn}
 EOF
 
+callgrind_runner() { # NAME: the command prefix that runs a proxy under callgrind
+    echo env GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1000000000 \
+        valgrind -q --tool=callgrind --callgrind-out-file="$CALLGRIND_DIR/$1.out"
+}
+if [ -n "${CALLGRIND_DIR:-}" ]; then
+    mkdir -p "$CALLGRIND_DIR"
+    rm -f "$CALLGRIND_DIR"/portcullis.out* "$CALLGRIND_DIR"/bare-pingora.out*
+fi
 start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$HOST:$BACKEND_PORT" --threads 1
 if [ "$MODE" = comparison ]; then
-    start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" \
-        --upstream "$HOST:$BACKEND_PORT" --threads 1
+    bare_runner=()
+    if [ -n "${CALLGRIND_DIR:-}" ]; then
+        read -r -a bare_runner <<<"$(callgrind_runner bare-pingora)"
+    fi
+    start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "${bare_runner[@]}" \
+        "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" --upstream "$HOST:$BACKEND_PORT" --threads 1
     bare_pid=$STARTED_PID
 fi
 # The provider writes its token only once it answers, so wait for the file.
@@ -385,9 +402,7 @@ bearer="Authorization: Bearer $(cat "$work/token")"
 # The development provider's client secret for this client id.
 proxy_runner=()
 if [ -n "${CALLGRIND_DIR:-}" ]; then
-    mkdir -p "$CALLGRIND_DIR"
-    rm -f "$CALLGRIND_DIR"/portcullis.out*
-    proxy_runner=(valgrind -q --tool=callgrind --callgrind-out-file="$CALLGRIND_DIR/portcullis.out")
+    read -r -a proxy_runner <<<"$(callgrind_runner portcullis)"
 fi
 BENCH_CLIENT_SECRET=demo-secret start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "${proxy_runner[@]}" \
     "$portcullis_bin" run -c "$work/portcullis.yaml"
@@ -563,10 +578,10 @@ for target in "${targets[@]}"; do
         fi
     fi
     if [ -n "${CALLGRIND_DIR:-}" ]; then
-        case "$target" in portcullis*) ;; *) continue ;; esac
+        case "$target" in portcullis* | bare-pingora) ;; *) continue ;; esac
         # Counting starts afresh for this run: what came before is dumped.
-        if ! callgrind_control -z "$portcullis_pid" >/dev/null 2>>"$work/client.log"; then
-            echo "callgrind_control could not reset portcullis's counts; see $work/client.log" >&2
+        if ! callgrind_control -z "$proxy_pid" >/dev/null 2>>"$work/client.log"; then
+            echo "callgrind_control could not reset $target's counts; see $work/client.log" >&2
             exit 1
         fi
     fi
@@ -575,8 +590,10 @@ for target in "${targets[@]}"; do
         "${extra[@]}" 2>>"$work/client.log")
     if [ -n "${CALLGRIND_DIR:-}" ]; then
         dump=
-        if callgrind_control -d "$target" "$portcullis_pid" >/dev/null 2>>"$work/client.log"; then
-            dump=$(ls -t "$CALLGRIND_DIR"/portcullis.out.* 2>/dev/null | head -1)
+        profile=portcullis
+        if [ "$target" = bare-pingora ]; then profile=bare-pingora; fi
+        if callgrind_control -d "$target" "$proxy_pid" >/dev/null 2>>"$work/client.log"; then
+            dump=$(ls -t "$CALLGRIND_DIR/$profile".out.* 2>/dev/null | head -1)
         fi
         if [ -z "$dump" ] || ! grep -q "^desc: Trigger: dump $target\$" "$dump"; then
             echo "callgrind wrote no counts for $target; see $work/client.log" >&2
@@ -604,13 +621,13 @@ done
 if [ -n "${CALLGRIND_DIR:-}" ]; then
     echo
     echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') under callgrind; http ${HTTP_CONCURRENCY}x keep-alive GET, ${DURATION}s each;" \
-        "instructions executed by portcullis (user space) per request; profiles in $CALLGRIND_DIR"
+        "instructions executed by the proxy (user space) per request; profiles in $CALLGRIND_DIR"
     echo
     echo "| target | requests | errors | instructions per request | auth-disabled's ÷ this |"
     echo "|---|---:|---:|---:|---:|"
     per_request() { awk -v ir="${http_ir[$1]:-0}" -v n="$(field "${http_result[$1]}" requests)" \
         'BEGIN { if (n > 0) printf "%.0f", ir / n; else print 0 }'; }
-    for target in portcullis portcullis-bearer portcullis-session portcullis-messenger; do
+    for target in bare-pingora portcullis portcullis-bearer portcullis-session portcullis-messenger; do
         echo "| $target | $(field "${http_result[$target]}" requests) | $(field "${http_result[$target]}" errors)" \
             "| $(per_request "$target") | $(ratio "$(per_request portcullis)" "$(per_request "$target")") |"
     done

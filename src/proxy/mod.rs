@@ -499,8 +499,6 @@ pub struct RequestCtx {
     slot: Option<crate::capacity::Slot>,
     /// Set once the request is authenticated.
     auth: Option<Authenticated>,
-    /// The upstream server of the last attempt, for the access line.
-    upstream_server: Option<String>,
     /// Assigned first thing in `request_filter`.
     request_id: Option<RequestId>,
 }
@@ -510,6 +508,16 @@ impl RequestCtx {
     /// `request_filter` (a failure before it still gets an id to quote).
     fn request_id(&mut self) -> &RequestId {
         self.request_id.get_or_insert_with(RequestId::generate)
+    }
+
+    /// The upstream server of the last attempt, for log lines (formatted
+    /// only when one is written).
+    fn upstream_server(
+        &self,
+    ) -> Option<tracing::field::DisplayValue<&pingora::protocols::l4::socket::SocketAddr>> {
+        self.tried
+            .last()
+            .map(|backend| tracing::field::display(&backend.addr))
     }
 
     fn deployment_label(&self) -> &str {
@@ -1052,7 +1060,6 @@ impl ProxyHttp for Portcullis {
         // life) would otherwise hold a first allocation of four backends.
         ctx.tried.reserve_exact(1);
         ctx.tried.push(backend.clone());
-        ctx.upstream_server = Some(backend.addr.to_string());
         let config = &upstream.config;
         let mut peer = HttpPeer::new(&backend, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
@@ -1085,7 +1092,7 @@ impl ProxyHttp for Portcullis {
                 // otherwise: the request never reaches it (no bypass).
                 tracing::warn!(
                     upstream = %upstream.config.name,
-                    server = ctx.upstream_server.as_deref().unwrap_or("-"),
+                    server = ctx.upstream_server(),
                     sni = %upstream.config.sni,
                     error = %e,
                     "upstream TLS handshake failed: its certificate is not trusted or not issued for the SNI name"
@@ -1161,7 +1168,7 @@ impl ProxyHttp for Portcullis {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.response_after = ctx.started.map(|s| s.elapsed());
-        upstream_response.insert_header(request_id::HEADER, ctx.request_id().header_value())?;
+        request_id::set_on_response(upstream_response, ctx.request_id())?;
         if !ctx.is_upgrade {
             return Ok(());
         }
@@ -1423,7 +1430,7 @@ impl ProxyHttp for Portcullis {
                 path,
                 client,
                 user_agent,
-                upstream = ctx.upstream_server.as_deref(),
+                upstream = ctx.upstream_server(),
                 deployment,
                 route,
                 outcome,

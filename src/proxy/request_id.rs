@@ -17,6 +17,16 @@ pub const HEADER: &str = "x-request-id";
 /// [`HEADER`], parsed.
 pub static HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 
+/// Sets the response's `X-Request-Id` to `id`, replacing any the upstream
+/// sent, with the name parsed once for every response.
+pub fn set_on_response(header: &mut ResponseHeader, id: &RequestId) -> pingora::Result<()> {
+    header.insert_parsed_header(
+        &HEADER_NAME,
+        Bytes::from_static(HEADER.as_bytes()),
+        id.header_value(),
+    )
+}
+
 /// The longest id kept from a trusted proxy.
 const MAX_LEN: usize = 128;
 
@@ -130,8 +140,7 @@ impl std::fmt::Display for RequestId {
 /// `X-Request-Id` header always; in an error (status 400 and up), also the
 /// body: a JSON object gains `"request_id"`, an HTML page a line quoting it.
 pub fn stamp(header: &mut ResponseHeader, body: Bytes, id: &RequestId) -> Bytes {
-    // A well-formed id is a valid header value.
-    let _ = header.insert_header(HEADER, id.header_value());
+    let _ = set_on_response(header, id);
     if header.status.as_u16() < 400 {
         return body;
     }

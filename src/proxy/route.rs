@@ -223,19 +223,37 @@ fn deployment_id_from_query<'q>(
 /// for Python before 3.9.2 and Rack before 3). A `;` elsewhere in the query
 /// is left alone.
 pub fn has_name_variant(query: &str, name: &str) -> bool {
-    let wanted = canonical_param_name(name);
+    let name_is_plain = is_plain_param_name(name);
+    // `canonical_param_name(name)`, computed only when a key is not plain.
+    let mut wanted: Option<String> = None;
     query.split('&').any(|pair| {
         let pair_key = pair.split('=').next().unwrap_or("");
         pair.split(';').enumerate().any(|(i, piece)| {
             let raw_key = piece.split('=').next().unwrap_or("");
+            let in_place_of_the_name = i == 0 && !pair_key.contains(';');
+            if name_is_plain && is_plain_param_name(raw_key) {
+                // Decoding and folding change two plain names in ASCII case
+                // only, so they compare without either being rewritten.
+                return !(in_place_of_the_name && raw_key == name)
+                    && raw_key.eq_ignore_ascii_case(name);
+            }
             let key = url::form_urlencoded::parse(raw_key.as_bytes())
                 .next()
                 .map(|(k, _)| k.into_owned())
                 .unwrap_or_default();
-            let exact = i == 0 && !pair_key.contains(';') && key == name;
-            !exact && canonical_param_name(&key) == wanted
+            let exact = in_place_of_the_name && key == name;
+            let wanted = wanted.get_or_insert_with(|| canonical_param_name(name));
+            !exact && canonical_param_name(&key) == *wanted
         })
     })
+}
+
+/// A name that [`canonical_param_name`] and form decoding leave as it is,
+/// but for ASCII case: letters, digits, `_` and `-` (no `%`, `+`, brackets,
+/// `.`, spaces or anything beyond ASCII). Nearly every query's keys are.
+fn is_plain_param_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A parameter name as the most lenient backend reads it: decoded until it
@@ -517,6 +535,93 @@ routes:
         assert_eq!(canonical_param_name("\u{212a}ey"), "key");
         assert!(!has_name_variant("deploymentId=a&b=c;d", "deploymentId"));
         assert!(has_name_variant("a=b;DeploymentId=c", "deploymentId"));
+    }
+
+    /// `has_name_variant` as it was before its plain-name shortcut: every
+    /// key decoded and folded.
+    fn has_name_variant_by_folding_every_key(query: &str, name: &str) -> bool {
+        let wanted = canonical_param_name(name);
+        query.split('&').any(|pair| {
+            let pair_key = pair.split('=').next().unwrap_or("");
+            pair.split(';').enumerate().any(|(i, piece)| {
+                let raw_key = piece.split('=').next().unwrap_or("");
+                let key = url::form_urlencoded::parse(raw_key.as_bytes())
+                    .next()
+                    .map(|(k, _)| k.into_owned())
+                    .unwrap_or_default();
+                let exact = i == 0 && !pair_key.contains(';') && key == name;
+                !exact && canonical_param_name(&key) == wanted
+            })
+        })
+    }
+
+    /// A spelling of `name` as a client might send it: each character
+    /// kept, case-flipped, percent-encoded once or twice, or (for `_`,
+    /// `.`, `-`) swapped for another of `_ . - + space`, then maybe a `[]`,
+    /// each choice read from `bits`.
+    fn spelling_of(name: &str, mut bits: u64) -> String {
+        let mut take = |n: u64| {
+            let v = bits % n;
+            bits /= n;
+            v
+        };
+        let mut key = String::new();
+        for c in name.chars() {
+            match take(8) {
+                0 if c.is_ascii() => key.push_str(&format!("%{:02X}", c as u32)),
+                1 if c.is_ascii() => key.push_str(&format!("%25{:02X}", c as u32)),
+                2 | 3 if c.is_ascii_alphabetic() => key.push(if c.is_ascii_uppercase() {
+                    c.to_ascii_lowercase()
+                } else {
+                    c.to_ascii_uppercase()
+                }),
+                2 | 3 if matches!(c, '_' | '.' | '-') => {
+                    key.push(['_', '.', '-', '+', ' '][take(5) as usize])
+                }
+                4 if c == 's' => key.push('\u{17f}'),
+                4 if c == 'k' => key.push('\u{212a}'),
+                _ => key.push(c),
+            }
+        }
+        if take(4) == 0 {
+            key.push_str("[]");
+        }
+        key
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// The shortcut for plain keys gives the verdict folding every key
+        /// gives: queries of spellings of the name, the name itself and
+        /// other keys, joined by `&` or `;`, with and without values.
+        #[test]
+        fn plain_keys_get_the_verdict_of_folding(
+            name in proptest::sample::select(vec!["dep", "deploymentId", "s", "key", "k-e_y", "dep.x", "x y"]),
+            pairs in proptest::collection::vec((0u8..6, proptest::prelude::any::<u64>()), 0..4),
+        ) {
+            let mut query = String::new();
+            for (kind, bits) in pairs {
+                let key = match kind {
+                    0 | 1 => spelling_of(name, bits),
+                    2 => name.to_string(),
+                    3 => name.to_ascii_uppercase(),
+                    4 => format!("{name}s"),
+                    _ => "other".to_string(),
+                };
+                if !query.is_empty() {
+                    query.push(if bits % 5 == 0 { ';' } else { '&' });
+                }
+                query.push_str(&key);
+                if bits % 3 != 0 {
+                    query.push_str("=v");
+                }
+            }
+            proptest::prop_assert_eq!(
+                has_name_variant(&query, name),
+                has_name_variant_by_folding_every_key(&query, name),
+                "query {:?}, name {:?}", query, name
+            );
+        }
     }
 
     #[test]
