@@ -66,9 +66,10 @@
 # each of its targets (valgrind's `Ir`, user space only): a count that the
 # machine's drift does not move, where req/s and CPU time move by ±20 %
 # here; one `portcullis.out.N` or `bare-pingora.out.N` profile per run, for
-# `callgrind_annotate`. glibc's memcpy is told to keep to its vector loop:
-# its `rep movsb`, which it picks from 2 KiB up and which the hardware runs
-# at tens of bytes a cycle, counts one instruction per byte under valgrind,
+# `callgrind_annotate`. glibc's memcpy and memset are told to keep to their
+# vector loops: `rep movsb`/`rep stosb`, which they pick from 2 KiB up and
+# which the hardware runs at tens of bytes a cycle, count one instruction
+# per byte under valgrind,
 # so a future that grows past 2 KiB would add thousands of instructions a
 # request that cost next to nothing),
 # PERF_DIR (unset; a directory: `perf record -g` of the proxy during each
@@ -368,9 +369,12 @@ rate_limits:
 logging: {format: text, level: warn}
 EOF
 
-callgrind_runner() { # NAME: the command prefix that runs a proxy under callgrind
-    echo env GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1000000000 \
-        valgrind -q --tool=callgrind --callgrind-out-file="$CALLGRIND_DIR/$1.out"
+# callgrind_runner ARRAY NAME: sets ARRAY to the command prefix that runs a
+# proxy under callgrind, its counts in $CALLGRIND_DIR/NAME.out.
+callgrind_runner() {
+    local -n runner=$1
+    runner=(env "GLIBC_TUNABLES=${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86_rep_stosb_threshold=1000000000"
+        valgrind -q --tool=callgrind --callgrind-out-file="$CALLGRIND_DIR/$2.out")
 }
 if [ -n "${CALLGRIND_DIR:-}" ]; then
     mkdir -p "$CALLGRIND_DIR"
@@ -380,7 +384,7 @@ start backend "$BACKEND_PORT" "${other_cpus[@]}" "$load_bin" backend --listen "$
 if [ "$MODE" = comparison ]; then
     bare_runner=()
     if [ -n "${CALLGRIND_DIR:-}" ]; then
-        read -r -a bare_runner <<<"$(callgrind_runner bare-pingora)"
+        callgrind_runner bare_runner bare-pingora
     fi
     start bare-pingora "$BARE_PORT" "${proxy_cpus[@]}" "${bare_runner[@]}" \
         "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" --upstream "$HOST:$BACKEND_PORT" --threads 1
@@ -402,7 +406,7 @@ bearer="Authorization: Bearer $(cat "$work/token")"
 # The development provider's client secret for this client id.
 proxy_runner=()
 if [ -n "${CALLGRIND_DIR:-}" ]; then
-    read -r -a proxy_runner <<<"$(callgrind_runner portcullis)"
+    callgrind_runner proxy_runner portcullis
 fi
 BENCH_CLIENT_SECRET=demo-secret start portcullis "$PORTCULLIS_PORT" "${proxy_cpus[@]}" "${proxy_runner[@]}" \
     "$portcullis_bin" run -c "$work/portcullis.yaml"

@@ -120,7 +120,7 @@ pub fn forwarded(req: &RequestHeader, client: ClientInfo, trusted: bool) -> Forw
     // An untrusted client's own `X-Forwarded-*` are not even read.
     let sent = |name: &HeaderName| req.headers.get(name).and_then(visible_value);
     let peer = client.peer.map(|ip| ip.to_string());
-    let chain = trusted.then(|| sent(&X_FORWARDED_FOR)).flatten();
+    let chain = trusted.then(|| forwarded_chain(req)).flatten();
     let for_ = match (chain, peer) {
         (Some(chain), Some(peer)) => {
             let chain = chain.to_str().unwrap_or_default();
@@ -146,6 +146,27 @@ pub fn forwarded(req: &RequestHeader, client: ClientInfo, trusted: bool) -> Forw
             HeaderValue::from_str(authority.as_str()).ok()
         });
     Forwarded { for_, proto, host }
+}
+
+/// A trusted proxy's `X-Forwarded-For`, every line of it in order: a
+/// proxy that adds its own line (HAProxy's `option forwardfor`) leaves the
+/// client's made-up one first, and the address that proxy saw is last.
+fn forwarded_chain(req: &RequestHeader) -> Option<HeaderValue> {
+    let mut lines = req
+        .headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(visible_value);
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(first);
+    };
+    let mut chain = first.to_str().unwrap_or_default().to_string();
+    for line in std::iter::once(second).chain(lines) {
+        chain.push_str(", ");
+        chain.push_str(line.to_str().unwrap_or_default());
+    }
+    HeaderValue::try_from(chain).ok()
 }
 
 /// `value` without surrounding whitespace, or nothing when that leaves it
@@ -405,5 +426,13 @@ mod tests {
         assert_eq!(f.for_.unwrap(), "203.0.113.9, 10.0.0.2");
         assert_eq!(f.proto, "https");
         assert_eq!(f.host.unwrap(), "chat.example.com");
+
+        // A proxy that adds its own line rather than extending the
+        // client's: every line is kept, in order, so the address the
+        // proxy saw stays the last before the peer's.
+        let mut req = request(&[("X-Forwarded-For", "6.6.6.6")]);
+        req.append_header("X-Forwarded-For", "203.0.113.9").unwrap();
+        let f = forwarded(&req, client, true);
+        assert_eq!(f.for_.unwrap(), "6.6.6.6, 203.0.113.9, 10.0.0.2");
     }
 }

@@ -512,12 +512,8 @@ impl RequestCtx {
 
     /// The upstream server of the last attempt, for log lines (formatted
     /// only when one is written).
-    fn upstream_server(
-        &self,
-    ) -> Option<tracing::field::DisplayValue<&pingora::protocols::l4::socket::SocketAddr>> {
-        self.tried
-            .last()
-            .map(|backend| tracing::field::display(&backend.addr))
+    fn upstream_server(&self) -> Option<String> {
+        self.tried.last().map(|backend| backend.addr.to_string())
     }
 
     fn deployment_label(&self) -> &str {
@@ -1092,7 +1088,7 @@ impl ProxyHttp for Portcullis {
                 // otherwise: the request never reaches it (no bypass).
                 tracing::warn!(
                     upstream = %upstream.config.name,
-                    server = ctx.upstream_server(),
+                    server = ctx.upstream_server().as_deref().unwrap_or("-"),
                     sni = %upstream.config.sni,
                     error = %e,
                     "upstream TLS handshake failed: its certificate is not trusted or not issued for the SNI name"
@@ -1430,7 +1426,7 @@ impl ProxyHttp for Portcullis {
                 path,
                 client,
                 user_agent,
-                upstream = ctx.upstream_server(),
+                upstream = ctx.upstream_server().as_deref(),
                 deployment,
                 route,
                 outcome,

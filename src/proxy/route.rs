@@ -622,6 +622,21 @@ routes:
                 "query {:?}, name {:?}", query, name
             );
         }
+
+        /// The same for any plain or near-plain name and any query of
+        /// what decodes, folds or separates: empty keys, digits, `&&`,
+        /// a leading `=`, a trailing `;`.
+        #[test]
+        fn any_query_gets_the_verdict_of_folding(
+            name in "[A-Za-z0-9_.-]{0,6}",
+            query in "([A-Za-z0-9_.%+ ;=&\\[\\]-]|\u{17f}|\u{212a}){0,16}",
+        ) {
+            proptest::prop_assert_eq!(
+                has_name_variant(&query, &name),
+                has_name_variant_by_folding_every_key(&query, &name),
+                "query {:?}, name {:?}", query, name
+            );
+        }
     }
 
     #[test]
