@@ -7,8 +7,9 @@ port_open() {
 }
 
 # start NAME PORT COMMAND...: runs a server in the background under a
-# lifetime bound and waits until its port accepts connections. Sets
-# STARTED_PID to the server's own pid (the child of `timeout`).
+# lifetime bound and waits until its port accepts connections (START_WAIT
+# tenths of a second, 100 unless set). Sets STARTED_PID to the server's own
+# pid (the child of `timeout`).
 start() {
     local name=$1 port=$2
     shift 2
@@ -20,7 +21,7 @@ start() {
     timeout -s INT "$SERVER_LIFETIME" "$@" >"$work/$name.log" 2>&1 &
     local wrapper=$!
     server_pids+=("$wrapper")
-    for _ in $(seq 100); do
+    for _ in $(seq "${START_WAIT:-100}"); do
         if port_open "$port"; then
             STARTED_PID=$(pgrep -P "$wrapper")
             # The server itself too: a cleanup's KILL must reach it even

@@ -377,6 +377,9 @@ callgrind_runner() {
         valgrind -q --tool=callgrind --callgrind-out-file="$CALLGRIND_DIR/$2.out")
 }
 if [ -n "${CALLGRIND_DIR:-}" ]; then
+    # A proxy under valgrind starts many times slower, more so on a busy
+    # machine: a minute before it is taken for failed.
+    START_WAIT=600
     mkdir -p "$CALLGRIND_DIR"
     rm -f "$CALLGRIND_DIR"/portcullis.out* "$CALLGRIND_DIR"/bare-pingora.out*
 fi
