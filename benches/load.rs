@@ -7,7 +7,9 @@
 //!   bare-proxy  --listen ADDR --upstream ADDR [--threads N] [--tls-cert PEM --tls-key PEM]
 //!                 Pingora forwarding, nothing else (over TLS with a certificate)
 //!   idp         --listen ADDR --token-file PATH [--alg RS256|ES256] [--user alice]
+//!               [--fresh-file PATH --fresh-count N]
 //!                 the development OpenID provider; writes an access token to PATH
+//!                 (after N more, each with its own jti, to the fresh file)
 //!
 //! Clients (bounded in time and count; results on stdout as one line of
 //! `key=value` pairs, the first error on stderr):
@@ -192,6 +194,14 @@ enum Command {
         /// The token's subject, one of the provider's users (alice, bob, carol).
         #[arg(long, default_value = "alice")]
         user: String,
+        /// Also write --fresh-count more access tokens of the same user and
+        /// algorithm to this file, one a line, each with its own `jti`
+        /// (first-seen bearer load: `http`/`handshakes --fresh-file`),
+        /// minted on every CPU before the token file is written.
+        #[arg(long, requires = "fresh_count")]
+        fresh_file: Option<PathBuf>,
+        #[arg(long, requires = "fresh_file", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        fresh_count: Option<u64>,
     },
     /// Log in through portcullis at the development provider, as a browser
     /// would, and write the session cookie (`name=value`) to PATH.
@@ -368,7 +378,15 @@ fn run(command: Command) -> Result<()> {
             token_file,
             alg,
             user,
-        } => idp(listen, &token_file, &alg, &user),
+            fresh_file,
+            fresh_count,
+        } => idp(
+            listen,
+            &token_file,
+            &alg,
+            &user,
+            fresh_file.as_deref().zip(fresh_count),
+        ),
         Command::Login {
             url,
             deployment,
@@ -586,9 +604,16 @@ fn bare_proxy(
 }
 
 /// The development provider, for load through an authenticating deployment.
-/// The token is written only once the provider answers (keys generated), so
-/// a script that waits for the file may use both at once.
-fn idp(listen: SocketAddr, token_file: &Path, alg: &str, user: &str) -> Result<()> {
+/// The token is written only once the provider answers (keys generated) and
+/// the `fresh` tokens (a file and how many) are written, so a script that
+/// waits for the file may use them all at once.
+fn idp(
+    listen: SocketAddr,
+    token_file: &Path,
+    alg: &str,
+    user: &str,
+    fresh: Option<(&Path, u64)>,
+) -> Result<()> {
     ensure_loopback(listen)?;
     let alg = match alg {
         "RS256" => Algorithm::RS256,
@@ -610,6 +635,9 @@ fn idp(listen: SocketAddr, token_file: &Path, alg: &str, user: &str) -> Result<(
         let provider = devidp::start(listener, options)
             .await
             .context("cannot start the development provider")?;
+        if let Some((path, count)) = fresh {
+            mint_fresh(&provider, user, alg, count, path)?;
+        }
         let token = provider.mint_access_token(user, alg);
         // Write beside the target, then rename: a reader never sees half a token.
         let partial = token_file.with_extension("partial");
@@ -628,6 +656,52 @@ fn idp(listen: SocketAddr, token_file: &Path, alg: &str, user: &str) -> Result<(
         drop(provider);
         Ok(())
     })
+}
+
+/// `count` access tokens for `user`, each with its own `jti`, one a line in
+/// `path`, signed on every CPU this process may use.
+fn mint_fresh(
+    provider: &devidp::DevIdp,
+    user: &str,
+    alg: Algorithm,
+    count: u64,
+    path: &Path,
+) -> Result<()> {
+    let count = usize::try_from(count)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(threads);
+    let started = Instant::now();
+    let batches: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let n = chunk.min(count.saturating_sub(t * chunk));
+                scope.spawn(move || {
+                    let mut batch = String::new();
+                    for _ in 0..n {
+                        batch.push_str(&provider.mint_access_token(user, alg));
+                        batch.push('\n');
+                    }
+                    batch
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a minting thread panicked"))
+            })
+            .collect::<Result<_>>()
+    })?;
+    std::fs::write(path, batches.concat())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "load: minted {count} {alg:?} access tokens for {user} in {:.1}s to {}",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(())
 }
 
 /// The four steps of a browser login: portcullis's login start, the

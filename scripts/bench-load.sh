@@ -2,7 +2,9 @@
 # Load comparison of the demo echo backend reached directly, through a bare
 # Pingora proxy (the baseline), through portcullis to a deployment without
 # authentication, through portcullis to a deployment that requires a bearer
-# token (the same token on every request: the token-cache path), to one
+# token (the same token on every request: the token-cache path), to the same
+# deployment with a distinct, never-seen RS256 token on every request and
+# handshake (the first-seen path: signature, claims, cache insert), to one
 # authenticated by a browser session cookie (one login, then the cookie on
 # every request: the session path), and to one authenticated by a messenger
 # token of the token API (one site login exchanged, then that jwt on every
@@ -51,6 +53,9 @@
 #
 # Tunables (environment): DURATION seconds per run (10), HTTP_CONCURRENCY (32),
 # WS_CONCURRENCY (16), HOLD_COUNT (5000), TOKEN_COUNT (200), FORCED_COUNT (2000),
+# FRESH_COUNT (20000: first-seen tokens for the HTTP run and as many again for
+# the handshakes, minted by the development provider on every CPU before
+# anything is measured; a run that uses its tokens up ends early),
 # SERVER_LIFETIME seconds (1800),
 # PINNED (0; 1: the proxy under test alone on CPU 0, the backend, provider and
 # load tool on the other CPUs, so the proxies' rates measure their own costs
@@ -101,6 +106,7 @@ HTTP_CONCURRENCY=${HTTP_CONCURRENCY:-32}
 WS_CONCURRENCY=${WS_CONCURRENCY:-16}
 HOLD_COUNT=${HOLD_COUNT:-5000}
 TOKEN_COUNT=${TOKEN_COUNT:-200}
+FRESH_COUNT=${FRESH_COUNT:-20000}
 FORCED_COUNT=${FORCED_COUNT:-2000}
 # Servers are stopped on exit; the lifetime bounds them even if this script
 # itself is killed outright and its trap never runs.
@@ -393,10 +399,18 @@ if [ "$MODE" = comparison ]; then
         "$load_bin" bare-proxy --listen "$HOST:$BARE_PORT" --upstream "$HOST:$BACKEND_PORT" --threads 1
     bare_pid=$STARTED_PID
 fi
-# The provider writes its token only once it answers, so wait for the file.
+# The provider writes its token only once it answers (and, in a comparison,
+# has minted the first-seen tokens), so wait for the file.
+fresh_args=()
+if [ "$MODE" = comparison ]; then
+    fresh_args=(--fresh-file "$work/fresh" --fresh-count $((2 * FRESH_COUNT)))
+    echo "development provider: minting $((2 * FRESH_COUNT)) first-seen RS256 tokens" >&2
+fi
 start idp "$IDP_PORT" "${other_cpus[@]}" "$load_bin" idp --listen "$HOST:$IDP_PORT" --token-file "$work/token" \
-    --alg RS256 --user alice
-for _ in $(seq 300); do
+    --alg RS256 --user alice "${fresh_args[@]}"
+# 30 s, and a second per 500 tokens to mint (RS256 signs at about 1 000 a
+# second per CPU here).
+for _ in $(seq $((300 + 2 * FRESH_COUNT / 50))); do
     if [ -s "$work/token" ]; then break; fi
     sleep 0.1
 done
@@ -406,6 +420,10 @@ if [ ! -s "$work/token" ]; then
     exit 1
 fi
 bearer="Authorization: Bearer $(cat "$work/token")"
+if [ "$MODE" = comparison ]; then
+    head -n "$FRESH_COUNT" "$work/fresh" >"$work/fresh-http"
+    tail -n +"$((FRESH_COUNT + 1))" "$work/fresh" >"$work/fresh-ws"
+fi
 # The development provider's client secret for this client id.
 proxy_runner=()
 if [ -n "${CALLGRIND_DIR:-}" ]; then
@@ -547,21 +565,30 @@ cpu_ns() {
 }
 
 declare -A http_result ws_result http_cpu http_ir
-targets=(direct-backend bare-pingora portcullis portcullis-bearer portcullis-session portcullis-messenger)
+targets=(direct-backend bare-pingora portcullis portcullis-bearer portcullis-first-seen portcullis-session
+    portcullis-messenger)
 declare -A port_of=([direct-backend]=$BACKEND_PORT [bare-pingora]=$BARE_PORT
-    [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT
+    [portcullis]=$PORTCULLIS_PORT [portcullis-bearer]=$PORTCULLIS_PORT [portcullis-first-seen]=$PORTCULLIS_PORT
     [portcullis-session]=$PORTCULLIS_PORT [portcullis-messenger]=$PORTCULLIS_PORT)
 declare -A deployment_of=([direct-backend]=$DEPLOYMENT [bare-pingora]=$DEPLOYMENT
-    [portcullis]=$DEPLOYMENT [portcullis-bearer]=$AUTH_DEPLOYMENT
+    [portcullis]=$DEPLOYMENT [portcullis-bearer]=$AUTH_DEPLOYMENT [portcullis-first-seen]=$AUTH_DEPLOYMENT
     [portcullis-session]=$SESSION_DEPLOYMENT [portcullis-messenger]=$MESSENGER_DEPLOYMENT)
+
+# credential_args TARGET KIND (http|ws): the load tool's arguments for the
+# target's credential, one a line.
+credential_args() {
+    case "$1" in
+        portcullis-bearer) printf '%s\n' --header "$bearer" ;;
+        portcullis-first-seen) printf '%s\n' --fresh-file "$work/fresh-$2" --fresh-count "$FRESH_COUNT" ;;
+        portcullis-session) printf '%s\n' --header "$session_cookie" ;;
+        portcullis-messenger) printf '%s\n' --header "$messenger_jwt" ;;
+    esac
+}
 
 for target in "${targets[@]}"; do
     port=${port_of[$target]}
     deployment=${deployment_of[$target]}
-    extra=()
-    if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
-    if [ "$target" = portcullis-session ]; then extra=(--header "$session_cookie"); fi
-    if [ "$target" = portcullis-messenger ]; then extra=(--header "$messenger_jwt"); fi
+    mapfile -t extra < <(credential_args "$target" http)
     # The proxy's own CPU time per request: what each path costs, whether or
     # not the proxy was the bottleneck (on two cores the load tool and the
     # backend share the other one).
@@ -619,6 +646,7 @@ for target in "${targets[@]}"; do
     fi
     sleep 1
     echo "$target: handshakes, $WS_CONCURRENCY at a time, ${DURATION}s" >&2
+    mapfile -t extra < <(credential_args "$target" ws)
     ws_result[$target]=$("${other_cpus[@]}" "$load_bin" handshakes --url "ws://$HOST:$port$(ws_path "$deployment")" \
         --concurrency "$WS_CONCURRENCY" --duration "$DURATION" --origin "$ORIGIN" \
         "${extra[@]}" 2>>"$work/client.log")
@@ -634,7 +662,7 @@ if [ -n "${CALLGRIND_DIR:-}" ]; then
     echo "|---|---:|---:|---:|---:|"
     per_request() { awk -v ir="${http_ir[$1]:-0}" -v n="$(field "${http_result[$1]}" requests)" \
         'BEGIN { if (n > 0) printf "%.0f", ir / n; else print 0 }'; }
-    for target in bare-pingora portcullis portcullis-bearer portcullis-session portcullis-messenger; do
+    for target in bare-pingora portcullis portcullis-bearer portcullis-first-seen portcullis-session portcullis-messenger; do
         echo "| $target | $(field "${http_result[$target]}" requests) | $(field "${http_result[$target]}" errors)" \
             "| $(per_request "$target") | $(ratio "$(per_request portcullis)" "$(per_request "$target")") |"
     done
@@ -648,10 +676,7 @@ declare -A round_rates round_cpu round_errors
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!round_targets[@]}"; do
         target=${round_targets[$(((i + round - 1) % ${#round_targets[@]}))]}
-        extra=()
-        if [ "$target" = portcullis-bearer ]; then extra=(--header "$bearer"); fi
-        if [ "$target" = portcullis-session ]; then extra=(--header "$session_cookie"); fi
-        if [ "$target" = portcullis-messenger ]; then extra=(--header "$messenger_jwt"); fi
+        mapfile -t extra < <(credential_args "$target" http)
         echo "round $round/$ROUNDS, $target: http, ${DURATION}s" >&2
         cpu_before=$(cpu_ns "$portcullis_pid")
         result=$("${other_cpus[@]}" "$load_bin" http --url "http://$HOST:$PORTCULLIS_PORT$(request_path "${deployment_of[$target]}")" \
@@ -702,6 +727,7 @@ if [ "$PINNED" = 1 ]; then pinning="proxies pinned to CPU 0, everything else to 
 echo "portcullis $(git describe --always --dirty 2>/dev/null || echo '?') on $(nproc) cores, $pinning;" \
     "servers 1 thread each; http ${HTTP_CONCURRENCY}x keep-alive GET, handshakes ${WS_CONCURRENCY}x, ${DURATION}s each;" \
     "portcullis-bearer: one RS256 access token on every request (token cache);" \
+    "portcullis-first-seen: a distinct RS256 access token on every request and handshake (up to $FRESH_COUNT each);" \
     "portcullis-session: one session cookie on every request;" \
     "portcullis-messenger: one messenger token (token API) on every request"
 echo
@@ -722,6 +748,8 @@ echo "portcullis / bare Pingora: HTTP req/s" \
     "$(ratio "$(field "${ws_result[portcullis]}" handshakes_per_s)" "$(field "${ws_result[bare-pingora]}" handshakes_per_s)")"
 echo "portcullis bearer (cached token) / auth-disabled: HTTP req/s $(rate_ratio http portcullis-bearer) (proxy CPU per request: $(cpu_ratio portcullis-bearer))," \
     "handshakes/s $(rate_ratio ws portcullis-bearer)"
+echo "portcullis first-seen bearer / auth-disabled: HTTP req/s $(rate_ratio http portcullis-first-seen) (proxy CPU per request: $(cpu_ratio portcullis-first-seen))," \
+    "handshakes/s $(rate_ratio ws portcullis-first-seen)"
 echo "portcullis session cookie / auth-disabled: HTTP req/s $(rate_ratio http portcullis-session) (proxy CPU per request: $(cpu_ratio portcullis-session))," \
     "handshakes/s $(rate_ratio ws portcullis-session)"
 echo "portcullis messenger token / auth-disabled: HTTP req/s $(rate_ratio http portcullis-messenger) (proxy CPU per request: $(cpu_ratio portcullis-messenger))," \

@@ -181,10 +181,8 @@ pub fn strip_carriers(
         .headers
         .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL)
     {
-        while req
-            .remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL)
-            .is_some()
-        {}
+        // `HeaderMap::remove` takes every line of the name at once.
+        req.remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL);
         if !kept.is_empty() {
             req.insert_header(http::header::SEC_WEBSOCKET_PROTOCOL, kept.join(", "))
                 .map_err(|_| RewriteFailed)?;
@@ -235,7 +233,9 @@ pub fn strip_carriers(
                 ..
             }),
             false,
-        ) => while req.remove_header(&http::header::AUTHORIZATION).is_some() {},
+        ) => {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
         _ => {}
     }
     Ok(())
@@ -383,6 +383,23 @@ mod tests {
         strip_carriers(&mut only_token, used.as_ref(), false).unwrap();
         assert!(only_token.headers.get("sec-websocket-protocol").is_none());
         assert_eq!(std::str::from_utf8(only_token.raw_path()).unwrap(), "/v1");
+
+        // Offers over several lines become one line without the token.
+        let mut two_lines = req(
+            "/v1",
+            &[
+                ("Sec-WebSocket-Protocol", "chat.v1, authorization.bearer.t"),
+                ("Sec-WebSocket-Protocol", "chat.v2"),
+            ],
+        );
+        let used = extract(&two_lines, false).unwrap();
+        strip_carriers(&mut two_lines, used.as_ref(), false).unwrap();
+        let lines: Vec<_> = two_lines
+            .headers
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .collect();
+        assert_eq!(lines, ["chat.v1, chat.v2"]);
     }
 
     #[test]

@@ -62,7 +62,7 @@ use crate::identity::Rendered;
 use crate::metrics::NO_DEPLOYMENT;
 use crate::policy;
 use crate::runtime::{DeploymentRt, IdentityKey, Runtime, State};
-use crate::session::cookie::{cookie_pairs, cookies, CookiePolicy};
+use crate::session::cookie::{cookie_pairs, CookiePolicy};
 use crate::session::now;
 use crate::session::recheck::Rechecker;
 use crate::session::store::SessionStore;
@@ -267,38 +267,44 @@ fn bearer_identity(
         &verified.claims,
     )
     .map_err(Refusal::Forbidden)?;
+    // Sanitized values always make valid headers; fail closed if not.
+    let render = || {
+        runtime
+            .render_identity(
+                deployment,
+                &verified.claims,
+                verified.session_id.as_str().into(),
+            )
+            .map(Arc::new)
+            .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))
+    };
+    // A free slot (a token's first request, the usual case) takes this
+    // deployment's identity, and nothing else needs looking up: the token's
+    // digest and `identities` are for a token already kept for another
+    // deployment. Of two concurrent requests here, both keep the first's,
+    // so that they share one assertion.
+    if !verified.is_kept() {
+        let rendered = render()?;
+        if let Some(kept) = verified.keep_for(deployment.label.clone(), rendered.clone()) {
+            return Ok(kept.clone());
+        }
+        // A concurrent request kept another deployment's first.
+        let key = (
+            IdentityKey::Token(verified.digest()),
+            deployment.label.clone(),
+        );
+        return Ok(runtime.identities.get_with(key, || rendered));
+    }
     let key = (
         IdentityKey::Token(verified.digest()),
         deployment.label.clone(),
     );
-    // In `identities` only if this token's slot (this verification's or an
-    // earlier one's, since expired) held another deployment's.
-    let found = runtime.identities.get(&key);
-    let rendered = match &found {
-        Some(r) => r.clone(),
-        None => {
-            // Sanitized values always make valid headers; fail closed if not.
-            runtime
-                .render_identity(
-                    deployment,
-                    &verified.claims,
-                    verified.session_id.as_str().into(),
-                )
-                .map(Arc::new)
-                .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))?
-        }
-    };
-    // Kept with the token when its slot is free (or what a concurrent
-    // request here kept first, so that they share one assertion).
-    match verified.keep_for(deployment.label.clone(), rendered.clone()) {
-        Some(kept) => Ok(kept.clone()),
-        None => {
-            if found.is_none() {
-                runtime.identities.insert(key, rendered.clone());
-            }
-            Ok(rendered)
-        }
+    if let Some(found) = runtime.identities.get(&key) {
+        return Ok(found);
     }
+    let rendered = render()?;
+    runtime.identities.insert(key, rendered.clone());
+    Ok(rendered)
 }
 
 /// What a bearer token is, as far as portcullis's own tokens go.
@@ -354,19 +360,19 @@ fn messenger_token(runtime: &Runtime, token: &str, deployment: &DeploymentRt) ->
 /// Removes portcullis's own cookies from the upstream `Cookie` header (a
 /// backend that saw them could replay them); the site's other cookies pass.
 fn strip_own_cookies(req: &mut RequestHeader, policy: &CookiePolicy) -> Result<()> {
-    let own = |name: &[u8]| std::str::from_utf8(name).is_ok_and(|n| policy.is_own_cookie(n));
-    if !cookie_pairs(req).any(|(name, _, _)| own(name)) {
+    if !cookie_pairs(req).any(|(name, _, _)| policy.is_own_cookie(name)) {
         return Ok(());
     }
     // The site's cookies pass byte for byte, whatever their encoding.
     let mut kept: Vec<u8> = Vec::new();
-    for (_, _, pair) in cookie_pairs(req).filter(|(name, _, _)| !own(name)) {
+    for (_, _, pair) in cookie_pairs(req).filter(|(name, _, _)| !policy.is_own_cookie(name)) {
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
         }
         kept.extend_from_slice(pair);
     }
-    while req.remove_header(&http::header::COOKIE).is_some() {}
+    // Every `Cookie` line goes at once (`HeaderMap::remove` takes them all).
+    req.remove_header(&http::header::COOKIE);
     if !kept.is_empty() {
         let value = http::HeaderValue::from_bytes(&kept)
             .or_else(|_| Error::e_explain(InvalidHTTPHeader, "rebuilt Cookie header"))?;
@@ -387,9 +393,11 @@ async fn session_for(
     provider: &str,
 ) -> Result<Option<Arc<LoginSession>>, crate::session::store::StoreError> {
     let policy = &runtime.cookie_policy;
-    let Some(id) = cookies(req)
-        .find(|(k, _)| *k == policy.session_name)
-        .and_then(|(_, sealed)| runtime.cookies.open(&policy.session_name, sealed))
+    // Names compared as bytes; only the session cookie's value is read as text.
+    let Some(id) = cookie_pairs(req)
+        .filter(|(name, _, _)| *name == policy.session_name.as_bytes())
+        .find_map(|(_, value, _)| std::str::from_utf8(value).ok())
+        .and_then(|sealed| runtime.cookies.open(&policy.session_name, sealed))
         .and_then(|bytes| SessionId::from_bytes(&bytes))
     else {
         return Ok(None);

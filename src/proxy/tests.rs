@@ -210,6 +210,10 @@ fn own_cookies_never_go_upstream_whatever_the_site_s_cookies_look_like() {
         upstream_cookie(&[first.as_bytes(), second.as_bytes()]),
         vec![b"a=1; b=2; flag".to_vec()]
     );
+    // A name that is ours up to bytes that are not UTF-8 is still ours.
+    let mut odd = pending.as_bytes().to_vec();
+    odd.extend_from_slice(b"\xff=P; a=1");
+    assert_eq!(upstream_cookie(&[&odd]), vec![b"a=1".to_vec()]);
     // Only ours: no Cookie header at all.
     assert!(upstream_cookie(&[format!("{session}=S").as_bytes()]).is_empty());
     // None of ours: the header passes untouched.
@@ -224,7 +228,7 @@ fn the_session_cookie_is_found_next_to_a_site_cookie_that_is_not_text() {
         http::HeaderValue::from_bytes("lang=fran\u{e7}ais; portcullis=SEALED".as_bytes()).unwrap(),
     )
     .unwrap();
-    let found: Vec<_> = cookies(&req).collect();
+    let found: Vec<_> = crate::session::cookie::cookies(&req).collect();
     assert_eq!(
         found,
         vec![("lang", "fran\u{e7}ais"), ("portcullis", "SEALED")]

@@ -738,6 +738,11 @@ impl<R> CachedToken<R> {
             .map(|(_, value)| value)
     }
 
+    /// Whether some deployment's value is kept.
+    pub fn is_kept(&self) -> bool {
+        self.kept.get().is_some()
+    }
+
     /// Keeps `value` for `deployment` if nothing is kept yet (the slot is
     /// set once: a token used on several deployments keeps the first's),
     /// and returns what is now kept for `deployment`: `value`, or what a
