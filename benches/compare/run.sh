@@ -385,8 +385,11 @@ for run in $(seq "$RUNS"); do
                 --out "$work/tokens-$alg-$kind" 2>>"$work/client.log"
         done
     done
-    for proxy in "${proxies[@]}"; do
-        for row in "${rows[@]}"; do
+    # Row by row, each row through every proxy in turn: a cross-proxy ratio
+    # (first-seen tokens against Apache) compares figures taken seconds
+    # apart, not minutes, and this machine drifts by ±20 % over minutes.
+    for row in "${rows[@]}"; do
+        for proxy in "${proxies[@]}"; do
             if ! supports "$proxy" "$row"; then
                 record "$run" "$proxy" "http:$row" n/a -
                 record "$run" "$proxy" "ws:$row" n/a -

@@ -25,6 +25,10 @@ use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// portcullis patch (PATCHED.md §7): headers a proxy typically adds to a
+// response it read, that its header maps are sized to take without growing.
+const RESPONSE_HEADERS_ADDED_ROOM: usize = 1;
+
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use crate::protocols::http::HttpTask;
@@ -294,9 +298,14 @@ impl HttpSession {
 
                         // portcullis patch: see `freeze_head` below.
                         let switching_protocols = resp.code == Some(101);
+                        // portcullis patch (PATCHED.md §7): room for a header
+                        // the proxy adds (a request id, say). Sized to the
+                        // headers read, both maps could be full, and the
+                        // first insert grew and rehashed each of them. A
+                        // `101`, kept for the tunnel's life, gets no room.
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            Some(resp.headers.len() + if switching_protocols { 0 } else { RESPONSE_HEADERS_ADDED_ROOM }),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
