@@ -278,33 +278,35 @@ fn bearer_identity(
             .map(Arc::new)
             .map_err(|_| Refusal::Unauthenticated(AuthFailure::Token(TokenError::Malformed)))
     };
-    // A free slot (a token's first request, the usual case) takes this
-    // deployment's identity, and nothing else needs looking up: the token's
-    // digest and `identities` are for a token already kept for another
-    // deployment. Of two concurrent requests here, both keep the first's,
-    // so that they share one assertion.
+    // A free slot (a token's first request, the usual case, or its first
+    // since its cache entry was dropped and it was verified again) takes
+    // this deployment's identity, and nothing else needs looking up: the
+    // token's digest and `identities` are for a token already kept for
+    // another deployment. Of two concurrent requests here, both keep the
+    // first's, so that they share one assertion.
     if !verified.is_kept() {
         let rendered = render()?;
         if let Some(kept) = verified.keep_for(deployment.label.clone(), rendered.clone()) {
             return Ok(kept.clone());
         }
-        // A concurrent request kept another deployment's first.
+        // A concurrent request kept another deployment's first: this one
+        // is a second deployment's like any other, below, with its
+        // identity already rendered.
         let key = (
             IdentityKey::Token(verified.digest()),
             deployment.label.clone(),
         );
         return Ok(runtime.identities.get_with(key, || rendered));
     }
+    // Rendered once however many requests for this deployment arrive at once.
     let key = (
         IdentityKey::Token(verified.digest()),
         deployment.label.clone(),
     );
-    if let Some(found) = runtime.identities.get(&key) {
-        return Ok(found);
-    }
-    let rendered = render()?;
-    runtime.identities.insert(key, rendered.clone());
-    Ok(rendered)
+    runtime
+        .identities
+        .try_get_with(key, render)
+        .map_err(|refusal| *refusal)
 }
 
 /// What a bearer token is, as far as portcullis's own tokens go.
