@@ -668,34 +668,11 @@ fn mint_fresh(
     path: &Path,
 ) -> Result<()> {
     let count = usize::try_from(count)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = count.div_ceil(threads);
     let started = Instant::now();
-    let batches: Vec<String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let n = chunk.min(count.saturating_sub(t * chunk));
-                scope.spawn(move || {
-                    let mut batch = String::new();
-                    for _ in 0..n {
-                        batch.push_str(&provider.mint_access_token(user, alg));
-                        batch.push('\n');
-                    }
-                    batch
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a minting thread panicked"))
-            })
-            .collect::<Result<_>>()
-    })?;
-    std::fs::write(path, batches.concat())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let tokens = compare::mint_on_every_cpu(count, |_| Ok(provider.mint_access_token(user, alg)))?;
+    let mut lines = tokens.join("\n");
+    lines.push('\n');
+    std::fs::write(path, lines).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!(
         "load: minted {count} {alg:?} access tokens for {user} in {:.1}s to {}",
         started.elapsed().as_secs_f64(),

@@ -97,42 +97,19 @@ impl FreshTokens {
             .as_secs();
         // A per-run prefix keeps two runs' token ids apart too.
         let run_id = format!("{:x}", now ^ u64::from(std::process::id()) << 20);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = count.div_ceil(threads);
         let started = Instant::now();
-        let tokens = std::thread::scope(|scope| -> Result<Vec<String>> {
-            let workers: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (header, key, issuer, audience, run_id) =
-                        (&header, &key, &issuer, &audience, &run_id);
-                    scope.spawn(move || -> Result<Vec<String>> {
-                        (t * chunk..count.min((t + 1) * chunk))
-                            .map(|i| {
-                                let claims = serde_json::json!({
-                                    "iss": issuer,
-                                    "aud": audience,
-                                    "sub": "alice",
-                                    "client_id": "portcullis",
-                                    "scope": "messaging",
-                                    "jti": format!("bench-{run_id}-{i}"),
-                                    "iat": now,
-                                    "exp": now + IDP_TOKEN_LIFETIME.as_secs(),
-                                });
-                                Ok(jsonwebtoken::encode(header, &claims, key)?)
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(count);
-            for worker in workers {
-                all.extend(
-                    worker
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("a minting thread panicked"))??,
-                );
-            }
-            Ok(all)
+        let tokens = mint_on_every_cpu(count, |i| {
+            let claims = serde_json::json!({
+                "iss": issuer,
+                "aud": audience,
+                "sub": "alice",
+                "client_id": "portcullis",
+                "scope": "messaging",
+                "jti": format!("bench-{run_id}-{i}"),
+                "iat": now,
+                "exp": now + IDP_TOKEN_LIFETIME.as_secs(),
+            });
+            Ok(jsonwebtoken::encode(&header, &claims, &key)?)
         })?;
         eprintln!(
             "load: minted {count} {alg} tokens in {:.1}s",
@@ -153,6 +130,38 @@ impl FreshTokens {
     pub(crate) fn len(&self) -> usize {
         self.tokens.len()
     }
+}
+
+/// `count` tokens, `mint(i)` the i-th, signed on every CPU this process
+/// may use (RS256 signing is the slow part of a first-seen run's setup),
+/// in order.
+pub(crate) fn mint_on_every_cpu(
+    count: usize,
+    mint: impl Fn(usize) -> Result<String> + Sync,
+) -> Result<Vec<String>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let mint = &mint;
+                scope.spawn(move || {
+                    (t * chunk..count.min((t + 1) * chunk))
+                        .map(mint)
+                        .collect::<Result<Vec<String>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(count);
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a minting thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
 }
 
 /// `mint --fresh-keys DIR [--fresh-alg ALG] [--fresh-count N] --out FILE`:

@@ -284,28 +284,26 @@ fn bearer_identity(
     // token's digest and `identities` are for a token already kept for
     // another deployment. Of two concurrent requests here, both keep the
     // first's, so that they share one assertion.
+    let mut rendered = None;
     if !verified.is_kept() {
-        let rendered = render()?;
-        if let Some(kept) = verified.keep_for(deployment.label.clone(), rendered.clone()) {
+        let identity = render()?;
+        if let Some(kept) = verified.keep_for(deployment.label.clone(), identity.clone()) {
             return Ok(kept.clone());
         }
         // A concurrent request kept another deployment's first: this one
-        // is a second deployment's like any other, below, with its
-        // identity already rendered.
-        let key = (
-            IdentityKey::Token(verified.digest()),
-            deployment.label.clone(),
-        );
-        return Ok(runtime.identities.get_with(key, || rendered));
+        // is a second deployment's like any other, with its identity
+        // already rendered.
+        rendered = Some(identity);
     }
-    // Rendered once however many requests for this deployment arrive at once.
+    // A second deployment's: rendered once however many of its requests
+    // arrive at once.
     let key = (
         IdentityKey::Token(verified.digest()),
         deployment.label.clone(),
     );
     runtime
         .identities
-        .try_get_with(key, render)
+        .try_get_with(key, || rendered.map_or_else(render, Ok))
         .map_err(|refusal| *refusal)
 }
 

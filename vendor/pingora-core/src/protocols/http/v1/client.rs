@@ -303,9 +303,14 @@ impl HttpSession {
                         // headers read, both maps could be full, and the
                         // first insert grew and rehashed each of them. A
                         // `101`, kept for the tunnel's life, gets no room.
+                        let room = if switching_protocols {
+                            0
+                        } else {
+                            RESPONSE_HEADERS_ADDED_ROOM
+                        };
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len() + if switching_protocols { 0 } else { RESPONSE_HEADERS_ADDED_ROOM }),
+                            Some(resp.headers.len() + room),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
